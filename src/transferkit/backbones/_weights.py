@@ -1,0 +1,101 @@
+"""Reading weight files safely, and fitting them onto an architecture with clear errors.
+
+Nothing here unpickles arbitrary objects: `.safetensors` is read with safetensors, and every torch
+file goes through `torch.load(..., weights_only=True)`, which refuses pickles that would run code.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import strip_prefix
+
+TORCH_SUFFIXES = (".pt", ".pth", ".th", ".bin", ".ckpt")
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict from a .safetensors or torch checkpoint file.
+
+    Torch files may hold the state dict itself or wrap it as `{"state_dict": ...}` / `{"model": ...}`
+    (the layouts of most training scripts); `module.` prefixes are stripped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"cannot read {p} as safetensors: {e}") from None
+    elif p.suffix in TORCH_SUFFIXES:
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError for code-running pickles, RuntimeError for junk
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"refusing or unable to load {p}: it is not a plain tensor checkpoint "
+                f"(loaded with weights_only=True; {first[:300]})"
+            ) from None
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise UserError(f"{p} does not hold a state dict of tensors")
+        sd = dict(obj)
+    else:
+        raise UserError(
+            f"unsupported checkpoint type {p.suffix!r} for {p}: use .safetensors or one of {', '.join(TORCH_SUFFIXES)}"
+        )
+    return strip_prefix(sd)
+
+
+def fit_state_dict(
+    module: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, drop_prefixes: tuple[str, ...] = ()
+) -> list[str]:
+    """Load `state_dict` into `module`, strictly. Keys under `drop_prefixes` (the source classifier)
+    may be present in the file and are dropped; the list of dropped keys is returned.
+
+    Missing keys, unexpected keys and shape mismatches raise a UserError naming the first few.
+    """
+    own = module.state_dict()
+    dropped = [k for k in state_dict if k not in own and k.startswith(drop_prefixes)]
+    sd = {k: v for k, v in state_dict.items() if k not in dropped}
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch " + "; ".join(mismatched[:3]))
+    if missing:
+        problems.append(f"{len(missing)} missing keys, first: {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys, first: {', '.join(unexpected[:3])}")
+    if problems:
+        raise UserError(f"the tensors in {source} do not fit the architecture: " + " | ".join(problems))
+    module.load_state_dict(sd, strict=False)
+    return dropped

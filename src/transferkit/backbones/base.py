@@ -1,0 +1,124 @@
+"""The backbone protocol every model in the registry answers.
+
+A backbone maps a normalised image batch (B, 3, H, W) to pooled features (B, num_features). It carries
+what the rest of transferkit needs to know about it:
+
+- `preprocess`: its own input size and normalisation, used unless the user overrides them;
+- `weights_id`: a stable identity of its weights, part of the feature-cache key;
+- `spec`: what `create_backbone(**spec, pretrained=False)` needs to rebuild the architecture when a
+  saved run is loaded (the weights then come from the run's `model.safetensors`);
+- `block_groups()`: its parameters as ordered groups from the input to the output (stem, blocks, ...),
+  which strategies use to freeze, unfreeze and scale learning rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images are prepared for a backbone: resize the shorter side to `resize_size`, centre-crop
+    `input_size` (for evaluation; training uses a random resized crop), then normalise."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+
+    @property
+    def resize_size(self) -> int:
+        return int(round(self.input_size / self.crop_pct))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        return cls(
+            input_size=int(d["input_size"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            crop_pct=float(d["crop_pct"]),
+            interpolation=str(d["interpolation"]),
+        )
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set `num_features`, `preprocess`, `weights_id`, `spec` and implement
+    `forward` (pooled features) and `block_groups`."""
+
+    num_features: int
+    preprocess: Preprocess
+    weights_id: str
+    spec: dict
+    modality: str = "image"
+
+    def block_groups(self) -> list[tuple[str, list[str]]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class TimmBackbone(Backbone):
+    """Any timm model, its classifier removed (`num_classes=0`), so `forward` returns pooled features."""
+
+    def __init__(self, model: nn.Module, *, preprocess: Preprocess, weights_id: str, spec: dict):
+        super().__init__()
+        self.model = model
+        self.num_features = int(model.num_features)
+        self.preprocess = preprocess
+        self.weights_id = weights_id
+        self.spec = spec
+
+    def forward(self, x):
+        return self.model(x)
+
+    def block_groups(self) -> list[tuple[str, list[str]]]:
+        """timm's own coarse `group_matcher` (stem, each block stage, head) when the model has one;
+        otherwise one group per top-level child module."""
+        names = [n for n, _ in self.model.named_parameters()]
+        matcher = getattr(self.model, "group_matcher", None)
+        if matcher is not None:
+            from timm.models import group_parameters
+
+            grouped = group_parameters(self.model, matcher(coarse=True))
+            return [(f"group{gid}", [f"model.{n}" for n in params]) for gid, params in grouped.items()]
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(n.split(".")[0], []).append(f"model.{n}")
+        return list(groups.items())
+
+
+def preprocess_from_timm(model: nn.Module) -> Preprocess:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size", (3, 224, 224))[-1]
+    return Preprocess(
+        input_size=int(size),
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+    )
+
+
+def strip_prefix(state_dict: dict, prefixes=("module.", "_orig_mod.")) -> dict:
+    """Drop DataParallel / DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes."""
+    out = {}
+    for k, v in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p) :], True
+        out[k] = v
+    return out
+
+

@@ -1,0 +1,225 @@
+"""One typed dataclass per concern, composed into `RunConfig`.
+
+The same config comes from the Python API (keyword arguments), a YAML file (nested by section, as
+written to every run's `config.yaml`, or flat with flag names) and CLI flags; flags override the file,
+the file overrides the defaults. `validate()` runs before any heavy work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError, did_you_mean
+
+
+@dataclass
+class DataConfig:
+    path: str = "digits"  # folder, folder with train/val[/test], CSV (path,label), or `digits`
+    val_fraction: float = 0.2  # used only when no validation split is given
+    augment: bool = True  # random resized crop (+ flip) during training
+    crop_scale_min: float = 0.25  # smallest crop area fraction of the random resized crop
+    flip: bool | None = None  # horizontal flips; None: on unless the data says flips change labels
+    skip_bad_images: bool = False  # drop unreadable images instead of failing
+    input_size: int | None = None  # override the backbone's input size
+
+    def validate(self) -> None:
+        _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check(0 < self.crop_scale_min <= 1, f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+        _check(self.input_size is None or self.input_size >= 8, f"input_size must be >= 8, got {self.input_size}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "efficientnet_lite0"  # see `transferkit models`; or timm:NAME, file:PATH
+    arch: str | None = None  # architecture for file:PATH checkpoints
+    head: str = "linear"  # linear | mlp
+    head_hidden: int = 512  # mlp head: hidden units
+    head_dropout: float = 0.0  # dropout before the head's last layer
+
+    def validate(self) -> None:
+        _check(self.head in ("linear", "mlp"), f"unknown head {self.head!r}; choose linear or mlp")
+        _check(self.head_hidden > 0, f"head_hidden must be > 0, got {self.head_hidden}")
+        _check(0 <= self.head_dropout < 1, f"head_dropout must be in [0, 1), got {self.head_dropout}")
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "lp_ft"  # see `transferkit strategies`
+    train_bn: bool = False  # let frozen BatchNorm layers update their running statistics
+    lp_epochs: int = 100  # linear-probe epochs on cached features (linear_probe, lp_ft)
+    ft_lr_scale: float = 0.1  # lp_ft: fine-tuning rate as a fraction of --lr
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # decoupled (AdamW) or coupled (SGD, Adam); never on biases and norms
+    momentum: float = 0.9  # SGD
+    nesterov: bool = True  # SGD
+
+    def validate(self) -> None:
+        _check(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # see `transferkit schedules`
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0  # cosine / linear end at lr * min_lr_ratio
+
+    def validate(self) -> None:
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8  # backbone epochs (full, and the fine-tuning phase of lp_ft)
+    batch_size: int = 32
+    eval_batch_size: int = 32
+    seed: int = 0
+    patience: int | None = None  # early stopping: epochs without improvement; None: run all epochs
+    label_smoothing: float = 0.1
+    precision: str = "auto"  # auto (bf16 on a GPU that has it) | bf16 | fp16 | no
+    cpu: bool = False  # force the CPU even when a GPU is present
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.precision in ("auto", "bf16", "fp16", "no"), f"precision must be auto, bf16, fp16 or no, got {self.precision!r}")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        for f in fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        from .schedules import SCHEDULES
+        from .strategies import STRATEGIES
+
+        STRATEGIES.get(self.strategy.name)
+        SCHEDULES.get(self.schedule.name)
+        _check(self.optim.name in OPTIMIZERS, f"unknown optimizer {self.optim.name!r}{did_you_mean(self.optim.name, OPTIMIZERS)}; choose from: {', '.join(OPTIMIZERS)}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def set(self, dotted: str, value: Any) -> None:
+        section, name = dotted.split(".")
+        setattr(getattr(self, section), name, _coerce(getattr(self, section), name, value))
+
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+# Flat names (CLI flags without the dashes, and flat YAML keys) -> section.field.
+FLAT: dict[str, str] = {}
+for _sec in fields(RunConfig):
+    for _f in fields(_sec.default_factory):  # type: ignore[misc]
+        FLAT.setdefault(_f.name, f"{_sec.name}.{_f.name}")
+FLAT.update({"data": "data.path", "model": "model.name", "strategy": "strategy.name", "optimizer": "optim.name", "schedule": "schedule.name"})
+for _ambiguous in ("name", "path"):
+    FLAT.pop(_ambiguous, None)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise UserError(msg)
+
+
+def _coerce(section, name: str, value: Any) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, with a clear error."""
+    ftype = {f.name: f.type for f in fields(section)}[name]
+    if value is None:
+        if "None" in str(ftype):
+            return None
+        raise UserError(f"{name} cannot be empty")
+    base = str(ftype).replace(" | None", "")
+    try:
+        if base == "bool":
+            if isinstance(value, str):
+                low = value.lower()
+                if low not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError
+                return low in ("true", "yes", "1")
+            return bool(value)
+        if base == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be {base}, got {value!r}") from None
+
+
+def config_from_dict(d: dict, *, where: str = "config") -> RunConfig:
+    """Nested sections ({data: {path: ...}}) or flat keys (epochs: 5, batch-size: 16), or both."""
+    cfg = RunConfig()
+    if not isinstance(d, dict):
+        raise UserError(f"{where} must be a mapping of settings, got {type(d).__name__}")
+    sections = {f.name for f in fields(RunConfig)}
+    for key, value in d.items():
+        if key in sections and isinstance(value, dict):
+            section = getattr(cfg, key)
+            names = [f.name for f in fields(section)]
+            for k, v in value.items():
+                k = str(k).replace("-", "_")
+                if k not in names:
+                    raise UserError(f"{where}: unknown setting {key}.{k}{did_you_mean(k, names)}")
+                cfg.set(f"{key}.{k}", v)
+        else:
+            flat = str(key).replace("-", "_")
+            if flat not in FLAT:
+                raise UserError(f"{where}: unknown setting {key!r}{did_you_mean(flat, list(FLAT) + list(sections))}")
+            cfg.set(FLAT[flat], value)
+    return cfg
+
+
+def load_config_file(path: str | Path) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot parse {p} as YAML: {str(e).splitlines()[0]}") from None
+    return config_from_dict(d, where=str(p))
+
+
+def replace(cfg: RunConfig, **flat: Any) -> RunConfig:
+    """A copy of `cfg` with flat-name overrides applied (None values are ignored)."""
+    out = config_from_dict(cfg.to_dict())
+    for k, v in flat.items():
+        if v is None:
+            continue
+        if k not in FLAT:
+            raise UserError(f"unknown setting {k!r}{did_you_mean(k, FLAT)}")
+        out.set(FLAT[k], v)
+    return out
+
+
+__all__ = [
+    "DataConfig", "ModelConfig", "StrategyConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "RunConfig",
+    "config_from_dict", "load_config_file", "replace", "FLAT",
+]

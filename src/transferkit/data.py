@@ -1,0 +1,243 @@
+"""From what the user points at to decoded, labelled images.
+
+`load_image_data(spec)` understands:
+- a folder with one subfolder per class;
+- a folder with `train/` and `val/` (optionally `test/`) subfolders of that shape;
+- a CSV file with `path,label` columns (relative paths are relative to the CSV);
+- `digits`: scikit-learn's 8x8 handwritten digits (built in, no download).
+
+Every image is decoded once into a uint8 tensor, resized so its shorter side is the backbone's
+`resize_size` and centre-cropped to a square of that size. Evaluation crops the centre `input_size`
+from it (exactly the usual resize + centre-crop); training takes random resized crops from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+BUILTIN = ("digits",)
+
+
+@dataclass
+class ImageSet:
+    """Images (file paths or in-memory HxWx3 uint8 arrays) with integer labels."""
+
+    sources: list  # str paths or np.ndarray images
+    labels: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def subset(self, idx) -> ImageSet:
+        idx = np.asarray(idx, dtype=int)
+        return ImageSet([self.sources[i] for i in idx], self.labels[idx], self.classes)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(self.labels.tolist())
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+
+@dataclass
+class DataSplits:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None
+    classes: list[str]
+    source: str
+    val_given: bool  # True when the user gave the validation split, False when we drew it
+    flip_ok: bool = True  # horizontal flips preserve labels (not for digits)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------- listing
+
+
+def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
+    """Resolve a data spec into train / val (/ test) splits. Nothing is decoded yet."""
+    if spec == "digits":
+        return _digits(val_fraction, seed)
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"data not found: {spec} (give a folder of class subfolders, a CSV, or one of: {', '.join(BUILTIN)})")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise UserError(f"{spec} is a file but not a .csv; give a folder of class subfolders or a CSV with path,label columns")
+        full = _read_csv(path)
+        classes = full.classes
+        tr, va = stratified_split(full.labels, val_fraction, seed)
+        return DataSplits(full.subset(tr), full.subset(va), None, classes, str(path), val_given=False)
+    if (path / "train").is_dir():
+        train = _read_folder(path / "train")
+        classes = train.classes
+        if not (path / "val").is_dir():
+            tr, va = stratified_split(train.labels, val_fraction, seed)
+            train, val = train.subset(tr), train.subset(va)
+            given = False
+        else:
+            val = _read_folder(path / "val", classes=classes)
+            given = True
+        test = _read_folder(path / "test", classes=classes) if (path / "test").is_dir() else None
+        return DataSplits(train, val, test, classes, str(path), val_given=given)
+    full = _read_folder(path)
+    tr, va = stratified_split(full.labels, val_fraction, seed)
+    return DataSplits(full.subset(tr), full.subset(va), None, full.classes, str(path), val_given=False)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split; every class keeps at least one example on each side."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    tr, va = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_val = min(max(1, int(round(len(idx) * val_fraction))), len(idx) - 1)
+        va.extend(idx[:n_val])
+        tr.extend(idx[n_val:])
+    return np.sort(np.array(tr, dtype=int)), np.sort(np.array(va, dtype=int))
+
+
+def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
+    check = classes is None  # the training (or only) split; val/test may hold fewer per class
+    if not root.is_dir():
+        raise UserError(f"data folder not found: {root}")
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not subdirs:
+        raise UserError(f"{root} has no class subfolders (expected {root}/<class>/<image files>)")
+    if classes is not None:
+        extra = sorted(set(subdirs) - set(classes))
+        if extra:
+            raise UserError(f"{root} has classes that are not in the training data: {', '.join(extra)}")
+    classes = classes or subdirs
+    sources, labels = [], []
+    for ci, name in enumerate(classes):
+        d = root / name
+        files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else []
+        sources += [str(p) for p in files]
+        labels += [ci] * len(files)
+    if not sources:
+        raise UserError(f"{root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    out = ImageSet(sources, np.array(labels, dtype=int), classes)
+    if check:
+        check_counts(out, str(root))
+    return out
+
+
+def _read_csv(path: Path) -> ImageSet:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            fields = rows[0].keys() if rows else []
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not rows:
+        raise UserError(f"{path} has no rows")
+    missing = {"path", "label"} - set(fields)
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(sorted(missing))}; found: {', '.join(fields)}")
+    sources, names, absent = [], [], []
+    for i, r in enumerate(rows, start=2):
+        p = Path(r["path"] or "")
+        p = p if p.is_absolute() else path.parent / p
+        if not r["path"] or not p.is_file():
+            absent.append(f"row {i}: {r['path']!r}")
+        sources.append(str(p))
+        names.append(str(r["label"]))
+    if absent:
+        raise UserError(f"{path}: {len(absent)} image path(s) do not exist: {'; '.join(absent[:5])}" + (" ..." if len(absent) > 5 else ""))
+    classes = sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    out = ImageSet(sources, np.array([index[n] for n in names], dtype=int), classes)
+    check_counts(out, str(path))
+    return out
+
+
+def check_counts(s: ImageSet, where: str) -> None:
+    """Training data needs two or more classes and at least 2 images in each."""
+    few = {c: n for c, n in s.counts().items() if n < 2}
+    if few:
+        raise UserError(f"{where}: every class needs at least 2 images; too few in " + ", ".join(f"{c!r} ({n})" for c, n in few.items()))
+    if len(s.classes) < 2:
+        raise UserError(f"{where}: found only one class ({s.classes[0]!r}); classification needs at least 2")
+
+
+def _digits(val_fraction: float, seed: int) -> DataSplits:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = (d.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)  # 0..16 -> 0..255
+    rgb = [np.repeat(im[:, :, None], 3, axis=2) for im in imgs]
+    full = ImageSet(rgb, d.target.astype(int), [str(c) for c in d.target_names])
+    tr, va = stratified_split(full.labels, val_fraction, seed)
+    return DataSplits(full.subset(tr), full.subset(va), None, full.classes, "digits", val_given=False, flip_ok=False)
+
+
+# -------------------------------------------------------------------------------------- decoding
+
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+
+
+def _to_square(img: Image.Image, size: int, interpolation: str) -> np.ndarray:
+    """Resize the shorter side to `size` and centre-crop a `size` x `size` square (as uint8 HxWx3)."""
+    w, h = img.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    img = img.resize((nw, nh), _RESAMPLE.get(interpolation, Image.BICUBIC))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def _decode_one(src, size: int, interpolation: str):
+    try:
+        if isinstance(src, np.ndarray):
+            img = Image.fromarray(src)
+        else:
+            with Image.open(src) as im:
+                im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
+                img = im.convert("RGB")
+        return _to_square(img.convert("RGB"), size, interpolation), None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return None, f"{src}: {type(e).__name__}: {str(e)[:120]}"
+
+
+def decode_images(s: ImageSet, size: int, interpolation: str = "bicubic", *, skip_bad: bool = False, progress=None):
+    """Decode `s` into a (N, 3, size, size) uint8 tensor. Unreadable files fail the run with their
+    names listed, or are dropped (with the returned list naming them) when `skip_bad` is set."""
+    n_workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(n_workers) as pool:  # PIL releases the GIL while decoding and resizing
+        results = list(pool.map(lambda src: _decode_one(src, size, interpolation), s.sources))
+        if progress is not None:
+            progress(len(results))
+    bad = [err for _, err in results if err]
+    if bad and not skip_bad:
+        raise UserError(
+            f"{len(bad)} image file(s) cannot be read:\n  " + "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
+            + "\nremove them, or pass --skip-bad-images to leave them out"
+        )
+    keep = [i for i, (arr, _) in enumerate(results) if arr is not None]
+    arr = np.stack([results[i][0] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
+    images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    return images, s.subset(keep), bad
+
+
+def fingerprint(images: torch.Tensor) -> str:
+    """sha256 of decoded pixels: changes whenever the data or its resizing changes."""
+    h = hashlib.sha256()
+    h.update(str(tuple(images.shape)).encode())
+    h.update(images.numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,245 @@
+"""`fit`: data -> model -> phases -> metrics -> run directory. The CLI and the Python API call this."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .backbones import Preprocess
+from .baselines import raw_pixel_logreg
+from .config import RunConfig
+from .data import DataSplits, check_counts, decode_images, fingerprint, load_image_data
+from .errors import UserError
+from .features import cached_features
+from .metrics import classification_metrics, paired_bootstrap, verdict
+from .model import Group, TransferModel, create_model, model_groups, set_trainable
+from .rundir import RunDir
+from .strategies import create_phases
+from .trainer import PhaseData, predict_proba, run_phase, seed_everything
+from .transforms import augment, center_crop, normalize
+from . import report
+
+
+@dataclass
+class FitResult:
+    model: TransferModel
+    classes: list[str]
+    preprocess: Preprocess
+    config: RunConfig
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+def make_accelerator(cfg: RunConfig):
+    from accelerate import Accelerator
+
+    mp = cfg.train.precision
+    if mp == "auto":
+        mp = "bf16" if (torch.cuda.is_available() and not cfg.train.cpu and torch.cuda.is_bf16_supported()) else "no"
+    return Accelerator(cpu=cfg.train.cpu, mixed_precision=mp)
+
+
+def effective_preprocess(model: TransferModel, cfg: RunConfig) -> Preprocess:
+    pre = model.backbone.preprocess
+    if cfg.data.input_size:
+        pre = Preprocess(cfg.data.input_size, pre.mean, pre.std, pre.crop_pct, pre.interpolation)
+    return pre
+
+
+def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None) -> FitResult:
+    """Fine-tune `cfg.model.name` on `cfg.data.path` as `cfg.strategy.name` says; write `out` if given."""
+    console = console or report.console()
+    cfg.validate()
+    rundir = RunDir(out, overwrite=overwrite) if out is not None else None  # refuse a finished run before work
+    t_start = time.perf_counter()
+    seed_everything(cfg.train.seed)
+
+    splits = load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+    model = create_model(cfg.model, len(splits.classes))
+    pre = effective_preprocess(model, cfg)
+    with report.progress(console) as prog:
+        task = prog.add_task("decoding images", total=len(splits.train) + len(splits.val) + (len(splits.test) if splits.test else 0))
+        step = lambda k: prog.update(task, advance=k)  # noqa: E731
+        train_u8, splits.train, bad_tr = decode_images(splits.train, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images, progress=step)
+        val_u8, splits.val, bad_va = decode_images(splits.val, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images, progress=step)
+        test_u8 = None
+        if splits.test is not None:
+            test_u8, splits.test, _ = decode_images(splits.test, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images, progress=step)
+    if bad_tr or bad_va:
+        console.print(f"[yellow]skipped {len(bad_tr) + len(bad_va)} unreadable image(s):[/] " + "; ".join((bad_tr + bad_va)[:5]))
+        check_counts(splits.train, splits.source)
+        if len(splits.val) == 0:
+            raise UserError(f"{splits.source}: no readable validation images left")
+
+    phases = create_phases(cfg)
+    groups = model_groups(model)
+    flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
+    report.print_summary(console, cfg, splits, model, groups, phases, pre, flip)
+    if rundir is not None:
+        rundir.create()
+
+    accelerator = make_accelerator(cfg)
+    device = accelerator.device
+    y_train = torch.as_tensor(splits.train.labels, device=device)
+    y_val = torch.as_tensor(splits.val.labels, device=device)
+    history: list[dict] = []
+    timing = {"probe_s": 0.0, "finetune_s": 0.0, "features_s": 0.0, "train_images": 0, "train_seconds": 0.0}
+    feature_cache = {"hit": None}
+    best: tuple[float, float] | None = None
+    model.to(device, memory_format=torch.channels_last)
+
+    with report.progress(console) as prog:
+        for i, phase in enumerate(phases):
+            pname = f"{phase.kind}" if len(phases) == 1 else f"{i + 1}:{phase.kind}"
+            t0 = time.perf_counter()
+            if phase.kind == "probe":
+                tf = time.perf_counter()
+                f_train, hit_tr = cached_features(model.backbone, train_u8, pre.input_size, fingerprint(train_u8), device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
+                f_val, hit_va = cached_features(model.backbone, val_u8, pre.input_size, fingerprint(val_u8), device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
+                feature_cache["hit"] = hit_tr and hit_va
+                timing["features_s"] += time.perf_counter() - tf
+                data = PhaseData(f_train.to(device), y_train, f_val.to(device), y_val, lambda x, g: x, lambda x: x)
+                head_group = [g for g in groups if g.name == "head"]
+                res = run_phase(pname, phase, model.head, head_group, data, cfg, accelerator, epoch_offset=len(history), progress=prog)
+            else:
+                model.train()
+                x_train, x_val = train_u8.to(device), val_u8.to(device)
+                mean, std, size = pre.mean, pre.std, pre.input_size
+                scale = (cfg.data.crop_scale_min, 1.0)
+
+                def train_tf(x, g, _aug=cfg.data.augment):
+                    if _aug:
+                        return normalize(augment(x, size, scale=scale, flip=flip, generator=g), mean, std)
+                    return normalize(center_crop(x, size), mean, std)
+
+                def eval_tf(x):
+                    return normalize(center_crop(x, size), mean, std)
+
+                data = PhaseData(x_train, y_train, x_val, y_val, train_tf, eval_tf)
+                res = run_phase(
+                    pname, phase, model, groups, data, cfg, accelerator,
+                    model_for_freezing=model, initial_best=best, epoch_offset=len(history), progress=prog,
+                )
+                timing["train_images"] += res.train_images
+                timing["train_seconds"] += res.train_seconds
+            timing[f"{phase.kind}_s"] += time.perf_counter() - t0
+            history += res.history
+            best = (res.best_val_accuracy, res.best_val_loss)
+    model = accelerator.unwrap_model(model).cpu().eval()
+    set_trainable(model, groups, {g.name for g in groups}, train_bn=True)
+
+    # ---- evaluation, baseline, verdict
+    autocast = accelerator.autocast
+    eval_tf = lambda x: normalize(center_crop(x, pre.input_size), pre.mean, pre.std)  # noqa: E731
+    val_proba = predict_proba(model, val_u8, eval_tf, cfg.train.eval_batch_size, autocast).numpy()
+    metrics = classification_metrics(splits.val.labels, val_proba, splits.classes)
+    base_proba = raw_pixel_logreg(train_u8, splits.train.labels, val_u8, seed=cfg.train.seed)
+    base = classification_metrics(splits.val.labels, base_proba, splits.classes)
+    boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), base_proba.argmax(1), seed=cfg.train.seed)
+    wall = time.perf_counter() - t_start
+    metrics.update(
+        n_train=len(splits.train), n_val=len(splits.val), wall_s=round(wall, 3),
+        val_split="given" if splits.val_given else f"stratified {cfg.data.val_fraction:.0%} of the data, seed {cfg.train.seed}",
+        best_epoch=history and max(history, key=lambda h: (h["val_accuracy"], -h["val_loss"]))["epoch"],
+        baseline={"name": "raw-pixel logistic regression", "accuracy": base["accuracy"], "macro_f1": base["macro_f1"], "auroc": base["auroc"]},
+        transfer_vs_baseline=boot, verdict=verdict(boot, "raw-pixel logistic regression"),
+        feature_cache_hit=feature_cache["hit"], timing={k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
+        train_images_per_s=round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None,
+        device=str(device), precision=accelerator.mixed_precision,
+    )
+    if test_u8 is not None and len(test_u8):
+        test_proba = predict_proba(model, test_u8, eval_tf, cfg.train.eval_batch_size, autocast).numpy()
+        metrics["test"] = classification_metrics(splits.test.labels, test_proba, splits.classes)
+
+    result = FitResult(model, splits.classes, pre, cfg, metrics, history)
+    if rundir is not None:
+        write_run(rundir, result, splits)
+        result.run_dir = rundir.path
+    report.print_results(console, result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ saving
+
+
+def model_meta(model: TransferModel, classes: list[str], pre: Preprocess, cfg: RunConfig) -> dict:
+    return {
+        "format": "transferkit-model/1",
+        "transferkit_version": __version__,
+        "modality": "image",
+        "backbone": model.backbone.spec,
+        "weights_id": model.backbone.weights_id,
+        "head": {"kind": cfg.model.head, "hidden": cfg.model.head_hidden, "dropout": cfg.model.head_dropout},
+        "classes": classes,
+        "preprocess": pre.to_dict(),
+    }
+
+
+def write_model(rundir: RunDir, model: TransferModel, meta: dict) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    rundir.write_bytes("model.safetensors", save(state))
+    rundir.write_json("model.json", meta)
+
+
+def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
+    from . import plots
+
+    write_model(rundir, r.model, model_meta(r.model, r.classes, r.preprocess, r.config))
+    rundir.write_yaml("config.yaml", r.config.to_dict())
+    rundir.write_json("metrics.json", r.metrics)
+    buf = io.StringIO()
+    cols = ["epoch", "phase", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"]
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows({k: h[k] for k in cols} for h in r.history)
+    rundir.write_text("history.csv", buf.getvalue())
+    for name, fig in (("curves.png", plots.curves_figure(r.history)), ("confusion_matrix.png", plots.confusion_figure(r.metrics["confusion_matrix"], r.classes))):
+        rundir.write_figure(name, fig)
+        plots.close(fig)
+    rundir.write_json("data.json", {"source": splits.source, "classes": r.classes, "train": splits.train.counts(), "val": splits.val.counts()})
+    rundir.finalize()
+
+
+def load_model(path: str | Path) -> tuple[TransferModel, dict]:
+    """Rebuild a saved model (architecture from model.json, weights from model.safetensors)."""
+    from safetensors.torch import load_file
+
+    from .backbones import create_backbone
+    from .model import create_head
+    from .rundir import verify
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"run directory not found: {p}")
+    problems = verify(p)
+    if problems:
+        raise UserError(f"{p} is not a finished transferkit run: " + "; ".join(problems[:3]))
+    meta = json.loads((p / "model.json").read_text())
+    spec = dict(meta["backbone"])
+    backbone = create_backbone(spec.pop("name"), arch=spec.pop("arch", None), pretrained=False)
+    head = meta["head"]
+    model = TransferModel(backbone, create_head(head["kind"], backbone.num_features, len(meta["classes"]), hidden=head["hidden"], dropout=head["dropout"]))
+    model.load_state_dict(load_file(str(p / "model.safetensors")))
+    backbone.weights_id = meta.get("weights_id", backbone.weights_id)
+    return model.eval(), meta
+
+
+def proba_of_images(model: TransferModel, pre: Preprocess, images_u8: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    import contextlib
+
+    tf = lambda x: normalize(center_crop(x, pre.input_size), pre.mean, pre.std)  # noqa: E731
+    return predict_proba(model, images_u8, tf, batch_size, contextlib.nullcontext).numpy()
+
+
+__all__ = ["fit", "FitResult", "load_model", "proba_of_images", "Group"]

@@ -1,0 +1,54 @@
+"""Classification metrics from labels and predicted probabilities (scikit-learn underneath)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
+    """accuracy, macro_f1, auroc (one-vs-rest macro for more than two classes; None when a class is
+    absent from y_true), confusion matrix and per-class precision / recall / f1 / support."""
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    labels = np.arange(len(classes))
+    y_pred = proba.argmax(1)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    present = np.unique(y_true)
+    auroc = None
+    if len(present) == len(classes) >= 2:
+        if len(classes) == 2:
+            auroc = float(roc_auc_score(y_true, proba[:, 1]))
+        else:
+            auroc = float(roc_auc_score(y_true, proba / proba.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=labels))
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "auroc": auroc,
+        "n": int(len(y_true)),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, c in enumerate(classes)
+        },
+    }
+
+
+def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Accuracy difference a - b with a paired bootstrap 95% interval over the evaluation examples."""
+    y_true, ca, cb = np.asarray(y_true), np.asarray(pred_a) == np.asarray(y_true), np.asarray(pred_b) == np.asarray(y_true)
+    diff = ca.astype(float) - cb.astype(float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
+    boots = diff[idx].mean(1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"diff": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi)}
+
+
+def verdict(boot: dict, baseline: str) -> str:
+    d, lo, hi = 100 * boot["diff"], 100 * boot["ci_low"], 100 * boot["ci_high"]
+    ci = f"95% CI [{lo:+.1f}, {hi:+.1f}]"
+    if lo > 0:
+        return f"transfer helped: {d:+.1f} points over {baseline} ({ci})"
+    if hi < 0:
+        return f"NEGATIVE TRANSFER: {d:+.1f} points against {baseline} ({ci}); the baseline is better on this data"
+    return f"no significant difference from {baseline}: {d:+.1f} points ({ci})"

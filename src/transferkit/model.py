@@ -1,0 +1,77 @@
+"""Backbone + new head, and the parameter groups built from them once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, create_backbone
+from .config import ModelConfig
+
+
+def create_head(kind: str, in_features: int, num_classes: int, *, hidden: int = 512, dropout: float = 0.0) -> nn.Module:
+    """`linear`: (dropout) + Linear. `mlp`: Linear -> GELU -> dropout -> Linear."""
+    if kind == "linear":
+        layers = ([nn.Dropout(dropout)] if dropout > 0 else []) + [nn.Linear(in_features, num_classes)]
+        return nn.Sequential(*layers)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    raise ValueError(f"unknown head {kind!r}")
+
+
+class TransferModel(nn.Module):
+    """A pretrained backbone (its top dropped) with a freshly initialised head."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True) -> TransferModel:
+    backbone = create_backbone(cfg.name, arch=cfg.arch, pretrained=pretrained)
+    head = create_head(cfg.head, backbone.num_features, num_classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
+    return TransferModel(backbone, head)
+
+
+@dataclass
+class Group:
+    """A named block of parameters (stem, a block, ..., head) with its learning-rate scale."""
+
+    name: str
+    params: list[tuple[str, nn.Parameter]]
+    lr_scale: float = 1.0
+
+
+def model_groups(model: TransferModel) -> list[Group]:
+    """The backbone's ordered block groups followed by the head: every parameter in exactly one group."""
+    named = dict(model.named_parameters())
+    groups, seen = [], set()
+    for gname, pnames in model.backbone.block_groups():
+        params = [(f"backbone.{n}", named[f"backbone.{n}"]) for n in pnames]
+        seen.update(n for n, _ in params)
+        groups.append(Group(gname, params))
+    leftover = [(n, p) for n, p in model.backbone.named_parameters(prefix="backbone") if n not in seen]
+    if leftover:  # parameters a backbone's grouping forgot still train with the top block
+        groups[-1].params.extend(leftover)
+    groups.append(Group("head", list(model.head.named_parameters(prefix="head"))))
+    return groups
+
+
+def set_trainable(model: TransferModel, groups: list[Group], unfrozen: set[str], *, train_bn: bool = False) -> None:
+    """requires_grad on for `unfrozen` groups, off for the rest; frozen BatchNorm layers stay in eval
+    mode (their running statistics do not move) unless `train_bn`. Call after `model.train()`."""
+    for g in groups:
+        for _, p in g.params:
+            p.requires_grad_(g.name in unfrozen)
+    if train_bn:
+        return
+    for m in model.backbone.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if not any(p.requires_grad for p in m.parameters(recurse=False)):
+                m.eval()

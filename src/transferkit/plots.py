@@ -1,0 +1,64 @@
+"""Plots a person would rather look at than read: training curves and the confusion matrix."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def curves_figure(history: list[dict]):
+    """Loss, validation accuracy and learning rate per epoch, phases marked."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ep = [h["epoch"] for h in history]
+    ax = axes[0]
+    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
+    ax.set(title="loss", xlabel="epoch")
+    ax.legend()
+    ax = axes[1]
+    ax.plot(ep, [100 * h["val_accuracy"] for h in history], "o-", color="C2")
+    best = int(np.argmax([h["val_accuracy"] for h in history])) if history else 0
+    if history:
+        ax.axvline(ep[best], color="gray", ls=":", label=f"best {100 * history[best]['val_accuracy']:.1f}%")
+        ax.legend(loc="lower right")
+    ax.set(title="validation accuracy (%)", xlabel="epoch")
+    ax = axes[2]
+    ax.plot(ep, [h["lr"] for h in history], "o-", color="C3")
+    ax.set(title="learning rate (end of epoch)", xlabel="epoch")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    phases = [h.get("phase") for h in history]
+    for i in range(1, len(phases)):
+        if phases[i] != phases[i - 1]:
+            for a in axes:
+                a.axvspan(ep[0] - 0.5, ep[i] - 0.5, color="0.93", zorder=0)
+            axes[0].text(ep[0], axes[0].get_ylim()[1], f" {phases[0]}", va="top", fontsize=8, color="0.4")
+    for a in axes:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(cm, classes: list[str]):
+    cm = np.asarray(cm)
+    n = len(classes)
+    size = min(12, 2.5 + 0.55 * n)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    rows = cm.sum(1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", fontsize=9 if n <= 12 else 6, color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), classes)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (counts; colour = row fraction)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig) -> None:
+    plt.close(fig)

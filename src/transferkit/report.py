@@ -1,0 +1,101 @@
+"""What a run says on the terminal: a one-screen summary before training, progress bars, results."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def console(quiet: bool = False) -> Console:
+    return Console(stderr=False, quiet=quiet, highlight=False, width=None if sys.stdout.isatty() else 110)
+
+
+def progress(con: Console):
+    """Progress bars with ETA on a terminal; nothing on a pipe or in CI (the summaries still print)."""
+    if con.quiet or not con.is_terminal or os.environ.get("CI"):
+        return contextlib.nullcontext(_NoProgress())
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=con, transient=True,
+    )
+
+
+class _NoProgress:
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def print_summary(con: Console, cfg, splits, model, groups, phases, pre, flip: bool) -> None:
+    t = Table(title=f"transferkit fit: {cfg.model.name} on {splits.source}", show_header=True, header_style="bold")
+    t.add_column("class")
+    t.add_column("train", justify="right")
+    t.add_column("val", justify="right")
+    tr, va = splits.train.counts(), splits.val.counts()
+    for c in splits.classes[:20]:
+        t.add_row(c, str(tr[c]), str(va[c]))
+    if len(splits.classes) > 20:
+        t.add_row(f"... {len(splits.classes) - 20} more", "", "")
+    t.add_row("[bold]total", f"[bold]{len(splits.train)}", f"[bold]{len(splits.val)}")
+    con.print(t)
+    n_all = sum(p.numel() for p in model.parameters())
+    n_head = sum(p.numel() for p in model.head.parameters())
+    con.print(
+        f"model: {cfg.model.name} ({model.backbone.num_features}-d features, {_count(n_all - n_head)} backbone params) + "
+        f"{cfg.model.head} head ({_count(n_head)} params, {len(splits.classes)} classes)\n"
+        f"input: {pre.input_size}px (resize {pre.resize_size}), mean {tuple(round(m, 3) for m in pre.mean)}, std {tuple(round(s, 3) for s in pre.std)}; "
+        f"augment: {'random resized crop' + (' + flip' if flip else '') if cfg.data.augment else 'off'}\n"
+        f"validation: {'given' if splits.val_given else f'stratified {cfg.data.val_fraction:.0%} split, seed {cfg.train.seed}'}"
+        + (f"; test: {len(splits.test)} images" if splits.test is not None else "")
+    )
+    for i, ph in enumerate(phases, 1):
+        if ph.kind == "probe":
+            trainable = n_head
+            desc = f"head only on cached features, {ph.epochs} epochs"
+        else:
+            names = ph.unfrozen(0, [g.name for g in groups])
+            trainable = sum(p.numel() for g in groups if g.name in names for _, p in g.params)
+            desc = f"{len(names)}/{len(groups)} groups unfrozen at epoch 1, {ph.epochs} epochs, {cfg.schedule.name} schedule, warmup {cfg.schedule.warmup_epochs:g} epoch(s)"
+        con.print(
+            f"phase {i} {ph.kind}: {desc}; {cfg.optim.name} lr {ph.lr:.2g}, wd {cfg.optim.weight_decay:g}, batch {cfg.train.batch_size}; "
+            f"trainable {_count(trainable)} / frozen {_count(n_all - trainable)} params"
+        )
+    gt = Table(title="parameter groups (built once; lr = phase lr x lr_scale)", header_style="bold")
+    for col in ("group", "params", "lr_scale"):
+        gt.add_column(col, justify="right" if col != "group" else "left")
+    shown = groups if len(groups) <= 12 else groups[:5] + groups[-6:]
+    for g in shown:
+        gt.add_row(g.name, _count(sum(p.numel() for _, p in g.params)), f"{g.lr_scale:g}")
+        if len(groups) > 12 and g is groups[4]:
+            gt.add_row("...", "", "")
+    con.print(gt)
+
+
+def print_results(con: Console, r) -> None:
+    m = r.metrics
+    auroc = f"{m['auroc']:.4f}" if m.get("auroc") is not None else "n/a"
+    t = Table(title="results (validation split)", header_style="bold")
+    for col in ("", "accuracy", "macro-F1", "AUROC"):
+        t.add_column(col, justify="right" if col else "left")
+    t.add_row(f"transferkit ({r.config.strategy.name})", f"{100 * m['accuracy']:.2f}%", f"{m['macro_f1']:.4f}", auroc)
+    b = m["baseline"]
+    t.add_row(b["name"], f"{100 * b['accuracy']:.2f}%", f"{b['macro_f1']:.4f}", f"{b['auroc']:.4f}" if b.get("auroc") is not None else "n/a")
+    if "test" in m:
+        t.add_row("transferkit on test split", f"{100 * m['test']['accuracy']:.2f}%", f"{m['test']['macro_f1']:.4f}", "")
+    con.print(t)
+    con.print(f"verdict: {m['verdict']}")
+    per = ", ".join(f"{c} P={v['precision']:.2f}/R={v['recall']:.2f}" for c, v in list(m["per_class"].items())[:10])
+    con.print(f"per class: {per}")
+    ips = f", {m['train_images_per_s']} training images/s" if m.get("train_images_per_s") else ""
+    con.print(f"wall time {m['wall_s']:.1f} s on {m['device']}{ips}" + (f"; run directory: {r.run_dir}" if r.run_dir else ""))

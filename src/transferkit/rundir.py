@@ -1,0 +1,94 @@
+"""The run directory: every file written atomically, and `manifest.json` written last.
+
+A run is complete exactly when `manifest.json` exists and every file it lists has the listed sha256.
+A crashed or interrupted run therefore never looks complete, whatever else it left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+MANIFEST = "manifest.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    return verify(path) == []
+
+
+def verify(path: str | os.PathLike) -> list[str]:
+    """Problems that make `path` not a complete run ([] when it is one)."""
+    p = Path(path)
+    m = p / MANIFEST
+    if not m.is_file():
+        return [f"{p} has no {MANIFEST} (the run did not finish)"]
+    try:
+        files = json.loads(m.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        return [f"{m} is damaged ({e})"]
+    problems = []
+    for name, digest in files.items():
+        f = p / name
+        if not f.is_file():
+            problems.append(f"{name} is missing")
+        elif hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            problems.append(f"{name} does not match its sha256 in the manifest")
+    return problems
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
+        self.path = Path(path)
+        self.files: dict[str, str] = {}
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} exists and is not a directory")
+        if (self.path / MANIFEST).exists() and not overwrite:
+            raise UserError(f"{self.path} already holds a finished run; pass --overwrite to replace it, or choose another --out")
+
+    def create(self) -> RunDir:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / MANIFEST).unlink(missing_ok=True)  # from here until finalize() the run is incomplete
+        return self
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        target = self.path / name
+        if target.resolve().parent != self.path.resolve():
+            raise ValueError(f"refusing to write outside the run directory: {name!r}")
+        atomic_write_bytes(target, data)
+        self.files[name] = hashlib.sha256(data).hexdigest()
+        return target
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def write_json(self, name: str, obj) -> Path:
+        return self.write_text(name, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+    def write_yaml(self, name: str, obj) -> Path:
+        return self.write_text(name, yaml.safe_dump(obj, sort_keys=False))
+
+    def write_figure(self, name: str, fig) -> Path:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+        return self.write_bytes(name, buf.getvalue())
+
+    def finalize(self) -> None:
+        manifest = {"files": dict(sorted(self.files.items())), "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_bytes(self.path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
