@@ -20,16 +20,39 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--data", "data", str, "folder of class subfolders, folder with train/ val/ [test/], CSV with path,label, or 'digits'"),
     ("--model", "model", str, "backbone: a name from `transferkit models`, timm:NAME, or file:PATH (with --arch)"),
     ("--arch", "arch", str, "architecture of a file:PATH checkpoint (registered or timm name)"),
-    ("--strategy", "strategy", str, "linear_probe | full | lp_ft (default lp_ft)"),
+    ("--strategy", "strategy", str, "linear_probe | full | partial | gradual | lp_ft (default lp_ft); see `transferkit strategies`"),
+    ("--k", "k", int, "partial: train the last k backbone block groups"),
+    ("--unfreeze-every", "unfreeze_every", int, "gradual: unfreeze one more block group every N epochs"),
+    ("--layer-decay", "layer_decay", float, "discriminative rates: each group down from the head gets lr x this"),
+    ("--layer-lr-min", "layer_lr_min", float, "discriminative rates: geometric from this (first group) to --lr (head)"),
+    ("--freeze", "freeze", str, "comma-separated regexes of parameter names to keep frozen"),
     ("--epochs", "epochs", int, "fine-tuning epochs (default 8)"),
     ("--batch-size", "batch_size", int, "training batch size (default 32)"),
     ("--lr", "lr", float, "base learning rate (default 1e-3; lp_ft fine-tunes at lr x ft_lr_scale)"),
     ("--seed", "seed", int, "random seed for the split, initialisation and augmentation (default 0)"),
     ("--optimizer", "optimizer", str, "adamw | adam | sgd"),
     ("--weight-decay", "weight_decay", float, "weight decay (not on biases and norm weights)"),
-    ("--schedule", "schedule", str, "cosine | linear | constant, with warmup"),
-    ("--warmup-epochs", "warmup_epochs", float, "linear warmup length in epochs"),
+    ("--schedule", "schedule", str, "constant | step | multistep | exponential | linear | cosine | onecycle"),
+    ("--warmup-epochs", "warmup_epochs", float, "linear warmup length in epochs, in front of any schedule"),
+    ("--min-lr-ratio", "min_lr_ratio", float, "cosine / linear: end at lr x this"),
+    ("--step-size", "step_size", float, "step: epochs between decays"),
+    ("--gamma", "gamma", float, "step / multistep: decay factor in (0, 1]"),
+    ("--milestones", "milestones", str, "multistep: comma-separated epochs"),
+    ("--decay-rate", "decay_rate", float, "exponential: factor per decay_steps, in (0, 1]"),
+    ("--decay-steps", "decay_steps", int, "exponential: optimizer steps per decay_rate factor"),
+    ("--pct-start", "pct_start", float, "onecycle: fraction of steps rising"),
+    ("--momentum", "momentum", float, "SGD momentum"),
+    ("--clip-value", "clip_value", float, "clip each gradient element to [-v, v]"),
+    ("--clip-norm", "clip_norm", float, "clip the global gradient norm to this"),
+    ("--l1", "l1", float, "L1 penalty on weights"),
+    ("--l2", "l2", float, "explicit L2 penalty on weights (coupled; see --weight-decay for decoupled)"),
+    ("--l2sp-alpha", "l2sp_alpha", float, "L2-SP: pull the backbone toward its pretrained weights"),
+    ("--l2sp-beta", "l2sp_beta", float, "L2-SP: L2 on the head"),
     ("--patience", "patience", int, "early stopping after this many epochs without improvement"),
+    ("--metric", "metric", str, "selection / early-stopping metric: accuracy | macro_f1 | loss"),
+    ("--min-delta", "min_delta", float, "smallest change that counts as an improvement"),
+    ("--class-weight", "class_weight", str, "none | balanced"),
+    ("--sampler", "sampler", str, "shuffle | balanced"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing of the cross-entropy loss"),
     ("--head", "head", str, "linear | mlp"),
     ("--head-hidden", "head_hidden", int, "hidden units of the mlp head"),
@@ -47,6 +70,8 @@ BOOL_FLAGS: list[tuple[str, str, object, str]] = [
     ("--skip-bad-images", "skip_bad_images", True, "leave out unreadable images instead of failing"),
     ("--train-bn", "train_bn", True, "let frozen BatchNorm layers update their statistics"),
     ("--cpu", "cpu", True, "use the CPU even when a GPU is present"),
+    ("--staircase", "staircase", True, "exponential: decay in discrete jumps"),
+    ("--no-nesterov", "nesterov", False, "SGD without Nesterov momentum"),
 ]
 
 
@@ -69,12 +94,59 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 def cmd_fit(args) -> int:
     from . import report
     from .fit import fit
+    from .trainer import StopRequested
 
-    cfg = resolve_config(args)
-    if args.data is None and not args.config:
-        raise UserError("fit needs --data (a folder, a CSV, or 'digits')")
-    fit(cfg, args.out, overwrite=args.overwrite, console=report.console(quiet=args.quiet))
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise UserError(f"{run} is not a transferkit run directory (no config.yaml)")
+        cfg, out = load_config_file(run / "config.yaml"), run
+    else:
+        if args.out is None:
+            raise UserError("fit needs --out RUN_DIR (or --resume RUN_DIR)")
+        cfg, out = resolve_config(args), args.out
+        if args.data is None and not args.config:
+            raise UserError("fit needs --data (a folder, a CSV, or 'digits')")
+    signals = _StopOnSignal()
+    try:
+        with signals:
+            fit(cfg, out, overwrite=args.overwrite, console=report.console(quiet=args.quiet), resume=bool(args.resume), should_stop=signals)
+    except StopRequested:
+        print(f"transferkit: stopped by {signals.name}; checkpoint written. Resume with:\n  transferkit fit --resume {out}", file=sys.stderr)
+        return 128 + signals.signum
     return 0
+
+
+class _StopOnSignal:
+    """First Ctrl-C / SIGTERM: finish the current step, checkpoint, exit 130 / 143. Second: stop now."""
+
+    def __init__(self):
+        self.signum = 0
+        self.name = ""
+
+    def __call__(self) -> bool:
+        return bool(self.signum)
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum, self.name = signum, signal.Signals(signum).name
+        print(f"\ntransferkit: {self.name} received: finishing the current step and writing a checkpoint (again to stop at once)", file=sys.stderr)
+
+    def __enter__(self):
+        import signal
+
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
 
 
 def cmd_demo(args) -> int:
@@ -115,6 +187,17 @@ def cmd_models(args) -> int:
     print(f"{'timm:NAME':<{w}}  any timm model, pretrained through timm's hub (needs internet)")
     print(f"{'file:PATH':<{w}}  a local .safetensors / .pt / .pth / .th checkpoint, with --arch NAME")
     return 0
+
+
+def cmd_list(registry, extra: list[tuple[str, str]] = ()):
+    def run(args) -> int:
+        rows = [(n, registry.help(n)) for n in registry.names()] + list(extra)
+        w = max(len(n) for n, _ in rows)
+        for n, h in rows:
+            print(f"{n:<{w}}  {h}")
+        return 0
+
+    return run
 
 
 def cmd_evaluate(args) -> int:
@@ -174,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fine-tune a pretrained model on your data and write a run directory")
     _add_fit_flags(p)
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--out", help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("demo", help="EfficientNet-Lite0 on scikit-learn's digits against a raw-pixel baseline (no download)")
@@ -186,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered backbones")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    from .schedules import SCHEDULES
+    from .strategies import STRATEGIES
+
+    p = sub.add_parser("strategies", help="list the fine-tuning strategies")
+    p.set_defaults(func=cmd_list(STRATEGIES))
+    p = sub.add_parser("schedules", help="list the learning-rate schedules")
+    p.set_defaults(func=cmd_list(SCHEDULES))
 
     p = sub.add_parser("evaluate", help="metrics of a finished run on labelled data")
     p.add_argument("run_dir")

@@ -8,6 +8,7 @@ the file overrides the defaults. `validate()` runs before any heavy work.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,28 @@ class ModelConfig:
 @dataclass
 class StrategyConfig:
     name: str = "lp_ft"  # see `transferkit strategies`
+    k: int = 2  # partial: train the last k backbone block groups (and the head)
+    unfreeze_every: int = 1  # gradual: unfreeze one more block group, top down, every this many epochs
+    layer_decay: float | None = None  # each group down from the head gets lr x layer_decay^depth
+    layer_lr_min: float | None = None  # or: rates geometric from this (first group) up to lr (head)
+    freeze: list[str] = field(default_factory=list)  # regexes of parameter names kept frozen throughout
     train_bn: bool = False  # let frozen BatchNorm layers update their running statistics
     lp_epochs: int = 100  # linear-probe epochs on cached features (linear_probe, lp_ft)
     ft_lr_scale: float = 0.1  # lp_ft: fine-tuning rate as a fraction of --lr
+
+    def validate(self) -> None:
+        _check(self.k >= 1, f"k must be >= 1, got {self.k}")
+        _check(self.unfreeze_every >= 1, f"unfreeze_every must be >= 1, got {self.unfreeze_every}")
+        _check(self.layer_decay is None or 0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        _check(self.layer_lr_min is None or self.layer_lr_min > 0, f"layer_lr_min must be > 0, got {self.layer_lr_min}")
+        _check(not (self.layer_decay and self.layer_lr_min), "give layer_decay or layer_lr_min, not both")
+        _check(self.lp_epochs >= 1, f"lp_epochs must be >= 1, got {self.lp_epochs}")
+        _check(0 < self.ft_lr_scale <= 1, f"ft_lr_scale must be in (0, 1], got {self.ft_lr_scale}")
+        for pat in self.freeze:
+            try:
+                re.compile(pat)
+            except re.error as e:
+                raise UserError(f"freeze pattern {pat!r} is not a valid regular expression: {e}") from None
 
 
 @dataclass
@@ -62,8 +82,12 @@ class OptimConfig:
     weight_decay: float = 0.01  # decoupled (AdamW) or coupled (SGD, Adam); never on biases and norms
     momentum: float = 0.9  # SGD
     nesterov: bool = True  # SGD
+    clip_value: float | None = None  # clip every gradient element to [-clip_value, clip_value]
+    clip_norm: float | None = None  # rescale gradients whose global L2 norm exceeds clip_norm
 
     def validate(self) -> None:
+        _check(self.clip_value is None or self.clip_value > 0, f"clip_value must be > 0, got {self.clip_value}")
+        _check(self.clip_norm is None or self.clip_norm > 0, f"clip_norm must be > 0, got {self.clip_norm}")
         _check(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
@@ -72,12 +96,40 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "cosine"  # see `transferkit schedules`
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0  # linear warmup in front of any schedule
     min_lr_ratio: float = 0.0  # cosine / linear end at lr * min_lr_ratio
+    step_size: float = 3.0  # step: epochs between decays
+    gamma: float = 0.1  # step / multistep: decay factor
+    milestones: list[float] = field(default_factory=lambda: [5.0, 8.0])  # multistep: epochs
+    decay_rate: float = 0.9  # exponential
+    decay_steps: int = 100  # exponential: optimizer steps per decay_rate factor
+    staircase: bool = False  # exponential: decay in discrete jumps
+    pct_start: float = 0.3  # onecycle: fraction of steps rising
+    div_factor: float = 25.0  # onecycle: start at lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: end at lr / (div_factor * final_div_factor)
 
     def validate(self) -> None:
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(0 < self.gamma <= 1, f"gamma (a decay rate) must be in (0, 1], got {self.gamma}")
+        _check(0 < self.decay_rate <= 1, f"decay_rate must be in (0, 1], got {self.decay_rate}")
+        _check(self.decay_steps >= 1, f"decay_steps must be >= 1, got {self.decay_steps}")
+        _check(self.step_size > 0, f"step_size must be > 0, got {self.step_size}")
+        _check(all(m > 0 for m in self.milestones), f"milestones must be > 0 epochs, got {self.milestones}")
+        _check(0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}")
+        _check(self.div_factor >= 1 and self.final_div_factor >= 1, "div_factor and final_div_factor must be >= 1")
+
+
+@dataclass
+class RegConfig:
+    l1: float = 0.0  # l1 * sum |w| over trainable weights (not biases / norms)
+    l2: float = 0.0  # explicit l2 * sum w^2 penalty in the loss (coupled, unlike weight_decay)
+    l2sp_alpha: float = 0.0  # L2-SP: alpha * ||w - w0||^2 on the backbone, w0 = pretrained weights
+    l2sp_beta: float = 0.0  # L2-SP: beta * ||w||^2 on the head
+
+    def validate(self) -> None:
+        for k, v in asdict(self).items():
+            _check(v >= 0 and math.isfinite(v), f"{k} must be >= 0, got {v}")
 
 
 @dataclass
@@ -87,9 +139,14 @@ class TrainConfig:
     eval_batch_size: int = 32
     seed: int = 0
     patience: int | None = None  # early stopping: epochs without improvement; None: run all epochs
+    metric: str = "accuracy"  # model selection and early stopping: accuracy | macro_f1 | loss
+    min_delta: float = 0.0  # an improvement must exceed this to count
     label_smoothing: float = 0.1
+    class_weight: str = "none"  # none | balanced (loss weights inversely proportional to class counts)
+    sampler: str = "shuffle"  # shuffle | balanced (draw classes equally often)
     precision: str = "auto"  # auto (bf16 on a GPU that has it) | bf16 | fp16 | no
     cpu: bool = False  # force the CPU even when a GPU is present
+    checkpoint_minutes: float | None = 10.0  # also checkpoint inside epochs longer than this
 
     def validate(self) -> None:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -97,6 +154,10 @@ class TrainConfig:
         _check(self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(self.precision in ("auto", "bf16", "fp16", "no"), f"precision must be auto, bf16, fp16 or no, got {self.precision!r}")
+        _check(self.metric in ("accuracy", "macro_f1", "loss"), f"metric must be accuracy, macro_f1 or loss, got {self.metric!r}")
+        _check(self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}")
+        _check(self.class_weight in ("none", "balanced"), f"class_weight must be none or balanced, got {self.class_weight!r}")
+        _check(self.sampler in ("shuffle", "balanced"), f"sampler must be shuffle or balanced, got {self.sampler!r}")
 
 
 @dataclass
@@ -106,6 +167,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> RunConfig:
@@ -154,6 +216,15 @@ def _coerce(section, name: str, value: Any) -> Any:
             return None
         raise UserError(f"{name} cannot be empty")
     base = str(ftype).replace(" | None", "")
+    if base.startswith("list["):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise UserError(f"{name} must be a list, got {value!r}")
+        conv = float if base == "list[float]" else str
+        try:
+            return [conv(v.strip() if isinstance(v, str) else v) for v in items if not (isinstance(v, str) and not v.strip())]
+        except (TypeError, ValueError):
+            raise UserError(f"{name} must be a list of {base[5:-1]}, got {value!r}") from None
     try:
         if base == "bool":
             if isinstance(value, str):
@@ -220,6 +291,6 @@ def replace(cfg: RunConfig, **flat: Any) -> RunConfig:
 
 
 __all__ = [
-    "DataConfig", "ModelConfig", "StrategyConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "RunConfig",
+    "DataConfig", "ModelConfig", "StrategyConfig", "OptimConfig", "ScheduleConfig", "RegConfig", "TrainConfig", "RunConfig",
     "config_from_dict", "load_config_file", "replace", "FLAT",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import io
 import json
 import time
@@ -21,9 +22,10 @@ from .errors import UserError
 from .features import cached_features
 from .metrics import classification_metrics, paired_bootstrap, verdict
 from .model import Group, TransferModel, create_model, model_groups, set_trainable
-from .rundir import RunDir
-from .strategies import create_phases
-from .trainer import PhaseData, predict_proba, run_phase, seed_everything
+from .rundir import RunDir, is_complete
+from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
+from .checkpoint import Checkpointer
+from .trainer import PhaseData, StopRequested, predict_proba, run_phase, seed_everything
 from .transforms import augment, center_crop, normalize
 from . import report
 
@@ -37,6 +39,7 @@ class FitResult:
     metrics: dict
     history: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
+    lr_trace: list[tuple] = field(default_factory=list)  # (step, head lr, first-group lr, phase)
 
 
 def make_accelerator(cfg: RunConfig):
@@ -55,11 +58,20 @@ def effective_preprocess(model: TransferModel, cfg: RunConfig) -> Preprocess:
     return pre
 
 
-def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None) -> FitResult:
-    """Fine-tune `cfg.model.name` on `cfg.data.path` as `cfg.strategy.name` says; write `out` if given."""
+def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None) -> FitResult:
+    """Fine-tune `cfg.model.name` on `cfg.data.path` as `cfg.strategy.name` says; write `out` if given.
+
+    With `resume`, `out` is an interrupted run: training continues from its last intact checkpoint
+    and ends with the same weights and metrics as an uninterrupted run. `should_stop()` turning true
+    makes the run write a checkpoint and raise StopRequested.
+    """
     console = console or report.console()
     cfg.validate()
-    rundir = RunDir(out, overwrite=overwrite) if out is not None else None  # refuse a finished run before work
+    if resume and out is None:
+        raise UserError("resume needs the run directory")
+    if resume and is_complete(out):
+        raise UserError(f"{out} is a finished run: there is nothing to resume")
+    rundir = RunDir(out, overwrite=overwrite or resume) if out is not None else None  # refuse a finished run before work
     t_start = time.perf_counter()
     seed_everything(cfg.train.seed)
 
@@ -80,36 +92,60 @@ def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = Fals
         if len(splits.val) == 0:
             raise UserError(f"{splits.source}: no readable validation images left")
 
-    phases = create_phases(cfg)
     groups = model_groups(model)
+    phases = create_phases(cfg, groups)
+    assign_lr_scales(groups, cfg.strategy, cfg.optim.lr)
+    always_frozen = frozen_by_pattern(groups, cfg.strategy.freeze)
     flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
-    report.print_summary(console, cfg, splits, model, groups, phases, pre, flip)
+    report.print_summary(console, cfg, splits, model, groups, phases, pre, flip, always_frozen)
+    ckpt = None
     if rundir is not None:
         rundir.create()
+        rundir.write_yaml("config.yaml", cfg.to_dict())  # first: it is what --resume reads
+        ckpt = Checkpointer(rundir.path / "checkpoints")
 
     accelerator = make_accelerator(cfg)
     device = accelerator.device
     y_train = torch.as_tensor(splits.train.labels, device=device)
     y_val = torch.as_tensor(splits.val.labels, device=device)
-    history: list[dict] = []
-    timing = {"probe_s": 0.0, "finetune_s": 0.0, "features_s": 0.0, "train_images": 0, "train_seconds": 0.0}
-    feature_cache = {"hit": None}
-    best: tuple[float, float] | None = None
+    k = len(splits.classes)
+    # Everything the run has learned so far besides the weights; a checkpoint stores it whole.
+    st = {
+        "phase": 0, "history": [], "lr_trace": [], "feature_cache_hit": None, "clipped": 0, "steps": 0, "best": None, "best_epoch": 0,
+        "timing": {"probe_s": 0.0, "finetune_s": 0.0, "features_s": 0.0, "train_images": 0, "train_seconds": 0.0},
+    }
+    phase_resume = None
+    if resume:
+        saved = ckpt.load_latest(log=lambda m: console.print(f"[yellow]{m}[/]")) if ckpt else None
+        if saved is None:
+            console.print("no intact checkpoint in the run directory: starting from the beginning")
+        else:
+            model.load_state_dict(saved["model"])
+            st, phase_resume = saved["fit"], saved["phase_state"]
+            done = sum(len(h) for h in [st["history"]])
+            console.print(f"resuming from the checkpoint after epoch {done} (phase {st['phase'] + 1} of {len(phases)})")
     model.to(device, memory_format=torch.channels_last)
+    stop = should_stop or (lambda: False)
+
+    def save_checkpoint(phase_state):
+        ckpt.save({"model": model.state_dict(), "fit": st, "phase_state": phase_state}, tag=f"{len(st['history']) + len((phase_state or {}).get('history', [])):04d}")
 
     with report.progress(console) as prog:
         for i, phase in enumerate(phases):
+            if i < st["phase"]:
+                continue
             pname = f"{phase.kind}" if len(phases) == 1 else f"{i + 1}:{phase.kind}"
             t0 = time.perf_counter()
+            common = dict(epoch_offset=len(st["history"]), step_offset=st["steps"], progress=prog, resume=phase_resume)
             if phase.kind == "probe":
                 tf = time.perf_counter()
                 f_train, hit_tr = cached_features(model.backbone, train_u8, pre.input_size, fingerprint(train_u8), device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
                 f_val, hit_va = cached_features(model.backbone, val_u8, pre.input_size, fingerprint(val_u8), device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
-                feature_cache["hit"] = hit_tr and hit_va
-                timing["features_s"] += time.perf_counter() - tf
+                st["feature_cache_hit"] = hit_tr and hit_va
+                st["timing"]["features_s"] += time.perf_counter() - tf
                 data = PhaseData(f_train.to(device), y_train, f_val.to(device), y_val, lambda x, g: x, lambda x: x)
                 head_group = [g for g in groups if g.name == "head"]
-                res = run_phase(pname, phase, model.head, head_group, data, cfg, accelerator, epoch_offset=len(history), progress=prog)
+                res = run_phase(pname, phase, model.head, head_group, data, cfg, accelerator, k, **common)
             else:
                 model.train()
                 x_train, x_val = train_u8.to(device), val_u8.to(device)
@@ -126,14 +162,28 @@ def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = Fals
 
                 data = PhaseData(x_train, y_train, x_val, y_val, train_tf, eval_tf)
                 res = run_phase(
-                    pname, phase, model, groups, data, cfg, accelerator,
-                    model_for_freezing=model, initial_best=best, epoch_offset=len(history), progress=prog,
+                    pname, phase, model, groups, data, cfg, accelerator, k, model_for_freezing=model, always_frozen=always_frozen,
+                    initial_best=st["best"], on_checkpoint=save_checkpoint if ckpt else None, should_stop=stop,
+                    checkpoint_every_s=cfg.train.checkpoint_minutes * 60 if cfg.train.checkpoint_minutes else None, **common,
                 )
-                timing["train_images"] += res.train_images
-                timing["train_seconds"] += res.train_seconds
-            timing[f"{phase.kind}_s"] += time.perf_counter() - t0
-            history += res.history
-            best = (res.best_val_accuracy, res.best_val_loss)
+                st["timing"]["train_images"] += res.train_images
+                st["timing"]["train_seconds"] += res.train_seconds
+            phase_resume = None
+            st["timing"][f"{phase.kind}_s"] += time.perf_counter() - t0
+            if res.best_epoch > common["epoch_offset"]:  # this phase improved on what came before it
+                st["best_epoch"] = res.best_epoch
+            st["history"] = st["history"] + res.history
+            st["lr_trace"] = st["lr_trace"] + [(s_, h, f, pname) for s_, h, f in res.lr_trace]
+            st["clipped"] += res.clipped_steps
+            st["steps"] += res.steps
+            st["best"] = res.best
+            st["phase"] = i + 1
+            if ckpt is not None and i + 1 < len(phases):
+                save_checkpoint(None)
+                if stop():
+                    raise StopRequested
+    history, lr_trace, timing = st["history"], [tuple(t) for t in st["lr_trace"]], st["timing"]
+    steps, clipped, best_epoch = st["steps"], st["clipped"], st["best_epoch"]
     model = accelerator.unwrap_model(model).cpu().eval()
     set_trainable(model, groups, {g.name for g in groups}, train_bn=True)
 
@@ -149,10 +199,11 @@ def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = Fals
     metrics.update(
         n_train=len(splits.train), n_val=len(splits.val), wall_s=round(wall, 3),
         val_split="given" if splits.val_given else f"stratified {cfg.data.val_fraction:.0%} of the data, seed {cfg.train.seed}",
-        best_epoch=history and max(history, key=lambda h: (h["val_accuracy"], -h["val_loss"]))["epoch"],
+        best_epoch=best_epoch, selection=f"best validation {cfg.train.metric} over epochs (weights restored)",
+        optimizer_steps=steps, clipped_steps=clipped, clip_fraction=round(clipped / steps, 4) if steps else 0.0,
         baseline={"name": "raw-pixel logistic regression", "accuracy": base["accuracy"], "macro_f1": base["macro_f1"], "auroc": base["auroc"]},
         transfer_vs_baseline=boot, verdict=verdict(boot, "raw-pixel logistic regression"),
-        feature_cache_hit=feature_cache["hit"], timing={k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
+        feature_cache_hit=st["feature_cache_hit"], timing={k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
         train_images_per_s=round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None,
         device=str(device), precision=accelerator.mixed_precision,
     )
@@ -160,7 +211,7 @@ def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = Fals
         test_proba = predict_proba(model, test_u8, eval_tf, cfg.train.eval_batch_size, autocast).numpy()
         metrics["test"] = classification_metrics(splits.test.labels, test_proba, splits.classes)
 
-    result = FitResult(model, splits.classes, pre, cfg, metrics, history)
+    result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace)
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path
@@ -196,18 +247,24 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     from . import plots
 
     write_model(rundir, r.model, model_meta(r.model, r.classes, r.preprocess, r.config))
-    rundir.write_yaml("config.yaml", r.config.to_dict())
     rundir.write_json("metrics.json", r.metrics)
     buf = io.StringIO()
-    cols = ["epoch", "phase", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"]
+    cols = ["epoch", "phase", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "trainable_groups", "seconds"]
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()
     w.writerows({k: h[k] for k in cols} for h in r.history)
     rundir.write_text("history.csv", buf.getvalue())
-    for name, fig in (("curves.png", plots.curves_figure(r.history)), ("confusion_matrix.png", plots.confusion_figure(r.metrics["confusion_matrix"], r.classes))):
+    figures = {
+        "curves.png": lambda: plots.curves_figure(r.history),
+        "confusion_matrix.png": lambda: plots.confusion_figure(r.metrics["confusion_matrix"], r.classes),
+        "lr.png": lambda: plots.lr_figure(r.lr_trace),
+    }
+    for name, make in figures.items():
+        fig = make()
         rundir.write_figure(name, fig)
         plots.close(fig)
     rundir.write_json("data.json", {"source": splits.source, "classes": r.classes, "train": splits.train.counts(), "val": splits.val.counts()})
+    shutil.rmtree(rundir.path / "checkpoints", ignore_errors=True)  # the run is complete: nothing to resume
     rundir.finalize()
 
 

@@ -63,12 +63,13 @@ def model_groups(model: TransferModel) -> list[Group]:
     return groups
 
 
-def set_trainable(model: TransferModel, groups: list[Group], unfrozen: set[str], *, train_bn: bool = False) -> None:
-    """requires_grad on for `unfrozen` groups, off for the rest; frozen BatchNorm layers stay in eval
-    mode (their running statistics do not move) unless `train_bn`. Call after `model.train()`."""
+def set_trainable(model: TransferModel, groups: list[Group], unfrozen: set[str], *, train_bn: bool = False, always_frozen: set[str] = frozenset()) -> None:
+    """requires_grad on for `unfrozen` groups (except parameters in `always_frozen`), off for the rest;
+    frozen BatchNorm layers stay in eval mode (their running statistics do not move) unless
+    `train_bn`. Call after `model.train()`."""
     for g in groups:
-        for _, p in g.params:
-            p.requires_grad_(g.name in unfrozen)
+        for n, p in g.params:
+            p.requires_grad_(g.name in unfrozen and n not in always_frozen)
     if train_bn:
         return
     for m in model.backbone.modules():

@@ -60,5 +60,25 @@ def confusion_figure(cm, classes: list[str]):
     return fig
 
 
+def lr_figure(trace: list[tuple]):
+    """The learning rate actually applied at every optimizer step, per phase (head group, and the
+    first backbone group where discriminative rates make it differ)."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    phases = list(dict.fromkeys(t[3] for t in trace))
+    for i, ph in enumerate(phases):
+        pts = [t for t in trace if t[3] == ph]
+        steps = [t[0] for t in pts]
+        ax.plot(steps, [t[1] for t in pts], color=f"C{i}", label=f"{ph}: head")
+        if any(abs(t[2] - t[1]) > 1e-12 * max(t[1], 1e-30) for t in pts):
+            ax.plot(steps, [t[2] for t in pts], color=f"C{i}", ls="--", label=f"{ph}: first group")
+    ax.set(xlabel="optimizer step", ylabel="learning rate", title="learning-rate schedule as applied")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax.grid(alpha=0.3)
+    if trace:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)

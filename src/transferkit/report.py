@@ -37,7 +37,7 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
-def print_summary(con: Console, cfg, splits, model, groups, phases, pre, flip: bool) -> None:
+def print_summary(con: Console, cfg, splits, model, groups, phases, pre, flip: bool, always_frozen=frozenset()) -> None:
     t = Table(title=f"transferkit fit: {cfg.model.name} on {splits.source}", show_header=True, header_style="bold")
     t.add_column("class")
     t.add_column("train", justify="right")
@@ -64,22 +64,30 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, pre, flip: b
             trainable = n_head
             desc = f"head only on cached features, {ph.epochs} epochs"
         else:
-            names = ph.unfrozen(0, [g.name for g in groups])
-            trainable = sum(p.numel() for g in groups if g.name in names for _, p in g.params)
-            desc = f"{len(names)}/{len(groups)} groups unfrozen at epoch 1, {ph.epochs} epochs, {cfg.schedule.name} schedule, warmup {cfg.schedule.warmup_epochs:g} epoch(s)"
+            names = ph.unfrozen(0)
+            trainable = sum(p.numel() for g in groups if g.name in names for n, p in g.params if n not in always_frozen)
+            last = ph.unfrozen(ph.epochs - 1)
+            grow = f", {len(last)} by epoch {ph.epochs}" if len(last) != len(names) else ""
+            desc = f"{len(names)}/{len(groups)} groups train at epoch 1{grow}, {ph.epochs} epochs, {cfg.schedule.name} schedule, warmup {cfg.schedule.warmup_epochs:g} epoch(s)"
         con.print(
             f"phase {i} {ph.kind}: {desc}; {cfg.optim.name} lr {ph.lr:.2g}, wd {cfg.optim.weight_decay:g}, batch {cfg.train.batch_size}; "
             f"trainable {_count(trainable)} / frozen {_count(n_all - trainable)} params"
         )
     gt = Table(title="parameter groups (built once; lr = phase lr x lr_scale)", header_style="bold")
-    for col in ("group", "params", "lr_scale"):
+    for col in ("group", "params", "lr_scale", "lr (last phase)"):
         gt.add_column(col, justify="right" if col != "group" else "left")
     shown = groups if len(groups) <= 12 else groups[:5] + groups[-6:]
     for g in shown:
-        gt.add_row(g.name, _count(sum(p.numel() for _, p in g.params)), f"{g.lr_scale:g}")
+        gt.add_row(g.name, _count(sum(p.numel() for _, p in g.params)), f"{g.lr_scale:.3g}", f"{phases[-1].lr * g.lr_scale:.2e}")
         if len(groups) > 12 and g is groups[4]:
             gt.add_row("...", "", "")
     con.print(gt)
+    if always_frozen:
+        con.print(f"kept frozen by --freeze patterns: {len(always_frozen)} parameter tensors")
+    reg = {k: v for k, v in vars(cfg.reg).items() if v}
+    clip = {k: v for k, v in (("clip_value", cfg.optim.clip_value), ("clip_norm", cfg.optim.clip_norm)) if v}
+    if reg or clip:
+        con.print("regularisation / clipping: " + ", ".join(f"{k}={v:g}" for k, v in {**reg, **clip}.items()))
 
 
 def print_results(con: Console, r) -> None:

@@ -18,6 +18,17 @@ import yaml
 from .errors import UserError
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -64,8 +75,37 @@ class RunDir:
 
     def create(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
         (self.path / MANIFEST).unlink(missing_ok=True)  # from here until finalize() the run is incomplete
         return self
+
+    def _lock(self) -> None:
+        """One writer per run directory. A lock whose process is gone (or is this one) is taken over."""
+        lock = self.path / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    raise UserError(f"{self.path} is in use by another transferkit process (pid {pid}); wait for it or stop it") from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return
+        raise UserError(f"could not lock {self.path}")
+
+    def release(self) -> None:
+        lock = self.path / LOCK
+        try:
+            if int(lock.read_text().strip() or 0) == os.getpid():
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         target = self.path / name
@@ -92,3 +132,4 @@ class RunDir:
     def finalize(self) -> None:
         manifest = {"files": dict(sorted(self.files.items())), "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_bytes(self.path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        self.release()

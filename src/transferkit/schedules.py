@@ -1,8 +1,16 @@
-"""Learning-rate schedules as pure functions of the step (nanoGPT style).
+"""Learning-rate schedules as pure functions of the optimizer step (nanoGPT style).
 
-`lr_factor(cfg, step, total_steps, warmup_steps)` returns the multiplier applied to the base rate;
-each parameter group's rate is then `base_lr * factor * lr_scale`. Warmup (linear from 0) goes in
-front of any schedule, and the schedule proper runs over the steps after warmup.
+`lr_factor(cfg, step, total_steps, steps_per_epoch)` is the multiplier of the base rate at a 0-based
+optimizer step; each parameter group's rate is `base_lr * factor * lr_scale`. Linear warmup from 0
+(`warmup_epochs`) goes in front of any schedule, which then runs over the steps after warmup:
+
+    constant     1
+    cosine       m + (1 - m) * (1 + cos(pi * t)) / 2             t = progress in [0, 1], m = min_lr_ratio
+    linear       1 - (1 - m) * t
+    step         gamma ** floor(s / (step_size * steps_per_epoch))        s = steps after warmup
+    multistep    gamma ** (number of milestones (in epochs) reached)
+    exponential  decay_rate ** (s / decay_steps), the exponent floored when staircase (Keras ExponentialDecay)
+    onecycle     cosine up from 1/div_factor to 1 over pct_start, then cosine down to 1/(div_factor*final_div_factor)
 """
 
 from __future__ import annotations
@@ -12,29 +20,66 @@ from collections.abc import Callable
 
 from ._registry import Registry
 
-# name -> f(t, min_ratio) with t in [0, 1] the fraction of post-warmup steps done
-SCHEDULES: Registry[Callable[[float, float], float]] = Registry("schedule")
+# name -> f(s, span, steps_per_epoch, cfg): s = steps after warmup, span = steps the schedule covers
+SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
+
+
+def _t(s: int, span: int) -> float:
+    return min(1.0, max(0.0, s / max(1, span)))
 
 
 @SCHEDULES.register("constant", "the base rate throughout")
-def constant(t: float, min_ratio: float) -> float:
+def constant(s, span, spe, cfg) -> float:
     return 1.0
 
 
 @SCHEDULES.register("cosine", "half-cosine from the base rate to base * min_lr_ratio")
-def cosine(t: float, min_ratio: float) -> float:
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+def cosine(s, span, spe, cfg) -> float:
+    m = cfg.min_lr_ratio
+    return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * _t(s, span)))
 
 
 @SCHEDULES.register("linear", "straight line from the base rate to base * min_lr_ratio")
-def linear(t: float, min_ratio: float) -> float:
-    return 1.0 - (1 - min_ratio) * t
+def linear(s, span, spe, cfg) -> float:
+    return 1.0 - (1 - cfg.min_lr_ratio) * _t(s, span)
 
 
-def lr_factor(name: str, step: int, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> float:
-    """Multiplier of the base learning rate at optimizer step `step` (0-based)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, max(0.0, (step - warmup_steps) / span))
-    return SCHEDULES.get(name)(t, min_ratio)
+@SCHEDULES.register("step", "multiply by gamma every step_size epochs")
+def step(s, span, spe, cfg) -> float:
+    return cfg.gamma ** math.floor(s / max(1, round(cfg.step_size * spe)))
+
+
+@SCHEDULES.register("multistep", "multiply by gamma at each epoch in milestones")
+def multistep(s, span, spe, cfg) -> float:
+    return cfg.gamma ** sum(1 for m in cfg.milestones if s >= round(m * spe))
+
+
+@SCHEDULES.register("exponential", "decay_rate ** (step / decay_steps), optionally staircase (as Keras)")
+def exponential(s, span, spe, cfg) -> float:
+    p = s / cfg.decay_steps
+    return cfg.decay_rate ** (math.floor(p) if cfg.staircase else p)
+
+
+@SCHEDULES.register("onecycle", "one-cycle (Smith): cosine up over pct_start, then cosine down")
+def onecycle(s, span, spe, cfg) -> float:
+    lo, end = 1.0 / cfg.div_factor, 1.0 / (cfg.div_factor * cfg.final_div_factor)
+    up = max(1, round(cfg.pct_start * span))
+    if s < up:
+        return lo + (1 - lo) * 0.5 * (1 - math.cos(math.pi * s / up))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * _t(s - up, span - up)))
+
+
+def warmup_steps(cfg, steps_per_epoch: int) -> int:
+    return int(round(cfg.warmup_epochs * steps_per_epoch))
+
+
+def lr_factor(cfg, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based) of `total_steps`."""
+    w = warmup_steps(cfg, steps_per_epoch)
+    if step < w:
+        return (step + 1) / w
+    return SCHEDULES.get(cfg.name)(step - w, total_steps - w, steps_per_epoch, cfg)
+
+
+def schedule_curve(cfg, total_steps: int, steps_per_epoch: int) -> list[float]:
+    return [lr_factor(cfg, s, total_steps, steps_per_epoch) for s in range(total_steps)]

@@ -1,21 +1,24 @@
 """Strategies: which parameter groups train, in which phase, at what learning-rate scale. Nothing else.
 
-A strategy turns its config into a list of phases. A phase is either
+A strategy turns its config and the model's ordered groups (stem ... top block, head) into phases:
 - `probe`: the backbone is frozen and only the head trains, on backbone features computed once and
-  cached (so it costs milliseconds, not epochs of backbone passes); or
-- `finetune`: images go through the backbone, and `unfrozen(epoch, group_names)` says which groups
-  train in that epoch (all of them for `full`).
-The parameter groups themselves are built once, frozen ones included (see `optim.build_param_groups`);
-a strategy only toggles `requires_grad` and sets `lr_scale`.
+  cached (milliseconds, not epochs of backbone passes);
+- `finetune`: images go through the backbone, and `unfrozen(epoch)` names the groups that train in
+  that epoch, a pure function of the epoch (so a resumed run unfreezes exactly as an uninterrupted one).
+The parameter groups are built once, frozen ones included (`optim.build_param_groups`); a strategy
+only toggles `requires_grad` (through `unfrozen`) and sets each group's `lr_scale` (`assign_lr_scales`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._registry import Registry
-from .config import RunConfig
+from .config import RunConfig, StrategyConfig
+from .errors import UserError
+from .model import Group
 
 
 @dataclass(frozen=True)
@@ -23,33 +26,83 @@ class Phase:
     kind: str  # "probe" or "finetune"
     epochs: int
     lr: float
-    unfrozen: Callable[[int, list[str]], list[str]] | None = None  # finetune: groups that train at an epoch
+    unfrozen: Callable[[int], list[str]] | None = None  # finetune: names of the groups that train at an epoch
 
 
-def _all_groups(epoch: int, groups: list[str]) -> list[str]:
-    return list(groups)
+STRATEGIES: Registry[Callable[[RunConfig, list[str]], list[Phase]]] = Registry("strategy")
 
 
-STRATEGIES: Registry[Callable[[RunConfig], list[Phase]]] = Registry("strategy")
+def _backbone(names: list[str]) -> list[str]:
+    return [n for n in names if n != "head"]
 
 
 @STRATEGIES.register("linear_probe", "frozen backbone; a head trained on cached features")
-def linear_probe(cfg: RunConfig) -> list[Phase]:
+def linear_probe(cfg: RunConfig, names: list[str]) -> list[Phase]:
     return [Phase("probe", cfg.strategy.lp_epochs, cfg.optim.lr)]
 
 
 @STRATEGIES.register("full", "fine-tune every parameter")
-def full(cfg: RunConfig) -> list[Phase]:
-    return [Phase("finetune", cfg.train.epochs, cfg.optim.lr, _all_groups)]
+def full(cfg: RunConfig, names: list[str]) -> list[Phase]:
+    return [Phase("finetune", cfg.train.epochs, cfg.optim.lr, lambda epoch: list(names))]
+
+
+@STRATEGIES.register("partial", "train the head and the last k backbone block groups")
+def partial(cfg: RunConfig, names: list[str]) -> list[Phase]:
+    bb, k = _backbone(names), cfg.strategy.k
+    if k > len(bb):
+        raise UserError(f"k={k} is larger than the number of block groups of this backbone ({len(bb)}: {', '.join(bb)})")
+    chosen = bb[len(bb) - k :] + ["head"]
+    return [Phase("finetune", cfg.train.epochs, cfg.optim.lr, lambda epoch: list(chosen))]
+
+
+@STRATEGIES.register("gradual", "unfreeze one more block group every unfreeze_every epochs, top down (ULMFiT)")
+def gradual(cfg: RunConfig, names: list[str]) -> list[Phase]:
+    bb, every = _backbone(names), cfg.strategy.unfreeze_every
+
+    def unfrozen(epoch: int) -> list[str]:
+        n = min(len(bb), epoch // every)  # epochs [0, every): head only; then one more group each time
+        return bb[len(bb) - n :] + ["head"] if n else ["head"]
+
+    return [Phase("finetune", cfg.train.epochs, cfg.optim.lr, unfrozen)]
 
 
 @STRATEGIES.register("lp_ft", "linear probe on cached features, then fine-tune everything at a lower rate (Kumar et al. 2022)")
-def lp_ft(cfg: RunConfig) -> list[Phase]:
+def lp_ft(cfg: RunConfig, names: list[str]) -> list[Phase]:
     return [
         Phase("probe", cfg.strategy.lp_epochs, cfg.optim.lr),
-        Phase("finetune", cfg.train.epochs, cfg.optim.lr * cfg.strategy.ft_lr_scale, _all_groups),
+        Phase("finetune", cfg.train.epochs, cfg.optim.lr * cfg.strategy.ft_lr_scale, lambda epoch: list(names)),
     ]
 
 
-def create_phases(cfg: RunConfig) -> list[Phase]:
-    return STRATEGIES.get(cfg.strategy.name)(cfg)
+def create_phases(cfg: RunConfig, groups: list[Group]) -> list[Phase]:
+    return STRATEGIES.get(cfg.strategy.name)(cfg, [g.name for g in groups])
+
+
+def assign_lr_scales(groups: list[Group], cfg: StrategyConfig, lr: float) -> None:
+    """Discriminative learning rates. The head keeps scale 1; backbone group i of n (0 = stem) gets
+    layer_decay ** (n - i) with `layer_decay`, or, with `layer_lr_min`, a geometric ramp from
+    layer_lr_min / lr at the stem to 1 at the head (fastai's slice(lo, hi))."""
+    bb = [g for g in groups if g.name != "head"]
+    n = len(bb)
+    for i, g in enumerate(bb):
+        if cfg.layer_decay is not None:
+            g.lr_scale = cfg.layer_decay ** (n - i)
+        elif cfg.layer_lr_min is not None:
+            lo = cfg.layer_lr_min / lr
+            g.lr_scale = lo ** ((n - i) / n)
+        else:
+            g.lr_scale = 1.0
+
+
+def frozen_by_pattern(groups: list[Group], patterns: list[str]) -> set[str]:
+    """Parameter names matched by any `freeze` regex; a pattern that matches nothing is an error."""
+    names = [n for g in groups for n, _ in g.params]
+    out: set[str] = set()
+    for pat in patterns:
+        rx = re.compile(pat)
+        hit = {n for n in names if rx.search(n)}
+        if not hit:
+            sample = ", ".join(names[:3] + names[-2:])
+            raise UserError(f"freeze pattern {pat!r} matches no parameter (names look like: {sample})")
+        out |= hit
+    return out

@@ -2,9 +2,10 @@
 
 A phase trains `module` (the whole model, or just the head on cached features) on tensors that already
 sit on the device: uint8 images, augmented per batch on the device, or float features. Each epoch:
-shuffle, step through batches (learning rate from the schedule, forward under autocast, backward,
-step), then evaluate on the validation split and keep the best weights (early stopping). No per-step
-host synchronisation: the loss is summed on the device and read once per epoch.
+set which groups train, draw the epoch's order, then per batch: learning rate from the schedule,
+forward under autocast, loss (+ penalties), backward, clip, step. Then evaluate on the validation split
+and keep the best weights (early stopping). No per-step host synchronisation: the loss and the
+clipping counter are summed on the device and read once per epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from .config import RunConfig
 from .model import Group, set_trainable
 from .optim import build_param_groups, create_optimizer, set_lr
+from .regularizers import Penalty
 from .schedules import lr_factor
 from .strategies import Phase
 
@@ -40,10 +42,11 @@ class PhaseData:
 @dataclass
 class PhaseResult:
     best_epoch: int
-    best_val_accuracy: float
-    best_val_loss: float
+    best: dict  # validation scores of the best epoch: accuracy, macro_f1, loss
     history: list[dict] = field(default_factory=list)
+    lr_trace: list[tuple[int, float, float]] = field(default_factory=list)  # (step, head lr, first-group lr)
     steps: int = 0
+    clipped_steps: int = 0
     train_images: int = 0
     train_seconds: float = 0.0
 
@@ -61,10 +64,48 @@ def predict_proba(module: nn.Module, x: torch.Tensor, transform: Callable, batch
     return torch.cat(out)
 
 
-def _score(proba: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def val_scores(proba: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    pred = proba.argmax(1)
     loss = F.nll_loss(proba.clamp_min(1e-12).log(), y).item()
-    acc = (proba.argmax(1) == y).float().mean().item()
-    return acc, loss
+    f1s = []
+    for c in range(num_classes):
+        tp = ((pred == c) & (y == c)).sum().item()
+        fp = ((pred == c) & (y != c)).sum().item()
+        fn = ((pred != c) & (y == c)).sum().item()
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {"accuracy": (pred == y).float().mean().item(), "macro_f1": float(np.mean(f1s)), "loss": loss}
+
+
+def is_better(new: dict, best: dict | None, metric: str, min_delta: float) -> bool:
+    """Improvement by more than min_delta on `metric`; an exact tie is broken by lower loss."""
+    if best is None:
+        return True
+    if metric == "loss":
+        return new["loss"] < best["loss"] - min_delta
+    if new[metric] > best[metric] + min_delta:
+        return True
+    return new[metric] == best[metric] and new["loss"] < best["loss"]
+
+
+def epoch_order(y: torch.Tensor, sampler: str, gen: torch.Generator) -> torch.Tensor:
+    """Indices for one epoch: a permutation, or (balanced) n draws with every class equally likely."""
+    n = len(y)
+    if sampler == "balanced":
+        counts = torch.bincount(y.cpu())
+        w = (1.0 / counts.clamp_min(1).double())[y.cpu()]
+        return torch.multinomial(w, n, replacement=True, generator=gen)
+    return torch.randperm(n, generator=gen)
+
+
+def class_weights(y: torch.Tensor, num_classes: int, mode: str) -> torch.Tensor | None:
+    if mode != "balanced":
+        return None
+    counts = torch.bincount(y, minlength=num_classes).float()
+    return len(y) / (num_classes * counts.clamp_min(1))
+
+
+class StopRequested(Exception):
+    """Raised after a checkpoint was written because the user asked the run to stop (Ctrl-C, SIGTERM)."""
 
 
 def run_phase(
@@ -75,88 +116,173 @@ def run_phase(
     data: PhaseData,
     cfg: RunConfig,
     accelerator,
+    num_classes: int,
     *,
     model_for_freezing=None,
-    initial_best: tuple[float, float] | None = None,
+    always_frozen: set[str] = frozenset(),
+    initial_best: dict | None = None,
     epoch_offset: int = 0,
+    step_offset: int = 0,
     progress=None,
+    resume: dict | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    checkpoint_every_s: float | None = None,
 ) -> PhaseResult:
-    """Train `module` for one phase; on return it holds the best weights seen (by validation accuracy,
-    ties broken by validation loss), including the starting point when `initial_best` is given."""
+    """Train `module` for one phase; on return it holds the best weights seen by the selection metric,
+    the starting point included when `initial_best` (its validation scores) is given.
+
+    `on_checkpoint(state)` receives the phase's full state at the end of every epoch (and every
+    `checkpoint_every_s` seconds inside long epochs, and when `should_stop()` turns true, after which
+    StopRequested is raised); `resume=state` continues from such a state exactly.
+    """
     tc = cfg.train
     device = accelerator.device
     n = len(data.x_train)
     bs = min(tc.batch_size, n)
     steps_per_epoch = max(1, n // bs if n % bs < 2 else n // bs + 1)  # a last batch of 1 would break BatchNorm
     total = steps_per_epoch * phase.epochs
-    warmup = int(round(cfg.schedule.warmup_epochs * steps_per_epoch)) if phase.kind == "finetune" else 0
+    sched = cfg.schedule if phase.kind == "finetune" else _probe_schedule(cfg)
 
-    # With a starting score to beat (the probe before fine-tuning), the starting weights are the ones
-    # to return if no epoch beats them.
+    # With a score to beat (the probe before fine-tuning), the starting weights are returned if no
+    # epoch beats them.
     best_state = copy.deepcopy(module.state_dict()) if initial_best is not None else None
+    penalty = Penalty(cfg.reg, [(n_, p) for g in groups for n_, p in g.params])
     param_groups = build_param_groups(groups, cfg.optim.weight_decay)
     optimizer = create_optimizer(param_groups, cfg.optim, phase.lr)
     module, optimizer = accelerator.prepare(module, optimizer)
-    group_names = [g.name for g in groups]
+    weights = class_weights(data.y_train, num_classes, tc.class_weight)
 
-    gen = torch.Generator().manual_seed(cfg.train.seed + 1000 * epoch_offset)
-    best = initial_best if initial_best is not None else (-1.0, math.inf)
-    result = PhaseResult(best_epoch=epoch_offset, best_val_accuracy=best[0], best_val_loss=best[1])
-    since_best = 0
-    step = 0
-    t_start = time.perf_counter()
-    task = progress.add_task(f"{name}", total=phase.epochs) if progress is not None else None
-    for epoch in range(phase.epochs):
+    gen = torch.Generator().manual_seed(tc.seed + 1000 * epoch_offset)
+    result = PhaseResult(best_epoch=epoch_offset, best=initial_best or {})
+    best = initial_best
+    since_best = step = start_epoch = start_batch = 0
+    clipped = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=device)
+    order = None
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["gen"])
+        torch.set_rng_state(resume["torch_rng"])
+        best, best_state = resume["best"], resume["best_state"]
+        since_best, step, start_epoch, start_batch = resume["since_best"], resume["step"], resume["epoch"], resume["batch"]
+        clipped += resume["clipped"]
+        loss_sum += resume["loss_sum"]
+        order = resume["order"] if start_batch else None
+        result.history, result.lr_trace = list(resume["history"]), [tuple(t) for t in resume["lr_trace"]]
+        result.best_epoch, result.best = resume["best_epoch"], best or {}
+        result.train_images, result.train_seconds = resume["train_images"], resume["train_seconds"]
+
+    def state(epoch: int, batch: int) -> dict:
+        return {
+            "epoch": epoch, "batch": batch, "step": step, "since_best": since_best, "order": order if batch else None,
+            "optimizer": optimizer.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "best": best, "best_state": best_state, "best_epoch": result.best_epoch, "clipped": clipped.cpu(),
+            "loss_sum": loss_sum.cpu(), "history": result.history, "lr_trace": result.lr_trace,
+            "train_images": result.train_images, "train_seconds": result.train_seconds,
+        }
+
+    task = progress.add_task(name, total=phase.epochs, completed=start_epoch) if progress is not None else None
+    last_ckpt = time.monotonic()
+    for epoch in range(start_epoch, phase.epochs):
+        if tc.patience is not None and since_best >= tc.patience:
+            break  # resumed after the early stop had already triggered
         t0 = time.perf_counter()
         module.train()
         if phase.unfrozen is not None and model_for_freezing is not None:
-            set_trainable(model_for_freezing, groups, set(phase.unfrozen(epoch, group_names)), train_bn=cfg.strategy.train_bn)
-        perm = torch.randperm(n, generator=gen)
-        loss_sum = torch.zeros((), device=device)
-        for b in range(steps_per_epoch):
-            idx = perm[b * bs : (b + 1) * bs] if b < steps_per_epoch - 1 else perm[b * bs :]
+            set_trainable(model_for_freezing, groups, set(phase.unfrozen(epoch)), train_bn=cfg.strategy.train_bn, always_frozen=always_frozen)
+        trainable = [p for g in groups for _, p in g.params if p.requires_grad]
+        if order is None:
+            order = epoch_order(data.y_train, tc.sampler, gen)
+            loss_sum.zero_()
+        for b in range(start_batch, steps_per_epoch):
+            idx = order[b * bs : (b + 1) * bs] if b < steps_per_epoch - 1 else order[b * bs :]
             idx_dev = idx.to(device, non_blocking=True)
             x = data.train_transform(data.x_train[idx_dev], gen)
             y = data.y_train[idx_dev]
-            set_lr(optimizer, phase.lr, lr_factor(cfg.schedule.name, step, total, warmup, cfg.schedule.min_lr_ratio))
+            set_lr(optimizer, phase.lr, lr_factor(sched, step, total, steps_per_epoch))
             with accelerator.autocast():
                 logits = module(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
+                loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=tc.label_smoothing)
+                extra = penalty()
+                total_loss = loss + extra if extra is not None else loss
             optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
+            accelerator.backward(total_loss)
+            clipped += _clip(accelerator, trainable, cfg)
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
+            result.lr_trace.append((step_offset + step, optimizer.param_groups[-1]["lr"], optimizer.param_groups[0]["lr"]))
             step += 1
             result.train_images += len(idx)
+            if b + 1 < steps_per_epoch and on_checkpoint is not None:
+                stop = should_stop()
+                if stop or (checkpoint_every_s is not None and time.monotonic() - last_ckpt > checkpoint_every_s):
+                    result.train_seconds += time.perf_counter() - t0
+                    on_checkpoint(state(epoch, b + 1))
+                    t0, last_ckpt = time.perf_counter(), time.monotonic()
+                    if stop:
+                        raise StopRequested
+        start_batch, order = 0, None
         train_loss = (loss_sum / n).item()
         result.train_seconds += time.perf_counter() - t0
         proba = predict_proba(module, data.x_val, data.eval_transform, tc.eval_batch_size, accelerator.autocast)
-        acc, vloss = _score(proba, data.y_val)
+        scores = val_scores(proba, data.y_val, num_classes)
         row = {
-            "epoch": epoch_offset + epoch + 1,
-            "phase": name,
-            "train_loss": train_loss,
-            "val_loss": vloss,
-            "val_accuracy": acc,
-            "lr": optimizer.param_groups[-1]["lr"],
+            "epoch": epoch_offset + epoch + 1, "phase": name, "train_loss": train_loss, "val_loss": scores["loss"],
+            "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"], "lr": optimizer.param_groups[-1]["lr"],
+            "trainable_groups": len({g.name for g in groups if any(p.requires_grad for _, p in g.params)}),
             "seconds": time.perf_counter() - t0,
         }
         result.history.append(row)
-        if (acc, -vloss) > (best[0], -best[1]):
-            best = (acc, vloss)
+        if is_better(scores, best, tc.metric, tc.min_delta):
+            best = scores
             best_state = copy.deepcopy(accelerator.unwrap_model(module).state_dict())
-            result.best_epoch, result.best_val_accuracy, result.best_val_loss = row["epoch"], acc, vloss
+            result.best_epoch, result.best = row["epoch"], scores
             since_best = 0
         else:
             since_best += 1
         if progress is not None:
-            progress.update(task, advance=1, description=f"{name} val_acc={100 * acc:.1f}%")
+            progress.update(task, advance=1, description=f"{name} val_acc={100 * scores['accuracy']:.1f}%")
+        if on_checkpoint is not None and phase.kind == "finetune":
+            on_checkpoint(state(epoch + 1, 0))
+            last_ckpt = time.monotonic()
+            if should_stop() and epoch + 1 < phase.epochs:
+                raise StopRequested
         if tc.patience is not None and since_best >= tc.patience:
             break
     result.steps = step
+    result.clipped_steps = int(clipped.item())
     if best_state is not None:
         accelerator.unwrap_model(module).load_state_dict(best_state)
     return result
+
+
+def _probe_schedule(cfg: RunConfig):
+    """The probe on cached features uses a plain cosine without warmup: it is a convex-ish problem on
+    fixed inputs, and the user's fine-tuning schedule (step sizes in epochs) does not fit 100 epochs."""
+    from .config import ScheduleConfig
+
+    return ScheduleConfig(name="cosine", warmup_epochs=0.0)
+
+
+def _clip(accelerator, params: list[torch.Tensor], cfg: RunConfig) -> torch.Tensor:
+    """Clip by value and/or global norm; returns 1 (on the device) when clipping changed anything."""
+    fired = torch.zeros((), device=accelerator.device)
+    oc = cfg.optim
+    if oc.clip_value is None and oc.clip_norm is None:
+        return fired
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return fired
+    accelerator.unscale_gradients()  # no-op unless fp16 loss scaling is on; then clip true gradients
+    if oc.clip_value is not None:
+        peak = torch.stack(torch._foreach_norm(grads, math.inf)).max()
+        fired = torch.maximum(fired, (peak > oc.clip_value).float())
+        torch.nn.utils.clip_grad_value_(params, oc.clip_value)
+    if oc.clip_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, oc.clip_norm)
+        fired = torch.maximum(fired, (norm > oc.clip_norm).float())
+    return fired
 
 
 def seed_everything(seed: int) -> None:

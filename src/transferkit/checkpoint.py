@@ -1,0 +1,68 @@
+"""Training checkpoints that survive any kill.
+
+Each checkpoint is one file written to a temporary name, flushed and renamed; `checkpoints.json`,
+rewritten the same way afterwards, lists the good ones with their sha256. Loading takes the newest
+listed checkpoint whose bytes match its hash and falls back to the one before it, so a kill in the
+middle of a write, or a truncated or altered file, costs at most one checkpoint, never the run.
+
+Files are read with `torch.load(weights_only=True)`: tensors, numbers, strings, lists and dicts only,
+never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .rundir import atomic_write_bytes
+
+INDEX = "checkpoints.json"
+
+
+class Checkpointer:
+    def __init__(self, folder: str | Path, keep: int = 2):
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def _index(self) -> list[dict]:
+        p = self.folder / INDEX
+        if not p.is_file():
+            return []
+        try:
+            return json.loads(p.read_text())["checkpoints"]
+        except (ValueError, KeyError):
+            return []
+
+    def save(self, state: dict, tag: str) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        path = self.folder / f"ckpt-{tag}.pt"
+        atomic_write_bytes(path, data)
+        entries = [e for e in self._index() if e["file"] != path.name] + [{"file": path.name, "sha256": hashlib.sha256(data).hexdigest()}]
+        stale, entries = entries[: -self.keep], entries[-self.keep :]
+        atomic_write_bytes(self.folder / INDEX, (json.dumps({"checkpoints": entries}, indent=1) + "\n").encode())
+        for e in stale:
+            (self.folder / e["file"]).unlink(missing_ok=True)
+        return path
+
+    def load_latest(self, log=None) -> dict | None:
+        """The newest checkpoint that is intact, or None. Damaged ones are reported and skipped."""
+        log = log or (lambda msg: print(msg, file=sys.stderr))
+        for e in reversed(self._index()):
+            p = self.folder / e["file"]
+            if not p.is_file():
+                log(f"checkpoint {p} is missing; trying the previous one")
+                continue
+            data = p.read_bytes()
+            if hashlib.sha256(data).hexdigest() != e["sha256"]:
+                log(f"checkpoint {p} is damaged (sha256 mismatch: truncated or altered); using the previous one")
+                continue
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return None

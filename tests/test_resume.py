@@ -1,0 +1,104 @@
+"""A run stopped in the middle (of an epoch, of the gradual schedule) and resumed ends bit-identical
+to the same run never interrupted."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from transferkit import report
+from transferkit.backbones.cifar_resnet import CifarResNet
+from transferkit.config import RunConfig, replace
+from transferkit.errors import UserError
+from transferkit.fit import fit
+from transferkit.trainer import StopRequested
+
+VOLATILE = {"wall_s", "timing", "train_images_per_s", "feature_cache_hit"}  # run facts, not results
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for c, col in [("red", (200, 40, 40)), ("blue", (40, 40, 200))]:
+        (root / c).mkdir()
+        for i in range(12):
+            a = np.clip(np.array(col)[None, None] + rng.normal(0, 50, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / c / f"{i}.png")
+    torch.manual_seed(0)
+    ck = root.parent / "r20.safetensors"
+    save_file(CifarResNet(20).state_dict(), str(ck))
+    return root, ck
+
+
+def _cfg(tiny, **kw):
+    root, ck = tiny
+    base = dict(data=str(root), model=f"file:{ck}", arch="cifar_resnet20", input_size=16, batch_size=4, epochs=4, lp_epochs=3)
+    base.update(kw)
+    return replace(RunConfig(), **base)
+
+
+class StopAfter:
+    def __init__(self, n):
+        self.n = n
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.calls > self.n
+
+
+def _same(a, b):
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    for m in (ma, mb):
+        for k in VOLATILE:
+            m.pop(k, None)
+    assert ma == mb
+    ha = [r.split(",")[:-1] for r in (a / "history.csv").read_text().splitlines()]  # drop the seconds column
+    hb = [r.split(",")[:-1] for r in (b / "history.csv").read_text().splitlines()]
+    assert ha == hb
+
+
+@pytest.mark.parametrize("strategy, stop_after", [("gradual", 9), ("gradual", 6), ("lp_ft", 3), ("full", 11)])
+def test_stop_and_resume_is_bit_identical(tiny, tmp_path, strategy, stop_after):
+    con = report.console(quiet=True)
+    cfg = _cfg(tiny, strategy=strategy, unfreeze_every=1, k=2)
+    fit(cfg, tmp_path / "whole", console=con)
+    with pytest.raises(StopRequested):
+        fit(cfg, tmp_path / "cut", console=con, should_stop=StopAfter(stop_after))
+    assert not (tmp_path / "cut" / "manifest.json").exists()
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoints.json").exists()
+    fit(cfg, tmp_path / "cut", console=con, resume=True)
+    _same(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_damaged_checkpoint_falls_back_to_previous(tiny, tmp_path, capsys):
+    con = report.console(quiet=True)
+    cfg = _cfg(tiny, strategy="full")
+    fit(cfg, tmp_path / "whole", console=con)
+    with pytest.raises(StopRequested):
+        fit(cfg, tmp_path / "cut", console=con, should_stop=StopAfter(14))
+    index = json.loads((tmp_path / "cut" / "checkpoints" / "checkpoints.json").read_text())["checkpoints"]
+    assert len(index) == 2
+    newest = tmp_path / "cut" / "checkpoints" / index[-1]["file"]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    msgs = []
+    from transferkit.checkpoint import Checkpointer
+
+    state = Checkpointer(tmp_path / "cut" / "checkpoints").load_latest(log=msgs.append)
+    assert state is not None and "damaged" in msgs[0]
+    fit(cfg, tmp_path / "cut", console=con, resume=True)
+    _same(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_resume_of_finished_run_is_refused(tiny, tmp_path):
+    cfg = _cfg(tiny, strategy="linear_probe")
+    fit(cfg, tmp_path / "done", console=report.console(quiet=True))
+    with pytest.raises(UserError, match="nothing to resume"):
+        fit(cfg, tmp_path / "done", resume=True)

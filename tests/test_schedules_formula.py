@@ -1,0 +1,52 @@
+import math
+
+import pytest
+
+from transferkit.config import ScheduleConfig
+from transferkit.errors import UserError
+from transferkit.schedules import SCHEDULES, lr_factor
+
+SPE = 10  # steps per epoch
+TOTAL = 200
+
+
+@pytest.mark.parametrize("step", [0, 7, 10, 33, 99, 150, 199])
+def test_each_schedule_equals_its_formula(step):
+    w = 20  # 2 warmup epochs
+    cases = {
+        "constant": lambda s: 1.0,
+        "cosine": lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / (TOTAL - w))),
+        "linear": lambda s: 1 - 0.9 * s / (TOTAL - w),
+        "step": lambda s: 0.5 ** math.floor(s / 30),
+        "multistep": lambda s: 0.5 ** sum(s >= m * SPE for m in (4, 9)),
+        "exponential": lambda s: 0.8 ** (s / 25),
+    }
+    for name, f in cases.items():
+        cfg = ScheduleConfig(name=name, warmup_epochs=2, min_lr_ratio=0.1, step_size=3, gamma=0.5, milestones=[4, 9], decay_rate=0.8, decay_steps=25)
+        got = lr_factor(cfg, step, TOTAL, SPE)
+        want = (step + 1) / w if step < w else f(step - w)
+        assert got == pytest.approx(want, rel=1e-12), (name, step)
+
+
+@pytest.mark.parametrize("step", [0, 24, 25, 26, 49, 50, 173])
+def test_exponential_staircase_matches_keras(step):
+    cfg = ScheduleConfig(name="exponential", warmup_epochs=0, decay_rate=0.9, decay_steps=25, staircase=True)
+    assert lr_factor(cfg, step, 1000, 10) == pytest.approx(0.9 ** (step // 25))
+    smooth = ScheduleConfig(name="exponential", warmup_epochs=0, decay_rate=0.9, decay_steps=25)
+    assert lr_factor(smooth, step, 1000, 10) == pytest.approx(0.9 ** (step / 25))
+
+
+def test_onecycle_shape():
+    cfg = ScheduleConfig(name="onecycle", warmup_epochs=0, pct_start=0.25, div_factor=10, final_div_factor=100)
+    curve = [lr_factor(cfg, s, 100, 10) for s in range(101)]
+    assert curve[0] == pytest.approx(0.1)
+    assert curve[25] == pytest.approx(1.0)
+    assert curve[100] == pytest.approx(1 / 1000)
+    assert max(curve) == pytest.approx(1.0)
+    assert all(a <= b + 1e-12 for a, b in zip(curve[:25], curve[1:26]))
+    assert all(a >= b - 1e-12 for a, b in zip(curve[25:], curve[26:]))
+
+
+def test_unknown_schedule_suggests():
+    with pytest.raises(UserError, match="cosine"):
+        SCHEDULES.get("cosin")

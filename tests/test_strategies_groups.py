@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from transferkit.backbones.cifar_resnet import CifarResNet
+from transferkit.config import RunConfig, StrategyConfig, replace
+from transferkit.errors import UserError
+from transferkit.model import TransferModel, create_head, model_groups, set_trainable
+from transferkit.optim import build_param_groups
+from transferkit.strategies import STRATEGIES, assign_lr_scales, create_phases, frozen_by_pattern
+
+
+def _model():
+    torch.manual_seed(0)
+    bb = CifarResNet(8)  # stem + 3 blocks
+    return TransferModel(bb, create_head("linear", bb.num_features, 3))
+
+
+def test_every_parameter_in_exactly_one_group_and_one_optimizer_group():
+    m = _model()
+    groups = model_groups(m)
+    names = [n for g in groups for n, _ in g.params]
+    assert sorted(names) == sorted(n for n, _ in m.named_parameters())
+    assert len(names) == len(set(names))
+    pg = build_param_groups(groups, 0.01)
+    ids = [id(p) for g in pg for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in m.parameters()) and len(ids) == len(set(ids))
+    for g in pg:
+        assert (g["weight_decay"] == 0.0) == g["name"].endswith(".no_decay")
+        assert all((p.ndim < 2) == g["name"].endswith(".no_decay") for p in g["params"])
+
+
+def test_partial_trains_last_k_and_rejects_large_k():
+    m = _model()
+    groups = model_groups(m)
+    cfg = replace(RunConfig(), strategy="partial", k=2)
+    (ph,) = create_phases(cfg, groups)
+    assert ph.unfrozen(0) == ["layer2.0", "layer3.0", "head"]
+    with pytest.raises(UserError, match="k=5 is larger than the number of block groups"):
+        create_phases(replace(RunConfig(), strategy="partial", k=5), groups)
+
+
+def test_gradual_unfreezes_top_down_every_n_epochs():
+    groups = model_groups(_model())
+    (ph,) = create_phases(replace(RunConfig(), strategy="gradual", unfreeze_every=2, epochs=12), groups)
+    seq = [ph.unfrozen(e) for e in range(10)]
+    assert seq[0] == seq[1] == ["head"]
+    assert seq[2] == seq[3] == ["layer3.0", "head"]
+    assert seq[4] == ["layer2.0", "layer3.0", "head"]
+    assert seq[8] == ["stem", "layer1.0", "layer2.0", "layer3.0", "head"] == seq[9]
+
+
+def test_layer_decay_and_lr_range_scales():
+    groups = model_groups(_model())
+    assign_lr_scales(groups, StrategyConfig(layer_decay=0.5), lr=1e-3)
+    assert [g.lr_scale for g in groups] == [0.5**4, 0.5**3, 0.5**2, 0.5, 1.0]
+    assign_lr_scales(groups, StrategyConfig(layer_lr_min=1e-5), lr=1e-3)
+    scales = [g.lr_scale for g in groups]
+    assert scales[0] == pytest.approx(1e-2) and scales[-1] == 1.0
+    ratios = [b / a for a, b in zip(scales, scales[1:])]
+    assert all(r == pytest.approx(ratios[0]) for r in ratios)  # geometric
+
+
+def test_freeze_pattern_must_match_and_keeps_params_frozen():
+    m = _model()
+    groups = model_groups(m)
+    with pytest.raises(UserError, match="matches no parameter"):
+        frozen_by_pattern(groups, ["nonexistent_layer"])
+    fixed = frozen_by_pattern(groups, [r"^backbone\.bn1\."])
+    assert fixed == {"backbone.bn1.weight", "backbone.bn1.bias"}
+    set_trainable(m, groups, {g.name for g in groups}, always_frozen=fixed)
+    assert not m.backbone.bn1.weight.requires_grad and m.backbone.conv1.weight.requires_grad
+
+
+def test_unknown_strategy_suggests():
+    with pytest.raises(UserError, match="lp_ft"):
+        STRATEGIES.get("lpft")
+
+
+@pytest.mark.parametrize(
+    "settings, msg",
+    [
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"gamma": 1.5}, "gamma"),
+        ({"decay_rate": 0.0}, "decay_rate"),
+        ({"layer_decay": 1.2}, "layer_decay"),
+        ({"clip_value": 0.0}, "clip_value must be > 0"),
+        ({"clip_norm": -1.0}, "clip_norm must be > 0"),
+        ({"optimizer": "adamm"}, "adam"),
+        ({"schedule": "cosin"}, "cosine"),
+    ],
+)
+def test_bad_settings_rejected_before_training(settings, msg):
+    with pytest.raises(UserError, match=msg):
+        replace(RunConfig(), **settings).validate()
