@@ -1,9 +1,11 @@
-"""Backbone features computed once and cached on disk.
+"""Backbone features computed once per image and cached on disk.
 
-The cache key covers everything the features depend on: the backbone's weights (`weights_id`) and
-architecture (`spec`), the preprocessing (input size, mean, std) and the decoded pixels themselves
-(their sha256, which changes whenever the data or its resizing does). Labels are not part of it:
-features do not depend on them. Files are safetensors, written atomically.
+One feature store per backbone and preprocessing: its key covers the weights (`weights_id`), the
+architecture (`spec`), the input size, mean and std. Inside a store, each row belongs to one image,
+identified by the sha256 of its decoded pixels, so any subset of images seen before (a
+cross-validation fold, a ranking after a fit) is served without running the backbone, and any change
+to an image or its resizing misses. Labels play no part: features do not depend on them. Stores are
+safetensors files, written atomically.
 """
 
 from __future__ import annotations
@@ -13,27 +15,39 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .backbones import Backbone
 from .transforms import center_crop, normalize
+
+FORMAT_VERSION = 2
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TRANSFERKIT_CACHE_DIR") or Path.home() / ".cache" / "transferkit")
 
 
-def feature_key(backbone: Backbone, input_size: int, pixels_sha256: str) -> str:
+def feature_key(backbone: Backbone, input_size: int) -> str:
     ident = {
         "weights": backbone.weights_id,
         "spec": backbone.spec,
         "input_size": input_size,
         "mean": list(backbone.preprocess.mean),
         "std": list(backbone.preprocess.std),
-        "pixels": pixels_sha256,
-        "version": 1,
+        "version": FORMAT_VERSION,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def image_digests(images: torch.Tensor) -> np.ndarray:
+    """(N, 16) uint8: the first 16 bytes of each image's pixel sha256 (shape included)."""
+    out = np.empty((len(images), 16), dtype=np.uint8)
+    arr = images.cpu().numpy()
+    shape = str(tuple(images.shape[1:])).encode()
+    for i in range(len(arr)):
+        out[i] = np.frombuffer(hashlib.sha256(shape + arr[i].tobytes()).digest()[:16], dtype=np.uint8)
+    return out
 
 
 @torch.no_grad()
@@ -56,21 +70,41 @@ def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, 
     return torch.cat(out) if out else torch.zeros(0, backbone.num_features)
 
 
-def cached_features(backbone: Backbone, images: torch.Tensor, input_size: int, pixels_sha256: str, **kw) -> tuple[torch.Tensor, bool]:
-    """(features, hit): from the cache when present, else computed and stored."""
+def cached_features(backbone: Backbone, images: torch.Tensor, input_size: int, **kw) -> tuple[torch.Tensor, bool]:
+    """(features, hit): rows for images seen before come from the store; the rest are computed and
+    added. `hit` is True when the backbone did not run at all."""
     from safetensors.torch import load_file, save_file
 
-    path = cache_dir() / "features" / f"{feature_key(backbone, input_size, pixels_sha256)}.safetensors"
+    path = cache_dir() / "features" / f"{feature_key(backbone, input_size)}.safetensors"
+    digests = image_digests(images)
+    stored_f = torch.zeros(0, backbone.num_features)
+    stored_d = np.zeros((0, 16), dtype=np.uint8)
     if path.is_file():
         try:
-            feats = load_file(str(path))["features"]
-            if feats.shape[0] == images.shape[0]:
-                return feats, True
-        except Exception:  # a damaged cache entry is recomputed, never trusted
+            st = load_file(str(path))
+            stored_f, stored_d = st["features"], st["digests"].numpy()
+        except Exception:  # a damaged store is rebuilt, never trusted
             pass
-    feats = compute_features(backbone, images, input_size, **kw)
+    index = {bytes(d): i for i, d in enumerate(stored_d)}
+    rows = [index.get(bytes(d), -1) for d in digests]
+    missing = [i for i, r in enumerate(rows) if r < 0]
+    if not missing:
+        return stored_f[torch.as_tensor(rows, dtype=torch.long)].clone(), True
+    new = compute_features(backbone, images[missing], input_size, **kw)
+    feats = torch.empty(len(images), new.shape[1])
+    have = [i for i, r in enumerate(rows) if r >= 0]
+    if have:
+        feats[have] = stored_f[torch.as_tensor([rows[i] for i in have], dtype=torch.long)]
+    feats[missing] = new
+    # Add the new rows to the store (one copy per image, even if it appears twice in this batch).
+    fresh = {}
+    for j, i in enumerate(missing):
+        fresh.setdefault(bytes(digests[i]), j)
+    add = list(fresh.values())
+    all_f = torch.cat([stored_f, new[add]])
+    all_d = np.concatenate([stored_d, digests[[missing[j] for j in add]]])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"features": feats.contiguous()}, str(tmp))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({"features": all_f.contiguous(), "digests": torch.from_numpy(np.ascontiguousarray(all_d))}, str(tmp))
     os.replace(tmp, path)
     return feats, False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import shutil
 import io
@@ -17,7 +18,7 @@ from . import __version__
 from .backbones import Preprocess
 from .baselines import raw_pixel_logreg
 from .config import RunConfig
-from .data import DataSplits, check_counts, decode_images, fingerprint, load_image_data
+from .data import DataSplits, check_counts, decode_images, load_image_data
 from .errors import UserError
 from .features import cached_features
 from .metrics import classification_metrics, paired_bootstrap, verdict
@@ -58,12 +59,17 @@ def effective_preprocess(model: TransferModel, cfg: RunConfig) -> Preprocess:
     return pre
 
 
-def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None) -> FitResult:
+def fit(
+    cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None,
+    splits: DataSplits | None = None, on_epoch=None,
+) -> FitResult:
     """Fine-tune `cfg.model.name` on `cfg.data.path` as `cfg.strategy.name` says; write `out` if given.
 
     With `resume`, `out` is an interrupted run: training continues from its last intact checkpoint
     and ends with the same weights and metrics as an uninterrupted run. `should_stop()` turning true
-    makes the run write a checkpoint and raise StopRequested.
+    makes the run write a checkpoint and raise StopRequested. `splits` replaces loading
+    `cfg.data.path` (cross-validation folds, for example); `on_epoch(row)` sees every epoch's
+    validation scores.
     """
     console = console or report.console()
     cfg.validate()
@@ -75,7 +81,10 @@ def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = Fals
     t_start = time.perf_counter()
     seed_everything(cfg.train.seed)
 
-    splits = load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+    if splits is None:
+        splits = load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+    else:
+        splits = copy.copy(splits)  # decoding below replaces its sets; leave the caller's intact
     model = create_model(cfg.model, len(splits.classes))
     pre = effective_preprocess(model, cfg)
     with report.progress(console) as prog:
@@ -136,11 +145,11 @@ def fit(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = Fals
                 continue
             pname = f"{phase.kind}" if len(phases) == 1 else f"{i + 1}:{phase.kind}"
             t0 = time.perf_counter()
-            common = dict(epoch_offset=len(st["history"]), step_offset=st["steps"], progress=prog, resume=phase_resume)
+            common = dict(epoch_offset=len(st["history"]), step_offset=st["steps"], progress=prog, resume=phase_resume, on_epoch=on_epoch)
             if phase.kind == "probe":
                 tf = time.perf_counter()
-                f_train, hit_tr = cached_features(model.backbone, train_u8, pre.input_size, fingerprint(train_u8), device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
-                f_val, hit_va = cached_features(model.backbone, val_u8, pre.input_size, fingerprint(val_u8), device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
+                f_train, hit_tr = cached_features(model.backbone, train_u8, pre.input_size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
+                f_val, hit_va = cached_features(model.backbone, val_u8, pre.input_size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
                 st["feature_cache_hit"] = hit_tr and hit_va
                 st["timing"]["features_s"] += time.perf_counter() - tf
                 data = PhaseData(f_train.to(device), y_train, f_val.to(device), y_val, lambda x, g: x, lambda x: x)

@@ -128,13 +128,15 @@ def run_phase(
     on_checkpoint: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     checkpoint_every_s: float | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> PhaseResult:
     """Train `module` for one phase; on return it holds the best weights seen by the selection metric,
     the starting point included when `initial_best` (its validation scores) is given.
 
     `on_checkpoint(state)` receives the phase's full state at the end of every epoch (and every
     `checkpoint_every_s` seconds inside long epochs, and when `should_stop()` turns true, after which
-    StopRequested is raised); `resume=state` continues from such a state exactly.
+    StopRequested is raised); `resume=state` continues from such a state exactly. `on_epoch(row)`
+    sees each epoch's history row after validation (a search prunes losing trials from it by raising).
     """
     tc = cfg.train
     device = accelerator.device
@@ -243,6 +245,8 @@ def run_phase(
             since_best += 1
         if progress is not None:
             progress.update(task, advance=1, description=f"{name} val_acc={100 * scores['accuracy']:.1f}%")
+        if on_epoch is not None:
+            on_epoch(row)
         if on_checkpoint is not None and phase.kind == "finetune":
             on_checkpoint(state(epoch + 1, 0))
             last_ckpt = time.monotonic()

