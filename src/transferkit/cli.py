@@ -25,6 +25,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--unfreeze-every", "unfreeze_every", int, "gradual: unfreeze one more block group every N epochs"),
     ("--layer-decay", "layer_decay", float, "discriminative rates: each group down from the head gets lr x this"),
     ("--layer-lr-min", "layer_lr_min", float, "discriminative rates: geometric from this (first group) to --lr (head)"),
+    ("--bn-stats", "bn_stats", str, "BatchNorm statistics: frozen (all layers) | trainable (layers that train) | all"),
     ("--freeze", "freeze", str, "comma-separated regexes of parameter names to keep frozen"),
     ("--epochs", "epochs", int, "fine-tuning epochs (default 8)"),
     ("--batch-size", "batch_size", int, "training batch size (default 32)"),
@@ -68,7 +69,6 @@ BOOL_FLAGS: list[tuple[str, str, object, str]] = [
     ("--no-augment", "augment", False, "switch off training augmentation"),
     ("--no-flip", "flip", False, "no horizontal flips"),
     ("--skip-bad-images", "skip_bad_images", True, "leave out unreadable images instead of failing"),
-    ("--train-bn", "train_bn", True, "let frozen BatchNorm layers update their statistics"),
     ("--cpu", "cpu", True, "use the CPU even when a GPU is present"),
     ("--staircase", "staircase", True, "exponential: decay in discrete jumps"),
     ("--no-nesterov", "nesterov", False, "SGD without Nesterov momentum"),
@@ -251,6 +251,57 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _given_settings(args) -> set[str]:
+    """Flat names of the fit flags given on the command line (a search keeps them fixed)."""
+    names = [n for _, n, _, _ in FIT_FLAGS] + [n for _, n, _, _ in BOOL_FLAGS]
+    return {n for n in names if getattr(args, n) is not None}
+
+
+def cmd_search(args) -> int:
+    from . import report
+    from .search import load_space_file, search
+
+    if args.out is None:
+        raise UserError("search needs --out DIR (a new directory, or one holding this search to continue it)")
+    if args.data is None and not args.config:
+        raise UserError("search needs --data (a folder, a CSV, or 'digits')")
+    space = load_space_file(args.space) if args.space else None
+    search(
+        resolve_config(args), args.out, space=space, trials=args.trials, folds=args.folds, time_budget=args.time_budget,
+        storage=args.storage, study_name=args.study, metric=args.metric or "accuracy", lr_find=args.lr_find,
+        fixed=_given_settings(args) - {"data", "model", "arch", "seed", "metric"}, console=report.console(quiet=args.quiet),
+    )
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from . import plots, report
+    from .lr_find import lr_find, lr_find_figure
+    from .rundir import atomic_write_bytes
+
+    if args.data is None and not args.config:
+        raise UserError("lr-find needs --data (a folder, a CSV, or 'digits')")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    res = lr_find(resolve_config(args), steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, console=report.console(quiet=args.quiet))
+    out.mkdir(parents=True, exist_ok=True)
+    fig = lr_find_figure(res)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plots.close(fig)
+    atomic_write_bytes(out / "lr_find.png", buf.getvalue())
+    keys = ("suggestion", "steepest", "min_div10", "stopped_early", "strategy", "trained", "notes", "lrs", "losses", "raw_losses")
+    atomic_write_bytes(out / "lr_find.json", (json.dumps({k: getattr(res, k) for k in keys}, indent=1) + "\n").encode())
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    steep = f"{res.steepest:.2e}" if res.steepest is not None else "n/a"
+    print(f"suggested lr: {res.suggestion:.2e} (steepest descent {steep}; min/10 {res.min_div10:.2e}); plot: {out / 'lr_find.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="transferkit", description="Transfer learning from a pretrained model to your small labelled dataset.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -290,6 +341,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", help="CSV file to write (default: standard output)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("search", help="hyperparameter search by k-fold cross-validation of the training split, then refit the best")
+    _add_fit_flags(p)  # the base configuration; settings given as flags stay fixed
+    p.add_argument("--out", help="search directory: study, trials.csv, best.yaml, final/ run, plots (run again to continue)")
+    p.add_argument("--trials", type=int, default=20, help="finished trials to reach, counting earlier runs and other workers (default 20)")
+    p.add_argument("--folds", type=int, default=5, help="stratified folds of the training split (default 5)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop starting trials / folds after this many seconds")
+    p.add_argument("--space", help="YAML search space: name: {low, high[, log, step]} | {choices: [...]} | value (see transferkit.search)")
+    p.add_argument("--storage", help="Optuna database URL shared by several workers (e.g. postgresql://user@host/db); default DIR/study.db")
+    p.add_argument("--study", help="study name in --storage (required with it)")
+    p.add_argument("--lr-find", action="store_true", help="centre the learning-rate range on an lr-find of the training split")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: suggest a learning rate and plot loss against it")
+    _add_fit_flags(p)
+    p.add_argument("--out", default=".", help="directory for lr_find.png and lr_find.json (default: current directory)")
+    p.add_argument("--steps", type=int, default=100, help="training steps of the sweep (default 100)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
+    p.set_defaults(func=cmd_lr_find)
     return ap
 
 

@@ -194,7 +194,7 @@ def fit(
     history, lr_trace, timing = st["history"], [tuple(t) for t in st["lr_trace"]], st["timing"]
     steps, clipped, best_epoch = st["steps"], st["clipped"], st["best_epoch"]
     model = accelerator.unwrap_model(model).cpu().eval()
-    set_trainable(model, groups, {g.name for g in groups}, train_bn=True)
+    set_trainable(model, groups, {g.name for g in groups}, bn_stats="all")
 
     # ---- evaluation, baseline, verdict
     autocast = accelerator.autocast
@@ -273,8 +273,8 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
         rundir.write_figure(name, fig)
         plots.close(fig)
     rundir.write_json("data.json", {"source": splits.source, "classes": r.classes, "train": splits.train.counts(), "val": splits.val.counts()})
-    shutil.rmtree(rundir.path / "checkpoints", ignore_errors=True)  # the run is complete: nothing to resume
     rundir.finalize()
+    shutil.rmtree(rundir.path / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
 
 
 def load_model(path: str | Path) -> tuple[TransferModel, dict]:

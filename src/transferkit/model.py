@@ -63,16 +63,23 @@ def model_groups(model: TransferModel) -> list[Group]:
     return groups
 
 
-def set_trainable(model: TransferModel, groups: list[Group], unfrozen: set[str], *, train_bn: bool = False, always_frozen: set[str] = frozenset()) -> None:
-    """requires_grad on for `unfrozen` groups (except parameters in `always_frozen`), off for the rest;
-    frozen BatchNorm layers stay in eval mode (their running statistics do not move) unless
-    `train_bn`. Call after `model.train()`."""
+BN_STATS = ("frozen", "trainable", "all")
+
+
+def set_trainable(model: TransferModel, groups: list[Group], unfrozen: set[str], *, bn_stats: str = "trainable", always_frozen: set[str] = frozenset()) -> None:
+    """requires_grad on for `unfrozen` groups (except parameters in `always_frozen`), off for the rest.
+    Then BatchNorm running statistics, by `bn_stats`:
+      frozen     every BatchNorm layer in eval mode: statistics never move (its affine weights still
+                 train where unfrozen); the Keras fine-tuning guide's advice for small data;
+      trainable  layers whose parameters train update their statistics, frozen ones do not;
+      all        every BatchNorm layer updates its statistics, frozen or not.
+    Call after `model.train()`."""
     for g in groups:
         for n, p in g.params:
             p.requires_grad_(g.name in unfrozen and n not in always_frozen)
-    if train_bn:
+    if bn_stats == "all":
         return
     for m in model.backbone.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if not any(p.requires_grad for p in m.parameters(recurse=False)):
+            if bn_stats == "frozen" or not any(p.requires_grad for p in m.parameters(recurse=False)):
                 m.eval()

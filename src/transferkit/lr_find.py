@@ -1,0 +1,196 @@
+"""Learning-rate range test (Smith 2017, "Cyclical learning rates", section 3.3; fastai's lr_find).
+
+Train the configured setup for about 100 steps while the learning rate grows exponentially from
+`start_lr` to `end_lr`, and record the loss, smoothed by an exponential moving average (debiased). Stop
+once the smoothed loss exceeds `diverge` times its minimum. The suggestion is the learning rate where
+the smoothed loss falls fastest (steepest descent, on a log-lr axis, before the minimum); `min_div10`,
+the rate at the minimum divided by 10, is the more conservative alternative.
+
+What trains is the strategy's last phase at its first epoch: the head on cached features for
+`linear_probe`, the unfrozen groups (with their layer-decay scales) for the others. The swept value
+is the base learning rate (`--lr`): for `lp_ft` the applied rate is lr x ft_lr_scale, as in `fit`,
+so the suggestion can be passed to `--lr` as it is. Only the training split is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import report
+from .config import RunConfig
+from .data import DataSplits, decode_images, load_image_data
+from .errors import UserError
+
+
+@dataclass
+class LRFindResult:
+    lrs: list[float]
+    losses: list[float]  # smoothed (debiased EMA)
+    raw_losses: list[float]
+    suggestion: float
+    steepest: float | None
+    min_div10: float
+    stopped_early: bool  # the loss diverged before end_lr
+    strategy: str = ""
+    trained: str = ""  # what the test trained
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def lr_schedule(start_lr: float, end_lr: float, steps: int) -> np.ndarray:
+    """Exponentially increasing rates, start_lr at step 0 and end_lr at the last step."""
+    return start_lr * (end_lr / start_lr) ** (np.arange(steps) / max(1, steps - 1))
+
+
+def smooth(losses, beta: float = 0.98) -> np.ndarray:
+    """Debiased exponential moving average (as in Adam's bias correction)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(losses):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta ** (i + 1)))
+    return np.array(out)
+
+
+def suggest(lrs, smoothed) -> tuple[float | None, float]:
+    """(steepest, min_div10): the rate of the steepest fall of the smoothed loss before its minimum
+    (None when fewer than 3 points lead to the minimum), and the rate at the minimum / 10."""
+    lrs, sm = np.asarray(lrs, float), np.asarray(smoothed, float)
+    i_min = int(np.nanargmin(sm))
+    min_div10 = float(lrs[i_min] / 10)
+    skip = min(5, len(sm) // 10)  # the first points carry the EMA's start-up, not the curve
+    seg = slice(skip, i_min + 1)
+    if i_min + 1 - skip < 3:
+        return None, min_div10
+    grad = np.gradient(sm[seg], np.log10(lrs[seg]))
+    return float(lrs[seg][int(np.argmin(grad))]), min_div10
+
+
+def lr_find(
+    cfg: RunConfig, *, splits: DataSplits | None = None, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
+    beta: float = 0.98, diverge: float = 4.0, console=None,
+) -> LRFindResult:
+    from .features import cached_features
+    from .fit import effective_preprocess, make_accelerator
+    from .model import create_model, model_groups, set_trainable
+    from .optim import build_param_groups, create_optimizer, set_lr
+    from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
+    from .trainer import seed_everything
+    from .transforms import augment, center_crop, normalize
+
+    con = console or report.console()
+    cfg.validate()
+    if steps < 10:
+        raise UserError(f"lr-find needs at least 10 steps, got {steps}")
+    if not 0 < start_lr < end_lr:
+        raise UserError(f"lr-find needs 0 < start_lr < end_lr, got {start_lr:g} and {end_lr:g}")
+    t0 = time.perf_counter()
+    seed_everything(cfg.train.seed)
+    if splits is None:
+        splits = load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+    model = create_model(cfg.model, len(splits.classes))
+    pre = effective_preprocess(model, cfg)
+    x_u8, train, bad = decode_images(splits.train, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images)
+    groups = model_groups(model)
+    phase = create_phases(cfg, groups)[-1]
+    assign_lr_scales(groups, cfg.strategy, cfg.optim.lr)
+    accelerator = make_accelerator(cfg)
+    device = accelerator.device
+    autocast = accelerator.autocast if device.type != "cpu" else contextlib.nullcontext
+    y = torch.as_tensor(train.labels, device=device)
+    flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
+
+    if phase.kind == "probe":
+        x, _ = cached_features(model.backbone, x_u8, pre.input_size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
+        x = x.to(device)
+        module, train_groups = model.head.to(device).train(), [g for g in groups if g.name == "head"]
+        transform = lambda xb, g: xb  # noqa: E731
+        trained = "the head on cached backbone features"
+    else:
+        model.to(device, memory_format=torch.channels_last).train()
+        unfrozen = set(phase.unfrozen(0))
+        set_trainable(model, groups, unfrozen, bn_stats=cfg.strategy.bn_stats, always_frozen=frozen_by_pattern(groups, cfg.strategy.freeze))
+        module, train_groups, x = model, groups, x_u8.to(device)
+        scale = (cfg.data.crop_scale_min, 1.0)
+
+        def transform(xb, g):
+            if cfg.data.augment:
+                return normalize(augment(xb, pre.input_size, scale=scale, flip=flip, generator=g), pre.mean, pre.std)
+            return normalize(center_crop(xb, pre.input_size), pre.mean, pre.std)
+
+        trained = f"{len(unfrozen)} of {len(groups)} parameter groups ({phase.kind} phase, applied lr = lr x {phase.lr / cfg.optim.lr:g})"
+    lr_mult = phase.lr / cfg.optim.lr  # lp_ft fine-tunes at lr x ft_lr_scale
+    optimizer = create_optimizer(build_param_groups(train_groups, cfg.optim.weight_decay), cfg.optim, start_lr * lr_mult)
+    n, bs = len(x), min(cfg.train.batch_size, len(x))
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    con.print(f"lr-find: {cfg.model.name} ({cfg.strategy.name}), training {trained}; {steps} steps, lr {start_lr:.0e} -> {end_lr:.0e}, batch {bs}, {n} training images")
+
+    lrs, raw, sm = [], [], []
+    best, avg, stopped = math.inf, 0.0, False
+    order, pos = torch.randperm(n, generator=gen), 0
+    for i, lr in enumerate(lr_schedule(start_lr, end_lr, steps)):
+        if pos + bs > n and pos > 0:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos : pos + bs].to(device)
+        pos += bs
+        set_lr(optimizer, float(lr) * lr_mult, 1.0)
+        with autocast():
+            logits = module(transform(x[idx], gen))
+            loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=cfg.train.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        v = float(loss.item())
+        avg = beta * avg + (1 - beta) * v
+        s = avg / (1 - beta ** (i + 1))
+        lrs.append(float(lr))
+        raw.append(v)
+        sm.append(s)
+        if not math.isfinite(s) or (i > 0 and s > diverge * best):
+            stopped = True
+            break
+        best = min(best, s)
+    finite = [i for i, s in enumerate(sm) if math.isfinite(s)]
+    lrs_f, sm_f = [lrs[i] for i in finite], [sm[i] for i in finite]
+    steepest, min_div10 = suggest(lrs_f, sm_f)
+    notes = []
+    if not stopped:
+        notes.append(f"the loss did not diverge up to {end_lr:g}: the suggestion may be conservative")
+    if steepest is None:
+        notes.append("too few points before the minimum to find the steepest descent: suggesting min/10")
+    return LRFindResult(
+        lrs, sm, raw, steepest if steepest is not None else min_div10, steepest, min_div10, stopped, cfg.strategy.name, trained,
+        time.perf_counter() - t0, notes,
+    )
+
+
+def lr_find_figure(res: LRFindResult):
+    import matplotlib.pyplot as plt
+
+    from . import plots  # noqa: F401  (selects the Agg backend)
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(res.lrs, res.raw_losses, color="0.8", lw=1, label="loss")
+    ax.plot(res.lrs, res.losses, color="C0", label="smoothed loss")
+    ax.set_xscale("log")
+    if res.steepest is not None:
+        ax.axvline(res.steepest, color="C3", ls="--", label=f"steepest descent {res.steepest:.1e}")
+    ax.axvline(res.min_div10, color="C2", ls=":", label=f"min / 10 {res.min_div10:.1e}")
+    fin = [v for v in res.losses if math.isfinite(v)]
+    if fin:
+        lo, hi = min(fin), min(max(fin), 4 * min(fin) + 1e-9)
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+    ax.set(xlabel="learning rate (base lr, log scale)", ylabel="training loss", title=f"learning-rate range test ({res.strategy}): suggested lr {res.suggestion:.1e}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["lr_find", "LRFindResult", "lr_find_figure", "lr_schedule", "smooth", "suggest"]

@@ -1,0 +1,883 @@
+"""`search`: hyperparameter search by k-fold cross-validation of the training split, around `fit`.
+
+    result = search(replace(RunConfig(), data="photos/", model="efficientnet_lite0"), "runs/search", trials=30)
+
+Every trial samples one configuration from the search space (Optuna's TPE sampler) and scores it as
+the mean validation metric over stratified k folds of the TRAINING split (each fold: `fit` on k-1
+parts, evaluated on the held-out part). The validation / test split is never seen during the search;
+it is used once, at the end, when the best configuration is refitted on the whole training split
+(`fit(best, DIR/final)`: a normal run directory). Losing trials stop early: every epoch's score is
+reported to a median pruner. A time budget ends the search cleanly between folds.
+
+The study lives in a database (an SQLite file in DIR unless `storage` names another, for example a
+PostgreSQL server that many workers share), so a killed search continues where it stopped when it
+is run again with the same DIR; trials left RUNNING by a dead worker are marked FAIL (at once when
+the worker ran on this machine, after the heartbeat's grace period otherwise). Finished trials
+(complete or pruned) count toward `trials`, across workers.
+
+The search space (`--space FILE.yaml`) maps flat setting names (those of `transferkit fit`, dashes or
+underscores) to one of:
+
+    lr: {low: 1.0e-5, high: 1.0e-2, log: true}   # a range: floats, or ints for integer settings;
+    epochs: {low: 2, high: 10, step: 2}           #   log: sample log-uniformly; step: a grid
+    strategy: {choices: [linear_probe, lp_ft]}    # a list of values
+    batch_size: {choices: [16, 32]}
+    label_smoothing: 0.1                          # a fixed value
+
+Keys in the file replace the same keys of the default space (`DEFAULT_SPACE`, plus batch sizes that
+fit the folds and the memory); the other defaults stay. Give a fixed value to stop searching one of
+them. Settings given as flags (`--epochs 3`) are fixed as well. Settings that only matter to some
+strategies (epochs, layer_decay, crop_scale_min for fine-tuning; lp_epochs for the probe; k,
+unfreeze_every, ft_lr_scale for their strategy) are sampled only in trials that use them.
+
+DIR holds: search.json (what was searched: data, model, space; a different search in the same DIR
+is refused), study.db, trials.csv (every trial: number, state, fold scores, mean, params, duration),
+best.yaml (the best configuration, accepted by `transferkit fit --config`), final/ (the refit run),
+history.png, lr.png, importance.png and summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from . import report
+from .config import FLAT, RunConfig, load_config_file, replace
+from .data import DataSplits, load_image_data
+from .errors import UserError, did_you_mean
+from .fit import fit
+from .rundir import RunDir, atomic_write_bytes, is_complete
+
+METRICS = ("accuracy", "macro_f1")
+
+# The default search space. `batch_size` is filled in from the data (powers of two that fit).
+DEFAULT_SPACE: dict[str, Any] = {
+    "strategy": {"choices": ["linear_probe", "lp_ft", "full", "partial", "gradual"]},
+    "lr": {"low": 1e-5, "high": 3e-2, "log": True},
+    "weight_decay": {"low": 1e-6, "high": 0.1, "log": True},
+    "layer_decay": {"low": 0.5, "high": 1.0},
+    "epochs": {"low": 3, "high": 15},
+    "patience": 5,  # early stopping inside every fit (every phase)
+    "label_smoothing": {"low": 0.0, "high": 0.2},
+    "crop_scale_min": {"low": 0.08, "high": 1.0},
+}
+BATCH_SIZES = (8, 16, 32, 64, 128)
+
+# Settings that are not hyperparameters: they come from flags, never from the space.
+NOT_IN_SPACE = {"data": "--data", "model": "--model", "arch": "--arch", "seed": "--seed", "metric": "--metric", "val_fraction": "--val-fraction"}
+
+# Settings that matter only to some strategies: sampled only in trials of those strategies.
+_FINETUNES = ("full", "partial", "gradual", "lp_ft")
+ONLY_FOR: dict[str, tuple[str, ...]] = {
+    "epochs": _FINETUNES, "layer_decay": _FINETUNES, "layer_lr_min": _FINETUNES, "crop_scale_min": _FINETUNES,
+    "augment": _FINETUNES, "flip": _FINETUNES, "bn_stats": _FINETUNES, "schedule": _FINETUNES, "warmup_epochs": _FINETUNES,
+    "min_lr_ratio": _FINETUNES, "l2sp_alpha": _FINETUNES,
+    "lp_epochs": ("linear_probe", "lp_ft"), "k": ("partial",), "unfreeze_every": ("gradual",), "ft_lr_scale": ("lp_ft",),
+}
+
+STEP_STRIDE = 100_000  # pruner steps: fold * STEP_STRIDE + epoch, so every epoch of every fold has its own step
+HEARTBEAT_S = int(os.environ.get("TRANSFERKIT_SEARCH_HEARTBEAT", "60"))  # seconds between a running trial's heartbeats
+POLL_S = 1.0  # how often a worker looks again while other workers finish the last trials
+
+
+# ------------------------------------------------------------------------------------------ space
+
+
+@dataclass
+class Dim:
+    """One setting of the space: a range (low..high, optionally log or stepped), choices, or fixed."""
+
+    name: str
+    kind: str  # "range" | "choices" | "fixed"
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: list | None = None
+    value: Any = None
+
+    def suggest(self, trial):
+        if self.kind == "choices":
+            return trial.suggest_categorical(self.name, self.choices)
+        if self.kind == "range":
+            if _field_type(self.name) == "int":
+                return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
+            return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+        return self.value
+
+    def to_dict(self):
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "choices":
+            return {"choices": list(self.choices)}
+        d = {"low": self.low, "high": self.high, "log": self.log}
+        if self.step is not None:
+            d["step"] = self.step
+        return d
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return f"{self.value!r}"
+        if self.kind == "choices":
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        extra = " (log)" if self.log else f" (step {self.step:g})" if self.step else ""
+        return f"{self.low:g} .. {self.high:g}{extra}"
+
+
+def _field_type(name: str) -> str:
+    """The declared type of a flat setting, without `| None`: int, float, bool, str, list[float], ..."""
+    section, fname = FLAT[name].split(".")
+    sec = next(f for f in fields(RunConfig) if f.name == section)
+    ftype = {f.name: f.type for f in fields(sec.default_factory)}[fname]  # type: ignore[misc]
+    return str(ftype).replace(" | None", "")
+
+
+def load_space_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"search space file not found: {p}")
+    try:
+        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot parse {p} as YAML: {str(e).splitlines()[0]}") from None
+    if d is None or d == {}:
+        raise UserError(f"{p} is empty: give the settings to search (e.g. `lr: {{low: 1.0e-5, high: 1.0e-2, log: true}}`), or leave out --space for the default space")
+    if not isinstance(d, dict):
+        raise UserError(f"{p} must map setting names to ranges, choices or values, got a {type(d).__name__}")
+    return d
+
+
+def parse_space(d: dict, *, where: str = "search space") -> dict[str, Dim]:
+    """YAML mapping -> {flat name: Dim}; checks the form, not the values (see `check_space`)."""
+    out: dict[str, Dim] = {}
+    for key, spec in d.items():
+        name = str(key).replace("-", "_")
+        if name in NOT_IN_SPACE:
+            raise UserError(f"{where}: {name} is not a hyperparameter; give it as {NOT_IN_SPACE[name]}")
+        if name not in FLAT:
+            raise UserError(f"{where}: unknown setting {key!r}{did_you_mean(name, FLAT)}")
+        out[name] = _parse_dim(name, spec, where)
+    return out
+
+
+def _parse_dim(name: str, spec, where: str) -> Dim:
+    if not isinstance(spec, dict):
+        return Dim(name, "fixed", value=spec)
+    unknown = set(spec) - {"low", "high", "log", "step", "choices"}
+    if unknown:
+        bad = sorted(map(str, unknown))[0]
+        raise UserError(f"{where}: {name}: unknown key {bad!r}{did_you_mean(bad, ['low', 'high', 'log', 'step', 'choices'])}; use low/high[/log/step] or choices")
+    if "choices" in spec:
+        if set(spec) != {"choices"}:
+            raise UserError(f"{where}: {name}: give either choices or low/high, not both")
+        ch = spec["choices"]
+        if not isinstance(ch, list) or not ch:
+            raise UserError(f"{where}: {name}: choices must be a non-empty list, got {ch!r}")
+        if any(isinstance(c, (list, dict)) for c in ch):
+            raise UserError(f"{where}: {name}: choices must be plain values (numbers, words, true/false)")
+        if len(set(map(repr, ch))) != len(ch):
+            raise UserError(f"{where}: {name}: choices repeat a value: {ch}")
+        return Dim(name, "choices", choices=list(ch))
+    if "low" not in spec or "high" not in spec:
+        raise UserError(f"{where}: {name}: a range needs both low and high, got {spec}")
+    typ = _field_type(name)
+    if typ not in ("int", "float"):
+        raise UserError(f"{where}: {name} is a {typ} setting: give choices or a fixed value, not a range")
+    conv = int if typ == "int" else float
+
+    def num(v, what):
+        try:
+            x = float(v)  # YAML reads 1e-5 (no dot) as a string
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: {name}: {what} must be a number, got {v!r}") from None
+        if not math.isfinite(x) or (conv is int and not x.is_integer()):
+            raise UserError(f"{where}: {name}: {what} must be {'an integer' if conv is int else 'a finite number'}, got {v!r}")
+        return conv(x)
+
+    low, high = num(spec["low"], "low"), num(spec["high"], "high")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise UserError(f"{where}: {name}: log must be true or false, got {log!r}")
+    step = num(spec["step"], "step") if spec.get("step") is not None else None
+    if low > high:
+        raise UserError(f"{where}: {name}: low ({low:g}) is above high ({high:g})")
+    if log and low <= 0:
+        raise UserError(f"{where}: {name}: a log range needs low > 0, got {low:g}")
+    if step is not None and (step <= 0 or log):
+        raise UserError(f"{where}: {name}: step must be > 0 and cannot be combined with log")
+    return Dim(name, "range", low=low, high=high, log=log, step=step)
+
+
+def check_space(space: dict[str, Dim], base: RunConfig, *, where: str = "search space") -> None:
+    """Every value the space can produce must make a valid configuration; something must be searched."""
+    for dim in space.values():
+        values = [dim.value] if dim.kind == "fixed" else dim.choices if dim.kind == "choices" else [dim.low, dim.high]
+        for v in values:
+            try:
+                replace(base, **{dim.name: v}).validate()
+            except UserError as e:
+                what = {"fixed": "value", "choices": "choice", "range": "bound"}[dim.kind]
+                raise UserError(f"{where}: {dim.name} {what} {v!r}: {e}") from None
+    if not any(d.kind != "fixed" for d in space.values()):
+        raise UserError(f"{where}: nothing to search: every setting is fixed (run `transferkit fit` for one configuration)")
+
+
+def resolve_space(user: dict | None, base: RunConfig, *, fixed: set[str] = frozenset(), batch_sizes: list[int] | None = None, lr_center: float | None = None) -> dict[str, Dim]:
+    """Default space, minus settings fixed by flags, with the user's file laid over it."""
+    d = dict(DEFAULT_SPACE)
+    if batch_sizes:
+        d["batch_size"] = {"choices": list(batch_sizes)}
+    for name in fixed:
+        d.pop(name, None)
+    space = parse_space(d, where="default search space")
+    if user:
+        mine = parse_space(user, where="--space")
+        both = sorted(set(mine) & set(fixed))
+        if both:
+            raise UserError(f"--space searches {', '.join(both)}, which the flag(s) {', '.join('--' + n.replace('_', '-') for n in both)} fix; give one or the other")
+        space.update(mine)
+    if lr_center is not None:
+        if user and "lr" in {str(k).replace("-", "_") for k in user}:
+            raise UserError("--lr-find centres the learning-rate range itself: leave lr out of --space, or drop --lr-find")
+        if "lr" in fixed:
+            raise UserError("--lr-find centres the learning-rate range, but --lr fixes the learning rate; give one or the other")
+        space["lr"] = Dim("lr", "range", low=float(f"{lr_center / 10:.3g}"), high=float(f"{min(lr_center * 10, 1.0):.3g}"), log=True)
+    check_space(space, base)
+    return space
+
+
+def sample(trial, space: dict[str, Dim], base_strategy: str) -> dict:
+    """The trial's settings: the strategy first, then what that strategy uses."""
+    params: dict[str, Any] = {}
+    sd = space.get("strategy")
+    strategy = base_strategy if sd is None else sd.value if sd.kind == "fixed" else sd.suggest(trial)
+    if sd is not None and sd.kind != "fixed":
+        params["strategy"] = strategy
+    for name, dim in space.items():
+        if name == "strategy" or dim.kind == "fixed":
+            continue
+        if strategy not in ONLY_FOR.get(name, (strategy,)):
+            continue
+        params[name] = dim.suggest(trial)
+    return params
+
+
+def trial_config(base: RunConfig, space: dict[str, Dim], params: dict) -> RunConfig:
+    fixed = {n: d.value for n, d in space.items() if d.kind == "fixed"}
+    return replace(base, **{**fixed, **params}).validate()
+
+
+# ------------------------------------------------------------------------------------------ folds
+
+
+def stratified_folds(labels: np.ndarray, classes: list[str], k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train indices, held-out indices) of k stratified folds of `labels` (scikit-learn, seeded)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if k < 2:
+        raise UserError(f"--folds must be at least 2, got {k}")
+    counts = np.bincount(labels, minlength=len(classes))
+    if counts.min() < k:
+        i = int(counts.argmin())
+        hint = f"use --folds {int(counts.min())} or fewer" if counts.min() >= 2 else "add images to it (cross-validation needs 2 or more per class)"
+        raise UserError(
+            f"class {classes[i]!r} has only {int(counts[i])} training image(s), fewer than --folds {k}: "
+            f"every fold must hold out at least one image of each class; {hint}"
+        )
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(tr), np.sort(va)) for tr, va in skf.split(np.zeros(len(labels)), labels)]
+
+
+def fold_splits(splits: DataSplits, train_idx, val_idx, i: int, k: int) -> DataSplits:
+    """A fold as DataSplits: both sides come from the training split; the real val/test stay out."""
+    return DataSplits(
+        splits.train.subset(train_idx), splits.train.subset(val_idx), None, splits.classes,
+        f"{splits.source} (fold {i + 1} of {k} of the training split)", val_given=False, flip_ok=splits.flip_ok,
+    )
+
+
+def batch_sizes_that_fit(cfg: RunConfig, n_train: int, num_classes: int) -> list[int]:
+    """Powers of two up to the smallest fold's training size; on a GPU, only those whose forward and
+    backward pass of the whole model fits in its memory."""
+    fit_data = [b for b in BATCH_SIZES if b <= n_train] or [1 << max(0, int(math.log2(max(1, n_train))))]
+    import torch
+
+    if cfg.train.cpu or not torch.cuda.is_available():
+        return fit_data
+    from .fit import effective_preprocess
+    from .model import create_model
+
+    model = create_model(cfg.model, num_classes, pretrained=False).cuda().train()
+    size = effective_preprocess(model, cfg).input_size
+    ok = []
+    for b in fit_data:
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_bf16_supported()):
+                loss = model(torch.randn(b, 3, size, size, device="cuda")).float().logsumexp(-1).mean()
+            loss.backward()
+            ok.append(b)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    del model
+    torch.cuda.empty_cache()
+    if not ok:
+        raise UserError(f"not even a batch of {fit_data[0]} fits in GPU memory with {cfg.model.name}; choose a smaller model or --input-size")
+    return ok
+
+
+# --------------------------------------------------------------------------------------- storage
+
+
+def redact(url: str) -> str:
+    """The URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def open_storage(url: str, *, heartbeat_s: int = HEARTBEAT_S):
+    """An Optuna RDB storage; an unreachable or malformed URL is an error, never a silent fallback."""
+    import optuna
+
+    kw: dict = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        kw["connect_args"] = {"connect_timeout": 10}
+    elif url.startswith("sqlite"):
+        kw["connect_args"] = {"timeout": 60}  # the heartbeat thread writes beside the trial
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
+    except ModuleNotFoundError as e:
+        hint = " (pip install psycopg2-binary)" if "psycopg" in str(e.name) else ""
+        raise UserError(f"the database driver for {redact(url)} is not installed: {e.name}{hint}") from None
+    except Exception as e:  # sqlalchemy / driver errors: unreachable server, bad URL, wrong password
+        msg = str(getattr(e, "orig", None) or e).strip().splitlines()
+        raise UserError(f"cannot use the study database {redact(url)}: {msg[0] if msg else type(e).__name__}. Check that the server is running and the URL is right") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_dead_trials(study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker is gone: at once for workers on this machine (their
+    process no longer exists), by Optuna's heartbeat for the others. Returns the numbers marked here."""
+    import optuna
+    from optuna.trial import TrialState
+
+    host, marked = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if h == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            marked.append(t.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return marked
+
+
+def _counts(study) -> tuple[int, int]:
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), sum(s == TrialState.RUNNING for s in states)
+
+
+class _Surplus(Exception):
+    """Another worker took the last trial slot in the same instant: this trial does not run."""
+
+
+# ------------------------------------------------------------------------------------------ search
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    study_name: str
+    best_number: int
+    best_value: float
+    best_params: dict
+    best_config: RunConfig
+    fold_scores: list[float]
+    final_metrics: dict
+    states: dict[str, int] = field(default_factory=dict)
+    stopped_by: str = "trials"  # "trials" | "time budget"
+
+
+def _normalise_paths(cfg: RunConfig) -> RunConfig:
+    """Absolute data and checkpoint paths, so best.yaml works from any directory."""
+    flat = {}
+    if cfg.data.path not in ("digits",) and Path(cfg.data.path).exists():
+        flat["data"] = str(Path(cfg.data.path).resolve())
+    if cfg.model.name.startswith("file:") and Path(cfg.model.name[5:]).exists():
+        flat["model"] = "file:" + str(Path(cfg.model.name[5:]).resolve())
+    return replace(cfg, **flat)
+
+
+def search(
+    base: RunConfig, out: str | Path, *, space: dict | None = None, trials: int = 20, folds: int = 5, time_budget: float | None = None,
+    storage: str | None = None, study_name: str | None = None, metric: str = "accuracy", lr_find: bool = False,
+    fixed: set[str] | frozenset = frozenset(), console=None,
+) -> SearchResult:
+    """Search `space` (a mapping as in a --space file; None: the default space) around `base`, write
+    DIR (`out`), refit the best configuration and return what was found. `fixed` names settings that
+    were given explicitly (flags): they leave the default space."""
+    import optuna
+
+    con = console or report.console()
+    t_start = time.monotonic()
+    deadline = t_start + time_budget if time_budget is not None else None
+    # ---- cheap checks first
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    if time_budget is not None and time_budget <= 0:
+        raise UserError(f"--time-budget must be > 0 seconds, got {time_budget:g}")
+    if metric not in METRICS:
+        raise UserError(f"--metric for a search must be accuracy or macro_f1, got {metric!r}")
+    if storage and not study_name:
+        raise UserError("--storage needs --study NAME: the name every worker of this search uses")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if (out / "manifest.json").exists():
+        raise UserError(f"{out} holds a finished `transferkit fit` run, not a search; choose another --out")
+    base = _normalise_paths(replace(base, metric=metric)).validate()
+    seed = base.train.seed
+    splits = load_image_data(base.data.path, val_fraction=base.data.val_fraction, seed=seed)
+    fold_idx = stratified_folds(splits.train.labels, splits.classes, folds, seed)
+    user_space = parse_space(space, where="--space") if space else None
+    study_name = study_name or "transferkit-search"
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    request = {
+        "data": base.data.path, "model": base.model.name, "arch": base.model.arch, "folds": folds, "metric": metric, "seed": seed,
+        "space": {n: d.to_dict() for n, d in user_space.items()} if user_space else "default", "lr_find": bool(lr_find),
+        "fixed": sorted(fixed), "config": base.to_dict(), "storage": redact(url) if storage else "DIR/study.db", "study": study_name,
+    }
+    request = json.loads(json.dumps(request))  # the form it has when read back
+    previous = _read_search_json(out)
+    if previous is not None:
+        _check_same_search(previous.get("request", {}), request, str(out))
+
+    # ---- DIR, storage, space
+    store = open_storage(url) if storage else None  # an unreachable server fails before DIR is touched
+    rd = RunDir(out).create()  # one process per DIR (a lock that a dead process left is taken over)
+    try:
+        store = store or open_storage(url)
+        prev_level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from here instead
+        try:
+            return _search_in(
+                rd, store, base, splits, fold_idx, request, previous, user_space, trials, folds, deadline, t_start, study_name, url,
+                metric, lr_find, set(fixed), con, storage is not None,
+            )
+        finally:
+            optuna.logging.set_verbosity(prev_level)
+    finally:
+        rd.release()
+
+
+def _read_search_json(out: Path) -> dict | None:
+    p = out / "search.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise UserError(f"{p} is damaged ({e}); choose another --out or remove it") from None
+
+
+def _check_same_search(old: dict, new: dict, where: str) -> None:
+    diff = [k for k in new if old.get(k) != new[k]]
+    if not diff:
+        return
+    shown = []
+    for k in diff:
+        if k == "config":
+            a, b = old.get(k) or {}, new[k]
+            keys = [f"{s}.{f}" for s in b for f in b[s] if (a.get(s) or {}).get(f) != b[s][f]]
+            shown.append(f"settings {', '.join(keys[:4])}" + (" ..." if len(keys) > 4 else ""))
+        else:
+            shown.append(f"{k} {old.get(k)!r} (now {new[k]!r})")
+    raise UserError(
+        f"{where} holds a different search ({'; '.join(shown)}). "
+        "Run it again with the same data, model and space to continue it, or choose another --out"
+    )
+
+
+def _search_in(rd, store, base, splits, fold_idx, request, previous, user_space, trials, folds, deadline, t_start, study_name, url, metric, lr_find, fixed, con, shared):
+    import optuna
+    import torch
+    from optuna.trial import TrialState
+
+    out = rd.path
+    n_fold_train = min(len(tr) for tr, _ in fold_idx)
+    if previous is not None:
+        space = parse_space(previous["space"], where=f"{out / 'search.json'}")
+        lr_info = previous.get("lr_find")
+    else:
+        lr_info = None
+        if lr_find:
+            lr_info = _run_lr_find(base, user_space, splits, out, con)
+        user = {n: d.to_dict() for n, d in user_space.items()} if user_space else None
+        bs = None if (user and "batch_size" in user) or "batch_size" in fixed else batch_sizes_that_fit(base, n_fold_train, len(splits.classes))
+        space = resolve_space(user, base, fixed=fixed, batch_sizes=bs, lr_center=lr_info["suggestion"] if lr_info else None)
+        _preflight(base, space, len(splits.classes))
+    rd.write_json("search.json", {
+        "format": "transferkit-search/1", "study": study_name, "request": request,
+        "space": {n: d.to_dict() for n, d in space.items()}, "lr_find": lr_info,
+        "held_out": {"split": "val (given)" if splits.val_given else f"val (stratified {base.data.val_fraction:.0%}, seed {base.train.seed})", "n": len(splits.val)},
+    })
+
+    existing = 0
+    try:
+        existing = len(optuna.load_study(study_name=study_name, storage=store).trials)
+    except KeyError:
+        pass
+    sampler_seed = base.train.seed + existing + ((os.getpid() * 7919) % 100_003 if shared else 0)  # no repeats after a resume or between workers
+    study = optuna.create_study(
+        storage=store, study_name=study_name, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=max(2, min(10, trials // 3))),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, trials // 4)), n_warmup_steps=2),  # never on fold 1's first epoch
+    )
+    mine = {k: v for k, v in request.items() if k not in ("storage",)}
+    theirs = study.user_attrs.get("transferkit_request")
+    if theirs is None:
+        study.set_user_attr("transferkit_request", mine)
+    elif theirs != mine:
+        _check_same_search(theirs, mine, f"study {study_name!r} in {redact(url)}")
+    dead = fail_dead_trials(study)
+
+    done, running = _counts(study)
+    _print_plan(con, base, splits, fold_idx, space, trials, done, running, dead, study_name, url, metric, deadline, t_start)
+
+    # ---- trials
+    quiet = report.console(quiet=True)
+    K = len(fold_idx)
+
+    def objective(trial):
+        trial.set_user_attr("worker", WORKER)
+        live = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
+        if trial.number in live and live.index(trial.number) >= trials:
+            trial.set_user_attr("note", "surplus: another worker started the last trial at the same moment")
+            raise _Surplus
+        params = sample(trial, space, base.strategy.name)
+        cfg = trial_config(base, space, params)
+        scores: list[float] = []
+        for f, (tr, va) in enumerate(fold_idx):
+            if f and deadline is not None and time.monotonic() > deadline:
+                trial.set_user_attr("note", f"stopped by the time budget after {f} of {K} folds")
+                raise optuna.TrialPruned
+
+            def on_epoch(row, _f=f):
+                if row["phase"].endswith("probe") and row["epoch"] != cfg.strategy.lp_epochs:
+                    return  # probe epochs take milliseconds: report the probe's last one only
+                trial.report(row[f"val_{metric}"], _f * STEP_STRIDE + row["epoch"])
+                if trial.should_prune():
+                    trial.set_user_attr("note", f"pruned in fold {_f + 1}, epoch {row['epoch']}")
+                    raise optuna.TrialPruned
+
+            r = fit(cfg, None, console=quiet, splits=fold_splits(splits, tr, va, f, K), on_epoch=on_epoch)
+            scores.append(float(r.metrics[metric]))
+            trial.set_user_attr("fold_scores", scores)
+        return float(np.mean(scores))
+
+    fails = 0
+
+    def on_trial(study_, t):
+        nonlocal fails
+        fails = fails + 1 if t.state == TrialState.FAIL else 0
+        _print_trial(con, study_, t, metric)
+        write_trials_csv(study_, out / "trials.csv", K)
+
+    stopped_by = "trials"
+    waiting = False
+    while True:
+        fail_dead_trials(study)
+        done, running = _counts(study)
+        if done >= trials:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            stopped_by = "time budget"
+            con.print(f"time budget reached after {time.monotonic() - t_start:.0f} s: {done} of {trials} trials finished")
+            break
+        if fails >= 3:
+            raise UserError("3 trials in a row failed (out of memory?); see trials.csv. Narrow the space (batch_size, input_size) and run again to continue")
+        if done + running >= trials:  # the last trials run in other workers: wait for them (or for them to be declared dead)
+            if not waiting:
+                con.print(f"waiting for {running} trial(s) of other workers to finish")
+                waiting = True
+            time.sleep(POLL_S)
+            continue
+        waiting = False
+        remaining = None if deadline is None else max(1.0, deadline - time.monotonic())
+        try:
+            study.optimize(objective, n_trials=1, timeout=remaining, catch=(torch.OutOfMemoryError,), callbacks=[on_trial], gc_after_trial=True)
+        except _Surplus:
+            continue
+    write_trials_csv(study, out / "trials.csv", K)
+    write_plots(rd, study, metric)
+
+    # ---- best configuration, refit on the whole training split, held-out evaluation
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not complete:
+        raise UserError(
+            "no trial finished all its folds" + (" within the time budget: give a larger --time-budget" if stopped_by == "time budget" else "")
+            + f"; run the same command again to continue the search in {out}"
+        )
+    best = study.best_trial
+    best_cfg = trial_config(base, space, best.params)
+    rd.write_yaml("best.yaml", best_cfg.to_dict())
+    if load_config_file(out / "best.yaml").to_dict() != best_cfg.to_dict():
+        raise RuntimeError("best.yaml does not read back as the best configuration")  # a bug, not a user error
+    con.print(
+        f"\n[bold]best[/]: trial {best.number}, mean {metric} {best.value:.4f} over {K} folds ("
+        + ", ".join(f"{s:.3f}" for s in best.user_attrs.get("fold_scores", [])) + "): " + _fmt_params(best.params),
+        markup=True,
+    )
+    final_dir = out / "final"
+    if is_complete(final_dir) and (final_dir / "config.yaml").is_file() and load_config_file(final_dir / "config.yaml").to_dict() == best_cfg.to_dict():
+        con.print(f"{final_dir} already holds the refit of this configuration")
+        final_metrics = json.loads((final_dir / "metrics.json").read_text())
+    else:
+        con.print(f"refitting the best configuration on the whole training split ({len(splits.train)} images); held-out evaluation on {len(splits.val)} images -> {final_dir}")
+        final_metrics = fit(best_cfg, final_dir, overwrite=True, console=con).metrics
+    states = {s.name.lower(): n for s, n in _state_counts(study).items() if n}
+    held = f"held-out {metric} {final_metrics[metric]:.4f}" + (f", test {metric} {final_metrics['test'][metric]:.4f}" if "test" in final_metrics else "")
+    summary = {
+        "study": study_name, "best_trial": best.number, "cv_mean": best.value, "cv_folds": best.user_attrs.get("fold_scores"),
+        "params": best.params, "metric": metric, "final": {k: final_metrics.get(k) for k in ("accuracy", "macro_f1", "auroc", "n_train", "n_val", "wall_s")},
+        "test": final_metrics.get("test"), "trials": states, "stopped_by": stopped_by, "wall_s": round(time.monotonic() - t_start, 2),
+    }
+    rd.write_json("summary.json", summary)
+    con.print(f"search done ({', '.join(f'{n} {s}' for s, n in states.items())}; stopped by {stopped_by}): {held}. Wrote {out}/trials.csv, best.yaml, final/, history.png, lr.png, importance.png")
+    return SearchResult(out, study_name, best.number, best.value, dict(best.params), best_cfg, list(best.user_attrs.get("fold_scores", [])), final_metrics, states, stopped_by)
+
+
+def _run_lr_find(base: RunConfig, user_space: dict | None, splits: DataSplits, out: Path, con) -> dict:
+    """The learning-rate range test on the whole training split (never the held-out one)."""
+    from . import plots
+    from .lr_find import lr_find, lr_find_figure
+
+    sd = (user_space or {}).get("strategy")
+    cfg = replace(base, strategy=sd.value) if sd is not None and sd.kind == "fixed" else base
+    train_only = DataSplits(splits.train, splits.train.subset([]), None, splits.classes, splits.source, False, splits.flip_ok)
+    res = lr_find(cfg, splits=train_only, console=con)
+    fig = lr_find_figure(res)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plots.close(fig)
+    atomic_write_bytes(out / "lr_find.png", buf.getvalue())
+    con.print(f"lr-find ({cfg.strategy.name}): suggested lr {res.suggestion:.2e}; the search samples lr in [{res.suggestion / 10:.2e}, {min(res.suggestion * 10, 1.0):.2e}] (log)")
+    return {"suggestion": res.suggestion, "steepest": res.steepest, "min_div10": res.min_div10, "strategy": cfg.strategy.name}
+
+
+def _preflight(base: RunConfig, space: dict[str, Dim], num_classes: int) -> None:
+    """Every strategy the space can choose must work with this backbone (partial's k, for example)."""
+    from .model import create_model, model_groups
+    from .strategies import create_phases
+
+    sd = space.get("strategy")
+    names = [base.strategy.name] if sd is None else [sd.value] if sd.kind == "fixed" else sd.choices
+    kd = space.get("k")
+    k = max(kd.choices) if kd is not None and kd.kind == "choices" else kd.high if kd is not None and kd.kind == "range" else kd.value if kd is not None else base.strategy.k
+    groups = model_groups(create_model(base.model, num_classes, pretrained=False))
+    for s in names:
+        try:
+            create_phases(replace(base, strategy=s, k=k), groups)
+        except UserError as e:
+            raise UserError(f"search space: strategy {s}: {e}") from None
+
+
+def _state_counts(study) -> dict:
+    from collections import Counter
+
+    c = Counter(t.state for t in study.get_trials(deepcopy=False))
+    return dict(c)
+
+
+# ---------------------------------------------------------------------------------------- reporting
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) >= 1e-2 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+def _fmt_params(params: dict) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def _print_plan(con, base, splits, fold_idx, space, trials, done, running, dead, study_name, url, metric, deadline, t_start) -> None:
+    K = len(fold_idx)
+    n_tr = [len(tr) for tr, _ in fold_idx]
+    con.print(
+        f"[bold]transferkit search[/]: {base.model.name} on {splits.source}; {trials} trials"
+        + (f" ({done} already finished" + (f", {running} running elsewhere" if running else "") + ")" if done or running else "")
+        + f", each the mean {metric} over {K} stratified folds of the training split "
+        f"({len(splits.train)} images; {min(n_tr)}-{max(n_tr)} train / {len(splits.train) - max(n_tr)}-{len(splits.train) - min(n_tr)} held out per fold). "
+        f"The held-out split ({len(splits.val)} images" + (f", test {len(splits.test)}" if splits.test is not None else "") + ") is used once, at the end."
+    )
+    con.print(f"study {study_name!r} in {redact(url)}" + (f"; time budget {deadline - t_start:.0f} s" if deadline else ""), markup=False)
+    if dead:
+        con.print(f"marked FAIL: trial(s) {', '.join(map(str, dead))}, left running by a worker that is gone", markup=False)
+    w = max(len(n) for n in space)
+    searched = [d for d in space.values() if d.kind != "fixed"]
+    fixed = [d for d in space.values() if d.kind == "fixed"]
+    def only(name):
+        users = ONLY_FOR.get(name)
+        return "" if users is None else "  (fine-tuning strategies only)" if users == _FINETUNES else f"  (only {', '.join(users)})"
+
+    lines = [f"  {d.name:<{w}}  {d.describe()}{only(d.name)}" for d in searched]
+    con.print("space:\n" + "\n".join(lines) + ("\n  fixed: " + ", ".join(f"{d.name}={d.value}" for d in fixed) if fixed else ""), markup=False)
+
+
+def _print_trial(con, study, t, metric) -> None:
+    from optuna.trial import TrialState
+
+    folds = t.user_attrs.get("fold_scores", [])
+    score = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else "-"
+    dur = f"{t.duration.total_seconds():.1f} s" if t.duration else ""
+    try:
+        best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
+    except ValueError:
+        best = ""
+    note = t.user_attrs.get("note", "")
+    con.print(
+        f"trial {t.number:>3} {t.state.name.lower():<8} {metric} {score}  folds " + (" ".join(f"{s:.3f}" for s in folds) or "-")
+        + f"  {_fmt_params(t.params)}  {dur}  {best}" + (f"  ({note})" if note else ""),
+        markup=False,
+    )
+
+
+def write_trials_csv(study, path: Path, k: int) -> None:
+    """Every trial: number, state, mean, fold scores, params, duration, worker, note."""
+    ts = study.get_trials(deepcopy=False)
+    pnames = sorted({p for t in ts for p in t.params})
+    cols = ["number", "state", "mean"] + [f"fold_{i + 1}" for i in range(k)] + pnames + ["duration_s", "worker", "note"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for t in ts:
+        folds = list(t.user_attrs.get("fold_scores", []))
+        w.writerow(
+            [t.number, t.state.name, "" if t.value is None else f"{t.value:.6f}"] + [f"{s:.6f}" for s in folds] + [""] * (k - len(folds))
+            + [t.params.get(p, "") for p in pnames]
+            + ["" if t.duration is None else f"{t.duration.total_seconds():.2f}", t.user_attrs.get("worker", ""), t.user_attrs.get("note", "")]
+        )
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def write_plots(rd: RunDir, study, metric: str) -> None:
+    from . import plots
+
+    for name, make in (("history.png", history_figure), ("lr.png", lr_figure), ("importance.png", importance_figure)):
+        fig = make(study, metric)
+        rd.write_figure(name, fig)
+        plots.close(fig)
+
+
+def history_figure(study, metric: str):
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ts = study.get_trials(deepcopy=False)
+    done = [t for t in ts if t.state == TrialState.COMPLETE]
+    pruned = [t for t in ts if t.state == TrialState.PRUNED and t.user_attrs.get("fold_scores")]
+    ax.plot([t.number for t in done], [t.value for t in done], "o", color="C0", label="complete (mean over folds)")
+    if pruned:
+        ax.plot([t.number for t in pruned], [np.mean(t.user_attrs["fold_scores"]) for t in pruned], "x", color="0.5", label="pruned (folds done)")
+    if done:
+        order = sorted(done, key=lambda t: t.number)
+        best = np.maximum.accumulate([t.value for t in order])
+        ax.step([t.number for t in order], best, where="post", color="C3", label="best so far")
+    ax.set(xlabel="trial", ylabel=f"cross-validated {metric}", title="optimization history")
+    ax.grid(alpha=0.3)
+    if ts:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def lr_figure(study, metric: str):
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "lr" in t.params]
+    groups: dict[str, list] = {}
+    for t in done:
+        groups.setdefault(str(t.params.get("strategy", "")), []).append(t)
+    for i, (s, g) in enumerate(sorted(groups.items())):
+        ax.scatter([t.params["lr"] for t in g], [t.value for t in g], color=f"C{i}", label=s or None)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel=f"cross-validated {metric}", title="score against learning rate")
+    if not done:
+        ax.text(0.5, 0.5, "no complete trial sampled lr", ha="center", va="center", transform=ax.transAxes)
+    elif any(groups):
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def importance_figure(study, metric: str):
+    """Optuna's parameter importances (its default evaluator) over the complete trials; a figure that
+    says why when there are too few trials to tell."""
+    import matplotlib.pyplot as plt
+    import optuna
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError, ZeroDivisionError) as e:
+        imp, why = {}, str(e).splitlines()[0] if str(e) else type(e).__name__
+    else:
+        why = "fewer than two complete trials with parameters that vary"
+    if imp:
+        names = list(imp)[::-1]
+        ax.barh(names, [imp[n] for n in names], color="C0")
+        ax.set(xlabel="importance (share of explained variance)", title=f"parameter importances for {metric}")
+    else:
+        ax.text(0.5, 0.5, f"parameter importances need more trials:\n{why}", ha="center", va="center", transform=ax.transAxes, wrap=True)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+__all__ = [
+    "search", "SearchResult", "DEFAULT_SPACE", "Dim", "load_space_file", "parse_space", "resolve_space", "check_space",
+    "stratified_folds", "fold_splits", "open_storage", "fail_dead_trials", "write_trials_csv",
+]
