@@ -20,6 +20,8 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--data", "data", str, "folder of class subfolders, folder with train/ val/ [test/], CSV with path,label, or 'digits'"),
     ("--model", "model", str, "backbone: a name from `transferkit models`, timm:NAME, or file:PATH (with --arch)"),
     ("--arch", "arch", str, "architecture of a file:PATH checkpoint (registered or timm name)"),
+    ("--candidates", "candidates", str, "--model auto: comma-separated models to rank (default efficientnet_lite0,1,2)"),
+    ("--rank-score", "rank_score", str, "--model auto: transferability score that picks (default logme)"),
     ("--strategy", "strategy", str, "linear_probe | full | partial | gradual | lp_ft (default lp_ft); see `transferkit strategies`"),
     ("--k", "k", int, "partial: train the last k backbone block groups"),
     ("--unfreeze-every", "unfreeze_every", int, "gradual: unfreeze one more block group every N epochs"),
@@ -302,6 +304,22 @@ def cmd_lr_find(args) -> int:
     return 0
 
 
+def cmd_rank(args) -> int:
+    from .ranking import rank_models
+
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))  # stdout stays the table / JSON
+    r = rank_models(
+        args.data, args.models.split(","), score=args.score, arch=args.arch, seed=args.seed, val_fraction=args.val_fraction,
+        skip_bad_images=args.skip_bad_images, device="cpu" if args.cpu else None, log=log,
+    )
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=2))
+    else:
+        print(r.table())
+        print(f"\nrecommended: {r.best}: {r.reason()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="transferkit", description="Transfer learning from a pretrained model to your small labelled dataset.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -361,6 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default 1e-7)")
     p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
     p.set_defaults(func=cmd_lr_find)
+
+    from .ranking import SCORES
+
+    p = sub.add_parser("rank", help="rank candidate models by transferability scores on their cached features (no training)")
+    p.add_argument("--data", required=True, help="labelled data (as for fit); scores read its training split only")
+    p.add_argument("--models", required=True, help="two or more comma-separated candidates, e.g. efficientnet_lite0,efficientnet_lite1,cifar_resnet56")
+    p.add_argument("--score", default="logme", help=f"score to sort by: {', '.join(SCORES.names())} (default logme)")
+    p.add_argument("--arch", help="architecture of file:PATH candidates")
+    p.add_argument("--seed", type=int, default=0, help="train/validation split (as fit's --seed) and cross-validation folds")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="validation fraction when the data has no val split (as fit)")
+    p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images instead of failing")
+    p.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
+    p.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
+    p.set_defaults(func=cmd_rank)
     return ap
 
 

@@ -36,8 +36,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "efficientnet_lite0"  # see `transferkit models`; or timm:NAME, file:PATH
+    name: str = "efficientnet_lite0"  # see `transferkit models`; or timm:NAME, file:PATH; or auto
     arch: str | None = None  # architecture for file:PATH checkpoints
+    candidates: list[str] = field(default_factory=lambda: ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])  # auto
+    rank_score: str = "logme"  # auto: the transferability score that picks the model
     head: str = "linear"  # linear | mlp
     head_hidden: int = 512  # mlp head: hidden units
     head_dropout: float = 0.0  # dropout before the head's last layer

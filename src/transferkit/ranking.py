@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import scipy.linalg
 
 from ._registry import Registry
 from .errors import UserError, did_you_mean
@@ -118,6 +117,8 @@ def _left_singular(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     numerical rank k. From the eigendecomposition of the smaller Gram matrix, F F^T or F^T F: a
     symmetric eigensolver on a min(N, D)-square matrix is several times faster than an SVD of F (1.5 s
     against 5 to 20 s for 1437 x 1280 features on two cores), and a score needs nothing else."""
+    import scipy.linalg
+
     n, d = f.shape
     gram = f @ f.T if n <= d else f.T @ f
     sigma, vec = scipy.linalg.eigh(gram, driver="evd", check_finite=False)
@@ -141,12 +142,12 @@ class LogME:
     simple linear function (high beta) with small weights (high alpha) gets a high score.
 
     One singular value decomposition of F serves every class and every iteration: in its coordinates
-    A = alpha I + beta F^T F is diagonal, so each iteration costs O(rank x classes) and all classes iterate together.
-    The evidence is written as
+    A = alpha I + beta F^T F is diagonal, so each iteration costs O(rank x classes) and all classes
+    iterate together. The evidence is written as
         N/2 log beta - N/2 log 2 pi - 1/2 sum_i log1p(sigma_i beta / alpha) - beta/2 |y - F m|^2 - alpha/2 |m|^2
     which is Bishop's (3.86) with D/2 log alpha - 1/2 log|A| folded into the log1p terms: exact for
-    D > N too (the D - rank zero singular values cancel against log alpha instead of being dropped, as
-    the reference implementation does) and free of log(0) when features are degenerate.
+    D > N too (the D - rank zero singular values cancel against log alpha, rather than being left out
+    of log|A| while D/2 log alpha stays) and free of log(0) when features are degenerate.
 
     Learned attributes: `evidence_` (per class, per sample), `alpha_`, `beta_`, `n_iter_`,
     `converged_`, `score_` (the mean of `evidence_`).
@@ -191,9 +192,9 @@ class LogME:
             beta = np.maximum(n - gamma, 1e-12) / np.maximum(res2, res2_floor)
             t_new = alpha / beta
             # Besides a fixed point, the optimum can lie on a boundary that the iteration only
-            # approaches geometrically: alpha -> infinity (features that do not explain the target:
-            # w = 0 is best) or beta -> infinity (D >= N features that fit the target exactly). There
-            # the evidence has converged long before t: stop once every log1p term is below 1e-12.
+            # approaches slowly: alpha -> infinity (features that do not explain the target: w = 0 is
+            # best) or beta -> infinity (D >= N features that fit the target exactly). The evidence
+            # stops moving long before t does: stop once t is 1e12 beyond the spectrum on either side.
             boundary = (t_new * 1e-12 > sigma_max) | (t_new < 1e-12 * sigma_min)
             converged = (np.abs(t_new - t) <= self.tol * t) | boundary
             if converged.all():
@@ -544,9 +545,10 @@ def rank_models(
     asked_source = [s for s in wanted if SCORES.get(s).needs_source_head and (s == score or scores is not None)]
     headless = [n for n, b in backbones.items() if b.source_head is None]
     if asked_source and headless:
+        labels = " and ".join(SCORES.get(s).label for s in asked_source)
         raise UserError(
-            f"{', '.join(SCORES.get(s).label for s in asked_source)} need(s) the source task's classifier, which "
-            f"{', '.join(headless)} do(es) not have (random controls, timm features and checkpoints without a classifier have none); "
+            f"{labels} {'need' if len(asked_source) > 1 else 'needs'} the source task's classifier, and these candidates have none: "
+            f"{', '.join(headless)} (random controls, timm: models and checkpoints without a classifier do not); "
             f"scores that apply to every candidate here: {', '.join(scores_for(False))}"
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -603,6 +605,11 @@ def rank_models(
         notes.append(
             f"warning: the random control(s) {', '.join(controls)} did not rank last by {SCORES.get(score).label}: "
             "the candidates below them carry no more usable information than random weights on this data"
+        )
+    if "hscore" in wanted and any(r.num_features >= len(train) - 1 for r in rows):
+        notes.append(
+            f"note: H-score nears its ceiling of {len(splits.classes) - 1} (classes - 1) for models with about as many feature "
+            f"dimensions as training images ({len(train)}), shrinkage or not; compare those by LogME instead"
         )
     return Ranking(splits.source, score, rows, len(train), splits.classes, round(decode_s, 3), round(time.perf_counter() - t_start, 3), notes)
 

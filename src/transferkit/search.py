@@ -246,7 +246,7 @@ def resolve_space(user: dict | None, base: RunConfig, *, fixed: set[str] = froze
         mine = parse_space(user, where="--space")
         both = sorted(set(mine) & set(fixed))
         if both:
-            raise UserError(f"--space searches {', '.join(both)}, which the flag(s) {', '.join('--' + n.replace('_', '-') for n in both)} fix; give one or the other")
+            raise UserError(f"--space names {', '.join(both)}, also given as flag(s) {', '.join('--' + n.replace('_', '-') for n in both)}: give each setting in one place")
         space.update(mine)
     if lr_center is not None:
         if user and "lr" in {str(k).replace("-", "_") for k in user}:
@@ -353,25 +353,46 @@ def redact(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
+def _with_driver(url: str) -> str:
+    """`postgresql://` names no driver, and SQLAlchemy 2.1 then wants psycopg 3: use psycopg2 when that
+    is the one installed (psycopg2-binary is transferkit's PostgreSQL driver)."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") and not importlib.util.find_spec("psycopg"):
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
 def open_storage(url: str, *, heartbeat_s: int = HEARTBEAT_S):
     """An Optuna RDB storage; an unreachable or malformed URL is an error, never a silent fallback."""
     import optuna
 
+    shown, url = redact(url), _with_driver(url)
     kw: dict = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         kw["connect_args"] = {"connect_timeout": 10}
     elif url.startswith("sqlite"):
         kw["connect_args"] = {"timeout": 60}  # the heartbeat thread writes beside the trial
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
-    except ModuleNotFoundError as e:
-        hint = " (pip install psycopg2-binary)" if "psycopg" in str(e.name) else ""
-        raise UserError(f"the database driver for {redact(url)} is not installed: {e.name}{hint}") from None
+        for attempt in range(6):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
+            except Exception as e:
+                # Workers that start together on a fresh database race to create its tables; the loser
+                # sees "already exists" / "duplicate key" and finds them there on the next try.
+                text = str(e).lower()
+                if attempt == 5 or not ("already exists" in text or "duplicate key" in text):
+                    raise
+                time.sleep(0.2 + np.random.default_rng().random())
+    except ImportError as e:  # optuna wraps the driver's ModuleNotFoundError
+        name = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "?"
+        hint = " (pip install psycopg2-binary)" if "psycopg" in name else ""
+        raise UserError(f"the database driver for {shown} is not installed: no module {name}{hint}") from None
     except Exception as e:  # sqlalchemy / driver errors: unreachable server, bad URL, wrong password
         msg = str(getattr(e, "orig", None) or e).strip().splitlines()
-        raise UserError(f"cannot use the study database {redact(url)}: {msg[0] if msg else type(e).__name__}. Check that the server is running and the URL is right") from None
+        raise UserError(f"cannot use the study database {shown}: {msg[0] if msg else type(e).__name__}. Check that the server is running and the URL is right") from None
 
 
 def _alive(pid: int) -> bool:
@@ -450,13 +471,14 @@ def search(
 ) -> SearchResult:
     """Search `space` (a mapping as in a --space file; None: the default space) around `base`, write
     DIR (`out`), refit the best configuration and return what was found. `fixed` names settings that
-    were given explicitly (flags): they leave the default space."""
+    were given explicitly (flags): they leave the default space. The time budget covers the search
+    (lr-find and trials); the final refit comes after it."""
     import optuna
 
     con = console or report.console()
     t_start = time.monotonic()
     deadline = t_start + time_budget if time_budget is not None else None
-    # ---- cheap checks first
+    # ---- everything that can be wrong with the input, before any heavy work
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     if time_budget is not None and time_budget <= 0:
@@ -471,37 +493,51 @@ def search(
     if (out / "manifest.json").exists():
         raise UserError(f"{out} holds a finished `transferkit fit` run, not a search; choose another --out")
     base = _normalise_paths(replace(base, metric=metric)).validate()
-    seed = base.train.seed
-    splits = load_image_data(base.data.path, val_fraction=base.data.val_fraction, seed=seed)
-    fold_idx = stratified_folds(splits.train.labels, splits.classes, folds, seed)
+    splits = load_image_data(base.data.path, val_fraction=base.data.val_fraction, seed=base.train.seed)
+    fold_idx = stratified_folds(splits.train.labels, splits.classes, folds, base.train.seed)
     user_space = parse_space(space, where="--space") if space else None
     study_name = study_name or "transferkit-search"
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    request = {
-        "data": base.data.path, "model": base.model.name, "arch": base.model.arch, "folds": folds, "metric": metric, "seed": seed,
+    request = json.loads(json.dumps({  # what makes two searches the same one (JSON's form: as read back)
+        "data": base.data.path, "model": base.model.name, "arch": base.model.arch, "folds": folds, "metric": metric, "seed": base.train.seed,
         "space": {n: d.to_dict() for n, d in user_space.items()} if user_space else "default", "lr_find": bool(lr_find),
         "fixed": sorted(fixed), "config": base.to_dict(), "storage": redact(url) if storage else "DIR/study.db", "study": study_name,
-    }
-    request = json.loads(json.dumps(request))  # the form it has when read back
+    }))
     previous = _read_search_json(out)
     if previous is not None:
         _check_same_search(previous.get("request", {}), request, str(out))
-
-    # ---- DIR, storage, space
     store = open_storage(url) if storage else None  # an unreachable server fails before DIR is touched
+
     rd = RunDir(out).create()  # one process per DIR (a lock that a dead process left is taken over)
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from here instead
     try:
-        store = store or open_storage(url)
-        prev_level = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from here instead
-        try:
-            return _search_in(
-                rd, store, base, splits, fold_idx, request, previous, user_space, trials, folds, deadline, t_start, study_name, url,
-                metric, lr_find, set(fixed), con, storage is not None,
-            )
-        finally:
-            optuna.logging.set_verbosity(prev_level)
+        study = _open_study(store or open_storage(url), study_name, request, base.train.seed, trials, shared=storage is not None)
+        # ---- the space: as this DIR or the shared study first resolved it, else resolved now
+        if previous is not None:
+            space_d, lr_info = previous["space"], previous.get("lr_find")
+        elif "transferkit_space" in study.user_attrs:
+            space_d, lr_info = study.user_attrs["transferkit_space"], study.user_attrs.get("transferkit_lr_find")
+        else:
+            space_d, lr_info = _resolve_for(base, user_space, splits, fold_idx, fixed, lr_find, out, con)
+            study.set_user_attr("transferkit_space", space_d)
+            study.set_user_attr("transferkit_lr_find", lr_info)
+        space = parse_space(space_d, where=str(out / "search.json"))
+        rd.write_json("search.json", {
+            "format": "transferkit-search/1", "study": study_name, "request": request, "space": space_d, "lr_find": lr_info,
+            "held_out": {"split": "val (given)" if splits.val_given else f"val (stratified {base.data.val_fraction:.0%}, seed {base.train.seed})", "n": len(splits.val)},
+        })
+        dead = fail_dead_trials(study)
+        _print_plan(con, base, splits, fold_idx, space, trials, study, dead, url, metric, deadline, t_start)
+
+        # ---- trials, until `trials` of them finished (here and in other workers) or the time is up
+        objective = _objective(study, space, base, splits, fold_idx, trials, metric, deadline)
+        stopped_by = _run_trials(study, objective, trials, deadline, t_start, len(fold_idx), out, metric, con)
+        write_trials_csv(study, out / "trials.csv", len(fold_idx))
+        write_plots(rd, study, metric)
+        return _refit_best(rd, study, base, space, splits, len(fold_idx), metric, stopped_by, t_start, con)
     finally:
+        optuna.logging.set_verbosity(level)
         rd.release()
 
 
@@ -521,10 +557,12 @@ def _check_same_search(old: dict, new: dict, where: str) -> None:
         return
     shown = []
     for k in diff:
-        if k == "config":
+        if k == "config":  # settings other than the ones shown on their own
             a, b = old.get(k) or {}, new[k]
-            keys = [f"{s}.{f}" for s in b for f in b[s] if (a.get(s) or {}).get(f) != b[s][f]]
-            shown.append(f"settings {', '.join(keys[:4])}" + (" ..." if len(keys) > 4 else ""))
+            own = {"data.path", "model.name", "model.arch", "train.seed", "train.metric"}
+            keys = [f"{s}.{f}" for s in b for f in b[s] if (a.get(s) or {}).get(f) != b[s][f] and f"{s}.{f}" not in own]
+            if keys:
+                shown.append(f"settings {', '.join(keys[:4])}" + (" ..." if len(keys) > 4 else ""))
         else:
             shown.append(f"{k} {old.get(k)!r} (now {new[k]!r})")
     raise UserError(
@@ -533,55 +571,49 @@ def _check_same_search(old: dict, new: dict, where: str) -> None:
     )
 
 
-def _search_in(rd, store, base, splits, fold_idx, request, previous, user_space, trials, folds, deadline, t_start, study_name, url, metric, lr_find, fixed, con, shared):
+def _open_study(store, name: str, request: dict, seed: int, trials: int, *, shared: bool):
+    """Create or load the study; a shared study must have been made for the same search."""
     import optuna
-    import torch
-    from optuna.trial import TrialState
 
-    out = rd.path
-    n_fold_train = min(len(tr) for tr, _ in fold_idx)
-    if previous is not None:
-        space = parse_space(previous["space"], where=f"{out / 'search.json'}")
-        lr_info = previous.get("lr_find")
-    else:
-        lr_info = None
-        if lr_find:
-            lr_info = _run_lr_find(base, user_space, splits, out, con)
-        user = {n: d.to_dict() for n, d in user_space.items()} if user_space else None
-        bs = None if (user and "batch_size" in user) or "batch_size" in fixed else batch_sizes_that_fit(base, n_fold_train, len(splits.classes))
-        space = resolve_space(user, base, fixed=fixed, batch_sizes=bs, lr_center=lr_info["suggestion"] if lr_info else None)
-        _preflight(base, space, len(splits.classes))
-    rd.write_json("search.json", {
-        "format": "transferkit-search/1", "study": study_name, "request": request,
-        "space": {n: d.to_dict() for n, d in space.items()}, "lr_find": lr_info,
-        "held_out": {"split": "val (given)" if splits.val_given else f"val (stratified {base.data.val_fraction:.0%}, seed {base.train.seed})", "n": len(splits.val)},
-    })
-
-    existing = 0
     try:
-        existing = len(optuna.load_study(study_name=study_name, storage=store).trials)
+        existing = len(optuna.load_study(study_name=name, storage=store).trials)
     except KeyError:
-        pass
-    sampler_seed = base.train.seed + existing + ((os.getpid() * 7919) % 100_003 if shared else 0)  # no repeats after a resume or between workers
+        existing = 0
+    # Seeded, yet no repeated draws after a resume (the sampler's random start would begin again) or
+    # between workers (each would draw the same startup trials).
+    sampler_seed = seed + existing + ((os.getpid() * 7919) % 100_003 if shared else 0)
     study = optuna.create_study(
-        storage=store, study_name=study_name, direction="maximize", load_if_exists=True,
+        storage=store, study_name=name, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=max(2, min(10, trials // 3))),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, trials // 4)), n_warmup_steps=2),  # never on fold 1's first epoch
     )
-    mine = {k: v for k, v in request.items() if k not in ("storage",)}
+    mine = {k: v for k, v in request.items() if k != "storage"}
     theirs = study.user_attrs.get("transferkit_request")
     if theirs is None:
         study.set_user_attr("transferkit_request", mine)
     elif theirs != mine:
-        _check_same_search(theirs, mine, f"study {study_name!r} in {redact(url)}")
-    dead = fail_dead_trials(study)
+        _check_same_search(theirs, mine, f"study {name!r} in {redact(store.url)}")
+    return study
 
-    done, running = _counts(study)
-    _print_plan(con, base, splits, fold_idx, space, trials, done, running, dead, study_name, url, metric, deadline, t_start)
 
-    # ---- trials
+def _resolve_for(base, user_space, splits, fold_idx, fixed, lr_find, out, con) -> tuple[dict, dict | None]:
+    """The space of a new search: defaults, the user's file, batch sizes that fit, an lr-find's range."""
+    lr_info = _run_lr_find(base, user_space, splits, out, con) if lr_find else None
+    user = {n: d.to_dict() for n, d in user_space.items()} if user_space else None
+    n_fold_train = min(len(tr) for tr, _ in fold_idx)
+    bs = None if (user and "batch_size" in user) or "batch_size" in fixed else batch_sizes_that_fit(base, n_fold_train, len(splits.classes))
+    space = resolve_space(user, base, fixed=set(fixed), batch_sizes=bs, lr_center=lr_info["suggestion"] if lr_info else None)
+    _preflight(base, space, len(splits.classes))
+    return {n: d.to_dict() for n, d in space.items()}, lr_info
+
+
+def _objective(study, space, base, splits, fold_idx, trials, metric, deadline):
+    """One trial: sample, then fit each fold, reporting every epoch to the pruner; the mean fold score."""
+    import optuna
+    from optuna.trial import TrialState
+
     quiet = report.console(quiet=True)
-    K = len(fold_idx)
+    k = len(fold_idx)
 
     def objective(trial):
         trial.set_user_attr("worker", WORKER)
@@ -594,7 +626,7 @@ def _search_in(rd, store, base, splits, fold_idx, request, previous, user_space,
         scores: list[float] = []
         for f, (tr, va) in enumerate(fold_idx):
             if f and deadline is not None and time.monotonic() > deadline:
-                trial.set_user_attr("note", f"stopped by the time budget after {f} of {K} folds")
+                trial.set_user_attr("note", f"stopped by the time budget after {f} of {k} folds")
                 raise optuna.TrialPruned
 
             def on_epoch(row, _f=f):
@@ -605,10 +637,19 @@ def _search_in(rd, store, base, splits, fold_idx, request, previous, user_space,
                     trial.set_user_attr("note", f"pruned in fold {_f + 1}, epoch {row['epoch']}")
                     raise optuna.TrialPruned
 
-            r = fit(cfg, None, console=quiet, splits=fold_splits(splits, tr, va, f, K), on_epoch=on_epoch)
+            r = fit(cfg, None, console=quiet, splits=fold_splits(splits, tr, va, f, k), on_epoch=on_epoch)
             scores.append(float(r.metrics[metric]))
             trial.set_user_attr("fold_scores", scores)
         return float(np.mean(scores))
+
+    return objective
+
+
+def _run_trials(study, objective, trials, deadline, t_start, k, out, metric, con) -> str:
+    """Run trials one at a time until `trials` are finished in the study or the deadline passes;
+    returns what stopped it: "trials" or "time budget"."""
+    import torch
+    from optuna.trial import TrialState
 
     fails = 0
 
@@ -616,19 +657,17 @@ def _search_in(rd, store, base, splits, fold_idx, request, previous, user_space,
         nonlocal fails
         fails = fails + 1 if t.state == TrialState.FAIL else 0
         _print_trial(con, study_, t, metric)
-        write_trials_csv(study_, out / "trials.csv", K)
+        write_trials_csv(study_, out / "trials.csv", k)  # kept current: a killed search leaves it up to date
 
-    stopped_by = "trials"
     waiting = False
     while True:
         fail_dead_trials(study)
         done, running = _counts(study)
         if done >= trials:
-            break
+            return "trials"
         if deadline is not None and time.monotonic() >= deadline:
-            stopped_by = "time budget"
             con.print(f"time budget reached after {time.monotonic() - t_start:.0f} s: {done} of {trials} trials finished")
-            break
+            return "time budget"
         if fails >= 3:
             raise UserError("3 trials in a row failed (out of memory?); see trials.csv. Narrow the space (batch_size, input_size) and run again to continue")
         if done + running >= trials:  # the last trials run in other workers: wait for them (or for them to be declared dead)
@@ -640,15 +679,18 @@ def _search_in(rd, store, base, splits, fold_idx, request, previous, user_space,
         waiting = False
         remaining = None if deadline is None else max(1.0, deadline - time.monotonic())
         try:
-            study.optimize(objective, n_trials=1, timeout=remaining, catch=(torch.OutOfMemoryError,), callbacks=[on_trial], gc_after_trial=True)
+            study.optimize(objective, n_trials=1, timeout=remaining, catch=(torch.OutOfMemoryError,), callbacks=[on_trial])
         except _Surplus:
             continue
-    write_trials_csv(study, out / "trials.csv", K)
-    write_plots(rd, study, metric)
 
-    # ---- best configuration, refit on the whole training split, held-out evaluation
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if not complete:
+
+def _refit_best(rd, study, base, space, splits, k, metric, stopped_by, t_start, con) -> SearchResult:
+    """best.yaml, then the best configuration refitted on the whole training split and evaluated once
+    on the held-out split (DIR/final, a normal run directory), then summary.json."""
+    from optuna.trial import TrialState
+
+    out = rd.path
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise UserError(
             "no trial finished all its folds" + (" within the time budget: give a larger --time-budget" if stopped_by == "time budget" else "")
             + f"; run the same command again to continue the search in {out}"
@@ -658,11 +700,8 @@ def _search_in(rd, store, base, splits, fold_idx, request, previous, user_space,
     rd.write_yaml("best.yaml", best_cfg.to_dict())
     if load_config_file(out / "best.yaml").to_dict() != best_cfg.to_dict():
         raise RuntimeError("best.yaml does not read back as the best configuration")  # a bug, not a user error
-    con.print(
-        f"\n[bold]best[/]: trial {best.number}, mean {metric} {best.value:.4f} over {K} folds ("
-        + ", ".join(f"{s:.3f}" for s in best.user_attrs.get("fold_scores", [])) + "): " + _fmt_params(best.params),
-        markup=True,
-    )
+    folds = best.user_attrs.get("fold_scores", [])
+    con.print(f"\n[bold]best[/]: trial {best.number}, mean {metric} {best.value:.4f} over {k} folds (" + ", ".join(f"{s:.3f}" for s in folds) + "): " + _fmt_params(best.params))
     final_dir = out / "final"
     if is_complete(final_dir) and (final_dir / "config.yaml").is_file() and load_config_file(final_dir / "config.yaml").to_dict() == best_cfg.to_dict():
         con.print(f"{final_dir} already holds the refit of this configuration")
@@ -672,14 +711,13 @@ def _search_in(rd, store, base, splits, fold_idx, request, previous, user_space,
         final_metrics = fit(best_cfg, final_dir, overwrite=True, console=con).metrics
     states = {s.name.lower(): n for s, n in _state_counts(study).items() if n}
     held = f"held-out {metric} {final_metrics[metric]:.4f}" + (f", test {metric} {final_metrics['test'][metric]:.4f}" if "test" in final_metrics else "")
-    summary = {
-        "study": study_name, "best_trial": best.number, "cv_mean": best.value, "cv_folds": best.user_attrs.get("fold_scores"),
-        "params": best.params, "metric": metric, "final": {k: final_metrics.get(k) for k in ("accuracy", "macro_f1", "auroc", "n_train", "n_val", "wall_s")},
-        "test": final_metrics.get("test"), "trials": states, "stopped_by": stopped_by, "wall_s": round(time.monotonic() - t_start, 2),
-    }
-    rd.write_json("summary.json", summary)
+    rd.write_json("summary.json", {
+        "study": study.study_name, "best_trial": best.number, "cv_mean": best.value, "cv_folds": folds, "params": best.params, "metric": metric,
+        "final": {m: final_metrics.get(m) for m in ("accuracy", "macro_f1", "auroc", "n_train", "n_val", "wall_s")}, "test": final_metrics.get("test"),
+        "trials": states, "stopped_by": stopped_by, "wall_s": round(time.monotonic() - t_start, 2),
+    })
     con.print(f"search done ({', '.join(f'{n} {s}' for s, n in states.items())}; stopped by {stopped_by}): {held}. Wrote {out}/trials.csv, best.yaml, final/, history.png, lr.png, importance.png")
-    return SearchResult(out, study_name, best.number, best.value, dict(best.params), best_cfg, list(best.user_attrs.get("fold_scores", [])), final_metrics, states, stopped_by)
+    return SearchResult(out, study.study_name, best.number, best.value, dict(best.params), best_cfg, list(folds), final_metrics, states, stopped_by)
 
 
 def _run_lr_find(base: RunConfig, user_space: dict | None, splits: DataSplits, out: Path, con) -> dict:
@@ -737,8 +775,10 @@ def _fmt_params(params: dict) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
 
-def _print_plan(con, base, splits, fold_idx, space, trials, done, running, dead, study_name, url, metric, deadline, t_start) -> None:
+def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, url, metric, deadline, t_start) -> None:
+    """What the search is about to do: data, folds, held-out split, study, space."""
     K = len(fold_idx)
+    done, running = _counts(study)
     n_tr = [len(tr) for tr, _ in fold_idx]
     con.print(
         f"[bold]transferkit search[/]: {base.model.name} on {splits.source}; {trials} trials"
@@ -747,7 +787,7 @@ def _print_plan(con, base, splits, fold_idx, space, trials, done, running, dead,
         f"({len(splits.train)} images; {min(n_tr)}-{max(n_tr)} train / {len(splits.train) - max(n_tr)}-{len(splits.train) - min(n_tr)} held out per fold). "
         f"The held-out split ({len(splits.val)} images" + (f", test {len(splits.test)}" if splits.test is not None else "") + ") is used once, at the end."
     )
-    con.print(f"study {study_name!r} in {redact(url)}" + (f"; time budget {deadline - t_start:.0f} s" if deadline else ""), markup=False)
+    con.print(f"study {study.study_name!r} in {redact(url)}" + (f"; time budget {deadline - t_start:.0f} s" if deadline else ""), markup=False)
     if dead:
         con.print(f"marked FAIL: trial(s) {', '.join(map(str, dead))}, left running by a worker that is gone", markup=False)
     w = max(len(n) for n in space)
@@ -780,7 +820,9 @@ def _print_trial(con, study, t, metric) -> None:
 
 
 def write_trials_csv(study, path: Path, k: int) -> None:
-    """Every trial: number, state, mean, fold scores, params, duration, worker, note."""
+    """Every trial: number, state, mean (complete trials), fold scores, params, duration, worker, note."""
+    from optuna.trial import TrialState
+
     ts = study.get_trials(deepcopy=False)
     pnames = sorted({p for t in ts for p in t.params})
     cols = ["number", "state", "mean"] + [f"fold_{i + 1}" for i in range(k)] + pnames + ["duration_s", "worker", "note"]
@@ -790,7 +832,7 @@ def write_trials_csv(study, path: Path, k: int) -> None:
     for t in ts:
         folds = list(t.user_attrs.get("fold_scores", []))
         w.writerow(
-            [t.number, t.state.name, "" if t.value is None else f"{t.value:.6f}"] + [f"{s:.6f}" for s in folds] + [""] * (k - len(folds))
+            [t.number, t.state.name, f"{t.value:.6f}" if t.state == TrialState.COMPLETE else ""] + [f"{s:.6f}" for s in folds] + [""] * (k - len(folds))
             + [t.params.get(p, "") for p in pnames]
             + ["" if t.duration is None else f"{t.duration.total_seconds():.2f}", t.user_attrs.get("worker", ""), t.user_attrs.get("note", "")]
         )
@@ -869,7 +911,7 @@ def importance_figure(study, metric: str):
     if imp:
         names = list(imp)[::-1]
         ax.barh(names, [imp[n] for n in names], color="C0")
-        ax.set(xlabel="importance (share of explained variance)", title=f"parameter importances for {metric}")
+        ax.set(xlabel="importance (normalised to sum 1; Optuna's default evaluator)", title=f"parameter importances for {metric}")
     else:
         ax.text(0.5, 0.5, f"parameter importances need more trials:\n{why}", ha="center", va="center", transform=ax.transAxes, wrap=True)
         ax.set_axis_off()

@@ -1,0 +1,34 @@
+"""`fit --model auto`: rank the candidates, say which one was picked and why, fine-tune it."""
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from transferkit.cli import main
+
+
+def test_fit_model_auto_picks_a_candidate_and_records_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for c, col in [("red", (200, 40, 40)), ("blue", (40, 40, 200))]:
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(8):
+            a = np.clip(np.array(col)[None, None] + rng.normal(0, 50, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(tmp_path / "data" / c / f"{i}.png")
+    rc = main([
+        "fit", "--data", str(tmp_path / "data"), "--model", "auto", "--candidates", "random:cifar_resnet20,random:cifar_resnet56",
+        "--strategy", "linear_probe", "--lp-epochs", "3", "--out", str(tmp_path / "run"),
+    ])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "--model auto:" in out and "highest" in out
+    chosen = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["name"]
+    assert chosen in ("random:cifar_resnet20", "random:cifar_resnet56")
+    assert chosen in out.split("--model auto:")[1].split("\n")[0]
+
+
+def test_fit_model_auto_with_one_candidate_is_refused(tmp_path, capsys):
+    rc = main(["fit", "--data", "digits", "--model", "auto", "--candidates", "efficientnet_lite0", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert "two or more" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "manifest.json").exists()

@@ -1,0 +1,254 @@
+"""Transferability scores and model ranking: every score prefers informative features to noise,
+LogME's evidence equals its formula evaluated the slow way, no score depends on sample order, and
+the CLI turns bad requests into one-line errors with exit code 2."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from transferkit.backbones.cifar_resnet import CifarResNet
+from transferkit.cli import main
+from transferkit.errors import UserError
+from transferkit.ranking import SCORES, LogME, ScoreInputs, hscore, leep, logme, nce, pick_model, rank_models
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# ------------------------------------------------------------------------------------ synthetic data
+
+
+def _synthetic(n=150, d=24, classes=3, z=6, informative=True, seed=0) -> ScoreInputs:
+    """Features with class structure (informative) or pure noise, the same labels either way, and a
+    source classifier that reads the features (so its labels are informative exactly when they are)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    noise = rng.normal(0, 1, (n, d))
+    f = 2.0 * rng.normal(0, 1, (classes, d))[y] + noise if informative else noise
+    w = np.random.default_rng(99).normal(0, 1, (d, z))
+    return ScoreInputs(f, y, 2.0 * f @ w, seed=0)
+
+
+@pytest.mark.parametrize("name", SCORES.names())
+def test_every_score_prefers_informative_features(name):
+    score = SCORES.get(name)
+    good, noise = score.compute(_synthetic()), score.compute(_synthetic(informative=False))
+    assert good > noise, f"{name}: informative {good} <= noise {noise}"
+
+
+@pytest.mark.parametrize("name", SCORES.names())
+def test_scores_ignore_sample_order(name):
+    s = _synthetic(n=90, seed=3)
+    perm = np.random.default_rng(7).permutation(len(s.labels))
+    shuffled = ScoreInputs(s.features[perm], s.labels[perm], s.source_logits[perm], seed=s.seed)
+    assert SCORES.get(name).compute(shuffled) == pytest.approx(SCORES.get(name).compute(s), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", SCORES.names())
+def test_scores_need_two_classes(name):
+    s = _synthetic(n=20)
+    one = ScoreInputs(s.features, np.zeros(20, dtype=int), s.source_logits)
+    with pytest.raises(UserError, match="at least two classes"):
+        SCORES.get(name).compute(one)
+
+
+# ------------------------------------------------------------------------------------------- LogME
+
+
+def _direct_evidence(f, y, alpha, beta):
+    """Bishop (3.86) with dense D x D matrices and slogdet, and the Gaussian marginal
+    y ~ N(0, I / beta + F F^T / alpha) with an N x N covariance: two slow routes to the same number."""
+    n, d = f.shape
+    a = alpha * np.eye(d) + beta * f.T @ f
+    m = beta * np.linalg.solve(a, f.T @ y)
+    e = beta / 2 * np.sum((y - f @ m) ** 2) + alpha / 2 * m @ m
+    bishop = d / 2 * math.log(alpha) + n / 2 * math.log(beta) - e - 0.5 * np.linalg.slogdet(a)[1] - n / 2 * math.log(2 * math.pi)
+    cov = np.eye(n) / beta + f @ f.T / alpha
+    sign, logdet = np.linalg.slogdet(cov)
+    marginal = -0.5 * (n * math.log(2 * math.pi) + logdet + y @ np.linalg.solve(cov, y))
+    assert sign > 0
+    return bishop / n, marginal / n
+
+
+@pytest.mark.parametrize("n,d", [(60, 8), (25, 40)], ids=["N>D", "D>N"])
+def test_logme_equals_its_evidence_formula_at_the_optimum(n, d):
+    rng = np.random.default_rng(1)
+    y = np.arange(n) % 3
+    f = 3.0 * (rng.normal(0, 1, (3, d))[y] * 0.7 + rng.normal(0, 1, (n, d))) + 5.0  # an offset and scale, as real features have
+    fit = LogME().fit(f, y)
+    for c in range(3):
+        t = (y == c).astype(float)
+        bishop, marginal = _direct_evidence(f, t, fit.alpha_[c], fit.beta_[c])
+        assert fit.evidence_[c] == pytest.approx(bishop, abs=1e-6)
+        assert fit.evidence_[c] == pytest.approx(marginal, abs=1e-6)
+        # a maximum over alpha and beta: no nearby pair has more evidence
+        for fa, fb in [(0.97, 1), (1.03, 1), (1, 0.97), (1, 1.03), (1.03, 1.03)]:
+            assert _direct_evidence(f, t, fit.alpha_[c] * fa, fit.beta_[c] * fb)[0] <= bishop + 1e-9
+    assert fit.score_ == pytest.approx(fit.evidence_.mean()) == logme(f, y)
+
+
+def test_logme_does_not_depend_on_feature_scale():
+    s = _synthetic(n=80)
+    assert logme(s.features * 1e3, s.labels) == pytest.approx(logme(s.features, s.labels), abs=1e-8)
+    assert logme(s.features * 1e-3, s.labels) == pytest.approx(logme(s.features, s.labels), abs=1e-8)
+
+
+def test_logme_of_degenerate_features_is_finite():
+    y = np.arange(30) % 2
+    assert math.isfinite(logme(np.zeros((30, 5)), y))
+    assert math.isfinite(logme(np.ones((30, 5)), y))
+
+
+# --------------------------------------------------------------------- H-score, LEEP, NCE by definition
+
+
+def test_hscore_equals_dense_shrunk_formula():
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    for n, d in [(80, 10), (30, 50)]:
+        s = _synthetic(n=n, d=d)
+        f, y = s.features - s.features.mean(0), s.labels
+        cov = f.T @ f / n
+        r = ledoit_wolf_shrinkage(f, assume_centered=True)
+        shrunk = (1 - r) * cov + r * np.trace(cov) / d * np.eye(d)
+        between = sum((y == c).mean() * np.outer(f[y == c].mean(0), f[y == c].mean(0)) for c in range(3))
+        assert hscore(s.features, y) == pytest.approx((1 - r) * np.trace(np.linalg.solve(shrunk, between)), rel=1e-8)
+
+
+def test_leep_and_nce_equal_their_definitions_by_loops():
+    s = _synthetic(n=40, z=4)
+    p = np.exp(s.source_logits - s.source_logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y, n = s.labels, len(s.labels)
+    joint = np.zeros((3, 4))
+    for i in range(n):
+        joint[y[i]] += p[i] / n
+    cond = joint / joint.sum(0)
+    expected = np.mean([math.log(sum(cond[y[i], z] * p[i, z] for z in range(4))) for i in range(n)])
+    assert leep(p, y) == pytest.approx(expected, rel=1e-12)
+
+    zhat = p.argmax(1)
+    h = 0.0
+    for z in set(zhat):
+        for c in range(3):
+            pyz = np.mean((y == c) & (zhat == z))
+            if pyz > 0:
+                h -= pyz * math.log(pyz / np.mean(zhat == z))
+    assert nce(zhat, y) == pytest.approx(-h, rel=1e-12)
+
+
+# ------------------------------------------------------------------------- ranking and the CLI
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _images(root: Path, classes=("red", "blue"), n=10) -> Path:
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 40, 40), "blue": (40, 40, 200)}
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            a = np.clip(np.array(colours[c])[None, None] + rng.normal(0, 40, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Two classes of small images, and two CIFAR ResNet-20 checkpoints with a source classifier."""
+    root = tmp_path_factory.mktemp("rank")
+    data = _images(root / "data")
+    cks = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        sd = CifarResNet(20).state_dict()
+        sd["linear.weight"], sd["linear.bias"] = torch.randn(10, 64), torch.zeros(10)
+        save_file(sd, str(root / f"r20_{seed}.safetensors"))
+        cks.append(f"file:{root / f'r20_{seed}.safetensors'}")
+    return data, cks
+
+
+def _rank_cli(capsys, *argv):
+    code = main(["rank", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_rank_cli_sorts_reports_and_reuses_cached_features(tiny, cache, capsys):
+    data, cks = tiny
+    argv = ["--data", str(data), "--models", ",".join(cks), "--arch", "cifar_resnet20", "--json", "--quiet", "--cpu"]
+    code, out, _ = _rank_cli(capsys, *argv)
+    assert code == 0
+    first = json.loads(out)
+    values = [r["scores"]["logme"] for r in first["rows"]]
+    assert values == sorted(values, reverse=True) and first["best"] == first["rows"][0]["name"]
+    assert all(r["num_features"] == 64 and r["scores"]["leep"] is not None for r in first["rows"])
+    assert set(first["rows"][0]["scores"]) == set(SCORES.names()) and first["n_train"] == 16
+    assert not any(r["cache_hit"] for r in first["rows"])
+    code, out, _ = _rank_cli(capsys, *argv)
+    second = json.loads(out)
+    assert all(r["cache_hit"] for r in second["rows"])  # the backbones did not run again
+    assert [r["scores"] for r in second["rows"]] == [r["scores"] for r in first["rows"]]
+
+    code, out, err = _rank_cli(capsys, *argv[:-3], "--score", "knn")
+    assert code == 0 and "kNN acc*" in out and "recommended:" in out and "2 of 2 from the cache" in out and "ranking 2 models" in err
+
+
+def test_pick_model_returns_the_top_row(tiny, cache):
+    data, cks = tiny
+    best, ranking = pick_model(str(data), cks, score="hscore", arch="cifar_resnet20", device="cpu")
+    assert best == ranking.rows[0].name and ranking.score == "hscore"
+    assert best in ranking.reason() and ranking.rows[1].name in ranking.reason()
+
+
+@pytest.mark.parametrize(
+    "models,extra,message",
+    [
+        ("random:cifar_resnet20,cifar_resnet_99", [], "unknown model 'cifar_resnet_99'"),
+        ("random:cifar_resnet20,random:nosuch_arch_xyz", [], "unknown model 'nosuch_arch_xyz'"),
+        ("random:cifar_resnet20", [], "ranking needs two or more candidate models"),
+        ("random:cifar_resnet20,random:cifar_resnet20", [], "listed more than once"),
+        ("random:cifar_resnet20,random:cifar_resnet56", ["--score", "leep"], "scores that apply to every candidate here: logme, hscore, knn, logreg"),
+        ("random:cifar_resnet20,random:cifar_resnet56", ["--score", "nce"], "random:cifar_resnet20, random:cifar_resnet56"),
+        ("random:cifar_resnet20,random:cifar_resnet56", ["--score", "logmee"], "unknown score 'logmee' (did you mean: logme"),
+    ],
+)
+def test_rank_cli_bad_requests_exit_2(tiny, cache, capsys, models, extra, message):
+    data, _ = tiny
+    code, out, err = _rank_cli(capsys, "--data", str(data), "--models", models, *extra)
+    assert code == 2 and out == ""
+    assert err.startswith("transferkit: error:") and message in err and "Traceback" not in err
+    assert not cache.exists()  # refused before any feature was computed
+
+
+def test_rank_cli_one_class_exit_2(tmp_path, cache, capsys):
+    data = _images(tmp_path / "one", classes=("red",))
+    code, _, err = _rank_cli(capsys, "--data", str(data), "--models", "random:cifar_resnet20,random:cifar_resnet56")
+    assert code == 2 and "only one class" in err and "at least 2" in err
+
+
+def test_rank_models_refuses_explicit_source_scores_for_headless_models(tiny, cache):
+    data, cks = tiny
+    with pytest.raises(UserError, match="LEEP needs the source task.s classifier, and these candidates have none: random:cifar_resnet20"):
+        rank_models(str(data), [cks[0], "random:cifar_resnet20"], scores=["logme", "leep"], arch="cifar_resnet20")
+
+
+# ------------------------------------------------------------------------------- real data (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "hymenoptera").is_dir(), reason="needs ../shared/data/hymenoptera (development data)")
+def test_random_control_ranks_last_on_hymenoptera(cache):
+    r = rank_models(str(SHARED / "hymenoptera"), ["random:efficientnet_lite0", "efficientnet_lite0"], score="logme", scores=["logme"], device="cpu")
+    assert [row.name for row in r.rows] == ["efficientnet_lite0", "random:efficientnet_lite0"]
+    assert r.rows[0].scores["logme"] - r.rows[1].scores["logme"] > 0.3, r.table()

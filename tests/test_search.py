@@ -1,0 +1,441 @@
+"""`transferkit search` and `transferkit lr-find`.
+
+The search machinery (folds, resume, pruning, time budget, workers) is tested with a stand-in for `fit`
+that scores a configuration in milliseconds; one end-to-end search and the lr-find run the real thing
+on a tiny model. The worker tests run against a real PostgreSQL server (TRANSFERKIT_TEST_PG_URL, as
+`scripts/ci_postgres.sh` exports it, or a throwaway cluster started here) and skip when there is none.
+"""
+
+import csv
+import glob
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
+
+from transferkit import report, search as S
+from transferkit.backbones.cifar_resnet import CifarResNet
+from transferkit.cli import main
+from transferkit.config import RunConfig, load_config_file, replace
+from transferkit.data import load_image_data
+from transferkit.errors import UserError
+from transferkit.lr_find import lr_schedule, smooth, suggest
+from transferkit.rundir import is_complete
+
+QUIET = report.console(quiet=True)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads that wait
+    on each other make a step 100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Two colour classes, 12 images each (20x20), and a randomly initialised CIFAR ResNet-20."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for c, col in [("red", (200, 40, 40)), ("blue", (40, 40, 200))]:
+        (root / "data" / c).mkdir(parents=True)
+        for i in range(12):
+            a = np.clip(np.array(col)[None, None] + rng.normal(0, 50, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / "data" / c / f"{i}.png")
+    torch.manual_seed(0)
+    save_file(CifarResNet(20).state_dict(), str(root / "r20.safetensors"))
+    return SimpleNamespace(data=root / "data", ck=root / "r20.safetensors", root=root)
+
+
+def _base(tiny, **kw):
+    return replace(RunConfig(), data=str(tiny.data), model=f"file:{tiny.ck}", arch="cifar_resnet20", input_size=16, lp_epochs=3, epochs=1, **kw)
+
+
+def _flags(tiny):
+    return ["--data", str(tiny.data), "--model", f"file:{tiny.ck}", "--arch", "cifar_resnet20", "--input-size", "16", "--quiet"]
+
+
+def _space_file(tmp_path, space: dict) -> str:
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(space))
+    return str(p)
+
+
+SPACE = {"strategy": "linear_probe", "lr": {"low": 1e-4, "high": 1e-1, "log": True}, "batch_size": {"choices": [4, 8]}, "lp_epochs": 3}
+
+
+def _score(cfg) -> float:
+    """The stand-in's score: best at lr = 1e-2, falling off with the distance in decades."""
+    return max(0.0, 1.0 - abs(math.log10(cfg.optim.lr) + 2) / 4)
+
+
+class FakeFit:
+    """Records what every call saw; scores from the config; reports one epoch to `on_epoch`."""
+
+    def __init__(self, delay: float = 0.0):
+        self.calls, self.delay = [], delay
+
+    def __call__(self, cfg, out=None, *, console=None, splits=None, on_epoch=None, **kw):
+        self.calls.append(SimpleNamespace(cfg=cfg, out=out, splits=splits))
+        time.sleep(self.delay)
+        s = _score(cfg)
+        if on_epoch is not None:
+            on_epoch({"epoch": 1, "phase": "finetune", "val_accuracy": s, "val_macro_f1": s, "val_loss": 1 - s})
+        return SimpleNamespace(metrics={"accuracy": s, "macro_f1": s, "auroc": s, "n_train": 0, "n_val": 0, "wall_s": 0.0})
+
+
+def _study(out: Path, name: str = "transferkit-search"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+# ------------------------------------------------------------------------------------------ folds
+
+
+def test_folds_are_stratified_disjoint_and_never_hold_the_held_out_split(tiny, tmp_path, monkeypatch):
+    splits = load_image_data(str(tiny.data), val_fraction=0.2, seed=0)
+    folds = S.stratified_folds(splits.train.labels, splits.classes, 3, seed=0)
+    held_out = set(splits.val.sources)
+    seen = []
+    for i, (tr, va) in enumerate(folds):
+        f = S.fold_splits(splits, tr, va, i, 3)
+        assert not set(tr) & set(va)
+        assert not (set(f.train.sources) | set(f.val.sources)) & held_out
+        counts = f.val.counts()
+        assert set(counts.values()) <= {3, 4} and len(counts) == 2  # 10 per class over 3 folds: 3 or 4 each
+        assert f.val_given is False and f.test is None
+        seen += list(va)
+    assert sorted(seen) == list(range(len(splits.train)))  # every training image held out exactly once
+
+    # Inside a search, every trial's fit sees folds of the training split only; the final fit loads
+    # the data itself (the normal split) and writes DIR/final.
+    fake = FakeFit()
+    monkeypatch.setattr(S, "fit", fake)
+    res = S.search(_base(tiny), tmp_path / "s", space=SPACE, trials=3, folds=3, console=QUIET)
+    trial_calls = [c for c in fake.calls if c.splits is not None]
+    trials = _study(tmp_path / "s").trials
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)  # a pruned fold's fit has no score
+    assert len(trial_calls) == sum(len(t.user_attrs["fold_scores"]) for t in trials) + pruned >= 7
+    assert all(c.out is None for c in trial_calls)
+    for c in trial_calls:
+        assert not (set(c.splits.train.sources) | set(c.splits.val.sources)) & held_out
+    final = [c for c in fake.calls if c.splits is None]
+    assert len(final) == 1 and Path(final[0].out) == tmp_path / "s" / "final"
+    assert res.best_value == max(t.value for t in trials if t.value is not None)
+
+
+# ------------------------------------------------------------------------------ end to end (real fit)
+
+
+def test_search_cli_end_to_end_writes_everything(tiny, tmp_path, capsys):
+    out = tmp_path / "s"
+    space = _space_file(tmp_path, {**SPACE, "strategy": {"choices": ["linear_probe", "lp_ft"]}, "batch_size": 8})
+    rc = main(["search", *_flags(tiny), "--space", space, "--out", str(out), "--trials", "2", "--folds", "2", "--seed", "1"])
+    assert rc == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert [r["number"] for r in rows] == ["0", "1"] and all(r["state"] == "COMPLETE" for r in rows)
+    for r in rows:
+        folds = [float(r["fold_1"]), float(r["fold_2"])]
+        assert float(r["mean"]) == pytest.approx(np.mean(folds)) and float(r["lr"]) > 0 and float(r["duration_s"]) > 0
+    best = load_config_file(out / "best.yaml")  # what `transferkit fit --config` reads
+    assert best.to_dict() == yaml.safe_load((out / "final" / "config.yaml").read_text())
+    assert best.data.path == str(tiny.data.resolve()) and best.train.seed == 1 and best.data.input_size == 16
+    assert is_complete(out / "final")
+    for png in ("history.png", "lr.png", "importance.png"):
+        assert (out / png).stat().st_size > 1000
+    meta = json.loads((out / "search.json").read_text())
+    assert meta["request"]["folds"] == 2 and meta["space"]["batch_size"] == 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_trial"] in (0, 1) and summary["trials"] == {"complete": 2} and 0 <= summary["final"]["accuracy"] <= 1
+
+
+# ---------------------------------------------------------------------------------- resume, pruning
+
+
+def test_killed_search_resumes_with_finished_trials_intact(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "fit", FakeFit())
+    out = tmp_path / "s"
+    S.search(_base(tiny), out, space=SPACE, trials=3, folds=2, console=QUIET)
+    before = {t.number: (t.params, t.value, t.user_attrs["fold_scores"]) for t in _study(out).trials}
+    assert len(before) == 3
+
+    # What a SIGKILL mid-trial leaves: a RUNNING trial of a process that no longer exists, and its lock.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = _study(out)
+    t = study.ask()
+    t.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    t.suggest_float("lr", 1e-4, 1e-1, log=True)
+    (out / ".lock").write_text(str(dead.pid))
+
+    res = S.search(_base(tiny), out, space=SPACE, trials=6, folds=2, console=QUIET)
+    trials = _study(out).trials
+    assert {n: (tr.params, tr.value, tr.user_attrs["fold_scores"]) for n, tr in enumerate(trials) if n < 3} == before
+    assert trials[3].state == optuna.trial.TrialState.FAIL
+    assert sum(tr.state in FINISHED for tr in trials) == 6 and len(trials) == 7
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert [r["state"] for r in rows].count("FAIL") == 1 and len(rows) == 7
+    assert res.states["fail"] == 1 and not (out / ".lock").exists()
+
+
+def test_losing_trials_are_pruned_and_the_time_budget_stops_cleanly(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "fit", FakeFit())
+    out = tmp_path / "p"
+    # lr far from 1e-2 scores badly: once a few trials completed, such trials stop at their first report.
+    S.search(_base(tiny), out, space={**SPACE, "lr": {"low": 1e-6, "high": 1.0, "log": True}}, trials=8, folds=2, console=QUIET)
+    trials = _study(out).trials
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all("pruned in fold" in t.user_attrs["note"] for t in pruned)
+    assert all(len(t.user_attrs.get("fold_scores", [])) < 2 for t in pruned)
+
+    # A budget smaller than one trial: the trial in progress stops between folds, nothing is lost.
+    monkeypatch.setattr(S, "fit", FakeFit(delay=3.5))
+    out2 = tmp_path / "t"
+    with pytest.raises(UserError, match="time budget"):
+        S.search(_base(tiny), out2, space=SPACE, trials=50, folds=3, time_budget=3.0, console=QUIET)
+    (t,) = _study(out2).trials
+    assert t.state == optuna.trial.TrialState.PRUNED and "time budget" in t.user_attrs["note"]
+
+
+# ------------------------------------------------------------------------------------------- space
+
+
+def test_space_merges_over_the_defaults_and_flags_fix_settings(tiny):
+    base = _base(tiny)
+    sp = S.resolve_space({"lr": {"low": "1e-5", "high": 1e-2, "log": True}, "strategy": {"choices": ["linear_probe", "lp_ft"]}, "epochs": 5}, base, fixed={"label_smoothing"}, batch_sizes=[8, 16])
+    assert (sp["lr"].low, sp["lr"].high, sp["lr"].log) == (1e-5, 1e-2, True)  # YAML reads 1e-5 as a string
+    assert sp["epochs"].kind == "fixed" and "label_smoothing" not in sp and sp["batch_size"].choices == [8, 16]
+    assert "weight_decay" in sp and "crop_scale_min" in sp  # defaults not named stay
+    # Settings only some strategies use are sampled only for them.
+    t = optuna.create_study().ask()
+    params = S.sample(t, {"strategy": S.Dim("strategy", "fixed", value="linear_probe"), **{k: v for k, v in sp.items() if k != "strategy"}}, "lp_ft")
+    assert "lr" in params and "crop_scale_min" not in params and "layer_decay" not in params
+
+
+# -------------------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    "space, extra, message",
+    [
+        (None, ["--folds", "11"], "class 'blue' has only 10 training image(s), fewer than --folds 11"),
+        ({"lr": {"low": 1e-2, "high": 1e-4}}, [], "low (0.01) is above high (0.0001)"),
+        ({"strategy": {"choices": []}}, [], "choices must be a non-empty list"),
+        ({"strategy": {"choices": ["linear_probe", "lp_fit"]}}, [], "unknown strategy 'lp_fit' (did you mean: lp_ft?)"),
+        ({"lerning_rate": 0.1, "lr": {"low": 1e-4, "high": 1e-2}}, [], "unknown setting 'lerning_rate'"),
+        ({"lrr": {"low": 1e-4, "high": 1e-2}}, [], "(did you mean: lr"),
+        ({"label_smoothing": {"low": 0.0, "high": 1.5}}, [], "label_smoothing bound 1.5"),
+        ({"lr": {"low": 0.0, "high": 1e-2, "log": True}}, [], "a log range needs low > 0"),
+        ({"epochs": 3, "lr": 0.01}, ["--lr", "0.01"], "also given as flag(s) --lr"),
+        ({"strategy": "full", "lr": 0.01, "weight_decay": 0.0, "layer_decay": 1.0, "epochs": 1, "label_smoothing": 0.0, "crop_scale_min": 0.5, "batch_size": 8}, [], "nothing to search"),
+        ({"data": "elsewhere"}, [], "give it as --data"),
+        ({}, [], "is empty"),
+        ({"strategy": {"choices": ["full", "partial"]}, "k": 11}, [], "strategy partial: k=11 is larger than the number of block groups"),
+        (None, ["--storage", "postgresql://nobody@127.0.0.1:1/none", "--study", "x"], "cannot use the study database postgresql://nobody@127.0.0.1:1/none"),
+        (None, ["--storage", "sqlite:///x.db"], "--storage needs --study NAME"),
+        (None, ["--metric", "loss"], "must be accuracy or macro_f1"),
+    ],
+)
+def test_bad_inputs_exit_2_with_their_message(tiny, tmp_path, capsys, space, extra, message):
+    args = ["search", *_flags(tiny), "--out", str(tmp_path / "s"), "--trials", "2", "--folds", "2", *extra]
+    if space is not None:
+        p = tmp_path / "space.yaml"
+        p.write_text(yaml.safe_dump(space) if space else "")
+        args += ["--space", str(p)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if "--storage" in extra:
+        assert not (tmp_path / "s").exists()  # no silent fallback to a local database
+
+
+def test_a_dir_holding_another_search_is_refused(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(S, "fit", FakeFit())
+    out = tmp_path / "s"
+    sp = _space_file(tmp_path, SPACE)
+    assert main(["search", *_flags(tiny), "--space", sp, "--out", str(out), "--trials", "1", "--folds", "2"]) == 0
+    other = _space_file(tmp_path, {**SPACE, "lr": {"low": 1e-3, "high": 1e-1, "log": True}})
+    assert main(["search", *_flags(tiny), "--space", other, "--out", str(out), "--trials", "2", "--folds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds a different search (space" in err and "choose another --out" in err
+    assert main(["search", *_flags(tiny), "--space", sp, "--out", str(out), "--trials", "2", "--folds", "3"]) == 2
+    assert "folds 2 (now 3)" in capsys.readouterr().err
+    assert len(_study(out).trials) == 1
+
+
+# ----------------------------------------------------------------------------------------- lr-find
+
+
+def test_lr_find_suggestion_rules():
+    lrs = lr_schedule(1e-6, 1.0, 61)
+    assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1.0)
+    # A curve flat until 1e-4, falling fastest at 1e-3, lowest at 1e-2, then rising.
+    x = np.log10(lrs)
+    loss = 2 - np.tanh((x + 3) * 2) + np.where(x > -2, (x + 2) ** 2 * 3, 0)
+    steepest, min_div10 = suggest(lrs, loss)
+    assert steepest == pytest.approx(1e-3, rel=0.3) and min_div10 == pytest.approx(lrs[np.argmin(loss)] / 10)
+    assert smooth([1.0, 1.0, 1.0])[0] == pytest.approx(1.0)  # debiased from the first step
+
+
+def test_lr_find_cli_writes_plot_and_prints_suggestion(tiny, tmp_path, capsys):
+    rc = main(["lr-find", *_flags(tiny), "--strategy", "full", "--batch-size", "8", "--steps", "30", "--out", str(tmp_path)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "suggested lr:" in printed and (tmp_path / "lr_find.png").stat().st_size > 1000
+    res = json.loads((tmp_path / "lr_find.json").read_text())
+    assert 1e-7 <= res["suggestion"] <= 10 and f"{res['suggestion']:.2e}" in printed
+    assert 5 <= len(res["lrs"]) <= 30 and res["lrs"] == sorted(res["lrs"])
+    if res["stopped_early"]:
+        assert res["losses"][-1] > 4 * min(res["losses"][:-1])
+
+
+# ---------------------------------------------------------------------------- workers on PostgreSQL
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    cands = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return cands[-1] if cands else None
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    url = os.environ.get("TRANSFERKIT_TEST_PG_URL")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg2 is not installed (pip install psycopg2-binary): no PostgreSQL driver")
+    if url:
+        yield url
+        return
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql, or source scripts/ci_postgres.sh")
+    root = os.geteuid() == 0
+    if root and shutil.which("su") is None:
+        pytest.skip("running as root without `su` to start PostgreSQL as another user")
+    d = tempfile.mkdtemp(prefix="tk-pg-")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(cmd: str):
+        full = ["su", "postgres", "-s", "/bin/sh", "-c", cmd] if root else ["/bin/sh", "-c", cmd]
+        return subprocess.run(full, capture_output=True, text=True, timeout=60)
+
+    if root:
+        shutil.chown(d, "postgres")
+    r = run(f"{initdb} -D {d}/data -U postgres --auth=trust --no-sync -E UTF8 >{d}/initdb.log 2>&1")
+    if r.returncode != 0:
+        pytest.skip(f"initdb failed: {Path(d, 'initdb.log').read_text()[-300:] if Path(d, 'initdb.log').exists() else r.stderr}")
+    r = run(f"{pg_ctl} -D {d}/data -l {d}/log -w -o '-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off' start")
+    if r.returncode != 0:
+        pytest.skip(f"PostgreSQL did not start: {r.stdout[-300:]} {r.stderr[-300:]}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(f"{pg_ctl} -D {d}/data -m immediate stop")
+        shutil.rmtree(d, ignore_errors=True)
+
+
+WORKER = """
+import math, os, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+import transferkit.search as S
+
+
+def fake_fit(cfg, out=None, *, splits=None, on_epoch=None, **kw):  # the test module's FakeFit, standalone
+    time.sleep({delay} if splits is not None else 0)
+    s = max(0.0, 1.0 - abs(math.log10(cfg.optim.lr) + 2) / 4)
+    if on_epoch is not None:
+        on_epoch({{"epoch": 1, "phase": "finetune", "val_accuracy": s, "val_macro_f1": s, "val_loss": 1 - s}})
+    return SimpleNamespace(metrics={{"accuracy": s, "macro_f1": s}})
+
+
+S.fit = fake_fit
+from transferkit.cli import main
+
+ready = Path({ready!r})  # start together: both workers are imported before either runs a trial
+(ready / str(os.getpid())).touch()
+t0 = time.monotonic()
+while len(list(ready.iterdir())) < {count} and time.monotonic() - t0 < 60:
+    time.sleep(0.05)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _workers(tiny, tmp_path, url, study, n, delay, count=2):
+    script = tmp_path / "worker.py"
+    (tmp_path / "ready").mkdir()
+    script.write_text(WORKER.format(delay=delay, ready=str(tmp_path / "ready"), count=count))
+    space = _space_file(tmp_path, SPACE)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    procs = []
+    for i in range(count):
+        args = ["search", *_flags(tiny), "--space", space, "--out", str(tmp_path / f"w{i}"), "--trials", str(n), "--folds", "2", "--storage", url, "--study", study]
+        log = open(tmp_path / f"w{i}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, str(script), *args], stdout=log, stderr=subprocess.STDOUT, env=env))
+    return procs
+
+
+def test_two_postgres_workers_finish_the_study_even_when_one_is_killed_mid_trial(tiny, tmp_path, pg_url):
+    """Workers A and B share one study; A is SIGKILLed in the middle of a trial after finishing at least
+    one. Its finished work stays, its interrupted trial is marked FAIL, and B completes the N trials:
+    none lost, none run twice."""
+    study_name = f"workers-{os.getpid()}-{time.time_ns()}"
+    n = 6
+    a, b = _workers(tiny, tmp_path, pg_url, study_name, n=n, delay=0.4)
+    storage = S.open_storage(pg_url)
+    victim, deadline = None, time.monotonic() + 90
+    while victim is None and time.monotonic() < deadline and a.poll() is None:
+        time.sleep(0.1)
+        try:
+            trials = optuna.load_study(study_name=study_name, storage=storage).trials
+        except KeyError:
+            continue
+        mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{a.pid}")]
+        running = [t.number for t in mine if t.state == optuna.trial.TrialState.RUNNING]
+        if any(t.state in FINISHED for t in mine) and running:
+            a.send_signal(signal.SIGKILL)
+            victim = running[0]
+    assert victim is not None, (tmp_path / "w0.log").read_text()
+    a.wait(timeout=10)
+    assert b.wait(timeout=120) == 0, (tmp_path / "w1.log").read_text()
+
+    trials = optuna.load_study(study_name=study_name, storage=storage).trials
+    assert trials[victim].state == optuna.trial.TrialState.FAIL
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == n and [t.number for t in trials] == list(range(len(trials)))
+    assert {t.user_attrs["worker"].rpartition(":")[2] for t in finished} == {str(a.pid), str(b.pid)}  # both did work
+    others = [t for t in trials if t.state not in FINISHED and t.number != victim]
+    assert all("surplus" in t.user_attrs.get("note", "") for t in others)  # only a same-instant race makes one
+    rows = list(csv.DictReader(open(tmp_path / "w1" / "trials.csv")))  # B's record of the whole study
+    assert sorted(int(r["number"]) for r in rows if r["state"] in ("COMPLETE", "PRUNED")) == sorted(t.number for t in finished)
+    assert [r["state"] for r in rows if int(r["number"]) == victim] == ["FAIL"]
