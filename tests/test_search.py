@@ -221,6 +221,18 @@ def test_losing_trials_are_pruned_and_the_time_budget_stops_cleanly(tiny, tmp_pa
     assert t.state == optuna.trial.TrialState.PRUNED and "time budget" in t.user_attrs["note"]
 
 
+def test_lr_find_centres_the_learning_rate_range(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "fit", FakeFit())
+    out = tmp_path / "s"
+    space = {"strategy": "linear_probe", "batch_size": 8, "lp_epochs": 3}
+    S.search(_base(tiny), out, space=space, trials=2, folds=2, lr_find=True, console=QUIET)
+    meta = json.loads((out / "search.json").read_text())
+    s = meta["lr_find"]["suggestion"]
+    assert meta["lr_find"]["strategy"] == "linear_probe" and (out / "lr_find.png").is_file()
+    assert meta["space"]["lr"] == {"low": float(f"{s / 10:.3g}"), "high": float(f"{min(s * 10, 1.0):.3g}"), "log": True}
+    assert all(s / 10.1 <= t.params["lr"] <= s * 10.1 for t in _study(out).trials)
+
+
 # ------------------------------------------------------------------------------------------- space
 
 
@@ -251,8 +263,10 @@ def test_space_merges_over_the_defaults_and_flags_fix_settings(tiny):
         ({"label_smoothing": {"low": 0.0, "high": 1.5}}, [], "label_smoothing bound 1.5"),
         ({"lr": {"low": 0.0, "high": 1e-2, "log": True}}, [], "a log range needs low > 0"),
         ({"epochs": 3, "lr": 0.01}, ["--lr", "0.01"], "also given as flag(s) --lr"),
+        ({"strategy": "linear_probe", "lr": 0.01, "weight_decay": 0.0, "label_smoothing": 0.0, "batch_size": 8}, [], "every setting that linear_probe uses is fixed"),
         ({"strategy": "full", "lr": 0.01, "weight_decay": 0.0, "layer_decay": 1.0, "epochs": 1, "label_smoothing": 0.0, "crop_scale_min": 0.5, "batch_size": 8}, [], "nothing to search"),
         ({"data": "elsewhere"}, [], "give it as --data"),
+        ({"lr": {"low": 1e-4, "high": 1e-2}}, ["--lr-find"], "--lr-find centres the learning-rate range itself"),
         ({}, [], "is empty"),
         ({"strategy": {"choices": ["full", "partial"]}, "k": 11}, [], "strategy partial: k=11 is larger than the number of block groups"),
         (None, ["--storage", "postgresql://nobody@127.0.0.1:1/none", "--study", "x"], "cannot use the study database postgresql://nobody@127.0.0.1:1/none"),

@@ -133,7 +133,7 @@ def fit(
         else:
             model.load_state_dict(saved["model"])
             st, phase_resume = saved["fit"], saved["phase_state"]
-            done = sum(len(h) for h in [st["history"]])
+            done = len(st["history"])
             console.print(f"resuming from the checkpoint after epoch {done} (phase {st['phase'] + 1} of {len(phases)})")
     model.to(device, memory_format=torch.channels_last)
     stop = should_stop or (lambda: False)

@@ -105,15 +105,16 @@ def lr_find(
     autocast = accelerator.autocast if device.type != "cpu" else contextlib.nullcontext
     y = torch.as_tensor(train.labels, device=device)
     flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
+    model.to(device, memory_format=torch.channels_last)
 
     if phase.kind == "probe":
         x, _ = cached_features(model.backbone, x_u8, pre.input_size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
         x = x.to(device)
-        module, train_groups = model.head.to(device).train(), [g for g in groups if g.name == "head"]
+        module, train_groups = model.head.train(), [g for g in groups if g.name == "head"]
         transform = lambda xb, g: xb  # noqa: E731
         trained = "the head on cached backbone features"
     else:
-        model.to(device, memory_format=torch.channels_last).train()
+        model.train()
         unfrozen = set(phase.unfrozen(0))
         set_trainable(model, groups, unfrozen, bn_stats=cfg.strategy.bn_stats, always_frozen=frozen_by_pattern(groups, cfg.strategy.freeze))
         module, train_groups, x = model, groups, x_u8.to(device)
@@ -184,7 +185,8 @@ def lr_find_figure(res: LRFindResult):
     ax.axvline(res.min_div10, color="C2", ls=":", label=f"min / 10 {res.min_div10:.1e}")
     fin = [v for v in res.losses if math.isfinite(v)]
     if fin:
-        lo, hi = min(fin), min(max(fin), 4 * min(fin) + 1e-9)
+        lo = min(fin + [v for v in res.raw_losses if math.isfinite(v)])
+        hi = min(max(fin), 4 * min(fin) + 1e-9)
         ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
     ax.set(xlabel="learning rate (base lr, log scale)", ylabel="training loss", title=f"learning-rate range test ({res.strategy}): suggested lr {res.suggestion:.1e}")
     ax.grid(alpha=0.3)

@@ -230,8 +230,11 @@ def check_space(space: dict[str, Dim], base: RunConfig, *, where: str = "search 
             except UserError as e:
                 what = {"fixed": "value", "choices": "choice", "range": "bound"}[dim.kind]
                 raise UserError(f"{where}: {dim.name} {what} {v!r}: {e}") from None
-    if not any(d.kind != "fixed" for d in space.values()):
-        raise UserError(f"{where}: nothing to search: every setting is fixed (run `transferkit fit` for one configuration)")
+    sd = space.get("strategy")
+    strategies = [base.strategy.name] if sd is None else [sd.value] if sd.kind == "fixed" else sd.choices
+    searched = [d.name for d in space.values() if d.kind != "fixed" and any(s in ONLY_FOR.get(d.name, (s,)) for s in strategies)]
+    if not searched:
+        raise UserError(f"{where}: nothing to search: every setting that {', '.join(strategies)} uses is fixed (run `transferkit fit` for one configuration)")
 
 
 def resolve_space(user: dict | None, base: RunConfig, *, fixed: set[str] = frozenset(), batch_sizes: list[int] | None = None, lr_center: float | None = None) -> dict[str, Dim]:
@@ -324,7 +327,7 @@ def batch_sizes_that_fit(cfg: RunConfig, n_train: int, num_classes: int) -> list
     ok = []
     for b in fit_data:
         try:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_bf16_supported()):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported()):
                 loss = model(torch.randn(b, 3, size, size, device="cuda")).float().logsumexp(-1).mean()
             loss.backward()
             ok.append(b)
@@ -496,6 +499,8 @@ def search(
     splits = load_image_data(base.data.path, val_fraction=base.data.val_fraction, seed=base.train.seed)
     fold_idx = stratified_folds(splits.train.labels, splits.classes, folds, base.train.seed)
     user_space = parse_space(space, where="--space") if space else None
+    if lr_find and ("lr" in (user_space or {}) or "lr" in fixed):
+        raise UserError("--lr-find centres the learning-rate range itself: leave lr out of --space and --lr, or drop --lr-find")
     study_name = study_name or "transferkit-search"
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     request = json.loads(json.dumps({  # what makes two searches the same one (JSON's form: as read back)

@@ -1,0 +1,109 @@
+"""fit -> run directory -> reload -> evaluate / predict, on a tiny model; frozen stays frozen; the
+feature cache is reused exactly when nothing it depends on changed."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_folder, tiny_args
+from transferkit import ImageClassifier, report
+from transferkit.backbones import create_backbone
+from transferkit.cli import main
+from transferkit.config import RunConfig, replace
+from transferkit.data import ImageSet, decode_images
+from transferkit.features import cached_features
+from transferkit.fit import fit
+from transferkit.rundir import verify
+
+
+def _cfg(folder, ckpt, **kw):
+    base = dict(data=str(folder), model=f"file:{ckpt}", arch="cifar_resnet20", input_size=16, batch_size=4, epochs=2, lp_epochs=5)
+    base.update(kw)
+    return replace(RunConfig(), **base)
+
+
+@pytest.mark.parametrize("bn_stats", ["frozen", "trainable"])
+def test_frozen_parameters_and_statistics_stay_bitwise_unchanged(tiny_folder, tiny_ckpt, bn_stats):
+    before = create_backbone(f"file:{tiny_ckpt}", arch="cifar_resnet20").state_dict()
+    r = fit(_cfg(tiny_folder, tiny_ckpt, strategy="partial", k=1, bn_stats=bn_stats), console=report.console(quiet=True))
+    after = {k[len("backbone.") :]: v for k, v in r.model.state_dict().items() if k.startswith("backbone.")}
+    trained = [k for k in after if k.startswith("layer3.2.")]  # the one unfrozen block group
+    frozen = [k for k in after if not k.startswith("layer3.2.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), "a frozen tensor moved"
+    moved = [k for k in trained if not torch.equal(before[k], after[k])]
+    assert any(k.endswith("conv1.weight") for k in moved)
+    stats = [k for k in trained if k.endswith("running_mean")]
+    assert all(torch.equal(before[k], after[k]) for k in stats) == (bn_stats == "frozen")
+
+
+def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path, capsys):
+    run = tmp_path / "run"
+    clf = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="lp_ft", input_size=16, batch_size=4, epochs=2, lp_epochs=5)
+    clf.fit(str(tiny_folder), out=run)
+    names = sorted(p.name for p in run.iterdir())
+    for f in ["config.yaml", "metrics.json", "history.csv", "model.safetensors", "model.json", "curves.png", "confusion_matrix.png", "lr.png", "manifest.json"]:
+        assert f in names
+    assert "checkpoints" not in names and ".lock" not in names
+    assert verify(run) == []
+    m = json.loads((run / "metrics.json").read_text())
+    for k in ["accuracy", "macro_f1", "auroc", "n_train", "n_val", "wall_s", "per_class", "baseline", "verdict"]:
+        assert k in m
+    assert set(m["per_class"]["red"]) >= {"precision", "recall"}
+    hist = list(csv.DictReader(io.StringIO((run / "history.csv").read_text())))
+    assert len(hist) == 7 and {"train_loss", "val_loss", "val_accuracy", "lr"} <= set(hist[0])
+
+    images = sorted(str(p) for p in tiny_folder.rglob("*.png"))
+    loaded = ImageClassifier.load(run)
+    assert loaded.classes_ == clf.classes_
+    assert np.array_equal(loaded.predict_proba(images), clf.predict_proba(images))
+
+    assert main(["evaluate", str(run), "--data", str(tiny_folder), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 16 and 0 <= ev["accuracy"] <= 1
+    assert main(["predict", str(run), str(tiny_folder / "red"), "--out", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 8 and set(rows[0]) == {"file", "label", "p_blue", "p_red"}
+    probs = loaded.predict_proba(str(tiny_folder / "red"))
+    assert np.allclose([float(r["p_red"]) for r in rows], probs[:, 1], atol=1e-6)
+
+
+def test_feature_cache_reused_only_when_nothing_changed(tmp_path, tiny_ckpt):
+    folder = make_folder(tmp_path / "d", n=4)
+    s = ImageSet(sorted(str(p) for p in folder.rglob("*.png")), np.zeros(8, dtype=int), ["x"])
+    u8, _, _ = decode_images(s, 16)
+    bb = create_backbone(f"file:{tiny_ckpt}", arch="cifar_resnet20")
+    f1, hit = cached_features(bb, u8, 16)
+    assert not hit
+    f2, hit = cached_features(bb, u8, 16)
+    assert hit and torch.equal(f1, f2)
+    sub, hit = cached_features(bb, u8[[5, 1]], 16)  # a subset (a fold) of seen images
+    assert hit and torch.equal(sub, f1[[5, 1]])
+    changed = u8.clone()
+    changed[0, 0, 0, 0] ^= 1  # one pixel of one image
+    f3, hit = cached_features(bb, changed, 16)
+    assert not hit and torch.equal(f3[1:], f1[1:])  # only the changed image was recomputed
+    other = create_backbone("random:cifar_resnet20")  # other weights
+    assert not cached_features(other, u8, 16)[1]
+    assert not cached_features(bb, u8, 12)[1]  # other input size
+    import dataclasses
+
+    bb.preprocess = dataclasses.replace(bb.preprocess, mean=(0.5, 0.5, 0.5))  # other normalisation
+    assert not cached_features(bb, u8, 16)[1]
+    u8_big, _, _ = decode_images(s, 20)  # other resizing
+    assert not cached_features(create_backbone(f"file:{tiny_ckpt}", arch="cifar_resnet20"), u8_big, 16)[1]
+
+
+def test_second_fit_hits_the_cache_and_seeds_matter(tiny_folder, tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path / "own-cache"))
+    con = report.console(quiet=True)
+    a = fit(_cfg(tiny_folder, tiny_ckpt, strategy="linear_probe", seed=0), console=con)
+    b = fit(_cfg(tiny_folder, tiny_ckpt, strategy="linear_probe", seed=0), console=con)
+    c = fit(_cfg(tiny_folder, tiny_ckpt, strategy="linear_probe", seed=1), console=con)
+    assert a.metrics["feature_cache_hit"] is False and b.metrics["feature_cache_hit"] is True
+    wa, wb, wc = (r.model.head.state_dict() for r in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
