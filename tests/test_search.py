@@ -26,11 +26,8 @@ import optuna
 import pytest
 import torch
 import yaml
-from PIL import Image
-from safetensors.torch import save_file
-
+from conftest import make_folder
 from transferkit import report, search as S
-from transferkit.backbones.cifar_resnet import CifarResNet
 from transferkit.cli import main
 from transferkit.config import RunConfig, load_config_file, replace
 from transferkit.data import load_image_data
@@ -52,24 +49,11 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_ckpt):
     """Two colour classes, 12 images each (20x20), and a randomly initialised CIFAR ResNet-20."""
     root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for c, col in [("red", (200, 40, 40)), ("blue", (40, 40, 200))]:
-        (root / "data" / c).mkdir(parents=True)
-        for i in range(12):
-            a = np.clip(np.array(col)[None, None] + rng.normal(0, 50, (20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(a).save(root / "data" / c / f"{i}.png")
-    torch.manual_seed(0)
-    save_file(CifarResNet(20).state_dict(), str(root / "r20.safetensors"))
-    return SimpleNamespace(data=root / "data", ck=root / "r20.safetensors", root=root)
+    return SimpleNamespace(data=make_folder(root / "data", n=12), ck=tiny_ckpt, root=root)
 
 
 def _base(tiny, **kw):

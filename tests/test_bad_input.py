@@ -1,0 +1,162 @@
+"""Every user mistake: a short message naming the bad file or value, exit code 2, no traceback, and
+no run directory that looks complete."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import make_folder, tiny_args
+from transferkit.backbones._weights import load_state_dict_file
+from transferkit.backbones.cifar_resnet import CifarResNet
+from transferkit.cli import main
+from transferkit.errors import UserError
+
+
+def _fit(args, capsys):
+    rc = main(["fit", *args])
+    return rc, capsys.readouterr().err
+
+
+def _expect(args, capsys, out, *needles):
+    rc, err = _fit([*args, "--out", str(out)], capsys)
+    assert rc == 2, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, f"{n!r} not in {err!r}"
+    assert not (out / "manifest.json").exists()
+    return err
+
+
+def test_missing_and_empty_data(tmp_path, capsys, tiny_ckpt):
+    _expect(["--data", str(tmp_path / "nope"), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "data not found", "nope")
+    (tmp_path / "empty").mkdir()
+    _expect(["--data", str(tmp_path / "empty"), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "no class subfolders")
+    (tmp_path / "noimg" / "a").mkdir(parents=True)
+    (tmp_path / "noimg" / "b").mkdir(parents=True)
+    _expect(["--data", str(tmp_path / "noimg"), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "holds no image files")
+
+
+def test_class_with_one_image(tmp_path, capsys, tiny_ckpt):
+    d = make_folder(tmp_path / "d", n=4)
+    for p in list((d / "red").iterdir())[1:]:
+        p.unlink()
+    _expect(["--data", str(d), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "at least 2 images", "'red' (1)")
+
+
+def test_corrupt_images_listed_and_skippable(tmp_path, capsys, tiny_ckpt):
+    d = make_folder(tmp_path / "d", n=6)
+    (d / "red" / "broken.jpg").write_bytes(os.urandom(2000))
+    (d / "blue" / "truncated.png").write_bytes((d / "blue" / "0.png").read_bytes()[:60])
+    err = _expect(["--data", str(d), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "2 image file(s) cannot be read", "broken.jpg", "truncated.png", "--skip-bad-images")
+    rc, err = _fit(["--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--skip-bad-images", "--out", str(tmp_path / "ok")], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "ok" / "manifest.json").exists()
+
+
+def test_csv_problems(tmp_path, capsys, tiny_ckpt):
+    d = make_folder(tmp_path / "d", n=3)
+    bad_cols = tmp_path / "cols.csv"
+    bad_cols.write_text("file,class\nd/red/0.png,red\n")
+    _expect(["--data", str(bad_cols), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "lacks column(s) label, path", "found: file, class")
+    missing = tmp_path / "missing.csv"
+    missing.write_text("path,label\nd/red/0.png,red\nd/red/nothere.png,red\nd/blue/0.png,blue\nd/blue/1.png,blue\n")
+    _expect(["--data", str(missing), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "do not exist", "nothere.png", "row 3")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,label\nd/red/0.png,caf\xe9\n".encode("latin-1"))
+    _expect(["--data", str(latin), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "latin.csv", "not UTF-8")
+
+
+def test_unknown_model_suggests_close_names(tmp_path, capsys):
+    _expect(["--data", "digits", "--model", "efficientnet_lit0"], capsys, tmp_path / "r", "unknown model 'efficientnet_lit0'", "efficientnet_lite0")
+    _expect(["--data", "digits", "--model", "timm:resnt18"], capsys, tmp_path / "r", "unknown timm model", "resnet18")
+
+
+def test_timm_weights_offline_say_how_to_use_a_local_file(tmp_path, capsys):
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=2).close()
+        pytest.skip("this machine is online: the offline message cannot be shown")
+    except OSError:
+        pass
+    _expect(["--data", "digits", "--model", "timm:resnet18"], capsys, tmp_path / "r", "could not fetch", "file:", "--arch resnet18")
+
+
+def test_checkpoint_that_does_not_fit_names_keys(tmp_path, capsys):
+    p = tmp_path / "r20.safetensors"
+    save_file(CifarResNet(20).state_dict(), str(p))
+    _expect(["--data", "digits", "--model", f"file:{p}", "--arch", "cifar_resnet56"], capsys, tmp_path / "r", "do not fit", "missing keys", "layer1.3.conv1.weight")
+    sd = CifarResNet(20).state_dict()
+    sd["conv1.weight"] = torch.zeros(8, 3, 3, 3)
+    save_file(sd, str(p))
+    _expect(["--data", "digits", "--model", f"file:{p}", "--arch", "cifar_resnet20"], capsys, tmp_path / "r", "shape mismatch", "conv1.weight", "(8, 3, 3, 3)")
+    _expect(["--data", "digits", "--model", f"file:{p}"], capsys, tmp_path / "r", "needs --arch")
+
+
+def test_finished_run_not_overwritten_without_flag(tmp_path, capsys, tiny_ckpt):
+    d = make_folder(tmp_path / "d", n=4)
+    args = ["--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--out", str(tmp_path / "r")]
+    assert _fit(args, capsys)[0] == 0
+    rc, err = _fit(args, capsys)
+    assert rc == 2 and "already holds a finished run" in err and "--overwrite" in err
+    assert _fit([*args, "--overwrite"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--strategy", "lpft"], "unknown strategy 'lpft'"),
+        (["--lr", "-0.1"], "lr must be > 0"),
+        (["--gamma", "2"], "gamma"),
+        (["--clip-norm", "0"], "clip_norm must be > 0"),
+        (["--schedule", "cosin"], "did you mean: cosine"),
+        (["--optimizer", "adamm"], "unknown optimizer"),
+        (["--strategy", "partial", "--k", "50"], "k=50 is larger than the number of block groups"),
+        (["--freeze", "no_such_layer"], "matches no parameter"),
+    ],
+)
+def test_bad_settings(tmp_path, capsys, tiny_ckpt, flags, needle):
+    d = make_folder(tmp_path / "d", n=3)
+    _expect(["--data", str(d), *tiny_args(tiny_ckpt), *flags], capsys, tmp_path / "r", needle)
+
+
+def test_bad_config_file(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: digits\nepochz: 3\n")
+    _expect(["--config", str(cfg)], capsys, tmp_path / "r", "unknown setting 'epochz'", "epochs")
+    cfg.write_text("train:\n  batch_size: many\n")
+    _expect(["--config", str(cfg)], capsys, tmp_path / "r", "batch_size must be int")
+    cfg.write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    _expect(["--config", str(cfg)], capsys, tmp_path / "r", "cannot parse")
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+    from transferkit.cli import build_parser, resolve_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name: efficientnet_lite1\noptim:\n  lr: 0.01\nepochs: 3\nbatch-size: 8\n")
+    r = resolve_config(build_parser().parse_args(["fit", "--config", str(cfg), "--lr", "0.002", "--out", "x"]))
+    assert (r.model.name, r.optim.lr, r.train.epochs, r.train.batch_size) == ("efficientnet_lite1", 0.002, 3, 8)
+    assert r.strategy.name == "lp_ft"  # untouched default
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    code = (
+        "import os, torch\n"
+        "class E:\n"
+        f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+        f"torch.save({{'w': E()}}, {str(evil)!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert evil.exists() and not marker.exists()
+    with pytest.raises(UserError, match="weights_only=True"):
+        load_state_dict_file(evil)
+    assert not marker.exists(), "the payload ran"
+    rc = main(["fit", "--data", "digits", "--model", f"file:{evil}", "--arch", "cifar_resnet20", "--out", str(tmp_path / "r")])
+    assert rc == 2 and not marker.exists()
