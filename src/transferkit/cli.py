@@ -188,6 +188,8 @@ def cmd_models(args) -> int:
         print(f"{n:<{w}}  {h}")
     print(f"{'timm:NAME':<{w}}  any timm model, pretrained through timm's hub (needs internet)")
     print(f"{'file:PATH':<{w}}  a local .safetensors / .pt / .pth / .th checkpoint, with --arch NAME")
+    print(f"{'random:NAME':<{w}}  the architecture NAME with random weights (training from scratch; a ranking control)")
+    print(f"{'auto':<{w}}  rank --candidates by a transferability score and fine-tune the best")
     return 0
 
 
@@ -365,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="search directory: study, trials.csv, best.yaml, final/ run, plots (run again to continue)")
     p.add_argument("--trials", type=int, default=20, help="finished trials to reach, counting earlier runs and other workers (default 20)")
     p.add_argument("--folds", type=int, default=5, help="stratified folds of the training split (default 5)")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop starting trials / folds after this many seconds")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop starting trials / folds after this many seconds (the final refit comes after)")
     p.add_argument("--space", help="YAML search space: name: {low, high[, log, step]} | {choices: [...]} | value (see transferkit.search)")
     p.add_argument("--storage", help="Optuna database URL shared by several workers (e.g. postgresql://user@host/db); default DIR/study.db")
     p.add_argument("--study", help="study name in --storage (required with it)")

@@ -14,7 +14,6 @@ from it (exactly the usual resize + centre-crop); training takes random resized 
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -233,11 +232,3 @@ def decode_images(s: ImageSet, size: int, interpolation: str = "bicubic", *, ski
     arr = np.stack([results[i][0] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
     return images, s.subset(keep), bad
-
-
-def fingerprint(images: torch.Tensor) -> str:
-    """sha256 of decoded pixels: changes whenever the data or its resizing changes."""
-    h = hashlib.sha256()
-    h.update(str(tuple(images.shape)).encode())
-    h.update(images.numpy().tobytes())
-    return h.hexdigest()

@@ -10,10 +10,13 @@ it is used once, at the end, when the best configuration is refitted on the whol
 reported to a median pruner. A time budget ends the search cleanly between folds.
 
 The study lives in a database (an SQLite file in DIR unless `storage` names another, for example a
-PostgreSQL server that many workers share), so a killed search continues where it stopped when it
-is run again with the same DIR; trials left RUNNING by a dead worker are marked FAIL (at once when
-the worker ran on this machine, after the heartbeat's grace period otherwise). Finished trials
-(complete or pruned) count toward `trials`, across workers.
+PostgreSQL server that many workers share, each with its own DIR), so a killed search continues where
+it stopped when it is run again with the same DIR; trials left RUNNING by a dead worker are marked
+FAIL (at once when the worker ran on this machine, after the heartbeat's grace period otherwise).
+Finished trials (complete or pruned) count toward `trials`, across workers; a worker whose last
+trials run elsewhere waits for them. The time budget covers the search, not the final refit.
+With `lr_find`, a learning-rate range test on the training split (`lr_find.py`) centres the lr range
+on its suggestion s: [s/10, 10 s], log-uniform; the first worker's result is shared with the others.
 
 The search space (`--space FILE.yaml`) maps flat setting names (those of `transferkit fit`, dashes or
 underscores) to one of:
