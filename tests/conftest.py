@@ -1,5 +1,6 @@
 """Shared fixtures: a private feature cache per test session, tiny image folders, a tiny checkpoint."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,9 @@ def tiny_args(ckpt: Path) -> list[str]:
 
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (development data) is not on this machine")
+
+
+# Tiny models on a small shared machine: one thread per process avoids OpenMP oversubscription, which
+# made tiny training steps up to 100x slower when other work ran beside the tests.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the CLI subprocesses some tests start

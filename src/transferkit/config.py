@@ -58,7 +58,7 @@ class StrategyConfig:
     layer_decay: float | None = None  # each group down from the head gets lr x layer_decay^depth
     layer_lr_min: float | None = None  # or: rates geometric from this (first group) up to lr (head)
     freeze: list[str] = field(default_factory=list)  # regexes of parameter names kept frozen throughout
-    bn_stats: str = "frozen"  # BatchNorm running statistics: frozen | trainable | all (see model.set_trainable)
+    bn_stats: str = "trainable"  # BatchNorm running statistics: frozen | trainable | all (see model.set_trainable)
     lp_epochs: int = 100  # linear-probe epochs on cached features (linear_probe, lp_ft)
     ft_lr_scale: float = 0.1  # lp_ft: fine-tuning rate as a fraction of --lr
 

@@ -92,11 +92,21 @@ def lr_find(
         raise UserError(f"lr-find needs 0 < start_lr < end_lr, got {start_lr:g} and {end_lr:g}")
     t0 = time.perf_counter()
     seed_everything(cfg.train.seed)
+    if cfg.model.name == "auto":  # the candidate `fit --model auto` would choose
+        from .config import replace
+        from .ranking import pick_model
+
+        name, ranking = pick_model(
+            cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
+            skip_bad_images=cfg.data.skip_bad_images, log=lambda m: con.print(m),
+        )
+        con.print(f"--model auto: {ranking.reason()}")
+        cfg = replace(cfg, model=name)
     if splits is None:
         splits = load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
     model = create_model(cfg.model, len(splits.classes))
     pre = effective_preprocess(model, cfg)
-    x_u8, train, bad = decode_images(splits.train, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images)
+    x_u8, train, _ = decode_images(splits.train, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images)
     groups = model_groups(model)
     phase = create_phases(cfg, groups)[-1]
     assign_lr_scales(groups, cfg.strategy, cfg.optim.lr)
