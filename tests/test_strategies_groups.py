@@ -93,3 +93,12 @@ def test_unknown_strategy_suggests():
 def test_bad_settings_rejected_before_training(settings, msg):
     with pytest.raises(UserError, match=msg):
         replace(RunConfig(), **settings).validate()
+
+
+def test_batchnorm_policy_auto_freezes_statistics_only_after_a_probe():
+    groups = model_groups(_model())
+    phases = {n: create_phases(replace(RunConfig(), strategy=n), groups) for n in ("full", "partial", "gradual", "lp_ft")}
+    assert [p.bn_stats for p in phases["lp_ft"] if p.kind == "finetune"] == ["frozen"]
+    assert all(p.bn_stats == "trainable" for n in ("full", "partial", "gradual") for p in phases[n])
+    (ft,) = [p for p in create_phases(replace(RunConfig(), strategy="lp_ft", bn_stats="all"), groups) if p.kind == "finetune"]
+    assert ft.bn_stats == "all"

@@ -58,13 +58,13 @@ class StrategyConfig:
     layer_decay: float | None = None  # each group down from the head gets lr x layer_decay^depth
     layer_lr_min: float | None = None  # or: rates geometric from this (first group) up to lr (head)
     freeze: list[str] = field(default_factory=list)  # regexes of parameter names kept frozen throughout
-    bn_stats: str = "trainable"  # BatchNorm running statistics: frozen | trainable | all (see model.set_trainable)
+    bn_stats: str = "auto"  # BatchNorm running statistics: auto | frozen | trainable | all (model.set_trainable); auto: frozen for lp_ft, else trainable
     lp_epochs: int = 100  # linear-probe epochs on cached features (linear_probe, lp_ft)
     ft_lr_scale: float = 0.1  # lp_ft: fine-tuning rate as a fraction of --lr
 
     def validate(self) -> None:
         _check(self.k >= 1, f"k must be >= 1, got {self.k}")
-        _check(self.bn_stats in ("frozen", "trainable", "all"), f"bn_stats must be frozen, trainable or all, got {self.bn_stats!r}")
+        _check(self.bn_stats in ("auto", "frozen", "trainable", "all"), f"bn_stats must be auto, frozen, trainable or all, got {self.bn_stats!r}")
         _check(self.unfreeze_every >= 1, f"unfreeze_every must be >= 1, got {self.unfreeze_every}")
         _check(self.layer_decay is None or 0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
         _check(self.layer_lr_min is None or self.layer_lr_min > 0, f"layer_lr_min must be > 0, got {self.layer_lr_min}")

@@ -192,7 +192,7 @@ def run_phase(
         t0 = time.perf_counter()
         module.train()
         if phase.unfrozen is not None and model_for_freezing is not None:
-            set_trainable(model_for_freezing, groups, set(phase.unfrozen(epoch)), bn_stats=cfg.strategy.bn_stats, always_frozen=always_frozen)
+            set_trainable(model_for_freezing, groups, set(phase.unfrozen(epoch)), bn_stats=phase.bn_stats, always_frozen=always_frozen)
         trainable = [p for g in groups for _, p in g.params if p.requires_grad]
         if order is None:
             order = epoch_order(data.y_train, tc.sampler, gen)
