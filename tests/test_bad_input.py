@@ -58,7 +58,7 @@ def test_corrupt_images_listed_and_skippable(tmp_path, capsys, tiny_ckpt):
 
 
 def test_csv_problems(tmp_path, capsys, tiny_ckpt):
-    d = make_folder(tmp_path / "d", n=3)
+    make_folder(tmp_path / "d", n=3)  # the CSVs below point into it
     bad_cols = tmp_path / "cols.csv"
     bad_cols.write_text("file,class\nd/red/0.png,red\n")
     _expect(["--data", str(bad_cols), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "lacks column(s) label, path", "found: file, class")

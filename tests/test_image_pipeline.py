@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_folder, tiny_args
+from conftest import make_folder
 from transferkit import ImageClassifier, report
 from transferkit.backbones import create_backbone
 from transferkit.cli import main

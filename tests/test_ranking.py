@@ -4,7 +4,6 @@ the CLI turns bad requests into one-line errors with exit code 2."""
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
