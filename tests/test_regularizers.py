@@ -16,7 +16,7 @@ def _named():
 def test_l2sp_is_zero_at_pretrained_point_and_gradient_points_back():
     bb, head, named = _named()
     pen = Penalty(RegConfig(l2sp_alpha=0.5), named)
-    assert float(pen()) == 0.0
+    assert pen().item() == 0.0
     w0 = bb.weight.detach().clone()
     with torch.no_grad():
         bb.weight.add_(torch.randn_like(bb.weight))

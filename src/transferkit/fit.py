@@ -82,7 +82,9 @@ def fit(
     seed_everything(cfg.train.seed)
 
     if cfg.model.name == "auto":
-        cfg = _pick_model(cfg, console)
+        from .ranking import resolve_auto_model
+
+        cfg = resolve_auto_model(cfg, console)
     if splits is None:
         splits = load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
     else:
@@ -228,23 +230,6 @@ def fit(
         result.run_dir = rundir.path
     report.print_results(console, result)
     return result
-
-
-def _pick_model(cfg: RunConfig, console) -> RunConfig:
-    """`--model auto`: rank the candidates by a transferability score on the training split (one
-    forward pass each, features cached for the fit that follows) and fine-tune the best."""
-    from .config import config_from_dict
-    from .ranking import pick_model
-
-    name, ranking = pick_model(
-        cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
-        skip_bad_images=cfg.data.skip_bad_images, log=lambda m: console.print(m),
-    )
-    console.print(ranking.table())
-    console.print(f"--model auto: {ranking.reason()}")
-    out = config_from_dict(cfg.to_dict())
-    out.model.name = name
-    return out
 
 
 # ------------------------------------------------------------------------------------------ saving

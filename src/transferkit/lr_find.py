@@ -93,15 +93,9 @@ def lr_find(
     t0 = time.perf_counter()
     seed_everything(cfg.train.seed)
     if cfg.model.name == "auto":  # the candidate `fit --model auto` would choose
-        from .config import replace
-        from .ranking import pick_model
+        from .ranking import resolve_auto_model
 
-        name, ranking = pick_model(
-            cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
-            skip_bad_images=cfg.data.skip_bad_images, log=lambda m: con.print(m),
-        )
-        con.print(f"--model auto: {ranking.reason()}")
-        cfg = replace(cfg, model=name)
+        cfg = resolve_auto_model(cfg, con, show_table=False)
     if splits is None:
         splits = load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
     model = create_model(cfg.model, len(splits.classes))

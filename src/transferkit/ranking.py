@@ -39,7 +39,7 @@ from .errors import UserError, did_you_mean
 
 __all__ = [
     "SCORES", "Score", "ScoreInputs", "LogME", "logme", "leep", "nce", "hscore", "knn_accuracy", "logreg_accuracy",
-    "ModelScores", "Ranking", "rank_models", "pick_model", "default_candidates",
+    "ModelScores", "Ranking", "rank_models", "pick_model", "resolve_auto_model", "default_candidates",
 ]
 
 
@@ -621,6 +621,21 @@ def _features(backbone, images, *, device: str, batch_size: int):
     backbone.to(device)
     feats, hit = cached_features(backbone, images, backbone.preprocess.input_size, device=device, batch_size=batch_size)
     return feats.float().cpu(), hit
+
+
+def resolve_auto_model(cfg, console, *, show_table: bool = True):
+    """`--model auto` (fit, search, lr-find): rank `cfg.model.candidates` by `cfg.model.rank_score`
+    on the training split `fit` will use, say which won and why, and return the config with that model."""
+    from .config import replace
+
+    name, ranking = pick_model(
+        cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
+        skip_bad_images=cfg.data.skip_bad_images, log=lambda m: console.print(m),
+    )
+    if show_table:
+        console.print(ranking.table())
+    console.print(f"--model auto: {ranking.reason()}")
+    return replace(cfg, model=name)
 
 
 def pick_model(data: str, candidates: Sequence[str], score: str = "logme", **kw) -> tuple[str, Ranking]:

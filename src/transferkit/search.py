@@ -500,7 +500,9 @@ def search(
         raise UserError(f"{out} holds a finished `transferkit fit` run, not a search; choose another --out")
     base = _normalise_paths(replace(base, metric=metric)).validate()
     if base.model.name == "auto":  # one backbone for every trial, chosen on the training split
-        base = _pick_model(base, con)
+        from .ranking import resolve_auto_model
+
+        base = resolve_auto_model(base, con, show_table=False)
     splits = load_image_data(base.data.path, val_fraction=base.data.val_fraction, seed=base.train.seed)
     fold_idx = stratified_folds(splits.train.labels, splits.classes, folds, base.train.seed)
     user_space = parse_space(space, where="--space") if space else None
@@ -549,18 +551,6 @@ def search(
     finally:
         optuna.logging.set_verbosity(level)
         rd.release()
-
-
-def _pick_model(cfg: RunConfig, con) -> RunConfig:
-    """`--model auto`: the candidate with the best transferability score on the training split."""
-    from .ranking import pick_model
-
-    name, ranking = pick_model(
-        cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
-        skip_bad_images=cfg.data.skip_bad_images, log=lambda m: con.print(m),
-    )
-    con.print(f"--model auto: {ranking.reason()}")
-    return replace(cfg, model=name)
 
 
 def _read_search_json(out: Path) -> dict | None:
