@@ -66,6 +66,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--input-size", "input_size", int, "override the backbone's input size"),
     ("--crop-scale-min", "crop_scale_min", float, "smallest area fraction of the random resized crop"),
     ("--precision", "precision", str, "auto | bf16 | fp16 | no"),
+    ("--checkpoint-minutes", "checkpoint_minutes", float, "also checkpoint inside epochs longer than this (default 10)"),
 ]
 BOOL_FLAGS: list[tuple[str, str, object, str]] = [
     ("--no-augment", "augment", False, "switch off training augmentation"),
