@@ -194,9 +194,9 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_list(registry, extra: list[tuple[str, str]] = ()):
+def cmd_list(registry):
     def run(args) -> int:
-        rows = [(n, registry.help(n)) for n in registry.names()] + list(extra)
+        rows = [(n, registry.help(n)) for n in registry.names()]
         w = max(len(n) for n, _ in rows)
         for n, h in rows:
             print(f"{n:<{w}}  {h}")
@@ -350,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list(STRATEGIES))
     p = sub.add_parser("schedules", help="list the learning-rate schedules")
     p.set_defaults(func=cmd_list(SCHEDULES))
+    from .ranking import SCORES
+
+    p = sub.add_parser("scores", help="list the transferability scores of `rank`")
+    p.set_defaults(func=cmd_list(SCORES))
 
     p = sub.add_parser("evaluate", help="metrics of a finished run on labelled data")
     p.add_argument("run_dir")
