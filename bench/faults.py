@@ -66,9 +66,9 @@ def main() -> None:
                 "--input-size", "16", "--batch-size", "4", "--epochs", "6", "--strategy", "full"]
         kills, window = min(a.kills, 5), (0.5, 6.0)
     else:
-        args = ["--data", str(ROOT.parent / "shared" / "data" / "hymenoptera"), "--strategy", "full", "--epochs", "4",
-                "--checkpoint-minutes", "0.25"]
-        kills, window = a.kills, (5.0, 60.0)
+        args = ["--data", str(ROOT.parent / "shared" / "data" / "hymenoptera"), "--strategy", "full", "--epochs", "6",
+                "--checkpoint-minutes", "0.2"]
+        kills, window = a.kills, (5.0, 30.0)
 
     t0 = time.perf_counter()
     subprocess.run(_fit_cmd(args, work / "whole"), env=env, check=True)
