@@ -21,7 +21,8 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one we may not signal counts too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -90,7 +91,7 @@ class RunDir:
                     pid = int(lock.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
+                if pid and pid != os.getpid() and process_alive(pid):
                     raise UserError(f"{self.path} is in use by another transferkit process (pid {pid}); wait for it or stop it") from None
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue

@@ -58,6 +58,7 @@ import yaml
 
 from . import report
 from .config import FLAT, RunConfig, load_config_file, replace
+from .rundir import process_alive
 from .data import DataSplits, load_image_data
 from .errors import UserError, did_you_mean
 from .fit import fit
@@ -401,16 +402,6 @@ def open_storage(url: str, *, heartbeat_s: int = HEARTBEAT_S):
         raise UserError(f"cannot use the study database {shown}: {msg[0] if msg else type(e).__name__}. Check that the server is running and the URL is right") from None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -423,7 +414,7 @@ def fail_dead_trials(study) -> list[int]:
     host, marked = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if h == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if h == host and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             marked.append(t.number)
     with warnings.catch_warnings():
