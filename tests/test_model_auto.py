@@ -1,20 +1,14 @@
 """`fit --model auto`: rank the candidates, say which one was picked and why, fine-tune it."""
 
-import numpy as np
 import yaml
-from PIL import Image
 
+from conftest import make_folder
 from transferkit.cli import main
 
 
 def test_fit_model_auto_picks_a_candidate_and_records_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    for c, col in [("red", (200, 40, 40)), ("blue", (40, 40, 200))]:
-        (tmp_path / "data" / c).mkdir(parents=True)
-        for i in range(8):
-            a = np.clip(np.array(col)[None, None] + rng.normal(0, 50, (20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(a).save(tmp_path / "data" / c / f"{i}.png")
+    make_folder(tmp_path / "data", n=8)
     rc = main([
         "fit", "--data", str(tmp_path / "data"), "--model", "auto", "--candidates", "random:cifar_resnet20,random:cifar_resnet56",
         "--strategy", "linear_probe", "--lp-epochs", "3", "--out", str(tmp_path / "run"),
