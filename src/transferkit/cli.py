@@ -313,7 +313,7 @@ def cmd_rank(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))  # stdout stays the table / JSON
     r = rank_models(
         args.data, args.models.split(","), score=args.score, arch=args.arch, seed=args.seed, val_fraction=args.val_fraction,
-        skip_bad_images=args.skip_bad_images, device="cpu" if args.cpu else None, log=log,
+        skip_bad_images=args.skip_bad_images, device="cpu" if args.cpu else None, input_size=args.input_size, log=log,
     )
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="train/validation split (as fit's --seed) and cross-validation folds")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation fraction when the data has no val split (as fit)")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images instead of failing")
+    p.add_argument("--input-size", type=int, help="score every candidate at this input size (as fit's --input-size)")
     p.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")

@@ -514,6 +514,7 @@ def rank_models(
     skip_bad_images: bool = False,
     device: str | None = None,
     batch_size: int = 32,
+    input_size: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Ranking:
     """Score every candidate on the training split of `data` and sort them best first by `score`.
@@ -521,7 +522,8 @@ def rank_models(
     `scores` names what to compute (default: every registered score, those that need a source
     classifier only for models that have one). `val_fraction` and `seed` draw the same
     train/validation split as `fit` with those settings, so the scores see exactly the images `fit`
-    trains on, and `fit`'s linear probe then reads the features this ranking cached.
+    trains on, and `fit`'s linear probe then reads the features this ranking cached. `input_size`
+    overrides every candidate's own input size, as `fit --input-size` does.
     """
     import torch
 
@@ -542,6 +544,12 @@ def rank_models(
     if len(np.unique(train.labels)) < 2:
         raise UserError(f"{splits.source}: the training data has fewer than two classes; ranking needs at least two")
     backbones = {n: _build(n, arch, seed) for n in names}
+    if input_size:
+        from .backbones.base import Preprocess
+
+        for b in backbones.values():
+            p = b.preprocess
+            b.preprocess = Preprocess(input_size, p.mean, p.std, p.crop_pct, p.interpolation)
     asked_source = [s for s in wanted if SCORES.get(s).needs_source_head and (s == score or scores is not None)]
     headless = [n for n, b in backbones.items() if b.source_head is None]
     if asked_source and headless:
@@ -630,7 +638,7 @@ def resolve_auto_model(cfg, console, *, show_table: bool = True):
 
     name, ranking = pick_model(
         cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
-        skip_bad_images=cfg.data.skip_bad_images, log=lambda m: console.print(m),
+        skip_bad_images=cfg.data.skip_bad_images, input_size=cfg.data.input_size, log=lambda m: console.print(m),
     )
     if show_table:
         console.print(ranking.table())
