@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .api import ImageClassifier  # noqa: E402
+from .api import ImageClassifier, TextClassifier  # noqa: E402
 from .config import RunConfig  # noqa: E402
 from .errors import UserError  # noqa: E402
 
-__all__ = ["ImageClassifier", "RunConfig", "UserError", "__version__"]
+__all__ = ["ImageClassifier", "TextClassifier", "RunConfig", "UserError", "__version__"]

@@ -2,6 +2,7 @@
 `fit` does the work and returns self, learned state ends with an underscore).
 
     clf = ImageClassifier(model="efficientnet_lite0", strategy="lp_ft").fit("path/to/images")
+    clf = TextClassifier(model="minilm_l6", strategy="lora").fit("reviews.csv"); clf.predict(["great film"])
     clf.predict(["a.jpg", "b.jpg"]); clf.evaluate("path/to/test"); clf.save("run/")
     clf = ImageClassifier.load("run/")
 """
@@ -17,38 +18,103 @@ from .data import IMAGE_SUFFIXES, ImageSet, decode_images
 from .errors import UserError, did_you_mean
 
 
-class ImageClassifier:
-    """Fine-tune a pretrained image backbone with a new head. Keyword arguments are the settings of
-    `transferkit fit` by their flag names (model, strategy, epochs, batch_size, lr, seed, head, ...)."""
+class _Classifier:
+    """What image and text classifiers share: settings, fit, evaluate, save, load."""
 
-    def __init__(self, model: str = "efficientnet_lite0", strategy: str = "lp_ft", **settings):
+    default_model = "efficientnet_lite0"
+    kind = "classifier"
+
+    def __init__(self, model: str | None = None, strategy: str = "lp_ft", **settings):
         for k in settings:
             if k not in FLAT:
                 raise UserError(f"unknown setting {k!r}{did_you_mean(k, FLAT)}")
-        self.model = model
+        self.model = model or self.default_model
         self.strategy = strategy
         self.settings = settings
 
     def get_config(self, data: str | None = None) -> RunConfig:
         return replace(RunConfig(), model=self.model, strategy=self.strategy, data=data, **self.settings)
 
-    def fit(self, data: str, *, out: str | Path | None = None, overwrite: bool = False, quiet: bool = True) -> ImageClassifier:
+    def fit(self, data: str, *, out: str | Path | None = None, overwrite: bool = False, quiet: bool = True):
         from . import report
         from .fit import fit
 
         r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet))
-        self._set_fitted(r.model, r.classes, r.preprocess, r.config)
+        self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
         return self
 
-    def _set_fitted(self, model, classes, preprocess, config) -> None:
-        self.model_, self.classes_, self.preprocess_, self.config_ = model, list(classes), preprocess, config
+    def _set_fitted(self, model, classes, inputs, config) -> None:
+        self.model_, self.classes_, self.inputs_, self.config_ = model, list(classes), inputs, config
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise UserError("this ImageClassifier is not fitted yet: call fit() or ImageClassifier.load()")
+            raise UserError(f"this {type(self).__name__} is not fitted yet: call fit() or {type(self).__name__}.load()")
 
-    def _decode(self, images) -> tuple:
+    def _encode(self, items) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_proba(self, items) -> np.ndarray:
+        import contextlib
+
+        from .trainer import predict_proba
+
+        self._check_fitted()
+        x, _ = self._encode(items)
+        return predict_proba(self.model_, x, self.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
+
+    def predict(self, items) -> list[str]:
+        return [self.classes_[i] for i in self.predict_proba(items).argmax(1)]
+
+    def evaluate(self, data: str) -> dict:
+        """Metrics on labelled data: its test split if it has one, else val, else all of it."""
+        from .evaluate import evaluate_model
+
+        self._check_fitted()
+        return evaluate_model(self, str(data))
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        from .fit import model_meta, write_model
+        from .rundir import RunDir
+
+        self._check_fitted()
+        rd = RunDir(path, overwrite=overwrite).create()
+        write_model(rd, self.model_, model_meta(self.model_, self.classes_, self.inputs_, self.config_))
+        rd.write_yaml("config.yaml", self.config_.to_dict())
+        rd.finalize()
+        return rd.path
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """A finished run directory; returns an ImageClassifier or a TextClassifier, as the run is."""
+        import yaml
+
+        from .backbones import Preprocess
+        from .fit import load_model
+        from .inputs import ImageInputs, TextInputs
+
+        model, meta = load_model(path)
+        cfg_file = Path(path) / "config.yaml"
+        cfg = config_from_dict(yaml.safe_load(cfg_file.read_text())) if cfg_file.is_file() else RunConfig()
+        if meta.get("modality") == "text":
+            cfg = replace(cfg, max_length=meta.get("max_length", cfg.data.max_length))
+            out, inputs = TextClassifier(model=cfg.model.name, strategy=cfg.strategy.name), TextInputs(cfg, model.backbone)
+        else:
+            out, inputs = ImageClassifier(model=cfg.model.name, strategy=cfg.strategy.name), ImageInputs(cfg, model.backbone)
+            inputs.pre = Preprocess.from_dict(meta["preprocess"])
+        out._set_fitted(model, meta["classes"], inputs, cfg)
+        return out
+
+
+class ImageClassifier(_Classifier):
+    """Fine-tune a pretrained image backbone with a new head. Keyword arguments are the settings of
+    `transferkit fit` by their flag names (model, strategy, epochs, batch_size, lr, seed, head, ...)."""
+
+    @property
+    def preprocess_(self):
+        return self.inputs_.pre
+
+    def _encode(self, images) -> tuple:
         """Paths, a folder of images, or HxWx3 uint8 arrays -> (uint8 tensor, source names)."""
         if isinstance(images, (str, Path)):
             p = Path(images)
@@ -64,44 +130,21 @@ class ImageClassifier:
         names = [x if isinstance(x, str) else f"array[{i}]" for i, x in enumerate(sources)]
         return u8, names
 
-    def predict_proba(self, images) -> np.ndarray:
-        from .fit import proba_of_images
+    _decode = _encode
 
-        self._check_fitted()
-        u8, _ = self._decode(images)
-        return proba_of_images(self.model_, self.preprocess_, u8)
 
-    def predict(self, images) -> list[str]:
-        return [self.classes_[i] for i in self.predict_proba(images).argmax(1)]
+class TextClassifier(_Classifier):
+    """Fine-tune a pretrained text encoder (minilm_l6, hf:NAME, dir:PATH) with a new head; data is a
+    CSV/TSV with a text and a label column. `predict` takes a list of strings."""
 
-    def evaluate(self, data: str) -> dict:
-        """Metrics on a labelled data spec: its test/ split if it has one, else val/, else all of it."""
-        from .evaluate import evaluate_model
+    default_model = "minilm_l6"
 
-        self._check_fitted()
-        return evaluate_model(self.model_, self.classes_, self.preprocess_, str(data), config=self.config_)
-
-    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        from .fit import model_meta, write_model
-        from .rundir import RunDir
-
-        self._check_fitted()
-        rd = RunDir(path, overwrite=overwrite).create()
-        write_model(rd, self.model_, model_meta(self.model_, self.classes_, self.preprocess_, self.config_))
-        rd.write_yaml("config.yaml", self.config_.to_dict())
-        rd.finalize()
-        return rd.path
-
-    @classmethod
-    def load(cls, path: str | Path) -> ImageClassifier:
-        from .backbones import Preprocess
-        from .fit import load_model
-
-        model, meta = load_model(path)
-        cfg_file = Path(path) / "config.yaml"
-        import yaml
-
-        cfg = config_from_dict(yaml.safe_load(cfg_file.read_text())) if cfg_file.is_file() else RunConfig()
-        clf = cls(model=cfg.model.name, strategy=cfg.strategy.name)
-        clf._set_fitted(model, meta["classes"], Preprocess.from_dict(meta["preprocess"]), cfg)
-        return clf
+    def _encode(self, texts) -> tuple:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = [str(t) for t in texts]
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise UserError(f"text {i + 1} is empty")
+        x, _ = self.model_.backbone.tokenize(texts, self.inputs_.max_length)
+        return x, texts

@@ -17,8 +17,9 @@ from .errors import UserError
 
 # CLI flag -> flat setting name (FLAT maps those to section.field). Help texts come from here.
 FIT_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--data", "data", str, "folder of class subfolders, folder with train/ val/ [test/], CSV with path,label, or 'digits'"),
-    ("--model", "model", str, "backbone: a name from `transferkit models`, timm:NAME, or file:PATH (with --arch)"),
+    ("--data", "data", str, "images: folder of class subfolders, folder with train/ val/ [test/], CSV with path,label, or 'digits'; "
+     "text: a CSV/TSV with a text and a label column, or a folder with train/ val|dev/ [test] files"),
+    ("--model", "model", str, "backbone: a name from `transferkit models`, timm:NAME, file:PATH (with --arch); text: minilm_l6, hf:NAME, dir:PATH"),
     ("--arch", "arch", str, "architecture of a file:PATH checkpoint (registered or timm name)"),
     ("--candidates", "candidates", str, "--model auto: comma-separated models to rank (default efficientnet_lite0,1,2)"),
     ("--rank-score", "rank_score", str, "--model auto: transferability score that picks (default logme)"),
@@ -64,6 +65,17 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--ft-lr-scale", "ft_lr_scale", float, "lp_ft: fine-tuning lr as a fraction of --lr"),
     ("--val-fraction", "val_fraction", float, "validation fraction when the data has no val split"),
     ("--input-size", "input_size", int, "override the backbone's input size"),
+    ("--shots", "shots", int, "train on N examples per class (stratified, seeded); validation stays whole"),
+    ("--text-column", "text_column", str, "text: the column holding the text (detected if not given)"),
+    ("--label-column", "label_column", str, "the column holding the label (detected if not given)"),
+    ("--delimiter", "delimiter", str, "text files: field delimiter (',', 'tab', ';', '|'; detected if not given)"),
+    ("--encoding", "encoding", str, "text files: auto (UTF-8, or UTF-16 with a BOM) or a codec such as latin-1"),
+    ("--max-length", "max_length", int, "text: tokens per text, longer ones are cut (default 128)"),
+    ("--pooling", "pooling", str, "text: mean | cls"),
+    ("--lora-r", "lora_r", int, "lora: adapter rank (default 8)"),
+    ("--lora-alpha", "lora_alpha", float, "lora: scaling alpha (default 16)"),
+    ("--lora-dropout", "lora_dropout", float, "lora: dropout on the adapter input (default 0.1)"),
+    ("--lora-targets", "lora_targets", str, "lora: comma-separated module names to adapt (default query,value for BERT-family)"),
     ("--crop-scale-min", "crop_scale_min", float, "smallest area fraction of the random resized crop"),
     ("--precision", "precision", str, "auto | bf16 | fp16 | no"),
     ("--checkpoint-minutes", "checkpoint_minutes", float, "also checkpoint inside epochs longer than this (default 10)"),
@@ -208,13 +220,13 @@ def cmd_list(registry):
 def cmd_evaluate(args) -> int:
     from .api import ImageClassifier
 
-    clf = ImageClassifier.load(args.run_dir)
+    clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
     m = clf.evaluate(args.data)
     if args.json:
         print(json.dumps(m, indent=2))
     else:
         auroc = f"{m['auroc']:.4f}" if m["auroc"] is not None else "n/a"
-        print(f"{m['data']}: {m['n']} images, accuracy {100 * m['accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}, AUROC {auroc}")
+        print(f"{m['data']}: {m['n']} {clf.inputs_.unit}, accuracy {100 * m['accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}, AUROC {auroc}")
         for c, v in m["per_class"].items():
             print(f"  {c}: precision {v['precision']:.3f}, recall {v['recall']:.3f}, support {v['support']}")
     return 0
@@ -223,29 +235,37 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     import csv
 
-    from .api import ImageClassifier
-
-    clf = ImageClassifier.load(args.run_dir)
-    inputs = []
-    for item in args.images:
-        p = Path(item)
-        if not p.exists():
-            raise UserError(f"not found: {item}")
-        inputs.append(p)
-    names, probas = [], []
-    for p in inputs:
-        u8, n = clf._decode(p)
-        from .fit import proba_of_images
-
-        probas.append(proba_of_images(clf.model_, clf.preprocess_, u8))
-        names += n
     import numpy as np
 
-    proba = np.concatenate(probas)
+    from .api import ImageClassifier
+
+    clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
+    if clf.inputs_.modality == "text":
+        texts = list(args.text or [])
+        for item in args.inputs:
+            texts += _read_texts(item)
+        if not texts:
+            raise UserError("predict needs texts: a file of texts (one per line, or a CSV/TSV with a text column) or --text")
+        names, proba = [t[:80] for t in texts], clf.predict_proba(texts)
+        first = "text"
+    else:
+        if args.text:
+            raise UserError(f"{args.run_dir} is an image model: --text does not apply; give image files or folders")
+        if not args.inputs:
+            raise UserError("predict needs image files or folders")
+        names, probas = [], []
+        for item in args.inputs:
+            if not Path(item).exists():
+                raise UserError(f"not found: {item}")
+            x, n = clf._encode(Path(item))
+            probas.append(_proba(clf, x))
+            names += n
+        proba = np.concatenate(probas)
+        first = "file"
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
         w = csv.writer(out)
-        w.writerow(["file", "label"] + [f"p_{c}" for c in clf.classes_])
+        w.writerow([first, "label"] + [f"p_{c}" for c in clf.classes_])
         for n, pr in zip(names, proba):
             w.writerow([n, clf.classes_[int(pr.argmax())]] + [f"{v:.6f}" for v in pr])
     finally:
@@ -254,6 +274,35 @@ def cmd_predict(args) -> int:
     if args.out:
         print(f"wrote {len(names)} predictions to {args.out}", file=sys.stderr)
     return 0
+
+
+def _proba(clf, x):
+    import contextlib
+
+    from .trainer import predict_proba
+
+    return predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
+
+
+def _read_texts(item: str) -> list[str]:
+    """A .csv / .tsv file's text column (by a usual name), or any other file's non-empty lines."""
+    from .text_data import TEXT_NAMES, _decode, read_table
+
+    p = Path(item)
+    if not p.is_file():
+        raise UserError(f"not found: {item}")
+    if p.suffix.lower() in (".csv", ".tsv"):
+        import csv as _csv
+        import io
+
+        text = _decode(p.read_bytes(), p, "auto")
+        header = next(_csv.reader(io.StringIO(text), delimiter="\t" if p.suffix.lower() == ".tsv" else ","), [])
+        col = next((h for h in header if h.strip().lower() in TEXT_NAMES), None)
+        if col is None:
+            raise UserError(f"{p}: no text column (looked for {', '.join(TEXT_NAMES)}); columns found: {', '.join(header)}")
+        rows = list(_csv.DictReader(io.StringIO(text), delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
+        return [r[col] for r in rows if (r.get(col) or "").strip()] if rows else read_table(p)[0]
+    return [ln for ln in _decode(p.read_bytes(), p, "auto").splitlines() if ln.strip()]
 
 
 def _given_settings(args) -> set[str]:
@@ -361,9 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict labels and class probabilities for images")
+    p = sub.add_parser("predict", help="predict labels and class probabilities for images or texts")
     p.add_argument("run_dir")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("inputs", nargs="*", help="image files or folders; for a text model, files of texts (one per line, or a CSV/TSV with a text column)")
+    p.add_argument("--text", action="append", help="a text to classify (text models; repeatable)")
     p.add_argument("--out", help="CSV file to write (default: standard output)")
     p.set_defaults(func=cmd_predict)
 

@@ -27,8 +27,17 @@ class DataConfig:
     flip: bool | None = None  # horizontal flips; None: on unless the data says flips change labels
     skip_bad_images: bool = False  # drop unreadable images instead of failing
     input_size: int | None = None  # override the backbone's input size
+    shots: int | None = None  # train on this many examples per class (stratified, seeded); the validation split stays whole
+    # text data (CSV / TSV): columns and delimiter are detected unless given
+    text_column: str | None = None
+    label_column: str | None = None
+    delimiter: str | None = None  # "," "\t" ";" "|" (or "tab")
+    encoding: str = "auto"  # auto: UTF-8 (BOM or not), or UTF-16 with a BOM; else a Python codec name such as latin-1
+    max_length: int = 128  # tokens per text; longer texts are cut (the summary says how many)
 
     def validate(self) -> None:
+        _check(self.shots is None or self.shots >= 1, f"shots must be >= 1, got {self.shots}")
+        _check(self.max_length >= 4, f"max_length must be >= 4 tokens, got {self.max_length}")
         _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         _check(0 < self.crop_scale_min <= 1, f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         _check(self.input_size is None or self.input_size >= 8, f"input_size must be >= 8, got {self.input_size}")
@@ -43,8 +52,10 @@ class ModelConfig:
     head: str = "linear"  # linear | mlp
     head_hidden: int = 512  # mlp head: hidden units
     head_dropout: float = 0.0  # dropout before the head's last layer
+    pooling: str = "mean"  # text: mean over tokens | cls (the first token)
 
     def validate(self) -> None:
+        _check(self.pooling in ("mean", "cls"), f"pooling must be mean or cls, got {self.pooling!r}")
         _check(self.head in ("linear", "mlp"), f"unknown head {self.head!r}; choose linear or mlp")
         _check(self.head_hidden > 0, f"head_hidden must be > 0, got {self.head_hidden}")
         _check(0 <= self.head_dropout < 1, f"head_dropout must be in [0, 1), got {self.head_dropout}")
@@ -61,8 +72,16 @@ class StrategyConfig:
     bn_stats: str = "auto"  # BatchNorm running statistics: auto | frozen | trainable | all (model.set_trainable); auto: frozen for lp_ft, else trainable
     lp_epochs: int = 100  # linear-probe epochs on cached features (linear_probe, lp_ft)
     ft_lr_scale: float = 0.1  # lp_ft: fine-tuning rate as a fraction of --lr
+    # lora (PEFT): low-rank adapters on the named modules, the backbone itself frozen
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    lora_targets: list[str] = field(default_factory=list)  # module names (suffixes); empty: the backbone's default (query,value for BERT)
 
     def validate(self) -> None:
+        _check(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
+        _check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        _check(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         _check(self.k >= 1, f"k must be >= 1, got {self.k}")
         _check(self.bn_stats in ("auto", "frozen", "trainable", "all"), f"bn_stats must be auto, frozen, trainable or all, got {self.bn_stats!r}")
         _check(self.unfreeze_every >= 1, f"unfreeze_every must be >= 1, got {self.unfreeze_every}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .data import ImageSet, decode_images, load_image_data, _read_csv, _read_folder
+from .data import ImageSet, load_image_data, _read_csv, _read_folder
 from .errors import UserError
 from .metrics import classification_metrics
 
@@ -35,12 +35,40 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
     return ImageSet(s.sources, labels, list(classes)), where
 
 
-def evaluate_model(model, classes, preprocess, spec: str, config: RunConfig | None = None) -> dict:
-    from .fit import proba_of_images
+def text_eval_set(spec: str, classes: list[str], cfg: RunConfig):
+    """Labelled texts to evaluate on: a folder's test file, else its val/dev file; or every row of a file."""
+    from .text_data import TextSet, _find, read_table
 
-    s, where = eval_set(spec, classes, config)
-    u8, s, _ = decode_images(s, preprocess.resize_size, preprocess.interpolation)
-    proba = proba_of_images(model, preprocess, u8)
-    m = classification_metrics(s.labels, proba, classes)
+    p = Path(spec)
+    if not p.exists():
+        raise UserError(f"data not found: {spec}")
+    if p.is_dir():
+        f = next((x for x in (_find(p, "test"), _find(p, "val"), _find(p, "dev")) if x is not None), None)
+        if f is None:
+            raise UserError(f"{p}: no test, val or dev file (.tsv / .csv) to evaluate on")
+    else:
+        f = p
+    d = cfg.data
+    texts, labels, rows = read_table(f, delimiter=d.delimiter, encoding=d.encoding, text_column=d.text_column, label_column=d.label_column)
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise UserError(f"{f} has classes the model does not know: {', '.join(unknown[:10])} (model classes: {', '.join(classes)})")
+    index = {c: i for i, c in enumerate(classes)}
+    return TextSet(texts, np.array([index[x] for x in labels], dtype=int), list(classes), rows), str(f)
+
+
+def evaluate_model(clf, spec: str) -> dict:
+    """Metrics of a fitted classifier (api.ImageClassifier / TextClassifier) on labelled data."""
+    import contextlib
+
+    from .trainer import predict_proba
+
+    if clf.inputs_.modality == "text":
+        s, where = text_eval_set(spec, clf.classes_, clf.config_)
+    else:
+        s, where = eval_set(spec, clf.classes_, clf.config_)
+    x, s, _ = clf.inputs_.encode(s)
+    proba = predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
+    m = classification_metrics(s.labels, proba, clf.classes_)
     m["data"] = where
     return m

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
-from .transforms import center_crop, normalize
 
 FORMAT_VERSION = 2
 
@@ -29,21 +28,20 @@ def cache_dir() -> Path:
 
 
 def feature_key(backbone: Backbone, input_size: int) -> str:
-    ident = {
-        "weights": backbone.weights_id,
-        "spec": backbone.spec,
-        "input_size": input_size,
-        "mean": list(backbone.preprocess.mean),
-        "std": list(backbone.preprocess.std),
-        "version": FORMAT_VERSION,
-    }
+    ident = {**backbone.feature_ident(input_size), "version": FORMAT_VERSION}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def image_digests(images: torch.Tensor) -> np.ndarray:
-    """(N, 16) uint8: the first 16 bytes of each image's pixel sha256 (shape included)."""
+    """(N, 16) uint8: the first 16 bytes of each input's sha256: an image's pixels (shape included),
+    or a text's token ids without their padding (so a text hashes alike in any batch)."""
     out = np.empty((len(images), 16), dtype=np.uint8)
     arr = images.cpu().numpy()
+    if images.dtype == torch.int64:
+        for i in range(len(arr)):
+            row = arr[i][arr[i] >= 0]
+            out[i] = np.frombuffer(hashlib.sha256(b"tokens" + row.tobytes()).digest()[:16], dtype=np.uint8)
+        return out
     shape = str(tuple(images.shape[1:])).encode()
     for i in range(len(arr)):
         out[i] = np.frombuffer(hashlib.sha256(shape + arr[i].tobytes()).digest()[:16], dtype=np.uint8)
@@ -57,7 +55,7 @@ def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, 
     backbone.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = normalize(center_crop(images[i : i + batch_size].to(device, non_blocking=True), input_size), backbone.preprocess.mean, backbone.preprocess.std)
+        x = backbone.prepare(images[i : i + batch_size].to(device, non_blocking=True), input_size)
         if autocast is not None:
             with autocast():
                 f = backbone(x)

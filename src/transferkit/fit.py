@@ -11,14 +11,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import __version__
 from .backbones import Preprocess
-from .baselines import raw_pixel_logreg
 from .config import RunConfig
-from .data import DataSplits, check_counts, decode_images, load_image_data
+from .data import DataSplits, check_counts
+from .inputs import inputs_for, load_splits
 from .errors import UserError
 from .features import cached_features
 from .metrics import classification_metrics, paired_bootstrap, verdict
@@ -27,7 +26,6 @@ from .rundir import RunDir, is_complete
 from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
 from .checkpoint import Checkpointer
 from .trainer import PhaseData, StopRequested, predict_proba, run_phase, seed_everything
-from .transforms import augment, center_crop, normalize
 from . import report
 
 
@@ -41,6 +39,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
     lr_trace: list[tuple] = field(default_factory=list)  # (step, head lr, first-group lr, phase)
+    inputs: object = None  # inputs.ImageInputs / TextInputs the run used
 
 
 def make_accelerator(cfg: RunConfig):
@@ -86,19 +85,24 @@ def fit(
 
         cfg = resolve_auto_model(cfg, console)
     if splits is None:
-        splits = load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+        splits = load_splits(cfg)
     else:
-        splits = copy.copy(splits)  # decoding below replaces its sets; leave the caller's intact
+        splits = copy.copy(splits)  # encoding below replaces its sets; leave the caller's intact
     model = create_model(cfg.model, len(splits.classes))
-    pre = effective_preprocess(model, cfg)
+    if cfg.strategy.name == "lora":
+        from .lora import apply_lora
+
+        apply_lora(model.backbone, cfg.strategy)
+    inputs = inputs_for(cfg, model.backbone)
+    pre = inputs.pre if inputs.modality == "image" else model.backbone.preprocess
     with report.progress(console) as prog:
-        task = prog.add_task("decoding images", total=len(splits.train) + len(splits.val) + (len(splits.test) if splits.test else 0))
+        task = prog.add_task(f"encoding {inputs.unit}", total=len(splits.train) + len(splits.val) + (len(splits.test) if splits.test else 0))
         step = lambda k: prog.update(task, advance=k)  # noqa: E731
-        train_u8, splits.train, bad_tr = decode_images(splits.train, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images, progress=step)
-        val_u8, splits.val, bad_va = decode_images(splits.val, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images, progress=step)
+        train_u8, splits.train, bad_tr = inputs.encode(splits.train, progress=step)
+        val_u8, splits.val, bad_va = inputs.encode(splits.val, progress=step)
         test_u8 = None
         if splits.test is not None:
-            test_u8, splits.test, _ = decode_images(splits.test, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images, progress=step)
+            test_u8, splits.test, _ = inputs.encode(splits.test, progress=step)
     if bad_tr or bad_va:
         console.print(f"[yellow]skipped {len(bad_tr) + len(bad_va)} unreadable image(s):[/] " + "; ".join((bad_tr + bad_va)[:5]))
         check_counts(splits.train, splits.source)
@@ -110,7 +114,7 @@ def fit(
     assign_lr_scales(groups, cfg.strategy, cfg.optim.lr)
     always_frozen = frozen_by_pattern(groups, cfg.strategy.freeze)
     flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
-    report.print_summary(console, cfg, splits, model, groups, phases, pre, flip, always_frozen)
+    report.print_summary(console, cfg, splits, model, groups, phases, inputs.describe(flip), always_frozen)
     ckpt = None
     if rundir is not None:
         rundir.create()
@@ -137,7 +141,7 @@ def fit(
             st, phase_resume = saved["fit"], saved["phase_state"]
             done = len(st["history"])
             console.print(f"resuming from the checkpoint after epoch {done} (phase {st['phase'] + 1} of {len(phases)})")
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device, memory_format=inputs.memory_format)
     stop = should_stop or (lambda: False)
 
     def save_checkpoint(phase_state):
@@ -152,8 +156,8 @@ def fit(
             common = dict(epoch_offset=len(st["history"]), step_offset=st["steps"], progress=prog, resume=phase_resume, on_epoch=on_epoch)
             if phase.kind == "probe":
                 tf = time.perf_counter()
-                f_train, hit_tr = cached_features(model.backbone, train_u8, pre.input_size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
-                f_val, hit_va = cached_features(model.backbone, val_u8, pre.input_size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
+                f_train, hit_tr = cached_features(model.backbone, train_u8, inputs.size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
+                f_val, hit_va = cached_features(model.backbone, val_u8, inputs.size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
                 st["feature_cache_hit"] = hit_tr and hit_va
                 st["timing"]["features_s"] += time.perf_counter() - tf
                 data = PhaseData(f_train.to(device), y_train, f_val.to(device), y_val, lambda x, g: x, lambda x: x)
@@ -162,17 +166,7 @@ def fit(
             else:
                 model.train()
                 x_train, x_val = train_u8.to(device), val_u8.to(device)
-                mean, std, size = pre.mean, pre.std, pre.input_size
-                scale = (cfg.data.crop_scale_min, 1.0)
-
-                def train_tf(x, g, _aug=cfg.data.augment):
-                    if _aug:
-                        return normalize(augment(x, size, scale=scale, flip=flip, generator=g), mean, std)
-                    return normalize(center_crop(x, size), mean, std)
-
-                def eval_tf(x):
-                    return normalize(center_crop(x, size), mean, std)
-
+                train_tf, eval_tf = inputs.train_transform(flip), inputs.eval_transform()
                 data = PhaseData(x_train, y_train, x_val, y_val, train_tf, eval_tf)
                 res = run_phase(
                     pname, phase, model, groups, data, cfg, accelerator, k, model_for_freezing=model, always_frozen=always_frozen,
@@ -202,10 +196,11 @@ def fit(
 
     # ---- evaluation, baseline, verdict
     autocast = accelerator.autocast
-    eval_tf = lambda x: normalize(center_crop(x, pre.input_size), pre.mean, pre.std)  # noqa: E731
+    eval_tf = inputs.eval_transform()
     val_proba = predict_proba(model, val_u8, eval_tf, cfg.train.eval_batch_size, autocast).numpy()
     metrics = classification_metrics(splits.val.labels, val_proba, splits.classes)
-    base_proba = raw_pixel_logreg(train_u8, splits.train.labels, val_u8, seed=cfg.train.seed)
+    raw = (lambda s, x: s.sources) if inputs.modality == "text" else (lambda s, x: x)  # the baseline reads texts / pixels
+    base_proba, base_name = inputs.baseline(raw(splits.train, train_u8), splits.train.labels, raw(splits.val, val_u8), cfg.train.seed)
     base = classification_metrics(splits.val.labels, base_proba, splits.classes)
     boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), base_proba.argmax(1), seed=cfg.train.seed)
     wall = time.perf_counter() - t_start
@@ -214,17 +209,28 @@ def fit(
         val_split="given" if splits.val_given else f"stratified {cfg.data.val_fraction:.0%} of the data, seed {cfg.train.seed}",
         best_epoch=best_epoch, selection=f"best validation {cfg.train.metric} over epochs (weights restored)",
         optimizer_steps=steps, clipped_steps=clipped, clip_fraction=round(clipped / steps, 4) if steps else 0.0,
-        baseline={"name": "raw-pixel logistic regression", "accuracy": base["accuracy"], "macro_f1": base["macro_f1"], "auroc": base["auroc"]},
-        transfer_vs_baseline=boot, verdict=verdict(boot, "raw-pixel logistic regression"),
+        baseline={"name": base_name, "accuracy": base["accuracy"], "macro_f1": base["macro_f1"], "auroc": base["auroc"]},
+        transfer_vs_baseline=boot, verdict=verdict(boot, base_name),
         feature_cache_hit=st["feature_cache_hit"], timing={k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
         train_images_per_s=round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None,
-        device=str(device), precision=accelerator.mixed_precision,
+        device=str(device), precision=accelerator.mixed_precision, modality=inputs.modality,
     )
+    if inputs.modality == "text":
+        metrics["truncated_texts"] = inputs.truncated
+    if splits.notes:
+        metrics["data_notes"] = list(splits.notes)
     if test_u8 is not None and len(test_u8):
         test_proba = predict_proba(model, test_u8, eval_tf, cfg.train.eval_batch_size, autocast).numpy()
         metrics["test"] = classification_metrics(splits.test.labels, test_proba, splits.classes)
+        if inputs.modality == "text":
+            tb = inputs.baseline(splits.train.sources, splits.train.labels, splits.test.sources, cfg.train.seed)[0]
+            metrics["test"]["baseline"] = {k: v for k, v in classification_metrics(splits.test.labels, tb, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
 
-    result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace)
+    if cfg.strategy.name == "lora":
+        from .lora import merge_lora
+
+        merge_lora(model.backbone)  # the saved model is a plain backbone: no PEFT needed to load it
+    result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs)
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path
@@ -235,31 +241,41 @@ def fit(
 # ------------------------------------------------------------------------------------------ saving
 
 
-def model_meta(model: TransferModel, classes: list[str], pre: Preprocess, cfg: RunConfig) -> dict:
+TEXT_ASSETS = "text_model"  # sub-folder of a text run: the backbone's config.json and tokenizer files
+
+
+def model_meta(model: TransferModel, classes: list[str], inputs, cfg: RunConfig) -> dict:
     return {
         "format": "transferkit-model/1",
         "transferkit_version": __version__,
-        "modality": "image",
+        "modality": inputs.modality,
         "backbone": model.backbone.spec,
         "weights_id": model.backbone.weights_id,
         "head": {"kind": cfg.model.head, "hidden": cfg.model.head_hidden, "dropout": cfg.model.head_dropout},
         "classes": classes,
-        "preprocess": pre.to_dict(),
+        **inputs.meta(),
     }
 
 
 def write_model(rundir: RunDir, model: TransferModel, meta: dict) -> None:
+    import tempfile
+
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     rundir.write_bytes("model.safetensors", save(state))
+    if meta["modality"] == "text":
+        with tempfile.TemporaryDirectory() as tmp:
+            model.backbone.save_assets(Path(tmp))
+            for f in sorted(Path(tmp).iterdir()):
+                rundir.write_bytes(f"{TEXT_ASSETS}/{f.name}", f.read_bytes())
     rundir.write_json("model.json", meta)
 
 
 def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     from . import plots
 
-    write_model(rundir, r.model, model_meta(r.model, r.classes, r.preprocess, r.config))
+    write_model(rundir, r.model, model_meta(r.model, r.classes, r.inputs, r.config))
     rundir.write_json("metrics.json", r.metrics)
     buf = io.StringIO()
     cols = ["epoch", "phase", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "trainable_groups", "seconds"]
@@ -297,7 +313,12 @@ def load_model(path: str | Path) -> tuple[TransferModel, dict]:
         raise UserError(f"{p} is not a finished transferkit run: " + "; ".join(problems[:3]))
     meta = json.loads((p / "model.json").read_text())
     spec = dict(meta["backbone"])
-    backbone = create_backbone(spec.pop("name"), arch=spec.pop("arch", None), pretrained=False)
+    if meta.get("modality") == "text":
+        from .backbones.text import from_saved
+
+        backbone = from_saved(p / TEXT_ASSETS, spec)
+    else:
+        backbone = create_backbone(spec.pop("name"), arch=spec.pop("arch", None), pretrained=False)
     head = meta["head"]
     model = TransferModel(backbone, create_head(head["kind"], backbone.num_features, len(meta["classes"]), hidden=head["hidden"], dropout=head["dropout"]))
     model.load_state_dict(load_file(str(p / "model.safetensors")))
@@ -305,11 +326,4 @@ def load_model(path: str | Path) -> tuple[TransferModel, dict]:
     return model.eval(), meta
 
 
-def proba_of_images(model: TransferModel, pre: Preprocess, images_u8: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    import contextlib
-
-    tf = lambda x: normalize(center_crop(x, pre.input_size), pre.mean, pre.std)  # noqa: E731
-    return predict_proba(model, images_u8, tf, batch_size, contextlib.nullcontext).numpy()
-
-
-__all__ = ["fit", "FitResult", "load_model", "proba_of_images", "Group"]
+__all__ = ["fit", "FitResult", "load_model", "Group"]

@@ -35,6 +35,9 @@ class TransferModel(nn.Module):
 
 def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True) -> TransferModel:
     backbone = create_backbone(cfg.name, arch=cfg.arch, pretrained=pretrained)
+    if getattr(backbone, "modality", "image") == "text":
+        backbone.pooling = cfg.pooling
+        backbone.spec = {**backbone.spec, "pooling": cfg.pooling}
     head = create_head(cfg.head, backbone.num_features, num_classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
     return TransferModel(backbone, head)
 
@@ -52,10 +55,15 @@ def model_groups(model: TransferModel) -> list[Group]:
     """The backbone's ordered block groups followed by the head: every parameter in exactly one group."""
     named = dict(model.named_parameters())
     groups, seen = [], set()
+    # LoRA adapters (strategy lora) form their own group, trained while the blocks they sit in stay frozen.
+    lora = [(n, p) for n, p in named.items() if n.startswith("backbone.") and ".lora_" in n]
+    seen.update(n for n, _ in lora)
     for gname, pnames in model.backbone.block_groups():
-        params = [(f"backbone.{n}", named[f"backbone.{n}"]) for n in pnames]
+        params = [(f"backbone.{n}", named[f"backbone.{n}"]) for n in pnames if f"backbone.{n}" not in seen]
         seen.update(n for n, _ in params)
         groups.append(Group(gname, params))
+    if lora:
+        groups.append(Group("lora", lora))
     leftover = [(n, p) for n, p in model.backbone.named_parameters(prefix="backbone") if n not in seen]
     if leftover:  # parameters a backbone's grouping forgot still train with the top block
         groups[-1].params.extend(leftover)

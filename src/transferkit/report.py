@@ -37,7 +37,7 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
-def print_summary(con: Console, cfg, splits, model, groups, phases, pre, flip: bool, always_frozen=frozenset()) -> None:
+def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: str, always_frozen=frozenset()) -> None:
     t = Table(title=f"transferkit fit: {cfg.model.name} on {splits.source}", show_header=True, header_style="bold")
     t.add_column("class")
     t.add_column("train", justify="right")
@@ -54,10 +54,10 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, pre, flip: b
     con.print(
         f"model: {cfg.model.name} ({model.backbone.num_features}-d features, {_count(n_all - n_head)} backbone params) + "
         f"{cfg.model.head} head ({_count(n_head)} params, {len(splits.classes)} classes)\n"
-        f"input: {pre.input_size}px (resize {pre.resize_size}), mean {tuple(round(m, 3) for m in pre.mean)}, std {tuple(round(s, 3) for s in pre.std)}; "
-        f"augment: {'random resized crop' + (' + flip' if flip else '') if cfg.data.augment else 'off'}\n"
+        f"{input_line}\n"
         f"validation: {'given' if splits.val_given else f'stratified {cfg.data.val_fraction:.0%} split, seed {cfg.train.seed}'}"
-        + (f"; test: {len(splits.test)} images" if splits.test is not None else "")
+        + (f"; test: {len(splits.test)} examples" if splits.test is not None else "")
+        + "".join(f"\n{n}" for n in splits.notes)
     )
     for i, ph in enumerate(phases, 1):
         if ph.kind == "probe":
@@ -100,10 +100,14 @@ def print_results(con: Console, r) -> None:
     b = m["baseline"]
     t.add_row(b["name"], f"{100 * b['accuracy']:.2f}%", f"{b['macro_f1']:.4f}", f"{b['auroc']:.4f}" if b.get("auroc") is not None else "n/a")
     if "test" in m:
-        t.add_row("transferkit on test split", f"{100 * m['test']['accuracy']:.2f}%", f"{m['test']['macro_f1']:.4f}", "")
+        te = m["test"]
+        t.add_row("transferkit on test split", f"{100 * te['accuracy']:.2f}%", f"{te['macro_f1']:.4f}", f"{te['auroc']:.4f}" if te.get("auroc") is not None else "n/a")
+        if "baseline" in te:
+            tb = te["baseline"]
+            t.add_row(f"{b['name']} on test split", f"{100 * tb['accuracy']:.2f}%", f"{tb['macro_f1']:.4f}", f"{tb['auroc']:.4f}" if tb.get("auroc") is not None else "n/a")
     con.print(t)
     con.print(f"verdict: {m['verdict']}")
     per = ", ".join(f"{c} P={v['precision']:.2f}/R={v['recall']:.2f}" for c, v in list(m["per_class"].items())[:10])
     con.print(f"per class: {per}")
-    ips = f", {m['train_images_per_s']} training images/s" if m.get("train_images_per_s") else ""
+    ips = f", {m['train_images_per_s']} training {'texts' if m.get('modality') == 'text' else 'images'}/s" if m.get("train_images_per_s") else ""
     con.print(f"wall time {m['wall_s']:.1f} s on {m['device']}{ips}" + (f"; run directory: {r.run_dir}" if r.run_dir else ""))

@@ -110,8 +110,11 @@ class RunDir:
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         target = self.path / name
-        if target.resolve().parent != self.path.resolve():
+        parts = Path(name).parts
+        # A file of the run, or of one sub-folder of it (the text model's tokenizer); never elsewhere.
+        if len(parts) > 2 or ".." in parts or Path(name).is_absolute() or not target.resolve().is_relative_to(self.path.resolve()):
             raise ValueError(f"refusing to write outside the run directory: {name!r}")
+        target.parent.mkdir(exist_ok=True)
         atomic_write_bytes(target, data)
         self.files[name] = hashlib.sha256(data).hexdigest()
         return target

@@ -82,6 +82,13 @@ def lp_ft(cfg: RunConfig, names: list[str]) -> list[Phase]:
     ]
 
 
+@STRATEGIES.register("lora", "low-rank adapters (PEFT) on --lora-targets and the head; the backbone frozen, adapters merged at the end")
+def lora(cfg: RunConfig, names: list[str]) -> list[Phase]:
+    if "lora" not in names:
+        raise UserError("strategy lora: the model has no LoRA adapters (fit injects them; build the model with lora.apply_lora)")
+    return [Phase("finetune", cfg.train.epochs, cfg.optim.lr, lambda epoch: ["lora", "head"], _bn(cfg, "frozen"))]
+
+
 def create_phases(cfg: RunConfig, groups: list[Group]) -> list[Phase]:
     return STRATEGIES.get(cfg.strategy.name)(cfg, [g.name for g in groups])
 

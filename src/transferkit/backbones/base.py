@@ -66,6 +66,18 @@ class Backbone(nn.Module):
     def block_groups(self) -> list[tuple[str, list[str]]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def prepare(self, x: torch.Tensor, input_size: int) -> torch.Tensor:
+        """Encoded inputs -> what `forward` takes, for evaluation and features (uint8 images: centre
+        crop and normalise)."""
+        from ..transforms import center_crop, normalize
+
+        return normalize(center_crop(x, input_size), self.preprocess.mean, self.preprocess.std)
+
+    def feature_ident(self, input_size: int) -> dict:
+        """What the cached features of this backbone depend on besides each input itself."""
+        p = self.preprocess
+        return {"weights": self.weights_id, "spec": self.spec, "input_size": input_size, "mean": list(p.mean), "std": list(p.std)}
+
     # The classifier of the source task (ImageNet, CIFAR-10), when the weights came with one. It is kept
     # outside the module tree (not a parameter, not saved, never trained): transferability scores
     # such as LEEP and NCE need the source task's probabilities, fine-tuning does not.

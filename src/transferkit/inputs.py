@@ -1,0 +1,191 @@
+"""What differs between images and text, in one place: loading, encoding to tensors, transforms, the
+classical baseline and how a saved model describes its input. `fit`, `search`, `rank`, `evaluate` and
+`predict` take an `Inputs` from `inputs_for(...)` and otherwise run the same code for both.
+
+Encoded inputs are tensors that index and slice like any other: images as uint8 (N, 3, S, S) decoded
+once, texts as int64 (N, L) token ids padded with -1 (the backbone derives the attention mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .backbones import Preprocess
+from .errors import UserError
+
+TEXT_MODELS = ("minilm_l6",)
+
+
+def modality_of(model_name: str) -> str:
+    """'text' for text backbones (minilm_l6, hf:, dir:, random: of those), else 'image'."""
+    name = model_name[len("random:") :] if model_name.startswith("random:") else model_name
+    return "text" if name in TEXT_MODELS or name.startswith(("hf:", "dir:")) else "image"
+
+
+@dataclass
+class Encoded:
+    x: torch.Tensor
+    notes: list[str] = field(default_factory=list)
+
+
+class ImageInputs:
+    modality = "image"
+    unit = "images"
+
+    def __init__(self, cfg, backbone):
+        pre = backbone.preprocess
+        if cfg.data.input_size:
+            pre = Preprocess(cfg.data.input_size, pre.mean, pre.std, pre.crop_pct, pre.interpolation)
+        self.pre = pre
+        self.cfg = cfg
+        self.size = pre.input_size  # the feature-cache key's size
+
+    @staticmethod
+    def load(cfg, seed: int):
+        from .data import load_image_data
+
+        return load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=seed)
+
+    def encode(self, s, progress=None):
+        """(tensor, kept set, problems) for one split."""
+        from .data import decode_images
+
+        return decode_images(s, self.pre.resize_size, self.pre.interpolation, skip_bad=self.cfg.data.skip_bad_images, progress=progress)
+
+    def train_transform(self, flip: bool):
+        from .transforms import augment, center_crop, normalize
+
+        mean, std, size, scale = self.pre.mean, self.pre.std, self.pre.input_size, (self.cfg.data.crop_scale_min, 1.0)
+
+        def tf(x, g):
+            if self.cfg.data.augment:
+                return normalize(augment(x, size, scale=scale, flip=flip, generator=g), mean, std)
+            return normalize(center_crop(x, size), mean, std)
+
+        return tf
+
+    def eval_transform(self):
+        from .transforms import center_crop, normalize
+
+        pre = self.pre
+        return lambda x: normalize(center_crop(x, pre.input_size), pre.mean, pre.std)
+
+    def baseline(self, train_x, y_train, val_x, seed: int) -> tuple[np.ndarray, str]:
+        from .baselines import raw_pixel_logreg
+
+        return raw_pixel_logreg(train_x, y_train, val_x, seed=seed), "raw-pixel logistic regression"
+
+    def describe(self, flip: bool) -> str:
+        pre, d = self.pre, self.cfg.data
+        return (
+            f"input: {pre.input_size}px (resize {pre.resize_size}), mean {tuple(round(m, 3) for m in pre.mean)}, std {tuple(round(s, 3) for s in pre.std)}; "
+            f"augment: {'random resized crop' + (' + flip' if flip else '') if d.augment else 'off'}"
+        )
+
+    def meta(self) -> dict:
+        return {"preprocess": self.pre.to_dict()}
+
+    memory_format = torch.channels_last
+
+
+class TextInputs:
+    modality = "text"
+    unit = "texts"
+
+    def __init__(self, cfg, backbone):
+        self.cfg = cfg
+        self.backbone = backbone
+        limit = backbone.preprocess.input_size  # position embeddings
+        self.max_length = min(cfg.data.max_length, limit)
+        self.size = self.max_length
+        self.truncated = 0
+
+    @staticmethod
+    def load(cfg, seed: int):
+        from .text_data import load_text_data
+
+        d = cfg.data
+        return load_text_data(d.path, val_fraction=d.val_fraction, seed=seed, text_column=d.text_column, label_column=d.label_column,
+                              delimiter=d.delimiter, encoding=d.encoding)
+
+    def encode(self, s, progress=None):
+        x, truncated = self.backbone.tokenize(list(s.sources), self.max_length)
+        self.truncated += truncated
+        if progress is not None:
+            progress(len(s))
+        return x, s, []
+
+    def train_transform(self, flip: bool):
+        from .backbones.text import trim
+
+        return lambda x, g: trim(x)
+
+    def eval_transform(self):
+        from .backbones.text import trim
+
+        return trim
+
+    def baseline(self, train_texts, y_train, val_texts, seed: int) -> tuple[np.ndarray, str]:
+        from .baselines import tfidf_logreg
+
+        return tfidf_logreg(train_texts, y_train, val_texts, seed=seed), "TF-IDF logistic regression"
+
+    def describe(self, flip: bool) -> str:
+        return (
+            f"input: text, up to {self.max_length} tokens ({self.truncated} text(s) cut), dynamic padding per batch; "
+            f"pooling: {self.backbone.pooling}"
+        )
+
+    def meta(self) -> dict:
+        return {"max_length": self.max_length, "pooling": self.backbone.pooling}
+
+    memory_format = torch.preserve_format
+
+
+def inputs_for(cfg, backbone):
+    kind = getattr(backbone, "modality", "image")
+    if kind == "text":
+        return TextInputs(cfg, backbone)
+    return ImageInputs(cfg, backbone)
+
+
+def load_splits(cfg, seed: int | None = None):
+    """The data of `cfg` as the model's modality reads it, with `cfg.data.shots` applied to train."""
+    seed = cfg.train.seed if seed is None else seed
+    cls = TextInputs if modality_of(cfg.model.name) == "text" else ImageInputs
+    if cls is ImageInputs and modality_of(cfg.model.name) == "image":
+        from .text_data import is_text_spec
+
+        if is_text_spec(cfg.data.path) and cfg.model.name != "auto":
+            raise UserError(
+                f"{cfg.data.path} looks like text data, and {cfg.model.name} is an image model; "
+                "use a text model (minilm_l6, hf:NAME, dir:PATH)"
+            )
+    splits = cls.load(cfg, seed)
+    if cfg.data.shots:
+        splits = take_shots(splits, cfg.data.shots, seed)
+    return splits
+
+
+def take_shots(splits, shots: int, seed: int):
+    """Keep `shots` training examples per class (all of a smaller class), drawn with `seed`."""
+    import copy
+
+    rng = np.random.default_rng(seed)
+    keep = []
+    y = splits.train.labels
+    short = []
+    for c in range(len(splits.classes)):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < shots:
+            short.append(f"{splits.classes[c]} ({len(idx)})")
+        keep.extend(rng.permutation(idx)[:shots].tolist())
+    out = copy.copy(splits)
+    out.train = splits.train.subset(sorted(keep))
+    out.notes = list(splits.notes) + [f"--shots {shots}: {len(keep)} training examples"] + (
+        [f"classes with fewer than {shots} examples kept whole: {', '.join(short)}"] if short else []
+    )
+    return out

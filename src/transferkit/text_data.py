@@ -1,0 +1,256 @@
+"""From a text file the user points at to labelled texts.
+
+`load_text_data(spec, ...)` understands:
+- one CSV / TSV / delimited text file with a text column and a label column (header or not; the
+  delimiter, the columns and the header are detected unless given), split stratified into train/val;
+- a folder holding `train.*` and `val.*` or `dev.*` (and optionally `test.*`) files of that shape.
+
+Encoding: UTF-8 (with or without a BOM), UTF-16 with a BOM, or what `encoding` names. A file in
+anything else is refused with the offset of the first bad byte. Every row is checked: a missing field,
+an empty text or an empty label is an error naming the file and the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+TEXT_SUFFIXES = {".csv", ".tsv", ".txt", ".tab", ""}
+TEXT_NAMES = ("text", "sentence", "sentence1", "review", "message", "sms", "content", "body", "document", "comment", "tweet")
+LABEL_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "y")
+DELIMITERS = {",": ",", "\t": "\t", "tab": "\t", "\\t": "\t", ";": ";", "|": "|"}
+MAX_FIELD = 16 * 1024 * 1024  # a 1 MB text is valid; csv's default limit is 128 KB
+
+
+@dataclass
+class TextSet:
+    """Texts with integer labels; the text counterpart of data.ImageSet."""
+
+    sources: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    rows: list[str] | None = None  # where each text came from ("file:row"), for messages
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def subset(self, idx) -> TextSet:
+        idx = np.asarray(idx, dtype=int)
+        return TextSet([self.sources[i] for i in idx], self.labels[idx], self.classes, [self.rows[i] for i in idx] if self.rows else None)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(self.labels.tolist())
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+
+def is_text_spec(spec: str) -> bool:
+    """A single delimited file whose columns are not `path,label` (image CSVs), or a folder of such files."""
+    p = Path(spec)
+    if p.is_dir():
+        return any(_find(p, n) for n in ("train",)) and not (p / "train").is_dir()
+    return p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+
+
+def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "auto", text_column: str | None = None, label_column: str | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(texts, labels, row names) from one delimited file."""
+    raw = path.read_bytes()
+    text = _decode(raw, path, encoding)
+    if not text.strip():
+        raise UserError(f"{path} is empty")
+    delim = _delimiter(text, path, delimiter)
+    csv.field_size_limit(MAX_FIELD)
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL))
+    except csv.Error as e:
+        raise UserError(f"{path}: not a readable {_dname(delim)}-delimited file ({e})") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    first = [c.strip() for c in rows[0]]
+    lower = [c.lower() for c in first]
+    named = text_column is not None or label_column is not None
+    has_header = named or any(c in TEXT_NAMES + LABEL_NAMES for c in lower)
+    if has_header:
+        header, body, start = first, rows[1:], 2
+    else:
+        header, body, start = [f"column{i + 1}" for i in range(len(first))], rows, 1
+    ti = _column(header, text_column, TEXT_NAMES, path, "text")
+    li = _column(header, label_column, LABEL_NAMES, path, "label")
+    if ti is None or li is None:
+        ti, li = _guess_columns(header, body, ti, li, path)
+    if ti == li:
+        raise UserError(f"{path}: the text and the label column are the same ({header[ti]!r})")
+    texts, labels, names = [], [], []
+    width = len(header)
+    for j, r in enumerate(body):
+        where = f"{path}:{start + j}"
+        if len(r) != width:
+            raise UserError(f"{where}: {len(r)} field(s) where the header has {width} ({_dname(delim)}-delimited; quote fields that contain the delimiter)")
+        t, lab = r[ti], r[li].strip()
+        if not t.strip():
+            raise UserError(f"{where}: empty text in column {header[ti]!r}")
+        if not lab:
+            raise UserError(f"{where}: empty label in column {header[li]!r}")
+        texts.append(t)
+        labels.append(lab)
+        names.append(where)
+    if not texts:
+        raise UserError(f"{path} has a header but no rows")
+    return texts, labels, names
+
+
+def load_text_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, text_column=None, label_column=None, delimiter=None, encoding: str = "auto"):
+    from .data import DataSplits, stratified_split
+
+    p = Path(spec)
+    kw = dict(delimiter=delimiter, encoding=encoding, text_column=text_column, label_column=label_column)
+    if not p.exists():
+        raise UserError(f"data not found: {spec} (give a CSV/TSV file with a text and a label column, or a folder with train and val files)")
+    if p.is_dir():
+        tr = _find(p, "train")
+        va = _find(p, "val") or _find(p, "dev")
+        te = _find(p, "test")
+        if tr is None:
+            raise UserError(f"{p}: no train.csv / train.tsv file in this folder")
+        parts = {"train": read_table(tr, **kw)}
+        if va is not None:
+            parts["val"] = read_table(va, **kw)
+        if te is not None:
+            parts["test"] = read_table(te, **kw)
+        classes = _classes([lab for _, labs, _ in parts.values() for lab in labs])
+        sets = {k: _textset(v, classes) for k, v in parts.items()}
+        train = sets["train"]
+        if "val" in sets:
+            splits = DataSplits(train, sets["val"], sets.get("test"), classes, str(p), True, flip_ok=False)
+        else:
+            tr_i, va_i = stratified_split(train.labels, val_fraction, seed)
+            splits = DataSplits(train.subset(tr_i), train.subset(va_i), sets.get("test"), classes, str(p), False, flip_ok=False)
+    else:
+        texts, labels, names = read_table(p, **kw)
+        classes = _classes(labels)
+        full = _textset((texts, labels, names), classes)
+        _check_classes(full, str(p))
+        tr_i, va_i = stratified_split(full.labels, val_fraction, seed)
+        splits = DataSplits(full.subset(tr_i), full.subset(va_i), None, classes, str(p), False, flip_ok=False)
+    _check_classes(splits.train, splits.source)
+    return splits
+
+
+def _check_classes(s: TextSet, source: str) -> None:
+    counts = s.counts()
+    present = [c for c, n in counts.items() if n]
+    if len(present) < 2:
+        raise UserError(f"{source}: the label column has {len(present)} class ({', '.join(present) or 'none'}); classification needs at least two")
+
+
+def _textset(part, classes: list[str]) -> TextSet:
+    texts, labels, names = part
+    index = {c: i for i, c in enumerate(classes)}
+    return TextSet(texts, np.asarray([index[lab] for lab in labels], dtype=np.int64), classes, names)
+
+
+def _classes(labels: list[str]) -> list[str]:
+    uniq = sorted(set(labels))
+    try:
+        return sorted(uniq, key=float)  # 0, 1, 2, ... 10 in numeric order
+    except ValueError:
+        return uniq
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for suf in (".tsv", ".csv", ".txt"):
+        if (folder / f"{stem}{suf}").is_file():
+            return folder / f"{stem}{suf}"
+    return None
+
+
+def _decode(raw: bytes, path: Path, encoding: str) -> str:
+    if encoding != "auto":
+        try:
+            return raw.decode(encoding)
+        except LookupError:
+            raise UserError(f"unknown encoding {encoding!r} (try utf-8, utf-16, latin-1, cp1252)") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path} is not valid {encoding}: byte 0x{raw[e.start]:02x} at offset {e.start}") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path} starts with a UTF-16 byte-order mark but is not valid UTF-16 (offset {e.start})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path} is not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}). "
+            "Convert it to UTF-8 or name its encoding with --encoding (e.g. latin-1, cp1252)"
+        ) from None
+
+
+def _delimiter(text: str, path: Path, given: str | None) -> str:
+    if given is not None:
+        if given not in DELIMITERS:
+            raise UserError(f"unknown delimiter {given!r}; use one of ',', 'tab', ';', '|'")
+        return DELIMITERS[given]
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    if path.suffix.lower() == ".csv":
+        return ","
+    head = text[:65536]
+    lines = [ln for ln in head.splitlines()[:50] if ln.strip()]
+    # The delimiter that appears on every sampled line, the most consistently.
+    best, best_score = ",", -1.0
+    for d in ("\t", ",", ";", "|"):
+        counts = [ln.count(d) for ln in lines]
+        if counts and min(counts) > 0:
+            score = 1.0 / (1 + np.std(counts)) + (1 if d == "\t" else 0)
+            if score > best_score:
+                best, best_score = d, score
+    return best
+
+
+def _dname(d: str) -> str:
+    return {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(d, repr(d))
+
+
+def _column(header: list[str], given: str | None, known: tuple[str, ...], path: Path, what: str) -> int | None:
+    lower = [h.lower() for h in header]
+    if given is not None:
+        if given in header:
+            return header.index(given)
+        if given.lower() in lower:
+            return lower.index(given.lower())
+        if given.isdigit() and 1 <= int(given) <= len(header):
+            return int(given) - 1
+        raise UserError(f"{path}: no {what} column {given!r}; columns found: {', '.join(header)}")
+    for k in known:
+        if k in lower:
+            return lower.index(k)
+    return None
+
+
+def _guess_columns(header: list[str], body: list[list[str]], ti: int | None, li: int | None, path: Path) -> tuple[int, int]:
+    """Without names: the text column has the longest entries, the label column the fewest distinct values."""
+    sample = [r for r in body[:2000] if len(r) == len(header)]
+    if len(header) < 2 or not sample:
+        raise UserError(
+            f"{path}: found {len(header)} column(s) ({', '.join(header)}); need a text column and a label column "
+            "(name them with --text-column and --label-column)"
+        )
+    mean_len = [np.mean([len(r[i]) for r in sample]) for i in range(len(header))]
+    distinct = [len({r[i] for r in sample}) for i in range(len(header))]
+    if ti is None:
+        ti = int(np.argmax([m if i != li else -1 for i, m in enumerate(mean_len)]))
+    if li is None:
+        li = int(np.argmin([d if i != ti else 1 << 30 for i, d in enumerate(distinct)]))
+    if distinct[li] > max(50, len(sample) // 2):
+        raise UserError(
+            f"{path}: could not tell which column holds the labels (columns found: {', '.join(header)}); "
+            "name it with --label-column"
+        )
+    return ti, li
