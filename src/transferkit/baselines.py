@@ -13,11 +13,15 @@ from sklearn.preprocessing import StandardScaler
 
 
 def pixel_vectors(images: torch.Tensor, side: int = 16) -> np.ndarray:
-    """uint8 (N, 3, H, W) -> (N, 3*side*side) float pixels, area-downsampled."""
-    x = images.float() / 255.0
-    if x.shape[-1] > side:
-        x = F.interpolate(x, size=(side, side), mode="area")
-    return x.flatten(1).numpy()
+    """uint8 (N, 3, H, W) -> (N, 3*side*side) float pixels, area-downsampled, in chunks (the images
+    may be a memory-mapped cache far larger than memory)."""
+    out = []
+    for i in range(0, len(images), 256):
+        x = images[i : i + 256].float() / 255.0
+        if x.shape[-1] > side:
+            x = F.interpolate(x, size=(side, side), mode="area")
+        out.append(x.flatten(1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 3 * side * side), np.float32)
 
 
 def raw_pixel_logreg(train_images: torch.Tensor, y_train: np.ndarray, eval_images: torch.Tensor, *, seed: int = 0) -> np.ndarray:

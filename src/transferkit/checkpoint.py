@@ -11,6 +11,7 @@ never code.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
 from .rundir import atomic_write_bytes
 
 INDEX = "checkpoints.json"
@@ -44,10 +46,18 @@ class Checkpointer:
         torch.save(state, buf)
         data = buf.getvalue()
         path = self.folder / f"ckpt-{tag}.pt"
-        atomic_write_bytes(path, data)
         entries = [e for e in self._index() if e["file"] != path.name] + [{"file": path.name, "sha256": hashlib.sha256(data).hexdigest()}]
         stale, entries = entries[: -self.keep], entries[-self.keep :]
-        atomic_write_bytes(self.folder / INDEX, (json.dumps({"checkpoints": entries}, indent=1) + "\n").encode())
+        try:
+            atomic_write_bytes(path, data)
+            atomic_write_bytes(self.folder / INDEX, (json.dumps({"checkpoints": entries}, indent=1) + "\n").encode())
+        except OSError as e:
+            prev = [e_["file"] for e_ in self._index() if e_["file"] != path.name]
+            kept = f"the previous checkpoint ({prev[-1]}) is intact" if prev else "there is no earlier checkpoint"
+            raise UserError(
+                f"could not write checkpoint {path} ({e.strerror or e}{'; the disk is full' if getattr(e, 'errno', None) == errno.ENOSPC else ''}); "
+                f"{kept}. Free some space, then continue with: transferkit fit --resume {self.folder.parent}"
+            ) from None
         for e in stale:
             (self.folder / e["file"]).unlink(missing_ok=True)
         return path

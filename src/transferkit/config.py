@@ -100,7 +100,7 @@ class StrategyConfig:
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # adamw | adam | sgd
-    lr: float = 1e-3
+    lr: float | None = None  # None: default_lr() for the model's modality and the strategy (1e-3; 1e-4 to fine-tune a text encoder)
     weight_decay: float = 0.01  # decoupled (AdamW) or coupled (SGD, Adam); never on biases and norms
     momentum: float = 0.9  # SGD
     nesterov: bool = True  # SGD
@@ -110,7 +110,7 @@ class OptimConfig:
     def validate(self) -> None:
         _check(self.clip_value is None or self.clip_value > 0, f"clip_value must be > 0, got {self.clip_value}")
         _check(self.clip_norm is None or self.clip_norm > 0, f"clip_norm must be > 0, got {self.clip_norm}")
-        _check(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        _check(self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"lr must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
 
@@ -214,6 +214,21 @@ class RunConfig:
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+def default_lr(modality: str, strategy: str) -> float:
+    """The base learning rate when none is given. 1e-3 for heads, adapters and image backbones (AdamW);
+    a text encoder fine-tuned whole (full, partial, gradual) takes 1e-4, as BERT-family recipes do:
+    1e-3 breaks its pretrained attention within an epoch. lp_ft fine-tunes at lr x ft_lr_scale (1e-4)."""
+    return 1e-4 if modality == "text" and strategy in ("full", "partial", "gradual") else 1e-3
+
+
+def with_default_lr(cfg: RunConfig) -> RunConfig:
+    if cfg.optim.lr is not None:
+        return cfg
+    from .inputs import modality_of
+
+    return replace(cfg, lr=default_lr(modality_of(cfg.model.name), cfg.strategy.name))
 
 # Flat names (CLI flags without the dashes, and flat YAML keys) -> section.field.
 FLAT: dict[str, str] = {}

@@ -138,12 +138,13 @@ def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
 
 
 def _read_csv(path: Path) -> ImageSet:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-            fields = rows[0].keys() if rows else []
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    import io
+
+    from .text_data import _decode
+
+    text = _decode(path.read_bytes(), path, "auto")  # UTF-8 (BOM or not) or UTF-16 with a BOM; else a clear error
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    fields = rows[0].keys() if rows else []
     if not rows:
         raise UserError(f"{path} has no rows")
     missing = {"path", "label"} - set(fields)
@@ -214,21 +215,100 @@ def _decode_one(src, size: int, interpolation: str):
         return None, f"{src}: {type(e).__name__}: {str(e)[:120]}"
 
 
+DECODE_VERSION = 1
+
+
 def decode_images(s: ImageSet, size: int, interpolation: str = "bicubic", *, skip_bad: bool = False, progress=None):
     """Decode `s` into a (N, 3, size, size) uint8 tensor. Unreadable files fail the run with their
-    names listed, or are dropped (with the returned list naming them) when `skip_bad` is set."""
-    n_workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(n_workers) as pool:  # PIL releases the GIL while decoding and resizing
-        results = list(pool.map(lambda src: _decode_one(src, size, interpolation), s.sources))
-        if progress is not None:
-            progress(len(results))
-    bad = [err for _, err in results if err]
+    names listed, or are dropped (with the returned list naming them) when `skip_bad` is set.
+
+    Images given as files are decoded once into a memory-mapped cache file (keyed by each file's
+    path, size and modification time, and by `size` and `interpolation`); the tensor returned is a
+    copy-on-write view of that file, so the decoded set lives in the page cache, not in the Python
+    heap, and a second run (a fold, a trial, a ranking) decodes nothing."""
+    if s.sources and all(isinstance(x, str) for x in s.sources):
+        try:
+            mm, errors = _decoded_file(s, size, interpolation, progress)
+        except OSError as e:  # no room for the cache file: decode into memory instead
+            import warnings
+
+            warnings.warn(f"decoded-image cache not written ({e}); decoding into memory", stacklevel=2)
+            mm, errors = _decode_in_memory(s, size, interpolation, progress)
+    else:
+        mm, errors = _decode_in_memory(s, size, interpolation, progress)
+    bad = [e for e in errors if e]
     if bad and not skip_bad:
         raise UserError(
             f"{len(bad)} image file(s) cannot be read:\n  " + "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
             + "\nremove them, or pass --skip-bad-images to leave them out"
         )
-    keep = [i for i, (arr, _) in enumerate(results) if arr is not None]
-    arr = np.stack([results[i][0] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
-    images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    keep = [i for i, e in enumerate(errors) if not e]
+    images = torch.from_numpy(mm) if len(keep) == len(errors) else torch.from_numpy(np.ascontiguousarray(mm[keep]))
     return images, s.subset(keep), bad
+
+
+def _decode_in_memory(s: ImageSet, size: int, interpolation: str, progress):
+    out = np.zeros((len(s), 3, size, size), np.uint8)
+    return out, _decode_into(out, s.sources, size, interpolation, progress)
+
+
+def _decode_into(out, sources, size: int, interpolation: str, progress) -> list[str | None]:
+    def work(i):
+        arr, err = _decode_one(sources[i], size, interpolation)
+        if arr is not None:
+            out[i] = arr.transpose(2, 0, 1)
+        return err
+
+    n_workers = min(8, os.cpu_count() or 1)
+    errors = []
+    with ThreadPoolExecutor(n_workers) as pool:  # PIL releases the GIL while decoding and resizing
+        for err in pool.map(work, range(len(sources))):
+            errors.append(err)
+            if progress is not None:
+                progress(1)
+    return errors
+
+
+def _decoded_file(s: ImageSet, size: int, interpolation: str, progress):
+    import hashlib
+    import json
+
+    from .features import cache_dir
+
+    h = hashlib.sha256(json.dumps([DECODE_VERSION, size, interpolation]).encode())
+    for src in s.sources:
+        st = os.stat(src)
+        h.update(f"{os.path.abspath(src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    key = h.hexdigest()[:32]
+    folder = cache_dir() / "images"
+    data, meta = folder / f"{key}.u8", folder / f"{key}.json"
+    shape = (len(s), 3, size, size)
+    if data.is_file() and meta.is_file():
+        try:
+            info = json.loads(meta.read_text())
+            if info["shape"] == list(shape) and data.stat().st_size == int(np.prod(shape)):
+                if progress is not None:
+                    progress(len(s))
+                return np.memmap(data, dtype=np.uint8, mode="c", shape=shape), info["errors"]
+        except (ValueError, KeyError, OSError):
+            pass  # a damaged entry is rebuilt
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key}.u8.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:  # reserve the space first: a full disk is an OSError here, not a SIGBUS later
+            nbytes = int(np.prod(shape))
+            if hasattr(os, "posix_fallocate") and nbytes:
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+            else:
+                f.truncate(nbytes)
+        mm = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
+        errors = _decode_into(mm, s.sources, size, interpolation, progress)
+        mm.flush()
+        del mm
+        os.replace(tmp, data)
+        from .rundir import atomic_write_bytes
+
+        atomic_write_bytes(meta, json.dumps({"shape": list(shape), "errors": errors}).encode())
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.memmap(data, dtype=np.uint8, mode="c", shape=shape), errors

@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .backbones import Preprocess
-from .config import RunConfig
+from .config import RunConfig, with_default_lr
 from .data import DataSplits, check_counts
 from .inputs import inputs_for, load_splits
 from .errors import UserError
@@ -84,6 +84,7 @@ def fit(
         from .ranking import resolve_auto_model
 
         cfg = resolve_auto_model(cfg, console)
+    cfg = with_default_lr(cfg)
     if splits is None:
         splits = load_splits(cfg)
     else:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import report
 from .config import RunConfig
-from .data import DataSplits, decode_images, load_image_data
+from .data import DataSplits
 from .errors import UserError
 
 
@@ -77,12 +77,13 @@ def lr_find(
     beta: float = 0.98, diverge: float = 4.0, console=None,
 ) -> LRFindResult:
     from .features import cached_features
-    from .fit import effective_preprocess, make_accelerator
+    from .config import with_default_lr
+    from .fit import make_accelerator
+    from .inputs import inputs_for, load_splits
     from .model import create_model, model_groups, set_trainable
     from .optim import build_param_groups, create_optimizer, set_lr
     from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
     from .trainer import seed_everything
-    from .transforms import augment, center_crop, normalize
 
     con = console or report.console()
     cfg.validate()
@@ -96,11 +97,16 @@ def lr_find(
         from .ranking import resolve_auto_model
 
         cfg = resolve_auto_model(cfg, con, show_table=False)
+    cfg = with_default_lr(cfg)
     if splits is None:
-        splits = load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+        splits = load_splits(cfg)
     model = create_model(cfg.model, len(splits.classes))
-    pre = effective_preprocess(model, cfg)
-    x_u8, train, _ = decode_images(splits.train, pre.resize_size, pre.interpolation, skip_bad=cfg.data.skip_bad_images)
+    if cfg.strategy.name == "lora":
+        from .lora import apply_lora
+
+        apply_lora(model.backbone, cfg.strategy)
+    inputs = inputs_for(cfg, model.backbone)
+    x_u8, train, _ = inputs.encode(splits.train)
     groups = model_groups(model)
     phase = create_phases(cfg, groups)[-1]
     assign_lr_scales(groups, cfg.strategy, cfg.optim.lr)
@@ -109,10 +115,10 @@ def lr_find(
     autocast = accelerator.autocast if device.type != "cpu" else contextlib.nullcontext
     y = torch.as_tensor(train.labels, device=device)
     flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device, memory_format=inputs.memory_format)
 
     if phase.kind == "probe":
-        x, _ = cached_features(model.backbone, x_u8, pre.input_size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
+        x, _ = cached_features(model.backbone, x_u8, inputs.size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
         x = x.to(device)
         module, train_groups = model.head.train(), [g for g in groups if g.name == "head"]
         transform = lambda xb, g: xb  # noqa: E731
@@ -122,12 +128,7 @@ def lr_find(
         unfrozen = set(phase.unfrozen(0))
         set_trainable(model, groups, unfrozen, bn_stats=cfg.strategy.bn_stats, always_frozen=frozen_by_pattern(groups, cfg.strategy.freeze))
         module, train_groups, x = model, groups, x_u8.to(device)
-        scale = (cfg.data.crop_scale_min, 1.0)
-
-        def transform(xb, g):
-            if cfg.data.augment:
-                return normalize(augment(xb, pre.input_size, scale=scale, flip=flip, generator=g), pre.mean, pre.std)
-            return normalize(center_crop(xb, pre.input_size), pre.mean, pre.std)
+        transform = inputs.train_transform(flip)
 
         trained = f"{len(unfrozen)} of {len(groups)} parameter groups ({phase.kind} phase, applied lr = lr x {phase.lr / cfg.optim.lr:g})"
     lr_mult = phase.lr / cfg.optim.lr  # lp_ft fine-tunes at lr x ft_lr_scale

@@ -59,7 +59,8 @@ import yaml
 from . import report
 from .config import FLAT, RunConfig, load_config_file, replace
 from .rundir import process_alive
-from .data import DataSplits, load_image_data
+from .data import DataSplits
+from .inputs import load_splits
 from .errors import UserError, did_you_mean
 from .fit import fit
 from .rundir import RunDir, atomic_write_bytes, is_complete
@@ -321,7 +322,9 @@ def batch_sizes_that_fit(cfg: RunConfig, n_train: int, num_classes: int) -> list
     fit_data = [b for b in BATCH_SIZES if b <= n_train] or [1 << max(0, int(math.log2(max(1, n_train))))]
     import torch
 
-    if cfg.train.cpu or not torch.cuda.is_available():
+    from .inputs import modality_of
+
+    if cfg.train.cpu or not torch.cuda.is_available() or modality_of(cfg.model.name) == "text":
         return fit_data
     from .fit import effective_preprocess
     from .model import create_model
@@ -494,7 +497,7 @@ def search(
         from .ranking import resolve_auto_model
 
         base = resolve_auto_model(base, con, show_table=False)
-    splits = load_image_data(base.data.path, val_fraction=base.data.val_fraction, seed=base.train.seed)
+    splits = load_splits(base)
     fold_idx = stratified_folds(splits.train.labels, splits.classes, folds, base.train.seed)
     user_space = parse_space(space, where="--space") if space else None
     if lr_find and ("lr" in (user_space or {}) or "lr" in fixed):

@@ -90,7 +90,9 @@ def lora(cfg: RunConfig, names: list[str]) -> list[Phase]:
 
 
 def create_phases(cfg: RunConfig, groups: list[Group]) -> list[Phase]:
-    return STRATEGIES.get(cfg.strategy.name)(cfg, [g.name for g in groups])
+    from .config import with_default_lr
+
+    return STRATEGIES.get(cfg.strategy.name)(with_default_lr(cfg), [g.name for g in groups])
 
 
 def assign_lr_scales(groups: list[Group], cfg: StrategyConfig, lr: float) -> None:

