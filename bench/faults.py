@@ -2,12 +2,13 @@
 result is bit-identical to the same run never interrupted.
 
     .venv/bin/python bench/faults.py                   # hymenoptera, full fine-tuning, 20 kills
+    .venv/bin/python bench/faults.py --text            # minilm_l6, full fine-tuning on a 600-sentence slice of SST-2, 20 kills
     .venv/bin/python bench/faults.py --quick           # a tiny synthetic run, 5 kills (a minute or two)
 
 A kill can land anywhere: during start-up, inside an epoch, in the middle of writing a checkpoint or
 the final files. After each kill the run is continued with `fit --resume`, or started again when the
 kill came before the run directory had its config. Prints kills survived / kills and whether the
-final weights and metrics equal the uninterrupted run's. (Text runs join when text models land.)
+final weights and metrics equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--text", action="store_true", help="a text run (minilm_l6 on a slice of SST-2) instead of hymenoptera")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tk-faults-"))
@@ -65,6 +67,14 @@ def main() -> None:
         args = ["--data", str(work / "data"), "--model", f"file:{work / 'r20.safetensors'}", "--arch", "cifar_resnet20",
                 "--input-size", "16", "--batch-size", "4", "--epochs", "6", "--strategy", "full"]
         kills, window = min(a.kills, 5), (0.5, 6.0)
+    elif a.text:
+        src = (ROOT.parent / "shared" / "data" / "text" / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
+        (work / "sst2").mkdir()
+        (work / "sst2" / "train.tsv").write_text("\n".join(src[:601]) + "\n", encoding="utf-8")  # header + 600
+        (work / "sst2" / "val.tsv").write_text("\n".join(src[:1] + src[601:801]) + "\n", encoding="utf-8")
+        args = ["--data", str(work / "sst2"), "--model", "minilm_l6", "--strategy", "full", "--epochs", "6", "--max-length", "64",
+                "--checkpoint-minutes", "0.1"]
+        kills, window = a.kills, (4.0, 20.0)
     else:
         args = ["--data", str(ROOT.parent / "shared" / "data" / "hymenoptera"), "--strategy", "full", "--epochs", "6",
                 "--checkpoint-minutes", "0.2"]

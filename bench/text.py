@@ -1,6 +1,6 @@
 """Text transfer with minilm_l6 against a TF-IDF + logistic-regression baseline (issue 6).
 
-    .venv/bin/python bench/text.py                       # CPU: SST-2 on a 4,000-sentence subset, SMS spam, learning curve
+    .venv/bin/python bench/text.py                       # CPU: SST-2 on a 3,000-sentence subset, SMS spam, learning curve
     .venv/bin/python bench/text.py --sst2-train 0        # the whole SST-2 training set (60,614 sentences; for a GPU)
     .venv/bin/python bench/text.py --parts sst2 --strategies full
 
@@ -37,8 +37,9 @@ COMMON = {"model": "minilm_l6", "max_length": 64, "batch_size": 32, "epochs": 3,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", nargs="+", default=["sst2", "sms", "curve"], choices=["sst2", "sms", "curve"])
-    ap.add_argument("--strategies", nargs="+", default=STRATEGIES)
-    ap.add_argument("--sst2-train", type=int, default=4000, help="SST-2 training sentences (stratified subset); 0 = all 60,614")
+    ap.add_argument("--strategies", nargs="+", default=STRATEGIES, help="for SST-2")
+    ap.add_argument("--sms-strategies", nargs="+", default=["linear_probe", "lp_ft"])
+    ap.add_argument("--sst2-train", type=int, default=3000, help="SST-2 training sentences (stratified subset); 0 = all 60,614")
     ap.add_argument("--shots", nargs="+", type=int, default=[8, 32, 128, 1024])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=None)
@@ -55,7 +56,7 @@ def main() -> None:
         if "sst2" in args.parts:
             results["sst2"] = [run(sst, s) for s in args.strategies]
         if "sms" in args.parts:
-            results["sms"] = [run(str(TEXT / "sms_spam" / "SMSSpamCollection"), s, metric="macro_f1") for s in args.strategies]
+            results["sms"] = [run(str(TEXT / "sms_spam" / "SMSSpamCollection"), s, metric="macro_f1") for s in args.sms_strategies]
         if "curve" in args.parts:
             full = make_sst2(tmp / "sst2-all", 0)
             results["curve"] = [

@@ -264,3 +264,27 @@ def test_packaged_minilm_matches_sentence_transformers():
     torch.testing.assert_close(e, torch.nn.functional.normalize(ref.float(), dim=-1), atol=1e-4, rtol=1e-4)
     sim = e @ e.T
     assert sim[0, 1] > 0.5 > sim[0, 2]
+
+
+# --------------------------------------------------------------------------- rank and search on text
+
+
+def test_rank_and_search_read_text(tmp_path, tiny_bert):
+    from transferkit.config import RunConfig, replace
+    from transferkit.ranking import rank_models
+    from transferkit.search import search
+
+    p = make_text_csv(tmp_path / "r.csv", n=12)
+    tiny2 = tmp_path / "bert2"
+    from conftest import make_tiny_bert
+
+    make_tiny_bert(tiny2, seed=1)
+    r = rank_models(str(p), [f"dir:{tiny_bert}", f"dir:{tiny2}"], scores=["logme", "knn"])
+    assert {row.name for row in r.rows} == {f"dir:{tiny_bert}", f"dir:{tiny2}"} and all(row.num_features == 32 for row in r.rows)
+    assert r.rows[0].scores["logme"] >= r.rows[1].scores["logme"]
+    with pytest.raises(UserError, match="mix image and text models"):
+        rank_models(str(p), [f"dir:{tiny_bert}", "efficientnet_lite0"])
+    base = replace(RunConfig(), data=str(p), model=f"dir:{tiny_bert}", batch_size=8, max_length=32)
+    res = search(base, tmp_path / "search", space={"strategy": {"choices": ["linear_probe"]}, "lp_epochs": 5}, trials=2, folds=2)
+    assert res.states.get("complete") == 2 and 0 <= res.final_metrics["accuracy"] <= 1
+    assert (tmp_path / "search" / "best.yaml").is_file()

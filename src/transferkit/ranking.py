@@ -415,7 +415,7 @@ class Ranking:
         first, second = self.rows[0], self.rows[1]
         return (
             f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates "
-            f"on the {self.n_train} training images; next is {second.name} ({second.scores[self.score]:.4f})"
+            f"on the {self.n_train} training examples; next is {second.name} ({second.scores[self.score]:.4f})"
         )
 
     def to_dict(self) -> dict:
@@ -436,7 +436,7 @@ class Ranking:
         fmt = lambda row: "  ".join(c.ljust(w) if j == 1 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
         hits = sum(r.cache_hit for r in self.rows)
         lines = [
-            f"transferability of {len(self.rows)} models on {self.data} ({self.n_train} training images, {len(self.classes)} classes), "
+            f"transferability of {len(self.rows)} models on {self.data} ({self.n_train} training examples, {len(self.classes)} classes), "
             f"sorted by {SCORES.get(self.score).label}",
             fmt(head),
             fmt(["-" * w for w in widths]),
@@ -476,6 +476,8 @@ def _check_candidates(candidates: Sequence[str], arch: str | None) -> list[str]:
         elif n.startswith("file:"):
             if not arch:
                 raise UserError(f"candidate {n} needs --arch NAME (the architecture of its checkpoint)")
+        elif n.startswith(("hf:", "dir:")):
+            continue  # text models: checked when built (folder, tokenizer, hub reachability)
         else:
             BACKBONES.get(n)  # unknown name: UserError with close matches and the list
     return names
@@ -527,7 +529,8 @@ def rank_models(
     """
     import torch
 
-    from .data import decode_images, load_image_data
+    from .config import RunConfig, replace
+    from .inputs import inputs_for, load_splits, modality_of
 
     t_start = time.perf_counter()
     log = log or (lambda msg: None)
@@ -539,17 +542,17 @@ def rank_models(
     if score not in wanted:
         wanted.append(score)
     names = _check_candidates(candidates, arch)
-    splits = load_image_data(data, val_fraction=val_fraction, seed=seed)
+    kinds = {n: modality_of(n) for n in names}
+    if len(set(kinds.values())) > 1:
+        raise UserError(
+            "the candidates mix image and text models (" + ", ".join(f"{n}: {k}" for n, k in kinds.items()) + "); rank models of one kind"
+        )
+    base = replace(RunConfig(), data=data, model=names[0], seed=seed, val_fraction=val_fraction, skip_bad_images=skip_bad_images, input_size=input_size)
+    splits = load_splits(base)
     train = splits.train
     if len(np.unique(train.labels)) < 2:
         raise UserError(f"{splits.source}: the training data has fewer than two classes; ranking needs at least two")
     backbones = {n: _build(n, arch, seed) for n in names}
-    if input_size:
-        from .backbones.base import Preprocess
-
-        for b in backbones.values():
-            p = b.preprocess
-            b.preprocess = Preprocess(input_size, p.mean, p.std, p.crop_pct, p.interpolation)
     asked_source = [s for s in wanted if SCORES.get(s).needs_source_head and (s == score or scores is not None)]
     headless = [n for n, b in backbones.items() if b.source_head is None]
     if asked_source and headless:
@@ -561,14 +564,16 @@ def rank_models(
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     log(
-        f"ranking {len(names)} models on {splits.source}: {len(train)} training images, {len(splits.classes)} classes "
+        f"ranking {len(names)} models on {splits.source}: {len(train)} training examples, {len(splits.classes)} classes "
         f"({', '.join(f'{c} {k}' for c, k in list(train.counts().items())[:10])}{', ...' if len(splits.classes) > 10 else ''}); "
         f"scores: {', '.join(wanted)}; sorted by {score}; device {device}"
     )
 
-    # ---- features (decoded once per image size; a size is dropped after its last candidate)
-    need = {n: (b.preprocess.resize_size, b.preprocess.interpolation) for n, b in backbones.items()}
-    decoded: dict[tuple[int, str], tuple] = {}
+    # ---- features (images decoded once per image size, a size dropped after its last candidate;
+    # texts tokenized per candidate, each with its own tokenizer)
+    encoders = {n: inputs_for(base, b) for n, b in backbones.items()}
+    need = {n: (e.pre.resize_size, e.pre.interpolation) if e.modality == "image" else ("text", n) for n, e in encoders.items()}
+    decoded: dict[tuple, tuple] = {}
     decode_s = 0.0
     rows = []
     for i, name in enumerate(names):
@@ -576,14 +581,14 @@ def rank_models(
         key = need[name]
         if key not in decoded:
             t0 = time.perf_counter()
-            images, kept, bad = decode_images(train, key[0], key[1], skip_bad=skip_bad_images)
+            images, kept, bad = encoders[name].encode(train)
             decode_s += time.perf_counter() - t0
             if bad:
                 log(f"left out {len(bad)} unreadable image(s): {'; '.join(bad[:3])}")
             decoded[key] = (images, kept.labels)
         images, labels = decoded[key]
         t0 = time.perf_counter()
-        feats, hit = _features(bb, images, device=device, batch_size=batch_size)
+        feats, hit = _features(bb, images, encoders[name].size, device=device, batch_size=batch_size)
         features_s = time.perf_counter() - t0
         logits = None
         if bb.source_head is not None:
@@ -617,17 +622,17 @@ def rank_models(
     if "hscore" in wanted and any(r.num_features >= len(train) - 1 for r in rows):
         notes.append(
             f"note: H-score nears its ceiling of {len(splits.classes) - 1} (classes - 1) for models with about as many feature "
-            f"dimensions as training images ({len(train)}), shrinkage or not; compare those by LogME instead"
+            f"dimensions as training examples ({len(train)}), shrinkage or not; compare those by LogME instead"
         )
     return Ranking(splits.source, score, rows, len(train), splits.classes, round(decode_s, 3), round(time.perf_counter() - t_start, 3), notes)
 
 
-def _features(backbone, images, *, device: str, batch_size: int):
-    """Training features at the backbone's own input size (the centre crop `fit` evaluates on)."""
+def _features(backbone, images, size: int, *, device: str, batch_size: int):
+    """Training features as `fit` evaluates: the centre crop at its input size, or texts up to max_length."""
     from .features import cached_features
 
     backbone.to(device)
-    feats, hit = cached_features(backbone, images, backbone.preprocess.input_size, device=device, batch_size=batch_size)
+    feats, hit = cached_features(backbone, images, size, device=device, batch_size=batch_size)
     return feats.float().cpu(), hit
 
 
