@@ -89,7 +89,10 @@ def fit(
         splits = load_splits(cfg)
     else:
         splits = copy.copy(splits)  # encoding below replaces its sets; leave the caller's intact
-    model = create_model(cfg.model, len(splits.classes))
+    model = create_model(cfg.model, len(splits.classes), classes=splits.classes)
+    if model.head_note:
+        console.print(f"--model {cfg.model.name}: {model.head_note}")
+        splits.notes = list(splits.notes) + [model.head_note]
     if cfg.strategy.name == "lora":
         from .lora import apply_lora
 

@@ -22,6 +22,10 @@ TEXT_MODELS = ("minilm_l6",)
 def modality_of(model_name: str) -> str:
     """'text' for text backbones (minilm_l6, hf:, dir:, random: of those), else 'image'."""
     name = model_name[len("random:") :] if model_name.startswith("random:") else model_name
+    if name.startswith("run:"):
+        from .backbones.run import run_meta
+
+        return run_meta(name[len("run:") :]).get("modality", "image")
     return "text" if name in TEXT_MODELS or name.startswith(("hf:", "dir:")) else "image"
 
 
@@ -162,8 +166,16 @@ def load_splits(cfg, seed: int | None = None):
         if is_text_spec(cfg.data.path) and cfg.model.name != "auto":
             raise UserError(
                 f"{cfg.data.path} looks like text data, and {cfg.model.name} is an image model; "
-                "use a text model (minilm_l6, hf:NAME, dir:PATH)"
+                "use a text model (minilm_l6, hf:NAME, dir:PATH, or run: of a text run)"
             )
+    if cls is TextInputs:
+        from pathlib import Path
+
+        from .text_data import _find
+
+        p = Path(cfg.data.path)
+        if cfg.data.path == "digits" or (p.is_dir() and _find(p, "train") is None and any(c.is_dir() for c in p.iterdir())):
+            raise UserError(f"{cfg.data.path} looks like image data, and {cfg.model.name} is a text model; use an image model")
     splits = cls.load(cfg, seed)
     if cfg.data.shots:
         splits = take_shots(splits, cfg.data.shots, seed)

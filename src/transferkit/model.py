@@ -24,6 +24,8 @@ def create_head(kind: str, in_features: int, num_classes: int, *, hidden: int = 
 class TransferModel(nn.Module):
     """A pretrained backbone (its top dropped) with a freshly initialised head."""
 
+    head_note: str | None = None  # run: backbones: whether the source run's head was kept
+
     def __init__(self, backbone: Backbone, head: nn.Module):
         super().__init__()
         self.backbone = backbone
@@ -33,13 +35,30 @@ class TransferModel(nn.Module):
         return self.head(self.backbone(x))
 
 
-def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True) -> TransferModel:
+def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True, classes: list[str] | None = None) -> TransferModel:
+    """Backbone + a new head. From a `run:` backbone, the source run's head is kept when `classes` are
+    the source's classes (same names, same order) and the head settings match; `model.head_note` says
+    which happened."""
     backbone = create_backbone(cfg.name, arch=cfg.arch, pretrained=pretrained)
-    if getattr(backbone, "modality", "image") == "text":
+    if getattr(backbone, "modality", "image") == "text" and not cfg.name.startswith("run:"):
         backbone.pooling = cfg.pooling
         backbone.spec = {**backbone.spec, "pooling": cfg.pooling}
     head = create_head(cfg.head, backbone.num_features, num_classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
-    return TransferModel(backbone, head)
+    note = None
+    src = getattr(backbone, "source_run", None)
+    if src is not None:
+        same_head = src["head_meta"] == {"kind": cfg.head, "hidden": cfg.head_hidden, "dropout": cfg.head_dropout}
+        if classes is not None and list(classes) == src["classes"] and same_head and pretrained:
+            head.load_state_dict(src["head"].state_dict())
+            note = f"head kept from {src['path']} (same classes: {', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
+        elif classes is not None and list(classes) != src["classes"]:
+            note = f"head rebuilt: the classes differ from {src['path']}'s ({', '.join(src['classes'][:6])}{', ...' if len(src['classes']) > 6 else ''})"
+        else:
+            note = f"head rebuilt: the head settings differ from {src['path']}'s ({src['head_meta']})"
+        del backbone.source_run  # not a module attribute to carry further
+    model = TransferModel(backbone, head)
+    model.head_note = note
+    return model
 
 
 @dataclass

@@ -6,7 +6,8 @@ Names a user can give (`transferkit models` lists the registered ones):
   `cifar_resnet20` (CIFAR-10 weights, fetched once and cached, or found in $TRANSFERKIT_WEIGHTS_DIR);
 - `timm:NAME` for any timm model, pretrained through timm's own hub path;
 - `file:PATH` with `arch=` (`--arch`) naming a registered or timm architecture, for a local checkpoint;
-- text: `minilm_l6` (packaged), `hf:NAME` (Hugging Face hub), `dir:PATH` (a local model folder); see text.py.
+- text: `minilm_l6` (packaged), `hf:NAME` (Hugging Face hub), `dir:PATH` (a local model folder); see text.py;
+- `run:RUN_DIR`: the backbone of an earlier transferkit run, images or text (see run.py).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def create_backbone(name: str, *, arch: str | None = None, pretrained: bool = Tr
         return _timm_backbone(name[len("timm:") :], pretrained=pretrained)
     if name.startswith("file:"):
         return _file_backbone(name[len("file:") :], arch, pretrained=pretrained)
+    if name.startswith("run:"):
+        from .run import run_backbone
+
+        return run_backbone(name[len("run:") :], pretrained=pretrained)
     if name.startswith("hf:"):
         from .text import hf_backbone
 

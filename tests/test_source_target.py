@@ -1,0 +1,71 @@
+"""`--model run:RUN_DIR`: a finished run is a pretrained model for the next task."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_folder, tiny_args
+from transferkit.cli import main
+from transferkit.config import RunConfig, replace
+from transferkit.errors import UserError
+
+
+def _fit(args, capsys):
+    rc = main(["fit", *args])
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture
+def source_run(tmp_path, capsys, tiny_ckpt):
+    d = make_folder(tmp_path / "src", n=5)
+    out = tmp_path / "source"
+    rc, err = _fit(["--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "full", "--epochs", "1", "--out", str(out)], capsys)
+    assert rc == 0, err
+    return out
+
+
+def test_run_backbone_is_the_source_runs_backbone_and_head_kept_for_same_classes(source_run, tmp_path):
+    from transferkit.model import create_model
+
+    saved = load_file(str(source_run / "model.safetensors"))
+    cfg = replace(RunConfig(), model=f"run:{source_run}")
+    m = create_model(cfg.model, 2, classes=["blue", "red"])
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, saved[k]), k  # backbone and (same classes) head: exactly the source's tensors
+    assert "head kept" in m.head_note
+    other = create_model(cfg.model, 3, classes=["a", "b", "c"])
+    assert "head rebuilt: the classes differ" in other.head_note
+    for k, v in other.backbone.state_dict().items():
+        assert torch.equal(v, saved[f"backbone.{k}"])
+    assert other.backbone.source_head is not None  # the source classifier, for LEEP / NCE
+
+
+def test_chained_run_reloads_without_its_source(source_run, tmp_path, capsys):
+    from transferkit.api import ImageClassifier
+
+    d = make_folder(tmp_path / "tgt", n=5, seed=3)
+    out = tmp_path / "target"
+    rc, err = _fit(["--data", str(d), "--model", f"run:{source_run}", "--batch-size", "4", "--strategy", "full", "--epochs", "1", "--out", str(out)], capsys)
+    assert rc == 0, err
+    shutil.rmtree(source_run)
+    clf = ImageClassifier.load(out)
+    assert clf.predict(str(d / "red"))  # the architecture came from model.json, the weights from the run
+
+
+def test_run_that_is_not_finished_says_what_is_missing(source_run, tmp_path, capsys):
+    (source_run / "manifest.json").unlink()
+    d = make_folder(tmp_path / "tgt", n=4)
+    rc, err = _fit(["--data", str(d), "--model", f"run:{source_run}", "--out", str(tmp_path / "t")], capsys)
+    assert rc == 2 and "is not a finished transferkit run" in err and "manifest.json" in err and "Traceback" not in err
+
+
+def test_run_of_another_modality_is_refused(source_run, tmp_path):
+    from transferkit.inputs import load_splits
+
+    from conftest import make_text_csv
+
+    csv = make_text_csv(tmp_path / "r.csv")
+    with pytest.raises(UserError, match="looks like text data"):
+        load_splits(replace(RunConfig(), data=str(csv), model=f"run:{source_run}"))
