@@ -62,12 +62,12 @@ def main() -> None:
             results["curve"] = [
                 run(full, "linear_probe", shots=n, seed=seed) for n in args.shots for seed in args.seeds
             ]
-    text = tables(results, args)
-    print("\n" + text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "text.json").write_text(json.dumps(results, indent=1) + "\n")  # first: the table below must not lose them
+    text = tables(results, args)
+    print("\n" + text)
     (out / "text.md").write_text(text + "\n")
-    (out / "text.json").write_text(json.dumps(results, indent=1) + "\n")
     if results.get("curve"):
         curve_plot(results["curve"], out / "text_curve.png")
 
@@ -98,10 +98,10 @@ def make_sst2(folder: Path, n_train: int) -> str:
 
 def run(data: str, strategy: str, *, shots: int | None = None, seed: int = 0, metric: str = "accuracy") -> dict:
     from transferkit import report
-    from transferkit.config import RunConfig, replace
+    from transferkit.config import RunConfig, replace, with_default_lr
     from transferkit.fit import fit
 
-    cfg = replace(RunConfig(), data=data, strategy=strategy, seed=seed, shots=shots, metric=metric, **COMMON)
+    cfg = with_default_lr(replace(RunConfig(), data=data, strategy=strategy, seed=seed, shots=shots, metric=metric, **COMMON))
     t0 = time.perf_counter()
     m = fit(cfg, None, console=report.console(quiet=True)).metrics
     wall = time.perf_counter() - t0

@@ -290,13 +290,20 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     figures = {
         "curves.png": lambda: plots.curves_figure(r.history),
         "confusion_matrix.png": lambda: plots.confusion_figure(r.metrics["confusion_matrix"], r.classes),
+        "reliability.png": lambda: plots.reliability_figure(r.metrics["calibration"]),
         "lr.png": lambda: plots.lr_figure(r.lr_trace),
     }
+    pngs = {}
     for name, make in figures.items():
         fig = make()
-        rundir.write_figure(name, fig)
+        pngs[name] = rundir.write_figure(name, fig).read_bytes()
         plots.close(fig)
-    rundir.write_json("data.json", {"source": splits.source, "classes": r.classes, "train": splits.train.counts(), "val": splits.val.counts()})
+    data = {"source": splits.source, "classes": r.classes, "train": splits.train.counts(), "val": splits.val.counts()}
+    rundir.write_json("data.json", data)
+    from .report_html import render
+
+    title = f"transferkit: {r.config.model.name} on {splits.source}"
+    rundir.write_text("report.html", render(title=title, metrics=r.metrics, config=r.config.to_dict(), data=data, figures=pngs))
     rundir.finalize()
     shutil.rmtree(rundir.path / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
 

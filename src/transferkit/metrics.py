@@ -22,6 +22,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
         else:
             auroc = float(roc_auc_score(y_true, proba / proba.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=labels))
     return {
+        "calibration": calibration(y_true, proba),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "auroc": auroc,
@@ -31,6 +32,27 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, c in enumerate(classes)
         },
     }
+
+
+def calibration(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> dict:
+    """Expected calibration error (Guo et al. 2017): confidence (the top probability) binned into
+    `n_bins` equal-width bins; ECE = sum over bins of |accuracy - mean confidence| x the bin's share
+    of the examples. Also returns the bins for a reliability diagram."""
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    conf = proba.max(1)
+    correct = (proba.argmax(1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)  # bin i holds (edges[i], edges[i+1]]
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        m = idx == b
+        if not m.any():
+            continue
+        acc, cf = float(correct[m].mean()), float(conf[m].mean())
+        ece += m.mean() * abs(acc - cf)
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(m.sum()), "accuracy": acc, "confidence": cf})
+    return {"ece": float(ece), "n_bins": n_bins, "bins": bins}
 
 
 def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict:

@@ -80,5 +80,22 @@ def lr_figure(trace: list[tuple]):
     return fig
 
 
+def reliability_figure(cal: dict):
+    """Reliability diagram: accuracy against confidence per bin (bars), the diagonal, bin counts."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for b in cal["bins"]:
+        w = b["high"] - b["low"]
+        ax.bar(b["low"], b["accuracy"], width=w, align="edge", color="C0", alpha=0.75, edgecolor="white")
+        ax.bar(b["low"], b["confidence"] - b["accuracy"], bottom=b["accuracy"], width=w, align="edge", color="C3", alpha=0.25)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {100 * cal['ece']:.1f}%; red: gap)")
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)

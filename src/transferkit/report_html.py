@@ -1,0 +1,89 @@
+"""`report.html`: one self-contained page per run (figures embedded as PNG data, no network, no
+script): data, resolved config, results against the baseline and the verdict, curves, confusion
+matrix, per-class precision and recall with the largest recall gaps, calibration."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+
+import yaml
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1040px;color:#1d2330;padding:0 1rem}
+h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde1e8;padding-bottom:.2rem}
+.sub{color:#5b6474}.verdict{padding:.8rem 1rem;border-radius:6px;margin:1rem 0;font-weight:600}
+.helped{background:#e6f4ea;color:#17632b}.neutral{background:#f1f3f6;color:#3a4252}.negative{background:#fde8e8;color:#8c1d1d}
+table{border-collapse:collapse;margin:.5rem 0}td,th{padding:.25rem .7rem;border-bottom:1px solid #eceef2;text-align:right}
+th{background:#f6f7f9}td:first-child,th:first-child{text-align:left}.figs{display:flex;flex-wrap:wrap;gap:1rem}
+.figs figure{margin:0;flex:1 1 440px}img{max-width:100%;border:1px solid #eceef2;border-radius:4px}
+pre{background:#f6f7f9;padding:.8rem;border-radius:6px;overflow:auto;font-size:12.5px;max-height:360px}
+.bar{display:inline-block;height:.7rem;background:#4c78a8;border-radius:2px;vertical-align:middle}
+"""
+
+
+def _img(png: bytes, alt: str, wide: bool = False) -> str:
+    return f'<figure{" style=flex-basis:100%" if wide else ""}><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption class="sub">{html.escape(alt)}</figcaption></figure>'
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict[str, bytes]) -> str:
+    e = html.escape
+    m, b = metrics, metrics["baseline"]
+    verdict = m["verdict"]
+    kind = "negative" if verdict.startswith("NEGATIVE") else ("helped" if verdict.startswith("transfer helped") else "neutral")
+    rows = [
+        ("transferkit", m["accuracy"], m["macro_f1"], m.get("auroc"), m.get("calibration", {}).get("ece")),
+        (b["name"], b["accuracy"], b["macro_f1"], b.get("auroc"), None),
+    ]
+    if "test" in m:
+        rows.append(("transferkit on the test split", m["test"]["accuracy"], m["test"]["macro_f1"], m["test"].get("auroc"), m["test"].get("calibration", {}).get("ece")))
+    res = "".join(f"<tr><td>{e(n)}</td><td>{_pct(a)}</td><td>{_num(f)}</td><td>{_num(u)}</td><td>{_pct(c)}</td></tr>" for n, a, f, u, c in rows)
+    per = m["per_class"]
+    best_recall = max(v["recall"] for v in per.values()) if per else 0.0
+    pc = "".join(
+        f"<tr><td>{e(c)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f} <span class=bar style='width:{60 * v['recall']:.0f}px'></span></td>"
+        f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
+        for c, v in per.items()
+    )
+    gaps = sorted(per.items(), key=lambda kv: kv[1]["recall"])[:5]
+    gap_rows = "".join(f"<tr><td>{e(c)}</td><td>{v['recall']:.3f}</td><td>{100 * (best_recall - v['recall']):.1f}</td></tr>" for c, v in gaps)
+    counts = "".join(
+        f"<tr><td>{e(c)}</td><td>{data.get('train', {}).get(c, 0)}</td><td>{data.get('val', {}).get(c, 0)}</td></tr>" for c in data.get("classes", [])[:50]
+    )
+    figs = "".join(_img(png, name, wide=name.startswith("curves")) for name, png in figures.items())
+    boot = m.get("transfer_vs_baseline", {})
+    notes = "".join(f"<li>{e(n)}</li>" for n in m.get("data_notes", []))
+    timing = m.get("timing", {})
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{e(title)}</title><style>{CSS}</style></head><body>
+<h1>{e(title)}</h1>
+<div class="sub">{e(str(config.get('model', {}).get('name')))} &middot; strategy {e(str(config.get('strategy', {}).get('name')))} &middot;
+{m['n_train']} training / {m['n_val']} validation examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
+<div class="verdict {kind}">{e(verdict)}</div>
+<h2>Results (validation split)</h2>
+<table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
+<p class="sub">Transfer minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
+[{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.</p>
+<h2>Figures</h2><div class="figs">{figs}</div>
+<h2>Per class</h2>
+<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{pc}</table>
+<h3>Largest recall gaps (to the best class, points)</h3>
+<table><tr><th>class</th><th>recall</th><th>gap</th></tr>{gap_rows}</table>
+<h2>Data</h2>
+<p class="sub">{e(str(data.get('source')))}</p>
+<table><tr><th>class</th><th>train</th><th>val</th></tr>{counts}</table>
+{f'<ul>{notes}</ul>' if notes else ''}
+<h2>Timing</h2><pre>{e(json.dumps(timing, indent=1))}</pre>
+<h2>Resolved configuration</h2><pre>{e(yaml.safe_dump(config, sort_keys=False))}</pre>
+</body></html>
+"""
