@@ -69,3 +69,33 @@ def test_run_of_another_modality_is_refused(source_run, tmp_path):
     csv = make_text_csv(tmp_path / "r.csv")
     with pytest.raises(UserError, match="looks like text data"):
         load_splits(replace(RunConfig(), data=str(csv), model=f"run:{source_run}"))
+
+
+def test_baseline_scratch_trains_the_same_architecture_and_gives_a_verdict(tmp_path, capsys, tiny_ckpt):
+    import json
+
+    d = make_folder(tmp_path / "d", n=5)
+    out = tmp_path / "run"
+    rc, err = _fit(["--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "3", "--epochs", "1",
+                    "--baseline", "scratch", "--out", str(out)], capsys)
+    assert rc == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["scratch"]["model"] == "random:cifar_resnet20"
+    b = m["transfer_vs_scratch"]
+    assert b["ci_low"] <= b["diff"] <= b["ci_high"]
+    assert m["verdict_scratch"].split(":")[0] in ("transfer helped", "NEGATIVE TRANSFER") or m["verdict_scratch"].startswith("no significant")
+    assert "training from scratch (random:cifar_resnet20" in m["verdict_scratch"]
+    assert "from scratch" in (out / "report.html").read_text()
+
+
+def test_bootstrap_interval_covers_a_known_difference():
+    import numpy as np
+
+    from transferkit.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    a = np.where(rng.random(2000) < 0.90, y, 1 - y)  # 90% right
+    b = np.where(rng.random(2000) < 0.80, y, 1 - y)  # 80% right: the true difference is +10 points
+    boot = paired_bootstrap(y, a, b, seed=1)
+    assert boot["ci_low"] < 0.10 < boot["ci_high"] and boot["ci_low"] > 0.05

@@ -78,6 +78,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--lora-targets", "lora_targets", str, "lora: comma-separated module names to adapt (default query,value for BERT-family)"),
     ("--crop-scale-min", "crop_scale_min", float, "smallest area fraction of the random resized crop"),
     ("--precision", "precision", str, "auto | bf16 | fp16 | no"),
+    ("--baseline", "baseline", str, "scratch: also train the same architecture from random weights (full, same epochs); the verdict compares with it too"),
     ("--checkpoint-minutes", "checkpoint_minutes", float, "also checkpoint inside epochs longer than this (default 10)"),
 ]
 BOOL_FLAGS: list[tuple[str, str, object, str]] = [

@@ -169,6 +169,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on a GPU that has it) | bf16 | fp16 | no
     cpu: bool = False  # force the CPU even when a GPU is present
     checkpoint_minutes: float | None = 10.0  # also checkpoint inside epochs longer than this
+    baseline: str = "none"  # none | scratch: also train the same architecture from random weights, same data and epochs
 
     def validate(self) -> None:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -180,6 +181,7 @@ class TrainConfig:
         _check(self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}")
         _check(self.class_weight in ("none", "balanced"), f"class_weight must be none or balanced, got {self.class_weight!r}")
         _check(self.sampler in ("shuffle", "balanced"), f"sampler must be shuffle or balanced, got {self.sampler!r}")
+        _check(self.baseline in ("none", "scratch"), f"baseline must be none or scratch, got {self.baseline!r}")
 
 
 @dataclass

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -40,6 +41,7 @@ class FitResult:
     run_dir: Path | None = None
     lr_trace: list[tuple] = field(default_factory=list)  # (step, head lr, first-group lr, phase)
     inputs: object = None  # inputs.ImageInputs / TextInputs the run used
+    val_proba: np.ndarray | None = None
 
 
 def make_accelerator(cfg: RunConfig):
@@ -219,6 +221,8 @@ def fit(
         train_images_per_s=round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None,
         device=str(device), precision=accelerator.mixed_precision, modality=inputs.modality,
     )
+    if cfg.train.baseline == "scratch":
+        metrics.update(_scratch_baseline(cfg, model, splits, val_proba, console))
     if inputs.modality == "text":
         metrics["truncated_texts"] = inputs.truncated
     if splits.notes:
@@ -234,12 +238,33 @@ def fit(
         from .lora import merge_lora
 
         merge_lora(model.backbone)  # the saved model is a plain backbone: no PEFT needed to load it
-    result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs)
+    result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba)
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path
     report.print_results(console, result)
     return result
+
+
+def _scratch_baseline(cfg: RunConfig, model, splits, val_proba, console) -> dict:
+    """The same architecture from random weights, the same data and epochs (strategy full, the
+    default rate for it), compared on the same validation examples with a paired bootstrap."""
+    from .backbones import scratch_name
+    from .config import replace
+
+    name = scratch_name(cfg.model.name, cfg.model.arch, model.backbone.spec)
+    scfg = replace(cfg, model=name, strategy="full", baseline="none")
+    scfg.optim.lr = None  # the default rate for training the whole network, not the rate chosen for transfer
+    scfg.strategy.freeze = []
+    console.print(f"baseline: training {name} from scratch (full, {scfg.train.epochs} epochs) on the same split")
+    rs = fit(scfg, None, console=report.console(quiet=True), splits=splits)
+    sm = rs.metrics
+    boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), rs.val_proba.argmax(1), seed=cfg.train.seed)
+    label = f"training from scratch ({name}, {scfg.train.epochs} epochs)"
+    return {
+        "scratch": {"model": name, "accuracy": sm["accuracy"], "macro_f1": sm["macro_f1"], "auroc": sm["auroc"], "wall_s": sm["wall_s"]},
+        "transfer_vs_scratch": boot, "verdict_scratch": verdict(boot, label),
+    }
 
 
 # ------------------------------------------------------------------------------------------ saving

@@ -99,6 +99,9 @@ def print_results(con: Console, r) -> None:
     t.add_row(f"transferkit ({r.config.strategy.name})", f"{100 * m['accuracy']:.2f}%", f"{m['macro_f1']:.4f}", auroc)
     b = m["baseline"]
     t.add_row(b["name"], f"{100 * b['accuracy']:.2f}%", f"{b['macro_f1']:.4f}", f"{b['auroc']:.4f}" if b.get("auroc") is not None else "n/a")
+    if "scratch" in m:
+        sc = m["scratch"]
+        t.add_row(f"from scratch ({sc['model']})", f"{100 * sc['accuracy']:.2f}%", f"{sc['macro_f1']:.4f}", f"{sc['auroc']:.4f}" if sc.get("auroc") is not None else "n/a")
     if "test" in m:
         te = m["test"]
         t.add_row("transferkit on test split", f"{100 * te['accuracy']:.2f}%", f"{te['macro_f1']:.4f}", f"{te['auroc']:.4f}" if te.get("auroc") is not None else "n/a")
@@ -107,6 +110,8 @@ def print_results(con: Console, r) -> None:
             t.add_row(f"{b['name']} on test split", f"{100 * tb['accuracy']:.2f}%", f"{tb['macro_f1']:.4f}", f"{tb['auroc']:.4f}" if tb.get("auroc") is not None else "n/a")
     con.print(t)
     con.print(f"verdict: {m['verdict']}")
+    if "verdict_scratch" in m:
+        con.print(f"verdict: {m['verdict_scratch']}")
     per = ", ".join(f"{c} P={v['precision']:.2f}/R={v['recall']:.2f}" for c, v in list(m["per_class"].items())[:10])
     con.print(f"per class: {per}")
     ips = f", {m['train_images_per_s']} training {'texts' if m.get('modality') == 'text' else 'images'}/s" if m.get("train_images_per_s") else ""

@@ -41,6 +41,19 @@ def state_sha256(module) -> str:
     return h.hexdigest()
 
 
+def scratch_name(name: str, arch: str | None = None, spec: dict | None = None) -> str:
+    """The `random:` name of a model's architecture (for `--baseline scratch`)."""
+    if name.startswith("random:"):
+        return name
+    if name.startswith("timm:"):
+        return f"random:{name[len('timm:'):]}"
+    if name.startswith("file:"):
+        return f"random:{arch}"
+    if name.startswith("run:") and spec is not None:
+        return scratch_name(spec["name"], spec.get("arch"), None)
+    return f"random:{name}"
+
+
 def list_backbones() -> list[str]:
     return BACKBONES.names()
 
@@ -76,7 +89,12 @@ def create_backbone(name: str, *, arch: str | None = None, pretrained: bool = Tr
 
 
 def _arch_backbone(arch: str, *, spec: dict) -> Backbone:
-    """A randomly initialised architecture: a registered name or a timm model name."""
+    """A randomly initialised architecture: a registered name, a timm model name, or a text model
+    folder / hub name (dir:PATH, hf:NAME: its config, random weights)."""
+    if arch.startswith(("dir:", "hf:")):
+        bb = create_backbone(arch, pretrained=False)
+        bb.spec = {**spec, "pooling": bb.pooling}
+        return bb
     if arch in BACKBONES:
         bb = BACKBONES.get(arch)(pretrained=False)
         bb.spec = spec
