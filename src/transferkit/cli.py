@@ -312,6 +312,27 @@ def _given_settings(args) -> set[str]:
     return {n for n in names if getattr(args, n) is not None}
 
 
+def cmd_adapt(args) -> int:
+    from . import report
+    from .adapt import adapt
+
+    cfg = replace(RunConfig(), data=args.data, model=args.model, arch=args.arch, lr=args.lr, batch_size=args.batch_size,
+                  max_length=args.max_length, text_column=args.text_column, input_size=args.input_size, seed=args.seed)
+    adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, console=report.console(quiet=args.quiet), overwrite=args.overwrite)
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from . import report
+    from .pipeline import run_pipeline
+
+    summary = run_pipeline(args.file, args.out, console=report.console(quiet=args.quiet))
+    for name, v in summary.items():
+        acc = f", accuracy {100 * v['accuracy']:.2f}%" if v.get("accuracy") is not None else ""
+        print(f"{name}: {v['status']}{acc}; {v['run']}")
+    return 0
+
+
 def cmd_search(args) -> int:
     from . import report
     from .search import load_space_file, search
@@ -417,6 +438,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", help="a text to classify (text models; repeatable)")
     p.add_argument("--out", help="CSV file to write (default: standard output)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("adapt", help="continue a backbone on unlabelled target data (text: masked-LM; images: AdaBN), writing a run for --model run:DIR")
+    p.add_argument("--data", required=True, help="unlabelled target data: texts (CSV/TSV text column or one per line) or a folder of images")
+    p.add_argument("--model", required=True, help="the backbone to adapt (as for fit)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--arch", help="architecture of a file:PATH checkpoint")
+    p.add_argument("--intermediate", help="images: a labelled folder to fine-tune on first (a supervised intermediate task)")
+    p.add_argument("--epochs", type=int, default=1, help="text: masked-LM epochs (default 1)")
+    p.add_argument("--lr", type=float, help="text: masked-LM learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--text-column")
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("pipeline", help="run the named stages of a PIPELINE.yaml (source fit, adapt, target fit) in order; reruns skip finished stages")
+    p.add_argument("file")
+    p.add_argument("--out", required=True, help="folder of the stages' run directories")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("search", help="hyperparameter search by k-fold cross-validation of the training split, then refit the best")
     _add_fit_flags(p)  # the base configuration; settings given as flags stay fixed

@@ -67,8 +67,8 @@ class DataSplits:
 
 def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
     """Resolve a data spec into train / val (/ test) splits. Nothing is decoded yet."""
-    if spec == "digits":
-        return _digits(val_fraction, seed)
+    if spec == "digits" or spec.startswith("digits:"):
+        return _digits(val_fraction, seed, spec.partition(":")[2])
     path = Path(spec)
     if not path.exists():
         raise UserError(f"data not found: {spec} (give a folder of class subfolders, a CSV, or one of: {', '.join(BUILTIN)})")
@@ -176,15 +176,28 @@ def check_counts(s: ImageSet, where: str) -> None:
         raise UserError(f"{where}: found only one class ({s.classes[0]!r}); classification needs at least 2")
 
 
-def _digits(val_fraction: float, seed: int) -> DataSplits:
+def _digits(val_fraction: float, seed: int, which: str = "") -> DataSplits:
+    """scikit-learn's digits; `which` ("0-4", "5-9", "3,8") keeps those digits only (a source and a
+    target task from one dataset, as in the transfer-learning articles)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    imgs = (d.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)  # 0..16 -> 0..255
+    keep = list(range(10))
+    if which:
+        try:
+            keep = sorted({k for part in which.split(",") for k in (range(int(part.split("-")[0]), int(part.split("-")[1]) + 1) if "-" in part else [int(part)])})
+        except ValueError:
+            keep = []
+        if len(keep) < 2 or not all(0 <= k <= 9 for k in keep):
+            raise UserError(f"digits:{which}: give two or more digits 0-9, as a range (digits:5-9) or a list (digits:3,8)")
+    m = np.isin(d.target, keep)
+    imgs = (d.images[m] * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)  # 0..16 -> 0..255
     rgb = [np.repeat(im[:, :, None], 3, axis=2) for im in imgs]
-    full = ImageSet(rgb, d.target.astype(int), [str(c) for c in d.target_names])
+    index = {k: i for i, k in enumerate(keep)}
+    full = ImageSet(rgb, np.array([index[t] for t in d.target[m]], dtype=int), [str(k) for k in keep])
     tr, va = stratified_split(full.labels, val_fraction, seed)
-    return DataSplits(full.subset(tr), full.subset(va), None, full.classes, "digits", val_given=False, flip_ok=False)
+    name = f"digits:{which}" if which else "digits"
+    return DataSplits(full.subset(tr), full.subset(va), None, full.classes, name, val_given=False, flip_ok=False)
 
 
 # -------------------------------------------------------------------------------------- decoding

@@ -16,9 +16,9 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
     """The labelled images to evaluate on: a data root's test/ split, else its val/ split, else every
     image of a class folder or CSV; `digits` gives the validation split the run was trained with."""
     cfg = config or RunConfig()
-    if spec == "digits":
-        s = load_image_data("digits", val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
-        return s.val, "digits (validation split)"
+    if spec == "digits" or spec.startswith("digits:"):
+        s = load_image_data(spec, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+        return s.val, f"{spec} (validation split)"
     p = Path(spec)
     if not p.exists():
         raise UserError(f"data not found: {spec}")

@@ -174,7 +174,7 @@ def load_splits(cfg, seed: int | None = None):
         from .text_data import _find
 
         p = Path(cfg.data.path)
-        if cfg.data.path == "digits" or (p.is_dir() and _find(p, "train") is None and any(c.is_dir() for c in p.iterdir())):
+        if cfg.data.path.split(":")[0] == "digits" or (p.is_dir() and _find(p, "train") is None and any(c.is_dir() for c in p.iterdir())):
             raise UserError(f"{cfg.data.path} looks like image data, and {cfg.model.name} is a text model; use an image model")
     splits = cls.load(cfg, seed)
     if cfg.data.shots:

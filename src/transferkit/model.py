@@ -14,6 +14,12 @@ from .config import ModelConfig
 def create_head(kind: str, in_features: int, num_classes: int, *, hidden: int = 512, dropout: float = 0.0) -> nn.Module:
     """`linear`: (dropout) + Linear. `mlp`: Linear -> GELU -> dropout -> Linear."""
     if kind == "linear":
+        if num_classes == 0:  # an adapted backbone's placeholder (adapt.py): no classes, no weights
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return nn.Sequential(nn.Linear(in_features, 0))
         layers = ([nn.Dropout(dropout)] if dropout > 0 else []) + [nn.Linear(in_features, num_classes)]
         return nn.Sequential(*layers)
     if kind == "mlp":
@@ -51,6 +57,8 @@ def create_model(cfg: ModelConfig, num_classes: int, *, pretrained: bool = True,
         if classes is not None and list(classes) == src["classes"] and same_head and pretrained:
             head.load_state_dict(src["head"].state_dict())
             note = f"head kept from {src['path']} (same classes: {', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
+        elif not src["classes"]:
+            note = f"new head: {src['path']} is an adapted backbone without classes"
         elif classes is not None and list(classes) != src["classes"]:
             note = f"head rebuilt: the classes differ from {src['path']}'s ({', '.join(src['classes'][:6])}{', ...' if len(src['classes']) > 6 else ''})"
         else:

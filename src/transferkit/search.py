@@ -457,7 +457,7 @@ class SearchResult:
 def _normalise_paths(cfg: RunConfig) -> RunConfig:
     """Absolute data and checkpoint paths, so best.yaml works from any directory."""
     flat = {}
-    if cfg.data.path not in ("digits",) and Path(cfg.data.path).exists():
+    if cfg.data.path.split(":")[0] != "digits" and Path(cfg.data.path).exists():
         flat["data"] = str(Path(cfg.data.path).resolve())
     if cfg.model.name.startswith("file:") and Path(cfg.model.name[5:]).exists():
         flat["model"] = "file:" + str(Path(cfg.model.name[5:]).resolve())

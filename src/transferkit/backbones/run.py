@@ -47,7 +47,7 @@ def run_backbone(path: str, *, pretrained: bool = True):
         bb.preprocess = Preprocess.from_dict(meta["preprocess"])
     bb.source_run = {"path": str(path), "classes": list(meta["classes"]), "head": head, "head_meta": meta["head"]}
     lin = [m for m in head.modules() if m.__class__.__name__ == "Linear"]
-    if len(lin) == 1:  # a linear head is the source task's classifier: LEEP and NCE can use it
+    if len(lin) == 1 and len(meta["classes"]) >= 2:  # a linear head is the source task's classifier: LEEP and NCE can use it
         bb.set_source_head(lin[0].weight.detach(), lin[0].bias.detach())
     if not pretrained:  # the architecture only (reloading a run trained from this one)
         import torch

@@ -1,0 +1,146 @@
+"""`transferkit pipeline PIPELINE.yaml --out DIR`: named stages (source fit, adapt, target fit), each
+its own run directory under DIR, run in dependency order; a rerun skips the stages already complete
+and resumes (or redoes) an interrupted one.
+
+    stages:
+      - name: source
+        kind: fit                   # fit | adapt
+        data: digits:0-4
+        model: small_convnet
+        settings: {strategy: full, epochs: 10}     # any fit setting, flat names
+      - name: target
+        kind: fit
+        data: digits:5-9
+        model: stage:source         # the run of stage `source` (run:DIR/source)
+        settings: {shots: 10, baseline: scratch}
+
+`model` and `intermediate` (adapt) may name another stage as `stage:NAME`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from . import report
+from .errors import UserError, did_you_mean
+
+KINDS = ("fit", "adapt")
+KEYS = {"name", "kind", "data", "model", "settings", "intermediate", "epochs"}
+
+
+def load_pipeline(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"pipeline file not found: {p}")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot parse {p} as YAML: {str(e).splitlines()[0]}") from None
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    if not isinstance(stages, list) or not stages:
+        raise UserError(f"{p}: needs a non-empty `stages:` list")
+    names = []
+    for i, st in enumerate(stages):
+        where = f"{p}: stage {i + 1}"
+        if not isinstance(st, dict) or "name" not in st:
+            raise UserError(f"{where}: each stage is a mapping with a `name`")
+        unknown = set(st) - KEYS
+        if unknown:
+            k = sorted(unknown)[0]
+            raise UserError(f"{where} ({st['name']}): unknown key {k!r}{did_you_mean(k, KEYS)}")
+        if st.get("kind", "fit") not in KINDS:
+            raise UserError(f"{where} ({st['name']}): unknown stage kind {st.get('kind')!r}; use one of {', '.join(KINDS)}")
+        for k in ("data", "model"):
+            if not st.get(k):
+                raise UserError(f"{where} ({st['name']}): missing input `{k}`")
+        if str(st["data"]).startswith("stage:"):
+            raise UserError(f"{where} ({st['name']}): `data` cannot be a stage (a stage's output is a model: use it as `model: {st['data']}`)")
+        if str(st["name"]) in names:
+            raise UserError(f"{where}: stage name {st['name']!r} is used twice")
+        if not str(st["name"]).replace("-", "_").isidentifier():
+            raise UserError(f"{where}: stage name {st['name']!r}: use letters, digits, - and _ (it becomes a folder name)")
+        names.append(str(st["name"]))
+    for st in stages:
+        for ref in _refs(st):
+            if ref not in names:
+                raise UserError(f"{p}: stage {st['name']!r} needs stage:{ref}, which is not defined{did_you_mean(ref, names)}")
+    return _order(stages, p)
+
+
+def _refs(st: dict) -> list[str]:
+    return [str(st[k])[len("stage:") :] for k in ("model", "intermediate") if str(st.get(k, "")).startswith("stage:")]
+
+
+def _order(stages: list[dict], where) -> list[dict]:
+    """Dependency order, file order among independent stages; a cycle is an error naming it."""
+    by = {str(s["name"]): s for s in stages}
+    done, out, visiting = set(), [], []
+
+    def visit(n):
+        if n in done:
+            return
+        if n in visiting:
+            cyc = visiting[visiting.index(n) :] + [n]
+            raise UserError(f"{where}: the stages form a cycle: {' -> '.join(cyc)}")
+        visiting.append(n)
+        for r in _refs(by[n]):
+            visit(r)
+        visiting.pop()
+        done.add(n)
+        out.append(by[n])
+
+    for s in stages:
+        visit(str(s["name"]))
+    return out
+
+
+def run_pipeline(path: str | Path, out: str | Path, *, console=None) -> dict:
+    from .adapt import adapt
+    from .config import RunConfig, config_from_dict, replace
+    from .fit import fit
+    from .rundir import is_complete
+
+    con = console or report.console()
+    stages = load_pipeline(path)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def resolve(v):
+        v = str(v)
+        return f"run:{root / v[len('stage:'):]}" if v.startswith("stage:") else v
+
+    summary = {}
+    for st in stages:
+        name, kind = str(st["name"]), st.get("kind", "fit")
+        d = root / name
+        if is_complete(d):
+            con.print(f"[bold]stage {name}[/]: complete, skipped ({d})")
+            summary[name] = {"status": "skipped (complete)", **_brief(d)}
+            continue
+        settings = st.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise UserError(f"{path}: stage {name!r}: `settings` must be a mapping of fit settings")
+        cfg = replace(config_from_dict(settings, where=f"{path}: stage {name}") if settings else RunConfig(), data=resolve(st["data"]), model=resolve(st["model"]))
+        con.print(f"[bold]stage {name}[/] ({kind}): {cfg.data.path} with {cfg.model.name}")
+        if kind == "adapt":
+            inter = st.get("intermediate")
+            adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=int(st.get("epochs", 1)), console=con, overwrite=True)
+        elif (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
+            con.print(f"stage {name}: interrupted before; resuming")
+            fit(cfg, d, resume=True, console=con)
+        else:
+            fit(cfg, d, overwrite=True, console=con)
+        summary[name] = {"status": "ran", **_brief(d)}
+    (root / "pipeline.json").write_text(json.dumps({"stages": summary}, indent=1) + "\n")
+    return summary
+
+
+def _brief(d: Path) -> dict:
+    m = d / "metrics.json"
+    if not m.is_file():
+        return {"run": str(d)}
+    x = json.loads(m.read_text())
+    return {"run": str(d), "accuracy": x.get("accuracy"), "verdict": x.get("verdict"), "verdict_scratch": x.get("verdict_scratch")}

@@ -1,0 +1,101 @@
+"""`transferkit pipeline` and `adapt`: stages in dependency order, reruns skip complete stages and redo
+an interrupted one, bad pipeline files are refused; AdaBN changes only BatchNorm running statistics;
+masked-LM adaptation produces a run that fine-tunes."""
+
+import pytest
+import torch
+import yaml
+
+from conftest import make_folder, make_text_csv
+from transferkit.cli import main
+
+
+def _write(path, stages):
+    path.write_text(yaml.safe_dump({"stages": stages}))
+    return path
+
+
+def _stages(tmp_path, tiny_ckpt):
+    src = make_folder(tmp_path / "src", n=4)
+    tgt = make_folder(tmp_path / "tgt", n=4, seed=5)
+    common = {"input_size": 16, "batch_size": 4, "epochs": 1, "lp_epochs": 2}
+    return [
+        {"name": "target", "kind": "fit", "data": str(tgt), "model": "stage:source", "settings": {**common, "strategy": "full"}},
+        {"name": "source", "kind": "fit", "data": str(src), "model": f"file:{tiny_ckpt}", "settings": {**common, "arch": "cifar_resnet20", "strategy": "full"}},
+    ]
+
+
+def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    from transferkit import fit as fit_mod
+
+    f = _write(tmp_path / "p.yaml", _stages(tmp_path, tiny_ckpt))
+    out = tmp_path / "out"
+    assert main(["pipeline", str(f), "--out", str(out)]) == 0
+    assert (out / "source" / "manifest.json").is_file() and (out / "target" / "manifest.json").is_file()
+    assert "run:" in (out / "target" / "config.yaml").read_text()  # the target started from the source's run
+    calls = []
+    real = fit_mod.fit
+    monkeypatch.setattr(fit_mod, "fit", lambda cfg, d, **kw: calls.append(str(d)) or real(cfg, d, **kw))
+    assert main(["pipeline", str(f), "--out", str(out)]) == 0
+    assert calls == []  # both complete: nothing ran again
+    (out / "target" / "manifest.json").unlink()  # an interrupted target stage
+    assert main(["pipeline", str(f), "--out", str(out)]) == 0
+    assert calls == [str(out / "target")] and (out / "target" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ([{"name": "a", "kind": "train", "data": "digits", "model": "small_convnet"}], "unknown stage kind 'train'"),
+        ([{"name": "a", "data": "digits", "model": "stage:b"}, {"name": "b", "data": "digits", "model": "stage:a"}], "cycle: a -> b -> a"),
+        ([{"name": "a", "data": "digits", "model": "stage:src"}], "needs stage:src, which is not defined"),
+        ([{"name": "a", "model": "small_convnet"}], "missing input `data`"),
+    ],
+)
+def test_bad_pipelines(tmp_path, capsys, stages, message):
+    f = _write(tmp_path / "p.yaml", stages)
+    assert main(["pipeline", str(f), "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_adabn_changes_only_batchnorm_statistics(tmp_path, tiny_ckpt):
+    from transferkit.adapt import adabn
+    from transferkit.backbones import create_backbone
+    from transferkit.data import _read_folder, decode_images
+    from transferkit.transforms import center_crop, normalize
+
+    bb = create_backbone(f"file:{tiny_ckpt}", arch="cifar_resnet20")
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    x, _, _ = decode_images(_read_folder(make_folder(tmp_path / "d", n=4)), 20)
+    n = adabn(bb, x, lambda u: normalize(center_crop(u, 16), (0.5,) * 3, (0.5,) * 3))
+    assert n == sum(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules()) > 0
+    after = bb.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    assert any(k.endswith("running_mean") for k in changed)
+
+
+def test_adapt_without_batchnorm_or_task_is_refused(tmp_path, capsys):
+    d = make_folder(tmp_path / "d", n=3)
+    assert main(["adapt", "--data", str(d), "--model", "small_convnet", "--out", str(tmp_path / "a")]) == 2
+    assert "no BatchNorm layers, so AdaBN has nothing to adapt" in capsys.readouterr().err
+
+
+def test_mlm_adapt_then_fit(tmp_path, tiny_bert, capsys):
+    import json
+
+    p = make_text_csv(tmp_path / "r.csv")
+    out = tmp_path / "mlm"
+    assert main(["adapt", "--data", str(p), "--model", f"dir:{tiny_bert}", "--out", str(out), "--epochs", "2", "--batch-size", "8", "--quiet"]) == 0
+    info = json.loads((out / "adapt.json").read_text())
+    assert info["method"] == "mlm" and info["steps"] == 10 and info["texts"] == 40
+    assert main(["fit", "--data", str(p), "--model", f"run:{out}", "--max-length", "32", "--lp-epochs", "2", "--epochs", "1",
+                 "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+    from transferkit.fit import load_model
+
+    m, _ = load_model(out)
+    from safetensors.torch import load_file
+
+    src = load_file(str(tiny_bert / "model.safetensors"))
+    moved = [k for k, v in m.backbone.model.state_dict().items() if k in src and not torch.equal(v, src[k])]
+    assert moved  # masked-LM training changed the encoder
