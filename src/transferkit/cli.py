@@ -203,6 +203,9 @@ def cmd_models(args) -> int:
     print(f"{'timm:NAME':<{w}}  any timm model, pretrained through timm's hub (needs internet)")
     print(f"{'file:PATH':<{w}}  a local .safetensors / .pt / .pth / .th checkpoint, with --arch NAME")
     print(f"{'random:NAME':<{w}}  the architecture NAME with random weights (training from scratch; a ranking control)")
+    print(f"{'hf:NAME':<{w}}  text: a Hugging Face encoder by hub name (needs internet, or HF_HUB_OFFLINE=1 and its cache)")
+    print(f"{'dir:PATH':<{w}}  text: a local Hugging Face model folder (config, weights, tokenizer)")
+    print(f"{'run:RUN_DIR':<{w}}  the backbone of an earlier transferkit run (or of `transferkit adapt`), images or text")
     print(f"{'auto':<{w}}  rank --candidates by a transferability score and fine-tune the best")
     return 0
 
