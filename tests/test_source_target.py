@@ -99,3 +99,26 @@ def test_bootstrap_interval_covers_a_known_difference():
     b = np.where(rng.random(2000) < 0.80, y, 1 - y)  # 80% right: the true difference is +10 points
     boot = paired_bootstrap(y, a, b, seed=1)
     assert boot["ci_low"] < 0.10 < boot["ci_high"] and boot["ci_low"] > 0.05
+
+
+def test_group_column_gives_metrics_per_group_and_the_worst(tmp_path, capsys, tiny_ckpt):
+    import json
+
+    d = make_folder(tmp_path / "d", n=15)
+    files = sorted(d.rglob("*.png"))
+    rows = ["path,label,site"] + [f"{f},{f.parent.name},{'north' if i % 2 else 'south'}" for i, f in enumerate(files)]
+    (tmp_path / "g.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    rc, err = _fit(["--data", str(tmp_path / "g.csv"), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2",
+                    "--group-column", "site", "--out", str(out)], capsys)
+    assert rc == 0, err
+    gm = json.loads((out / "metrics.json").read_text())["groups"]
+    assert set(gm["per_group"]) == {"north", "south"} and gm["worst_group"] in gm["per_group"]
+    assert sum(v["n"] for v in gm["per_group"].values()) == json.loads((out / "metrics.json").read_text())["n_val"]
+    assert "Per group" in (out / "report.html").read_text()
+    one = ["path,label,site"] + [f"{f},{f.parent.name},north" for f in files]
+    (tmp_path / "one.csv").write_text("\n".join(one) + "\n")
+    rc, err = _fit(["--data", str(tmp_path / "one.csv"), *tiny_args(tiny_ckpt), "--group-column", "site", "--out", str(tmp_path / "r2")], capsys)
+    assert rc == 2 and "has 1 group(s) (north)" in err
+    rc, err = _fit(["--data", str(tmp_path / "g.csv"), *tiny_args(tiny_ckpt), "--group-column", "hospital", "--out", str(tmp_path / "r3")], capsys)
+    assert rc == 2 and "hospital" in err

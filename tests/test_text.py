@@ -28,12 +28,12 @@ def test_detects_columns_header_and_delimiter(tmp_path):
     # SMS-spam shape: no header, label first, tab-delimited, no suffix
     p = tmp_path / "SMSCollection"
     p.write_text("ham\tsee you at lunch today\nspam\tWIN a FREE prize now, call 0800\nham\tok lar\n", encoding="utf-8")
-    texts, labels, rows = read_table(p)
+    texts, labels, rows, _ = read_table(p)
     assert labels == ["ham", "spam", "ham"] and texts[1].startswith("WIN") and rows[0].endswith(":1")
     # header with usual names, comma-delimited, quoted fields with commas, quotes and newlines
     q = tmp_path / "r.csv"
     q.write_text('id,sentence,label\n1,"a, b ""c""\nd",x/y\n2,plain,"../etc"\n', encoding="utf-8")
-    texts, labels, _ = read_table(q)
+    texts, labels, _, _ = read_table(q)
     assert texts == ['a, b "c"\nd', "plain"] and labels == ["x/y", "../etc"]
 
 

@@ -34,6 +34,7 @@ class DataConfig:
     delimiter: str | None = None  # "," "\t" ";" "|" (or "tab")
     encoding: str = "auto"  # auto: UTF-8 (BOM or not), or UTF-16 with a BOM; else a Python codec name such as latin-1
     max_length: int = 128  # tokens per text; longer texts are cut (the summary says how many)
+    group_column: str | None = None  # CSV / TSV data: a column of groups (site, device, ...): metrics per group and the worst group
 
     def validate(self) -> None:
         _check(self.shots is None or self.shots >= 1, f"shots must be >= 1, got {self.shots}")

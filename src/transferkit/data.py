@@ -37,13 +37,14 @@ class ImageSet:
     sources: list  # str paths or np.ndarray images
     labels: np.ndarray
     classes: list[str]
+    groups: np.ndarray | None = None  # --group-column (CSV data): each image's group (site, device, ...)
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def subset(self, idx) -> ImageSet:
         idx = np.asarray(idx, dtype=int)
-        return ImageSet([self.sources[i] for i in idx], self.labels[idx], self.classes)
+        return ImageSet([self.sources[i] for i in idx], self.labels[idx], self.classes, self.groups[idx] if self.groups is not None else None)
 
     def counts(self) -> dict[str, int]:
         c = Counter(self.labels.tolist())
@@ -65,7 +66,7 @@ class DataSplits:
 # --------------------------------------------------------------------------------------- listing
 
 
-def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
+def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, group_column: str | None = None) -> DataSplits:
     """Resolve a data spec into train / val (/ test) splits. Nothing is decoded yet."""
     if spec == "digits" or spec.startswith("digits:"):
         return _digits(val_fraction, seed, spec.partition(":")[2])
@@ -75,7 +76,7 @@ def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0) -> D
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise UserError(f"{spec} is a file but not a .csv; give a folder of class subfolders or a CSV with path,label columns")
-        full = _read_csv(path)
+        full = _read_csv(path, group_column)
         classes = full.classes
         tr, va = stratified_split(full.labels, val_fraction, seed)
         return DataSplits(full.subset(tr), full.subset(va), None, classes, str(path), val_given=False)
@@ -137,7 +138,7 @@ def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
     return out
 
 
-def _read_csv(path: Path) -> ImageSet:
+def _read_csv(path: Path, group_column: str | None = None) -> ImageSet:
     import io
 
     from .text_data import _decode
@@ -147,7 +148,7 @@ def _read_csv(path: Path) -> ImageSet:
     fields = rows[0].keys() if rows else []
     if not rows:
         raise UserError(f"{path} has no rows")
-    missing = {"path", "label"} - set(fields)
+    missing = {"path", "label"} - set(fields) | ({group_column} - set(fields) if group_column else set())
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(sorted(missing))}; found: {', '.join(fields)}")
     sources, names, absent = [], [], []
@@ -162,7 +163,8 @@ def _read_csv(path: Path) -> ImageSet:
         raise UserError(f"{path}: {len(absent)} image path(s) do not exist: {'; '.join(absent[:5])}" + (" ..." if len(absent) > 5 else ""))
     classes = sorted(set(names))
     index = {c: i for i, c in enumerate(classes)}
-    out = ImageSet(sources, np.array([index[n] for n in names], dtype=int), classes)
+    groups = np.array([str(r[group_column]).strip() for r in rows]) if group_column else None
+    out = ImageSet(sources, np.array([index[n] for n in names], dtype=int), classes, groups)
     check_counts(out, str(path))
     return out
 

@@ -49,7 +49,7 @@ def text_eval_set(spec: str, classes: list[str], cfg: RunConfig):
     else:
         f = p
     d = cfg.data
-    texts, labels, rows = read_table(f, delimiter=d.delimiter, encoding=d.encoding, text_column=d.text_column, label_column=d.label_column)
+    texts, labels, rows, _ = read_table(f, delimiter=d.delimiter, encoding=d.encoding, text_column=d.text_column, label_column=d.label_column)
     unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise UserError(f"{f} has classes the model does not know: {', '.join(unknown[:10])} (model classes: {', '.join(classes)})")

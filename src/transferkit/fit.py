@@ -221,6 +221,10 @@ def fit(
         train_images_per_s=round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None,
         device=str(device), precision=accelerator.mixed_precision, modality=inputs.modality,
     )
+    if getattr(splits.val, "groups", None) is not None:
+        from .metrics import group_metrics
+
+        metrics["groups"] = group_metrics(splits.val.labels, val_proba, splits.val.groups, splits.classes)
     if cfg.train.baseline == "scratch":
         metrics.update(_scratch_baseline(cfg, model, splits, val_proba, console))
     if inputs.modality == "text":

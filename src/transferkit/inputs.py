@@ -51,7 +51,9 @@ class ImageInputs:
     def load(cfg, seed: int):
         from .data import load_image_data
 
-        return load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=seed)
+        if cfg.data.group_column and not str(cfg.data.path).lower().endswith(".csv"):
+            raise UserError(f"--group-column needs CSV data (path,label,{cfg.data.group_column}); {cfg.data.path} is not a CSV")
+        return load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=seed, group_column=cfg.data.group_column)
 
     def encode(self, s, progress=None):
         """(tensor, kept set, problems) for one split."""
@@ -113,7 +115,7 @@ class TextInputs:
 
         d = cfg.data
         return load_text_data(d.path, val_fraction=d.val_fraction, seed=seed, text_column=d.text_column, label_column=d.label_column,
-                              delimiter=d.delimiter, encoding=d.encoding)
+                              delimiter=d.delimiter, encoding=d.encoding, group_column=d.group_column)
 
     def encode(self, s, progress=None):
         x, truncated = self.backbone.tokenize(list(s.sources), self.max_length)
@@ -179,6 +181,14 @@ def load_splits(cfg, seed: int | None = None):
     splits = cls.load(cfg, seed)
     if cfg.data.shots:
         splits = take_shots(splits, cfg.data.shots, seed)
+    if cfg.data.group_column:
+        g = splits.val.groups
+        if g is None or len(set(g.tolist())) < 2:
+            found = sorted(set(g.tolist())) if g is not None else []
+            raise UserError(
+                f"--group-column {cfg.data.group_column}: the validation split has {len(found)} group(s) ({', '.join(found[:5])}); "
+                "metrics per group need at least two"
+            )
     return splits
 
 

@@ -55,6 +55,22 @@ def calibration(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> dict
     return {"ece": float(ece), "n_bins": n_bins, "bins": bins}
 
 
+def group_metrics(y_true: np.ndarray, proba: np.ndarray, groups: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy and macro-F1 per group, and the worst group by accuracy (the bias a source task can carry)."""
+    y_true, proba, groups = np.asarray(y_true), np.asarray(proba), np.asarray(groups)
+    per = {}
+    for g in sorted(set(groups.tolist())):
+        m = groups == g
+        pred = proba[m].argmax(1)
+        per[str(g)] = {
+            "n": int(m.sum()), "accuracy": float(accuracy_score(y_true[m], pred)),
+            "macro_f1": float(f1_score(y_true[m], pred, labels=np.arange(len(classes)), average="macro", zero_division=0)),
+        }
+    worst = min(per, key=lambda g: per[g]["accuracy"])
+    best = max(per, key=lambda g: per[g]["accuracy"])
+    return {"per_group": per, "worst_group": worst, "gap": per[best]["accuracy"] - per[worst]["accuracy"]}
+
+
 def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict:
     """Accuracy difference a - b with a paired bootstrap 95% interval over the evaluation examples."""
     y_true, ca, cb = np.asarray(y_true), np.asarray(pred_a) == np.asarray(y_true), np.asarray(pred_b) == np.asarray(y_true)

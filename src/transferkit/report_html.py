@@ -35,6 +35,17 @@ def _num(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+def _groups(gm: dict | None) -> str:
+    if not gm:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(g)}{' (worst)' if g == gm['worst_group'] else ''}</td><td>{v['n']}</td><td>{_pct(v['accuracy'])}</td><td>{_num(v['macro_f1'])}</td></tr>"
+        for g, v in gm["per_group"].items()
+    )
+    return (f"<h2>Per group</h2><p class=sub>Worst group: {html.escape(gm['worst_group'])}, {100 * gm['gap']:.1f} points below the best "
+            f"(a bias the source model may carry).</p><table><tr><th>group</th><th>n</th><th>accuracy</th><th>macro-F1</th></tr>{rows}</table>")
+
+
 def _verdict_div(v: str | None) -> str:
     if not v:
         return ""
@@ -85,6 +96,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
 <p class="sub">Transfer minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
 [{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.</p>
+{_groups(m.get('groups'))}
 <h2>Figures</h2><div class="figs">{figs}</div>
 <h2>Per class</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{pc}</table>

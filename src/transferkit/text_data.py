@@ -37,13 +37,15 @@ class TextSet:
     labels: np.ndarray
     classes: list[str]
     rows: list[str] | None = None  # where each text came from ("file:row"), for messages
+    groups: np.ndarray | None = None  # --group-column: each example's group (site, device, ...)
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def subset(self, idx) -> TextSet:
         idx = np.asarray(idx, dtype=int)
-        return TextSet([self.sources[i] for i in idx], self.labels[idx], self.classes, [self.rows[i] for i in idx] if self.rows else None)
+        return TextSet([self.sources[i] for i in idx], self.labels[idx], self.classes, [self.rows[i] for i in idx] if self.rows else None,
+                       self.groups[idx] if self.groups is not None else None)
 
     def counts(self) -> dict[str, int]:
         c = Counter(self.labels.tolist())
@@ -64,8 +66,9 @@ def is_text_spec(spec: str) -> bool:
     return "path" not in cols and bool(cols & set(TEXT_NAMES))
 
 
-def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "auto", text_column: str | None = None, label_column: str | None = None) -> tuple[list[str], list[str], list[str]]:
-    """(texts, labels, row names) from one delimited file."""
+def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "auto", text_column: str | None = None, label_column: str | None = None,
+               group_column: str | None = None) -> tuple[list[str], list[str], list[str], list[str] | None]:
+    """(texts, labels, row names, groups or None) from one delimited file."""
     raw = path.read_bytes()
     text = _decode(raw, path, encoding)
     if not text.strip():
@@ -91,7 +94,8 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
         ti, li = _guess_columns(header, body, ti, li, path)
     if ti == li:
         raise UserError(f"{path}: the text and the label column are the same ({header[ti]!r})")
-    texts, labels, names = [], [], []
+    gi = _column(header, group_column, (), path, "group") if group_column else None
+    texts, labels, names, groups = [], [], [], []
     width = len(header)
     for j, r in enumerate(body):
         where = f"{path}:{start + j}"
@@ -105,16 +109,19 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
         texts.append(t)
         labels.append(lab)
         names.append(where)
+        if gi is not None:
+            groups.append(r[gi].strip())
     if not texts:
         raise UserError(f"{path} has a header but no rows")
-    return texts, labels, names
+    return texts, labels, names, (groups if gi is not None else None)
 
 
-def load_text_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, text_column=None, label_column=None, delimiter=None, encoding: str = "auto"):
+def load_text_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, text_column=None, label_column=None, delimiter=None, encoding: str = "auto",
+                   group_column=None):
     from .data import DataSplits, stratified_split
 
     p = Path(spec)
-    kw = dict(delimiter=delimiter, encoding=encoding, text_column=text_column, label_column=label_column)
+    kw = dict(delimiter=delimiter, encoding=encoding, text_column=text_column, label_column=label_column, group_column=group_column)
     if not p.exists():
         raise UserError(f"data not found: {spec} (give a CSV/TSV file with a text and a label column, or a folder with train and val files)")
     if p.is_dir():
@@ -128,7 +135,7 @@ def load_text_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, text_
             parts["val"] = read_table(va, **kw)
         if te is not None:
             parts["test"] = read_table(te, **kw)
-        classes = _classes([lab for _, labs, _ in parts.values() for lab in labs])
+        classes = _classes([lab for _, labs, _, _ in parts.values() for lab in labs])
         sets = {k: _textset(v, classes) for k, v in parts.items()}
         train = sets["train"]
         if "val" in sets:
@@ -137,9 +144,9 @@ def load_text_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, text_
             tr_i, va_i = stratified_split(train.labels, val_fraction, seed)
             splits = DataSplits(train.subset(tr_i), train.subset(va_i), sets.get("test"), classes, str(p), False, flip_ok=False)
     else:
-        texts, labels, names = read_table(p, **kw)
-        classes = _classes(labels)
-        full = _textset((texts, labels, names), classes)
+        part = read_table(p, **kw)
+        classes = _classes(part[1])
+        full = _textset(part, classes)
         _check_classes(full, str(p))
         tr_i, va_i = stratified_split(full.labels, val_fraction, seed)
         splits = DataSplits(full.subset(tr_i), full.subset(va_i), None, classes, str(p), False, flip_ok=False)
@@ -155,9 +162,9 @@ def _check_classes(s: TextSet, source: str) -> None:
 
 
 def _textset(part, classes: list[str]) -> TextSet:
-    texts, labels, names = part
+    texts, labels, names, groups = part
     index = {c: i for i, c in enumerate(classes)}
-    return TextSet(texts, np.asarray([index[lab] for lab in labels], dtype=np.int64), classes, names)
+    return TextSet(texts, np.asarray([index[lab] for lab in labels], dtype=np.int64), classes, names, np.asarray(groups) if groups is not None else None)
 
 
 def _classes(labels: list[str]) -> list[str]:
