@@ -307,15 +307,19 @@ def config_from_dict(d: dict, *, where: str = "config") -> RunConfig:
     return cfg
 
 
-def load_config_file(path: str | Path) -> RunConfig:
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file through the safe loader (no Python objects), with a clear error; {} when empty."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+        raise UserError(f"{what} not found: {p}")
     try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"cannot parse {p} as YAML: {str(e).splitlines()[0]}") from None
-    return config_from_dict(d, where=str(p))
+
+
+def load_config_file(path: str | Path) -> RunConfig:
+    return config_from_dict(read_yaml(path), where=str(path))
 
 
 def replace(cfg: RunConfig, **flat: Any) -> RunConfig:

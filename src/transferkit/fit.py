@@ -205,8 +205,7 @@ def fit(
     eval_tf = inputs.eval_transform()
     val_proba = predict_proba(model, val_u8, eval_tf, cfg.train.eval_batch_size, autocast).numpy()
     metrics = classification_metrics(splits.val.labels, val_proba, splits.classes)
-    raw = (lambda s, x: s.sources) if inputs.modality == "text" else (lambda s, x: x)  # the baseline reads texts / pixels
-    base_proba, base_name = inputs.baseline(raw(splits.train, train_u8), splits.train.labels, raw(splits.val, val_u8), cfg.train.seed)
+    base_proba, base_name = inputs.baseline(splits.train, train_u8, splits.val, val_u8, cfg.train.seed)
     base = classification_metrics(splits.val.labels, base_proba, splits.classes)
     boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), base_proba.argmax(1), seed=cfg.train.seed)
     wall = time.perf_counter() - t_start
@@ -235,7 +234,7 @@ def fit(
         test_proba = predict_proba(model, test_u8, eval_tf, cfg.train.eval_batch_size, autocast).numpy()
         metrics["test"] = classification_metrics(splits.test.labels, test_proba, splits.classes)
         if inputs.modality == "text":
-            tb = inputs.baseline(splits.train.sources, splits.train.labels, splits.test.sources, cfg.train.seed)[0]
+            tb = inputs.baseline(splits.train, train_u8, splits.test, test_u8, cfg.train.seed)[0]
             metrics["test"]["baseline"] = {k: v for k, v in classification_metrics(splits.test.labels, tb, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
 
     if cfg.strategy.name == "lora":

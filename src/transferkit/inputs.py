@@ -79,10 +79,11 @@ class ImageInputs:
         pre = self.pre
         return lambda x: normalize(center_crop(x, pre.input_size), pre.mean, pre.std)
 
-    def baseline(self, train_x, y_train, val_x, seed: int) -> tuple[np.ndarray, str]:
+    def baseline(self, train_set, train_x, eval_set, eval_x, seed: int) -> tuple[np.ndarray, str]:
+        """The classical baseline's probabilities on `eval_set`: logistic regression on raw pixels."""
         from .baselines import raw_pixel_logreg
 
-        return raw_pixel_logreg(train_x, y_train, val_x, seed=seed), "raw-pixel logistic regression"
+        return raw_pixel_logreg(train_x, train_set.labels, eval_x, seed=seed), "raw-pixel logistic regression"
 
     def describe(self, flip: bool) -> str:
         pre, d = self.pre, self.cfg.data
@@ -134,10 +135,11 @@ class TextInputs:
 
         return trim
 
-    def baseline(self, train_texts, y_train, val_texts, seed: int) -> tuple[np.ndarray, str]:
+    def baseline(self, train_set, train_x, eval_set, eval_x, seed: int) -> tuple[np.ndarray, str]:
+        """The classical baseline's probabilities on `eval_set`: TF-IDF + logistic regression on the raw texts."""
         from .baselines import tfidf_logreg
 
-        return tfidf_logreg(train_texts, y_train, val_texts, seed=seed), "TF-IDF logistic regression"
+        return tfidf_logreg(train_set.sources, train_set.labels, eval_set.sources, seed=seed), "TF-IDF logistic regression"
 
     def describe(self, flip: bool) -> str:
         return (

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from . import report
 from .errors import UserError, did_you_mean
 
@@ -32,13 +30,10 @@ KEYS = {"name", "kind", "data", "model", "settings", "intermediate", "epochs"}
 
 
 def load_pipeline(path: str | Path) -> list[dict]:
+    from .config import read_yaml
+
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"pipeline file not found: {p}")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot parse {p} as YAML: {str(e).splitlines()[0]}") from None
+    doc = read_yaml(p, "pipeline file")
     stages = doc.get("stages") if isinstance(doc, dict) else None
     if not isinstance(stages, list) or not stages:
         raise UserError(f"{p}: needs a non-empty `stages:` list")

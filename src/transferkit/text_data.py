@@ -148,9 +148,15 @@ def load_text_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, text_
         classes = _classes(part[1])
         full = _textset(part, classes)
         _check_classes(full, str(p))
+        few = {c: n for c, n in full.counts().items() if n < 2}
+        if few:
+            raise UserError(f"{p}: every class needs at least 2 texts to split off a validation set; too few in "
+                            + ", ".join(f"{c!r} ({n})" for c, n in few.items()))
         tr_i, va_i = stratified_split(full.labels, val_fraction, seed)
         splits = DataSplits(full.subset(tr_i), full.subset(va_i), None, classes, str(p), False, flip_ok=False)
     _check_classes(splits.train, splits.source)
+    if len(splits.val) == 0:
+        raise UserError(f"{splits.source}: the validation split is empty")
     return splits
 
 

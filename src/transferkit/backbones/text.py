@@ -82,6 +82,8 @@ class TextBackbone(Backbone):
 
     def tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, int]:
         """(N, longest) int64 ids padded with PAD, and how many texts were cut to `max_length` tokens."""
+        if not texts:
+            return torch.full((0, 1), PAD, dtype=torch.long), 0
         tok = self.tokenizer
         full = tok(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         cut = tok(texts, add_special_tokens=True, truncation=True, max_length=max_length, verbose=False)["input_ids"]
