@@ -122,3 +122,15 @@ def test_group_column_gives_metrics_per_group_and_the_worst(tmp_path, capsys, ti
     assert rc == 2 and "has 1 group(s) (north)" in err
     rc, err = _fit(["--data", str(tmp_path / "g.csv"), *tiny_args(tiny_ckpt), "--group-column", "hospital", "--out", str(tmp_path / "r3")], capsys)
     assert rc == 2 and "hospital" in err
+
+
+def test_digits_subsets_for_a_source_and_a_target_task():
+    from transferkit.data import load_image_data
+
+    src, tgt = load_image_data("digits:0-4"), load_image_data("digits:5-9")
+    assert src.classes == ["0", "1", "2", "3", "4"] and tgt.classes == ["5", "6", "7", "8", "9"]
+    assert len(src.train) + len(src.val) + len(tgt.train) + len(tgt.val) == 1797
+    assert load_image_data("digits:3,8").classes == ["3", "8"]
+    for bad in ("digits:7", "digits:a-b", "digits:5-12"):
+        with pytest.raises(UserError, match="two or more digits"):
+            load_image_data(bad)
