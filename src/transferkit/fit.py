@@ -72,13 +72,19 @@ def fit(
     `cfg.data.path` (cross-validation folds, for example); `on_epoch(row)` sees every epoch's
     validation scores.
     """
-    console = console or report.console()
     cfg.validate()
     if resume and out is None:
         raise UserError("resume needs the run directory")
     if resume and is_complete(out):
         raise UserError(f"{out} is a finished run: there is nothing to resume")
-    rundir = RunDir(out, overwrite=overwrite or resume) if out is not None else None  # refuse a finished run before work
+    # Several processes (`accelerate launch` / `torchrun`): each trains on its share of every global
+    # batch; only the main one prints and writes the run directory and its checkpoints.
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    console = (console or report.console()) if main else report.console(quiet=True)
+    if accelerator.num_processes > 1 and cfg.strategy.name == "gradual":
+        raise UserError("strategy gradual changes what trains inside a phase, which one process per device cannot follow; use partial or full with several processes")
+    rundir = RunDir(out, overwrite=overwrite or resume) if out is not None and main else None  # refuse a finished run before work
     t_start = time.perf_counter()
     seed_everything(cfg.train.seed)
 
@@ -126,8 +132,7 @@ def fit(
         rundir.create()
         rundir.write_yaml("config.yaml", cfg.to_dict())  # first: it is what --resume reads
         ckpt = Checkpointer(rundir.path / "checkpoints")
-
-    accelerator = make_accelerator(cfg)
+    accelerator.wait_for_everyone()  # the run directory exists before any process reads it
     device = accelerator.device
     y_train = torch.as_tensor(splits.train.labels, device=device)
     y_val = torch.as_tensor(splits.val.labels, device=device)
@@ -139,7 +144,8 @@ def fit(
     }
     phase_resume = None
     if resume:
-        saved = ckpt.load_latest(log=lambda m: console.print(f"[yellow]{m}[/]")) if ckpt else None
+        reader = ckpt or Checkpointer(Path(out) / "checkpoints")  # every process resumes from the same checkpoint
+        saved = reader.load_latest(log=lambda m: console.print(f"[yellow]{m}[/]"))
         if saved is None:
             console.print("no intact checkpoint in the run directory: starting from the beginning")
         else:
@@ -180,6 +186,7 @@ def fit(
                     checkpoint_every_s=cfg.train.checkpoint_minutes * 60 if cfg.train.checkpoint_minutes else None, **common,
                 )
                 st["timing"]["train_images"] += res.train_images
+                st["timing"]["local_images"] = st["timing"].get("local_images", 0) + res.local_images
                 st["timing"]["train_seconds"] += res.train_seconds
             phase_resume = None
             st["timing"][f"{phase.kind}_s"] += time.perf_counter() - t0
@@ -218,7 +225,7 @@ def fit(
         transfer_vs_baseline=boot, verdict=verdict(boot, base_name),
         feature_cache_hit=st["feature_cache_hit"], timing={k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
         train_images_per_s=round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None,
-        device=str(device), precision=accelerator.mixed_precision, modality=inputs.modality,
+        device=str(device), precision=accelerator.mixed_precision, modality=inputs.modality, processes=accelerator.num_processes,
     )
     if getattr(splits.val, "groups", None) is not None:
         from .metrics import group_metrics

@@ -48,6 +48,7 @@ class PhaseResult:
     steps: int = 0
     clipped_steps: int = 0
     train_images: int = 0
+    local_images: int = 0  # of those, the ones this process forwarded (all of them with one process)
     train_seconds: float = 0.0
 
 
@@ -152,6 +153,11 @@ def run_phase(
     penalty = Penalty(cfg.reg, [(n_, p) for g in groups for n_, p in g.params])
     param_groups = build_param_groups(groups, cfg.optim.weight_decay)
     optimizer = create_optimizer(param_groups, cfg.optim, phase.lr)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if phase.unfrozen is not None and model_for_freezing is not None:
+        # what trains is set before the model is wrapped for several processes (DDP syncs exactly those)
+        first = resume["epoch"] if resume is not None else 0
+        set_trainable(model_for_freezing, groups, set(phase.unfrozen(first)), bn_stats=phase.bn_stats, always_frozen=always_frozen)
     module, optimizer = accelerator.prepare(module, optimizer)
     weights = class_weights(data.y_train, num_classes, tc.class_weight)
 
@@ -174,6 +180,7 @@ def run_phase(
         result.history, result.lr_trace = list(resume["history"]), [tuple(t) for t in resume["lr_trace"]]
         result.best_epoch, result.best = resume["best_epoch"], best or {}
         result.train_images, result.train_seconds = resume["train_images"], resume["train_seconds"]
+        result.local_images = resume.get("local_images", resume["train_images"])
 
     def state(epoch: int, batch: int) -> dict:
         return {
@@ -181,7 +188,7 @@ def run_phase(
             "optimizer": optimizer.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "best": best, "best_state": best_state, "best_epoch": result.best_epoch, "clipped": clipped.cpu(),
             "loss_sum": loss_sum.cpu(), "history": result.history, "lr_trace": result.lr_trace,
-            "train_images": result.train_images, "train_seconds": result.train_seconds,
+            "train_images": result.train_images, "train_seconds": result.train_seconds, "local_images": result.local_images,
         }
 
     task = progress.add_task(name, total=phase.epochs, completed=start_epoch) if progress is not None else None
@@ -202,6 +209,8 @@ def run_phase(
             idx_dev = idx.to(device, non_blocking=True)
             x = data.train_transform(data.x_train[idx_dev], gen)
             y = data.y_train[idx_dev]
+            if world > 1:  # this process's share of the global batch, augmented as one batch: the same draws as one process
+                x, y = x[rank::world], y[rank::world]
             set_lr(optimizer, phase.lr, lr_factor(sched, step, total, steps_per_epoch))
             with accelerator.autocast():
                 logits = module(x)
@@ -212,10 +221,11 @@ def run_phase(
             accelerator.backward(total_loss)
             clipped += _clip(accelerator, trainable, cfg)
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss.detach() * len(y)
             result.lr_trace.append((step_offset + step, optimizer.param_groups[-1]["lr"], optimizer.param_groups[0]["lr"]))
             step += 1
             result.train_images += len(idx)
+            result.local_images += len(y)
             if b + 1 < steps_per_epoch and on_checkpoint is not None:
                 stop = should_stop()
                 if stop or (checkpoint_every_s is not None and time.monotonic() - last_ckpt > checkpoint_every_s):
@@ -225,7 +235,7 @@ def run_phase(
                     if stop:
                         raise StopRequested
         start_batch, order = 0, None
-        train_loss = (loss_sum / n).item()
+        train_loss = ((accelerator.reduce(loss_sum, "sum") if world > 1 else loss_sum) / n).item()
         result.train_seconds += time.perf_counter() - t0
         proba = predict_proba(module, data.x_val, data.eval_transform, tc.eval_batch_size, accelerator.autocast)
         scores = val_scores(proba, data.y_val, num_classes)

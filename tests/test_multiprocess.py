@@ -1,0 +1,47 @@
+"""Two processes (torchrun, gloo on the CPU) train to the same weights as one process with the same
+global batch: each takes its share of every batch, augmented as one batch, and gradients are averaged."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    d = make_folder(tmp_path / "d", n=8, size=20)
+    args = ["fit", "--data", str(d), "--model", "small_convnet", "--strategy", "full", "--epochs", "2", "--batch-size", "8",
+            "--cpu", "--quiet", "--checkpoint-minutes", "100"]
+    env_cmd = [sys.executable, "-m", "transferkit.cli"]
+    one = subprocess.run(env_cmd + args + ["--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         "-m", "transferkit.cli"] + args + ["--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    w1, w2 = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=2e-5, rtol=1e-4, msg=k)
+    m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    assert (m1["processes"], m2["processes"]) == (1, 2)
+    # each process forwarded half of every global batch (sharded, not the whole batch twice)
+    assert m1["timing"]["local_images"] == m1["timing"]["train_images"] == m2["timing"]["train_images"]
+    assert m2["timing"]["local_images"] * 2 == m2["timing"]["train_images"]
+    assert m1["optimizer_steps"] == m2["optimizer_steps"] and m1["accuracy"] == m2["accuracy"]
+    h1 = (tmp_path / "one" / "history.csv").read_text().splitlines()
+    h2 = (tmp_path / "two" / "history.csv").read_text().splitlines()
+    assert len(h1) == len(h2) == 3
+    assert m1["optimizer_steps"] == 4  # 13 training images, 2 batches of the global 8 per epoch, 2 epochs: both runs trained
