@@ -56,7 +56,7 @@ def main() -> None:
     case("the same, with --skip-bad-images", ["--data", d, *img, "--skip-bad-images"])
     d = make_folder(tmp / "csvimg", n=4)
     files = sorted(d.rglob("*.png"))
-    rows = "path,label\n" + "".join(f'{f},"{lab}"\n' for f, lab in zip(files, ["../../evil", 'a, "q"\nb', "ünï ✓", "../../evil"] * 4))
+    rows = "path,label\n" + "".join(f'{f},"{lab.replace(chr(34), chr(34) * 2)}"\n' for f, lab in zip(files, ["../../evil", 'a, "q"\nb', "ünï ✓", "../../evil"] * 4))
     (tmp / "latin1.csv").write_bytes(("path,label\n" + "".join(f"{f},caf\xe9\n" for f in files)).encode("latin-1"))
     case("an image CSV in Latin-1", ["--data", tmp / "latin1.csv", *img])
     (tmp / "utf16.csv").write_bytes(rows.encode("utf-16"))

@@ -66,8 +66,15 @@ def test_csv_problems(tmp_path, capsys, tiny_ckpt):
     missing.write_text("path,label\nd/red/0.png,red\nd/red/nothere.png,red\nd/blue/0.png,blue\nd/blue/1.png,blue\n")
     _expect(["--data", str(missing), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "do not exist", "nothere.png", "row 3")
     latin = tmp_path / "latin.csv"
-    latin.write_bytes("path,label\nd/red/0.png,caf\xe9\n".encode("latin-1"))
-    _expect(["--data", str(latin), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "latin.csv", "not UTF-8")
+    rows = "".join(f"d/{c}/{i}.png,{c}-caf\xe9\n" for c in ("red", "blue") for i in range(3))
+    latin.write_bytes(("path,label\n" + rows).encode("latin-1"))
+    _expect(["--data", str(latin), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "latin.csv", "not UTF-8", "--encoding")
+    rc, err = _fit(["--data", str(latin), *tiny_args(tiny_ckpt), "--encoding", "latin-1", "--strategy", "linear_probe", "--lp-epochs", "1",
+                    "--out", str(tmp_path / "ok")], capsys)
+    assert rc == 0, err  # valid once its encoding is named
+    import json
+
+    assert sorted(json.loads((tmp_path / "ok" / "model.json").read_text())["classes"]) == ["blue-café", "red-café"]
 
 
 def test_unknown_model_suggests_close_names(tmp_path, capsys):

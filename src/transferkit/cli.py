@@ -69,7 +69,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--text-column", "text_column", str, "text: the column holding the text (detected if not given)"),
     ("--label-column", "label_column", str, "the column holding the label (detected if not given)"),
     ("--delimiter", "delimiter", str, "text files: field delimiter (',', 'tab', ';', '|'; detected if not given)"),
-    ("--encoding", "encoding", str, "text files: auto (UTF-8, or UTF-16 with a BOM) or a codec such as latin-1"),
+    ("--encoding", "encoding", str, "CSV / TSV files: auto (UTF-8, or UTF-16 with a BOM) or a codec such as latin-1"),
     ("--group-column", "group_column", str, "CSV/TSV data: a column of groups (site, device, ...): metrics per group and the worst group"),
     ("--max-length", "max_length", int, "text: tokens per text, longer ones are cut (default 128)"),
     ("--pooling", "pooling", str, "text: mean | cls"),

@@ -66,7 +66,7 @@ class DataSplits:
 # --------------------------------------------------------------------------------------- listing
 
 
-def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, group_column: str | None = None) -> DataSplits:
+def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, group_column: str | None = None, encoding: str = "auto") -> DataSplits:
     """Resolve a data spec into train / val (/ test) splits. Nothing is decoded yet."""
     if spec == "digits" or spec.startswith("digits:"):
         return _digits(val_fraction, seed, spec.partition(":")[2])
@@ -76,7 +76,7 @@ def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, grou
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise UserError(f"{spec} is a file but not a .csv; give a folder of class subfolders or a CSV with path,label columns")
-        full = _read_csv(path, group_column)
+        full = _read_csv(path, group_column, encoding)
         classes = full.classes
         tr, va = stratified_split(full.labels, val_fraction, seed)
         return DataSplits(full.subset(tr), full.subset(va), None, classes, str(path), val_given=False)
@@ -138,12 +138,12 @@ def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
     return out
 
 
-def _read_csv(path: Path, group_column: str | None = None) -> ImageSet:
+def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto") -> ImageSet:
     import io
 
     from .text_data import _decode
 
-    text = _decode(path.read_bytes(), path, "auto")  # UTF-8 (BOM or not) or UTF-16 with a BOM; else a clear error
+    text = _decode(path.read_bytes(), path, encoding)  # auto: UTF-8 (BOM or not) or UTF-16 with a BOM; else a clear error
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     fields = rows[0].keys() if rows else []
     if not rows:

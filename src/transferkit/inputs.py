@@ -53,7 +53,7 @@ class ImageInputs:
 
         if cfg.data.group_column and not str(cfg.data.path).lower().endswith(".csv"):
             raise UserError(f"--group-column needs CSV data (path,label,{cfg.data.group_column}); {cfg.data.path} is not a CSV")
-        return load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=seed, group_column=cfg.data.group_column)
+        return load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=seed, group_column=cfg.data.group_column, encoding=cfg.data.encoding)
 
     def encode(self, s, progress=None):
         """(tensor, kept set, problems) for one split."""
