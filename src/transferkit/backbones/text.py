@@ -151,6 +151,7 @@ def hf_backbone(name: str, *, pretrained: bool = True) -> TextBackbone:
         )
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         if pretrained:
@@ -164,8 +165,18 @@ def hf_backbone(name: str, *, pretrained: bool = True) -> TextBackbone:
     return TextBackbone(model, tokenizer, weights_id=wid, spec={"name": f"hf:{name}"})
 
 
+def _quiet_transformers() -> None:
+    """transformers' own progress bars and notices would interleave with ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _from_folder(folder: Path, *, spec: dict, pretrained: bool) -> TextBackbone:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    _quiet_transformers()
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} has no config.json: not a Hugging Face model folder")
@@ -197,6 +208,8 @@ def _from_folder(folder: Path, *, spec: dict, pretrained: bool) -> TextBackbone:
 def from_saved(folder: Path, spec: dict) -> TextBackbone:
     """The architecture and tokenizer of a saved run (weights come from its model.safetensors)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    _quiet_transformers()
 
     config = AutoConfig.from_pretrained(str(folder))
     model = AutoModel.from_config(config)
