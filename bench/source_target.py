@@ -213,4 +213,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import os
+
+    os.environ.setdefault("TRANSFERKIT_WEIGHTS_DIR", str(ROOT.parent / "shared" / "data" / "cifar10_resnet_akamaster"))
     main()
