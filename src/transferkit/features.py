@@ -49,13 +49,19 @@ def image_digests(images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, *, batch_size: int = 32, device="cpu", autocast=None, progress=None) -> torch.Tensor:
-    """Pooled features of centre-cropped images, in eval mode, as float32 on the CPU."""
+def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, *, rows=None, batch_size: int = 32, device="cpu", autocast=None,
+                     progress=None) -> torch.Tensor:
+    """Pooled features of centre-cropped images (of `rows` of them, if given), in eval mode, as float32
+    on the CPU. Rows are gathered one batch at a time: `images` may be a memory-mapped cache far larger
+    than memory, and a whole-set gather would copy it into the heap."""
     was_training = backbone.training
     backbone.eval()
     out = []
-    for i in range(0, len(images), batch_size):
-        x = backbone.prepare(images[i : i + batch_size].to(device, non_blocking=True), input_size)
+    rows = list(range(len(images))) if rows is None else list(rows)
+    for i in range(0, len(rows), batch_size):
+        part = rows[i : i + batch_size]
+        batch = images[part[0] : part[-1] + 1] if part == list(range(part[0], part[-1] + 1)) else images[torch.as_tensor(part)]
+        x = backbone.prepare(batch.to(device, non_blocking=True), input_size)
         if autocast is not None:
             with autocast():
                 f = backbone(x)
@@ -88,7 +94,7 @@ def cached_features(backbone: Backbone, images: torch.Tensor, input_size: int, *
     missing = [i for i, r in enumerate(rows) if r < 0]
     if not missing:
         return stored_f[torch.as_tensor(rows, dtype=torch.long)].clone(), True
-    new = compute_features(backbone, images[missing], input_size, **kw)
+    new = compute_features(backbone, images, input_size, rows=missing, **kw)
     feats = torch.empty(len(images), new.shape[1])
     have = [i for i, r in enumerate(rows) if r >= 0]
     if have:
