@@ -56,7 +56,10 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    results = [run_dataset(name, candidates, seeds, extra) for name in data]
+    results = []
+    for name in data:
+        results.append(run_dataset(name, candidates, seeds, extra))
+        print("\n" + tables(results[-1]), flush=True)  # each dataset's tables as soon as it is done
     text = "\n\n".join(tables(r) for r in results)
     print("\n" + text)
     if out:
