@@ -44,6 +44,10 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--text", action="store_true", help="a text run (minilm_l6 on a slice of SST-2) instead of hymenoptera")
+    ap.add_argument("--window", nargs=2, type=float, help="seconds between kills, drawn uniformly (default 5 30; text 4 20). On a busy "
+                    "machine start-up takes longer: widen it so that kills land after the run directory exists")
+    ap.add_argument("--text-size", type=int, default=600, help="--text: training sentences (and a third as many for validation)")
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tk-faults-"))
@@ -70,16 +74,19 @@ def main() -> None:
     elif a.text:
         src = (ROOT.parent / "shared" / "data" / "text" / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
         (work / "sst2").mkdir()
-        (work / "sst2" / "train.tsv").write_text("\n".join(src[:601]) + "\n", encoding="utf-8")  # header + 600
-        (work / "sst2" / "val.tsv").write_text("\n".join(src[:1] + src[601:801]) + "\n", encoding="utf-8")
-        args = ["--data", str(work / "sst2"), "--model", "minilm_l6", "--strategy", "full", "--epochs", "6", "--max-length", "64",
+        n = a.text_size
+        (work / "sst2" / "train.tsv").write_text("\n".join(src[: n + 1]) + "\n", encoding="utf-8")  # header + n
+        (work / "sst2" / "val.tsv").write_text("\n".join(src[:1] + src[n + 1 : n + 1 + n // 3]) + "\n", encoding="utf-8")
+        args = ["--data", str(work / "sst2"), "--model", "minilm_l6", "--strategy", "full", "--epochs", str(a.epochs), "--max-length", "64",
                 "--checkpoint-minutes", "0.1"]
         kills, window = a.kills, (4.0, 20.0)
     else:
-        args = ["--data", str(ROOT.parent / "shared" / "data" / "hymenoptera"), "--strategy", "full", "--epochs", "6",
+        args = ["--data", str(ROOT.parent / "shared" / "data" / "hymenoptera"), "--strategy", "full", "--epochs", str(a.epochs),
                 "--checkpoint-minutes", "0.2"]
         kills, window = a.kills, (5.0, 30.0)
 
+    if a.window:
+        window = tuple(a.window)
     t0 = time.perf_counter()
     subprocess.run(_fit_cmd(args, work / "whole"), env=env, check=True)
     print(f"uninterrupted run: {time.perf_counter() - t0:.1f} s", flush=True)
