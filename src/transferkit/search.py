@@ -753,7 +753,12 @@ def _preflight(base: RunConfig, space: dict[str, Dim], num_classes: int) -> None
     names = [base.strategy.name] if sd is None else [sd.value] if sd.kind == "fixed" else sd.choices
     kd = space.get("k")
     k = max(kd.choices) if kd is not None and kd.kind == "choices" else kd.high if kd is not None and kd.kind == "range" else kd.value if kd is not None else base.strategy.k
-    groups = model_groups(create_model(base.model, num_classes, pretrained=False))
+    model = create_model(base.model, num_classes, pretrained=False)
+    if "lora" in names:  # the adapters fit injects, so that lora's phases (and a bad --lora-targets) are checked too
+        from .lora import apply_lora
+
+        apply_lora(model.backbone, base.strategy)
+    groups = model_groups(model)
     for s in names:
         try:
             create_phases(replace(base, strategy=s, k=k), groups)
