@@ -36,41 +36,6 @@ def _image_sources(spec: str) -> list[str]:
     return files
 
 
-def read_texts(spec: str, *, text_column: str | None = None) -> list[str]:
-    """Unlabelled texts: a CSV/TSV's text column (labels, if any, are ignored), or a file's lines."""
-    from .text_data import TEXT_NAMES, _decode, _delimiter
-
-    p = Path(spec)
-    if p.is_dir():
-        from .text_data import _find
-
-        f = _find(p, "train")
-        if f is None:
-            raise UserError(f"{spec}: no train.csv / train.tsv in this folder")
-        p = f
-    if not p.is_file():
-        raise UserError(f"data not found: {spec}")
-    text = _decode(p.read_bytes(), p, "auto")
-    if p.suffix.lower() in (".csv", ".tsv"):
-        import csv
-        import io
-
-        csv.field_size_limit(16 * 1024 * 1024)
-        d = _delimiter(text, p, None)
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=d, quoting=csv.QUOTE_NONE if d == "\t" else csv.QUOTE_MINIMAL))
-        header = [h.strip() for h in rows[0]]
-        names = [text_column] if text_column else list(TEXT_NAMES)
-        col = next((i for i, h in enumerate(header) if h in names or h.lower() in names), None)
-        if col is None:
-            raise UserError(f"{p}: no text column (looked for {', '.join(names)}); columns found: {', '.join(header)}")
-        texts = [r[col] for r in rows[1:] if len(r) > col and r[col].strip()]
-    else:
-        texts = [ln for ln in text.splitlines() if ln.strip()]
-    if not texts:
-        raise UserError(f"{p}: no texts")
-    return texts
-
-
 def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size: int = 64) -> int:
     """Re-estimate every BatchNorm layer's running statistics on `images_u8`; returns how many layers."""
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -159,6 +124,8 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         if intermediate:
             raise UserError("--intermediate (a supervised intermediate task) is for images; for text, fit on it and pass --model run:DIR")
         backbone = create_backbone(cfg.model.name, arch=cfg.model.arch)
+        from .text_data import read_texts
+
         texts = read_texts(cfg.data.path, text_column=cfg.data.text_column)
         con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch(s)")
         info.update(method="mlm", **mlm(backbone, texts, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,

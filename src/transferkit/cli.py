@@ -247,8 +247,12 @@ def cmd_predict(args) -> int:
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
     if clf.inputs_.modality == "text":
         texts = list(args.text or [])
+        from .text_data import read_texts
+
         for item in args.inputs:
-            texts += _read_texts(item)
+            if not Path(item).is_file():
+                raise UserError(f"not found: {item} (give files of texts)")
+            texts += read_texts(item)
         if not texts:
             raise UserError("predict needs texts: a file of texts (one per line, or a CSV/TSV with a text column) or --text")
         names, proba = [t[:80] for t in texts], clf.predict_proba(texts)
@@ -287,27 +291,6 @@ def _proba(clf, x):
     from .trainer import predict_proba
 
     return predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
-
-
-def _read_texts(item: str) -> list[str]:
-    """A .csv / .tsv file's text column (by a usual name), or any other file's non-empty lines."""
-    from .text_data import TEXT_NAMES, _decode, read_table
-
-    p = Path(item)
-    if not p.is_file():
-        raise UserError(f"not found: {item}")
-    if p.suffix.lower() in (".csv", ".tsv"):
-        import csv as _csv
-        import io
-
-        text = _decode(p.read_bytes(), p, "auto")
-        header = next(_csv.reader(io.StringIO(text), delimiter="\t" if p.suffix.lower() == ".tsv" else ","), [])
-        col = next((h for h in header if h.strip().lower() in TEXT_NAMES), None)
-        if col is None:
-            raise UserError(f"{p}: no text column (looked for {', '.join(TEXT_NAMES)}); columns found: {', '.join(header)}")
-        rows = list(_csv.DictReader(io.StringIO(text), delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
-        return [r[col] for r in rows if (r.get(col) or "").strip()] if rows else read_table(p)[0]
-    return [ln for ln in _decode(p.read_bytes(), p, "auto").splitlines() if ln.strip()]
 
 
 def _given_settings(args) -> set[str]:

@@ -53,13 +53,6 @@ def make_accelerator(cfg: RunConfig):
     return Accelerator(cpu=cfg.train.cpu, mixed_precision=mp)
 
 
-def effective_preprocess(model: TransferModel, cfg: RunConfig) -> Preprocess:
-    pre = model.backbone.preprocess
-    if cfg.data.input_size:
-        pre = Preprocess(cfg.data.input_size, pre.mean, pre.std, pre.crop_pct, pre.interpolation)
-    return pre
-
-
 def fit(
     cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None,
     splits: DataSplits | None = None, on_epoch=None,

@@ -326,11 +326,11 @@ def batch_sizes_that_fit(cfg: RunConfig, n_train: int, num_classes: int) -> list
 
     if cfg.train.cpu or not torch.cuda.is_available() or modality_of(cfg.model.name) == "text":
         return fit_data
-    from .fit import effective_preprocess
+    from .inputs import ImageInputs
     from .model import create_model
 
     model = create_model(cfg.model, num_classes, pretrained=False).cuda().train()
-    size = effective_preprocess(model, cfg).input_size
+    size = ImageInputs(cfg, model.backbone).size
     ok = []
     for b in fit_data:
         try:

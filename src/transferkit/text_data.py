@@ -273,3 +273,31 @@ def _guess_columns(header: list[str], body: list[list[str]], ti: int | None, li:
             "name it with --label-column"
         )
     return ti, li
+
+
+def read_texts(spec: str, *, text_column: str | None = None) -> list[str]:
+    """Unlabelled texts: a CSV/TSV's text column (labels, if any, are ignored), or a file's lines."""
+    p = Path(spec)
+    if p.is_dir():
+        f = _find(p, "train")
+        if f is None:
+            raise UserError(f"{spec}: no train.csv / train.tsv in this folder")
+        p = f
+    if not p.is_file():
+        raise UserError(f"data not found: {spec}")
+    text = _decode(p.read_bytes(), p, "auto")
+    if p.suffix.lower() in (".csv", ".tsv"):
+        csv.field_size_limit(MAX_FIELD)
+        d = _delimiter(text, p, None)
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=d, quoting=csv.QUOTE_NONE if d == "\t" else csv.QUOTE_MINIMAL))
+        header = [h.strip() for h in rows[0]]
+        names = [text_column] if text_column else list(TEXT_NAMES)
+        col = next((i for i, h in enumerate(header) if h in names or h.lower() in names), None)
+        if col is None:
+            raise UserError(f"{p}: no text column (looked for {', '.join(names)}); columns found: {', '.join(header)}")
+        texts = [r[col] for r in rows[1:] if len(r) > col and r[col].strip()]
+    else:
+        texts = [ln for ln in text.splitlines() if ln.strip()]
+    if not texts:
+        raise UserError(f"{p}: no texts")
+    return texts
