@@ -288,3 +288,12 @@ def test_rank_and_search_read_text(tmp_path, tiny_bert):
     res = search(base, tmp_path / "search", space={"strategy": {"choices": ["linear_probe"]}, "lp_epochs": 5}, trials=2, folds=2)
     assert res.states.get("complete") == 2 and 0 <= res.final_metrics["accuracy"] <= 1
     assert (tmp_path / "search" / "best.yaml").is_file()
+
+
+def test_tiny_bert_fixture_tokenizes_real_words(tiny_bert):
+    """The text tests mean something only if the tiny tokenizer sees words, not [UNK] (transformers 5
+    ignores BertTokenizerFast's old `vocab_file=` argument and builds an empty vocabulary)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    assert tok.tokenize("the movie was good xyz") == ["the", "movie", "was", "good", "x", "##y", "##z"]
