@@ -89,6 +89,7 @@ def test_mlm_adapt_then_fit(tmp_path, tiny_bert, capsys):
     assert main(["adapt", "--data", str(p), "--model", f"dir:{tiny_bert}", "--out", str(out), "--epochs", "2", "--batch-size", "8", "--quiet"]) == 0
     info = json.loads((out / "adapt.json").read_text())
     assert info["method"] == "mlm" and info["steps"] == 10 and info["texts"] == 40
+    assert info["new_head"] and info["head_steps"] == 2  # tiny_bert was saved without a masked-LM head: a quarter of 10 steps for it first
     assert main(["fit", "--data", str(p), "--model", f"run:{out}", "--max-length", "32", "--lp-epochs", "2", "--epochs", "1",
                  "--out", str(tmp_path / "fit"), "--quiet"]) == 0
     from transferkit.fit import load_model
@@ -99,3 +100,38 @@ def test_mlm_adapt_then_fit(tmp_path, tiny_bert, capsys):
     src = load_file(str(tiny_bert / "model.safetensors"))
     moved = [k for k, v in m.backbone.model.state_dict().items() if k in src and not torch.equal(v, src[k])]
     assert moved  # masked-LM training changed the encoder
+
+
+def test_mlm_new_head_trains_alone_first(tiny_bert):
+    """While a random masked-LM head is warmed up, the encoder must not move."""
+    from transferkit.adapt import mlm
+    from transferkit.backbones import create_backbone
+
+    bb = create_backbone(f"dir:{tiny_bert}")
+    before = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    info = mlm(bb, ["the movie was good", "a bad film", "great acting"] * 4, epochs=0, head_steps=3, batch_size=4, console=None)
+    assert info["new_head"] and info["head_steps"] == 3 and info["steps"] == 0
+    assert info["head_first_loss"] > 0
+    assert all(torch.equal(v, before[k]) for k, v in bb.model.state_dict().items())
+
+
+def test_mlm_uses_the_pretrained_head(tmp_path, tiny_bert):
+    """A folder saved with its masked-LM head (a BERT checkpoint) keeps that head: no warm-up needed."""
+    import shutil
+
+    from transformers import BertConfig, BertForMaskedLM
+
+    from transferkit.adapt import _mlm_model, mlm
+    from transferkit.backbones import create_backbone
+
+    d = tmp_path / "bert-mlm"
+    shutil.copytree(tiny_bert, d)
+    torch.manual_seed(1)
+    full = BertForMaskedLM(BertConfig.from_pretrained(str(d)))
+    full.save_pretrained(str(d))
+    bb = create_backbone(f"dir:{d}")
+    model, new_head = _mlm_model(bb)
+    assert not new_head
+    assert torch.equal(model.cls.predictions.transform.dense.weight, full.cls.predictions.transform.dense.weight)
+    info = mlm(bb, ["the movie was good", "a bad film"] * 4, epochs=1, batch_size=4, console=None)
+    assert info["head_steps"] == 0 and info["steps"] == 2

@@ -57,54 +57,107 @@ def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size
     return len(bns)
 
 
+def _mlm_model(backbone):
+    """`backbone`'s encoder under transformers' masked-LM head, and whether that head is new. The head
+    the encoder was pretrained with is loaded from the backbone's source where it is there (a BERT or
+    RoBERTa checkpoint); a sentence encoder such as all-MiniLM-L6-v2 was saved without one, so its head
+    starts from random weights (the decoder is tied to the word embeddings, so only the transform
+    layer and the output bias are new)."""
+    from transformers import AutoModelForMaskedLM
+
+    name = backbone.spec.get("name")
+    model, new_head = None, True
+    if getattr(backbone, "source", None):
+        try:
+            model, info = AutoModelForMaskedLM.from_pretrained(backbone.source, config=backbone.model.config, output_loading_info=True)
+            prefix = model.base_model_prefix + "."
+            new_head = any(not k.startswith(prefix) for k in info["missing_keys"])
+        except (OSError, ValueError):  # no head for this architecture, or no weights there: decided below
+            model = None
+    if model is None:
+        try:
+            model = AutoModelForMaskedLM.from_config(backbone.model.config)
+        except ValueError as e:
+            raise UserError(f"{name}: transformers has no masked-language-model head for this architecture ({e})") from None
+    missing, unexpected = model.base_model.load_state_dict(backbone.model.state_dict(), strict=False)
+    if unexpected or any("pooler" not in k for k in missing):
+        raise UserError(f"could not place {name}'s encoder under an MLM head (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model, new_head
+
+
 def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32, max_length: int = 128, seed: int = 0,
-        mlm_probability: float = 0.15, console=None) -> dict:
-    """Masked-language-model training of `backbone.model` (a transformers encoder) on `texts`."""
-    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+        mlm_probability: float = 0.15, head_steps: int | None = None, head_lr: float = 1e-3, console=None) -> dict:
+    """Masked-language-model training of `backbone.model` (a transformers encoder) on `texts`.
+
+    A new (randomly initialised) head is first trained alone for `head_steps` steps (default: a
+    quarter of the main run's steps) with the encoder frozen, as a linear probe comes before fine-
+    tuning: otherwise the first updates of the encoder follow the gradients of a random head."""
+    from transformers import DataCollatorForLanguageModeling
 
     con = console or report.console()
     torch.manual_seed(seed)
-    try:
-        model = AutoModelForMaskedLM.from_config(backbone.model.config)
-    except ValueError as e:
-        raise UserError(f"{backbone.spec.get('name')}: transformers has no masked-language-model head for this architecture ({e})") from None
-    missing, unexpected = model.base_model.load_state_dict(backbone.model.state_dict(), strict=False)
-    if unexpected or any("pooler" not in k for k in missing):
-        raise UserError(f"could not place {backbone.spec.get('name')}'s encoder under an MLM head (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model, new_head = _mlm_model(backbone)
     tok = backbone.tokenizer
     if tok.mask_token is None:
         raise UserError(f"{backbone.spec.get('name')}'s tokenizer has no mask token: masked-language-model training needs one")
     enc = tok(texts, truncation=True, max_length=max_length, verbose=False)["input_ids"]
     collate = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=mlm_probability, return_tensors="pt")
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     steps = epochs * ((len(enc) + batch_size - 1) // batch_size)
-    warm = max(1, steps // 16)
-    step, losses, t0 = 0, [], time.perf_counter()
-    with report.progress(con) as prog:
-        task = prog.add_task("masked-LM pretraining", total=steps)
-        for _ in range(epochs):
+    if head_steps is None:
+        head_steps = max(1, steps // 4) if new_head else 0
+
+    def batches():  # shuffled passes over the texts, for as long as asked
+        while True:
             order = torch.randperm(len(enc), generator=g).tolist()
             for i in range(0, len(order), batch_size):
-                batch = collate([{"input_ids": enc[j]} for j in order[i : i + batch_size]])
-                f = (step + 1) / warm if step < warm else max(0.0, (steps - step) / max(1, steps - warm))  # warmup, then linear decay
-                for grp in opt.param_groups:
-                    grp["lr"] = lr * f
-                out = model(**batch)
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                losses.append(float(out.loss.detach()))
-                step += 1
-                prog.update(task, advance=1, description=f"masked-LM loss {np.mean(losses[-20:]):.3f}")
+                yield collate([{"input_ids": enc[j]} for j in order[i : i + batch_size]])
+
+    def train(n: int, params: list, peak: float, label: str, prog) -> list[float]:
+        opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
+        warm, losses = max(1, n // 16), []
+        task = prog.add_task(label, total=n)
+        for step, batch in zip(range(n), stream):
+            prog.update(task, advance=1)
+            if bool((batch["labels"] == -100).all()):  # no token drawn for masking (short texts, small batch): no loss to learn from
+                continue
+            f = (step + 1) / warm if step < warm else max(0.0, (n - step) / max(1, n - warm))  # warmup, then linear decay
+            for grp in opt.param_groups:
+                grp["lr"] = peak * f
+            out = model(**batch)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(float(out.loss.detach()))
+            prog.update(task, description=f"{label}: loss {np.mean(losses[-20:]):.3f}")
+        return losses
+
+    stream = batches()
+    model.train()
+    encoder = list(model.base_model.parameters())
+    head = [p for p in model.parameters() if all(p is not q for q in encoder)]
+    t0 = time.perf_counter()
+    head_losses: list[float] = []
+    with report.progress(con) as prog:
+        if head_steps:
+            for p_ in encoder:
+                p_.requires_grad_(False)
+            head_losses = train(head_steps, head, head_lr, "masked-LM head alone (encoder frozen)", prog)
+            for p_ in encoder:
+                p_.requires_grad_(True)
+        losses = train(steps, list(model.parameters()), lr, "masked-LM pretraining", prog)
     # the adapted encoder goes back into the backbone (same modules, new weights)
     backbone.model.load_state_dict(model.base_model.state_dict(), strict=False)
-    return {"steps": step, "first_loss": float(np.mean(losses[:20])), "last_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - t0, 1), "texts": len(texts)}
+    info = {"steps": steps, "first_loss": float(np.mean(losses[:20])) if losses else None, "last_loss": float(np.mean(losses[-20:])) if losses else None,
+            "new_head": new_head, "head_steps": head_steps, "seconds": round(time.perf_counter() - t0, 1), "texts": len(texts)}
+    if head_losses:
+        info.update(head_first_loss=float(np.mean(head_losses[:20])), head_last_loss=float(np.mean(head_losses[-20:])))
+    return info
 
 
-def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int = 1, console=None, overwrite: bool = False) -> dict:
+def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int = 1, head_steps: int | None = None, console=None,
+          overwrite: bool = False) -> dict:
     """Adapt `cfg.model.name` to the unlabelled data at `cfg.data.path`; write a run directory at `out`."""
     from .config import replace
     from .fit import write_model
@@ -129,8 +182,11 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         texts = read_texts(cfg.data.path, text_column=cfg.data.text_column)
         con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch(s)")
         info.update(method="mlm", **mlm(backbone, texts, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,
-                                        max_length=cfg.data.max_length, seed=cfg.train.seed, console=con))
-        con.print(f"masked-LM loss {info['first_loss']:.3f} -> {info['last_loss']:.3f} over {info['steps']} steps")
+                                        max_length=cfg.data.max_length, seed=cfg.train.seed, head_steps=head_steps, console=con))
+        if info["head_steps"]:
+            con.print(f"new masked-LM head trained alone first: loss {info['head_first_loss']:.3f} -> {info['head_last_loss']:.3f} over {info['head_steps']} steps")
+        if info["steps"]:
+            con.print(f"masked-LM loss {info['first_loss']:.3f} -> {info['last_loss']:.3f} over {info['steps']} steps")
     else:
         name = cfg.model.name
         if intermediate:

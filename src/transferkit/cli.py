@@ -305,7 +305,7 @@ def cmd_adapt(args) -> int:
 
     cfg = replace(RunConfig(), data=args.data, model=args.model, arch=args.arch, lr=args.lr, batch_size=args.batch_size,
                   max_length=args.max_length, text_column=args.text_column, input_size=args.input_size, seed=args.seed)
-    adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, console=report.console(quiet=args.quiet), overwrite=args.overwrite)
+    adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, head_steps=args.head_steps, console=report.console(quiet=args.quiet), overwrite=args.overwrite)
     return 0
 
 
@@ -434,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intermediate", help="images: a labelled folder to fine-tune on first (a supervised intermediate task)")
     p.add_argument("--epochs", type=int, default=1, help="text: masked-LM epochs (default 1)")
     p.add_argument("--lr", type=float, help="text: masked-LM learning rate (default 5e-5)")
+    p.add_argument("--head-steps", type=int, help="text: steps that train a new (random) masked-LM head alone, the encoder frozen, "
+                   "before the masked-LM epochs (default: a quarter of their steps when the head is new, else 0)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--text-column")

@@ -26,7 +26,7 @@ from . import report
 from .errors import UserError, did_you_mean
 
 KINDS = ("fit", "adapt")
-KEYS = {"name", "kind", "data", "model", "settings", "intermediate", "epochs"}
+KEYS = {"name", "kind", "data", "model", "settings", "intermediate", "epochs", "head_steps"}
 
 
 def load_pipeline(path: str | Path) -> list[dict]:
@@ -122,7 +122,8 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None) -> dict:
         con.print(f"[bold]stage {name}[/] ({kind}): {cfg.data.path} with {cfg.model.name}")
         if kind == "adapt":
             inter = st.get("intermediate")
-            adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=int(st.get("epochs", 1)), console=con, overwrite=True)
+            adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=int(st.get("epochs", 1)),
+                  head_steps=int(st["head_steps"]) if st.get("head_steps") is not None else None, console=con, overwrite=True)
         elif (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
             con.print(f"stage {name}: interrupted before; resuming")
             fit(cfg, d, resume=True, console=con)

