@@ -17,7 +17,7 @@ def _chelsea_batch(pre):
     w, h = img.size
     s = pre.resize_size / min(w, h)
     img = img.resize((round(w * s), round(h * s)), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
     return normalize(center_crop(x, pre.input_size), pre.mean, pre.std)
 
 
