@@ -79,7 +79,9 @@ def tutorial_loop(data: Path, device: str, seed: int, epochs: int = 25) -> dict:
 def transferkit_fit(data: Path, device: str, seed: int) -> dict:
     """The whole command, Python start-up and model load included, and its own wall time (data
     loading to final evaluation) from metrics.json."""
-    out = ROOT / "bench" / "results" / f"gpu_fit_seed{seed}"
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="tk-bench-gpu-")) / f"fit-seed{seed}"
     cmd = [sys.executable, "-m", "transferkit.cli", "fit", "--data", str(data), "--out", str(out), "--overwrite", "--seed", str(seed), "--quiet"]
     if device == "cpu":
         cmd.append("--cpu")
