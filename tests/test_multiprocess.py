@@ -21,7 +21,7 @@ def _free_port() -> int:
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     d = make_folder(tmp_path / "d", n=8, size=20)
     args = ["fit", "--data", str(d), "--model", "small_convnet", "--strategy", "full", "--epochs", "2", "--batch-size", "8",
-            "--cpu", "--quiet", "--checkpoint-minutes", "100"]
+            "--cpu", "--quiet", "--checkpoint-minutes", "100", "--precision", "no"]  # fp32: bf16 rounding differs with how a batch is split
     env_cmd = [sys.executable, "-m", "transferkit.cli"]
     one = subprocess.run(env_cmd + args + ["--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]

@@ -167,7 +167,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weight: str = "none"  # none | balanced (loss weights inversely proportional to class counts)
     sampler: str = "shuffle"  # shuffle | balanced (draw classes equally often)
-    precision: str = "auto"  # auto (bf16 on a GPU that has it) | bf16 | fp16 | no
+    precision: str = "auto"  # auto (bf16 where the GPU or CPU computes in bf16 natively, else fp32) | bf16 | fp16 | no
     cpu: bool = False  # force the CPU even when a GPU is present
     checkpoint_minutes: float | None = 10.0  # also checkpoint inside epochs longer than this
     baseline: str = "none"  # none | scratch: also train the same architecture from random weights, same data and epochs
