@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import copy
 import csv
 import shutil
@@ -211,13 +210,14 @@ def fit(
                     raise StopRequested
     history, lr_trace, timing = st["history"], [tuple(t) for t in st["lr_trace"]], st["timing"]
     steps, clipped, best_epoch = st["steps"], st["clipped"], st["best_epoch"]
-    model = accelerator.unwrap_model(model).cpu().eval()
+    model = accelerator.unwrap_model(model).eval()
     set_trainable(model, groups, {g.name for g in groups}, bn_stats="all")
 
-    # ---- evaluation, baseline, verdict: in fp32, as `evaluate` and `predict` compute with the saved model
+    # ---- evaluation, baseline, verdict: on the training device (the model moves to the CPU after), in
+    # fp32, as `evaluate` and `predict` compute with the saved model
     autocast = contextlib.nullcontext
     eval_tf = inputs.eval_transform()
-    val_proba = predict_proba(model, val_u8, eval_tf, cfg.train.eval_batch_size, autocast).numpy()
+    val_proba = predict_proba(model, val_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
     metrics = classification_metrics(splits.val.labels, val_proba, splits.classes)
     base_proba, base_name = inputs.baseline(splits.train, train_u8, splits.val, val_u8, cfg.train.seed)
     base = classification_metrics(splits.val.labels, base_proba, splits.classes)
@@ -245,12 +245,13 @@ def fit(
     if splits.notes:
         metrics["data_notes"] = list(splits.notes)
     if test_u8 is not None and len(test_u8):
-        test_proba = predict_proba(model, test_u8, eval_tf, cfg.train.eval_batch_size, autocast).numpy()
+        test_proba = predict_proba(model, test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
         metrics["test"] = classification_metrics(splits.test.labels, test_proba, splits.classes)
         if inputs.modality == "text":
             tb = inputs.baseline(splits.train, train_u8, splits.test, test_u8, cfg.train.seed)[0]
             metrics["test"]["baseline"] = {k: v for k, v in classification_metrics(splits.test.labels, tb, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
 
+    model = model.cpu()  # a FitResult holds its model on the CPU, as a loaded one is
     if cfg.strategy.name == "lora":
         from .lora import merge_lora
 
