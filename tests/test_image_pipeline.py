@@ -107,3 +107,16 @@ def test_second_fit_hits_the_cache_and_seeds_matter(tiny_folder, tiny_ckpt, tmp_
     wa, wb, wc = (r.model.head.state_dict() for r in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_fitted_model_predicts_like_its_reload_after_bf16_training(tiny_folder, tiny_ckpt, tmp_path):
+    """Training under bf16 autocast (emulated on any CPU) must not leave the autocast wrapper on the
+    fitted model: it predicts in fp32, bit for bit as the model loaded from its run directory."""
+    run = tmp_path / "run"
+    clf = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="lp_ft", input_size=16, batch_size=4, epochs=1, lp_epochs=3,
+                          precision="bf16", cpu=True)
+    clf.fit(str(tiny_folder), out=run)
+    assert json.loads((run / "metrics.json").read_text())["precision"] == "bf16"
+    assert "_original_forward" not in vars(clf.model_) and "_original_forward" not in vars(clf.model_.head)
+    images = sorted(str(p) for p in tiny_folder.rglob("*.png"))
+    assert np.array_equal(ImageClassifier.load(run).predict_proba(images), clf.predict_proba(images))
