@@ -89,6 +89,8 @@ def test_feature_cache_reused_only_when_nothing_changed(tmp_path, tiny_ckpt):
     other = create_backbone("random:cifar_resnet20")  # other weights
     assert not cached_features(other, u8, 16)[1]
     assert not cached_features(bb, u8, 12)[1]  # other input size
+    assert not cached_features(bb, u8, 16, precision="bf16", autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))[1]  # other precision
+    assert cached_features(bb, u8, 16, precision="bf16")[1]
     import dataclasses
 
     bb.preprocess = dataclasses.replace(bb.preprocess, mean=(0.5, 0.5, 0.5))  # other normalisation

@@ -27,8 +27,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRANSFERKIT_CACHE_DIR") or Path.home() / ".cache" / "transferkit")
 
 
-def feature_key(backbone: Backbone, input_size: int) -> str:
+def feature_key(backbone: Backbone, input_size: int, precision: str = "no") -> str:
     ident = {**backbone.feature_ident(input_size), "version": FORMAT_VERSION}
+    if precision not in (None, "no"):  # bf16 / fp16 features are a store of their own (fp32 keys unchanged)
+        ident["precision"] = precision
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -74,12 +76,13 @@ def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, 
     return torch.cat(out) if out else torch.zeros(0, backbone.num_features)
 
 
-def cached_features(backbone: Backbone, images: torch.Tensor, input_size: int, **kw) -> tuple[torch.Tensor, bool]:
+def cached_features(backbone: Backbone, images: torch.Tensor, input_size: int, *, precision: str = "no", **kw) -> tuple[torch.Tensor, bool]:
     """(features, hit): rows for images seen before come from the store; the rest are computed and
-    added. `hit` is True when the backbone did not run at all."""
+    added. `hit` is True when the backbone did not run at all. `precision` names the autocast that
+    `kw["autocast"]` applies ("no": fp32), so features of one precision never stand in for another's."""
     from safetensors.torch import load_file, save_file
 
-    path = cache_dir() / "features" / f"{feature_key(backbone, input_size)}.safetensors"
+    path = cache_dir() / "features" / f"{feature_key(backbone, input_size, precision)}.safetensors"
     digests = image_digests(images)
     stored_f = torch.zeros(0, backbone.num_features)
     stored_d = np.zeros((0, 16), dtype=np.uint8)

@@ -118,7 +118,8 @@ def lr_find(
     model.to(device, memory_format=inputs.memory_format)
 
     if phase.kind == "probe":
-        x, _ = cached_features(model.backbone, x_u8, inputs.size, device=device, autocast=accelerator.autocast, batch_size=cfg.train.eval_batch_size)
+        x, _ = cached_features(model.backbone, x_u8, inputs.size, device=device, autocast=accelerator.autocast, precision=accelerator.mixed_precision,
+                               batch_size=cfg.train.eval_batch_size)
         x = x.to(device)
         module, train_groups = model.head.train(), [g for g in groups if g.name == "head"]
         transform = lambda xb, g: xb  # noqa: E731
