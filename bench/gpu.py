@@ -126,13 +126,15 @@ def synthetic_ceiling(device: str, batch: int = 256, steps: int = 30) -> float:
     opt = torch.optim.AdamW(model.parameters(), 1e-4, foreach=True)
     x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,), device=device)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    from transferkit.fit import resolve_precision
+
+    bf16 = resolve_precision("auto", cpu=device == "cpu") == "bf16"  # the precision `fit` trains in on this device
     for i in range(steps + 5):
         if i == 5:
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,7 +174,10 @@ def main() -> None:
         print(f"| {name} | {statistics.mean(acc):.2f} ({min(acc):.1f}-{max(acc):.1f}) | {statistics.mean(r['wall_s'] for r in rs):.1f} | {cmd} | {statistics.mean(r['train_images_per_s'] for r in rs):.0f} |")
     if "synthetic" in args.only:
         b = 256 if args.device == "cuda" else 32  # batch 256 on a 2-core CPU: < 10 images/s and 19 GB
-        print(f"| synthetic on-device data, batch {b}{', bf16' if args.device == 'cuda' else ''}, channels_last | - | - | - | {synthetic_ceiling(args.device, batch=b):.0f} |")
+        from transferkit.fit import resolve_precision
+
+        mp = resolve_precision("auto", cpu=args.device == "cpu")
+        print(f"| synthetic on-device data, batch {b}, {mp if mp != 'no' else 'fp32'}, channels_last | - | - | - | {synthetic_ceiling(args.device, batch=b):.0f} |")
     fits = rows.get("transferkit fit (default)")
     if fits:
         print("\n| seed | feature pass s (cache) | linear probe on cached features s | fine-tuning phase s |\n|---|---|---|---|")
