@@ -50,6 +50,7 @@ def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, 
         ([{"name": "a", "data": "digits", "model": "stage:b"}, {"name": "b", "data": "digits", "model": "stage:a"}], "cycle: a -> b -> a"),
         ([{"name": "a", "data": "digits", "model": "stage:src"}], "needs stage:src, which is not defined"),
         ([{"name": "a", "model": "small_convnet"}], "missing input `data`"),
+        ([{"name": "a", "kind": "adapt", "data": "t.txt", "model": "minilm_l6", "head_steps": "many"}], "`head_steps` must be a whole number, got 'many'"),
     ],
 )
 def test_bad_pipelines(tmp_path, capsys, stages, message):
@@ -79,6 +80,29 @@ def test_adapt_without_batchnorm_or_task_is_refused(tmp_path, capsys):
     d = make_folder(tmp_path / "d", n=3)
     assert main(["adapt", "--data", str(d), "--model", "small_convnet", "--out", str(tmp_path / "a")]) == 2
     assert "no BatchNorm layers, so AdaBN has nothing to adapt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--head-steps", "-1"], "--head-steps must be a whole number >= 0, got -1"),
+        (["--epochs", "0"], "--epochs must be a whole number >= 1, got 0"),
+        (["--data-file", "empty.csv"], "empty.csv: empty file (no header, no texts)"),
+        (["--image-model", "--head-steps", "5"], "--head-steps warms up a masked-LM head, so it is for text models"),
+    ],
+)
+def test_bad_adapt_arguments_are_refused_before_any_run(tmp_path, tiny_bert, capsys, args, message):
+    p = make_text_csv(tmp_path / "r.csv")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    data, model = str(p), f"dir:{tiny_bert}"
+    if args[0] == "--data-file":
+        data, args = str(tmp_path / args[1]), []
+    elif args[0] == "--image-model":
+        data, model, args = str(make_folder(tmp_path / "d", n=3)), "random:cifar_resnet20", args[1:]
+    out = tmp_path / "out"
+    assert main(["adapt", "--data", data, "--model", model, "--out", str(out), "--quiet", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
 
 
 def test_mlm_adapt_then_fit(tmp_path, tiny_bert, capsys):

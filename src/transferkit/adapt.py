@@ -168,6 +168,13 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
     con = console or report.console()
     cfg.validate()
     kind = modality_of(cfg.model.name)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise UserError(f"--epochs must be a whole number >= 1, got {epochs!r}")
+    if head_steps is not None:
+        if kind != "text":
+            raise UserError("--head-steps warms up a masked-LM head, so it is for text models; AdaBN on images trains no head")
+        if isinstance(head_steps, bool) or not isinstance(head_steps, int) or head_steps < 0:
+            raise UserError(f"--head-steps must be a whole number >= 0, got {head_steps!r}")
     rundir = RunDir(out, overwrite=overwrite)
     t0 = time.perf_counter()
     info: dict = {"method": None, "source_model": cfg.model.name, "data": cfg.data.path}
@@ -183,9 +190,9 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch(s)")
         info.update(method="mlm", **mlm(backbone, texts, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,
                                         max_length=cfg.data.max_length, seed=cfg.train.seed, head_steps=head_steps, console=con))
-        if info["head_steps"]:
+        if "head_first_loss" in info:
             con.print(f"new masked-LM head trained alone first: loss {info['head_first_loss']:.3f} -> {info['head_last_loss']:.3f} over {info['head_steps']} steps")
-        if info["steps"]:
+        if info["first_loss"] is not None:
             con.print(f"masked-LM loss {info['first_loss']:.3f} -> {info['last_loss']:.3f} over {info['steps']} steps")
     else:
         name = cfg.model.name

@@ -48,6 +48,9 @@ def load_pipeline(path: str | Path) -> list[dict]:
             raise UserError(f"{where} ({st['name']}): unknown key {k!r}{did_you_mean(k, KEYS)}")
         if st.get("kind", "fit") not in KINDS:
             raise UserError(f"{where} ({st['name']}): unknown stage kind {st.get('kind')!r}; use one of {', '.join(KINDS)}")
+        for k in ("epochs", "head_steps"):  # adapt's own numbers; fit's go in `settings`
+            if k in st and (isinstance(st[k], bool) or not isinstance(st[k], int)):
+                raise UserError(f"{where} ({st['name']}): `{k}` must be a whole number, got {st[k]!r}")
         for k in ("data", "model"):
             if not st.get(k):
                 raise UserError(f"{where} ({st['name']}): missing input `{k}`")
@@ -122,8 +125,8 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None) -> dict:
         con.print(f"[bold]stage {name}[/] ({kind}): {cfg.data.path} with {cfg.model.name}")
         if kind == "adapt":
             inter = st.get("intermediate")
-            adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=int(st.get("epochs", 1)),
-                  head_steps=int(st["head_steps"]) if st.get("head_steps") is not None else None, console=con, overwrite=True)
+            adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=st.get("epochs", 1), head_steps=st.get("head_steps"),
+                  console=con, overwrite=True)
         elif (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
             con.print(f"stage {name}: interrupted before; resuming")
             fit(cfg, d, resume=True, console=con)

@@ -290,6 +290,8 @@ def read_texts(spec: str, *, text_column: str | None = None) -> list[str]:
         csv.field_size_limit(MAX_FIELD)
         d = _delimiter(text, p, None)
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=d, quoting=csv.QUOTE_NONE if d == "\t" else csv.QUOTE_MINIMAL))
+        if not rows:
+            raise UserError(f"{p}: empty file (no header, no texts)")
         header = [h.strip() for h in rows[0]]
         names = [text_column] if text_column else list(TEXT_NAMES)
         col = next((i for i, h in enumerate(header) if h in names or h.lower() in names), None)
