@@ -25,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,8 +80,6 @@ def tutorial_loop(data: Path, device: str, seed: int, epochs: int = 25) -> dict:
 def transferkit_fit(data: Path, device: str, seed: int) -> dict:
     """The whole command, Python start-up and model load included, and its own wall time (data
     loading to final evaluation) from metrics.json."""
-    import tempfile
-
     out = Path(tempfile.mkdtemp(prefix="tk-bench-gpu-")) / f"fit-seed{seed}"
     cmd = [sys.executable, "-m", "transferkit.cli", "fit", "--data", str(data), "--out", str(out), "--overwrite", "--seed", str(seed), "--quiet"]
     if device == "cpu":
@@ -96,8 +95,6 @@ def transferkit_fit(data: Path, device: str, seed: int) -> dict:
 
 def scaling(data: Path, device: str, sizes: list[int], batch: int) -> list[dict]:
     """1 epoch of full fine-tuning on `n` rows listing `data`'s images again and again."""
-    import tempfile
-
     files = sorted(data.rglob("*.jpg"))
     rows = []
     with tempfile.TemporaryDirectory(prefix="tk-bench-scale-") as tmp:

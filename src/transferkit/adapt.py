@@ -136,7 +136,8 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
     stream = batches()
     model.train()
     encoder = list(model.base_model.parameters())
-    head = [p for p in model.parameters() if all(p is not q for q in encoder)]
+    in_encoder = {id(p_) for p_ in encoder}
+    head = [p_ for p_ in model.parameters() if id(p_) not in in_encoder]  # the decoder tied to the word embeddings is the encoder's
     t0 = time.perf_counter()
     head_losses: list[float] = []
     with report.progress(con) as prog:

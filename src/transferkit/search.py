@@ -327,14 +327,16 @@ def batch_sizes_that_fit(cfg: RunConfig, n_train: int, num_classes: int) -> list
     if cfg.train.cpu or not torch.cuda.is_available() or modality_of(cfg.model.name) == "text":
         return fit_data
     from .inputs import ImageInputs
+    from .fit import resolve_precision
     from .model import create_model
 
     model = create_model(cfg.model, num_classes, pretrained=False).cuda().train()
     size = ImageInputs(cfg, model.backbone).size
+    bf16 = resolve_precision(cfg.train.precision) == "bf16" and torch.cuda.is_bf16_supported()  # as fit trains
     ok = []
     for b in fit_data:
         try:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.train.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported()):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 loss = model(torch.randn(b, 3, size, size, device="cuda")).float().logsumexp(-1).mean()
             loss.backward()
             ok.append(b)
