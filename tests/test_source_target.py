@@ -134,3 +134,11 @@ def test_digits_subsets_for_a_source_and_a_target_task():
     for bad in ("digits:7", "digits:a-b", "digits:5-12"):
         with pytest.raises(UserError, match="two or more digits"):
             load_image_data(bad)
+
+
+def test_baseline_scratch_is_refused_for_a_model_without_pretrained_weights(tmp_path, capsys):
+    d = make_folder(tmp_path / "d", n=5)
+    out = tmp_path / "run"
+    rc, err = _fit(["--data", str(d), "--model", "small_convnet", "--epochs", "1", "--baseline", "scratch", "--out", str(out)], capsys)
+    assert rc == 2 and "small_convnet has no pretrained weights" in err and "Traceback" not in err
+    assert not (out / "metrics.json").exists()

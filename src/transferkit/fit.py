@@ -104,6 +104,12 @@ def fit(
     else:
         splits = copy.copy(splits)  # encoding below replaces its sets; leave the caller's intact
     model = create_model(cfg.model, len(splits.classes), classes=splits.classes)
+    if cfg.train.baseline == "scratch" and str(model.backbone.weights_id).startswith("random"):
+        raise UserError(
+            f"--baseline scratch trains the same architecture from random weights to compare with the pretrained one, "
+            f"but --model {cfg.model.name} has no pretrained weights: the comparison would be the model with itself. "
+            "Use it with a pretrained model, or a run: of this model trained on a source task"
+        )
     if model.head_note:
         console.print(f"--model {cfg.model.name}: {model.head_note}")
         splits.notes = list(splits.notes) + [model.head_note]
