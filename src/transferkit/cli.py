@@ -381,6 +381,46 @@ def cmd_rank(args) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def cmd_cache(args) -> int:
+    import time
+
+    from . import cache
+
+    limit = cache.max_bytes()
+    if args.clear:
+        removed = cache.clear(args.clear, args.older_than_days)
+        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({_size(sum(e.bytes for e in removed))}) from {cache.cache_dir()}")
+        return 0
+    if args.older_than_days is not None:
+        raise UserError("--older-than-days goes with --clear")
+    es = cache.entries()
+    summary = {
+        "path": str(cache.cache_dir()), "limit_bytes": limit,
+        "kinds": {k: {"entries": sum(e.kind == k for e in es), "bytes": sum(e.bytes for e in es if e.kind == k)} for k in cache.KINDS},
+    }
+    if args.json:
+        summary["entries"] = [{"kind": e.kind, "key": e.key, "bytes": e.bytes, "last_used": e.last_used} for e in es]
+        print(json.dumps(summary, indent=2))
+        return 0
+    total = sum(e.bytes for e in es)
+    print(f"{summary['path']}: {_size(total)} in {len(es)} entries (limit {_size(limit) if limit else 'none'}; TRANSFERKIT_CACHE_MAX_GB)")
+    for k, v in summary["kinds"].items():
+        print(f"  {k:<9} {v['entries']:>4} entries  {_size(v['bytes']):>9}")
+    if es:
+        age = lambda t: f"{(time.time() - t) / 86400:.1f} days ago"  # noqa: E731
+        print(f"least recently used {age(es[0].last_used)}, most recently {age(es[-1].last_used)}")
+    print("everything here is rebuilt when needed: `transferkit cache --clear all` frees it")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="transferkit", description="Transfer learning from a pretrained model to your small labelled dataset.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -486,6 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the ranking as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser("cache", help="show the decoded-image and feature cache (size, entries, limit); --clear frees it")
+    p.add_argument("--clear", choices=["images", "features", "all"], help="remove these entries (they are rebuilt when next needed)")
+    p.add_argument("--older-than-days", type=float, help="with --clear: only entries unused for longer than this")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cache)
     return ap
 
 

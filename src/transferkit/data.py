@@ -288,7 +288,7 @@ def _decoded_file(s: ImageSet, size: int, interpolation: str, progress):
     import hashlib
     import json
 
-    from .features import cache_dir
+    from .cache import cache_dir, enforce_limit, mark_used
 
     h = hashlib.sha256(json.dumps([DECODE_VERSION, size, interpolation]).encode())
     for src in s.sources:
@@ -304,7 +304,10 @@ def _decoded_file(s: ImageSet, size: int, interpolation: str, progress):
             if info["shape"] == list(shape) and data.stat().st_size == int(np.prod(shape)):
                 if progress is not None:
                     progress(len(s))
-                return np.memmap(data, dtype=np.uint8, mode="c", shape=shape), info["errors"]
+                mark_used(data, meta)
+                out = np.memmap(data, dtype=np.uint8, mode="c", shape=shape)
+                enforce_limit(keep=(data, meta))  # the limit may have been lowered since
+                return out, info["errors"]
         except (ValueError, KeyError, OSError):
             pass  # a damaged entry is rebuilt
     folder.mkdir(parents=True, exist_ok=True)
@@ -326,4 +329,6 @@ def _decoded_file(s: ImageSet, size: int, interpolation: str, progress):
         atomic_write_bytes(meta, json.dumps({"shape": list(shape), "errors": errors}).encode())
     finally:
         tmp.unlink(missing_ok=True)
-    return np.memmap(data, dtype=np.uint8, mode="c", shape=shape), errors
+    out = np.memmap(data, dtype=np.uint8, mode="c", shape=shape)  # mapped before eviction may run: stays readable
+    enforce_limit(keep=(data, meta))
+    return out, errors

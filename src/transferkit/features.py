@@ -13,18 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .backbones import Backbone
+from .cache import cache_dir, enforce_limit, mark_used
 
 FORMAT_VERSION = 2
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TRANSFERKIT_CACHE_DIR") or Path.home() / ".cache" / "transferkit")
 
 
 def feature_key(backbone: Backbone, input_size: int, precision: str = "no") -> str:
@@ -96,6 +92,7 @@ def cached_features(backbone: Backbone, images: torch.Tensor, input_size: int, *
     rows = [index.get(bytes(d), -1) for d in digests]
     missing = [i for i, r in enumerate(rows) if r < 0]
     if not missing:
+        mark_used(path)
         return stored_f[torch.as_tensor(rows, dtype=torch.long)].clone(), True
     new = compute_features(backbone, images, input_size, rows=missing, **kw)
     feats = torch.empty(len(images), new.shape[1])
@@ -114,4 +111,5 @@ def cached_features(backbone: Backbone, images: torch.Tensor, input_size: int, *
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file({"features": all_f.contiguous(), "digests": torch.from_numpy(np.ascontiguousarray(all_d))}, str(tmp))
     os.replace(tmp, path)
+    enforce_limit(keep=(path,))
     return feats, False

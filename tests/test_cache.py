@@ -1,0 +1,124 @@
+"""The on-disk cache stays under its size limit by evicting the least recently used entries; a hit counts
+as a use; what a run holds open stays readable when evicted; `transferkit cache` shows and clears it."""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_folder
+from transferkit import cache
+from transferkit.cli import main
+from transferkit.data import decode_images, load_image_data
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(root))
+    monkeypatch.delenv("TRANSFERKIT_CACHE_MAX_GB", raising=False)
+    return root
+
+
+def _entry(root, kind, key, nbytes, age_s):
+    folder = root / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"{key}.u8", folder / f"{key}.json"] if kind == "images" else [folder / f"{key}.safetensors"]
+    t = time.time() - age_s
+    for i, f in enumerate(files):
+        f.write_bytes(b"x" * (nbytes if i == 0 else 10))
+        os.utime(f, (t, t))
+    return files
+
+
+def test_eviction_removes_least_recently_used_first_and_spares_what_the_run_keeps(own_cache):
+    _entry(own_cache, "images", "old", 1000, age_s=300)
+    keep = _entry(own_cache, "images", "older_but_kept", 1000, age_s=400)
+    _entry(own_cache, "features", "mid", 1000, age_s=200)
+    _entry(own_cache, "images", "new", 1000, age_s=100)
+    removed = cache.enforce_limit(keep=tuple(keep), limit=2100)
+    assert [e.key for e in removed] == ["old", "mid"]  # oldest first; the kept entry skipped although older
+    left = {e.key for e in cache.entries()}
+    assert left == {"older_but_kept", "new"}
+    assert sum(e.bytes for e in cache.entries()) <= 2100
+    assert cache.enforce_limit(limit=None) == [] and len(cache.entries()) == 2  # 0 / no limit: nothing goes
+
+
+def test_limit_from_environment(own_cache, monkeypatch):
+    assert cache.max_bytes() == int(cache.DEFAULT_MAX_GB * 1e9)
+    monkeypatch.setenv("TRANSFERKIT_CACHE_MAX_GB", "0.5")
+    assert cache.max_bytes() == 500_000_000
+    monkeypatch.setenv("TRANSFERKIT_CACHE_MAX_GB", "0")
+    assert cache.max_bytes() is None
+    for bad in ("lots", "-1"):
+        monkeypatch.setenv("TRANSFERKIT_CACHE_MAX_GB", bad)
+        with pytest.raises(cache.UserError, match="TRANSFERKIT_CACHE_MAX_GB"):
+            cache.max_bytes()
+
+
+def test_stale_temporaries_go_and_a_write_in_progress_stays(own_cache):
+    folder = own_cache / "images"
+    folder.mkdir(parents=True)
+    stale, young = folder / ".a.u8.tmp1", folder / ".b.u8.tmp2"
+    stale.write_bytes(b"x")
+    young.write_bytes(b"x")
+    t = time.time() - cache.STALE_TMP_S - 10
+    os.utime(stale, (t, t))
+    cache.enforce_limit(limit=None)
+    assert not stale.exists() and young.exists()
+    assert cache.entries() == []  # temporaries are never entries
+
+
+def _sets(tmp_path):
+    a = load_image_data(str(make_folder(tmp_path / "a", n=6, size=24, seed=1))).train
+    b = load_image_data(str(make_folder(tmp_path / "b", n=6, size=24, seed=2))).train
+    c = load_image_data(str(make_folder(tmp_path / "c", n=6, size=24, seed=3))).train
+    return a, b, c
+
+
+def test_decoded_images_are_evicted_by_use_and_what_is_mapped_stays_readable(own_cache, tmp_path, monkeypatch):
+    a, b, c = _sets(tmp_path)
+    newest = lambda: cache.entries()[-1].key  # noqa: E731
+    xa, _, _ = decode_images(a, 16)
+    ref_a, key_a = xa.clone(), newest()
+    one = max(e.bytes for e in cache.entries())
+    monkeypatch.setenv("TRANSFERKIT_CACHE_MAX_GB", str(2.5 * one / 1e9))  # room for two entries
+    time.sleep(0.02)
+    decode_images(b, 16)
+    key_b = newest()
+    time.sleep(0.02)
+    xa2, _, _ = decode_images(a, 16)  # a hit: `a` becomes the most recently used
+    assert [e.key for e in cache.entries()] == [key_b, key_a]
+    time.sleep(0.02)
+    xc, _, _ = decode_images(c, 16)  # over the limit: `b`, the least recently used, goes
+    key_c = newest()
+    es = cache.entries()
+    assert [e.key for e in es] == [key_a, key_c] and sum(e.bytes for e in es) <= 2.5 * one
+    monkeypatch.setenv("TRANSFERKIT_CACHE_MAX_GB", str(1.2 * one / 1e9))  # room for one: `a` goes while mapped
+    decode_images(c, 16)  # a hit enforces a lowered limit too
+    assert [e.key for e in cache.entries()] == [key_c]
+    torch.testing.assert_close(xa2, ref_a)  # the mapping outlives its file
+    xa3, _, _ = decode_images(a, 16)  # rebuilt, identical
+    torch.testing.assert_close(xa3, ref_a)
+    assert not np.shares_memory(xa3.numpy(), xc.numpy())
+
+
+def test_cache_command_shows_and_clears(own_cache, tmp_path, capsys):
+    a, _, _ = _sets(tmp_path)
+    decode_images(a, 16)
+    _entry(own_cache, "features", "f1", 500, age_s=10 * 86400)
+    assert main(["cache", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kinds"]["images"]["entries"] == 1 and info["kinds"]["features"] == {"entries": 1, "bytes": 500}
+    assert main(["cache", "--clear", "features", "--older-than-days", "20"]) == 0  # f1 is 10 days old: stays
+    assert "removed 0 entries" in capsys.readouterr().out
+    assert main(["cache", "--clear", "features", "--older-than-days", "5"]) == 0
+    assert "removed 1 entry (500 B)" in capsys.readouterr().out
+    assert [e.kind for e in cache.entries()] == ["images"]
+    assert main(["cache", "--clear", "all"]) == 0 and cache.entries() == []
+    assert main(["cache"]) == 0 and "0 entries" in capsys.readouterr().out
+    assert main(["cache", "--older-than-days", "3"]) == 2
+    assert "--older-than-days goes with --clear" in capsys.readouterr().err
