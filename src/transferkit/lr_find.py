@@ -14,7 +14,6 @@ so the suggestion can be passed to `--lr` as it is. Only the training split is u
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -112,7 +111,7 @@ def lr_find(
     assign_lr_scales(groups, cfg.strategy, cfg.optim.lr)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    autocast = accelerator.autocast if device.type != "cpu" else contextlib.nullcontext
+    autocast = accelerator.autocast  # the precision `fit` trains in on this device (bf16 on a bf16-native CPU too)
     y = torch.as_tensor(train.labels, device=device)
     flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
     model.to(device, memory_format=inputs.memory_format)
