@@ -9,7 +9,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_folder
+from conftest import make_folder, tiny_args
 
 
 def _free_port() -> int:
@@ -18,10 +18,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    d = make_folder(tmp_path / "d", n=8, size=20)
-    args = ["fit", "--data", str(d), "--model", "small_convnet", "--strategy", "full", "--epochs", "2", "--batch-size", "8",
-            "--cpu", "--quiet", "--checkpoint-minutes", "100", "--precision", "no"]  # fp32: bf16 rounding differs with how a batch is split
+def _one_and_two(tmp_path, args):
+    """The same fit with one process and with two (torchrun); returns both run directories."""
     env_cmd = [sys.executable, "-m", "transferkit.cli"]
     one = subprocess.run(env_cmd + args + ["--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -31,10 +29,22 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    w1, w2 = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    return tmp_path / "one", tmp_path / "two"
+
+
+def _same_weights(one, two):
+    w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    d = make_folder(tmp_path / "d", n=8, size=20)
+    args = ["fit", "--data", str(d), "--model", "small_convnet", "--strategy", "full", "--epochs", "2", "--batch-size", "8",
+            "--cpu", "--quiet", "--checkpoint-minutes", "100", "--precision", "no"]  # fp32: bf16 rounding differs with how a batch is split
+    one, two = _one_and_two(tmp_path, args)
+    _same_weights(one, two)
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert (m1["processes"], m2["processes"]) == (1, 2)
     # each process forwarded half of every global batch (sharded, not the whole batch twice)
@@ -45,3 +55,15 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     h2 = (tmp_path / "two" / "history.csv").read_text().splitlines()
     assert len(h1) == len(h2) == 3
     assert m1["optimizer_steps"] == 4  # 13 training images, 2 batches of the global 8 per epoch, 2 epochs: both runs trained
+
+
+def test_two_processes_match_one_for_a_batchnorm_model_with_frozen_statistics(tmp_path, tiny_ckpt):
+    """BatchNorm layers whose statistics train normalise each process's share of the batch (no
+    SyncBatchNorm on the CPU); with `--bn-stats frozen` they compute alike, and so do the weights."""
+    d = make_folder(tmp_path / "d", n=8, size=20)
+    args = ["fit", "--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "full", "--bn-stats", "frozen", "--epochs", "2",
+            "--batch-size", "8", "--cpu", "--quiet", "--checkpoint-minutes", "100", "--precision", "no"]
+    one, two = _one_and_two(tmp_path, args)
+    _same_weights(one, two)
+    w = load_file(str(one / "model.safetensors"))
+    assert any(k.endswith("running_mean") for k in w)  # a model with BatchNorm layers
