@@ -122,3 +122,13 @@ def test_fitted_model_predicts_like_its_reload_after_bf16_training(tiny_folder, 
     assert "_original_forward" not in vars(clf.model_) and "_original_forward" not in vars(clf.model_.head)
     images = sorted(str(p) for p in tiny_folder.rglob("*.png"))
     assert np.array_equal(ImageClassifier.load(run).predict_proba(images), clf.predict_proba(images))
+
+
+def test_one_process_fits_in_several_precisions(tiny_folder, tiny_ckpt, tmp_path):
+    """Accelerate keeps one mixed precision per process; a second fit in another precision (the Python
+    API, a notebook) must not fail with "AcceleratorState has already been initialized"."""
+    common = dict(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, batch_size=4, lp_epochs=1, cpu=True)
+    for precision in ("no", "bf16", "no"):
+        clf = ImageClassifier(precision=precision, **common)
+        clf.fit(str(tiny_folder), out=tmp_path / precision, overwrite=True)
+        assert json.loads((tmp_path / precision / "metrics.json").read_text())["precision"] == precision

@@ -47,8 +47,17 @@ class FitResult:
 
 def make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    return Accelerator(cpu=cfg.train.cpu, mixed_precision=resolve_precision(cfg.train.precision, cpu=cfg.train.cpu))
+    mp = resolve_precision(cfg.train.precision, cpu=cfg.train.cpu)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mp):
+        # Accelerate keeps one mixed precision per process and refuses another (a ValueError). One
+        # Python process may fit several models with different precisions (the Python API, a notebook,
+        # a search); the process-wide part (devices, process group: PartialState) is kept, only the
+        # precision setting is dropped, as Accelerate's own tests do between cases.
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=cfg.train.cpu, mixed_precision=mp)
 
 
 def resolve_precision(precision: str, *, cpu: bool = False) -> str:
