@@ -70,6 +70,7 @@ def test_stale_temporaries_go_and_a_write_in_progress_stays(own_cache):
     cache.enforce_limit(limit=None)
     assert not stale.exists() and young.exists()
     assert cache.entries() == []  # temporaries are never entries
+    young.unlink()  # (test_hostile looks for temporaries left anywhere under the session's folders)
 
 
 def _sets(tmp_path):
