@@ -77,6 +77,13 @@ def create_backbone(name: str, *, arch: str | None = None, pretrained: bool = Tr
         from .text import dir_backbone
 
         return dir_backbone(name[len("dir:") :], pretrained=pretrained)
+    if name.startswith("tv:"):
+        from .tv import build, parse
+
+        if arch is not None:
+            raise UserError(f"--arch is only used with file:PATH models, not with {name!r}")
+        a, tag = parse(name[len("tv:") :])
+        return build(a, tag=tag, pretrained=pretrained)
     if name.startswith("random:"):
         # A control: the architecture with random weights (ranking must put it last; fine-tuning
         # from it is training from scratch).
@@ -97,6 +104,13 @@ def _arch_backbone(arch: str, *, spec: dict) -> Backbone:
         return bb
     if arch in BACKBONES:
         bb = BACKBONES.get(arch)(pretrained=False)
+        bb.spec = spec
+        return bb
+    if arch.startswith("tv:"):
+        from .tv import build, parse
+
+        a, tag = parse(arch[len("tv:") :])
+        bb = build(a, tag=tag, pretrained=False)
         bb.spec = spec
         return bb
     import timm
@@ -163,8 +177,11 @@ def _file_backbone(path: str, arch: str | None, *, pretrained: bool) -> Backbone
     bb = _arch_backbone(arch, spec=spec)
     if pretrained:
         sd = load_state_dict_file(path)
-        target = bb.model if isinstance(bb, TimmBackbone) else bb
-        dropped = fit_state_dict(target, sd, source=path, drop_prefixes=_classifier_prefixes(target))
+        from .tv import TorchvisionBackbone
+
+        target = bb.model if isinstance(bb, (TimmBackbone, TorchvisionBackbone)) else bb
+        own_head = (f"{bb.classifier_path}.",) if isinstance(bb, TorchvisionBackbone) else ()
+        dropped = fit_state_dict(target, sd, source=path, drop_prefixes=own_head + _classifier_prefixes(target))
         w = [k for k in dropped if k.endswith("weight") and sd[k].ndim == 2]
         if len(w) == 1 and w[0][: -len("weight")] + "bias" in sd and sd[w[0]].shape[1] == bb.num_features:
             bb.set_source_head(sd[w[0]], sd[w[0][: -len("weight")] + "bias"])
@@ -252,8 +269,15 @@ def _cifar_resnet(depth: int) -> Callable[..., Backbone]:
 
 
 def _cifar_weights_path(depth: int) -> Path:
-    """$TRANSFERKIT_WEIGHTS_DIR first, then torch's hub cache, then a download into that cache."""
-    url = _CIFAR_URLS[depth]
+    return hub_weights_file(_CIFAR_URLS[depth], f"the CIFAR-10 weights of cifar_resnet{depth}", f"cifar_resnet{depth}")
+
+
+def hub_weights_file(url: str, what: str, arch: str) -> Path:
+    """The weights file at `url`: from $TRANSFERKIT_WEIGHTS_DIR, else torch's hub cache
+    (`torch.hub.get_dir()/checkpoints`, where torchvision keeps its downloads), else downloaded into
+    that cache with the sha256 prefix its name carries checked, as torch.hub does."""
+    import re
+
     fname = url.rsplit("/", 1)[1]
     local = os.environ.get("TRANSFERKIT_WEIGHTS_DIR")
     if local and (Path(local) / fname).is_file():
@@ -262,13 +286,14 @@ def _cifar_weights_path(depth: int) -> Path:
     if cached.is_file():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
+    m = re.search(r"-([a-f0-9]+)\.", fname)
     try:
-        torch.hub.download_url_to_file(url, str(cached), hash_prefix=fname.split("-")[1].split(".")[0], progress=False)
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix=m.group(1) if m else None, progress=False)
     except Exception as e:
         raise UserError(
-            f"could not download the CIFAR-10 weights of cifar_resnet{depth} from {url} ({type(e).__name__}). "
-            f"Put {fname} in a folder and set TRANSFERKIT_WEIGHTS_DIR to it, "
-            f"or pass --model file:PATH --arch cifar_resnet{depth}"
+            f"could not download {what} from {url} ({type(e).__name__}). "
+            f"Put {fname} in {cached.parent} (or in a folder named by TRANSFERKIT_WEIGHTS_DIR), "
+            f"or pass --model file:PATH --arch {arch}"
         ) from None
     return cached
 
