@@ -102,3 +102,46 @@ def test_batchnorm_policy_auto_freezes_statistics_only_after_a_probe():
     assert all(p.bn_stats == "trainable" for n in ("full", "partial", "gradual") for p in phases[n])
     (ft,) = [p for p in create_phases(replace(RunConfig(), strategy="lp_ft", bn_stats="all"), groups) if p.kind == "finetune"]
     assert ft.bn_stats == "all"
+
+
+def _phases_run(tmp_path, capsys, extra):
+    """A fit whose rate (1e-12) leaves every weight bit-identical, so no epoch beats the probe's first:
+    each phase runs exactly until its patience ends it (or to its last epoch). Rows per phase."""
+    import csv
+    import json
+
+    from conftest import make_folder, tiny_args
+    from transferkit.cli import main
+
+    d = make_folder(tmp_path / "d", n=5)
+    out = tmp_path / "run"
+    rc = main(["fit", "--data", str(d), *tiny_args(_ckpt(tmp_path)), "--strategy", "lp_ft", "--lr", "1e-12", "--lp-epochs", "3",
+               "--epochs", "6", "--out", str(out), *extra])
+    cap = capsys.readouterr()
+    err = " ".join((cap.out + cap.err).split())  # rich wraps long lines
+    assert rc == 0, err
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    phases = [r["phase"].split(":")[1] for r in rows]
+    return phases.count("probe"), phases.count("finetune"), json.loads((out / "metrics.json").read_text()), err
+
+
+def _ckpt(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    p = tmp_path / "r20.safetensors"
+    save_file(CifarResNet(20).state_dict(), str(p))
+    return p
+
+
+def test_lp_ft_ends_fine_tuning_when_its_first_epochs_do_not_beat_the_probe(tmp_path, capsys):
+    probe, ft, m, err = _phases_run(tmp_path, capsys, [])  # default ft_patience 3
+    assert (probe, ft) == (3, 3) and m["best_epoch"] == 1  # the probe's first epoch stays the best
+    assert "ends after 3 epoch(s) if none beats the probe" in err
+
+
+def test_ft_patience_zero_runs_every_epoch_and_patience_applies_to_every_phase(tmp_path, capsys):
+    probe, ft, _, _ = _phases_run(tmp_path / "a", capsys, ["--ft-patience", "0"])
+    assert (probe, ft) == (3, 6)
+    probe, ft, _, _ = _phases_run(tmp_path / "b", capsys, ["--patience", "1"])  # explicit: every phase, ft_patience unused
+    assert (probe, ft) == (2, 1)

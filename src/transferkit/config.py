@@ -73,6 +73,10 @@ class StrategyConfig:
     bn_stats: str = "auto"  # BatchNorm running statistics: auto | frozen | trainable | all (model.set_trainable); auto: frozen for lp_ft, else trainable
     lp_epochs: int = 100  # linear-probe epochs on cached features (linear_probe, lp_ft)
     ft_lr_scale: float = 0.1  # lp_ft: fine-tuning rate as a fraction of --lr
+    # lp_ft: end fine-tuning when none of its first ft_patience epochs beats the probe (on hymenoptera
+    # the probe is as good as fine-tuning gets, and 5 of 8 epochs were wasted); once an epoch has beaten
+    # it, every epoch runs (unless --patience says otherwise). 0: always every epoch.
+    ft_patience: int = 3
     # lora (PEFT): low-rank adapters on the named modules, the backbone itself frozen
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -91,6 +95,7 @@ class StrategyConfig:
         _check(not (self.layer_decay and self.layer_lr_min), "give layer_decay or layer_lr_min, not both")
         _check(self.lp_epochs >= 1, f"lp_epochs must be >= 1, got {self.lp_epochs}")
         _check(0 < self.ft_lr_scale <= 1, f"ft_lr_scale must be in (0, 1], got {self.ft_lr_scale}")
+        _check(self.ft_patience >= 0, f"ft_patience must be >= 0 (0: all epochs), got {self.ft_patience}")
         for pat in self.freeze:
             try:
                 re.compile(pat)

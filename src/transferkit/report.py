@@ -69,6 +69,10 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
             last = ph.unfrozen(ph.epochs - 1)
             grow = f", {len(last)} by epoch {ph.epochs}" if len(last) != len(names) else ""
             desc = f"{len(names)}/{len(groups)} groups train at epoch 1{grow}, {ph.epochs} epochs, {cfg.schedule.name} schedule, warmup {cfg.schedule.warmup_epochs:g} epoch(s)"
+            if cfg.train.patience is not None:
+                desc += f", stops after {cfg.train.patience} epoch(s) without improvement"
+            if ph.give_up_after:
+                desc += f", ends after {ph.give_up_after} epoch(s) if none beats the probe"
         con.print(
             f"phase {i} {ph.kind}: {desc}; {cfg.optim.name} lr {ph.lr:.2g}, wd {cfg.optim.weight_decay:g}, batch {cfg.train.batch_size}; "
             f"trainable {_count(trainable)} / frozen {_count(n_all - trainable)} params"

@@ -28,6 +28,7 @@ class Phase:
     lr: float
     unfrozen: Callable[[int], list[str]] | None = None  # finetune: names of the groups that train at an epoch
     bn_stats: str = "trainable"  # BatchNorm running statistics in this phase (model.set_trainable)
+    give_up_after: int | None = None  # end the phase when none of its first N epochs beats the starting point (lp_ft: the probe)
 
 
 def _bn(cfg: RunConfig, auto: str) -> str:
@@ -78,7 +79,8 @@ def lp_ft(cfg: RunConfig, names: list[str]) -> list[Phase]:
     # so BatchNorm statistics stay frozen by default; the low rate keeps that stable.
     return [
         Phase("probe", cfg.strategy.lp_epochs, cfg.optim.lr),
-        Phase("finetune", cfg.train.epochs, cfg.optim.lr * cfg.strategy.ft_lr_scale, lambda epoch: list(names), _bn(cfg, "frozen")),
+        Phase("finetune", cfg.train.epochs, cfg.optim.lr * cfg.strategy.ft_lr_scale, lambda epoch: list(names), _bn(cfg, "frozen"),
+              give_up_after=cfg.strategy.ft_patience or None),
     ]
 
 

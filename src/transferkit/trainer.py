@@ -191,10 +191,14 @@ def run_phase(
             "train_images": result.train_images, "train_seconds": result.train_seconds, "local_images": result.local_images,
         }
 
+    def gave_up(epochs_done: int) -> bool:
+        """`phase.give_up_after` epochs done and none beat the starting point (lp_ft: the probe)."""
+        return bool(phase.give_up_after) and initial_best is not None and epochs_done >= phase.give_up_after and result.best_epoch == epoch_offset
+
     task = progress.add_task(name, total=phase.epochs, completed=start_epoch) if progress is not None else None
     last_ckpt = time.monotonic()
     for epoch in range(start_epoch, phase.epochs):
-        if tc.patience is not None and since_best >= tc.patience:
+        if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch):
             break  # resumed after the early stop had already triggered
         t0 = time.perf_counter()
         module.train()
@@ -262,7 +266,7 @@ def run_phase(
             last_ckpt = time.monotonic()
             if should_stop() and epoch + 1 < phase.epochs:
                 raise StopRequested
-        if tc.patience is not None and since_best >= tc.patience:
+        if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch + 1):
             break
     result.steps = step
     result.clipped_steps = int(clipped.item())
