@@ -6,6 +6,9 @@ plus the synthetic ceiling (training images/s on random data already on the devi
     .venv/bin/python bench/gpu.py --only fit --seeds 0 # just transferkit's default
     .venv/bin/python bench/gpu.py --only scale          # seconds per 1,000 training images at 3 dataset sizes
 
+On the project's device machine (no internet, no ../shared): bench/device/prepare.sh here, then
+`bash bench/device/run.sh` there with `.gpu_bundle` carried (see README, Benchmarks).
+
 Data: ../shared/data/hymenoptera, or --data. The tutorial loop is re-implemented here as the anchor:
 torchvision ImageFolder + RandomResizedCrop(224) / flip, batch 4, 4 loader workers, SGD(lr 1e-3,
 momentum 0.9), StepLR(7, 0.1), 25 epochs, best validation accuracy, same backbone (EfficientNet-Lite0).
