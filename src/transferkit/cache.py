@@ -57,10 +57,10 @@ class Entry:
             f.unlink(missing_ok=True)
 
 
-def entries(root: Path | None = None) -> list[Entry]:
+def entries() -> list[Entry]:
     """Every entry of the cache, least recently used first. Temporary files of writes in progress are
     not entries."""
-    root = root or cache_dir()
+    root = cache_dir()
     found: dict[tuple[str, str], Entry] = {}
     for kind in KINDS:
         folder = root / kind
@@ -80,8 +80,10 @@ def entries(root: Path | None = None) -> list[Entry]:
     return sorted(found.values(), key=lambda e: e.last_used)
 
 
-def stale_temporaries(root: Path | None = None, older_than_s: float = STALE_TMP_S) -> list[Path]:
-    root = root or cache_dir()
+def stale_temporaries() -> list[Path]:
+    """Temporary files older than STALE_TMP_S: left by writers that died (a younger one may be a write
+    in progress)."""
+    root = cache_dir()
     now = time.time()
     out = []
     for kind in KINDS:
@@ -89,7 +91,7 @@ def stale_temporaries(root: Path | None = None, older_than_s: float = STALE_TMP_
         if folder.is_dir():
             for f in folder.glob(".*.tmp*"):
                 try:
-                    if now - f.stat().st_mtime > older_than_s:
+                    if now - f.stat().st_mtime > STALE_TMP_S:
                         out.append(f)
                 except FileNotFoundError:
                     pass
@@ -141,6 +143,6 @@ def clear(kind: str = "all", older_than_days: float | None = None) -> list[Entry
         if (kind == "all" or e.kind == kind) and (cutoff is None or e.last_used < cutoff):
             e.remove()
             removed.append(e)
-    for f in stale_temporaries():  # a younger one may be a write in progress
+    for f in stale_temporaries():
         f.unlink(missing_ok=True)
     return removed

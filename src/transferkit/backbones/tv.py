@@ -25,12 +25,6 @@ from .base import Backbone, Preprocess
 _AUX = {"inception_v3", "googlenet"}  # auxiliary classifiers: off (their outputs are a tuple in training)
 
 
-def _models_module():
-    import torchvision.models as M
-
-    return M
-
-
 def parse(name: str) -> tuple[str, str | None]:
     """`resnet50.IMAGENET1K_V2` -> ("resnet50", "IMAGENET1K_V2"); `resnet50` -> ("resnet50", None)."""
     arch, _, tag = name.partition(".")
@@ -38,9 +32,10 @@ def parse(name: str) -> tuple[str, str | None]:
 
 
 def check_name(arch: str) -> None:
+    import torchvision.models
     from torchvision.models import list_models
 
-    names = list_models(module=_models_module())
+    names = list_models(module=torchvision.models)
     if arch not in names:
         raise UserError(f"unknown torchvision model {arch!r}{did_you_mean(arch, names)}; `python -c \"import torchvision; "
                         "print(torchvision.models.list_models(module=torchvision.models))\"` lists them")
@@ -87,22 +82,16 @@ def build(arch: str, *, tag: str | None = None, pretrained: bool = True) -> Torc
     if pretrained:
         if weights is None:
             raise UserError(f"torchvision has no pretrained weights for {arch}; use random:tv:{arch} to train it from scratch")
-        from ._weights import file_sha256, load_state_dict_file
+        from ._weights import file_sha256, fit_state_dict, load_state_dict_file
         from . import hub_weights_file
 
         path = hub_weights_file(weights.url, f"the {weights} weights of torchvision", f"tv:{arch}")
         sd = load_state_dict_file(path)
         if arch.startswith("densenet"):
             sd = _densenet_keys(sd)
-        if arch in _AUX:
-            sd = {k: v for k, v in sd.items() if not k.startswith(("AuxLogits.", "aux1.", "aux2."))}
-        own = model.state_dict()
-        # files older than BatchNorm's num_batches_tracked lack it; load_state_dict fills it in
-        bad = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-        bad += [k for k in sd if k not in own or sd[k].shape != own[k].shape]
-        if bad:
-            raise UserError(f"{path} does not fit torchvision's {arch}: first mismatched keys {', '.join(bad[:3])}")
-        model.load_state_dict(sd)
+        # strict, as every checkpoint load here (num_batches_tracked may be absent from old files);
+        # the auxiliary heads' tensors, built off, are dropped
+        fit_state_dict(model, sd, source=str(path), drop_prefixes=("AuxLogits.", "aux1.", "aux2.") if arch in _AUX else ())
         weights_id = f"tv:{arch}.{weights.name}:sha256:{file_sha256(path)[:16]}"
     spec = {"name": f"tv:{arch}" + (f".{tag}" if tag else "")}
     return TorchvisionBackbone(model, arch=arch, preprocess=preprocess_of(weights), weights_id=weights_id, spec=spec)
