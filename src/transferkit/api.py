@@ -84,6 +84,14 @@ class _Classifier:
         rd.finalize()
         return rd.path
 
+    def export(self, out: str | Path, *, data: str | None = None, overwrite: bool = False) -> dict:
+        """Write an ONNX model that does its own preprocessing to the folder `out`, checked against
+        PyTorch with onnxruntime (and on labelled `data` if given); returns what export.json says."""
+        from .export import export_classifier
+
+        self._check_fitted()
+        return export_classifier(self, out, overwrite=overwrite, data=data, run=str(self.run_dir_) if getattr(self, "run_dir_", None) else None)
+
     @classmethod
     def load(cls, path: str | Path):
         """A finished run directory; returns an ImageClassifier or a TextClassifier, as the run is."""
@@ -103,6 +111,7 @@ class _Classifier:
             out, inputs = ImageClassifier(model=cfg.model.name, strategy=cfg.strategy.name), ImageInputs(cfg, model.backbone)
             inputs.pre = Preprocess.from_dict(meta["preprocess"])
         out._set_fitted(model, meta["classes"], inputs, cfg)
+        out.run_dir_ = Path(path)
         return out
 
 

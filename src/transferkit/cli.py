@@ -423,6 +423,29 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    if args.opset is not None and args.opset < 18:
+        raise UserError(f"--opset must be 18 or more (PyTorch's exporter writes opset 18+), got {args.opset}")
+    info = export_onnx(args.run_dir, args.out, overwrite=args.overwrite, data=args.data, opset=args.opset)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    c = info["check"]
+    print(f"wrote {info['out']}/model.onnx ({info['modality']}, {len(info['classes'])} classes, exported in {info['export_seconds']:.1f} s)")
+    print(f"checked with onnxruntime: {c['same_class']}/{c['inputs']} same class, largest probability difference {c['max_abs_diff_probs']:.1e}")
+    d = info.get("data_check")
+    if d:
+        print(
+            f"{d['data']}: {d['n']} items, accuracy PyTorch {100 * d['accuracy_pytorch']:.2f}% / ONNX {100 * d['accuracy_onnx']:.2f}%, "
+            f"{d['n'] - d['same_class']} different classes, largest probability difference {d['max_abs_diff_probs']:.1e}; "
+            f"{d['per_second_pytorch']:.1f} / {d['per_second_onnx']:.1f} per second (batch {d['batch_size']}, {d['threads']} threads)"
+        )
+    print(f"inputs and preprocessing: {info['out']}/export.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="transferkit", description="Transfer learning from a pretrained model to your small labelled dataset.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -467,6 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", help="a text to classify (text models; repeatable)")
     p.add_argument("--out", help="CSV file to write (default: standard output)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a finished run as an ONNX model that does its own preprocessing, checked against PyTorch with onnxruntime")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="folder to write (default RUN_DIR/export)")
+    p.add_argument("--data", help="labelled data to compare PyTorch and ONNX on (accuracy, agreement, speed)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("adapt", help="continue a backbone on unlabelled target data (text: masked-LM; images: AdaBN), writing a run for --model run:DIR")
     p.add_argument("--data", required=True, help="unlabelled target data: texts (CSV/TSV text column or one per line) or a folder of images")

@@ -1,0 +1,232 @@
+"""Export a finished run to ONNX, to serve it without transferkit or PyTorch (onnxruntime, TensorRT,
+OpenVINO, a browser through onnxruntime-web).
+
+The graph does transferkit's own preprocessing, so it gives what `transferkit predict` gives:
+- images: `image`, uint8 (N, 3, R, R) RGB, the photo with its shorter side resized to R and the
+  centre R x R kept (R = `resize_size` in export.json); the graph crops the centre S x S, normalises
+  with the backbone's mean and std, and runs backbone and head;
+- texts: `input_ids` and `attention_mask`, int64 (N, L), as the tokenizer saved beside the model
+  gives them (`tokenizers` or `transformers` can load it);
+- outputs: `logits` and `probs` (softmax), float32 (N, classes), classes in export.json's order.
+
+Every export is checked before it is kept: onnxruntime runs the file on inputs of another batch size
+than the one traced, and the export fails if a class differs or a probability moves by more than
+1e-4 from PyTorch's. `--data` also compares accuracy and speed on labelled data.
+
+We use PyTorch's own exporter (`torch.onnx.export(dynamo=True)`, through torch.export) and
+onnxruntime to check; both are optional dependencies (`pip install 'transferkit[export]'`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UserError
+
+PROB_TOLERANCE = 1e-4
+
+
+class ImageGraph(nn.Module):
+    """uint8 (N, 3, R, R) -> (logits, probs): centre crop, normalise, backbone, head."""
+
+    def __init__(self, model: nn.Module, pre):
+        super().__init__()
+        self.model, self.pre = model, pre
+
+    def forward(self, image: torch.Tensor):
+        from .transforms import center_crop, normalize
+
+        logits = self.model(normalize(center_crop(image, self.pre.input_size), self.pre.mean, self.pre.std))
+        return logits, logits.softmax(-1)
+
+
+class TextGraph(nn.Module):
+    """(input_ids, attention_mask) int64 (N, L) -> (logits, probs). The backbone reads padding as -1."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        from .backbones.text import PAD
+
+        logits = self.model(torch.where(attention_mask > 0, input_ids, torch.full_like(input_ids, PAD)))
+        return logits, logits.softmax(-1)
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"export needs onnx, onnxscript and onnxruntime ({e.name} is missing): pip install 'transferkit[export]'") from None
+
+
+def text_arrays(x: torch.Tensor, pad_id: int) -> dict[str, np.ndarray]:
+    """transferkit's (N, L) ids padded with -1 -> the tokenizer's input_ids and attention_mask."""
+    mask = x >= 0
+    return {"input_ids": torch.where(mask, x, torch.full_like(x, pad_id)).numpy(), "attention_mask": mask.long().numpy()}
+
+
+def _sample_inputs(clf, n: int, seed: int) -> dict[str, np.ndarray]:
+    """n inputs to trace or check with: random images, or texts of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    if clf.inputs_.modality == "text":
+        words = ["good", "bad", "the", "film", "was", "not", "really", "great", "awful", "service", "free", "call"]
+        texts = [" ".join(words[int(j)] for j in torch.randint(len(words), (3 + 5 * i,), generator=g)) for i in range(n)]
+        x, _ = clf._encode(texts)
+        return text_arrays(x, clf.model_.backbone.pad_id)
+    r = clf.preprocess_.resize_size
+    return {"image": torch.randint(0, 256, (n, 3, r, r), dtype=torch.uint8, generator=g).numpy()}
+
+
+def _torch_run(graph: nn.Module, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.inference_mode():
+        return graph(*(torch.from_numpy(a) for a in arrays.values()))[1].float().numpy()
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _ort_run(session, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return session.run(["probs"], arrays)[0]
+
+
+def compare(p_torch: np.ndarray, p_onnx: np.ndarray) -> dict:
+    diff = float(np.abs(p_torch - p_onnx).max()) if p_torch.size else 0.0
+    same = int((p_torch.argmax(1) == p_onnx.argmax(1)).sum())
+    return {"inputs": len(p_torch), "max_abs_diff_probs": diff, "same_class": same, "ok": same == len(p_torch) and diff <= PROB_TOLERANCE}
+
+
+def _batched(arrays: dict[str, np.ndarray], batch: int):
+    n = len(next(iter(arrays.values())))
+    for i in range(0, n, batch):
+        part = {k: v[i : i + batch] for k, v in arrays.items()}
+        if "attention_mask" in part:  # dynamic padding, as transferkit batches texts
+            width = max(int(part["attention_mask"].sum(1).max()), 1)
+            part = {k: v[:, :width] for k, v in part.items()}
+        yield part
+
+
+def _timed(run, arrays, batch: int) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    out = np.concatenate([run(part) for part in _batched(arrays, batch)])
+    return out, time.perf_counter() - t
+
+
+def check_on_data(clf, graph: nn.Module, session, spec: str, batch: int = 64) -> dict:
+    """Accuracy and speed of PyTorch and of the ONNX file on labelled data (evaluate's splits)."""
+    from .evaluate import eval_set, text_eval_set
+    from .metrics import classification_metrics
+
+    text = clf.inputs_.modality == "text"
+    s, where = (text_eval_set if text else eval_set)(spec, clf.classes_, clf.config_)
+    x, s, _ = clf.inputs_.encode(s)
+    arrays = text_arrays(x, clf.model_.backbone.pad_id) if text else {"image": x.numpy()}
+    p_torch, t_torch = _timed(lambda a: _torch_run(graph, a), arrays, batch)
+    p_onnx, t_onnx = _timed(lambda a: _ort_run(session, a), arrays, batch)
+    acc = {name: classification_metrics(s.labels, p, clf.classes_)["accuracy"] for name, p in (("pytorch", p_torch), ("onnx", p_onnx))}
+    n = len(s.labels)
+    return {
+        "data": where, "n": n, "batch_size": batch, "threads": torch.get_num_threads(),
+        "accuracy_pytorch": acc["pytorch"], "accuracy_onnx": acc["onnx"],
+        "seconds_pytorch": t_torch, "seconds_onnx": t_onnx,
+        "per_second_pytorch": n / t_torch, "per_second_onnx": n / t_onnx,
+        **{k: v for k, v in compare(p_torch, p_onnx).items() if k != "inputs"},
+    }
+
+
+def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False, data: str | None = None, opset: int | None = None) -> dict:
+    """Export a finished run directory to `out` (default RUN_DIR/export/); see `export_classifier`."""
+    from .api import ImageClassifier
+
+    _require_onnx()
+    clf = ImageClassifier.load(run_dir)  # an ImageClassifier or a TextClassifier, as the run is
+    return export_classifier(clf, Path(out) if out is not None else Path(run_dir) / "export", overwrite=overwrite, data=data, opset=opset, run=str(Path(run_dir).resolve()))
+
+
+def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: str | None = None, opset: int | None = None, run: str | None = None) -> dict:
+    """Write the folder `out`: model.onnx, export.json (inputs, classes, preprocessing, the check's
+    figures) and, for text, tokenizer/. Written whole or not at all. Returns export.json's content."""
+    import onnx
+
+    from . import __version__
+
+    _require_onnx()
+    out = Path(out)
+    if out.is_file():
+        raise UserError(f"{out} is a file: the export writes a folder")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists: give another folder, or overwrite to replace it")
+    text = clf.inputs_.modality == "text"
+    model = clf.model_.float().eval()
+    graph = (TextGraph(model) if text else ImageGraph(model, clf.preprocess_)).eval()
+    names = ["input_ids", "attention_mask"] if text else ["image"]
+    batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1)
+    dims = ({0: batch, 1: length}, {0: batch, 1: length}) if text else ({0: batch},)
+    trace = _sample_inputs(clf, 2, seed=0)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        t = time.perf_counter()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # the two text inputs share their axes
+            torch.onnx.export(
+                graph, tuple(torch.from_numpy(a) for a in trace.values()), str(tmp / "model.onnx"),
+                input_names=names, output_names=["logits", "probs"], dynamic_shapes=dims,
+                dynamo=True, external_data=False, opset_version=opset, verbose=False,
+            )
+        seconds = time.perf_counter() - t
+        session = _ort_session(tmp / "model.onnx")
+        probe = _sample_inputs(clf, 3, seed=1)  # another batch size (and other lengths) than traced
+        check = compare(_torch_run(graph, probe), _ort_run(session, probe))
+        if not check["ok"]:
+            raise UserError(f"the ONNX export does not match PyTorch (largest probability difference {check['max_abs_diff_probs']:.2e}, {check['same_class']}/{check['inputs']} same class); nothing was written")
+        opsets = {o.domain or "ai.onnx": o.version for o in onnx.load(str(tmp / "model.onnx"), load_external_data=False).opset_import}
+        info = {
+            "format": "transferkit-onnx/1", "transferkit_version": __version__, "torch_version": torch.__version__,
+            "run": run, "modality": clf.inputs_.modality, "classes": clf.classes_,
+            "inputs": {n: {"dtype": str(a.dtype), "shape": ["N"] + (["L"] if text else list(a.shape[1:]))} for n, a in trace.items()},
+            "outputs": {"logits": "float32 (N, classes)", "probs": "float32 (N, classes), softmax of logits"},
+            "opset": opsets.get("ai.onnx"), "export_seconds": round(seconds, 2), "check": check,
+        }
+        if text:
+            clf.model_.backbone.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            info["preprocess"] = {"tokenizer": "tokenizer/", "max_length": clf.inputs_.max_length, "padding": "any (attention_mask 0)", "pooling": clf.model_.backbone.pooling}
+        else:
+            pre = clf.preprocess_
+            info["preprocess"] = {
+                "resize_size": pre.resize_size, "crop_size": pre.input_size, "interpolation": pre.interpolation,
+                "steps": f"RGB; resize the shorter side to {pre.resize_size} ({pre.interpolation}); keep the centre {pre.resize_size}x{pre.resize_size}; uint8 CHW",
+                "in_graph": f"centre crop {pre.input_size}, /255, mean {list(pre.mean)}, std {list(pre.std)}",
+            }
+        if data is not None:
+            dc = info["data_check"] = check_on_data(clf, graph, session, data)
+            if not dc["ok"]:
+                raise UserError(f"the ONNX export disagrees with PyTorch on {dc['data']}: {dc['n'] - dc['same_class']} of {dc['n']} classes differ, largest probability difference {dc['max_abs_diff_probs']:.2e}; nothing was written")
+        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    info["out"] = str(out)
+    return info

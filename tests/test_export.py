@@ -1,0 +1,112 @@
+"""ONNX export: the file, run by onnxruntime on inputs prepared as export.json says (PIL for images,
+the saved tokenizer through `tokenizers` for texts), gives what `transferkit predict` gives; a failed
+check leaves nothing behind; user mistakes are refused with a message."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_args, tiny_text_args
+from transferkit.api import ImageClassifier
+from transferkit.cli import main
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _images(root, seed=0):
+    """Two colour classes, images of different shapes (so the centre crop matters)."""
+    rng = np.random.default_rng(seed)
+    for c, col in [("red", (200, 40, 40)), ("blue", (40, 40, 200))]:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i, (w, h) in enumerate([(20, 20), (28, 20), (20, 26), (33, 21), (24, 24), (20, 30)]):
+            a = np.clip(np.array(col)[None, None] + rng.normal(0, 60, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / c / f"{i}.png")
+    return root
+
+
+def _as_documented(path, pre) -> np.ndarray:
+    """export.json's steps, written independently: RGB, shorter side to R, centre R x R, uint8 CHW."""
+    r = pre["resize_size"]
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    s = r / min(w, h)
+    nw, nh = max(r, round(w * s)), max(r, round(h * s))
+    img = img.resize((nw, nh), {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[pre["interpolation"]])
+    left, top = (nw - r) // 2, (nh - r) // 2
+    return np.asarray(img.crop((left, top, left + r, top + r)), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def test_image_export_matches_predict_and_fails_whole(tmp_path, capsys, tiny_ckpt, monkeypatch):
+    data = _images(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(data), *tiny_args(tiny_ckpt), "--strategy", "full", "--epochs", "1", "--lp-epochs", "2", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "3/3 same class" in out and "0 different classes" in out, out
+
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert info["classes"] == ["blue", "red"] and info["inputs"]["image"]["dtype"] == "uint8" and info["opset"] >= 18
+    assert info["data_check"]["accuracy_onnx"] == info["data_check"]["accuracy_pytorch"]
+    files = sorted(data.rglob("*.png"))
+    x = np.stack([_as_documented(f, info["preprocess"]) for f in files])
+    sess = ort.InferenceSession(str(run / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits, probs = sess.run(["logits", "probs"], {"image": x})
+    expected = ImageClassifier.load(run).predict_proba([str(f) for f in files])
+    assert probs.shape == (len(files), 2)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), atol=1e-6)
+
+    # an existing export is kept unless --overwrite; a failed check writes nothing and keeps the old one
+    before = (run / "export" / "model.onnx").read_bytes()
+    assert main(["export", str(run)]) == 2
+    assert "exists" in capsys.readouterr().err
+    import transferkit.export as ex
+
+    monkeypatch.setattr(ex, "compare", lambda a, b: {"inputs": len(a), "max_abs_diff_probs": 0.5, "same_class": 0, "ok": False})
+    assert main(["export", str(run), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match PyTorch" in err and "nothing was written" in err and "Traceback" not in err
+    assert (run / "export" / "model.onnx").read_bytes() == before
+    assert [p.name for p in run.iterdir() if p.name.startswith(".export")] == []
+
+
+def test_text_export_with_saved_tokenizer(tmp_path, capsys, tiny_bert):
+    from tokenizers import Tokenizer
+
+    rows = ["text,label"] + [f"{w} film,pos" for w in ("good", "great", "lovely", "superb", "fine good")] + [f"{w} plot,neg" for w in ("bad", "awful", "boring", "dull", "poor bad")]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(tmp_path / "t.csv"), *tiny_text_args(tiny_bert), "--strategy", "linear_probe", "--val-fraction", "0.4", "--out", str(run), "--quiet"]) == 0
+    clf = ImageClassifier.load(run)
+    info = clf.export(tmp_path / "onnx")
+    assert info["modality"] == "text" and set(info["inputs"]) == {"input_ids", "attention_mask"} and info["check"]["ok"]
+
+    texts = ["a very good film", "dull", "the plot was not boring and it was lovely lovely lovely"]
+    tok = Tokenizer.from_file(str(tmp_path / "onnx" / "tokenizer" / "tokenizer.json"))
+    tok.enable_padding(pad_id=0)
+    enc = tok.encode_batch(texts)
+    feed = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64), "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (probs,) = sess.run(["probs"], feed)
+    np.testing.assert_allclose(probs, clf.predict_proba(texts), atol=1e-5)
+    # padding is masked out: a text alone gives what it gives in a padded batch
+    (alone,) = sess.run(["probs"], {k: v[1:2, : sum(enc[1].attention_mask)] for k, v in feed.items()})
+    np.testing.assert_allclose(alone[0], probs[1], atol=1e-5)
+
+
+def test_export_refuses_what_it_cannot_do(tmp_path, capsys, monkeypatch):
+    assert main(["export", str(tmp_path / "nope")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    assert main(["export", str(tmp_path / "half")]) == 2
+    assert "not a finished transferkit run" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "half"), "--opset", "11"]) == 2
+    assert "--opset must be 18 or more" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    assert main(["export", str(tmp_path / "half")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'transferkit[export]'" in err and "onnxruntime" in err
