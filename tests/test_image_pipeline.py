@@ -132,3 +132,37 @@ def test_one_process_fits_in_several_precisions(tiny_folder, tiny_ckpt, tmp_path
         clf = ImageClassifier(precision=precision, **common)
         clf.fit(str(tiny_folder), out=tmp_path / precision, overwrite=True)
         assert json.loads((tmp_path / precision / "metrics.json").read_text())["precision"] == precision
+
+
+def test_test_fraction_holds_out_a_seeded_stratified_test_split(tmp_path, tiny_ckpt, capsys):
+    """--test-fraction: a fraction of every class (of train + drawn val) leaves training for a test
+    split; validation is the split it would be without it; the run scores the test split once."""
+    from transferkit.errors import UserError
+    from transferkit.inputs import load_splits
+
+    data = make_folder(tmp_path / "d", n=12)
+    base = replace(RunConfig(), data=str(data), model=f"file:{tiny_ckpt}", arch="cifar_resnet20")
+    plain = load_splits(base)
+    held = load_splits(replace(base, test_fraction=0.25))
+    assert held.test.counts() == {"blue": 3, "red": 3}  # 25% of 12 per class
+    assert held.val.sources == plain.val.sources
+    assert set(held.train.sources) | set(held.test.sources) == set(plain.train.sources)
+    assert not set(held.train.sources) & set(held.test.sources)
+    assert load_splits(replace(base, test_fraction=0.25)).test.sources == held.test.sources  # seeded
+    assert load_splits(replace(base, test_fraction=0.25, seed=1)).test.sources != held.test.sources
+
+    given = tmp_path / "given"
+    for split in ("train", "val", "test"):
+        make_folder(given / split, n=4)
+    with pytest.raises(UserError, match="has its own test split"):
+        load_splits(replace(base, data=str(given), test_fraction=0.2))
+
+    rc = main(["fit", "--data", str(data), "--model", f"file:{tiny_ckpt}", "--arch", "cifar_resnet20", "--input-size", "16",
+               "--strategy", "linear_probe", "--lp-epochs", "2", "--test-fraction", "0.25", "--out", str(tmp_path / "run")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["n_train"] == 14 and m["n_val"] == 4 and sum(m["test"]["per_class"][c]["support"] for c in ("blue", "red")) == 6
+    assert "--test-fraction 0.25: 6 examples held out" in " ".join(m["data_notes"]) and "test split" in out
+    assert main(["fit", "--data", str(data), "--test-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "test_fraction must be in (0, 1)" in capsys.readouterr().err

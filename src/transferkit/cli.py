@@ -66,6 +66,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--ft-patience", "ft_patience", int, "lp_ft: end fine-tuning when none of its first N epochs beats the probe (default 3; 0: always every epoch)"),
     ("--val-fraction", "val_fraction", float, "validation fraction when the data has no val split"),
     ("--input-size", "input_size", int, "override the backbone's input size"),
+    ("--test-fraction", "test_fraction", float, "data without a test split: hold out this fraction of each class as one, scored once at the end"),
     ("--shots", "shots", int, "train on N examples per class (stratified, seeded); validation stays whole"),
     ("--text-column", "text_column", str, "text: the column holding the text (detected if not given)"),
     ("--label-column", "label_column", str, "the column holding the label (detected if not given)"),
@@ -128,9 +129,14 @@ def cmd_fit(args) -> int:
     signals = _StopOnSignal()
     try:
         with signals:
-            fit(cfg, out, overwrite=args.overwrite, console=report.console(quiet=args.quiet), resume=bool(args.resume), should_stop=signals)
-    except StopRequested:
-        print(f"transferkit: stopped by {signals.name}; checkpoint written. Resume with:\n  transferkit fit --resume {out}", file=sys.stderr)
+            fit(cfg, out, overwrite=args.overwrite, console=report.console(quiet=args.quiet), resume=bool(args.resume), should_stop=signals, should_abort=signals)
+    except StopRequested as e:
+        if e.checkpointed:
+            print(f"transferkit: stopped by {signals.name}; checkpoint written. Resume with:\n  transferkit fit --resume {out}", file=sys.stderr)
+        elif (Path(out) / "config.yaml").is_file():
+            print(f"transferkit: stopped by {signals.name} before training began; decoded data is cached. Start again with:\n  transferkit fit --resume {out}", file=sys.stderr)
+        else:
+            print(f"transferkit: stopped by {signals.name} before the run began; nothing was written to {out}", file=sys.stderr)
         return 128 + signals.signum
     return 0
 
@@ -151,7 +157,7 @@ class _StopOnSignal:
         if self.signum:
             raise KeyboardInterrupt
         self.signum, self.name = signum, signal.Signals(signum).name
-        print(f"\ntransferkit: {self.name} received: finishing the current step and writing a checkpoint (again to stop at once)", file=sys.stderr)
+        print(f"\ntransferkit: {self.name} received: stopping at the next safe point, after a checkpoint once training has begun (again to stop at once)", file=sys.stderr)
 
     def __enter__(self):
         import signal

@@ -28,6 +28,7 @@ class DataConfig:
     skip_bad_images: bool = False  # drop unreadable images instead of failing
     input_size: int | None = None  # override the backbone's input size
     shots: int | None = None  # train on this many examples per class (stratified, seeded); the validation split stays whole
+    test_fraction: float | None = None  # data without a test split: hold out this fraction of each class as one (seeded), scored once at the end
     # text data (CSV / TSV): columns and delimiter are detected unless given
     text_column: str | None = None
     label_column: str | None = None
@@ -40,6 +41,7 @@ class DataConfig:
         _check(self.shots is None or self.shots >= 1, f"shots must be >= 1, got {self.shots}")
         _check(self.max_length >= 4, f"max_length must be >= 4 tokens, got {self.max_length}")
         _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check(self.test_fraction is None or 0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}")
         _check(0 < self.crop_scale_min <= 1, f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         _check(self.input_size is None or self.input_size >= 8, f"input_size must be >= 8, got {self.input_size}")
 

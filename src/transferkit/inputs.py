@@ -181,6 +181,8 @@ def load_splits(cfg, seed: int | None = None):
         if cfg.data.path.split(":")[0] == "digits" or (p.is_dir() and _find(p, "train") is None and any(c.is_dir() for c in p.iterdir())):
             raise UserError(f"{cfg.data.path} looks like image data, and {cfg.model.name} is a text model; use an image model")
     splits = cls.load(cfg, seed)
+    if cfg.data.test_fraction:
+        splits = hold_out_test(splits, cfg.data.test_fraction, seed)
     if cfg.data.shots:
         splits = take_shots(splits, cfg.data.shots, seed)
     if cfg.data.group_column:
@@ -192,6 +194,33 @@ def load_splits(cfg, seed: int | None = None):
                 "metrics per group need at least two"
             )
     return splits
+
+
+def hold_out_test(splits, fraction: float, seed: int):
+    """Move a seeded `fraction` of each class's labelled examples (training split plus a drawn
+    validation split; the training split alone when validation was given) from train into a test
+    split, which training and model selection never see; at least one example of each class stays in
+    training."""
+    import copy
+
+    if splits.test is not None:
+        raise UserError(f"{splits.source} has its own test split ({len(splits.test)} examples); --test-fraction is for data without one")
+    rng = np.random.default_rng([seed, 7])  # another stream than the validation split's
+    y, yv = splits.train.labels, splits.val.labels
+    test = []
+    for c in range(len(splits.classes)):
+        idx = np.flatnonzero(y == c)
+        total = len(idx) + (0 if splits.val_given else int((yv == c).sum()))
+        n = min(max(1, int(round(total * fraction))), len(idx) - 1)
+        if n < 1:
+            raise UserError(f"--test-fraction: class {splits.classes[c]!r} has {len(idx)} training example(s), too few to hold any out")
+        test.extend(rng.permutation(idx)[:n].tolist())
+    held = np.zeros(len(y), dtype=bool)
+    held[test] = True
+    out = copy.copy(splits)
+    out.train, out.test = splits.train.subset(np.flatnonzero(~held)), splits.train.subset(np.flatnonzero(held))
+    out.notes = list(splits.notes) + [f"--test-fraction {fraction:g}: {len(test)} examples held out as the test split (seed {seed})"]
+    return out
 
 
 def take_shots(splits, shots: int, seed: int):
