@@ -102,3 +102,35 @@ def test_resume_of_finished_run_is_refused(tiny, tmp_path):
     fit(cfg, tmp_path / "done", console=report.console(quiet=True))
     with pytest.raises(UserError, match="nothing to resume"):
         fit(cfg, tmp_path / "done", resume=True)
+
+
+def test_stop_while_encoding_or_computing_features_is_immediate(tiny, tmp_path, monkeypatch):
+    """A stop request before training has begun (decoding, backbone features) stops at once, leaves
+    no finished run, and the run starts again with --resume; `should_stop` is not consulted there."""
+    import transferkit.fit as fit_mod
+    from transferkit.rundir import is_complete
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path / "cache"))  # nothing decoded or computed before
+    con = report.console(quiet=True)
+    cfg = _cfg(tiny, strategy="lp_ft", epochs=1)
+    asked = []
+    with pytest.raises(StopRequested) as e:  # while the images are encoded: nothing is written
+        fit(cfg, tmp_path / "enc", console=con, should_stop=lambda: asked.append(1) or False, should_abort=lambda: True)
+    assert not e.value.checkpointed and asked == [] and not (tmp_path / "enc").exists()
+
+    flag = {"on": False}
+    real, batches = fit_mod.cached_features, []
+
+    def features_then_stop(*a, **kw):
+        flag["on"] = True  # the request arrives once the backbone runs
+        inner = kw["progress"]
+        return real(*a, **{**kw, "progress": lambda n: (batches.append(n), inner(n))})
+
+    monkeypatch.setattr(fit_mod, "cached_features", features_then_stop)
+    with pytest.raises(StopRequested) as e:
+        fit(replace(cfg, eval_batch_size=4), tmp_path / "feat", console=con, should_abort=lambda: flag["on"])
+    assert not e.value.checkpointed and batches == [4]  # the first of 5 batches, then stopped
+    assert (tmp_path / "feat" / "config.yaml").is_file() and not is_complete(tmp_path / "feat")
+    monkeypatch.setattr(fit_mod, "cached_features", real)
+    fit(cfg, tmp_path / "feat", console=con, resume=True)
+    assert is_complete(tmp_path / "feat")

@@ -276,11 +276,14 @@ def _decode_into(out, sources, size: int, interpolation: str, progress) -> list[
 
     n_workers = min(8, os.cpu_count() or 1)
     errors = []
-    with ThreadPoolExecutor(n_workers) as pool:  # PIL releases the GIL while decoding and resizing
+    pool = ThreadPoolExecutor(n_workers)  # PIL releases the GIL while decoding and resizing
+    try:
         for err in pool.map(work, range(len(sources))):
             errors.append(err)
             if progress is not None:
-                progress(1)
+                progress(1)  # may raise (a stop request): the images not yet started are dropped below
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return errors
 
 

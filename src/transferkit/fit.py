@@ -76,14 +76,16 @@ def resolve_precision(precision: str, *, cpu: bool = False) -> str:
 
 
 def fit(
-    cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None,
+    cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None, should_abort=None,
     splits: DataSplits | None = None, on_epoch=None,
 ) -> FitResult:
     """Fine-tune `cfg.model.name` on `cfg.data.path` as `cfg.strategy.name` says; write `out` if given.
 
     With `resume`, `out` is an interrupted run: training continues from its last intact checkpoint
     and ends with the same weights and metrics as an uninterrupted run. `should_stop()` turning true
-    makes the run write a checkpoint and raise StopRequested. `splits` replaces loading
+    makes the run write a checkpoint and raise StopRequested; `should_abort()` is asked while the data
+    is encoded and features computed (no training state yet) and stops the run at once
+    (StopRequested(checkpointed=False)). `splits` replaces loading
     `cfg.data.path` (cross-validation folds, for example); `on_epoch(row)` sees every epoch's
     validation scores.
     """
@@ -101,6 +103,12 @@ def fit(
         raise UserError("strategy gradual changes what trains inside a phase, which one process per device cannot follow; use partial or full with several processes")
     rundir = RunDir(out, overwrite=overwrite or resume) if out is not None and main else None  # refuse a finished run before work
     t_start = time.perf_counter()
+    stop = should_stop or (lambda: False)
+
+    def stop_now(_n: int = 0) -> None:  # encoding and features: no training state yet, so stop at once
+        if should_abort is not None and should_abort():
+            raise StopRequested(checkpointed=False)
+
     seed_everything(cfg.train.seed)
 
     if cfg.model.name == "auto":
@@ -130,7 +138,9 @@ def fit(
     pre = inputs.pre if inputs.modality == "image" else model.backbone.preprocess
     with report.progress(console) as prog:
         task = prog.add_task(f"encoding {inputs.unit}", total=len(splits.train) + len(splits.val) + (len(splits.test) if splits.test else 0))
-        step = lambda k: prog.update(task, advance=k)  # noqa: E731
+        def step(k):
+            prog.update(task, advance=k)
+            stop_now()
         train_u8, splits.train, bad_tr = inputs.encode(splits.train, progress=step)
         val_u8, splits.val, bad_va = inputs.encode(splits.val, progress=step)
         test_u8 = None
@@ -175,7 +185,6 @@ def fit(
             done = len(st["history"])
             console.print(f"resuming from the checkpoint after epoch {done} (phase {st['phase'] + 1} of {len(phases)})")
     model.to(device, memory_format=inputs.memory_format)
-    stop = should_stop or (lambda: False)
 
     def save_checkpoint(phase_state):
         ckpt.save({"model": model.state_dict(), "fit": st, "phase_state": phase_state}, tag=f"{len(st['history']) + len((phase_state or {}).get('history', [])):04d}")
@@ -189,7 +198,7 @@ def fit(
             common = dict(epoch_offset=len(st["history"]), step_offset=st["steps"], progress=prog, resume=phase_resume, on_epoch=on_epoch)
             if phase.kind == "probe":
                 tf = time.perf_counter()
-                how = dict(device=device, autocast=accelerator.autocast, precision=accelerator.mixed_precision, batch_size=cfg.train.eval_batch_size)
+                how = dict(device=device, autocast=accelerator.autocast, precision=accelerator.mixed_precision, batch_size=cfg.train.eval_batch_size, progress=stop_now)
                 f_train, hit_tr = cached_features(model.backbone, train_u8, inputs.size, **how)
                 f_val, hit_va = cached_features(model.backbone, val_u8, inputs.size, **how)
                 st["feature_cache_hit"] = hit_tr and hit_va

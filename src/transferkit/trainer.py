@@ -106,7 +106,13 @@ def class_weights(y: torch.Tensor, num_classes: int, mode: str) -> torch.Tensor 
 
 
 class StopRequested(Exception):
-    """Raised after a checkpoint was written because the user asked the run to stop (Ctrl-C, SIGTERM)."""
+    """The user asked the run to stop (Ctrl-C, SIGTERM). Raised after a checkpoint was written
+    (`checkpointed`), or at once while the data is encoded or features computed, when there is no
+    training state to keep yet."""
+
+    def __init__(self, checkpointed: bool = True):
+        super().__init__()
+        self.checkpointed = checkpointed
 
 
 def run_phase(
