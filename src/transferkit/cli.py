@@ -134,7 +134,7 @@ def cmd_fit(args) -> int:
         if e.checkpointed:
             print(f"transferkit: stopped by {signals.name}; checkpoint written. Resume with:\n  transferkit fit --resume {out}", file=sys.stderr)
         elif (Path(out) / "config.yaml").is_file():
-            print(f"transferkit: stopped by {signals.name} before training began; decoded data is cached. Start again with:\n  transferkit fit --resume {out}", file=sys.stderr)
+            print(f"transferkit: stopped by {signals.name} before training began. Start again with:\n  transferkit fit --resume {out}", file=sys.stderr)
         else:
             print(f"transferkit: stopped by {signals.name} before the run began; nothing was written to {out}", file=sys.stderr)
         return 128 + signals.signum

@@ -198,9 +198,16 @@ def fit(
             common = dict(epoch_offset=len(st["history"]), step_offset=st["steps"], progress=prog, resume=phase_resume, on_epoch=on_epoch)
             if phase.kind == "probe":
                 tf = time.perf_counter()
-                how = dict(device=device, autocast=accelerator.autocast, precision=accelerator.mixed_precision, batch_size=cfg.train.eval_batch_size, progress=stop_now)
+                ftask = prog.add_task("backbone features", total=len(train_u8) + len(val_u8))
+
+                def feature_step(n):
+                    prog.update(ftask, advance=n)
+                    stop_now()
+
+                how = dict(device=device, autocast=accelerator.autocast, precision=accelerator.mixed_precision, batch_size=cfg.train.eval_batch_size, progress=feature_step)
                 f_train, hit_tr = cached_features(model.backbone, train_u8, inputs.size, **how)
                 f_val, hit_va = cached_features(model.backbone, val_u8, inputs.size, **how)
+                prog.remove_task(ftask)
                 st["feature_cache_hit"] = hit_tr and hit_va
                 st["timing"]["features_s"] += time.perf_counter() - tf
                 data = PhaseData(f_train.to(device), y_train, f_val.to(device), y_val, lambda x, g: x, lambda x: x)

@@ -32,6 +32,9 @@ class _NoProgress:
     def update(self, *a, **k):
         pass
 
+    def remove_task(self, *a, **k):
+        pass
+
 
 def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
