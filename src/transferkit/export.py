@@ -1,5 +1,5 @@
-"""Export a finished run to ONNX, to serve it without transferkit or PyTorch (onnxruntime, TensorRT,
-OpenVINO, a browser through onnxruntime-web).
+"""Export a finished run to ONNX, to serve it without transferkit or PyTorch (onnxruntime, which the
+export is checked with, or another ONNX runtime).
 
 The graph does transferkit's own preprocessing, so it gives what `transferkit predict` gives:
 - images: `image`, uint8 (N, 3, R, R) RGB, the photo with its shorter side resized to R and the
