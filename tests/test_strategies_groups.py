@@ -145,3 +145,19 @@ def test_ft_patience_zero_runs_every_epoch_and_patience_applies_to_every_phase(t
     assert (probe, ft) == (3, 6)
     probe, ft, _, _ = _phases_run(tmp_path / "b", capsys, ["--patience", "1"])  # explicit: every phase, ft_patience unused
     assert (probe, ft) == (2, 1)
+
+
+def test_fine_tuning_beats_the_probe_on_accuracy_or_on_loss():
+    """lp_ft's give-up rule on validation curves measured on the CPU (lp_ft, 8 fine-tuning epochs):
+    digits (seed 2, --test-fraction 0.2) never passed the probe's 96.7% in 3 epochs, but its loss did
+    at once; hymenoptera (seed 1) beat the probe on neither in 8."""
+    from transferkit.trainer import beats_start
+
+    rows = lambda losses: [{"val_loss": v} for v in losses]  # noqa: E731
+    digits_loss, digits_probe_min = [0.265, 0.214, 0.227], 0.275
+    assert beats_start(rows(digits_loss[:1]), False, digits_probe_min)
+    hym_loss, hym_probe_min = [0.194, 0.186, 0.179, 0.185, 0.186, 0.175, 0.172, 0.172], 0.159
+    assert not beats_start(rows(hym_loss), False, hym_probe_min)
+    assert beats_start(rows(hym_loss), True, hym_probe_min)  # a better accuracy is enough
+    assert not beats_start(rows([0.3]), False, None)  # nothing to compare the loss with: accuracy alone
+    assert not beats_start(rows([0.159]), False, 0.159)  # equal is not better

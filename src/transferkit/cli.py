@@ -63,7 +63,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--head-dropout", "head_dropout", float, "dropout in the head"),
     ("--lp-epochs", "lp_epochs", int, "linear-probe epochs on cached features"),
     ("--ft-lr-scale", "ft_lr_scale", float, "lp_ft: fine-tuning lr as a fraction of --lr"),
-    ("--ft-patience", "ft_patience", int, "lp_ft: end fine-tuning when none of its first N epochs beats the probe (default 3; 0: always every epoch)"),
+    ("--ft-patience", "ft_patience", int, "lp_ft: end fine-tuning when none of its first N epochs beats the probe's accuracy or loss (default 3; 0: always every epoch)"),
     ("--val-fraction", "val_fraction", float, "validation fraction when the data has no val split"),
     ("--input-size", "input_size", int, "override the backbone's input size"),
     ("--test-fraction", "test_fraction", float, "data without a test split: hold out this fraction of each class as one, scored once at the end"),

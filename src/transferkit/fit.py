@@ -220,7 +220,8 @@ def fit(
                 data = PhaseData(x_train, y_train, x_val, y_val, train_tf, eval_tf)
                 res = run_phase(
                     pname, phase, model, groups, data, cfg, accelerator, k, model_for_freezing=model, always_frozen=always_frozen,
-                    initial_best=st["best"], on_checkpoint=save_checkpoint if ckpt else None, should_stop=stop,
+                    initial_best=st["best"], initial_loss=min((r["val_loss"] for r in st["history"]), default=None),
+                    on_checkpoint=save_checkpoint if ckpt else None, should_stop=stop,
                     checkpoint_every_s=cfg.train.checkpoint_minutes * 60 if cfg.train.checkpoint_minutes else None, **common,
                 )
                 st["timing"]["train_images"] += res.train_images

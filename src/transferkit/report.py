@@ -75,7 +75,7 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
             if cfg.train.patience is not None:
                 desc += f", stops after {cfg.train.patience} epoch(s) without improvement"
             if ph.give_up_after:
-                desc += f", ends after {ph.give_up_after} epoch(s) if none beats the probe"
+                desc += f", ends after {ph.give_up_after} epoch(s) if none beats the probe's " + ("loss" if cfg.train.metric == "loss" else f"{cfg.train.metric} or loss")
         con.print(
             f"phase {i} {ph.kind}: {desc}; {cfg.optim.name} lr {ph.lr:.2g}, wd {cfg.optim.weight_decay:g}, batch {cfg.train.batch_size}; "
             f"trainable {_count(trainable)} / frozen {_count(n_all - trainable)} params"
