@@ -164,5 +164,8 @@ def test_test_fraction_holds_out_a_seeded_stratified_test_split(tmp_path, tiny_c
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["n_train"] == 14 and m["n_val"] == 4 and sum(m["test"]["per_class"][c]["support"] for c in ("blue", "red")) == 6
     assert "--test-fraction 0.25: 6 examples held out" in " ".join(m["data_notes"]) and "test split" in out
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(data), "--json"]) == 0  # the same data: its held-out split
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 6 and ev["accuracy"] == m["test"]["accuracy"] and "held-out test split" in ev["data"]
     assert main(["fit", "--data", str(data), "--test-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
     assert "test_fraction must be in (0, 1)" in capsys.readouterr().err

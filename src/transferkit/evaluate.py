@@ -57,16 +57,31 @@ def text_eval_set(spec: str, classes: list[str], cfg: RunConfig):
     return TextSet(texts, np.array([index[x] for x in labels], dtype=int), list(classes), rows), str(f)
 
 
+def _same_data(spec: str, trained_on: str | None) -> bool:
+    if trained_on is None:
+        return False
+    if spec == trained_on:
+        return True
+    a, b = Path(spec), Path(trained_on)
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
 def evaluate_model(clf, spec: str) -> dict:
     """Metrics of a fitted classifier (api.ImageClassifier / TextClassifier) on labelled data."""
     import contextlib
 
     from .trainer import predict_proba
 
-    if clf.inputs_.modality == "text":
-        s, where = text_eval_set(spec, clf.classes_, clf.config_)
+    cfg = clf.config_
+    if cfg.data.test_fraction and _same_data(spec, cfg.data.path):
+        from .inputs import load_splits
+
+        s = load_splits(cfg).test  # drawn again with the run's seed: the examples it never trained or selected on
+        where = f"{spec} (the run's held-out test split, --test-fraction {cfg.data.test_fraction:g}, seed {cfg.train.seed})"
+    elif clf.inputs_.modality == "text":
+        s, where = text_eval_set(spec, clf.classes_, cfg)
     else:
-        s, where = eval_set(spec, clf.classes_, clf.config_)
+        s, where = eval_set(spec, clf.classes_, cfg)
     x, s, _ = clf.inputs_.encode(s)
     proba = predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
     m = classification_metrics(s.labels, proba, clf.classes_)
