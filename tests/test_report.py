@@ -25,6 +25,62 @@ def test_ece_equals_a_hand_computation():
     assert calibration(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))["ece"] == 0.0  # sure and right
 
 
+def test_temperature_scaling_recovers_a_known_temperature():
+    """Labels drawn from softmax(z / 0.5): the fitted temperature of z is 0.5, and it minimises the NLL."""
+    import torch
+
+    from transferkit.metrics import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 5, generator=g, dtype=torch.float64) * 2
+    y = torch.multinomial((z / 0.5).softmax(-1), 1, generator=g).squeeze(1).numpy()
+    t = fit_temperature(z.numpy(), y)
+    assert t == pytest.approx(0.5, rel=0.05)
+    nll = lambda s: float(torch.nn.functional.cross_entropy(z / s, torch.as_tensor(y)))  # noqa: E731
+    assert nll(t) <= min(nll(t * 1.05), nll(t / 1.05), nll(1.0))
+    assert fit_temperature(z.log_softmax(-1).numpy(), y) == pytest.approx(t, rel=1e-4)  # log-probabilities give the same T
+
+
+def test_calibration_changes_probabilities_not_classes(tmp_path, tiny_ckpt, capsys):
+    """The default divides the head by T: the saved model gives the calibrated probabilities, its
+    classes are those of the uncalibrated run, and the validation NLL does not get worse."""
+    import json
+
+    from transferkit.api import ImageClassifier
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "d"  # two close colours under heavy noise: classes overlap, as real ones do
+    for c, col in [("red", (140, 100, 100)), ("blue", (100, 100, 140))]:
+        (d / c).mkdir(parents=True)
+        for i in range(160):  # a validation split of 64: enough to fit a temperature
+            a = np.clip(np.array(col)[None, None] + rng.normal(0, 90, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(d / c / f"{i}.png")
+    runs = {}
+    for how in ("temperature", "none"):
+        out = tmp_path / how
+        assert main(["fit", "--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "3", "--calibrate", how, "--out", str(out), "--quiet"]) == 0
+        runs[how] = (json.loads((out / "metrics.json").read_text()), ImageClassifier.load(out))
+    (m_t, clf_t), (m_n, clf_n) = runs["temperature"], runs["none"]
+    ts = m_t["temperature_scaling"]
+    assert "temperature_scaling" not in m_n and ts["temperature"] != pytest.approx(1.0, abs=1e-3)
+    assert ts["val_after"]["nll"] <= ts["val_before"]["nll"] + 1e-9
+    assert ts["val_before"]["ece"] == pytest.approx(m_n["calibration"]["ece"], abs=1e-6)  # before = the uncalibrated run
+    assert m_t["calibration"]["ece"] == pytest.approx(ts["val_after"]["ece"], abs=1e-6)
+    files = sorted(str(f) for f in d.rglob("*.png"))
+    p_t, p_n = clf_t.predict_proba(files), clf_n.predict_proba(files)
+    assert (p_t.argmax(1) == p_n.argmax(1)).all() and m_t["accuracy"] == m_n["accuracy"]
+    z = np.log(p_n) / ts["temperature"]
+    np.testing.assert_allclose(p_t, np.exp(z) / np.exp(z).sum(1, keepdims=True), atol=1e-5)
+    assert main(["fit", "--data", str(d), "--calibrate", "platt", "--out", str(tmp_path / "bad")]) == 2
+    assert "calibrate must be temperature or none" in capsys.readouterr().err
+    small = make_folder(tmp_path / "small", n=8)  # 4 validation examples: skipped, probabilities left as trained
+    assert main(["fit", "--data", str(small), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "3", "--out", str(tmp_path / "s")]) == 0
+    assert "temperature scaling skipped: the validation split has 4 examples" in " ".join(capsys.readouterr().out.split())
+    assert "temperature" not in json.loads((tmp_path / "s" / "metrics.json").read_text())["temperature_scaling"]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_ckpt):
     tmp = tmp_path_factory.mktemp("rep")

@@ -250,7 +250,9 @@ def fit(
     # fp32, as `evaluate` and `predict` compute with the saved model
     autocast = contextlib.nullcontext
     eval_tf = inputs.eval_transform()
-    val_proba = predict_proba(model, val_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
+    val_logp = predict_proba(model, val_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast, log=True).cpu()
+    calibrated = calibrate_head(model, val_logp, splits.val.labels) if cfg.train.calibrate == "temperature" else None
+    val_proba = (val_logp / (calibrated or {}).get("temperature", 1.0)).softmax(-1).numpy()  # what the scaled head gives
     metrics = classification_metrics(splits.val.labels, val_proba, splits.classes)
     base_proba, base_name = inputs.baseline(splits.train, train_u8, splits.val, val_u8, cfg.train.seed)
     base = classification_metrics(splits.val.labels, base_proba, splits.classes)
@@ -267,6 +269,8 @@ def fit(
         train_images_per_s=round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None,
         device=str(device), precision=accelerator.mixed_precision, modality=inputs.modality, processes=accelerator.num_processes,
     )
+    if calibrated:
+        metrics["temperature_scaling"] = calibrated
     if getattr(splits.val, "groups", None) is not None:
         from .metrics import group_metrics
 
@@ -278,8 +282,11 @@ def fit(
     if splits.notes:
         metrics["data_notes"] = list(splits.notes)
     if test_u8 is not None and len(test_u8):
-        test_proba = predict_proba(model, test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
-        metrics["test"] = classification_metrics(splits.test.labels, test_proba, splits.classes)
+        test_logp = predict_proba(model, test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast, log=True).cpu()
+        metrics["test"] = classification_metrics(splits.test.labels, test_logp.softmax(-1).numpy(), splits.classes)
+        if calibrated and "temperature" in calibrated:  # the honest check: examples the temperature was not fitted on
+            calibrated["test_before"] = calibration_stats(test_logp * calibrated["temperature"], splits.test.labels)
+            calibrated["test_after"] = calibration_stats(test_logp, splits.test.labels)
         if inputs.modality == "text":
             tb = inputs.baseline(splits.train, train_u8, splits.test, test_u8, cfg.train.seed)[0]
             metrics["test"]["baseline"] = {k: v for k, v in classification_metrics(splits.test.labels, tb, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
@@ -295,6 +302,42 @@ def fit(
         result.run_dir = rundir.path
     report.print_results(console, result)
     return result
+
+
+MIN_CALIBRATION_EXAMPLES = 50  # below this, one example moves the fitted temperature a lot
+
+
+def calibrate_head(model: TransferModel, val_logp: torch.Tensor, y_val) -> dict:
+    """Temperature scaling, baked into the weights: the head's last linear layer is divided by the T
+    that minimises the validation NLL, so every later use of the model (predict, evaluate, export, a
+    run: backbone) gives the calibrated probabilities with nothing to remember. Returns T and the
+    validation ECE / NLL before and after (after is fitted on that split: the test split, when there
+    is one, is the honest check)."""
+    from .metrics import TEMPERATURE_BOUNDS, fit_temperature
+
+    y = np.asarray(y_val)
+    if len(y) < MIN_CALIBRATION_EXAMPLES:
+        return {"skipped": f"the validation split has {len(y)} examples; a temperature needs {MIN_CALIBRATION_EXAMPLES} or more"}
+    t = fit_temperature(val_logp.numpy(), y)
+    if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01:
+        # the NLL still fell at the bound: the validation classes are separated perfectly, which says
+        # "sharper forever", not how sharp new data deserves; leave the probabilities as trained
+        return {"skipped": f"the validation NLL has no interior minimum (T would be {t:.3g}): every validation example is separated"}
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.div_(t)
+        if last.bias is not None:
+            last.bias.div_(t)
+    return {"temperature": t, "fitted_on": "validation", "val_before": calibration_stats(val_logp, y), "val_after": calibration_stats(val_logp / t, y)}
+
+
+def calibration_stats(logits: torch.Tensor, y) -> dict:
+    """ECE and NLL of softmax(logits) (logits or log-probabilities)."""
+    from .metrics import calibration
+
+    y = np.asarray(y)
+    nll = float(torch.nn.functional.cross_entropy(logits.double(), torch.as_tensor(y, dtype=torch.long)))
+    return {"ece": calibration(y, logits.softmax(-1).numpy())["ece"], "nll": nll}
 
 
 def _scratch_baseline(cfg: RunConfig, model, splits, val_proba, console) -> dict:

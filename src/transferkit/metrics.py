@@ -90,3 +90,25 @@ def verdict(boot: dict, baseline: str) -> str:
     if hi < 0:
         return f"NEGATIVE TRANSFER: {d:+.1f} points against {baseline} ({ci}); the baseline is better on this data"
     return f"no significant difference from {baseline}: {d:+.1f} points ({ci})"
+
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def fit_temperature(log_proba: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 that minimises the negative log-likelihood of
+    softmax(log_proba / T) on labelled examples. `log_proba` may be logits or log-probabilities (a
+    constant per row does not change the softmax). One parameter, a smooth convex-in-1/T objective:
+    a bounded scalar search on log T (scipy) finds it; argmax, hence accuracy, never changes."""
+    import torch
+    from scipy.optimize import minimize_scalar
+
+    z = torch.as_tensor(np.asarray(log_proba, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(y_true), dtype=torch.long)
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z / np.exp(log_t), y))
+
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(res.x))

@@ -120,6 +120,15 @@ def print_results(con: Console, r) -> None:
         gm = m["groups"]
         shown = ", ".join(f"{g} {100 * v['accuracy']:.1f}% (n={v['n']})" for g, v in list(gm["per_group"].items())[:8])
         con.print(f"per group: {shown}; worst group: {gm['worst_group']} ({100 * gm['gap']:.1f} points below the best)")
+    ts = m.get("temperature_scaling")
+    if ts and "skipped" in ts:
+        con.print(f"calibration: temperature scaling skipped: {ts['skipped']}")
+    elif ts:
+        test = f"; on the test split ECE {100 * ts['test_before']['ece']:.1f}% -> {100 * ts['test_after']['ece']:.1f}%" if "test_after" in ts else ""
+        con.print(
+            f"calibration: temperature {ts['temperature']:.3f} fitted on validation: ECE {100 * ts['val_before']['ece']:.1f}% -> "
+            f"{100 * ts['val_after']['ece']:.1f}%, NLL {ts['val_before']['nll']:.3f} -> {ts['val_after']['nll']:.3f}{test}"
+        )
     con.print(f"verdict: {m['verdict']}")
     if "verdict_scratch" in m:
         con.print(f"verdict: {m['verdict_scratch']}")

@@ -53,6 +53,20 @@ def _verdict_div(v: str | None) -> str:
     return f'<div class="verdict {kind}">{html.escape(v)}</div>'
 
 
+def _temperature(ts: dict | None) -> str:
+    if not ts:
+        return ""
+    if "skipped" in ts:
+        return f" Probabilities as trained: temperature scaling skipped ({html.escape(ts['skipped'])})."
+    b, a = ts["val_before"], ts["val_after"]
+    return (
+        f" Probabilities: temperature scaling, T = {ts['temperature']:.3f} fitted on the validation split (ECE {100 * b['ece']:.1f}% &rarr; "
+        f"{100 * a['ece']:.1f}%, NLL {b['nll']:.3f} &rarr; {a['nll']:.3f}"
+        + (f"; on the held-out test split ECE {100 * ts['test_before']['ece']:.1f}% &rarr; {100 * ts['test_after']['ece']:.1f}%" if "test_after" in ts else "; the test split, when there is one, is the honest check")
+        + ")."
+    )
+
+
 def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict[str, bytes]) -> str:
     e = html.escape
     m, b = metrics, metrics["baseline"]
@@ -95,7 +109,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <h2>Results (validation split)</h2>
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
 <p class="sub">Transfer minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
-[{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.</p>
+[{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.{_temperature(m.get('temperature_scaling'))}</p>
 {_groups(m.get('groups'))}
 <h2>Figures</h2><div class="figs">{figs}</div>
 <h2>Per class</h2>

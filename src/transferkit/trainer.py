@@ -53,14 +53,15 @@ class PhaseResult:
 
 
 @torch.no_grad()
-def predict_proba(module: nn.Module, x: torch.Tensor, transform: Callable, batch_size: int, autocast) -> torch.Tensor:
+def predict_proba(module: nn.Module, x: torch.Tensor, transform: Callable, batch_size: int, autocast, *, log: bool = False) -> torch.Tensor:
+    """Class probabilities (log-probabilities with `log`) of `x`, in batches, in eval mode."""
     was = module.training
     module.eval()
     out = []
     for i in range(0, len(x), batch_size):
         with autocast():
             logits = module(transform(x[i : i + batch_size]))
-        out.append(logits.float().softmax(-1))
+        out.append(logits.float().log_softmax(-1) if log else logits.float().softmax(-1))
     module.train(was)
     return torch.cat(out)
 
