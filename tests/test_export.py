@@ -60,6 +60,22 @@ def test_image_export_matches_predict_and_fails_whole(tmp_path, capsys, tiny_ckp
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), atol=1e-6)
 
+    # `predict --onnx` gives predict's labels and probabilities; an export of other weights is refused
+    import csv
+
+    for flag, name in (([], "torch.csv"), (["--onnx"], "onnx.csv")):
+        assert main(["predict", str(run), str(data), *flag, "--out", str(tmp_path / name)]) == 0
+    rows = {n: list(csv.reader(open(tmp_path / n))) for n in ("torch.csv", "onnx.csv")}
+    assert [r[:2] for r in rows["torch.csv"]] == [r[:2] for r in rows["onnx.csv"]] and len(rows["onnx.csv"]) == len(files) + 1
+    np.testing.assert_allclose(np.array([r[2:] for r in rows["onnx.csv"][1:]], float), np.array([r[2:] for r in rows["torch.csv"][1:]], float), atol=2e-6)
+    info_file = run / "export" / "export.json"
+    good = info_file.read_text()
+    info_file.write_text(good.replace(info["model_sha256"], "0" * 64))
+    capsys.readouterr()
+    assert main(["predict", str(run), str(data), "--onnx"]) == 2
+    assert "was not exported from the weights" in capsys.readouterr().err
+    info_file.write_text(good)
+
     # an existing export is kept unless --overwrite; a failed check writes nothing and keeps the old one
     before = (run / "export" / "model.onnx").read_bytes()
     assert main(["export", str(run)]) == 2
@@ -84,6 +100,11 @@ def test_text_export_with_saved_tokenizer(tmp_path, capsys, tiny_bert):
     clf = ImageClassifier.load(run)
     info = clf.export(tmp_path / "onnx")
     assert info["modality"] == "text" and set(info["inputs"]) == {"input_ids", "attention_mask"} and info["check"]["ok"]
+    capsys.readouterr()
+    assert main(["predict", str(run), "--onnx", str(tmp_path / "onnx"), "--text", "a good film", "--text", "dull and boring plot"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    ref = clf.predict_proba(["a good film", "dull and boring plot"])
+    np.testing.assert_allclose(np.array([r.split(",")[2:] for r in out[1:]], float), ref, atol=2e-6)
 
     texts = ["a very good film", "dull", "the plot was not boring and it was lovely lovely lovely"]
     tok = Tokenizer.from_file(str(tmp_path / "onnx" / "tokenizer" / "tokenizer.json"))

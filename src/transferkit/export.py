@@ -206,6 +206,7 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
             "inputs": {n: {"dtype": str(a.dtype), "shape": ["N"] + (["L"] if text else list(a.shape[1:]))} for n, a in trace.items()},
             "outputs": {"logits": "float32 (N, classes)", "probs": "float32 (N, classes), softmax of logits"},
             "opset": opsets.get("ai.onnx"), "export_seconds": round(seconds, 2), "check": check,
+            "model_sha256": run_model_digest(run) if run else None,  # `predict --onnx` refuses an export of other weights
         }
         if text:
             clf.model_.backbone.tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -230,3 +231,39 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
         raise
     info["out"] = str(out)
     return info
+
+
+def run_model_digest(run_dir: str | Path) -> str | None:
+    """The sha256 of a finished run's model.safetensors, as its manifest records it."""
+    from .rundir import MANIFEST
+
+    try:
+        return json.loads((Path(run_dir) / MANIFEST).read_text())["files"]["model.safetensors"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_export(run_dir: str | Path, folder: str | Path | None = None):
+    """An onnxruntime session for RUN_DIR's export, refused unless the export was made from the
+    weights the run holds now (a run refitted with --overwrite leaves a stale export behind)."""
+    _require_onnx()
+    folder = Path(folder) if folder is not None else Path(run_dir) / "export"
+    info_file = folder / "export.json"
+    if not (folder / "model.onnx").is_file() or not info_file.is_file():
+        raise UserError(f"no ONNX export in {folder}: run `transferkit export {run_dir}` first")
+    try:
+        info = json.loads(info_file.read_text())
+    except ValueError as e:
+        raise UserError(f"{info_file} is damaged ({e}): run `transferkit export {run_dir} --overwrite`") from None
+    now = run_model_digest(run_dir)
+    if info.get("model_sha256") is None or info.get("model_sha256") != now:
+        raise UserError(f"{folder} was not exported from the weights {run_dir} holds now: run `transferkit export {run_dir} --overwrite`")
+    return _ort_session(folder / "model.onnx")
+
+
+def onnx_predict_proba(session, clf, x: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """Probabilities of encoded inputs (uint8 images, or ids padded with -1) from an export's session."""
+    arrays = text_arrays(x, clf.model_.backbone.pad_id) if clf.inputs_.modality == "text" else {"image": x.numpy()}
+    if len(x) == 0:
+        return np.zeros((0, len(clf.classes_)), dtype=np.float32)
+    return np.concatenate([_ort_run(session, part) for part in _batched(arrays, batch)])
