@@ -131,3 +131,12 @@ def test_export_refuses_what_it_cannot_do(tmp_path, capsys, monkeypatch):
     assert main(["export", str(tmp_path / "half")]) == 2
     err = capsys.readouterr().err
     assert "pip install 'transferkit[export]'" in err and "onnxruntime" in err
+
+
+def test_check_tolerates_only_near_ties():
+    from transferkit.export import compare
+
+    tie = compare(np.array([[0.5 + 1e-9, 0.5 - 1e-9]]), np.array([[0.5 - 1e-9, 0.5 + 1e-9]]))
+    assert tie["same_class"] == 0 and tie["ok"]  # rounding may flip a near-tie
+    assert not compare(np.array([[0.6, 0.4]]), np.array([[0.4, 0.6]]))["ok"]
+    assert not compare(np.array([[0.9, 0.1]]), np.array([[0.9 - 2e-4, 0.1 + 2e-4]]))["ok"]  # same class, too far
