@@ -66,22 +66,27 @@ def _same_data(spec: str, trained_on: str | None) -> bool:
     return a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
+def labelled_set(clf, spec: str):
+    """(examples, description) a fitted classifier is scored on for `spec`: the run's held-out test
+    split when it was made with --test-fraction on this same data, else `text_eval_set` / `eval_set`."""
+    cfg = clf.config_
+    if cfg.data.test_fraction and _same_data(spec, cfg.data.path):
+        from .inputs import load_splits
+
+        s = load_splits(cfg).test  # drawn again with the run's seed: the examples it never trained or selected on
+        return s, f"{spec} (the run's held-out test split, --test-fraction {cfg.data.test_fraction:g}, seed {cfg.train.seed})"
+    if clf.inputs_.modality == "text":
+        return text_eval_set(spec, clf.classes_, cfg)
+    return eval_set(spec, clf.classes_, cfg)
+
+
 def evaluate_model(clf, spec: str) -> dict:
     """Metrics of a fitted classifier (api.ImageClassifier / TextClassifier) on labelled data."""
     import contextlib
 
     from .trainer import predict_proba
 
-    cfg = clf.config_
-    if cfg.data.test_fraction and _same_data(spec, cfg.data.path):
-        from .inputs import load_splits
-
-        s = load_splits(cfg).test  # drawn again with the run's seed: the examples it never trained or selected on
-        where = f"{spec} (the run's held-out test split, --test-fraction {cfg.data.test_fraction:g}, seed {cfg.train.seed})"
-    elif clf.inputs_.modality == "text":
-        s, where = text_eval_set(spec, clf.classes_, cfg)
-    else:
-        s, where = eval_set(spec, clf.classes_, cfg)
+    s, where = labelled_set(clf, spec)
     x, s, _ = clf.inputs_.encode(s)
     proba = predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
     m = classification_metrics(s.labels, proba, clf.classes_)

@@ -136,11 +136,11 @@ def _timed(run, arrays, batch: int) -> tuple[np.ndarray, float]:
 
 def check_on_data(clf, graph: nn.Module, session, spec: str, batch: int = 64) -> dict:
     """Accuracy and speed of PyTorch and of the ONNX file on labelled data (evaluate's splits)."""
-    from .evaluate import eval_set, text_eval_set
+    from .evaluate import labelled_set
     from .metrics import classification_metrics
 
     text = clf.inputs_.modality == "text"
-    s, where = (text_eval_set if text else eval_set)(spec, clf.classes_, clf.config_)
+    s, where = labelled_set(clf, spec)
     x, s, _ = clf.inputs_.encode(s)
     arrays = text_arrays(x, clf.model_.backbone.pad_id) if text else {"image": x.numpy()}
     p_torch, t_torch = _timed(lambda a: _torch_run(graph, a), arrays, batch)
