@@ -161,3 +161,17 @@ def test_fine_tuning_beats_the_probe_on_accuracy_or_on_loss():
     assert beats_start(rows(hym_loss), True, hym_probe_min)  # a better accuracy is enough
     assert not beats_start(rows([0.3]), False, None)  # nothing to compare the loss with: accuracy alone
     assert not beats_start(rows([0.159]), False, 0.159)  # equal is not better
+
+
+@pytest.mark.parametrize("arch", ["mobilenetv3_small_050", "resnet10t"])
+def test_timm_backbone_width_is_what_forward_returns(arch):
+    """MobileNetV3 projects its pooled map (576) to 1024 before the classifier: the head must take what
+    the backbone returns, or every fit of such a model fails on a shape mismatch."""
+    import torch
+
+    from transferkit.config import ModelConfig
+    from transferkit.model import create_model
+
+    m = create_model(ModelConfig(name=f"random:{arch}"), 3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert m.backbone(x).shape == (2, m.backbone.num_features) and m(x).shape == (2, 3)

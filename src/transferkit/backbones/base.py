@@ -102,7 +102,9 @@ class TimmBackbone(Backbone):
     def __init__(self, model: nn.Module, *, preprocess: Preprocess, weights_id: str, spec: dict):
         super().__init__()
         self.model = model
-        self.num_features = int(model.num_features)
+        # what forward returns: for models with a projection after the pooling (MobileNetV3 / V4,
+        # GhostNet: `conv_head`) that is timm's `head_hidden_size`, not `num_features` (the pooled map)
+        self.num_features = int(getattr(model, "head_hidden_size", None) or model.num_features)
         self.preprocess = preprocess
         self.weights_id = weights_id
         self.spec = spec
