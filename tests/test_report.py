@@ -94,11 +94,12 @@ def test_report_is_self_contained_and_complete(run_dir):
     page = (run_dir / "report.html").read_text()
     assert page.startswith("<!doctype html>")
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)  # nothing fetched from anywhere
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # curves, confusion, reliability, lr
-    for needle in ("Results (validation split)", "raw-pixel logistic regression", "Largest recall gaps", "ECE", "Resolved configuration", "red", "blue"):
-        assert needle in page, needle
     import json
 
+    wrong = json.loads((run_dir / "metrics.json").read_text())["mistakes"]["count"]
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4 + (wrong > 0)  # curves, confusion, reliability, lr; mistakes
+    for needle in ("Results (validation split)", "raw-pixel logistic regression", "Largest recall gaps", "ECE", "Resolved configuration", "red", "blue"):
+        assert needle in page, needle
     verdict = json.loads((run_dir / "metrics.json").read_text())["verdict"]
     assert verdict.split(":")[0] in page
 

@@ -66,12 +66,14 @@ class _Classifier:
     def predict(self, items) -> list[str]:
         return [self.classes_[i] for i in self.predict_proba(items).argmax(1)]
 
-    def evaluate(self, data: str) -> dict:
-        """Metrics on labelled data: its test split if it has one, else val, else all of it."""
+    def evaluate(self, data: str, *, mistakes_csv: str | Path | None = None) -> dict:
+        """Metrics on labelled data: its test split if it has one, else val, else all of it. The
+        wrong examples, most confidently wrong first: the 10 first in `["mistakes"]`, all of them in
+        `mistakes_csv` when given."""
         from .evaluate import evaluate_model
 
         self._check_fitted()
-        return evaluate_model(self, str(data))
+        return evaluate_model(self, str(data), mistakes_csv=mistakes_csv)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         from .fit import model_meta, write_model

@@ -234,8 +234,12 @@ def cmd_list(registry):
 def cmd_evaluate(args) -> int:
     from .api import ImageClassifier
 
+    if args.mistakes is not None:
+        target = Path(args.mistakes)
+        if target.is_dir() or not target.parent.is_dir():
+            raise UserError(f"--mistakes {args.mistakes}: give a CSV file to write in an existing folder")
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
-    m = clf.evaluate(args.data)
+    m = clf.evaluate(args.data, mistakes_csv=args.mistakes)
     if args.json:
         print(json.dumps(m, indent=2))
     else:
@@ -243,6 +247,12 @@ def cmd_evaluate(args) -> int:
         print(f"{m['data']}: {m['n']} {clf.inputs_.unit}, accuracy {100 * m['accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}, AUROC {auroc}")
         for c, v in m["per_class"].items():
             print(f"  {c}: precision {v['precision']:.3f}, recall {v['recall']:.3f}, support {v['support']}")
+        mk = m["mistakes"]
+        if mk["count"]:
+            print(f"{mk['count']} wrong; the most confident" + (f" (all {mk['count']} in {args.mistakes}):" if args.mistakes else " (--mistakes FILE.csv lists all):"))
+            for r in mk["most_confident"][:5]:
+                src = " ".join(r["source"].split())
+                print(f"  {r['true']} -> {r['predicted']} ({r['p_predicted']:.2f}): {src if len(src) <= 100 else src[:97] + '...'}")
     return 0
 
 
@@ -494,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a finished run on labelled data")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="labelled data: its test/ split, else val/, else all of it")
+    p.add_argument("--mistakes", metavar="FILE.csv", help="write every wrong example (most confidently wrong first) to this CSV")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -80,10 +80,12 @@ def labelled_set(clf, spec: str):
     return eval_set(spec, clf.classes_, cfg)
 
 
-def evaluate_model(clf, spec: str) -> dict:
-    """Metrics of a fitted classifier (api.ImageClassifier / TextClassifier) on labelled data."""
+def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None) -> dict:
+    """Metrics of a fitted classifier (api.ImageClassifier / TextClassifier) on labelled data; every
+    wrong example, most confidently wrong first, written to `mistakes_csv` when given."""
     import contextlib
 
+    from .mistakes import summary, to_csv, top_mistakes
     from .trainer import predict_proba
 
     s, where = labelled_set(clf, spec)
@@ -91,4 +93,10 @@ def evaluate_model(clf, spec: str) -> dict:
     proba = predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
     m = classification_metrics(s.labels, proba, clf.classes_)
     m["data"] = where
+    wrong = top_mistakes(s.labels, proba, clf.classes_, s.sources, getattr(s, "rows", None))
+    m["mistakes"] = summary(wrong)
+    if mistakes_csv is not None:
+        from .rundir import atomic_write_bytes
+
+        atomic_write_bytes(Path(mistakes_csv), to_csv(wrong).encode())
     return m

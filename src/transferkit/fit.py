@@ -43,6 +43,7 @@ class FitResult:
     lr_trace: list[tuple] = field(default_factory=list)  # (step, head lr, first-group lr, phase)
     inputs: object = None  # inputs.ImageInputs / TextInputs the run used
     val_proba: np.ndarray | None = None
+    mistakes: object = None  # mistakes.Mistakes: the wrong validation examples, most confident first
 
 
 def make_accelerator(cfg: RunConfig):
@@ -275,6 +276,14 @@ def fit(
         from .metrics import group_metrics
 
         metrics["groups"] = group_metrics(splits.val.labels, val_proba, splits.val.groups, splits.classes)
+    from .mistakes import Mistakes, image_mistakes, summary, top_mistakes
+
+    wrong = top_mistakes(splits.val.labels, val_proba, splits.classes, splits.val.sources, getattr(splits.val, "rows", None))
+    metrics["mistakes"] = summary(wrong)
+    if inputs.modality == "image" and rundir is not None:  # thumbnails and Grad-CAM maps: for the run's report
+        mistakes = image_mistakes(model, val_u8, wrong, splits.classes, inputs.size, eval_tf, device)
+    else:
+        mistakes = Mistakes(wrong)
     if cfg.train.baseline == "scratch":
         metrics.update(_scratch_baseline(cfg, model, splits, val_proba, console))
     if inputs.modality == "text":
@@ -296,7 +305,7 @@ def fit(
         from .lora import merge_lora
 
         merge_lora(model.backbone)  # the saved model is a plain backbone: no PEFT needed to load it
-    result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba)
+    result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba, mistakes=mistakes)
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path
@@ -412,6 +421,13 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
         "reliability.png": lambda: plots.reliability_figure(r.metrics["calibration"]),
         "lr.png": lambda: plots.lr_figure(r.lr_trace),
     }
+    mis = r.mistakes
+    if mis is not None:
+        from .mistakes import to_csv
+
+        rundir.write_text("mistakes.csv", to_csv(mis.rows))
+        if mis.thumbs is not None:
+            figures["mistakes.png"] = lambda: plots.mistakes_figure(mis.thumbs, mis.cams, mis.rows, mis.cam_note)
     pngs = {}
     for name, make in figures.items():
         fig = make()

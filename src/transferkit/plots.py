@@ -99,3 +99,27 @@ def reliability_figure(cal: dict):
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+def mistakes_figure(thumbs: np.ndarray, cams, rows: list[dict], note: str = ""):
+    """The most confidently wrong validation images as the model saw them, each titled true -> said
+    (probability), with the Grad-CAM map toward the class it said laid over it."""
+    n = len(thumbs)
+    cols = min(4, n)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.9 * nrows + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        r = rows[k]
+        ax.imshow(thumbs[k])
+        if cams is not None:
+            ax.imshow(cams[k], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        name = str(r["source"]).replace("\\", "/").rsplit("/", 1)[-1]
+        name = name if len(name) <= 24 else name[:21] + "..."
+        ax.set_title(f"{r['true']} -> {r['predicted']} ({r['p_predicted']:.2f})\n{name}", fontsize=8)
+    how = "Grad-CAM: where the model looked for the class it said" if cams is not None else (note or "")
+    fig.suptitle(f"most confident mistakes (true -> said, probability){'; ' + how if how else ''}", fontsize=9)
+    fig.tight_layout()
+    return fig

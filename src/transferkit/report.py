@@ -97,6 +97,11 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
         con.print("regularisation / clipping: " + ", ".join(f"{k}={v:g}" for k, v in {**reg, **clip}.items()))
 
 
+def _short(source: str, n: int = 70) -> str:
+    s = " ".join(str(source).split())
+    return repr(s if len(s) <= n else s[: n - 3] + "...")
+
+
 def print_results(con: Console, r) -> None:
     m = r.metrics
     auroc = f"{m['auroc']:.4f}" if m.get("auroc") is not None else "n/a"
@@ -128,6 +133,14 @@ def print_results(con: Console, r) -> None:
         con.print(
             f"calibration: temperature {ts['temperature']:.3f} fitted on validation: ECE {100 * ts['val_before']['ece']:.1f}% -> "
             f"{100 * ts['val_after']['ece']:.1f}%, NLL {ts['val_before']['nll']:.3f} -> {ts['val_after']['nll']:.3f}{test}"
+        )
+    mk = m.get("mistakes")
+    if mk and mk["count"]:
+        top = mk["most_confident"][0]
+        where = "mistakes.csv" + (" and report.html" if r.run_dir else "")
+        con.print(
+            f"mistakes: {mk['count']} of {m['n_val']} validation examples; the most confident: {_short(top['source'])} "
+            f"(true {top['true']}, said {top['predicted']} at {top['p_predicted']:.2f})" + (f"; all in {where}" if r.run_dir else "")
         )
     con.print(f"verdict: {m['verdict']}")
     if "verdict_scratch" in m:

@@ -67,6 +67,23 @@ def _temperature(ts: dict | None) -> str:
     )
 
 
+def _mistakes(m: dict, png: bytes | None) -> str:
+    mk = m.get("mistakes")
+    if mk is None:
+        return ""
+    head = f"<h2>Mistakes</h2><p class=sub>{mk['count']} of {m['n_val']} validation examples wrong"
+    if not mk["count"]:
+        return head + ".</p>"
+    head += "; all of them, most confidently wrong first, in <code>mistakes.csv</code>.</p>"
+    if png is not None:
+        return head + f"<div class=figs>{_img(png, 'mistakes.png', wide=True)}</div>"
+    rows = "".join(
+        f"<tr><td>{html.escape(r['source'])}</td><td>{html.escape(r['true'])}</td><td>{html.escape(r['predicted'])}</td><td>{r['p_predicted']:.2f}</td></tr>"
+        for r in mk["most_confident"]
+    )
+    return head + f"<table><tr><th>example</th><th>true</th><th>said</th><th>p</th></tr>{rows}</table>"
+
+
 def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict[str, bytes]) -> str:
     e = html.escape
     m, b = metrics, metrics["baseline"]
@@ -94,7 +111,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
     counts = "".join(
         f"<tr><td>{e(c)}</td><td>{data.get('train', {}).get(c, 0)}</td><td>{data.get('val', {}).get(c, 0)}</td></tr>" for c in data.get("classes", [])[:50]
     )
-    figs = "".join(_img(png, name, wide=name.startswith("curves")) for name, png in figures.items())
+    figs = "".join(_img(png, name, wide=name.startswith("curves")) for name, png in figures.items() if name != "mistakes.png")
     boot = m.get("transfer_vs_baseline", {})
     notes = "".join(f"<li>{e(n)}</li>" for n in m.get("data_notes", []))
     timing = m.get("timing", {})
@@ -112,6 +129,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 [{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.{_temperature(m.get('temperature_scaling'))}</p>
 {_groups(m.get('groups'))}
 <h2>Figures</h2><div class="figs">{figs}</div>
+{_mistakes(m, figures.get("mistakes.png"))}
 <h2>Per class</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{pc}</table>
 <h3>Largest recall gaps (to the best class, points)</h3>

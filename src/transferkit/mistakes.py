@@ -1,0 +1,135 @@
+"""The validation examples a run got wrong, the most confidently wrong first (fastai's `top_losses`),
+and for images where the model looked when it chose the wrong class (Grad-CAM).
+
+Grad-CAM (Selvaraju et al. 2017) is written here rather than taken from `grad-cam` (pytorch-grad-cam):
+that package pulls in OpenCV and ttach, and asks for the target layer by name per architecture. The
+method itself is a weighted sum of one feature map, about twenty lines; the layer is found the same
+way for every CNN backbone (`_last_feature_map`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+REPORT_IMAGES = 16  # images drawn in mistakes.png
+
+
+
+@dataclass
+class Mistakes:
+    rows: list[dict]  # every wrong example, most confidently wrong first
+    thumbs: np.ndarray | None = None  # images: (n, R, R, 3) uint8, what the model saw (centre crop), first REPORT_IMAGES rows
+    cams: np.ndarray | None = None  # (n, R, R) in [0, 1], Grad-CAM toward the predicted class; None where not available
+    cam_note: str = ""
+
+
+def top_mistakes(labels, proba: np.ndarray, classes: list[str], sources: list | None = None, rows: list | None = None) -> list[dict]:
+    """Every example whose most probable class is not its label, sorted by loss (-log p(true class),
+    the most confidently wrong first; ties by position). `sources` are file paths or texts; in-memory
+    images are named by position."""
+    y = np.asarray(labels)
+    pred = proba.argmax(1)
+    wrong = np.flatnonzero(pred != y)
+    loss = -np.log(np.clip(proba[wrong, y[wrong]], 1e-12, None))
+    out = []
+    for i in wrong[np.argsort(-loss, kind="stable")]:
+        src = sources[i] if sources is not None else None
+        row = {
+            "index": int(i),
+            "source": src if isinstance(src, str) else f"#{i}",
+            "true": classes[y[i]],
+            "predicted": classes[pred[i]],
+            "p_predicted": round(float(proba[i, pred[i]]), 4),
+            "p_true": round(float(proba[i, y[i]]), 4),
+        }
+        if rows:
+            row["row"] = rows[i]
+        out.append(row)
+    return out
+
+
+def to_csv(rows: list[dict]) -> str:
+    """mistakes.csv: one row per wrong example, in `top_mistakes` order."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    cols = ["index", "source", "true", "predicted", "p_predicted", "p_true"] + (["row"] if rows and "row" in rows[0] else [])
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def summary(rows: list[dict], n: int = 10) -> dict:
+    """What metrics.json keeps: the count and the `n` most confident, long texts cut to 300 characters."""
+    clip = lambda s: s if len(s) <= 300 else s[:297] + "..."  # noqa: E731
+    return {"count": len(rows), "most_confident": [{**r, "source": clip(r["source"])} for r in rows[:n]]}
+
+
+def _last_feature_map(records: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
+    """The backbone's last spatial feature map (B, C, H, W) with H, W >= 2, from the outputs of its
+    modules in the order they finished. None when token outputs (B, L, D) come after it (a ViT: its
+    only 4-D map is the patch embedding) or there is none."""
+    for _, out in reversed(records):
+        if out.dim() == 3:
+            return None
+        if out.dim() == 4 and out.shape[2] >= 2 and out.shape[3] >= 2:
+            return out
+    return None
+
+
+def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """Grad-CAM maps (B, H, W) in [0, 1] at the input's resolution, toward class `target[b]` for each
+    prepared input `x[b]`, on `model.backbone`'s last spatial feature map; None when the backbone has
+    none (transformers) or stores it channels-last (timm's Swin: `output_fmt` NHWC)."""
+    backbone = model.backbone
+    if getattr(getattr(backbone, "model", None), "output_fmt", "NCHW") != "NCHW":
+        return None
+    records: list[tuple[str, torch.Tensor]] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, name=name: records.append((name, out)) if isinstance(out, torch.Tensor) else None)
+        for name, m in backbone.named_modules()
+        if name
+    ]
+    was = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            logits = model(x.detach().requires_grad_(True))
+            a = _last_feature_map(records)
+            if a is None:
+                return None
+            score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
+            (grad,) = torch.autograd.grad(score, a)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    cam = torch.relu((grad.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)).detach().float()
+    cam = nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    return (cam / peak).cpu()
+
+
+def image_mistakes(model, x_u8: torch.Tensor, rows: list[dict], classes: list[str], input_size: int, transform, device) -> Mistakes:
+    """The first REPORT_IMAGES mistakes as the model saw them, with their Grad-CAM maps."""
+    from .transforms import center_crop
+
+    top = rows[:REPORT_IMAGES]
+    if not top:
+        return Mistakes(rows)
+    idx = torch.as_tensor([r["index"] for r in top])
+    crops = center_crop(x_u8[idx], input_size)
+    thumbs = crops.permute(0, 2, 3, 1).contiguous().numpy()
+    pred = torch.as_tensor([classes.index(r["predicted"]) for r in top])
+    try:
+        cams = gradcam(model, transform(crops.to(device)), pred)
+    except RuntimeError as e:  # an in-place operation on the feature map, a backbone that will not give gradients
+        return Mistakes(rows, thumbs, None, f"Grad-CAM not available for this backbone ({str(e).splitlines()[0][:120]})")
+    note = "" if cams is not None else "Grad-CAM not available for this backbone (no spatial feature map before pooling)"
+    return Mistakes(rows, thumbs, None if cams is None else cams.numpy(), note)

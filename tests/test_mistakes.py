@@ -1,0 +1,141 @@
+"""Mistakes: the wrong validation examples, most confidently wrong first, and Grad-CAM maps that point
+where the evidence for a class is."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_text_csv, tiny_args, tiny_text_args
+from transferkit.cli import main
+from transferkit.mistakes import gradcam, top_mistakes
+
+
+def test_top_mistakes_are_the_wrong_ones_by_loss():
+    y = np.array([0, 1, 1, 0, 2])
+    p = np.array([[0.6, 0.3, 0.1], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.5, 0.3], [0.05, 0.9, 0.05]])
+    rows = top_mistakes(y, p, ["a", "b", "c"], sources=["f0", "f1", "f2", "f3", "f4"])
+    # wrong: 1 (p_true 0.2), 3 (0.2), 4 (0.05): by loss, 4 first, then 1 and 3 in their order
+    assert [r["index"] for r in rows] == [4, 1, 3]
+    assert rows[0] == {"index": 4, "source": "f4", "true": "c", "predicted": "b", "p_predicted": 0.9, "p_true": 0.05}
+    assert top_mistakes(y[[0, 2]], p[[0, 2]], ["a", "b", "c"]) == []
+
+
+class _Spatial(nn.Module):
+    """A 'backbone': a fixed 1x1 convolution summing the channels (a 4-D map), ReLU, global mean."""
+
+    num_features = 1
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.ones_(self.conv.weight)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.conv(x)).mean((2, 3))
+
+
+class _Model(nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(1, 2)
+        with torch.no_grad():  # class 1 grows with the feature, class 0 falls
+            self.head.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def test_gradcam_points_at_the_evidence():
+    """A bright square in one corner is all the evidence for class 1: its Grad-CAM map is there and
+    nowhere else; class 0 has no positive evidence anywhere, so its map is zero."""
+    x = torch.zeros(2, 3, 16, 16)
+    x[0, :, :6, :6] = 1.0  # top left
+    x[1, :, 10:, 10:] = 1.0  # bottom right
+    model = _Model(_Spatial())
+    cam = gradcam(model, x, torch.tensor([1, 1]))
+    assert cam.shape == (2, 16, 16) and float(cam.max()) == pytest.approx(1.0)
+    assert cam[0, :6, :6].sum() > 0.9 * cam[0].sum() and cam[1, 10:, 10:].sum() > 0.9 * cam[1].sum()
+    assert float(gradcam(model, x, torch.tensor([0, 0])).abs().max()) == 0.0
+    assert all(p.grad is None for p in model.parameters())  # nothing left behind for an optimizer
+
+
+def test_gradcam_declines_token_backbones():
+    """A ViT's only 4-D map is its patch embedding, followed by tokens: no map rather than a wrong one."""
+
+    class Tokens(nn.Module):
+        num_features = 8
+
+        def __init__(self):
+            super().__init__()
+            self.patch = nn.Conv2d(3, 8, 4, stride=4)
+            self.mix = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.mix(self.patch(x).flatten(2).transpose(1, 2)).mean(1)
+
+    m = _Model(Tokens())
+    m.head = nn.Linear(8, 2)
+    assert gradcam(m, torch.rand(2, 3, 16, 16), torch.tensor([0, 1])) is None
+
+
+def _swapped_image_data(root):
+    """train/ red and blue; val/ with the folders' images swapped: a model that learned train is wrong
+    on val, so the run has mistakes to show."""
+    from conftest import make_folder
+
+    make_folder(root / "train", n=6)
+    make_folder(root / "v", n=3, seed=1)
+    (root / "val").mkdir()
+    (root / "v" / "red").rename(root / "val" / "blue")
+    (root / "v" / "blue").rename(root / "val" / "red")
+    return root
+
+
+def test_image_run_writes_its_mistakes(tmp_path, tiny_ckpt):
+    from transferkit.api import ImageClassifier
+
+    d = _swapped_image_data(tmp_path / "d")
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "full", "--epochs", "3", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader((out / "mistakes.csv").open()))
+    assert len(rows) == m["mistakes"]["count"] == round((1 - m["accuracy"]) * m["n_val"]) > 0
+    proba = ImageClassifier.load(out).predict_proba([r["source"] for r in rows])
+    classes = json.loads((out / "model.json").read_text())["classes"]
+    for r, p in zip(rows, proba):  # each row is what the saved model says of that file, and it is wrong
+        assert r["predicted"] == classes[p.argmax()] != r["true"] == r["source"].split("/")[-2]
+        assert float(r["p_predicted"]) == pytest.approx(p.max(), abs=1e-4)
+    losses = [-np.log(max(float(r["p_true"]), 1e-12)) for r in rows]
+    assert losses == sorted(losses, reverse=True)
+    assert (out / "mistakes.png").is_file()
+    page = (out / "report.html").read_text()
+    assert f"{len(rows)} of {m['n_val']} validation examples wrong" in page and 'alt="mistakes.png"' in page
+    # `evaluate` on the same val/ split finds the same mistakes, in the same order
+    assert main(["evaluate", str(out), "--data", str(d), "--mistakes", str(tmp_path / "e.csv")]) == 0
+    again = list(csv.DictReader((tmp_path / "e.csv").open()))
+    assert [(r["source"], r["predicted"]) for r in again] == [(r["source"], r["predicted"]) for r in rows]
+    assert main(["evaluate", str(out), "--data", str(d), "--mistakes", str(tmp_path / "no" / "e.csv")]) == 2
+
+
+def test_text_run_lists_its_mistakes(tmp_path, tiny_bert):
+    d = tmp_path / "t"
+    d.mkdir()
+    make_text_csv(d / "train.csv")
+    val = make_text_csv(tmp_path / "v.csv", n=4, seed=1).read_text().splitlines()
+    swap = {"pos": "neg", "neg": "pos"}
+    (d / "val.csv").write_text("\n".join([val[0]] + [t.rsplit(",", 1)[0] + "," + swap[t.rsplit(",", 1)[1]] for t in val[1:]]) + "\n")
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(d), *tiny_text_args(tiny_bert), "--strategy", "linear_probe", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader((out / "mistakes.csv").open()))
+    assert len(rows) == m["mistakes"]["count"] > 0 and not (out / "mistakes.png").exists()
+    assert all(r["source"].startswith("the movie was") and r["row"] for r in rows)
+    page = (out / "report.html").read_text()
+    assert rows[0]["source"] in page and "<th>said</th>" in page
