@@ -122,6 +122,18 @@ def test_image_run_writes_its_mistakes(tmp_path, tiny_ckpt):
     again = list(csv.DictReader((tmp_path / "e.csv").open()))
     assert [(r["source"], r["predicted"]) for r in again] == [(r["source"], r["predicted"]) for r in rows]
     assert main(["evaluate", str(out), "--data", str(d), "--mistakes", str(tmp_path / "no" / "e.csv")]) == 2
+    # predict --explain: one picture per image (the crop, and the crop under its map), same predictions
+    from PIL import Image
+
+    clf = ImageClassifier.load(out)
+    files = sorted(str(f) for f in (d / "val").rglob("*.png"))
+    proba, crops, maps = clf.explain(files)
+    np.testing.assert_allclose(proba, clf.predict_proba(files), atol=1e-6)
+    assert crops.shape == (len(files), 16, 16, 3) and maps.shape == (len(files), 16, 16) and 0 <= maps.min() and maps.max() <= 1
+    assert main(["predict", str(out), str(d / "val"), "--explain", str(tmp_path / "cam"), "--out", str(tmp_path / "p.csv")]) == 0
+    pics = sorted((tmp_path / "cam").iterdir())
+    assert len(pics) == len(files) and Image.open(pics[0]).size == (16 + 6 + 16, 16 + 20)
+    assert main(["predict", str(out), str(d / "val"), "--explain", str(tmp_path / "cam"), "--onnx"]) == 2
 
 
 def test_text_run_lists_its_mistakes(tmp_path, tiny_bert):
@@ -139,3 +151,4 @@ def test_text_run_lists_its_mistakes(tmp_path, tiny_bert):
     assert all(r["source"].startswith("the movie was") and r["row"] for r in rows)
     page = (out / "report.html").read_text()
     assert rows[0]["source"] in page and "<th>said</th>" in page
+    assert main(["predict", str(out), "--text", "good film", "--explain", str(tmp_path / "cam")]) == 2 and not (tmp_path / "cam").exists()

@@ -143,6 +143,24 @@ class ImageClassifier(_Classifier):
 
     _decode = _encode
 
+    def explain(self, images, target=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(probabilities, crops, maps): for each image its class probabilities, the image as the
+        model sees it ((n, R, R, 3) uint8 centre crop) and the Grad-CAM map ((n, R, R) in [0, 1]) of
+        where it looked for class `target[i]` (default: the class it says). Maps are None for a
+        backbone without a spatial feature map (a vision transformer)."""
+        import contextlib
+
+        from .mistakes import explain
+        from .trainer import predict_proba
+
+        self._check_fitted()
+        x, _ = self._encode(images)
+        tf = self.inputs_.eval_transform()
+        proba = predict_proba(self.model_, x, tf, 64, contextlib.nullcontext).numpy()
+        target = proba.argmax(1) if target is None else np.asarray(target)
+        crops, maps, _ = explain(self.model_, x, target, self.preprocess_.input_size, tf, "cpu")
+        return proba, crops, maps
+
 
 class TextClassifier(_Classifier):
     """Fine-tune a pretrained text encoder (minilm_l6, hf:NAME, dir:PATH) with a new head; data is a

@@ -264,6 +264,13 @@ def cmd_predict(args) -> int:
     from .api import ImageClassifier
 
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
+    if args.explain is not None:
+        if clf.inputs_.modality != "image":
+            raise UserError(f"--explain draws Grad-CAM maps over images; {args.run_dir} is a text model")
+        if args.onnx is not None:
+            raise UserError("--explain needs the model's gradients, which the ONNX export does not give: drop --onnx")
+        if Path(args.explain).is_file() or not Path(args.explain).parent.is_dir():
+            raise UserError(f"--explain {args.explain}: give a folder to write into (its parent must exist)")
     proba_of = _proba
     if args.onnx is not None:
         from .export import load_export, onnx_predict_proba
@@ -287,15 +294,19 @@ def cmd_predict(args) -> int:
             raise UserError(f"{args.run_dir} is an image model: --text does not apply; give image files or folders")
         if not args.inputs:
             raise UserError("predict needs image files or folders")
-        names, probas = [], []
+        names, probas, encoded = [], [], []
         for item in args.inputs:
             if not Path(item).exists():
                 raise UserError(f"not found: {item}")
             x, n = clf._encode(Path(item))
             probas.append(proba_of(clf, x))
             names += n
+            if args.explain is not None:
+                encoded.append(x)
         proba = np.concatenate(probas)
         first = "file"
+        if args.explain is not None:
+            _write_explanations(clf, encoded, names, proba, Path(args.explain))
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
         w = csv.writer(out)
@@ -308,6 +319,26 @@ def cmd_predict(args) -> int:
     if args.out:
         print(f"wrote {len(names)} predictions to {args.out}", file=sys.stderr)
     return 0
+
+
+def _write_explanations(clf, encoded: list, names: list[str], proba, folder: Path) -> None:
+    """One PNG per image: the image as the model saw it, under the Grad-CAM map of where it looked for
+    the class it said; named by position and file name, so images of the same name do not collide."""
+    import torch
+
+    from . import plots
+    from .mistakes import explain
+
+    folder.mkdir(exist_ok=True)
+    x = torch.cat(encoded)
+    pred = proba.argmax(1)
+    crops, maps, note = explain(clf.model_, x, pred, clf.preprocess_.input_size, clf.inputs_.eval_transform(), "cpu")
+    if maps is None:
+        print(f"{note}: the images are written without a map", file=sys.stderr)
+    for i, name in enumerate(names):
+        caption = f"{clf.classes_[pred[i]]} ({proba[i, pred[i]]:.2f})  {Path(name).name}" + ("" if maps is None else "    [right: Grad-CAM]")
+        plots.explain_image(crops[i], None if maps is None else maps[i], caption).save(folder / f"{i:04d}_{Path(name).stem}.png")
+    print(f"wrote {len(names)} Grad-CAM images to {folder}", file=sys.stderr)
 
 
 def _proba(clf, x):
@@ -514,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", help="a text to classify (text models; repeatable)")
     p.add_argument("--out", help="CSV file to write (default: standard output)")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="run the model's ONNX export with onnxruntime (default RUN_DIR/export; 3x faster on a CPU)")
+    p.add_argument("--explain", metavar="DIR", help="images: also write each image with a Grad-CAM map of where the model looked for the class it said, one PNG per image, to DIR")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write a finished run as an ONNX model that does its own preprocessing, checked against PyTorch with onnxruntime")

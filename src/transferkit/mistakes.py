@@ -116,20 +116,33 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Te
     return (cam / peak).cpu()
 
 
-def image_mistakes(model, x_u8: torch.Tensor, rows: list[dict], classes: list[str], input_size: int, transform, device) -> Mistakes:
-    """The first REPORT_IMAGES mistakes as the model saw them, with their Grad-CAM maps."""
+def explain(model, x_u8: torch.Tensor, target, input_size: int, transform, device, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(crops, maps, note) for encoded images `x_u8`: each image as the model sees it (the centre
+    crop, (n, R, R, 3) uint8) and its Grad-CAM map toward class `target[i]`, ((n, R, R) in [0, 1]);
+    the maps are None, and `note` says why, when the backbone has no spatial feature map."""
     from .transforms import center_crop
 
+    crops = center_crop(x_u8, input_size)
+    target = torch.as_tensor(target)
+    maps = []
+    for i in range(0, len(crops), batch_size):
+        try:
+            cam = gradcam(model, transform(crops[i : i + batch_size].to(device)), target[i : i + batch_size])
+        except RuntimeError as e:  # an in-place operation on the feature map, a backbone that will not give gradients
+            cam, why = None, f"Grad-CAM not available for this backbone ({str(e).splitlines()[0][:120]})"
+        else:
+            why = "Grad-CAM not available for this backbone (no spatial feature map before pooling)"
+        if cam is None:
+            return crops.permute(0, 2, 3, 1).contiguous().numpy(), None, why
+        maps.append(cam)
+    return crops.permute(0, 2, 3, 1).contiguous().numpy(), torch.cat(maps).numpy() if maps else None, ""
+
+
+def image_mistakes(model, x_u8: torch.Tensor, rows: list[dict], classes: list[str], input_size: int, transform, device) -> Mistakes:
+    """The first REPORT_IMAGES mistakes as the model saw them, with their Grad-CAM maps."""
     top = rows[:REPORT_IMAGES]
     if not top:
         return Mistakes(rows)
     idx = torch.as_tensor([r["index"] for r in top])
-    crops = center_crop(x_u8[idx], input_size)
-    thumbs = crops.permute(0, 2, 3, 1).contiguous().numpy()
-    pred = torch.as_tensor([classes.index(r["predicted"]) for r in top])
-    try:
-        cams = gradcam(model, transform(crops.to(device)), pred)
-    except RuntimeError as e:  # an in-place operation on the feature map, a backbone that will not give gradients
-        return Mistakes(rows, thumbs, None, f"Grad-CAM not available for this backbone ({str(e).splitlines()[0][:120]})")
-    note = "" if cams is not None else "Grad-CAM not available for this backbone (no spatial feature map before pooling)"
-    return Mistakes(rows, thumbs, None if cams is None else cams.numpy(), note)
+    thumbs, cams, note = explain(model, x_u8[idx], [classes.index(r["predicted"]) for r in top], input_size, transform, device)
+    return Mistakes(rows, thumbs, cams, note)

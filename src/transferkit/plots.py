@@ -123,3 +123,20 @@ def mistakes_figure(thumbs: np.ndarray, cams, rows: list[dict], note: str = ""):
     fig.suptitle(f"most confident mistakes (true -> said, probability){'; ' + how if how else ''}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def explain_image(crop: np.ndarray, cam, caption: str):
+    """One image as the model saw it beside the same under its Grad-CAM map (jet, 45%), with a caption
+    strip: a PIL image, composed directly (a matplotlib figure per image took 0.3 s each)."""
+    from PIL import Image, ImageDraw
+
+    panels = [crop]
+    if cam is not None:
+        heat = (plt.get_cmap("jet")(np.clip(cam, 0, 1))[..., :3] * 255).astype(np.float32)
+        panels.append((0.55 * crop.astype(np.float32) + 0.45 * heat).round().astype(np.uint8))
+    gap = np.full((crop.shape[0], 6, 3), 255, np.uint8)
+    body = np.concatenate([p for q in panels for p in (q, gap)][:-1], axis=1)
+    out = Image.new("RGB", (body.shape[1], body.shape[0] + 20), "white")
+    out.paste(Image.fromarray(body), (0, 20))
+    ImageDraw.Draw(out).text((4, 4), caption, fill="black")
+    return out
