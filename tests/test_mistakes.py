@@ -66,6 +66,29 @@ def test_gradcam_points_at_the_evidence():
     assert all(p.grad is None for p in model.parameters())  # nothing left behind for an optimizer
 
 
+def test_gradcam_is_cam_on_a_real_global_average_pooled_network():
+    """For a CNN whose last map is average-pooled into a linear head (ResNet-18 here), the gradient is
+    the same at every position, so Grad-CAM equals the class activation map relu(sum_c w_tc A_c)
+    (Selvaraju et al. 2017, section 3.1): this checks the layer found and its weighting."""
+    from transferkit.backbones import create_backbone
+    from transferkit.model import TransferModel
+
+    torch.manual_seed(0)
+    bb = create_backbone("random:tv:resnet18")
+    model = TransferModel(bb, nn.Linear(bb.num_features, 3)).eval()
+    x, t = torch.randn(2, 3, 96, 96), torch.tensor([2, 0])
+    seen = []
+    h = bb.model.layer4.register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    ref = torch.relu(torch.einsum("bc,bchw->bhw", model.head.weight[t], seen[0]))[:, None]
+    ref = nn.functional.interpolate(ref, size=(96, 96), mode="bilinear", align_corners=False)[:, 0]
+    ref = ref / ref.flatten(1).amax(1).view(-1, 1, 1)
+    torch.testing.assert_close(gradcam(model, x, t), ref, atol=1e-4, rtol=1e-4)
+    assert not model.training
+
+
 def test_gradcam_declines_token_backbones():
     """A ViT's only 4-D map is its patch embedding, followed by tokens: no map rather than a wrong one."""
 
