@@ -24,6 +24,27 @@ def test_top_mistakes_are_the_wrong_ones_by_loss():
     assert top_mistakes(y[[0, 2]], p[[0, 2]], ["a", "b", "c"]) == []
 
 
+def test_word_evidence_weighs_each_word_by_leaving_it_out():
+    """A known model: p(pos) = sigmoid(2 (#good - #bad)). 'good' argues for pos, 'bad' against, other
+    words not at all; each weight is exactly p(text) - p(text without the word)."""
+    from transferkit.mistakes import word_evidence
+
+    def proba(texts):
+        z = np.array([2.0 * (t.split().count("good") - t.split().count("bad")) for t in texts])
+        p = 1 / (1 + np.exp(-z))
+        return np.stack([1 - p, p], 1)
+
+    (ev,) = word_evidence(proba, ["the good film was bad good"], [1])
+    weights = dict(zip(["the", "good1", "film", "was", "bad", "good2"], [d for _, d in ev]))
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    assert [w for w, _ in ev] == "the good film was bad good".split()
+    assert weights["the"] == weights["film"] == weights["was"] == 0.0
+    assert weights["good1"] == weights["good2"] == pytest.approx(sig(2) - sig(0), abs=1e-4)
+    assert weights["bad"] == pytest.approx(sig(2) - sig(4), abs=1e-4) and weights["bad"] < 0
+    (neg,) = word_evidence(proba, ["bad"], [0])  # toward class 0; leaving the only word out leaves ""
+    assert neg == [("bad", pytest.approx(sig(2) - 0.5, abs=1e-4))]
+
+
 class _Spatial(nn.Module):
     """A 'backbone': a fixed 1x1 convolution summing the channels (a 4-D map), ReLU, global mean."""
 
@@ -173,5 +194,11 @@ def test_text_run_lists_its_mistakes(tmp_path, tiny_bert):
     assert len(rows) == m["mistakes"]["count"] > 0 and not (out / "mistakes.png").exists()
     assert all(r["source"].startswith("the movie was") and r["row"] for r in rows)
     page = (out / "report.html").read_text()
-    assert rows[0]["source"] in page and "<th>said</th>" in page
-    assert main(["predict", str(out), "--text", "good film", "--explain", str(tmp_path / "cam")]) == 2 and not (tmp_path / "cam").exists()
+    assert "<th>said</th>" in page and "pushed the model toward the class it said" in page
+    top = m["mistakes"]["most_confident"]
+    assert len(top) == min(10, len(rows)) and all([w for w, _ in r["evidence"]] == r["source"].split() for r in top)
+    assert sum("evidence" in r for r in top) == len(top) and any(d != 0 for r in top for _, d in r["evidence"])
+    # predict --explain on texts: explain.html, every word of every text shaded
+    assert main(["predict", str(out), "--text", "good film", "--text", "the plot was awful", "--explain", str(tmp_path / "why")]) == 0
+    page = (tmp_path / "why" / "explain.html").read_text()
+    assert page.count("<span title=") == 6 and "awful</span>" in page

@@ -265,10 +265,8 @@ def cmd_predict(args) -> int:
 
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
     if args.explain is not None:
-        if clf.inputs_.modality != "image":
-            raise UserError(f"--explain draws Grad-CAM maps over images; {args.run_dir} is a text model")
-        if args.onnx is not None:
-            raise UserError("--explain needs the model's gradients, which the ONNX export does not give: drop --onnx")
+        if args.onnx is not None and clf.inputs_.modality == "image":
+            raise UserError("--explain draws Grad-CAM maps, which need the model's gradients; the ONNX export does not give them: drop --onnx")
         if Path(args.explain).is_file() or not Path(args.explain).parent.is_dir():
             raise UserError(f"--explain {args.explain}: give a folder to write into (its parent must exist)")
     proba_of = _proba
@@ -289,6 +287,8 @@ def cmd_predict(args) -> int:
             raise UserError("predict needs texts: a file of texts (one per line, or a CSV/TSV with a text column) or --text")
         names, proba = [t[:80] for t in texts], proba_of(clf, clf._encode(texts)[0])
         first = "text"
+        if args.explain is not None:
+            _write_text_explanations(clf, texts, proba, lambda t: proba_of(clf, clf._encode(t)[0]), Path(args.explain))
     else:
         if args.text:
             raise UserError(f"{args.run_dir} is an image model: --text does not apply; give image files or folders")
@@ -339,6 +339,21 @@ def _write_explanations(clf, encoded: list, names: list[str], proba, folder: Pat
         caption = f"{clf.classes_[pred[i]]} ({proba[i, pred[i]]:.2f})  {Path(name).name}" + ("" if maps is None else "    [right: Grad-CAM]")
         plots.explain_image(crops[i], None if maps is None else maps[i], caption).save(folder / f"{i:04d}_{Path(name).stem}.png")
     print(f"wrote {len(names)} Grad-CAM images to {folder}", file=sys.stderr)
+
+
+def _write_text_explanations(clf, texts: list[str], proba, proba_fn, folder: Path) -> None:
+    """DIR/explain.html: every text with its words shaded by how much leaving each out lowers the
+    probability of the class said (word occlusion: one forward pass per word)."""
+    from .mistakes import word_evidence
+    from .report_html import explain_page
+    from .rundir import atomic_write_bytes
+
+    pred = proba.argmax(1)
+    evidence = word_evidence(proba_fn, texts, pred)
+    rows = [{"source": t, "predicted": clf.classes_[c], "p_predicted": float(proba[i, c]), "evidence": ev} for i, (t, c, ev) in enumerate(zip(texts, pred, evidence))]
+    folder.mkdir(exist_ok=True)
+    atomic_write_bytes(folder / "explain.html", explain_page(f"transferkit predict: {clf.run_dir_}", rows).encode())
+    print(f"wrote the word evidence of {len(texts)} texts to {folder / 'explain.html'}", file=sys.stderr)
 
 
 def _proba(clf, x):
@@ -545,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", help="a text to classify (text models; repeatable)")
     p.add_argument("--out", help="CSV file to write (default: standard output)")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="run the model's ONNX export with onnxruntime (default RUN_DIR/export; 3x faster on a CPU)")
-    p.add_argument("--explain", metavar="DIR", help="images: also write each image with a Grad-CAM map of where the model looked for the class it said, one PNG per image, to DIR")
+    p.add_argument("--explain", metavar="DIR", help="also write why: images, each beside a Grad-CAM map of where the model looked for the class it said (one PNG each); texts, explain.html with each word shaded by how much it pushed toward that class")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write a finished run as an ONNX model that does its own preprocessing, checked against PyTorch with onnxruntime")

@@ -276,14 +276,20 @@ def fit(
         from .metrics import group_metrics
 
         metrics["groups"] = group_metrics(splits.val.labels, val_proba, splits.val.groups, splits.classes)
-    from .mistakes import Mistakes, image_mistakes, summary, top_mistakes
+    from .mistakes import Mistakes, add_text_evidence, image_mistakes, summary, top_mistakes
 
     wrong = top_mistakes(splits.val.labels, val_proba, splits.classes, splits.val.sources, getattr(splits.val, "rows", None))
-    metrics["mistakes"] = summary(wrong)
-    if inputs.modality == "image" and rundir is not None:  # thumbnails and Grad-CAM maps: for the run's report
+    mistakes = Mistakes(wrong)
+    if rundir is not None and inputs.modality == "image":  # thumbnails and Grad-CAM maps: for the run's report
         mistakes = image_mistakes(model, val_u8, wrong, splits.classes, inputs.size, eval_tf, device)
-    else:
-        mistakes = Mistakes(wrong)
+    elif rundir is not None:  # which words pushed the first ones to the wrong class
+
+        def text_proba(texts):
+            x = model.backbone.tokenize(texts, inputs.max_length)[0].to(device)
+            return predict_proba(model, x, eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
+
+        add_text_evidence(wrong, splits.val.sources, splits.classes, text_proba)
+    metrics["mistakes"] = summary(wrong)
     if cfg.train.baseline == "scratch":
         metrics.update(_scratch_baseline(cfg, model, splits, val_proba, console))
     if inputs.modality == "text":

@@ -1,5 +1,6 @@
 """The validation examples a run got wrong, the most confidently wrong first (fastai's `top_losses`),
-and for images where the model looked when it chose the wrong class (Grad-CAM).
+and why: for images where the model looked when it chose the wrong class (Grad-CAM), for texts which
+words pushed it there (word occlusion).
 
 Grad-CAM (Selvaraju et al. 2017) is written here rather than taken from `grad-cam` (pytorch-grad-cam):
 that package pulls in OpenCV and ttach, and asks for the target layer by name per architecture. The
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 REPORT_IMAGES = 16  # images drawn in mistakes.png
-
+EXPLAINED_TEXTS = 10  # texts whose words are weighed in metrics.json and report.html
+MAX_WORDS = 128  # words weighed per text (each costs one forward pass)
 
 
 @dataclass
@@ -59,7 +61,7 @@ def to_csv(rows: list[dict]) -> str:
 
     buf = io.StringIO()
     cols = ["index", "source", "true", "predicted", "p_predicted", "p_true"] + (["row"] if rows and "row" in rows[0] else [])
-    w = csv.DictWriter(buf, fieldnames=cols)
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")  # word evidence: in metrics.json and the report
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
@@ -146,3 +148,35 @@ def image_mistakes(model, x_u8: torch.Tensor, rows: list[dict], classes: list[st
     idx = torch.as_tensor([r["index"] for r in top])
     thumbs, cams, note = explain(model, x_u8[idx], [classes.index(r["predicted"]) for r in top], input_size, transform, device)
     return Mistakes(rows, thumbs, cams, note)
+
+
+def word_evidence(proba_fn, texts: list[str], targets) -> list[list[tuple[str, float]]]:
+    """Word occlusion: for each text, its whitespace words with p(target | text) - p(target | the text
+    without that word). Positive: the word pushed toward `target`; negative: away from it. Model-agnostic
+    (`proba_fn(list of texts) -> (n, classes)` probabilities) and exact about what it measures, where
+    gradient saliency on a transformer's embeddings is noisy and hard to read. The first MAX_WORDS
+    words of a text are weighed; one forward pass per word."""
+    variants, spans = [], []
+    for t in texts:
+        words = t.split()[:MAX_WORDS]
+        rest = t.split()[MAX_WORDS:]
+        start = len(variants)
+        variants.append(" ".join(words + rest))
+        variants += [" ".join(words[:i] + words[i + 1 :] + rest) for i in range(len(words))]
+        spans.append((start, words))
+    p = np.asarray(proba_fn(variants))
+    out = []
+    for (start, words), target in zip(spans, targets):
+        full = p[start, target]
+        out.append([(w, round(float(full - p[start + 1 + i, target]), 4)) for i, w in enumerate(words)])
+    return out
+
+
+def add_text_evidence(rows: list[dict], texts: list[str], classes: list[str], proba_fn, n: int = EXPLAINED_TEXTS) -> None:
+    """Weigh the words of the first `n` mistakes toward the class each was given (`row["evidence"]`)."""
+    top = rows[:n]
+    if not top:
+        return
+    ev = word_evidence(proba_fn, [texts[r["index"]] for r in top], [classes.index(r["predicted"]) for r in top])
+    for r, e in zip(top, ev):
+        r["evidence"] = e

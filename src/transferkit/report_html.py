@@ -78,10 +78,41 @@ def _mistakes(m: dict, png: bytes | None) -> str:
     if png is not None:
         return head + f"<div class=figs>{_img(png, 'mistakes.png', wide=True)}</div>"
     rows = "".join(
-        f"<tr><td>{html.escape(r['source'])}</td><td>{html.escape(r['true'])}</td><td>{html.escape(r['predicted'])}</td><td>{r['p_predicted']:.2f}</td></tr>"
+        f"<tr><td>{_weighed(r)}</td><td>{html.escape(r['true'])}</td><td>{html.escape(r['predicted'])}</td><td>{r['p_predicted']:.2f}</td></tr>"
         for r in mk["most_confident"]
     )
-    return head + f"<table><tr><th>example</th><th>true</th><th>said</th><th>p</th></tr>{rows}</table>"
+    legend = LEGEND if any("evidence" in r for r in mk["most_confident"]) else ""
+    return head + legend + f"<table><tr><th>example</th><th>true</th><th>said</th><th>p</th></tr>{rows}</table>"
+
+
+LEGEND = (
+    "<p class=sub>Words in <span style='background:rgba(214,39,40,.45)'>red</span> pushed the model toward the class it said "
+    "(leaving the word out lowers that probability), in <span style='background:rgba(31,119,180,.45)'>blue</span> away from it; "
+    "hover a word for the change.</p>"
+)
+
+
+def explain_page(title: str, rows: list[dict]) -> str:
+    """`predict --explain` for texts: each text with its words shaded toward the class said."""
+    e = html.escape
+    body = "".join(f"<tr><td>{_weighed(r)}</td><td>{e(r['predicted'])}</td><td>{r['p_predicted']:.2f}</td></tr>" for r in rows)
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{e(title)}</h1>{LEGEND}<table><tr><th>text</th><th>said</th><th>p</th></tr>{body}</table></body></html>\n"
+    )
+
+
+def _weighed(r: dict) -> str:
+    """A text with each word shaded by its occlusion evidence toward the class said."""
+    ev = r.get("evidence")
+    if not ev:
+        return html.escape(r["source"])
+    top = max(max((abs(d) for _, d in ev), default=0.0), 0.1)  # a text where no word moves p by 0.1 stays pale
+    spans = []
+    for w, d in ev:
+        rgb = "214,39,40" if d > 0 else "31,119,180"
+        spans.append(f"<span title='{d:+.3f}' style='background:rgba({rgb},{0.75 * abs(d) / top:.2f})'>{html.escape(w)}</span>")
+    return " ".join(spans)
 
 
 def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict[str, bytes]) -> str:
