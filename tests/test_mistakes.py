@@ -3,6 +3,7 @@ where the evidence for a class is."""
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -199,6 +200,11 @@ def test_text_run_lists_its_mistakes(tmp_path, tiny_bert):
     assert len(top) == min(10, len(rows)) and all([w for w, _ in r["evidence"]] == r["source"].split() for r in top)
     assert sum("evidence" in r for r in top) == len(top) and any(d != 0 for r in top for _, d in r["evidence"])
     # predict --explain on texts: explain.html, every word of every text shaded
-    assert main(["predict", str(out), "--text", "good film", "--text", "the plot was awful", "--explain", str(tmp_path / "why")]) == 0
+    assert main(["predict", str(out), "--text", "good film", "--text", "the plot was awful", "--text", "awful", "--explain", str(tmp_path / "why")]) == 0
     page = (tmp_path / "why" / "explain.html").read_text()
-    assert page.count("<span title=") == 6 and "awful</span>" in page
+    assert page.count("<span title=") == 7 and "awful</span>" in page
+    from transferkit.api import TextClassifier
+
+    proba, ev = TextClassifier.load(out).explain(["the plot was awful", "awful"])
+    shown = [float(t) for t in re.findall(r"<span title='([^']+)'", page)]
+    assert [d for _, d in ev[0] + ev[1]] == pytest.approx(shown[2:], abs=1e-3)  # the same weights as predict --explain

@@ -177,3 +177,20 @@ class TextClassifier(_Classifier):
                 raise UserError(f"text {i + 1} is empty")
         x, _ = self.model_.backbone.tokenize(texts, self.inputs_.max_length)
         return x, texts
+
+    def explain(self, texts, target=None) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+        """(probabilities, evidence): for each text its class probabilities and its words, each with
+        p(class) - p(class | the text without that word), toward class `target[i]` (default: the
+        class it says); positive words pushed toward that class (word occlusion)."""
+        import contextlib
+
+        from .mistakes import word_evidence
+        from .trainer import predict_proba
+
+        self._check_fitted()
+        x, texts = self._encode(texts)
+        tf, tokenize = self.inputs_.eval_transform(), self.model_.backbone.tokenize
+        proba = predict_proba(self.model_, x, tf, 64, contextlib.nullcontext).numpy()
+        target = proba.argmax(1) if target is None else np.asarray(target)
+        proba_fn = lambda t: predict_proba(self.model_, tokenize(t, self.inputs_.max_length)[0], tf, 64, contextlib.nullcontext).numpy()  # noqa: E731
+        return proba, word_evidence(proba_fn, texts, target)
