@@ -65,10 +65,10 @@ def _same(a, b):
     assert ha == hb
 
 
-@pytest.mark.parametrize("strategy, stop_after", [("gradual", 9), ("gradual", 6), ("lp_ft", 3), ("full", 11)])
-def test_stop_and_resume_is_bit_identical(tiny, tmp_path, strategy, stop_after):
+@pytest.mark.parametrize("strategy, stop_after, extra", [("gradual", 9, {}), ("gradual", 6, {}), ("lp_ft", 3, {}), ("full", 11, {}), ("full", 7, {"ema": 0.9})])
+def test_stop_and_resume_is_bit_identical(tiny, tmp_path, strategy, stop_after, extra):
     con = report.console(quiet=True)
-    cfg = _cfg(tiny, strategy=strategy, unfreeze_every=1, k=2)
+    cfg = _cfg(tiny, strategy=strategy, unfreeze_every=1, k=2, **extra)
     fit(cfg, tmp_path / "whole", console=con)
     with pytest.raises(StopRequested):
         fit(cfg, tmp_path / "cut", console=con, should_stop=StopAfter(stop_after))
@@ -134,3 +134,16 @@ def test_stop_while_encoding_or_computing_features_is_immediate(tiny, tmp_path, 
     monkeypatch.setattr(fit_mod, "cached_features", real)
     fit(cfg, tmp_path / "feat", console=con, resume=True)
     assert is_complete(tmp_path / "feat")
+
+
+def test_ema_keeps_the_average(tiny, tmp_path):
+    """--ema: with a vanishing decay the average is the model itself, so the run is the plain run (the
+    plumbing: validate, select and keep the average); with 0.9 the kept weights are another model."""
+    con = report.console(quiet=True)
+    runs = {e: fit(_cfg(tiny, strategy="full", ema=e), tmp_path / f"e{e}", console=con) for e in (0.0, 1e-9, 0.9)}
+    w = {e: r.model.state_dict() for e, r in runs.items()}
+    assert all(torch.allclose(w[0.0][k].float(), w[1e-9][k].float(), atol=1e-6) for k in w[0.0])
+    assert [h["val_loss"] for h in runs[0.0].history] == pytest.approx([h["val_loss"] for h in runs[1e-9].history], abs=1e-5)
+    moved = [k for k in w[0.0] if w[0.0][k].is_floating_point() and not torch.allclose(w[0.0][k], w[0.9][k], atol=1e-4)]
+    assert len(moved) > len(w[0.0]) // 2
+    assert [h["train_loss"] for h in runs[0.0].history] == pytest.approx([h["train_loss"] for h in runs[0.9].history])  # training itself untouched

@@ -81,6 +81,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--lora-targets", "lora_targets", str, "lora: comma-separated module names to adapt (default query,value for BERT-family)"),
     ("--crop-scale-min", "crop_scale_min", float, "smallest area fraction of the random resized crop"),
     ("--precision", "precision", str, "auto | bf16 | fp16 | no"),
+    ("--ema", "ema", float, "fine-tuning: validate and keep an exponential moving average of the weights with this decay (e.g. 0.99; warmup on; default 0: off)"),
     ("--calibrate", "calibrate", str, "temperature (default): divide the head by the validation-fitted temperature, so probabilities match accuracy; none: leave it"),
     ("--baseline", "baseline", str, "scratch: also train the same architecture from random weights (full, same epochs); the verdict compares with it too"),
     ("--checkpoint-minutes", "checkpoint_minutes", float, "also checkpoint inside epochs longer than this (default 10)"),

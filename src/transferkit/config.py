@@ -184,8 +184,12 @@ class TrainConfig:
     # minimises the validation NLL (Guo et al. 2017); classes never change, probabilities become honest
     # (digits, held-out test ECE 0.09-0.10 -> 0.016-0.021 over 3 seeds; SST-2 0.085 -> 0.028)
     calibrate: str = "temperature"
+    # fine-tuning phases: validate, select and keep an exponential moving average of the weights with
+    # this decay (timm's ModelEmaV3, with its warmup: early steps average over few updates); 0: off
+    ema: float = 0.0
 
     def validate(self) -> None:
+        _check(0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0: off), got {self.ema}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}")

@@ -178,6 +178,12 @@ def run_phase(
         set_trainable(model_for_freezing, groups, set(phase.unfrozen(first)), bn_stats=phase.bn_stats, always_frozen=always_frozen)
     module, optimizer = accelerator.prepare(module, optimizer)
     weights = class_weights(data.y_train, num_classes, tc.class_weight)
+    ema = None
+    if tc.ema and phase.kind == "finetune":
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(accelerator.unwrap_model(module), decay=tc.ema, use_warmup=True)
+    scored = module if ema is None else ema.module  # what is validated, selected and kept
 
     gen = torch.Generator().manual_seed(tc.seed + 1000 * epoch_offset)
     result = PhaseResult(best_epoch=epoch_offset, best=initial_best or {})
@@ -199,6 +205,8 @@ def run_phase(
         result.best_epoch, result.best = resume["best_epoch"], best or {}
         result.train_images, result.train_seconds = resume["train_images"], resume["train_seconds"]
         result.local_images = resume.get("local_images", resume["train_images"])
+        if ema is not None:
+            ema.module.load_state_dict(resume["ema"])
 
     def state(epoch: int, batch: int) -> dict:
         return {
@@ -207,6 +215,7 @@ def run_phase(
             "best": best, "best_state": best_state, "best_epoch": result.best_epoch, "clipped": clipped.cpu(),
             "loss_sum": loss_sum.cpu(), "history": result.history, "lr_trace": result.lr_trace,
             "train_images": result.train_images, "train_seconds": result.train_seconds, "local_images": result.local_images,
+            **({"ema": ema.module.state_dict()} if ema is not None else {}),
         }
 
     def gave_up(epochs_done: int) -> bool:
@@ -245,6 +254,8 @@ def run_phase(
             accelerator.backward(total_loss)
             clipped += _clip(accelerator, trainable, cfg)
             optimizer.step()
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(module), step=step)
             loss_sum += loss.detach() * len(y)
             result.lr_trace.append((step_offset + step, optimizer.param_groups[-1]["lr"], optimizer.param_groups[0]["lr"]))
             step += 1
@@ -261,7 +272,7 @@ def run_phase(
         start_batch, order = 0, None
         train_loss = ((accelerator.reduce(loss_sum, "sum") if world > 1 else loss_sum) / n).item()
         result.train_seconds += time.perf_counter() - t0
-        proba = predict_proba(module, data.x_val, data.eval_transform, tc.eval_batch_size, accelerator.autocast)
+        proba = predict_proba(scored, data.x_val, data.eval_transform, tc.eval_batch_size, accelerator.autocast)
         scores = val_scores(proba, data.y_val, num_classes)
         row = {
             "epoch": epoch_offset + epoch + 1, "phase": name, "train_loss": train_loss, "val_loss": scores["loss"],
@@ -272,7 +283,7 @@ def run_phase(
         result.history.append(row)
         if is_better(scores, best, tc.metric, tc.min_delta):
             best = scores
-            best_state = copy.deepcopy(accelerator.unwrap_model(module).state_dict())
+            best_state = copy.deepcopy(accelerator.unwrap_model(scored).state_dict())
             result.best_epoch, result.best = row["epoch"], scores
             since_best = 0
         else:
@@ -292,6 +303,8 @@ def run_phase(
     result.clipped_steps = int(clipped.item())
     if best_state is not None:
         accelerator.unwrap_model(module).load_state_dict(best_state)
+    elif ema is not None:  # no selection (best_state is only None when no epoch ran): keep the average
+        accelerator.unwrap_model(module).load_state_dict(ema.module.state_dict())
     # `prepare` wrapped the module's forward in the mixed-precision autocast; take that off again, so
     # that the fitted model computes as the same model loaded from its run directory does
     accelerator.unwrap_model(module, keep_fp32_wrapper=False)
