@@ -68,11 +68,20 @@ def test_image_export_matches_predict_and_fails_whole(tmp_path, capsys, tiny_ckp
     rows = {n: list(csv.reader(open(tmp_path / n))) for n in ("torch.csv", "onnx.csv")}
     assert [r[:2] for r in rows["torch.csv"]] == [r[:2] for r in rows["onnx.csv"]] and len(rows["onnx.csv"]) == len(files) + 1
     np.testing.assert_allclose(np.array([r[2:] for r in rows["onnx.csv"][1:]], float), np.array([r[2:] for r in rows["torch.csv"][1:]], float), atol=2e-6)
+    # `evaluate --onnx`: the same metrics as PyTorch's evaluate
+    for flag, name in (([], "torch.json"), (["--onnx"], "onnx.json")):
+        capsys.readouterr()
+        assert main(["evaluate", str(run), "--data", str(data), "--json", *flag]) == 0
+        rows[name] = json.loads(capsys.readouterr().out)
+    assert rows["onnx.json"]["accuracy"] == rows["torch.json"]["accuracy"] and rows["onnx.json"]["confusion_matrix"] == rows["torch.json"]["confusion_matrix"]
+    assert rows["onnx.json"]["data"].endswith("(ONNX export, onnxruntime)")
     info_file = run / "export" / "export.json"
     good = info_file.read_text()
     info_file.write_text(good.replace(info["model_sha256"], "0" * 64))
     capsys.readouterr()
     assert main(["predict", str(run), str(data), "--onnx"]) == 2
+    assert "was not exported from the weights" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--data", str(data), "--onnx"]) == 2
     assert "was not exported from the weights" in capsys.readouterr().err
     info_file.write_text(good)
 

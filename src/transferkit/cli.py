@@ -240,7 +240,13 @@ def cmd_evaluate(args) -> int:
         if target.is_dir() or not target.parent.is_dir():
             raise UserError(f"--mistakes {args.mistakes}: give a CSV file to write in an existing folder")
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
-    m = clf.evaluate(args.data, mistakes_csv=args.mistakes)
+    if args.onnx is not None:
+        from .evaluate import evaluate_model
+        from .export import load_export
+
+        m = evaluate_model(clf, args.data, mistakes_csv=args.mistakes, onnx_session=load_export(args.run_dir, args.onnx or None))
+    else:
+        m = clf.evaluate(args.data, mistakes_csv=args.mistakes)
     if args.json:
         print(json.dumps(m, indent=2))
     else:
@@ -553,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="labelled data: its test/ split, else val/, else all of it")
     p.add_argument("--mistakes", metavar="FILE.csv", help="write every wrong example (most confidently wrong first) to this CSV")
+    p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="score the model's ONNX export with onnxruntime (default RUN_DIR/export)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

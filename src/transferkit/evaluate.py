@@ -80,9 +80,10 @@ def labelled_set(clf, spec: str):
     return eval_set(spec, clf.classes_, cfg)
 
 
-def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None) -> dict:
+def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, onnx_session=None) -> dict:
     """Metrics of a fitted classifier (api.ImageClassifier / TextClassifier) on labelled data; every
-    wrong example, most confidently wrong first, written to `mistakes_csv` when given."""
+    wrong example, most confidently wrong first, written to `mistakes_csv` when given. With
+    `onnx_session` (export.load_export) the run's ONNX export computes the probabilities."""
     import contextlib
 
     from .mistakes import summary, to_csv, top_mistakes
@@ -90,9 +91,14 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None) ->
 
     s, where = labelled_set(clf, spec)
     x, s, _ = clf.inputs_.encode(s)
-    proba = predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
+    if onnx_session is not None:
+        from .export import onnx_predict_proba
+
+        proba = onnx_predict_proba(onnx_session, clf, x)
+    else:
+        proba = predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
     m = classification_metrics(s.labels, proba, clf.classes_)
-    m["data"] = where
+    m["data"] = where + (" (ONNX export, onnxruntime)" if onnx_session is not None else "")
     wrong = top_mistakes(s.labels, proba, clf.classes_, s.sources, getattr(s, "rows", None))
     m["mistakes"] = summary(wrong)
     if mistakes_csv is not None:
