@@ -175,8 +175,12 @@ class TextClassifier(_Classifier):
         for i, t in enumerate(texts):
             if not t.strip():
                 raise UserError(f"text {i + 1} is empty")
-        x, _ = self.model_.backbone.tokenize(texts, self.inputs_.max_length)
-        return x, texts
+        return self._tokens(texts), texts
+
+    def _tokens(self, texts: list[str]):
+        """Token ids, padded, with no check: word occlusion leaves "" of a one-word text, which
+        `_encode` refuses as a user's input."""
+        return self.model_.backbone.tokenize(texts, self.inputs_.max_length)[0]
 
     def explain(self, texts, target=None) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
         """(probabilities, evidence): for each text its class probabilities and its words, each with
@@ -189,8 +193,8 @@ class TextClassifier(_Classifier):
 
         self._check_fitted()
         x, texts = self._encode(texts)
-        tf, tokenize = self.inputs_.eval_transform(), self.model_.backbone.tokenize
+        tf = self.inputs_.eval_transform()
         proba = predict_proba(self.model_, x, tf, 64, contextlib.nullcontext).numpy()
         target = proba.argmax(1) if target is None else np.asarray(target)
-        proba_fn = lambda t: predict_proba(self.model_, tokenize(t, self.inputs_.max_length)[0], tf, 64, contextlib.nullcontext).numpy()  # noqa: E731
+        proba_fn = lambda t: predict_proba(self.model_, self._tokens(t), tf, 64, contextlib.nullcontext).numpy()  # noqa: E731
         return proba, word_evidence(proba_fn, texts, target)

@@ -295,8 +295,7 @@ def cmd_predict(args) -> int:
         names, proba = [t[:80] for t in texts], proba_of(clf, clf._encode(texts)[0])
         first = "text"
         if args.explain is not None:
-            tokenize = clf.model_.backbone.tokenize  # not clf._encode: a one-word text without its word is "", which it refuses
-            _write_text_explanations(clf, texts, proba, lambda t: proba_of(clf, tokenize(t, clf.inputs_.max_length)[0]), Path(args.explain))
+            _write_text_explanations(clf, texts, proba, lambda t: proba_of(clf, clf._tokens(t)), Path(args.explain))
     else:
         if args.text:
             raise UserError(f"{args.run_dir} is an image model: --text does not apply; give image files or folders")

@@ -134,15 +134,19 @@ def _timed(run, arrays, batch: int) -> tuple[np.ndarray, float]:
     return out, time.perf_counter() - t
 
 
+def _feed(clf, encoded: torch.Tensor) -> dict[str, np.ndarray]:
+    """The export's inputs for a classifier's encoded examples (uint8 images, or ids padded with -1)."""
+    return text_arrays(encoded, clf.model_.backbone.pad_id) if clf.inputs_.modality == "text" else {"image": encoded.numpy()}
+
+
 def check_on_data(clf, graph: nn.Module, session, spec: str, batch: int = 64) -> dict:
     """Accuracy and speed of PyTorch and of the ONNX file on labelled data (evaluate's splits)."""
     from .evaluate import labelled_set
     from .metrics import classification_metrics
 
-    text = clf.inputs_.modality == "text"
     s, where = labelled_set(clf, spec)
     x, s, _ = clf.inputs_.encode(s)
-    arrays = text_arrays(x, clf.model_.backbone.pad_id) if text else {"image": x.numpy()}
+    arrays = _feed(clf, x)
     p_torch, t_torch = _timed(lambda a: _torch_run(graph, a), arrays, batch)
     p_onnx, t_onnx = _timed(lambda a: _ort_run(session, a), arrays, batch)
     acc = {name: classification_metrics(s.labels, p, clf.classes_)["accuracy"] for name, p in (("pytorch", p_torch), ("onnx", p_onnx))}
@@ -267,7 +271,7 @@ def load_export(run_dir: str | Path, folder: str | Path | None = None):
 
 def onnx_predict_proba(session, clf, x: torch.Tensor, batch: int = 64) -> np.ndarray:
     """Probabilities of encoded inputs (uint8 images, or ids padded with -1) from an export's session."""
-    arrays = text_arrays(x, clf.model_.backbone.pad_id) if clf.inputs_.modality == "text" else {"image": x.numpy()}
+    arrays = _feed(clf, x)
     if len(x) == 0:
         return np.zeros((0, len(clf.classes_)), dtype=np.float32)
     return np.concatenate([_ort_run(session, part) for part in _batched(arrays, batch)])

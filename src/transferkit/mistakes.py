@@ -73,11 +73,11 @@ def summary(rows: list[dict], n: int = 10) -> dict:
     return {"count": len(rows), "most_confident": [{**r, "source": clip(r["source"])} for r in rows[:n]]}
 
 
-def _last_feature_map(records: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
+def _last_feature_map(outputs: list[torch.Tensor]) -> torch.Tensor | None:
     """The backbone's last spatial feature map (B, C, H, W) with H, W >= 2, from the outputs of its
     modules in the order they finished. None when token outputs (B, L, D) come after it (a ViT: its
     only 4-D map is the patch embedding) or there is none."""
-    for _, out in reversed(records):
+    for out in reversed(outputs):
         if out.dim() == 3:
             return None
         if out.dim() == 4 and out.shape[2] >= 2 and out.shape[3] >= 2:
@@ -92,9 +92,9 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Te
     backbone = model.backbone
     if getattr(getattr(backbone, "model", None), "output_fmt", "NCHW") != "NCHW":
         return None
-    records: list[tuple[str, torch.Tensor]] = []
+    outputs: list[torch.Tensor] = []
     hooks = [
-        m.register_forward_hook(lambda mod, args, out, name=name: records.append((name, out)) if isinstance(out, torch.Tensor) else None)
+        m.register_forward_hook(lambda mod, args, out: outputs.append(out) if isinstance(out, torch.Tensor) else None)
         for name, m in backbone.named_modules()
         if name
     ]
@@ -103,7 +103,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Te
     try:
         with torch.enable_grad():
             logits = model(x.detach().requires_grad_(True))
-            a = _last_feature_map(records)
+            a = _last_feature_map(outputs)
             if a is None:
                 return None
             score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()

@@ -303,8 +303,6 @@ def run_phase(
     result.clipped_steps = int(clipped.item())
     if best_state is not None:
         accelerator.unwrap_model(module).load_state_dict(best_state)
-    elif ema is not None:  # no selection (best_state is only None when no epoch ran): keep the average
-        accelerator.unwrap_model(module).load_state_dict(ema.module.state_dict())
     # `prepare` wrapped the module's forward in the mixed-precision autocast; take that off again, so
     # that the fitted model computes as the same model loaded from its run directory does
     accelerator.unwrap_model(module, keep_fp32_wrapper=False)
