@@ -55,10 +55,10 @@ class ModelConfig:
     head: str = "linear"  # linear | mlp
     head_hidden: int = 512  # mlp head: hidden units
     head_dropout: float = 0.0  # dropout before the head's last layer
-    pooling: str = "mean"  # text: mean over tokens | cls (the first token)
+    pooling: str = "mean"  # text: mean over tokens | cls (the first token) | last (the last token; for GPT-style models)
 
     def validate(self) -> None:
-        _check(self.pooling in ("mean", "cls"), f"pooling must be mean or cls, got {self.pooling!r}")
+        _check(self.pooling in ("mean", "cls", "last"), f"pooling must be mean, cls or last, got {self.pooling!r}")
         _check(self.head in ("linear", "mlp"), f"unknown head {self.head!r}; choose linear or mlp")
         _check(self.head_hidden > 0, f"head_hidden must be > 0, got {self.head_hidden}")
         _check(0 <= self.head_dropout < 1, f"head_dropout must be in [0, 1), got {self.head_dropout}")
@@ -85,7 +85,7 @@ class StrategyConfig:
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
-    lora_targets: list[str] = field(default_factory=list)  # module names (suffixes); empty: the backbone's default (query,value for BERT)
+    lora_targets: list[str] = field(default_factory=list)  # module names (suffixes); empty: the query and value projections (lora.default_targets)
 
     def validate(self) -> None:
         _check(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")

@@ -134,7 +134,9 @@ def fit(
     if cfg.strategy.name == "lora":
         from .lora import apply_lora
 
-        apply_lora(model.backbone, cfg.strategy)
+        adapted = apply_lora(model.backbone, cfg.strategy)
+        kinds = sorted({n.rsplit(".", 1)[-1] for n in adapted})
+        splits.notes = list(splits.notes) + [f"LoRA r={cfg.strategy.lora_r} on {', '.join(kinds)}: {len(adapted)} modules"]
     inputs = inputs_for(cfg, model.backbone)
     pre = inputs.pre if inputs.modality == "image" else model.backbone.preprocess
     with report.progress(console) as prog:

@@ -13,27 +13,66 @@ from torch import nn
 from .errors import UserError
 
 ADAPTABLE = (nn.Linear, nn.Conv2d, nn.Embedding)
-DEFAULT_TARGETS = {"text": ["query", "value"]}  # BERT-family attention projections (the LoRA paper's choice)
+# Attention projections to adapt when --lora-targets is not given (the LoRA paper's choice: query and
+# value), tried in order; the first whose names all exist is taken. PEFT's own table, keyed by the
+# transformers model_type, is asked first; these cover the families it leaves out (DistilBERT,
+# MPNet, ModernBERT's fused Wqkv) and timm's vision transformers (a fused qkv).
+FALLBACK_TARGETS = (
+    ["query", "value"],  # BERT, RoBERTa, ELECTRA, ALBERT
+    ["query_proj", "value_proj"],  # DeBERTa-v2/v3
+    ["q_proj", "v_proj"],  # Llama, Qwen, Mistral, BART
+    ["q_lin", "v_lin"],  # DistilBERT
+    ["q", "v"],  # T5, MPNet
+    ["Wqkv"],  # ModernBERT
+    ["c_attn"],  # GPT-2
+    ["qkv"],  # timm ViT, DeiT, BEiT, Swin
+)
+
+
+def _adaptable() -> tuple[type, ...]:
+    try:  # GPT-2's projections are transformers' Conv1D (a transposed Linear), which PEFT adapts too
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return ADAPTABLE
+    return (*ADAPTABLE, Conv1D)
 
 
 def _short_names(module: nn.Module) -> list[str]:
-    return sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if n and isinstance(m, ADAPTABLE)})
+    kinds = _adaptable()
+    return sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if n and isinstance(m, kinds)})
+
+
+def default_targets(inner: nn.Module) -> list[str]:
+    """The query and value projections of `inner` by its family, or [] when none is known."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    names = set(_short_names(inner))
+    model_type = getattr(getattr(inner, "config", None), "model_type", None)
+    candidates = [PEFT_TARGETS[model_type]] if model_type in PEFT_TARGETS else []
+    for targets in [*candidates, *FALLBACK_TARGETS]:
+        if targets and all(t in names for t in targets):
+            return list(targets)
+    return []
 
 
 def apply_lora(backbone, cfg) -> list[str]:
     """Inject adapters into `backbone.model` as `cfg` (StrategyConfig) says; return the adapted module names."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    targets = list(cfg.lora_targets) or DEFAULT_TARGETS.get(getattr(backbone, "modality", "image"), [])
     inner = backbone.model if hasattr(backbone, "model") else backbone
+    targets = list(cfg.lora_targets) or default_targets(inner)
     available = _short_names(inner)
     if not targets:
         raise UserError(f"strategy lora needs --lora-targets for this backbone; module names that can be adapted: {', '.join(available[:30])}")
-    names = [n for n, m in inner.named_modules() if n and isinstance(m, ADAPTABLE)]
+    kinds = _adaptable()
+    names = [n for n, m in inner.named_modules() if n and isinstance(m, kinds)]
     for t in targets:
         if not any(n == t or n.endswith("." + t) for n in names):
             raise UserError(f"--lora-targets {t!r} matches no module of {backbone.spec.get('name')}; names that match: {', '.join(available[:30])}")
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none")
+    # GPT-2's Conv1D stores its weight transposed; PEFT must be told (it would warn and correct it)
+    transposed = any(type(m).__name__ == "Conv1D" for n, m in inner.named_modules() if n.rsplit(".", 1)[-1] in targets)
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none",
+                        fan_in_fan_out=transposed)
     inject_adapter_in_model(config, inner)
     adapted = [n for n, m in inner.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
     if not adapted:  # pragma: no cover - guarded above

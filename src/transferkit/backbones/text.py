@@ -24,7 +24,7 @@ from ..errors import UserError
 from .base import Backbone, Preprocess
 
 PAD = -1
-POOLING = ("mean", "cls")
+POOLING = ("mean", "cls", "last")  # last: the last real token, what a causal (GPT-style) model has read to the end
 
 
 class TextBackbone(Backbone):
@@ -41,7 +41,7 @@ class TextBackbone(Backbone):
         self.weights_id = weights_id
         self.spec = {**spec, "pooling": pooling}
         # Images read input_size / mean / std from here; for text it only names the backbone's limits.
-        limit = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+        limit = _token_limit(model, tokenizer)
         self.preprocess = Preprocess(input_size=limit, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_pct=1.0, interpolation="none")
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         # where the pretrained weights came from (a folder or a hub name), when they came from one:
@@ -60,6 +60,9 @@ class TextBackbone(Backbone):
         h = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         if self.pooling == "cls":
             return h[:, 0]
+        if self.pooling == "last":  # rows are padded on the right: the last real token is at length - 1
+            last = (mask.long().sum(1).clamp_min(1) - 1).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
+            return h.gather(1, last).squeeze(1)  # gather, not arange indexing: ONNX export keeps the batch dynamic
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
@@ -101,6 +104,29 @@ class TextBackbone(Backbone):
         """What rebuilding this architecture needs without the hub: config.json and the tokenizer files."""
         self.model.config.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
+
+
+def _token_limit(model: nn.Module, tokenizer) -> int:
+    """The longest input the model takes. RoBERTa-style embeddings number positions from
+    padding_idx + 1, so 514 position embeddings hold 512 tokens; the tokenizer's own limit, when it
+    has a real one, is the other bound."""
+    limit = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+    pos = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
+    if isinstance(pos, nn.Embedding) and pos.padding_idx is not None:
+        limit = min(limit, pos.num_embeddings - pos.padding_idx - 1)
+    own = getattr(tokenizer, "model_max_length", None)
+    if isinstance(own, int) and 0 < own < 1_000_000:  # unset, transformers says 1e30
+        limit = min(limit, own)
+    return limit
+
+
+def _encoder(model: nn.Module, spec: dict) -> tuple[nn.Module, dict]:
+    """The encoder of an encoder-decoder model (T5, BART): texts are classified from what it reads;
+    the decoder would need target tokens and is dropped. The spec remembers it, for a saved run."""
+    if getattr(model.config, "is_encoder_decoder", False) or spec.get("encoder_only"):
+        if hasattr(model, "get_encoder"):
+            return model.get_encoder(), {**spec, "encoder_only": True}
+    return model, spec
 
 
 def trim(x: torch.Tensor) -> torch.Tensor:
@@ -163,8 +189,9 @@ def hf_backbone(name: str, *, pretrained: bool = True) -> TextBackbone:
     except OSError as e:
         raise UserError(f"could not load Hugging Face model {name!r}: {str(e).splitlines()[0]}") from None
     _drop_pooler(model)
+    model, spec = _encoder(model, {"name": f"hf:{name}"})
     wid = f"hf:{name}:{state_sha256_short(model)}" if pretrained else "random"
-    bb = TextBackbone(model, tokenizer, weights_id=wid, spec={"name": f"hf:{name}"})
+    bb = TextBackbone(model, tokenizer, weights_id=wid, spec=spec)
     bb.source = name if pretrained else None
     return bb
 
@@ -206,6 +233,7 @@ def _from_folder(folder: Path, *, spec: dict, pretrained: bool) -> TextBackbone:
         model = AutoModel.from_config(config)
         wid = "random"
     _drop_pooler(model)
+    model, spec = _encoder(model, spec)
     bb = TextBackbone(model, tokenizer, weights_id=wid, spec=spec)
     bb.source = str(folder) if pretrained else None
     return bb
@@ -220,7 +248,7 @@ def from_saved(folder: Path, spec: dict) -> TextBackbone:
     config = AutoConfig.from_pretrained(str(folder))
     model = AutoModel.from_config(config)
     _drop_pooler(model)
-    spec = dict(spec)
+    model, spec = _encoder(model, dict(spec))
     pooling = spec.pop("pooling", "mean")
     return TextBackbone(model, AutoTokenizer.from_pretrained(str(folder)), weights_id="saved", spec=spec, pooling=pooling)
 
