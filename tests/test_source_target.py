@@ -142,3 +142,16 @@ def test_baseline_scratch_is_refused_for_a_model_without_pretrained_weights(tmp_
     rc, err = _fit(["--data", str(d), "--model", "small_convnet", "--epochs", "1", "--baseline", "scratch", "--out", str(out)], capsys)
     assert rc == 2 and "small_convnet has no pretrained weights" in err and "Traceback" not in err
     assert not (out / "metrics.json").exists()
+
+
+def test_rank_takes_a_run_and_torchvision_names_as_candidates(source_run, tmp_path):
+    """`rank --models` used to refuse run:DIR, tv:NAME and random:dir:PATH ("unknown model"), though
+    fit takes them; a bad one is still refused before anything is built."""
+    from transferkit.ranking import _check_candidates
+
+    names = [f"run:{source_run}", "tv:resnet18", "random:tv:resnet18", "random:dir:/some/folder", "small_convnet"]
+    assert _check_candidates(names, None) == names
+    for bad, says in ((f"run:{tmp_path / 'nope'}", "no such directory"), ("tv:resnet1800", "did you mean: resnet18"),
+                      ("random:tv:resnet1800", "unknown torchvision model")):
+        with pytest.raises(UserError, match=says):
+            _check_candidates([bad, "small_convnet"], None)

@@ -93,6 +93,11 @@ def test_encoder_decoder_model_is_used_through_its_encoder(tmp_path, tiny_bert):
     clf.save(tmp_path / "run")
     loaded = TextClassifier.load(tmp_path / "run")
     np.testing.assert_allclose(loaded.predict_proba(texts), clf.predict_proba(texts), atol=1e-6)
+    from transferkit.adapt import mlm
+    from transferkit.errors import UserError
+
+    with pytest.raises(UserError, match="encoder-decoder model: adapt continues masked-LM"):
+        mlm(bb, ["good film"] * 4)
 
 
 def test_last_pooling_reads_the_last_real_token(tmp_path, tiny_bert):

@@ -66,6 +66,8 @@ def _mlm_model(backbone):
     from transformers import AutoModelForMaskedLM
 
     name = backbone.spec.get("name")
+    if backbone.spec.get("encoder_only"):  # T5, BART: pretrained by denoising sequence to sequence, not masked-LM
+        raise UserError(f"{name} is an encoder-decoder model: adapt continues masked-LM pretraining, which needs an encoder model (BERT, RoBERTa, DeBERTa, ...)")
     model, new_head = None, True
     if getattr(backbone, "source", None):
         try:

@@ -456,7 +456,8 @@ def default_candidates() -> list[str]:
 
 def _check_candidates(candidates: Sequence[str], arch: str | None) -> list[str]:
     """Names checked before any model is built or image decoded: two or more, no repeats, each one
-    a name `create_backbone` knows (registered, random:ARCH, timm:NAME, file:PATH with `arch`)."""
+    a name `create_backbone` knows (registered, random:ARCH, timm:NAME, tv:NAME, run:DIR, file:PATH with
+    `arch`; text folders and hub names are checked when built)."""
     from .backbones import BACKBONES
 
     names = [c.strip() for c in candidates if c and c.strip()]
@@ -467,17 +468,25 @@ def _check_candidates(candidates: Sequence[str], arch: str | None) -> list[str]:
     if repeated:
         raise UserError(f"candidate(s) listed more than once: {', '.join(repeated)}")
     for n in names:
-        if n.startswith("timm:"):
-            _check_timm(n[len("timm:") :])
+        a = n[len("random:") :] if n.startswith("random:") else n
+        if a.startswith("timm:"):
+            _check_timm(a[len("timm:") :])
+        elif a.startswith("tv:"):
+            from .backbones.tv import check_name, parse
+
+            check_name(parse(a[len("tv:") :])[0])
+        elif n.startswith("run:"):
+            from .backbones.run import run_meta
+
+            run_meta(n[len("run:") :])  # a finished run directory, or a message that names the folder
+        elif a.startswith(("hf:", "dir:")):
+            continue  # text models: checked when built (folder, tokenizer, hub reachability)
         elif n.startswith("random:"):
-            a = n[len("random:") :]
             if a not in BACKBONES:
                 _check_timm(a)
         elif n.startswith("file:"):
             if not arch:
                 raise UserError(f"candidate {n} needs --arch NAME (the architecture of its checkpoint)")
-        elif n.startswith(("hf:", "dir:")):
-            continue  # text models: checked when built (folder, tokenizer, hub reachability)
         else:
             BACKBONES.get(n)  # unknown name: UserError with close matches and the list
     return names
