@@ -146,3 +146,43 @@ def test_rundir_refuses_paths_outside(tmp_path):
         with pytest.raises(ValueError):
             rd.write_bytes(bad, b"{}")
     rd.release()
+
+
+# ------------------------------------------------------------------------------------ odd image files
+
+
+def test_odd_image_files_decode_as_a_person_sees_them(tmp_path):
+    """16-bit grayscale (microscopy, medical) used to be clipped to 255 by PIL's convert("RGB"), so
+    most of the image came out white; a phone photo's EXIF orientation was ignored. Every other mode
+    (CMYK, LA, palette, animated GIF, 1-bit, float) comes out as 8-bit RGB."""
+    import numpy as np
+
+    from transferkit.data import _decode_one
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (16, 24), dtype=np.uint8)
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    Image.fromarray(ref.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # the same picture in 16 bits
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    Image.fromarray(ref.astype(np.float32) / 255).save(tmp_path / "unit.tiff")  # floats in [0, 1]
+    want, _ = _decode_one(str(tmp_path / "ref.png"), 16, "bicubic")
+    for name in ("deep.png", "unit.tiff"):
+        got, err = _decode_one(str(tmp_path / name), 16, "bicubic")
+        assert err is None and np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
+
+    wide = rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)  # stored landscape, shown portrait (EXIF 6: turn 90 clockwise)
+    im = Image.fromarray(wide)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "turned.png", exif=exif)
+    Image.fromarray(np.ascontiguousarray(np.rot90(wide, k=-1))).save(tmp_path / "upright.png")
+    got, _ = _decode_one(str(tmp_path / "turned.png"), 16, "bicubic")
+    want, _ = _decode_one(str(tmp_path / "upright.png"), 16, "bicubic")
+    np.testing.assert_array_equal(got, want)
+
+    rgb = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    for name, img in (("cmyk.jpg", rgb.convert("CMYK")), ("la.png", rgb.convert("LA")), ("pal.gif", rgb.convert("P")),
+                      ("bw.bmp", rgb.convert("1")), ("rgba.webp", rgb.convert("RGBA"))):
+        img.save(tmp_path / name)
+        got, err = _decode_one(str(tmp_path / name), 16, "bicubic")
+        assert err is None and got.shape == (16, 16, 3) and got.dtype == np.uint8, name

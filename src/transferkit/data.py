@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
 
@@ -217,6 +217,27 @@ def _to_square(img: Image.Image, size: int, interpolation: str) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """An RGB image as a person sees the file: turned as its EXIF orientation says (phone photos),
+    and with more-than-8-bit pixels scaled to 8 bits instead of clipped. PIL's convert("RGB") clips a
+    16-bit grayscale image (microscopy, medical) to 255, mostly white; here it is scaled by 1/257, the
+    full 16-bit range onto 0-255 (as torchvision's ToDtype(scale=True) and scikit-image's img_as_ubyte
+    do). A 32-bit integer image is scaled the same way when its values go beyond 255; a float image
+    in [0, 1] is scaled by 255, other floats are clipped."""
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a malformed EXIF block: the pixels are still good, keep them as stored
+        pass
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16") or (im.mode == "I" and a.size and a.max() > 255):
+            a = a / 257.0
+        elif im.mode == "F" and a.size and a.min() >= 0 and a.max() <= 1:
+            a = a * 255.0
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+    return im.convert("RGB")
+
+
 def _decode_one(src, size: int, interpolation: str):
     try:
         if isinstance(src, np.ndarray):
@@ -224,13 +245,13 @@ def _decode_one(src, size: int, interpolation: str):
         else:
             with Image.open(src) as im:
                 im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
-                img = im.convert("RGB")
+                img = _to_rgb(im)
         return _to_square(img.convert("RGB"), size, interpolation), None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return None, f"{src}: {type(e).__name__}: {str(e)[:120]}"
 
 
-DECODE_VERSION = 1
+DECODE_VERSION = 2  # 2: EXIF orientation applied, 16-bit images scaled (not clipped)
 
 
 def decode_images(s: ImageSet, size: int, interpolation: str = "bicubic", *, skip_bad: bool = False, progress=None):
