@@ -15,6 +15,7 @@ from transferkit.backbones import create_backbone
 from transferkit.cli import main
 from transferkit.config import RunConfig, replace
 from transferkit.data import ImageSet, decode_images
+from transferkit.errors import UserError
 from transferkit.features import cached_features
 from transferkit.fit import fit
 from transferkit.rundir import verify
@@ -69,6 +70,22 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
     assert len(rows) == 8 and set(rows[0]) == {"file", "label", "p_blue", "p_red"}
     probs = loaded.predict_proba(str(tiny_folder / "red"))
     assert np.allclose([float(r["p_red"]) for r in rows], probs[:, 1], atol=1e-6)
+
+    # In memory, images come as PIL images, arrays or tensors, one or many, scaled as files are.
+    # One HxWx3 array used to be read as H images of one row each.
+    from PIL import Image
+
+    pics = [Image.open(f) for f in images[:3]]
+    arrays = [np.array(im.convert("RGB")) for im in pics]
+    want = loaded.predict_proba(images[:3])
+    for items in (pics, arrays, [a / 255.0 for a in arrays], [a.astype(np.uint16) * 257 for a in arrays],
+                  [torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays], np.stack(arrays)):
+        np.testing.assert_allclose(loaded.predict_proba(items), want, atol=1e-6)
+    for one in (pics[0], arrays[0], torch.from_numpy(arrays[0]).permute(2, 0, 1)):
+        np.testing.assert_allclose(loaded.predict_proba(one), want[:1], atol=1e-6)
+    for bad, says in (([np.full((4, 4, 3), np.nan)], "NaN"), ([np.zeros((4, 4, 7))], "got shape"), ([5], "got int")):
+        with pytest.raises(UserError, match=says):
+            loaded.predict_proba(bad)
 
 
 def test_feature_cache_reused_only_when_nothing_changed(tmp_path, tiny_ckpt):

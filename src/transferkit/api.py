@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 from .config import FLAT, RunConfig, config_from_dict, replace
-from .data import IMAGE_SUFFIXES, ImageSet, decode_images
+from .data import IMAGE_SUFFIXES, ImageSet, as_image_array, decode_images
 from .errors import UserError, did_you_mean
 
 
@@ -126,13 +128,19 @@ class ImageClassifier(_Classifier):
         return self.inputs_.pre
 
     def _encode(self, images) -> tuple:
-        """Paths, a folder of images, or HxWx3 uint8 arrays -> (uint8 tensor, source names)."""
+        """Paths, a folder of images, PIL images, or arrays / tensors (HxWx3 uint8, or as
+        `data.as_image_array` scales them) -> (uint8 tensor, source names)."""
         if isinstance(images, (str, Path)):
             p = Path(images)
             images = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [str(p)]
             if not images:
                 raise UserError(f"no image files in {p}")
-        sources = [str(s) if isinstance(s, (str, Path)) else s for s in images]
+        if isinstance(images, Image.Image):
+            images = [images]
+        elif isinstance(images, (np.ndarray, torch.Tensor)):  # one image, or a batch along the first axis
+            one = images.ndim == 2 or (images.ndim == 3 and (images.shape[-1] in (3, 4) or (isinstance(images, torch.Tensor) and images.shape[0] in (1, 3))))
+            images = [images] if one else list(images)
+        sources = [str(s) if isinstance(s, (str, Path)) else as_image_array(s, f"image {i}") for i, s in enumerate(images)]
         for s in sources:
             if isinstance(s, str) and not Path(s).is_file():
                 raise UserError(f"image not found: {s}")

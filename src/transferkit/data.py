@@ -238,6 +238,38 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def as_image_array(obj, where: str = "image") -> np.ndarray:
+    """A PIL image, a numpy array or a torch tensor as an HxW or HxWxC uint8 array, scaled as a file's
+    pixels would be: uint16 by 1/257, floats in [0, 1] by 255; a (C, H, W) tensor (torchvision's
+    layout) is moved to (H, W, C). Anything else is a UserError that names `where`."""
+    if isinstance(obj, Image.Image):
+        return np.asarray(_to_rgb(obj))
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu()
+        if obj.ndim == 3 and obj.shape[0] in (1, 3) and obj.shape[-1] not in (1, 3, 4):
+            obj = obj.permute(1, 2, 0)
+        obj = obj.numpy()
+    if not isinstance(obj, np.ndarray):
+        raise UserError(f"{where}: expected a file path, a PIL image or an HxWx3 array, got {type(obj).__name__}")
+    a = obj[..., 0] if obj.ndim == 3 and obj.shape[-1] == 1 else obj
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or min(a.shape[:2]) < 1:
+        raise UserError(f"{where}: an image array must be HxW, HxWx3 or HxWx4, got shape {tuple(obj.shape)}")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16:
+        return np.rint(a / 257.0).astype(np.uint8)
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise UserError(f"{where}: the image array holds NaN or infinite values")
+        scale = 255.0 if a.size and a.min() >= 0 and a.max() <= 1 else 1.0
+        return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer):
+        return np.clip(a, 0, 255).astype(np.uint8)
+    raise UserError(f"{where}: unsupported image array type {a.dtype}")
+
+
 def _decode_one(src, size: int, interpolation: str):
     try:
         if isinstance(src, np.ndarray):
