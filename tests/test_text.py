@@ -202,6 +202,8 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     texts = ["good film", "the plot was awful"]
     # The saved run rebuilds the same function: reload twice, identical probabilities
     np.testing.assert_array_equal(clf.predict_proba(texts), TextClassifier.load(out).predict_proba(texts))
+    with pytest.raises(UserError, match="text 2 is missing"):  # was classified as the text "None"
+        clf.predict(["good film", None])
     r = run_cli("predict", out, "--text", "good film", "--text", "awful")
     assert r.returncode == 0 and r.stdout.splitlines()[0] == "text,label,p_neg,p_pos" and len(r.stdout.splitlines()) == 3
     lines = tmp_path / "texts.txt"

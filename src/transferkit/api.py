@@ -179,6 +179,10 @@ class TextClassifier(_Classifier):
     def _encode(self, texts) -> tuple:
         if isinstance(texts, str):
             texts = [texts]
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if t is None or (isinstance(t, float) and t != t):  # None, or a NaN from a table's empty cell
+                raise UserError(f"text {i + 1} is missing ({t!r})")
         texts = [str(t) for t in texts]
         for i, t in enumerate(texts):
             if not t.strip():
