@@ -186,3 +186,22 @@ def test_odd_image_files_decode_as_a_person_sees_them(tmp_path):
         img.save(tmp_path / name)
         got, err = _decode_one(str(tmp_path / name), 16, "bicubic")
         assert err is None and got.shape == (16, 16, 3) and got.dtype == np.uint8, name
+
+
+def test_hidden_files_and_macos_zip_folders_are_not_images(tmp_path):
+    """A folder unzipped from macOS holds `__MACOSX/` and `._photo.jpg` resource forks with image
+    suffixes; `__MACOSX` was taken for a class and the forks for corrupt images."""
+    from transferkit.data import image_files, load_image_data
+
+    d = make_folder(tmp_path / "d", n=3)
+    (d / "red" / "deeper").mkdir()
+    Image.new("RGB", (20, 20), "red").save(d / "red" / "deeper" / "nested.png")  # nested folders are kept
+    for junk in (d / "__MACOSX" / "red" / "._0.png", d / "red" / "._0.png", d / ".git" / "x.png", d / "blue" / ".thumbs" / "t.png"):
+        junk.parent.mkdir(parents=True, exist_ok=True)
+        junk.write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (d / ".DS_Store").write_bytes(b"junk")
+    sp = load_image_data(str(d), val_fraction=0.34)
+    assert sp.classes == ["blue", "red"] and len(sp.train.sources) + len(sp.val.sources) == 7
+    found = image_files(d)
+    assert len(found) == 7 and (d / "red" / "deeper" / "nested.png") in found
+    assert not any(part.startswith((".", "__MACOSX")) for p in found for part in p.relative_to(d).parts)

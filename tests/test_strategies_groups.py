@@ -175,3 +175,18 @@ def test_timm_backbone_width_is_what_forward_returns(arch):
     m = create_model(ModelConfig(name=f"random:{arch}"), 3).eval()
     x = torch.randn(2, 3, 64, 64)
     assert m.backbone(x).shape == (2, m.backbone.num_features) and m(x).shape == (2, 3)
+
+
+def test_small_convnet_takes_any_input_size_and_is_unchanged_at_its_own():
+    """Its dense layer was sized for 16 px, so `--input-size 32` failed on the first batch (a shape
+    traceback); the map is now averaged onto the 16 px grid, which is the identity at 16 px."""
+    import torch
+
+    from transferkit.backbones import create_backbone
+
+    bb = create_backbone("small_convnet").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(bb(x), bb.dense(bb.conv2(bb.conv1(x))), rtol=0, atol=0)
+        for size in (8, 32, 57):
+            assert bb(torch.randn(2, 3, size, size)).shape == (2, bb.num_features)

@@ -25,12 +25,12 @@ from .errors import UserError
 
 
 def _image_sources(spec: str) -> list[str]:
-    from .data import IMAGE_SUFFIXES
+    from .data import image_files
 
     p = Path(spec)
     if not p.exists():
         raise UserError(f"data not found: {spec}")
-    files = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [str(p)]
+    files = [str(f) for f in image_files(p)] if p.is_dir() else [str(p)]
     if not files:
         raise UserError(f"{spec}: no image files to adapt on")
     return files

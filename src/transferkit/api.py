@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from .config import FLAT, RunConfig, config_from_dict, replace
-from .data import IMAGE_SUFFIXES, ImageSet, as_image_array, decode_images
+from .data import ImageSet, as_image_array, decode_images, image_files
 from .errors import UserError, did_you_mean
 
 
@@ -132,7 +132,7 @@ class ImageClassifier(_Classifier):
         `data.as_image_array` scales them) -> (uint8 tensor, source names)."""
         if isinstance(images, (str, Path)):
             p = Path(images)
-            images = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [str(p)]
+            images = [str(f) for f in image_files(p)] if p.is_dir() else [str(p)]
             if not images:
                 raise UserError(f"no image files in {p}")
         if isinstance(images, Image.Image):

@@ -112,11 +112,25 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.array(tr, dtype=int)), np.sort(np.array(va, dtype=int))
 
 
+SKIPPED_FOLDERS = ("__MACOSX",)  # the resource forks a zip made on macOS carries
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name in SKIPPED_FOLDERS
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder`, at any depth, sorted; hidden files and folders (`.DS_Store`,
+    macOS's `._photo.jpg` resource forks, `.git`) and `__MACOSX` are not images and are left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(_hidden(part) for part in p.relative_to(folder).parts))
+
+
 def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
     check = classes is None  # the training (or only) split; val/test may hold fewer per class
     if not root.is_dir():
         raise UserError(f"data folder not found: {root}")
-    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not _hidden(d.name))
     if not subdirs:
         raise UserError(f"{root} has no class subfolders (expected {root}/<class>/<image files>)")
     if classes is not None:
@@ -127,7 +141,7 @@ def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
     sources, labels = [], []
     for ci, name in enumerate(classes):
         d = root / name
-        files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else []
+        files = image_files(d) if d.is_dir() else []
         sources += [str(p) for p in files]
         labels += [ci] * len(files)
     if not sources:

@@ -14,6 +14,8 @@ class SmallConvNet(Backbone):
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
         self.conv2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        # any --input-size: the map is averaged onto the grid the default input gives (identity there)
+        self.pool = nn.AdaptiveAvgPool2d(max(input_size // 4, 1))
         self.dense = nn.Sequential(nn.Flatten(), nn.LazyLinear(features), nn.ReLU())
         self.num_features = features
         self.preprocess = Preprocess(input_size=input_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0, interpolation="bilinear")
@@ -26,7 +28,7 @@ class SmallConvNet(Backbone):
             self.forward(torch.zeros(1, 3, input_size, input_size))
 
     def forward(self, x):
-        return self.dense(self.conv2(self.conv1(x)))
+        return self.dense(self.pool(self.conv2(self.conv1(x))))
 
     def block_groups(self) -> list[tuple[str, list[str]]]:
         return [(g, [f"{g}.{n}" for n, _ in getattr(self, g).named_parameters()]) for g in ("conv1", "conv2", "dense")]
