@@ -65,6 +65,14 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
     assert main(["evaluate", str(run), "--data", str(tiny_folder), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["n"] == 16 and 0 <= ev["accuracy"] <= 1
+    import shutil
+
+    (tmp_path / "one" / "red").mkdir(parents=True)  # data to score needs no 2 images per class (training does)
+    shutil.copy(images[-1], tmp_path / "one" / "red")
+    (tmp_path / "one.csv").write_text(f"path,label\n{images[-1]},red\n")
+    for data in ("one", "one.csv"):
+        assert main(["evaluate", str(run), "--data", str(tmp_path / data), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["n"] == 1
     assert main(["predict", str(run), str(tiny_folder / "red"), "--out", str(tmp_path / "p.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == 8 and set(rows[0]) == {"file", "label", "p_blue", "p_red"}

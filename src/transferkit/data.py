@@ -152,7 +152,7 @@ def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
     return out
 
 
-def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto") -> ImageSet:
+def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto", *, check: bool = True) -> ImageSet:
     import io
 
     from .text_data import _decode
@@ -179,7 +179,8 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
     index = {c: i for i, c in enumerate(classes)}
     groups = np.array([str(r[group_column]).strip() for r in rows]) if group_column else None
     out = ImageSet(sources, np.array([index[n] for n in names], dtype=int), classes, groups)
-    check_counts(out, str(path))
+    if check:  # training data; data to score may hold one image of a class, or one class
+        check_counts(out, str(path))
     return out
 
 

@@ -23,10 +23,10 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
     if not p.exists():
         raise UserError(f"data not found: {spec}")
     if p.is_file():
-        s, where = _read_csv(p), str(p)
+        s, where = _read_csv(p, check=False), str(p)
     else:
         sub = next((p / n for n in ("test", "val") if (p / n).is_dir()), p)
-        s, where = _read_folder(sub), str(sub)
+        s, where = _read_folder(sub, classes), str(sub)  # labelled data to score: one image of a class is enough
     unknown = sorted(set(s.classes) - set(classes))
     if unknown:
         raise UserError(f"{where} has classes the model does not know: {', '.join(unknown)} (model classes: {', '.join(classes)})")
