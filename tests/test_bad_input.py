@@ -167,3 +167,15 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists(), "the payload ran"
     rc = main(["fit", "--data", "digits", "--model", f"file:{evil}", "--arch", "cifar_resnet20", "--out", str(tmp_path / "r")])
     assert rc == 2 and not marker.exists()
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`transferkit predict ... | head`: when the reader closes the pipe, the command stops quietly
+    (exit 141, as Unix tools killed by SIGPIPE) instead of a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "transferkit.cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line is written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -659,6 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("transferkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `transferkit predict ... | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141
 
 
 if __name__ == "__main__":
