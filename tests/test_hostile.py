@@ -153,8 +153,8 @@ def test_rundir_refuses_paths_outside(tmp_path):
 
 def test_odd_image_files_decode_as_a_person_sees_them(tmp_path):
     """16-bit grayscale (microscopy, medical) used to be clipped to 255 by PIL's convert("RGB"), so
-    most of the image came out white; a phone photo's EXIF orientation was ignored. Every other mode
-    (CMYK, LA, palette, animated GIF, 1-bit, float) comes out as 8-bit RGB."""
+    most of the image came out white; a phone photo's EXIF orientation was ignored. Other modes
+    (CMYK, LA, palette, 1-bit, RGBA) come out as 8-bit RGB."""
     import numpy as np
 
     from transferkit.data import _decode_one
