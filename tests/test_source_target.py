@@ -155,3 +155,29 @@ def test_rank_takes_a_run_and_torchvision_names_as_candidates(source_run, tmp_pa
                       ("random:tv:resnet1800", "unknown torchvision model")):
         with pytest.raises(UserError, match=says):
             _check_candidates([bad, "small_convnet"], None)
+
+
+def test_macro_f1_counts_the_classes_that_occur_and_the_trainer_agrees():
+    """A class that is neither a label nor a prediction has no F1; it used to count as 0, so a perfect
+    prediction on one class's images scored 0.5 (evaluate on a class folder, a group of a
+    --group-column). With every class present nothing changes."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from transferkit.metrics import classification_metrics, group_metrics
+    from transferkit.trainer import val_scores
+
+    eye = np.eye(3)
+    assert classification_metrics(np.array([1, 1]), eye[[1, 1]], ["a", "b", "c"])["macro_f1"] == 1.0
+    assert classification_metrics(np.array([1, 1]), eye[[1, 2]], ["a", "b", "c"])["macro_f1"] == (2 / 3 + 0) / 2  # a false class counts
+    g = group_metrics(np.array([0, 0, 1, 1]), eye[[0, 0, 1, 0]], np.array(["x", "x", "y", "y"]), ["a", "b", "c"])
+    assert g["per_group"]["x"]["macro_f1"] == 1.0 and g["per_group"]["y"]["macro_f1"] == (0 + 2 / 3) / 2  # y: one b said a
+    rng = np.random.default_rng(0)
+    for n_present in (3, 2, 1):
+        y = rng.integers(0, n_present, 40)
+        proba = rng.dirichlet(np.ones(3), 40)
+        m = classification_metrics(y, proba, ["a", "b", "c"])
+        if n_present == 3:
+            assert m["macro_f1"] == f1_score(y, proba.argmax(1), average="macro")
+        v = val_scores(torch.from_numpy(proba), torch.from_numpy(y), 3)
+        assert abs(v["macro_f1"] - m["macro_f1"]) < 1e-12

@@ -6,6 +6,14 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """F1 averaged over the classes that occur, as a label or as a prediction. A class that does
+    neither has no F1 (0/0); counting it as 0 would score a perfect prediction on one class's images
+    0.5 with two classes (`evaluate` on a class folder, a group of --group-column)."""
+    occur = np.union1d(np.asarray(y_true), np.asarray(y_pred))
+    return float(f1_score(y_true, y_pred, labels=occur, average="macro", zero_division=0)) if occur.size else 0.0
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     """accuracy, macro_f1, auroc (one-vs-rest macro for more than two classes; None when a class is
     absent from y_true), confusion matrix and per-class precision / recall / f1 / support."""
@@ -24,7 +32,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     return {
         "calibration": calibration(y_true, proba),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(y_true, y_pred),
         "auroc": auroc,
         "n": int(len(y_true)),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -64,7 +72,7 @@ def group_metrics(y_true: np.ndarray, proba: np.ndarray, groups: np.ndarray, cla
         pred = proba[m].argmax(1)
         per[str(g)] = {
             "n": int(m.sum()), "accuracy": float(accuracy_score(y_true[m], pred)),
-            "macro_f1": float(f1_score(y_true[m], pred, labels=np.arange(len(classes)), average="macro", zero_division=0)),
+            "macro_f1": macro_f1(y_true[m], pred),
         }
     worst = min(per, key=lambda g: per[g]["accuracy"])
     best = max(per, key=lambda g: per[g]["accuracy"])

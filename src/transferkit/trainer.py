@@ -74,8 +74,9 @@ def val_scores(proba: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
         tp = ((pred == c) & (y == c)).sum().item()
         fp = ((pred == c) & (y != c)).sum().item()
         fn = ((pred != c) & (y == c)).sum().item()
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": (pred == y).float().mean().item(), "macro_f1": float(np.mean(f1s)), "loss": loss}
+        if tp + fp + fn:  # a class neither present nor predicted has no F1 (as metrics.macro_f1)
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": (pred == y).float().mean().item(), "macro_f1": float(np.mean(f1s)) if f1s else 0.0, "loss": loss}
 
 
 def is_better(new: dict, best: dict | None, metric: str, min_delta: float) -> bool:
