@@ -232,31 +232,40 @@ def _to_square(img: Image.Image, size: int, interpolation: str) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Pixels of any depth as 8 bits, one rule for files and for arrays. PIL's convert("RGB") clips a
+    16-bit image (microscopy, medical) to 255, mostly white; here 16-bit integers are scaled by 1/257,
+    the full range onto 0-255 (as torchvision's ToDtype(scale=True) and scikit-image's img_as_ubyte
+    do), and wider integers the same way when their values go beyond 255. Booleans become 0 / 255,
+    floats in [0, 1] are scaled by 255; everything else is clipped to 0-255."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    f = a.astype(np.float64)
+    if a.dtype.kind in "ui" and (a.dtype.itemsize == 2 or (f.size and f.max() > 255)):
+        f = f / 257.0
+    elif a.dtype.kind == "f" and f.size and f.min() >= 0 and f.max() <= 1:
+        f = f * 255.0
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """An RGB image as a person sees the file: turned as its EXIF orientation says (phone photos),
-    and with more-than-8-bit pixels scaled to 8 bits instead of clipped. PIL's convert("RGB") clips a
-    16-bit grayscale image (microscopy, medical) to 255, mostly white; here it is scaled by 1/257, the
-    full 16-bit range onto 0-255 (as torchvision's ToDtype(scale=True) and scikit-image's img_as_ubyte
-    do). A 32-bit integer image is scaled the same way when its values go beyond 255; a float image
-    in [0, 1] is scaled by 255, other floats are clipped."""
+    with more-than-8-bit pixels scaled to 8 bits (`_to_uint8`) instead of clipped."""
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # a malformed EXIF block: the pixels are still good, keep them as stored
         pass
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        if im.mode.startswith("I;16") or (im.mode == "I" and a.size and a.max() > 255):
-            a = a / 257.0
-        elif im.mode == "F" and a.size and a.min() >= 0 and a.max() <= 1:
-            a = a * 255.0
-        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+        im = Image.fromarray(_to_uint8(np.asarray(im)))
     return im.convert("RGB")
 
 
 def as_image_array(obj, where: str = "image") -> np.ndarray:
     """A PIL image, a numpy array or a torch tensor as an HxW or HxWxC uint8 array, scaled as a file's
-    pixels would be: uint16 by 1/257, floats in [0, 1] by 255; a (C, H, W) tensor (torchvision's
-    layout) is moved to (H, W, C). Anything else is a UserError that names `where`."""
+    pixels are (`_to_uint8`); a (C, H, W) tensor (torchvision's layout) is moved to (H, W, C).
+    Anything else is a UserError that names `where`."""
     if isinstance(obj, Image.Image):
         return np.asarray(_to_rgb(obj))
     if isinstance(obj, torch.Tensor):
@@ -269,31 +278,22 @@ def as_image_array(obj, where: str = "image") -> np.ndarray:
     a = obj[..., 0] if obj.ndim == 3 and obj.shape[-1] == 1 else obj
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or min(a.shape[:2]) < 1:
         raise UserError(f"{where}: an image array must be HxW, HxWx3 or HxWx4, got shape {tuple(obj.shape)}")
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == np.uint16:
-        return np.rint(a / 257.0).astype(np.uint8)
-    if a.dtype == bool:
-        return a.astype(np.uint8) * 255
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise UserError(f"{where}: the image array holds NaN or infinite values")
-        scale = 255.0 if a.size and a.min() >= 0 and a.max() <= 1 else 1.0
-        return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
-    if np.issubdtype(a.dtype, np.integer):
-        return np.clip(a, 0, 255).astype(np.uint8)
-    raise UserError(f"{where}: unsupported image array type {a.dtype}")
+    if a.dtype.kind not in "buif":
+        raise UserError(f"{where}: unsupported image array type {a.dtype}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise UserError(f"{where}: the image array holds NaN or infinite values")
+    return _to_uint8(a)
 
 
 def _decode_one(src, size: int, interpolation: str):
     try:
         if isinstance(src, np.ndarray):
-            img = Image.fromarray(src)
+            img = Image.fromarray(src).convert("RGB")
         else:
             with Image.open(src) as im:
                 im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
                 img = _to_rgb(im)
-        return _to_square(img.convert("RGB"), size, interpolation), None
+        return _to_square(img, size, interpolation), None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return None, f"{src}: {type(e).__name__}: {str(e)[:120]}"
 
