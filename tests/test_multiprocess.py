@@ -18,14 +18,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _one_and_two(tmp_path, args):
-    """The same fit with one process and with two (torchrun); returns both run directories."""
+def _one_and_two(tmp_path, args, extra_two=()):
+    """The same fit with one process and with two (torchrun, also given `extra_two`); returns both run directories."""
     env_cmd = [sys.executable, "-m", "transferkit.cli"]
     one = subprocess.run(env_cmd + args + ["--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-         "-m", "transferkit.cli"] + args + ["--out", str(tmp_path / "two")],
+         "-m", "transferkit.cli"] + args + list(extra_two) + ["--out", str(tmp_path / "two")],
         capture_output=True, text=True, timeout=600,
     )
     assert two.returncode == 0, two.stderr[-3000:]
@@ -43,10 +43,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     d = make_folder(tmp_path / "d", n=8, size=20)
     args = ["fit", "--data", str(d), "--model", "small_convnet", "--strategy", "full", "--epochs", "2", "--batch-size", "8",
             "--cpu", "--quiet", "--checkpoint-minutes", "100", "--precision", "no"]  # fp32: bf16 rounding differs with how a batch is split
-    one, two = _one_and_two(tmp_path, args)
+    # the two processes also forward their 4 examples a step in 2 micro-batches (gradients synchronised once a step)
+    one, two = _one_and_two(tmp_path, args, extra_two=["--accumulate", "2"])
     _same_weights(one, two)
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert (m1["processes"], m2["processes"]) == (1, 2)
+    assert (m1["micro_batches"], m2["micro_batches"]) == (1, 2)
     # each process forwarded half of every global batch (sharded, not the whole batch twice)
     assert m1["timing"]["local_images"] == m1["timing"]["train_images"] == m2["timing"]["train_images"]
     assert m2["timing"]["local_images"] * 2 == m2["timing"]["train_images"]

@@ -32,6 +32,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--freeze", "freeze", str, "comma-separated regexes of parameter names to keep frozen"),
     ("--epochs", "epochs", int, "fine-tuning epochs (default 8)"),
     ("--batch-size", "batch_size", int, "training batch size (default 32)"),
+    ("--accumulate", "accumulate", int, "forward each batch in this many micro-batches, adding up gradients: same steps, less memory (default 1)"),
     ("--lr", "lr", float, "base learning rate (default 1e-3; 1e-4 for full/partial/gradual on text; lp_ft fine-tunes at lr x ft_lr_scale)"),
     ("--seed", "seed", int, "random seed for the split, initialisation and augmentation (default 0)"),
     ("--optimizer", "optimizer", str, "adamw | adam | sgd"),

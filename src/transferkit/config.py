@@ -168,6 +168,9 @@ class RegConfig:
 class TrainConfig:
     epochs: int = 8  # backbone epochs (full, and the fine-tuning phase of lp_ft)
     batch_size: int = 32
+    # forward each batch in this many micro-batches and add up their gradients (gradient accumulation):
+    # the same optimizer steps with less memory. More are used, once, after running out of memory.
+    accumulate: int = 1
     eval_batch_size: int = 32
     seed: int = 0
     patience: int | None = None  # early stopping: epochs without improvement; None: run all epochs
@@ -192,6 +195,7 @@ class TrainConfig:
         _check(0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0: off), got {self.ema}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.accumulate >= 1, f"accumulate must be >= 1 (micro-batches a step; more than the batch's examples act as one each), got {self.accumulate}")
         _check(self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(self.precision in ("auto", "bf16", "fp16", "no"), f"precision must be auto, bf16, fp16 or no, got {self.precision!r}")

@@ -198,7 +198,8 @@ def fit(
                 continue
             pname = f"{phase.kind}" if len(phases) == 1 else f"{i + 1}:{phase.kind}"
             t0 = time.perf_counter()
-            common = dict(epoch_offset=len(st["history"]), step_offset=st["steps"], progress=prog, resume=phase_resume, on_epoch=on_epoch)
+            common = dict(epoch_offset=len(st["history"]), step_offset=st["steps"], progress=prog, resume=phase_resume, on_epoch=on_epoch,
+                          micro_batches=st.get("micro_batches"), notify=lambda m: console.print(f"[yellow]{m}[/]"))
             if phase.kind == "probe":
                 tf = time.perf_counter()
                 ftask = prog.add_task("backbone features", total=len(train_u8) + len(val_u8))
@@ -215,6 +216,7 @@ def fit(
                 st["timing"]["features_s"] += time.perf_counter() - tf
                 data = PhaseData(f_train.to(device), y_train, f_val.to(device), y_val, lambda x, g: x, lambda x: x)
                 head_group = [g for g in groups if g.name == "head"]
+                common["micro_batches"] = 1  # a linear head on cached features: no memory to save
                 res = run_phase(pname, phase, model.head, head_group, data, cfg, accelerator, k, **common)
             else:
                 model.train()
@@ -230,6 +232,7 @@ def fit(
                 st["timing"]["train_images"] += res.train_images
                 st["timing"]["local_images"] = st["timing"].get("local_images", 0) + res.local_images
                 st["timing"]["train_seconds"] += res.train_seconds
+                st["micro_batches"] = res.micro_batches  # the next phase starts with as many (more, after running out of memory)
             phase_resume = None
             st["timing"][f"{phase.kind}_s"] += time.perf_counter() - t0
             if res.best_epoch > common["epoch_offset"]:  # this phase improved on what came before it
@@ -265,7 +268,7 @@ def fit(
         n_train=len(splits.train), n_val=len(splits.val), wall_s=round(wall, 3),
         val_split="given" if splits.val_given else f"stratified {cfg.data.val_fraction:.0%} of the data, seed {cfg.train.seed}",
         best_epoch=best_epoch, selection=f"best validation {cfg.train.metric} over epochs (weights restored)",
-        optimizer_steps=steps, clipped_steps=clipped, clip_fraction=round(clipped / steps, 4) if steps else 0.0,
+        optimizer_steps=steps, micro_batches=st.get("micro_batches", 1), clipped_steps=clipped, clip_fraction=round(clipped / steps, 4) if steps else 0.0,
         baseline={"name": base_name, "accuracy": base["accuracy"], "macro_f1": base["macro_f1"], "auroc": base["auroc"]},
         transfer_vs_baseline=boot, verdict=verdict(boot, base_name),
         feature_cache_hit=st["feature_cache_hit"], timing={k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import report
 from .config import RunConfig
@@ -82,7 +81,7 @@ def lr_find(
     from .model import create_model, model_groups, set_trainable
     from .optim import build_param_groups, create_optimizer, set_lr
     from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
-    from .trainer import seed_everything
+    from .trainer import gradients_in_memory, seed_everything
 
     con = console or report.console()
     cfg.validate()
@@ -111,7 +110,6 @@ def lr_find(
     assign_lr_scales(groups, cfg.strategy, cfg.optim.lr)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    autocast = accelerator.autocast  # the precision `fit` trains in on this device (bf16 on a bf16-native CPU too)
     y = torch.as_tensor(train.labels, device=device)
     flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
     model.to(device, memory_format=inputs.memory_format)
@@ -133,6 +131,8 @@ def lr_find(
         trained = f"{len(unfrozen)} of {len(groups)} parameter groups ({phase.kind} phase, applied lr = lr x {phase.lr / cfg.optim.lr:g})"
     lr_mult = phase.lr / cfg.optim.lr  # lp_ft fine-tunes at lr x ft_lr_scale
     optimizer = create_optimizer(build_param_groups(train_groups, cfg.optim.weight_decay), cfg.optim, start_lr * lr_mult)
+    optimizer = accelerator.prepare(optimizer)  # steps as `fit` does (fp16: unscaled gradients, overflowing steps skipped)
+    micro = cfg.train.accumulate  # micro-batches a step, as `fit` forwards them (more after running out of memory)
     n, bs = len(x), min(cfg.train.batch_size, len(x))
     gen = torch.Generator().manual_seed(cfg.train.seed)
     con.print(f"lr-find: {cfg.model.name} ({cfg.strategy.name}), training {trained}; {steps} steps, lr {start_lr:.0e} -> {end_lr:.0e}, batch {bs}, {n} training images")
@@ -146,13 +146,10 @@ def lr_find(
         idx = order[pos : pos + bs].to(device)
         pos += bs
         set_lr(optimizer, float(lr) * lr_mult, 1.0)
-        with autocast():
-            logits = module(transform(x[idx], gen))
-            loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=cfg.train.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum, micro = gradients_in_memory(accelerator, optimizer, module, transform(x[idx], gen), y[idx], micro, batch_size=bs,
+                                              label_smoothing=cfg.train.label_smoothing, notify=lambda m: con.print(f"[yellow]{m}[/]"))
         optimizer.step()
-        v = float(loss.item())
+        v = float(loss_sum.item()) / len(idx)
         avg = beta * avg + (1 - beta) * v
         s = avg / (1 - beta ** (i + 1))
         lrs.append(float(lr))

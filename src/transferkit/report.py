@@ -78,8 +78,9 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
                 desc += f", ends after {ph.give_up_after} epoch(s) if none beats the probe's " + ("loss" if cfg.train.metric == "loss" else f"{cfg.train.metric} or loss")
             if cfg.train.ema:
                 desc += f", validates and keeps the weights' moving average (decay {cfg.train.ema:g})"
+        micro = f" in {cfg.train.accumulate} micro-batches" if cfg.train.accumulate > 1 and ph.kind == "finetune" else ""
         con.print(
-            f"phase {i} {ph.kind}: {desc}; {cfg.optim.name} lr {ph.lr:.2g}, wd {cfg.optim.weight_decay:g}, batch {cfg.train.batch_size}; "
+            f"phase {i} {ph.kind}: {desc}; {cfg.optim.name} lr {ph.lr:.2g}, wd {cfg.optim.weight_decay:g}, batch {cfg.train.batch_size}{micro}; "
             f"trainable {_count(trainable)} / frozen {_count(n_all - trainable)} params"
         )
     gt = Table(title="parameter groups (built once; lr = phase lr x lr_scale)", header_style="bold")

@@ -3,13 +3,15 @@
 A phase trains `module` (the whole model, or just the head on cached features) on tensors that already
 sit on the device: uint8 images, augmented per batch on the device, or float features. Each epoch:
 set which groups train, draw the epoch's order, then per batch: learning rate from the schedule,
-forward under autocast, loss (+ penalties), backward, clip, step. Then evaluate on the validation split
-and keep the best weights (early stopping). No per-step host synchronisation: the loss and the
-clipping counter are summed on the device and read once per epoch.
+forward under autocast, loss (+ penalties), backward (in micro-batches with `--accumulate`), clip,
+step. Then evaluate on the validation split and keep the best weights (early stopping). No per-step
+host synchronisation: the loss and the clipping counter are summed on the device and read once per
+epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -19,9 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from torch import nn
 
 from .config import RunConfig
+from .errors import UserError
 from .model import Group, set_trainable
 from .optim import build_param_groups, create_optimizer, set_lr
 from .regularizers import Penalty
@@ -50,6 +54,7 @@ class PhaseResult:
     train_images: int = 0
     local_images: int = 0  # of those, the ones this process forwarded (all of them with one process)
     train_seconds: float = 0.0
+    micro_batches: int = 1  # forward passes per optimizer step at the end (more than asked after running out of memory)
 
 
 @torch.no_grad()
@@ -148,6 +153,8 @@ def run_phase(
     should_stop: Callable[[], bool] = lambda: False,
     checkpoint_every_s: float | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    micro_batches: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> PhaseResult:
     """Train `module` for one phase; on return it holds the best weights seen by the selection metric,
     the starting point included when `initial_best` (its validation scores) is given.
@@ -186,6 +193,7 @@ def run_phase(
         ema = ModelEmaV3(accelerator.unwrap_model(module), decay=tc.ema, use_warmup=True)
     scored = module if ema is None else ema.module  # what is validated, selected and kept
 
+    micro = max(1, micro_batches or tc.accumulate)  # forward passes a step; more after running out of memory
     gen = torch.Generator().manual_seed(tc.seed + 1000 * epoch_offset)
     result = PhaseResult(best_epoch=epoch_offset, best=initial_best or {})
     best = initial_best
@@ -206,6 +214,7 @@ def run_phase(
         result.best_epoch, result.best = resume["best_epoch"], best or {}
         result.train_images, result.train_seconds = resume["train_images"], resume["train_seconds"]
         result.local_images = resume.get("local_images", resume["train_images"])
+        micro = max(micro, resume.get("micro", 1))
         if ema is not None:
             ema.module.load_state_dict(resume["ema"])
 
@@ -215,7 +224,7 @@ def run_phase(
             "optimizer": optimizer.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "best": best, "best_state": best_state, "best_epoch": result.best_epoch, "clipped": clipped.cpu(),
             "loss_sum": loss_sum.cpu(), "history": result.history, "lr_trace": result.lr_trace,
-            "train_images": result.train_images, "train_seconds": result.train_seconds, "local_images": result.local_images,
+            "train_images": result.train_images, "train_seconds": result.train_seconds, "local_images": result.local_images, "micro": micro,
             **({"ema": ema.module.state_dict()} if ema is not None else {}),
         }
 
@@ -246,18 +255,15 @@ def run_phase(
             if world > 1:  # this process's share of the global batch, augmented as one batch: the same draws as one process
                 x, y = x[rank::world], y[rank::world]
             set_lr(optimizer, phase.lr, lr_factor(sched, step, total, steps_per_epoch))
-            with accelerator.autocast():
-                logits = module(x)
-                loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=tc.label_smoothing)
-                extra = penalty()
-                total_loss = loss + extra if extra is not None else loss
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(total_loss)
+            step_loss, micro = gradients_in_memory(
+                accelerator, optimizer, module, x, y, micro, weights=weights, label_smoothing=tc.label_smoothing, penalty=penalty,
+                batch_size=tc.batch_size, notify=notify,
+            )
+            loss_sum += step_loss
             clipped += _clip(accelerator, trainable, cfg)
             optimizer.step()
             if ema is not None:
                 ema.update(accelerator.unwrap_model(module), step=step)
-            loss_sum += loss.detach() * len(y)
             result.lr_trace.append((step_offset + step, optimizer.param_groups[-1]["lr"], optimizer.param_groups[0]["lr"]))
             step += 1
             result.train_images += len(idx)
@@ -301,6 +307,7 @@ def run_phase(
         if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch + 1):
             break
     result.steps = step
+    result.micro_batches = micro
     result.clipped_steps = int(clipped.item())
     if best_state is not None:
         accelerator.unwrap_model(module).load_state_dict(best_state)
@@ -308,6 +315,59 @@ def run_phase(
     # that the fitted model computes as the same model loaded from its run directory does
     accelerator.unwrap_model(module, keep_fp32_wrapper=False)
     return result
+
+
+def accumulate_gradients(accelerator, module: nn.Module, x: torch.Tensor, y: torch.Tensor, parts: int, *, weights: torch.Tensor | None = None,
+                         label_smoothing: float = 0.0, penalty: Callable[[], torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Gradients of one step's loss, forwarded in `parts` micro-batches (gradient accumulation). Each
+    part's mean loss counts by its share of the batch (by class weight when there are class weights)
+    and the penalty once, so the summed gradients are those of the whole batch (up to float rounding:
+    other sums in another order): only memory changes.
+    (BatchNorm layers whose statistics train see the smaller batches; with frozen statistics, lp_ft's
+    default, the step is the same.) Several processes synchronise gradients on the last part only
+    (`no_sync`). Adds to the parameters' gradients; returns the batch's loss x its examples, on the
+    device, as one forward would."""
+    whole = weights[y].sum() if weights is not None else len(y)
+    seen = torch.zeros((), device=y.device)
+    xs, ys = x.tensor_split(min(parts, len(y))), y.tensor_split(min(parts, len(y)))
+    for j, (xc, yc) in enumerate(zip(xs, ys)):
+        with accelerator.no_sync(module) if j < len(xs) - 1 else contextlib.nullcontext():
+            with accelerator.autocast():
+                logits = module(xc)
+                loss = F.cross_entropy(logits.float(), yc, weight=weights, label_smoothing=label_smoothing)
+                part = loss if len(xs) == 1 else loss * ((weights[yc].sum() if weights is not None else len(yc)) / whole)
+                extra = penalty() if penalty is not None and j == 0 else None
+                total_loss = part + extra if extra is not None else part
+            accelerator.backward(total_loss)
+        seen += part.detach() * len(y)
+    return seen
+
+
+def gradients_in_memory(accelerator, optimizer, module: nn.Module, x: torch.Tensor, y: torch.Tensor, parts: int, *, batch_size: int,
+                        notify: Callable[[str], None] | None = None, **loss) -> tuple[torch.Tensor, int]:
+    """`accumulate_gradients`; a step that runs out of memory is tried again at once in twice as many
+    micro-batches (the same step). Returns the loss x examples and the parts used."""
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            return accumulate_gradients(accelerator, module, x, y, parts, **loss), parts
+        except RuntimeError as e:
+            if not should_reduce_batch_size(e):  # accelerate's test: CUDA, MPS, XPU or CPU allocator out of memory
+                raise
+        # out of the `except`, so that its traceback (and the activations it holds) can be freed
+        optimizer.zero_grad(set_to_none=True)
+        clear_device_cache(garbage_collection=True)
+        n, world = len(y), accelerator.num_processes
+        if world > 1:  # every process must split alike; one that ran out cannot tell the others
+            raise UserError(f"out of memory at {-(-n // parts)} examples a forward pass in each of {world} processes: "
+                            f"--accumulate {2 * parts} forwards each step in {2 * parts} micro-batches (the same steps in less memory)")
+        if parts >= n:
+            raise UserError(f"out of memory even at 1 example a forward pass (--batch-size {batch_size}): use a smaller "
+                            "--input-size or --max-length, a smaller model, or bf16 (--precision bf16) where it is not on yet")
+        before, parts = parts, min(2 * parts, n)
+        if notify is not None:
+            notify(f"out of memory at {-(-n // before)} examples a forward pass: each step now runs in {parts} micro-batches "
+                   f"of at most {-(-n // parts)} (gradient accumulation: the same optimizer steps)")
 
 
 def _probe_schedule(cfg: RunConfig):

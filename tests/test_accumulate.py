@@ -1,0 +1,145 @@
+"""Gradient accumulation (`--accumulate N`): each batch forwarded in N micro-batches gives the same
+optimizer steps as the whole batch, with the loss's class weights, label smoothing, penalty and
+clipping; running out of memory splits the step further and the run ends as it would have."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transferkit import report
+from transferkit.backbones.small_convnet import SmallConvNet
+from transferkit.config import RunConfig, replace
+from transferkit.errors import UserError
+from transferkit.fit import fit
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    """Two classes of 14 and 8 images: class weights differ, and the default validation split leaves
+    an uneven number of training images."""
+    root = tmp_path_factory.mktemp("uneven")
+    rng = np.random.default_rng(0)
+    for c, col, n in [("red", (200, 40, 40), 14), ("blue", (40, 40, 200), 8)]:
+        (root / c).mkdir()
+        for i in range(n):
+            a = np.clip(np.array(col)[None, None] + rng.normal(0, 60, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / c / f"{i}.png")
+    return root
+
+
+def _fit(root, out, **kw):
+    base = dict(data=str(root), model="small_convnet", strategy="full", epochs=2, batch_size=7, optimizer="sgd", lr=0.05,
+                class_weight="balanced", label_smoothing=0.1, l2sp_alpha=0.05, l1=1e-4, clip_norm=0.5, precision="no", calibrate="none")
+    base.update(kw)
+    return fit(replace(RunConfig(), **base), out, console=report.console(quiet=True))
+
+
+def _assert_same_weights(a, b, atol=2e-6):
+    wa, wb = a.model.state_dict(), b.model.state_dict()
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=atol, rtol=1e-5, msg=k)
+
+
+def test_micro_batches_give_the_same_steps(uneven, tmp_path):
+    """SGD (no Adam normalisation to hide a wrongly scaled gradient), balanced class weights, label
+    smoothing, L1 + L2-SP and norm clipping; batch 7 in 3 micro-batches of 3, 2, 2, and in 7 of one."""
+    one = _fit(uneven, tmp_path / "one")
+    for parts in (3, 7, 50):  # 50: more than a batch holds, one example each
+        split = _fit(uneven, tmp_path / f"acc{parts}", accumulate=parts)
+        _assert_same_weights(one, split)
+        assert [h["train_loss"] for h in split.history] == pytest.approx([h["train_loss"] for h in one.history], abs=1e-5)
+        assert split.metrics["optimizer_steps"] == one.metrics["optimizer_steps"]
+        assert split.metrics["micro_batches"] == parts
+    assert one.metrics["micro_batches"] == 1
+    # the comparison sees the loss's details: without the class weights the same run ends elsewhere
+    unweighted = _fit(uneven, tmp_path / "unweighted", class_weight="none")
+    with pytest.raises(AssertionError):
+        _assert_same_weights(one, unweighted)
+
+
+def test_lp_ft_with_frozen_batchnorm_statistics_is_unchanged(tmp_path, tiny_ckpt, tiny_folder):
+    """lp_ft freezes BatchNorm statistics by default, so a ResNet's fine-tuning steps are the same in
+    micro-batches too (trainable statistics would see smaller batches)."""
+    kw = dict(data=str(tiny_folder), model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16, batch_size=8, epochs=2,
+              lp_epochs=3, precision="no", ft_patience=0)
+    con = report.console(quiet=True)
+    one = fit(replace(RunConfig(), **kw), tmp_path / "one", console=con)
+    four = fit(replace(RunConfig(), accumulate=4, **kw), tmp_path / "four", console=con)
+    assert [h["phase"] for h in one.history].count("2:finetune") == 2
+    assert one.metrics["best_epoch"] == four.metrics["best_epoch"] == 5  # the kept weights are fine-tuned ones, not the probe's
+    _assert_same_weights(one, four, atol=1e-5)
+
+
+class _OutOfMemoryAbove:
+    """A forward that runs out of memory, as CUDA says it, on training batches above `limit` examples."""
+
+    def __init__(self, limit):
+        self.limit, self.calls = limit, []
+        self.forward = SmallConvNet.forward
+
+    def __call__(self, module, x):
+        if module.training and torch.is_grad_enabled():  # a training step (not the lazy layer's first call, not evaluation)
+            self.calls.append(len(x))
+            if len(x) > self.limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake, from the test)")
+        return self.forward(module, x)
+
+
+def test_out_of_memory_splits_the_step_and_the_run_ends_the_same(uneven, tmp_path, monkeypatch, capsys):
+    one = _fit(uneven, tmp_path / "one")
+    oom = _OutOfMemoryAbove(2)
+    monkeypatch.setattr(SmallConvNet, "forward", lambda self, x: oom(self, x))
+    split = fit(replace(RunConfig(), data=str(uneven), model="small_convnet", strategy="full", epochs=2, batch_size=7, optimizer="sgd",
+                        lr=0.05, class_weight="balanced", l2sp_alpha=0.05, l1=1e-4, clip_norm=0.5, precision="no", calibrate="none"),
+                tmp_path / "oom", console=report.console())
+    _assert_same_weights(one, split)
+    assert split.metrics["micro_batches"] == 4  # 7 -> 2 of 4 -> 4 of at most 2
+    assert oom.calls[:3] == [7, 4, 2]  # the first step: whole, halves (the first ran out), quarters
+    assert max(oom.calls[3:]) <= 2  # after that every step starts with 4 micro-batches
+    out = capsys.readouterr().out
+    assert "out of memory at 7 examples a forward pass" in out and "4 micro-batches of at most 2" in out
+
+
+def test_out_of_memory_at_one_example_is_a_clear_error(uneven, tmp_path, monkeypatch):
+    oom = _OutOfMemoryAbove(0)
+    monkeypatch.setattr(SmallConvNet, "forward", lambda self, x: oom(self, x))
+    with pytest.raises(UserError, match="out of memory even at 1 example a forward pass"):
+        _fit(uneven, tmp_path / "oom")
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(uneven, tmp_path, monkeypatch):
+    forward = SmallConvNet.forward
+
+    def broken(self, x):
+        if self.training and torch.is_grad_enabled():
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (7x10 and 12x3)")
+        return forward(self, x)
+
+    monkeypatch.setattr(SmallConvNet, "forward", broken)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        _fit(uneven, tmp_path / "broken")
+
+
+def test_accumulate_must_be_positive():
+    with pytest.raises(UserError, match="accumulate must be >= 1"):
+        replace(RunConfig(), accumulate=0).validate()
+
+
+def test_lr_find_steps_in_micro_batches_and_survives_running_out_of_memory(uneven, tmp_path, monkeypatch, capsys):
+    from transferkit.lr_find import lr_find
+
+    cfg = replace(RunConfig(), data=str(uneven), model="small_convnet", strategy="full", batch_size=7, precision="no")
+    quiet = report.console(quiet=True)
+    one = lr_find(cfg, steps=12, end_lr=1.0, console=quiet)
+    three = lr_find(replace(cfg, accumulate=3), steps=12, end_lr=1.0, console=quiet)
+    assert three.raw_losses == pytest.approx(one.raw_losses, rel=1e-5)
+    oom = _OutOfMemoryAbove(3)
+    monkeypatch.setattr(SmallConvNet, "forward", lambda self, x: oom(self, x))
+    split = lr_find(cfg, steps=12, end_lr=1.0, console=report.console())
+    assert split.raw_losses == pytest.approx(one.raw_losses, rel=1e-5)
+    assert oom.calls[:2] == [7, 4] and max(oom.calls[2:]) <= 3
+    out = capsys.readouterr().out
+    assert "at 7 examples a forward pass: each step now runs in 2 micro-batches of at most 4" in out
+    assert "at 4 examples a forward pass: each step now runs in 4 micro-batches of at most 2" in out
