@@ -143,3 +143,25 @@ def test_lr_find_steps_in_micro_batches_and_survives_running_out_of_memory(uneve
     out = capsys.readouterr().out
     assert "at 7 examples a forward pass: each step now runs in 2 micro-batches of at most 4" in out
     assert "at 4 examples a forward pass: each step now runs in 4 micro-batches of at most 2" in out
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_text_micro_batches_give_the_same_steps(tmp_path, strategy):
+    """A text model's batch (token ids and attention masks, padded to the batch's longest text) split
+    into micro-batches: the same steps, with dropout off (its draws would differ with the split)."""
+    import json
+
+    from conftest import make_text_csv, make_tiny_bert
+
+    bert = make_tiny_bert(tmp_path / "bert")
+    spec = json.loads((bert / "config.json").read_text())
+    spec.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (bert / "config.json").write_text(json.dumps(spec))
+    data = make_text_csv(tmp_path / "t.csv", n=12)
+    base = dict(data=str(data), model=f"dir:{bert}", strategy=strategy, epochs=2, batch_size=8, max_length=32, precision="no",
+                calibrate="none", lora_dropout=0.0, lr=1e-3)
+    con = report.console(quiet=True)
+    one = fit(replace(RunConfig(), **base), None, console=con)
+    three = fit(replace(RunConfig(), accumulate=3, **base), None, console=con)
+    _assert_same_weights(one, three, atol=1e-5)
+    assert [h["train_loss"] for h in three.history] == pytest.approx([h["train_loss"] for h in one.history], abs=1e-5)
