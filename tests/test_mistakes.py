@@ -111,23 +111,113 @@ def test_gradcam_is_cam_on_a_real_global_average_pooled_network():
     assert not model.training
 
 
-def test_gradcam_declines_token_backbones():
-    """A ViT's only 4-D map is its patch embedding, followed by tokens: no map rather than a wrong one."""
+class _Tokens(nn.Module):
+    """A toy transformer: 4x4 patches embedded as tokens, one token-wise layer, mean-pooled."""
 
-    class Tokens(nn.Module):
-        num_features = 8
+    num_features = 8
 
-        def __init__(self):
-            super().__init__()
-            self.patch = nn.Conv2d(3, 8, 4, stride=4)
-            self.mix = nn.Linear(8, 8)
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.mix = nn.Linear(8, 8)
 
+    def forward(self, x):
+        return self.mix(self.patch(x).flatten(2).transpose(1, 2)).mean(1)
+
+
+def _reference_cam(model, layer, x, t, to_nchw):
+    """Grad-CAM by hand on one named layer (pytorch-grad-cam's way: a hook, a reshape, the weighted sum)."""
+    seen = []
+    h = layer.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.enable_grad():
+        logits = model(x)
+        (g,) = torch.autograd.grad(logits.gather(1, t.view(-1, 1)).sum(), seen[0])
+    h.remove()
+    a, g = to_nchw(seen[0].detach()), to_nchw(g)
+    cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    cam = nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return cam / cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+
+
+def test_gradcam_reads_a_token_backbone_on_its_grid_of_patch_tokens():
+    torch.manual_seed(0)
+    m = _Model(_Tokens())
+    m.head = nn.Linear(8, 2)
+    x, t = torch.rand(2, 3, 16, 16), torch.tensor([0, 1])
+    ref = _reference_cam(m, m.backbone.mix, x, t, lambda o: o.reshape(2, 4, 4, 8).permute(0, 3, 1, 2))
+    torch.testing.assert_close(gradcam(m, x, t), ref, atol=1e-5, rtol=1e-5)
+
+
+def _vit_last_block_input(bb):
+    return bb.model.blocks[-1].norm1, lambda o: o[:, bb.model.num_prefix_tokens:].reshape(len(o), 14, 14, -1).permute(0, 3, 1, 2)
+
+
+def _tv_vit_last_block_input(bb):
+    return bb.model.encoder.layers[-1].ln_1, lambda o: o[:, 1:].reshape(len(o), 14, 14, -1).permute(0, 3, 1, 2)
+
+
+def _swin_last_map(bb):
+    return bb.model.norm, lambda o: o.permute(0, 3, 1, 2)  # timm's Swin keeps its maps channels-last
+
+
+@pytest.mark.parametrize("name, where", [
+    ("random:vit_tiny_patch16_224", _vit_last_block_input),  # class-token pooling
+    ("random:deit_tiny_distilled_patch16_224", _vit_last_block_input),  # two prefix tokens
+    ("random:tv:vit_b_16", _tv_vit_last_block_input),
+    ("random:swin_tiny_patch4_window7_224", _swin_last_map),
+])
+def test_gradcam_on_vision_transformers_is_the_hand_written_recipe(name, where):
+    """ViTs: on the last block's input tokens, the layer pytorch-grad-cam's ViT example names by hand
+    (with class-token pooling nothing after the last attention carries a gradient to the patches);
+    Swin: on its last map, channels-last. These backbones had no map before."""
+    from transferkit.backbones import create_backbone
+    from transferkit.model import TransferModel
+
+    torch.manual_seed(0)
+    bb = create_backbone(name)
+    model = TransferModel(bb, nn.Linear(bb.num_features, 3)).eval()
+    x, t = torch.randn(2, 3, 224, 224), torch.tensor([2, 0])
+    layer, to_nchw = where(bb)
+    ref = _reference_cam(model, layer, x, t, to_nchw)
+    cam = gradcam(model, x, t)
+    assert cam is not None and cam.shape == (2, 224, 224)
+    torch.testing.assert_close(cam, ref, atol=1e-4, rtol=1e-4)
+    assert float(cam.std()) > 0.01  # a map, not a constant
+
+
+def test_gradcam_without_a_grid_gives_no_map():
+    """Tokens that are no square grid (7 of them) have no place in the image: no map rather than a wrong one."""
+
+    class Seven(_Tokens):
         def forward(self, x):
-            return self.mix(self.patch(x).flatten(2).transpose(1, 2)).mean(1)
+            return self.mix(self.patch(x).flatten(2).transpose(1, 2)[:, :7]).mean(1)
 
-    m = _Model(Tokens())
+    m = _Model(Seven())
     m.head = nn.Linear(8, 2)
     assert gradcam(m, torch.rand(2, 3, 16, 16), torch.tensor([0, 1])) is None
+
+
+def test_explain_halves_its_batch_when_out_of_memory(monkeypatch):
+    from transferkit import mistakes
+
+    torch.manual_seed(0)
+    m = _Model(_Tokens())
+    m.head = nn.Linear(8, 2)
+    x_u8 = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    target = [0, 1, 1, 0, 1]
+    crops, whole, _ = mistakes.explain(m, x_u8, target, 16, lambda x: x.float() / 255, "cpu")
+    real, sizes = mistakes.gradcam, []
+
+    def small_memory(model, x, t):
+        sizes.append(len(x))
+        if len(x) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (fake, from the test)")
+        return real(model, x, t)
+
+    monkeypatch.setattr(mistakes, "gradcam", small_memory)
+    _, halved, note = mistakes.explain(m, x_u8, target, 16, lambda x: x.float() / 255, "cpu", batch_size=8)
+    assert sizes == [5, 4, 2, 2, 1] and note == ""
+    np.testing.assert_allclose(halved, whole, atol=1e-6)
 
 
 def _swapped_image_data(root):

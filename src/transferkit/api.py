@@ -154,8 +154,9 @@ class ImageClassifier(_Classifier):
     def explain(self, images, target=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(probabilities, crops, maps): for each image its class probabilities, the image as the
         model sees it ((n, R, R, 3) uint8 centre crop) and the Grad-CAM map ((n, R, R) in [0, 1]) of
-        where it looked for class `target[i]` (default: the class it says). Maps are None for a
-        backbone without a spatial feature map (a vision transformer)."""
+        where it looked for class `target[i]` (default: the class it says): on a CNN's last feature map,
+        a vision transformer's patch tokens or Swin's last map. Maps are None for a backbone with
+        neither a spatial map nor a square grid of tokens."""
         import contextlib
 
         from .mistakes import explain

@@ -286,7 +286,10 @@ def fit(
     wrong = top_mistakes(splits.val.labels, val_proba, splits.classes, splits.val.sources, getattr(splits.val, "rows", None))
     mistakes = Mistakes(wrong)
     if rundir is not None and inputs.modality == "image":  # thumbnails and Grad-CAM maps: for the run's report
-        mistakes = image_mistakes(model, val_u8, wrong, splits.classes, inputs.size, eval_tf, device)
+        # Grad-CAM keeps a forward's activations for its backward, as a training step: as many images
+        # as a training forward held (fewer after running out of memory)
+        cam_batch = -(-cfg.train.batch_size // st.get("micro_batches", 1))
+        mistakes = image_mistakes(model, val_u8, wrong, splits.classes, inputs.size, eval_tf, device, cam_batch)
     elif rundir is not None:  # which words pushed the first ones to the wrong class
 
         def text_proba(texts):

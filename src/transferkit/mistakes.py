@@ -5,11 +5,14 @@ words pushed it there (word occlusion).
 Grad-CAM (Selvaraju et al. 2017) is written here rather than taken from `grad-cam` (pytorch-grad-cam):
 that package pulls in OpenCV and ttach, and asks for the target layer by name per architecture. The
 method itself is a weighted sum of one feature map, about twenty lines; the layer is found the same
-way for every CNN backbone (`_last_feature_map`).
+way for every backbone (`_feature_maps`): a CNN's last spatial map, a vision transformer's grid of
+patch tokens (the reshaping pytorch-grad-cam asks its users to write per model).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,25 +76,68 @@ def summary(rows: list[dict], n: int = 10) -> dict:
     return {"count": len(rows), "most_confident": [{**r, "source": clip(r["source"])} for r in rows[:n]]}
 
 
-def _last_feature_map(outputs: list[torch.Tensor]) -> torch.Tensor | None:
-    """The backbone's last spatial feature map (B, C, H, W) with H, W >= 2, from the outputs of its
-    modules in the order they finished. None when token outputs (B, L, D) come after it (a ViT: its
-    only 4-D map is the patch embedding) or there is none."""
-    for out in reversed(outputs):
-        if out.dim() == 3:
-            return None
-        if out.dim() == 4 and out.shape[2] >= 2 and out.shape[3] >= 2:
-            return out
+TOKEN_CANDIDATES = 12  # token outputs, from the last, tried for a transformer's map (its last block's are among them)
+
+
+def _to_nchw(out: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    return out.permute(0, 3, 1, 2) if nhwc else out
+
+
+def _token_grid(length: int, prefix: int | None) -> tuple[int, int] | None:
+    """(prefix tokens, side) when `length` tokens are `prefix` class / distillation / register tokens
+    followed by a square grid of patch tokens. `prefix` None (a model that does not say, as timm's
+    `num_prefix_tokens` does): none, or one class token (torchvision's ViT)."""
+    for p in [prefix] if prefix is not None else (0, 1):
+        side = math.isqrt(max(length - p, 0))
+        if side >= 2 and side * side == length - p:
+            return p, side
     return None
+
+
+def _feature_maps(outputs: list[torch.Tensor], nhwc: bool, prefix: int | None) -> list[tuple[torch.Tensor, Callable]]:
+    """Where a backbone's spatial evidence can be read, from the outputs of its modules in the order
+    they finished: (tensor, view as (B, C, H, W)) pairs, the preferred first.
+
+    A CNN: its last 4-D map with H, W >= 2 (channels-last where timm says so, Swin). A transformer,
+    whose last output before pooling is tokens (B, L, D): the grid of patch tokens of its last token
+    outputs of that shape. With class-token pooling the final ones carry no gradient at the patches
+    (only the class token is read after the last attention), so several are offered, and `gradcam`
+    takes the last one that has such a gradient: the last block's input norm, as pytorch-grad-cam's
+    ViT recipe chooses by hand (`blocks[-1].norm1`)."""
+    for i in range(len(outputs) - 1, -1, -1):
+        out = outputs[i]
+        if out.dim() == 4:
+            view = _to_nchw(out, nhwc)
+            if view.shape[2] >= 2 and view.shape[3] >= 2:
+                return [(out, lambda t: _to_nchw(t, nhwc))]
+        elif out.dim() == 3:
+            grid = _token_grid(out.shape[1], prefix)
+            if grid is None:
+                return []
+            p, side = grid
+
+            def view(t, p=p, side=side):
+                return t[:, p:].reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+
+            same, seen = [], set()
+            for o in reversed(outputs[: i + 1]):
+                if o.shape == out.shape and id(o) not in seen:
+                    seen.add(id(o))
+                    same.append((o, view))
+                    if len(same) == TOKEN_CANDIDATES:
+                        break
+            return same
+    return []
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     """Grad-CAM maps (B, H, W) in [0, 1] at the input's resolution, toward class `target[b]` for each
-    prepared input `x[b]`, on `model.backbone`'s last spatial feature map; None when the backbone has
-    none (transformers) or stores it channels-last (timm's Swin: `output_fmt` NHWC)."""
+    prepared input `x[b]`, on `model.backbone`'s last spatial feature map, or for a transformer (ViT,
+    DeiT, LeViT) on its grid of patch tokens (see `_feature_maps`); None when there is neither."""
     backbone = model.backbone
-    if getattr(getattr(backbone, "model", None), "output_fmt", "NCHW") != "NCHW":
-        return None
+    inner = getattr(backbone, "model", None)
+    nhwc = getattr(inner, "output_fmt", "NCHW") == "NHWC"
+    prefix = getattr(inner, "num_prefix_tokens", None)
     outputs: list[torch.Tensor] = []
     hooks = [
         m.register_forward_hook(lambda mod, args, out: outputs.append(out) if isinstance(out, torch.Tensor) else None)
@@ -103,15 +149,21 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Te
     try:
         with torch.enable_grad():
             logits = model(x.detach().requires_grad_(True))
-            a = _last_feature_map(outputs)
-            if a is None:
+            maps = _feature_maps(outputs, nhwc, prefix)
+            if not maps:
                 return None
             score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
-            (grad,) = torch.autograd.grad(score, a)
+            grads = torch.autograd.grad(score, [t for t, _ in maps], allow_unused=True)
     finally:
         for h in hooks:
             h.remove()
         model.train(was)
+    for (t, view), g in zip(maps, grads):
+        if g is not None and bool(view(g).abs().amax() > 0):
+            a, grad = view(t.detach()), view(g)
+            break
+    else:
+        return None
     cam = torch.relu((grad.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)).detach().float()
     cam = nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
@@ -121,32 +173,42 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Te
 def explain(model, x_u8: torch.Tensor, target, input_size: int, transform, device, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None, str]:
     """(crops, maps, note) for encoded images `x_u8`: each image as the model sees it (the centre
     crop, (n, R, R, 3) uint8) and its Grad-CAM map toward class `target[i]`, ((n, R, R) in [0, 1]);
-    the maps are None, and `note` says why, when the backbone has no spatial feature map."""
+    the maps are None, and `note` says why, when the backbone has no spatial feature map. Out of
+    memory, the batch is halved and tried again (as a training step)."""
+    from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
+
     from .transforms import center_crop
 
     crops = center_crop(x_u8, input_size)
     target = torch.as_tensor(target)
-    maps = []
-    for i in range(0, len(crops), batch_size):
+    maps, i = [], 0
+    while i < len(crops):
+        halve = False
         try:
             cam = gradcam(model, transform(crops[i : i + batch_size].to(device)), target[i : i + batch_size])
-        except RuntimeError as e:  # an in-place operation on the feature map, a backbone that will not give gradients
+            why = "Grad-CAM not available for this backbone (no spatial feature map or grid of patch tokens before pooling)"
+        except RuntimeError as e:  # out of memory; an in-place operation on the feature map, a backbone that will not give gradients
+            halve = should_reduce_batch_size(e) and batch_size > 1
             cam, why = None, f"Grad-CAM not available for this backbone ({str(e).splitlines()[0][:120]})"
-        else:
-            why = "Grad-CAM not available for this backbone (no spatial feature map before pooling)"
+        if halve:  # out of the `except`, so that what the failed batch held can be freed
+            clear_device_cache(garbage_collection=True)
+            batch_size //= 2
+            continue
         if cam is None:
             return crops.permute(0, 2, 3, 1).contiguous().numpy(), None, why
         maps.append(cam)
+        i += len(cam)
     return crops.permute(0, 2, 3, 1).contiguous().numpy(), torch.cat(maps).numpy() if maps else None, ""
 
 
-def image_mistakes(model, x_u8: torch.Tensor, rows: list[dict], classes: list[str], input_size: int, transform, device) -> Mistakes:
+def image_mistakes(model, x_u8: torch.Tensor, rows: list[dict], classes: list[str], input_size: int, transform, device,
+                   batch_size: int = 32) -> Mistakes:
     """The first REPORT_IMAGES mistakes as the model saw them, with their Grad-CAM maps."""
     top = rows[:REPORT_IMAGES]
     if not top:
         return Mistakes(rows)
     idx = torch.as_tensor([r["index"] for r in top])
-    thumbs, cams, note = explain(model, x_u8[idx], [classes.index(r["predicted"]) for r in top], input_size, transform, device)
+    thumbs, cams, note = explain(model, x_u8[idx], [classes.index(r["predicted"]) for r in top], input_size, transform, device, batch_size)
     return Mistakes(rows, thumbs, cams, note)
 
 
