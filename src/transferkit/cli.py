@@ -92,6 +92,7 @@ BOOL_FLAGS: list[tuple[str, str, object, str]] = [
     ("--no-flip", "flip", False, "no horizontal flips"),
     ("--skip-bad-images", "skip_bad_images", True, "leave out unreadable images instead of failing"),
     ("--cpu", "cpu", True, "use the CPU even when a GPU is present"),
+    ("--grad-checkpointing", "grad_checkpointing", True, "recompute activations in the backward pass: less memory, more compute (timm and Hugging Face models)"),
     ("--staircase", "staircase", True, "exponential: decay in discrete jumps"),
     ("--no-nesterov", "nesterov", False, "SGD without Nesterov momentum"),
 ]

@@ -171,6 +171,10 @@ class TrainConfig:
     # forward each batch in this many micro-batches and add up their gradients (gradient accumulation):
     # the same optimizer steps with less memory. More are used, once, after running out of memory.
     accumulate: int = 1
+    # recompute each block's activations in the backward pass instead of keeping them (timm and Hugging
+    # Face backbones): less memory for about a third more compute; BatchNorm statistics that train are
+    # updated twice a step (lp_ft freezes them)
+    grad_checkpointing: bool = False
     eval_batch_size: int = 32
     seed: int = 0
     patience: int | None = None  # early stopping: epochs without improvement; None: run all epochs

@@ -23,7 +23,7 @@ from .inputs import inputs_for, load_splits
 from .errors import UserError
 from .features import cached_features
 from .metrics import classification_metrics, paired_bootstrap, verdict
-from .model import Group, TransferModel, create_model, model_groups, set_trainable
+from .model import Group, TransferModel, create_model, enable_grad_checkpointing, model_groups, set_trainable
 from .rundir import RunDir, is_complete
 from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
 from .checkpoint import Checkpointer
@@ -137,6 +137,8 @@ def fit(
         adapted = apply_lora(model.backbone, cfg.strategy)
         kinds = sorted({n.rsplit(".", 1)[-1] for n in adapted})
         splits.notes = list(splits.notes) + [f"LoRA r={cfg.strategy.lora_r} on {', '.join(kinds)}: {len(adapted)} modules"]
+    if cfg.train.grad_checkpointing:
+        enable_grad_checkpointing(model, cfg.model.name)
     inputs = inputs_for(cfg, model.backbone)
     pre = inputs.pre if inputs.modality == "image" else model.backbone.preprocess
     with report.progress(console) as prog:
@@ -251,6 +253,8 @@ def fit(
     steps, clipped, best_epoch = st["steps"], st["clipped"], st["best_epoch"]
     model = accelerator.unwrap_model(model).eval()
     set_trainable(model, groups, {g.name for g in groups}, bn_stats="all")
+    if cfg.train.grad_checkpointing:  # a training setting: the fitted model computes plainly (predict, export)
+        model.backbone.set_grad_checkpointing(False)
 
     # ---- evaluation, baseline, verdict: on the training device (the model moves to the CPU after), in
     # fp32, as `evaluate` and `predict` compute with the saved model

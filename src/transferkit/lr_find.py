@@ -78,7 +78,7 @@ def lr_find(
     from .config import with_default_lr
     from .fit import make_accelerator
     from .inputs import inputs_for, load_splits
-    from .model import create_model, model_groups, set_trainable
+    from .model import create_model, enable_grad_checkpointing, model_groups, set_trainable
     from .optim import build_param_groups, create_optimizer, set_lr
     from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
     from .trainer import gradients_in_memory, seed_everything
@@ -103,6 +103,8 @@ def lr_find(
         from .lora import apply_lora
 
         apply_lora(model.backbone, cfg.strategy)
+    if cfg.train.grad_checkpointing:
+        enable_grad_checkpointing(model, cfg.model.name)
     inputs = inputs_for(cfg, model.backbone)
     x_u8, train, _ = inputs.encode(splits.train)
     groups = model_groups(model)

@@ -118,3 +118,12 @@ def set_trainable(model: TransferModel, groups: list[Group], unfrozen: set[str],
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if bn_stats == "frozen" or not any(p.requires_grad for p in m.parameters(recurse=False)):
                 m.eval()
+
+
+def enable_grad_checkpointing(model: TransferModel, name: str) -> None:
+    """`--grad-checkpointing`: on for the backbone, or a UserError when it cannot."""
+    from .errors import UserError
+
+    if not model.backbone.set_grad_checkpointing(True):
+        raise UserError(f"--grad-checkpointing: --model {name} ({type(model.backbone).__name__}) cannot recompute its activations "
+                        "(timm and Hugging Face models can); --accumulate lowers the memory of any model")

@@ -66,6 +66,11 @@ class Backbone(nn.Module):
     def block_groups(self) -> list[tuple[str, list[str]]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        """Keep only each block's input during training and recompute the rest in the backward pass
+        (gradient checkpointing: less memory, more compute). False when this backbone cannot."""
+        return False
+
     def prepare(self, x: torch.Tensor, input_size: int) -> torch.Tensor:
         """Encoded inputs -> what `forward` takes, for evaluation and features (uint8 images: centre
         crop and normalise)."""
@@ -111,6 +116,14 @@ class TimmBackbone(Backbone):
 
     def forward(self, x):
         return self.model(x)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        """timm's own (its blocks run under torch.utils.checkpoint, non-reentrant)."""
+        try:
+            self.model.set_grad_checkpointing(enable)
+        except (AssertionError, NotImplementedError, AttributeError):  # timm: "gradient checkpointing not supported"
+            return False
+        return True
 
     def block_groups(self) -> list[tuple[str, list[str]]]:
         """timm's own coarse `group_matcher` (stem, each block stage, head) when the model has one;

@@ -51,6 +51,24 @@ class TextBackbone(Backbone):
     def prepare(self, x: torch.Tensor, input_size: int) -> torch.Tensor:
         return trim(x)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        """transformers' own, non-reentrant (so frozen embeddings and LoRA need no input gradients);
+        it recomputes only while the model trains."""
+        m = self.model
+        if not getattr(m, "supports_gradient_checkpointing", False):
+            return False
+        kwargs = {"use_reentrant": False}
+        if not hasattr(m, "activation_checkpointing_enable"):  # transformers 4
+            if enable:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            else:
+                m.gradient_checkpointing_disable()
+        elif enable:  # transformers 5: its gradient_checkpointing_* names are deprecated aliases
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            m.activation_checkpointing_disable()
+        return True
+
     def feature_ident(self, input_size: int) -> dict:
         return {"weights": self.weights_id, "spec": self.spec, "max_length": input_size}
 
