@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/accumulate.py                  # images (hymenoptera) and text (SST-2, 2,000 rows)
     .venv/bin/python bench/accumulate.py --only image --parts 1 4
+    .venv/bin/python bench/accumulate.py --checkpointing     # --grad-checkpointing instead of the micro-batch rows
 
 Each row is one `transferkit fit` in a subprocess under /usr/bin/time (peak resident memory of the
 whole process: model, optimizer state, activations, data). Each kept model's probabilities on held-out
@@ -90,6 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["image", "text"])
     ap.add_argument("--parts", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--checkpointing", action="store_true", help="rows: plain, --grad-checkpointing, and with --accumulate 4")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -101,14 +103,18 @@ def main() -> None:
                   f"largest probability difference to --accumulate 1 ({len(items)} held-out {kind}s) | predictions that differ |")
             print("|---|---|---|---|---|---|---|---|---|")
             first = None
-            # the last row: --accumulate 1 again on one thread (other sums, in another order): float rounding alone
-            for parts, threads in [(p, None) for p in a.parts] + [(1, 1)]:
-                out = tmp / f"{abs(hash(name))}_{parts}_{threads}"
-                r = run(args + ["--accumulate", str(parts)], out, threads)
+            if a.checkpointing:  # --grad-checkpointing, alone and with micro-batches
+                rows = [("1", ["--accumulate", "1"], None, 32), ("1, --grad-checkpointing", ["--grad-checkpointing"], None, 32),
+                        ("4, --grad-checkpointing", ["--accumulate", "4", "--grad-checkpointing"], None, 8)]
+            else:  # the last row: --accumulate 1 again on one thread (other sums, in another order): float rounding alone
+                rows = [(str(p), ["--accumulate", str(p)], None, -(-32 // p)) for p in a.parts] + [("1 (1 thread)", ["--accumulate", "1"], 1, 32)]
+            for i, (label, extra, threads, per_pass) in enumerate(rows):
+                out = tmp / f"{abs(hash(name))}_{i}"
+                r = run(args + extra, out, threads)
                 proba = probabilities(out, kind, items)
                 first = proba if first is None else first
                 diff, flips = float(np.abs(proba - first).max()), int((proba.argmax(1) != first.argmax(1)).sum())
-                print(f"| {parts}{' (1 thread)' if threads else ''} | {-(-32 // parts)} | {r['peak_rss_mib']} | {r['finetune_s']} | {r['train_images_per_s']} | {r['wall_s']} | "
+                print(f"| {label} | {per_pass} | {r['peak_rss_mib']} | {r['finetune_s']} | {r['train_images_per_s']} | {r['wall_s']} | "
                       f"{r['accuracy']} | {diff:.1e} | {flips} |", flush=True)
 
 
