@@ -1,6 +1,9 @@
 """Gradient accumulation (`--accumulate N`): each batch forwarded in N micro-batches gives the same
 optimizer steps as the whole batch, with the loss's class weights, label smoothing, penalty and
-clipping; running out of memory splits the step further and the run ends as it would have."""
+clipping; running out of memory splits the step further and the run ends as it would have.
+Evaluation and the feature pass halve their batches instead."""
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -165,3 +168,44 @@ def test_text_micro_batches_give_the_same_steps(tmp_path, strategy):
     three = fit(replace(RunConfig(), accumulate=3, **base), None, console=con)
     _assert_same_weights(one, three, atol=1e-5)
     assert [h["train_loss"] for h in three.history] == pytest.approx([h["train_loss"] for h in one.history], abs=1e-5)
+
+
+def _fake_oom_above(limit, fn, sizes):
+    def wrapped(x, *a, **k):
+        sizes.append(len(x))
+        if len(x) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (fake, from the test)")
+        return fn(x, *a, **k)
+
+    return wrapped
+
+
+def test_evaluation_and_features_halve_their_batch_when_out_of_memory():
+    """predict_proba and the feature pass give the same rows at any batch size, so they go on in
+    smaller batches; the slices after the first keep the smaller size."""
+    from transferkit.features import compute_features
+    from transferkit.memory import in_batches
+    from transferkit.trainer import predict_proba
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x = torch.randn(11, 3, 2, 2)
+    whole = predict_proba(net, x, lambda t: t, 64, contextlib.nullcontext)
+    sizes = []
+    net.forward = _fake_oom_above(3, net.forward, sizes)
+    small = predict_proba(net, x, lambda t: t, 8, contextlib.nullcontext)
+    torch.testing.assert_close(small, whole)
+    assert sizes == [8, 4, 2, 2, 2, 2, 2, 1]
+
+    bb = SmallConvNet(input_size=16).eval()
+    imgs = torch.randint(0, 256, (9, 3, 16, 16), dtype=torch.uint8)
+    ref = compute_features(bb, imgs, 16, batch_size=32)
+    sizes.clear()
+    bb.forward = _fake_oom_above(4, bb.forward, sizes)
+    torch.testing.assert_close(compute_features(bb, imgs, 16, batch_size=32, rows=range(9)), ref)
+    assert sizes == [9, 4, 4, 1]
+
+    with pytest.raises(torch.OutOfMemoryError):  # at one example the error stands
+        in_batches(3, 4, lambda i, j: _fake_oom_above(0, lambda x: x, [])(list(range(i, j))))
+    with pytest.raises(ValueError):  # and other errors are not taken for memory
+        in_batches(3, 4, lambda i, j: int("x"))

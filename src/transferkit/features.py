@@ -10,6 +10,8 @@ safetensors files, written atomically.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import os
@@ -52,22 +54,23 @@ def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, 
     """Pooled features of centre-cropped images (of `rows` of them, if given), in eval mode, as float32
     on the CPU. Rows are gathered one batch at a time: `images` may be a memory-mapped cache far larger
     than memory, and a whole-set gather would copy it into the heap."""
-    was_training = backbone.training
-    backbone.eval()
-    out = []
+    from .memory import in_batches
+
     rows = list(range(len(images))) if rows is None else list(rows)
-    for i in range(0, len(rows), batch_size):
-        part = rows[i : i + batch_size]
+
+    def one(i: int, j: int) -> torch.Tensor:
+        part = rows[i:j]
         batch = images[part[0] : part[-1] + 1] if part == list(range(part[0], part[-1] + 1)) else images[torch.as_tensor(part)]
         x = backbone.prepare(batch.to(device, non_blocking=True), input_size)
-        if autocast is not None:
-            with autocast():
-                f = backbone(x)
-        else:
+        with autocast() if autocast is not None else contextlib.nullcontext():
             f = backbone(x)
-        out.append(f.float().cpu())
         if progress is not None:
             progress(len(x))
+        return f.float().cpu()
+
+    was_training = backbone.training
+    backbone.eval()
+    out = in_batches(len(rows), batch_size, one)  # halved when out of memory
     backbone.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, backbone.num_features)
 

@@ -175,30 +175,30 @@ def explain(model, x_u8: torch.Tensor, target, input_size: int, transform, devic
     crop, (n, R, R, 3) uint8) and its Grad-CAM map toward class `target[i]`, ((n, R, R) in [0, 1]);
     the maps are None, and `note` says why, when the backbone has no spatial feature map. Out of
     memory, the batch is halved and tried again (as a training step)."""
-    from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
-
+    from .memory import in_batches
     from .transforms import center_crop
 
     crops = center_crop(x_u8, input_size)
+    seen = crops.permute(0, 2, 3, 1).contiguous().numpy()
     target = torch.as_tensor(target)
-    maps, i = [], 0
-    while i < len(crops):
-        halve = False
-        try:
-            cam = gradcam(model, transform(crops[i : i + batch_size].to(device)), target[i : i + batch_size])
-            why = "Grad-CAM not available for this backbone (no spatial feature map or grid of patch tokens before pooling)"
-        except RuntimeError as e:  # out of memory; an in-place operation on the feature map, a backbone that will not give gradients
-            halve = should_reduce_batch_size(e) and batch_size > 1
-            cam, why = None, f"Grad-CAM not available for this backbone ({str(e).splitlines()[0][:120]})"
-        if halve:  # out of the `except`, so that what the failed batch held can be freed
-            clear_device_cache(garbage_collection=True)
-            batch_size //= 2
-            continue
+
+    def one(i: int, j: int) -> torch.Tensor:
+        cam = gradcam(model, transform(crops[i:j].to(device)), target[i:j])
         if cam is None:
-            return crops.permute(0, 2, 3, 1).contiguous().numpy(), None, why
-        maps.append(cam)
-        i += len(cam)
-    return crops.permute(0, 2, 3, 1).contiguous().numpy(), torch.cat(maps).numpy() if maps else None, ""
+            raise _NoMap
+        return cam
+
+    try:
+        maps = in_batches(len(crops), batch_size, one)  # halved when out of memory
+    except _NoMap:
+        return seen, None, "Grad-CAM not available for this backbone (no spatial feature map or grid of patch tokens before pooling)"
+    except RuntimeError as e:  # an in-place operation on the feature map, a backbone that will not give gradients, memory at 1 image
+        return seen, None, f"Grad-CAM not available for this backbone ({str(e).splitlines()[0][:120]})"
+    return seen, torch.cat(maps).numpy() if maps else None, ""
+
+
+class _NoMap(Exception):
+    """gradcam found no map for a batch (so for none of them)."""
 
 
 def image_mistakes(model, x_u8: torch.Tensor, rows: list[dict], classes: list[str], input_size: int, transform, device,

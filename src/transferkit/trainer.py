@@ -59,14 +59,18 @@ class PhaseResult:
 
 @torch.no_grad()
 def predict_proba(module: nn.Module, x: torch.Tensor, transform: Callable, batch_size: int, autocast, *, log: bool = False) -> torch.Tensor:
-    """Class probabilities (log-probabilities with `log`) of `x`, in batches, in eval mode."""
+    """Class probabilities (log-probabilities with `log`) of `x`, in batches (halved when out of
+    memory), in eval mode."""
+    from .memory import in_batches
+
+    def one(i: int, j: int) -> torch.Tensor:
+        with autocast():
+            logits = module(transform(x[i:j]))
+        return logits.float().log_softmax(-1) if log else logits.float().softmax(-1)
+
     was = module.training
     module.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        with autocast():
-            logits = module(transform(x[i : i + batch_size]))
-        out.append(logits.float().log_softmax(-1) if log else logits.float().softmax(-1))
+    out = in_batches(len(x), batch_size, one)
     module.train(was)
     return torch.cat(out)
 
