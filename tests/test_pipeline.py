@@ -159,3 +159,23 @@ def test_mlm_uses_the_pretrained_head(tmp_path, tiny_bert):
     assert torch.equal(model.cls.predictions.transform.dense.weight, full.cls.predictions.transform.dense.weight)
     info = mlm(bb, ["the movie was good", "a bad film"] * 4, epochs=1, batch_size=4, console=None)
     assert info["head_steps"] == 0 and info["steps"] == 2
+
+
+def test_mlm_trains_on_the_accelerators_device_as_fit_does(tiny_bert, monkeypatch):
+    """`adapt` hands `mlm` fit's accelerator (its device and precision): every step's backward goes
+    through it, the batches are on its device, and on the CPU in fp32 the losses are those of the
+    plain loop."""
+    from accelerate import Accelerator
+
+    from transferkit.adapt import mlm
+    from transferkit.backbones import create_backbone
+
+    texts = ["the movie was good", "a bad film", "great acting", "the plot was dull"] * 3
+    plain = mlm(create_backbone(f"dir:{tiny_bert}"), texts, epochs=2, head_steps=2, batch_size=4, console=None)
+    acc = Accelerator(cpu=True, mixed_precision="no")
+    seen, backward = [], acc.backward
+    monkeypatch.setattr(acc, "backward", lambda loss, **k: (seen.append(loss.device), backward(loss, **k))[1])
+    info = mlm(create_backbone(f"dir:{tiny_bert}"), texts, epochs=2, head_steps=2, batch_size=4, console=None, accelerator=acc)
+    assert len(seen) == info["steps"] + info["head_steps"] == 8 and set(seen) == {acc.device}
+    assert (info["head_first_loss"], info["first_loss"], info["last_loss"]) == pytest.approx(
+        (plain["head_first_loss"], plain["first_loss"], plain["last_loss"]), rel=1e-6)

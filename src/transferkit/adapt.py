@@ -12,6 +12,8 @@ of the transfer pipeline). The output is a run directory, so `fit --model run:DI
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import time
 from pathlib import Path
@@ -36,8 +38,9 @@ def _image_sources(spec: str) -> list[str]:
     return files
 
 
-def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size: int = 64) -> int:
-    """Re-estimate every BatchNorm layer's running statistics on `images_u8`; returns how many layers."""
+def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size: int = 64, device="cpu") -> int:
+    """Re-estimate every BatchNorm layer's running statistics on `images_u8` (in fp32, on `device`);
+    returns how many layers."""
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
@@ -48,9 +51,10 @@ def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: exactly the mean over the batches seen
         m.train()
+    backbone.to(device)
     with torch.no_grad():
         for i in range(0, len(images_u8), batch_size):
-            backbone(transform(images_u8[i : i + batch_size]))
+            backbone(transform(images_u8[i : i + batch_size].to(device, non_blocking=True)))
     for m, mom in zip(bns, saved):
         m.momentum = mom
         m.eval()
@@ -88,8 +92,10 @@ def _mlm_model(backbone):
 
 
 def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32, max_length: int = 128, seed: int = 0,
-        mlm_probability: float = 0.15, head_steps: int | None = None, head_lr: float = 1e-3, console=None) -> dict:
-    """Masked-language-model training of `backbone.model` (a transformers encoder) on `texts`.
+        mlm_probability: float = 0.15, head_steps: int | None = None, head_lr: float = 1e-3, console=None, accelerator=None) -> dict:
+    """Masked-language-model training of `backbone.model` (a transformers encoder) on `texts`, on the
+    device and in the mixed precision of `accelerator` (`fit`'s: a GPU where there is one; None: the
+    CPU in fp32).
 
     A new (randomly initialised) head is first trained alone for `head_steps` steps (default: a
     quarter of the main run's steps) with the encoder frozen, as a linear probe comes before fine-
@@ -99,6 +105,9 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
     con = console or report.console()
     torch.manual_seed(seed)
     model, new_head = _mlm_model(backbone)
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    model.to(device)
     tok = backbone.tokenizer
     if tok.mask_token is None:
         raise UserError(f"{backbone.spec.get('name')}'s tokenizer has no mask token: masked-language-model training needs one")
@@ -117,6 +126,8 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
 
     def train(n: int, params: list, peak: float, label: str, prog) -> list[float]:
         opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
+        if accelerator is not None:
+            opt = accelerator.prepare(opt)  # fp16: scaled loss, unscaled steps
         warm, losses = max(1, n // 16), []
         task = prog.add_task(label, total=n)
         for step, batch in zip(range(n), stream):
@@ -126,10 +137,15 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
             f = (step + 1) / warm if step < warm else max(0.0, (n - step) / max(1, n - warm))  # warmup, then linear decay
             for grp in opt.param_groups:
                 grp["lr"] = peak * f
-            out = model(**batch)
+            with autocast():
+                out = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if accelerator is not None:
+                accelerator.backward(out.loss)
+                accelerator.clip_grad_norm_(params, 1.0)
+            else:
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(float(out.loss.detach()))
             prog.update(task, description=f"{label}: loss {np.mean(losses[-20:]):.3f}")
@@ -179,6 +195,9 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         if isinstance(head_steps, bool) or not isinstance(head_steps, int) or head_steps < 0:
             raise UserError(f"--head-steps must be a whole number >= 0, got {head_steps!r}")
     rundir = RunDir(out, overwrite=overwrite)
+    from .fit import make_accelerator
+
+    accelerator = make_accelerator(cfg)  # fit's device and precision (--cpu, --precision)
     t0 = time.perf_counter()
     info: dict = {"method": None, "source_model": cfg.model.name, "data": cfg.data.path}
     from .backbones import create_backbone
@@ -192,7 +211,8 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         texts = read_texts(cfg.data.path, text_column=cfg.data.text_column)
         con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch(s)")
         info.update(method="mlm", **mlm(backbone, texts, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,
-                                        max_length=cfg.data.max_length, seed=cfg.train.seed, head_steps=head_steps, console=con))
+                                        max_length=cfg.data.max_length, seed=cfg.train.seed, head_steps=head_steps, console=con,
+                                        accelerator=accelerator))
         if "head_first_loss" in info:
             con.print(f"new masked-LM head trained alone first: loss {info['head_first_loss']:.3f} -> {info['head_last_loss']:.3f} over {info['head_steps']} steps")
         if info["first_loss"] is not None:
@@ -219,7 +239,7 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         files = _image_sources(cfg.data.path)
         inputs = inputs_for(cfg, backbone)
         x, kept, bad = inputs.encode(ImageSet(files, np.zeros(len(files), int), ["unlabelled"]))
-        n = adabn(backbone, x, inputs.eval_transform()) if has_bn else 0
+        n = adabn(backbone, x, inputs.eval_transform(), device=accelerator.device) if has_bn else 0
         con.print(f"adapt: AdaBN re-estimated {n} BatchNorm layers on {len(kept)} target images from {cfg.data.path}")
         info.update(method="adabn" + ("+intermediate" if intermediate else ""), batchnorm_layers=n, images=len(kept), skipped=bad[:10])
         if not has_bn:

@@ -384,7 +384,8 @@ def cmd_adapt(args) -> int:
     from .adapt import adapt
 
     cfg = replace(RunConfig(), data=args.data, model=args.model, arch=args.arch, lr=args.lr, batch_size=args.batch_size,
-                  max_length=args.max_length, text_column=args.text_column, input_size=args.input_size, seed=args.seed)
+                  max_length=args.max_length, text_column=args.text_column, input_size=args.input_size, seed=args.seed,
+                  cpu=args.cpu, precision=args.precision)
     adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, head_steps=args.head_steps, console=report.console(quiet=args.quiet), overwrite=args.overwrite)
     return 0
 
@@ -597,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column")
     p.add_argument("--input-size", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", help="auto (bf16 where the device computes it natively) | bf16 | fp16 | no")
+    p.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_adapt)
