@@ -13,7 +13,6 @@ of the transfer pipeline). The output is a run directory, so `fit --model run:DI
 from __future__ import annotations
 
 import contextlib
-
 import json
 import time
 from pathlib import Path

@@ -11,7 +11,6 @@ safetensors files, written atomically.
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import json
 import os
