@@ -249,9 +249,9 @@ def test_image_run_writes_its_mistakes(tmp_path, tiny_ckpt):
         assert float(r["p_predicted"]) == pytest.approx(p.max(), abs=1e-4)
     losses = [-np.log(max(float(r["p_true"]), 1e-12)) for r in rows]
     assert losses == sorted(losses, reverse=True)
-    assert (out / "mistakes.png").is_file()
+    assert (out / "mistakes.jpg").is_file()
     page = (out / "report.html").read_text()
-    assert f"{len(rows)} of {m['n_val']} validation examples wrong" in page and 'alt="mistakes.png"' in page
+    assert f"{len(rows)} of {m['n_val']} validation examples wrong" in page and 'alt="mistakes.jpg"' in page
     # `evaluate` on the same val/ split finds the same mistakes, in the same order
     assert main(["evaluate", str(out), "--data", str(d), "--mistakes", str(tmp_path / "e.csv")]) == 0
     again = list(csv.DictReader((tmp_path / "e.csv").open()))
@@ -282,7 +282,7 @@ def test_text_run_lists_its_mistakes(tmp_path, tiny_bert):
     assert main(["fit", "--data", str(d), *tiny_text_args(tiny_bert), "--strategy", "linear_probe", "--out", str(out), "--quiet"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     rows = list(csv.DictReader((out / "mistakes.csv").open()))
-    assert len(rows) == m["mistakes"]["count"] > 0 and not (out / "mistakes.png").exists()
+    assert len(rows) == m["mistakes"]["count"] > 0 and not (out / "mistakes.jpg").exists()
     assert all(r["source"].startswith("the movie was") and r["row"] for r in rows)
     page = (out / "report.html").read_text()
     assert "<th>said</th>" in page and "pushed the model toward the class it said" in page

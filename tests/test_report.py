@@ -97,7 +97,8 @@ def test_report_is_self_contained_and_complete(run_dir):
     import json
 
     wrong = json.loads((run_dir / "metrics.json").read_text())["mistakes"]["count"]
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4 + (wrong > 0)  # curves, confusion, reliability, lr; mistakes
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # curves, confusion, reliability, lr
+    assert len(re.findall(r'src="data:image/jpeg;base64,', page)) == (wrong > 0)  # the mistakes: photographs, as JPEG
     for needle in ("Results (validation split)", "raw-pixel logistic regression", "Largest recall gaps", "ECE", "Resolved configuration", "red", "blue"):
         assert needle in page, needle
     verdict = json.loads((run_dir / "metrics.json").read_text())["verdict"]

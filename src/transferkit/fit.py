@@ -445,7 +445,7 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
 
         rundir.write_text("mistakes.csv", to_csv(mis.rows))
         if mis.thumbs is not None:
-            figures["mistakes.png"] = lambda: plots.mistakes_figure(mis.thumbs, mis.cams, mis.rows, mis.cam_note)
+            figures["mistakes.jpg"] = lambda: plots.mistakes_figure(mis.thumbs, mis.cams, mis.rows, mis.cam_note)
     pngs = {}
     for name, make in figures.items():
         fig = make()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-REPORT_IMAGES = 16  # images drawn in mistakes.png
+REPORT_IMAGES = 16  # images drawn in mistakes.jpg
 EXPLAINED_TEXTS = 10  # texts whose words are weighed in metrics.json and report.html
 MAX_WORDS = 128  # words weighed per text (each costs one forward pass)
 

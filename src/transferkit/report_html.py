@@ -23,8 +23,9 @@ pre{background:#f6f7f9;padding:.8rem;border-radius:6px;overflow:auto;font-size:1
 """
 
 
-def _img(png: bytes, alt: str, wide: bool = False) -> str:
-    return f'<figure{" style=flex-basis:100%" if wide else ""}><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption class="sub">{html.escape(alt)}</figcaption></figure>'
+def _img(data: bytes, alt: str, wide: bool = False) -> str:
+    mime = "image/jpeg" if alt.endswith(".jpg") else "image/png"
+    return f'<figure{" style=flex-basis:100%" if wide else ""}><img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}"><figcaption class="sub">{html.escape(alt)}</figcaption></figure>'
 
 
 def _pct(v) -> str:
@@ -76,7 +77,7 @@ def _mistakes(m: dict, png: bytes | None) -> str:
         return head + ".</p>"
     head += "; all of them, most confidently wrong first, in <code>mistakes.csv</code>.</p>"
     if png is not None:
-        return head + f"<div class=figs>{_img(png, 'mistakes.png', wide=True)}</div>"
+        return head + f"<div class=figs>{_img(png, 'mistakes.jpg', wide=True)}</div>"
     rows = "".join(
         f"<tr><td>{_weighed(r)}</td><td>{html.escape(r['true'])}</td><td>{html.escape(r['predicted'])}</td><td>{r['p_predicted']:.2f}</td></tr>"
         for r in mk["most_confident"]
@@ -142,7 +143,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
     counts = "".join(
         f"<tr><td>{e(c)}</td><td>{data.get('train', {}).get(c, 0)}</td><td>{data.get('val', {}).get(c, 0)}</td></tr>" for c in data.get("classes", [])[:50]
     )
-    figs = "".join(_img(png, name, wide=name.startswith("curves")) for name, png in figures.items() if name != "mistakes.png")
+    figs = "".join(_img(png, name, wide=name.startswith("curves")) for name, png in figures.items() if name != "mistakes.jpg")
     boot = m.get("transfer_vs_baseline", {})
     notes = "".join(f"<li>{e(n)}</li>" for n in m.get("data_notes", []))
     timing = m.get("timing", {})
@@ -160,7 +161,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 [{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.{_temperature(m.get('temperature_scaling'))}</p>
 {_groups(m.get('groups'))}
 <h2>Figures</h2><div class="figs">{figs}</div>
-{_mistakes(m, figures.get("mistakes.png"))}
+{_mistakes(m, figures.get("mistakes.jpg"))}
 <h2>Per class</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{pc}</table>
 <h3>Largest recall gaps (to the best class, points)</h3>
