@@ -78,6 +78,11 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
     assert len(rows) == 8 and set(rows[0]) == {"file", "label", "p_blue", "p_red"}
     probs = loaded.predict_proba(str(tiny_folder / "red"))
     assert np.allclose([float(r["p_red"]) for r in rows], probs[:, 1], atol=1e-6)
+    # inputs after an option too (argparse alone called them unrecognized)
+    assert main(["predict", str(run), "--out", str(tmp_path / "q.csv"), images[0], str(tiny_folder / "blue")]) == 0
+    assert len(list(csv.DictReader(open(tmp_path / "q.csv")))) == 9
+    with pytest.raises(SystemExit):
+        main(["predict", str(run), "--out", str(tmp_path / "q.csv"), images[0], "--bogus"])
 
     # In memory, images come as PIL images, arrays or tensors, one or many, scaled as files are.
     # One HxWx3 array used to be read as H images of one row each.

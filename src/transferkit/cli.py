@@ -655,7 +655,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and getattr(args, "inputs", None) is not None and not any(r.startswith("-") for r in rest):
+        # `predict RUN --out p.csv a.jpg b.jpg`: argparse gives a '*' positional its (empty) share before
+        # the first option and calls what follows unrecognized; those are more inputs
+        args.inputs = list(args.inputs) + rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except UserError as e:
