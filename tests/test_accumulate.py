@@ -203,9 +203,43 @@ def test_evaluation_and_features_halve_their_batch_when_out_of_memory():
     sizes.clear()
     bb.forward = _fake_oom_above(4, bb.forward, sizes)
     torch.testing.assert_close(compute_features(bb, imgs, 16, batch_size=32, rows=range(9)), ref)
-    assert sizes == [9, 4, 4, 1]
+    assert sizes == [8, 4, 4, 1]  # images on a CPU: 8 a pass at most (memory.CPU_IMAGES_A_PASS), then halved
 
     with pytest.raises(torch.OutOfMemoryError):  # at one example the error stands
         in_batches(3, 4, lambda i, j: _fake_oom_above(0, lambda x: x, [])(list(range(i, j))))
     with pytest.raises(ValueError):  # and other errors are not taken for memory
         in_batches(3, 4, lambda i, j: int("x"))
+
+
+def test_images_on_a_cpu_train_in_small_passes_only_while_batchnorm_statistics_rest(uneven, tmp_path, monkeypatch, tiny_ckpt, tiny_folder):
+    """A CPU trains images faster in passes of at most memory.CPU_IMAGES_A_PASS: the same steps as one
+    pass (a model without BatchNorm here), never more than that many a pass. A model whose BatchNorm
+    statistics train keeps whole batches (smaller ones would normalise differently)."""
+    from transferkit import memory
+    from transferkit.backbones.cifar_resnet import CifarResNet
+
+    sizes = []
+    forward = SmallConvNet.forward
+
+    def counted(self, x):
+        if self.training and torch.is_grad_enabled():
+            sizes.append(len(x))
+        return forward(self, x)
+
+    monkeypatch.setattr(SmallConvNet, "forward", counted)
+    monkeypatch.setattr(memory, "CPU_IMAGES_A_PASS", 3)
+    small = _fit(uneven, tmp_path / "small")
+    assert max(sizes) == 3 and small.metrics["micro_batches"] == 3  # batch 7: passes of 3, 2, 2
+    sizes.clear()
+    monkeypatch.setattr(memory, "CPU_IMAGES_A_PASS", 10**6)
+    whole = _fit(uneven, tmp_path / "whole")
+    assert max(sizes) == 7 and whole.metrics["micro_batches"] == 1
+    _assert_same_weights(whole, small)
+
+    monkeypatch.setattr(memory, "CPU_IMAGES_A_PASS", 3)
+    seen = []
+    resnet_forward = CifarResNet.forward
+    monkeypatch.setattr(CifarResNet, "forward", lambda self, x: (seen.append(len(x)) if self.training else None, resnet_forward(self, x))[1])
+    fit(replace(RunConfig(), data=str(tiny_folder), model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16, batch_size=8,
+                strategy="full", epochs=1, precision="no"), None, console=report.console(quiet=True))
+    assert max(seen) == 8  # statistics train in `full`: whole batches

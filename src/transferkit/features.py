@@ -53,7 +53,7 @@ def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, 
     """Pooled features of centre-cropped images (of `rows` of them, if given), in eval mode, as float32
     on the CPU. Rows are gathered one batch at a time: `images` may be a memory-mapped cache far larger
     than memory, and a whole-set gather would copy it into the heap."""
-    from .memory import in_batches
+    from .memory import images_a_pass, in_batches
 
     rows = list(range(len(images))) if rows is None else list(rows)
 
@@ -69,7 +69,7 @@ def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, 
 
     was_training = backbone.training
     backbone.eval()
-    out = in_batches(len(rows), batch_size, one)  # halved when out of memory
+    out = in_batches(len(rows), images_a_pass(images, batch_size, device), one)  # halved when out of memory
     backbone.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, backbone.num_features)
 

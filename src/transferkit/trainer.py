@@ -26,6 +26,7 @@ from torch import nn
 
 from .config import RunConfig
 from .errors import UserError
+from .memory import images_a_pass
 from .model import Group, set_trainable
 from .optim import build_param_groups, create_optimizer, set_lr
 from .regularizers import Penalty
@@ -54,13 +55,13 @@ class PhaseResult:
     train_images: int = 0
     local_images: int = 0  # of those, the ones this process forwarded (all of them with one process)
     train_seconds: float = 0.0
-    micro_batches: int = 1  # forward passes per optimizer step at the end (more than asked after running out of memory)
+    micro_batches: int = 1  # the most forward passes a step took (more than asked after running out of memory, or for images on a CPU)
 
 
 @torch.no_grad()
 def predict_proba(module: nn.Module, x: torch.Tensor, transform: Callable, batch_size: int, autocast, *, log: bool = False) -> torch.Tensor:
     """Class probabilities (log-probabilities with `log`) of `x`, in batches (halved when out of
-    memory), in eval mode."""
+    memory; images on a CPU at most `memory.CPU_IMAGES_A_PASS` a pass), in eval mode."""
     from .memory import in_batches
 
     def one(i: int, j: int) -> torch.Tensor:
@@ -70,7 +71,7 @@ def predict_proba(module: nn.Module, x: torch.Tensor, transform: Callable, batch
 
     was = module.training
     module.eval()
-    out = in_batches(len(x), batch_size, one)
+    out = in_batches(len(x), images_a_pass(x, batch_size), one)
     module.train(was)
     return torch.cat(out)
 
@@ -198,6 +199,7 @@ def run_phase(
     scored = module if ema is None else ema.module  # what is validated, selected and kept
 
     micro = max(1, micro_batches or tc.accumulate)  # forward passes a step; more after running out of memory
+    most = micro  # the most a step used (more for images on a CPU)
     gen = torch.Generator().manual_seed(tc.seed + 1000 * epoch_offset)
     result = PhaseResult(best_epoch=epoch_offset, best=initial_best or {})
     best = initial_best
@@ -248,6 +250,10 @@ def run_phase(
         if phase.unfrozen is not None and model_for_freezing is not None:
             set_trainable(model_for_freezing, groups, set(phase.unfrozen(epoch)), bn_stats=phase.bn_stats, always_frozen=always_frozen)
         trainable = [p for g in groups for _, p in g.params if p.requires_grad]
+        # images on a CPU train faster in small passes (memory.CPU_IMAGES_A_PASS); the step stays the
+        # same only while no BatchNorm layer normalises with its batch's statistics, so only then
+        bn_trains = any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        per_pass = None if bn_trains else images_a_pass(data.x_train, len(data.x_train))
         if order is None:
             order = epoch_order(data.y_train, tc.sampler, gen)
             loss_sum.zero_()
@@ -259,10 +265,13 @@ def run_phase(
             if world > 1:  # this process's share of the global batch, augmented as one batch: the same draws as one process
                 x, y = x[rank::world], y[rank::world]
             set_lr(optimizer, phase.lr, lr_factor(sched, step, total, steps_per_epoch))
-            step_loss, micro = gradients_in_memory(
-                accelerator, optimizer, module, x, y, micro, weights=weights, label_smoothing=tc.label_smoothing, penalty=penalty,
+            parts = max(micro, -(-len(y) // per_pass)) if per_pass else micro
+            step_loss, used = gradients_in_memory(
+                accelerator, optimizer, module, x, y, parts, weights=weights, label_smoothing=tc.label_smoothing, penalty=penalty,
                 batch_size=tc.batch_size, notify=notify,
             )
+            micro = max(micro, used) if used > parts else micro  # ran out of memory: more from now on
+            most = max(most, used)
             loss_sum += step_loss
             clipped += _clip(accelerator, trainable, cfg)
             optimizer.step()
@@ -311,7 +320,7 @@ def run_phase(
         if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch + 1):
             break
     result.steps = step
-    result.micro_batches = micro
+    result.micro_batches = max(micro, most)
     result.clipped_steps = int(clipped.item())
     if best_state is not None:
         accelerator.unwrap_model(module).load_state_dict(best_state)
