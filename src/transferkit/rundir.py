@@ -133,7 +133,7 @@ class RunDir:
         return self.write_text(name, yaml.safe_dump(obj, sort_keys=False))
 
     def write_figure(self, name: str, fig) -> Path:
-        """PNG, or JPEG for a `.jpg` name (photographs: the mistakes' crops and maps, a tenth of the PNG)."""
+        """PNG, or JPEG for a `.jpg` name (photographs: the mistakes' crops and maps, a sixth of the PNG)."""
         buf = io.BytesIO()
         jpeg = name.endswith(".jpg")
         fig.savefig(buf, format="jpg" if jpeg else "png", dpi=120, bbox_inches="tight", **({"pil_kwargs": {"quality": 85}} if jpeg else {}))
