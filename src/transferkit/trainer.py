@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import RunConfig
 from .errors import UserError
-from .memory import images_a_pass
+from .memory import images_a_pass, in_batches
 from .model import Group, set_trainable
 from .optim import build_param_groups, create_optimizer, set_lr
 from .regularizers import Penalty
@@ -62,7 +62,6 @@ class PhaseResult:
 def predict_proba(module: nn.Module, x: torch.Tensor, transform: Callable, batch_size: int, autocast, *, log: bool = False) -> torch.Tensor:
     """Class probabilities (log-probabilities with `log`) of `x`, in batches (halved when out of
     memory; images on a CPU at most `memory.CPU_IMAGES_A_PASS` a pass), in eval mode."""
-    from .memory import in_batches
 
     def one(i: int, j: int) -> torch.Tensor:
         with autocast():
@@ -76,17 +75,13 @@ def predict_proba(module: nn.Module, x: torch.Tensor, transform: Callable, batch
     return torch.cat(out)
 
 
-def val_scores(proba: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+def val_scores(proba: torch.Tensor, y: torch.Tensor) -> dict:
+    """Accuracy, macro-F1 (`metrics.macro_f1`: over the classes that occur) and loss of validation probabilities."""
+    from .metrics import macro_f1
+
     pred = proba.argmax(1)
     loss = F.nll_loss(proba.clamp_min(1e-12).log(), y).item()
-    f1s = []
-    for c in range(num_classes):
-        tp = ((pred == c) & (y == c)).sum().item()
-        fp = ((pred == c) & (y != c)).sum().item()
-        fn = ((pred != c) & (y == c)).sum().item()
-        if tp + fp + fn:  # a class neither present nor predicted has no F1 (as metrics.macro_f1)
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": (pred == y).float().mean().item(), "macro_f1": float(np.mean(f1s)) if f1s else 0.0, "loss": loss}
+    return {"accuracy": (pred == y).float().mean().item(), "macro_f1": macro_f1(y.cpu().numpy(), pred.cpu().numpy()), "loss": loss}
 
 
 def is_better(new: dict, best: dict | None, metric: str, min_delta: float) -> bool:
@@ -199,7 +194,7 @@ def run_phase(
     scored = module if ema is None else ema.module  # what is validated, selected and kept
 
     micro = max(1, micro_batches or tc.accumulate)  # forward passes a step; more after running out of memory
-    most = micro  # the most a step used (more for images on a CPU)
+    most = micro  # the most a step used (more for images on a CPU, or after running out of memory)
     gen = torch.Generator().manual_seed(tc.seed + 1000 * epoch_offset)
     result = PhaseResult(best_epoch=epoch_offset, best=initial_best or {})
     best = initial_best
@@ -270,7 +265,8 @@ def run_phase(
                 accelerator, optimizer, module, x, y, parts, weights=weights, label_smoothing=tc.label_smoothing, penalty=penalty,
                 batch_size=tc.batch_size, notify=notify,
             )
-            micro = max(micro, used) if used > parts else micro  # ran out of memory: more from now on
+            if used > parts:  # ran out of memory: more from now on
+                micro = used
             most = max(most, used)
             loss_sum += step_loss
             clipped += _clip(accelerator, trainable, cfg)
@@ -293,7 +289,7 @@ def run_phase(
         train_loss = ((accelerator.reduce(loss_sum, "sum") if world > 1 else loss_sum) / n).item()
         result.train_seconds += time.perf_counter() - t0
         proba = predict_proba(scored, data.x_val, data.eval_transform, tc.eval_batch_size, accelerator.autocast)
-        scores = val_scores(proba, data.y_val, num_classes)
+        scores = val_scores(proba, data.y_val)
         row = {
             "epoch": epoch_offset + epoch + 1, "phase": name, "train_loss": train_loss, "val_loss": scores["loss"],
             "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"], "lr": optimizer.param_groups[-1]["lr"],
@@ -320,7 +316,7 @@ def run_phase(
         if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch + 1):
             break
     result.steps = step
-    result.micro_batches = max(micro, most)
+    result.micro_batches = most
     result.clipped_steps = int(clipped.item())
     if best_state is not None:
         accelerator.unwrap_model(module).load_state_dict(best_state)
