@@ -81,8 +81,11 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
     # inputs after an option too (argparse alone called them unrecognized)
     assert main(["predict", str(run), "--out", str(tmp_path / "q.csv"), images[0], str(tiny_folder / "blue")]) == 0
     assert len(list(csv.DictReader(open(tmp_path / "q.csv")))) == 9
+    capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(["predict", str(run), "--out", str(tmp_path / "q.csv"), images[0], "--bogus"])
+        main(["predict", str(run), "--out", str(tmp_path / "q.csv"), images[0], "--bogus", "x", images[1]])
+    err = capsys.readouterr().err
+    assert err.strip().endswith("unrecognized arguments: --bogus"), err  # the mistyped option alone, not the inputs around it
 
     # In memory, images come as PIL images, arrays or tensors, one or many, scaled as files are.
     # One HxWx3 array used to be read as H images of one row each.

@@ -662,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
         # the first option and calls what follows unrecognized; those are more inputs
         args.inputs = list(args.inputs) + rest
     elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        # with inputs around them, name only the options (`--ouT` of `--ouT x a.jpg`)
+        named = [r for r in rest if r.startswith("-")] if getattr(args, "inputs", None) is not None else rest
+        parser.error(f"unrecognized arguments: {' '.join(named)}")
     try:
         return args.func(args)
     except UserError as e:
