@@ -8,6 +8,7 @@ import yaml
 
 from conftest import make_folder, make_text_csv
 from transferkit.cli import main
+from transferkit.errors import UserError
 
 
 def _write(path, stages):
@@ -89,6 +90,9 @@ def test_adapt_without_batchnorm_or_task_is_refused(tmp_path, capsys):
         (["--epochs", "0"], "--epochs must be a whole number >= 1, got 0"),
         (["--data-file", "empty.csv"], "empty.csv: empty file (no header, no texts)"),
         (["--image-model", "--head-steps", "5"], "--head-steps warms up a masked-LM head, so it is for text models"),
+        (["--accumulate", "0"], "accumulate must be >= 1"),
+        (["--image-model", "--accumulate", "2"], "--accumulate and --grad-checkpointing save memory in masked-LM training, so they are for text models"),
+        (["--image-model", "--grad-checkpointing"], "--accumulate and --grad-checkpointing save memory in masked-LM training"),
     ],
 )
 def test_bad_adapt_arguments_are_refused_before_any_run(tmp_path, tiny_bert, capsys, args, message):
@@ -179,3 +183,39 @@ def test_mlm_trains_on_the_accelerators_device_as_fit_does(tiny_bert, monkeypatc
     assert len(seen) == info["steps"] + info["head_steps"] == 8 and set(seen) == {acc.device}
     assert (info["head_first_loss"], info["first_loss"], info["last_loss"]) == pytest.approx(
         (plain["head_first_loss"], plain["first_loss"], plain["last_loss"]), rel=1e-6)
+
+
+def test_mlm_in_micro_batches_and_with_checkpointing_takes_the_same_steps(tiny_bert, monkeypatch):
+    """`adapt --accumulate N` / `--grad-checkpointing`: the same masked-LM steps in less memory. With
+    dropout off, every micro-batch count (3: uneven parts of a batch of 4; 7: empty parts too) and
+    checkpointing end at the batch's own weights and losses: each part counts by its share of the
+    batch's masked tokens, which differ from part to part. Checkpointing runs every layer twice."""
+    from transformers.models.bert.modeling_bert import BertIntermediate
+
+    from transferkit.adapt import mlm
+    from transferkit.backbones import create_backbone
+
+    calls = []
+    forward = BertIntermediate.forward
+    monkeypatch.setattr(BertIntermediate, "forward", lambda self, *a: (self.training and calls.append(1), forward(self, *a))[1])
+    texts = ["the movie was good and the acting great", "a bad film", "great acting", "the plot was dull, slow and long"] * 3
+
+    def run(**kw):
+        calls.clear()
+        bb = create_backbone(f"dir:{tiny_bert}")
+        bb.model.config.hidden_dropout_prob = bb.model.config.attention_probs_dropout_prob = 0.0
+        info = mlm(bb, texts, epochs=2, head_steps=2, batch_size=4, console=None, seed=3, **kw)
+        return info, bb.model.state_dict(), len(calls)
+
+    ref, w_ref, plain_calls = run()
+    assert any(not torch.equal(w_ref[k], v) for k, v in create_backbone(f"dir:{tiny_bert}").model.state_dict().items())  # it trained
+    for kw in ({"accumulate": 3}, {"accumulate": 7}, {"grad_checkpointing": True}, {"accumulate": 2, "grad_checkpointing": True}):
+        info, w, n_calls = run(**kw)
+        assert (info["head_first_loss"], info["first_loss"], info["last_loss"]) == pytest.approx(
+            (ref["head_first_loss"], ref["first_loss"], ref["last_loss"]), rel=1e-5), kw
+        assert max((w[k] - w_ref[k]).abs().max().item() for k in w_ref) < 1e-5, kw
+        if kw == {"grad_checkpointing": True}:
+            assert n_calls == 2 * plain_calls > 0
+
+    with pytest.raises(UserError, match="accumulate must be a whole number >= 1"):
+        mlm(create_backbone(f"dir:{tiny_bert}"), texts, accumulate=0, console=None)

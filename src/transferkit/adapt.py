@@ -91,10 +91,17 @@ def _mlm_model(backbone):
 
 
 def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32, max_length: int = 128, seed: int = 0,
-        mlm_probability: float = 0.15, head_steps: int | None = None, head_lr: float = 1e-3, console=None, accelerator=None) -> dict:
+        mlm_probability: float = 0.15, head_steps: int | None = None, head_lr: float = 1e-3, console=None, accelerator=None,
+        accumulate: int = 1, grad_checkpointing: bool = False) -> dict:
     """Masked-language-model training of `backbone.model` (a transformers encoder) on `texts`, on the
     device and in the mixed precision of `accelerator` (`fit`'s: a GPU where there is one; None: the
     CPU in fp32).
+
+    As in `fit`, `accumulate` forwards each batch in that many micro-batches whose gradients add up to
+    the batch's (each part's mean loss over its masked tokens counts by its share of the batch's masked
+    tokens), and `grad_checkpointing` recomputes activations in the backward pass: less memory, the
+    same steps. The logits over the whole vocabulary (batch x length x vocabulary) are the largest
+    tensor this makes.
 
     A new (randomly initialised) head is first trained alone for `head_steps` steps (default: a
     quarter of the main run's steps) with the encoder frozen, as a linear probe comes before fine-
@@ -102,8 +109,15 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
     from transformers import DataCollatorForLanguageModeling
 
     con = console or report.console()
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise UserError(f"accumulate must be a whole number >= 1 (micro-batches a step), got {accumulate!r}")
     torch.manual_seed(seed)
     model, new_head = _mlm_model(backbone)
+    if grad_checkpointing:
+        from .backbones.text import hf_grad_checkpointing
+
+        if not hf_grad_checkpointing(model):
+            raise UserError(f"{backbone.spec.get('name')}: transformers has no gradient checkpointing for this architecture; use --accumulate")
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     model.to(device)
@@ -123,6 +137,25 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
             for i in range(0, len(order), batch_size):
                 yield collate([{"input_ids": enc[j]} for j in order[i : i + batch_size]])
 
+    def backward(batch: dict) -> torch.Tensor:
+        """The batch's loss; its gradients added up over `accumulate` micro-batches."""
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        masked = batch["labels"].ne(-100).sum()
+        total = torch.zeros((), device=device)
+        for values in zip(*(v.tensor_split(accumulate) for v in batch.values())):
+            part = dict(zip(batch, values))
+            share = part["labels"].ne(-100).sum() / masked
+            if not share:  # no masked token in this part: nothing to learn from (its mean would be 0/0; so are the empty parts of a batch split more ways than it has texts)
+                continue
+            with autocast():
+                loss = model(**part).loss * share
+            if accelerator is not None:
+                accelerator.backward(loss)
+            else:
+                loss.backward()
+            total += loss.detach()
+        return total
+
     def train(n: int, params: list, peak: float, label: str, prog) -> list[float]:
         opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
         if accelerator is not None:
@@ -136,17 +169,14 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
             f = (step + 1) / warm if step < warm else max(0.0, (n - step) / max(1, n - warm))  # warmup, then linear decay
             for grp in opt.param_groups:
                 grp["lr"] = peak * f
-            with autocast():
-                out = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
             opt.zero_grad(set_to_none=True)
+            loss = backward(batch)
             if accelerator is not None:
-                accelerator.backward(out.loss)
                 accelerator.clip_grad_norm_(params, 1.0)
             else:
-                out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            losses.append(float(out.loss.detach()))
+            losses.append(float(loss))
             prog.update(task, description=f"{label}: loss {np.mean(losses[-20:]):.3f}")
         return losses
 
@@ -193,6 +223,8 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
             raise UserError("--head-steps warms up a masked-LM head, so it is for text models; AdaBN on images trains no head")
         if isinstance(head_steps, bool) or not isinstance(head_steps, int) or head_steps < 0:
             raise UserError(f"--head-steps must be a whole number >= 0, got {head_steps!r}")
+    if kind != "text" and (cfg.train.accumulate > 1 or cfg.train.grad_checkpointing):
+        raise UserError("--accumulate and --grad-checkpointing save memory in masked-LM training, so they are for text models; AdaBN on images computes no gradients")
     rundir = RunDir(out, overwrite=overwrite)
     from .fit import make_accelerator
 
@@ -211,7 +243,7 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch(s)")
         info.update(method="mlm", **mlm(backbone, texts, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,
                                         max_length=cfg.data.max_length, seed=cfg.train.seed, head_steps=head_steps, console=con,
-                                        accelerator=accelerator))
+                                        accelerator=accelerator, accumulate=cfg.train.accumulate, grad_checkpointing=cfg.train.grad_checkpointing))
         if "head_first_loss" in info:
             con.print(f"new masked-LM head trained alone first: loss {info['head_first_loss']:.3f} -> {info['head_last_loss']:.3f} over {info['head_steps']} steps")
         if info["first_loss"] is not None:

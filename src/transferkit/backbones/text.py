@@ -27,6 +27,24 @@ PAD = -1
 POOLING = ("mean", "cls", "last")  # last: the last real token, what a causal (GPT-style) model has read to the end
 
 
+def hf_grad_checkpointing(m: nn.Module, enable: bool = True) -> bool:
+    """transformers' own gradient checkpointing on model `m`, non-reentrant (so frozen embeddings and
+    LoRA need no input gradients); it recomputes only while the model trains. False where `m` has none."""
+    if not getattr(m, "supports_gradient_checkpointing", False):
+        return False
+    kwargs = {"use_reentrant": False}
+    if not hasattr(m, "activation_checkpointing_enable"):  # transformers 4
+        if enable:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            m.gradient_checkpointing_disable()
+    elif enable:  # transformers 5: its gradient_checkpointing_* names are deprecated aliases
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        m.activation_checkpointing_disable()
+    return True
+
+
 class TextBackbone(Backbone):
     modality = "text"
 
@@ -52,22 +70,7 @@ class TextBackbone(Backbone):
         return trim(x)
 
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
-        """transformers' own, non-reentrant (so frozen embeddings and LoRA need no input gradients);
-        it recomputes only while the model trains."""
-        m = self.model
-        if not getattr(m, "supports_gradient_checkpointing", False):
-            return False
-        kwargs = {"use_reentrant": False}
-        if not hasattr(m, "activation_checkpointing_enable"):  # transformers 4
-            if enable:
-                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-            else:
-                m.gradient_checkpointing_disable()
-        elif enable:  # transformers 5: its gradient_checkpointing_* names are deprecated aliases
-            m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            m.activation_checkpointing_disable()
-        return True
+        return hf_grad_checkpointing(self.model, enable)
 
     def feature_ident(self, input_size: int) -> dict:
         return {"weights": self.weights_id, "spec": self.spec, "max_length": input_size}
