@@ -111,7 +111,7 @@ def adapt_rows(tmp: Path) -> None:
         info = json.loads((out / "adapt.json").read_text())
         w = load_file(str(out / "model.safetensors"))
         first = w if first is None else first
-        diff = max(float((w[k].float() - first[k].float()).abs().max()) for k in first)
+        diff = max(float((w[k].float() - first[k].float()).abs().max()) for k in first if first[k].numel())  # the head has 0 classes
         print(f"| {' '.join(extra) or '(plain)'} | {rss_kb // 1024} | {time.perf_counter() - t0:.1f} | {info['seconds']} | "
               f"{info['first_loss']:.3f} -> {info['last_loss']:.3f} | {diff:.1e} |", flush=True)
 
