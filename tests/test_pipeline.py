@@ -167,15 +167,19 @@ def test_mlm_uses_the_pretrained_head(tmp_path, tiny_bert):
 
 def test_mlm_trains_on_the_accelerators_device_as_fit_does(tiny_bert, monkeypatch):
     """`adapt` hands `mlm` fit's accelerator (its device and precision): every step's backward goes
-    through it, the batches are on its device, and on the CPU in fp32 the losses are those of the
-    plain loop."""
+    through it, the batches are on its device. Without one, `mlm` makes fit's default accelerator (on
+    this CPU: fp32), with the same losses as a CPU fp32 one given."""
     from accelerate import Accelerator
 
+    from transferkit import fit as fit_mod
     from transferkit.adapt import mlm
     from transferkit.backbones import create_backbone
 
     texts = ["the movie was good", "a bad film", "great acting", "the plot was dull"] * 3
+    made, make = [], fit_mod.make_accelerator
+    monkeypatch.setattr(fit_mod, "make_accelerator", lambda cfg: (made.append(cfg), make(cfg))[1])
     plain = mlm(create_backbone(f"dir:{tiny_bert}"), texts, epochs=2, head_steps=2, batch_size=4, console=None)
+    assert len(made) == 1 and made[0].train.precision == "auto" and not made[0].train.cpu
     acc = Accelerator(cpu=True, mixed_precision="no")
     seen, backward = [], acc.backward
     monkeypatch.setattr(acc, "backward", lambda loss, **k: (seen.append(loss.device), backward(loss, **k))[1])

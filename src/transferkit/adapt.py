@@ -12,7 +12,6 @@ of the transfer pipeline). The output is a run directory, so `fit --model run:DI
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -94,8 +93,8 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
         mlm_probability: float = 0.15, head_steps: int | None = None, head_lr: float = 1e-3, console=None, accelerator=None,
         accumulate: int = 1, grad_checkpointing: bool = False) -> dict:
     """Masked-language-model training of `backbone.model` (a transformers encoder) on `texts`, on the
-    device and in the mixed precision of `accelerator` (`fit`'s: a GPU where there is one; None: the
-    CPU in fp32).
+    device and in the mixed precision of `accelerator` (None: `fit`'s default one, a GPU where there is
+    one).
 
     As in `fit`, `accumulate` forwards each batch in that many micro-batches whose gradients add up to
     the batch's (each part's mean loss over its masked tokens counts by its share of the batch's masked
@@ -118,8 +117,12 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
 
         if not hf_grad_checkpointing(model):
             raise UserError(f"{backbone.spec.get('name')}: transformers has no gradient checkpointing for this architecture; use --accumulate")
-    device = accelerator.device if accelerator is not None else torch.device("cpu")
-    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    if accelerator is None:
+        from .config import RunConfig
+        from .fit import make_accelerator
+
+        accelerator = make_accelerator(RunConfig())
+    device = accelerator.device
     model.to(device)
     tok = backbone.tokenizer
     if tok.mask_token is None:
@@ -147,19 +150,15 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
             share = part["labels"].ne(-100).sum() / masked
             if not share:  # no masked token in this part: nothing to learn from (its mean would be 0/0; so are the empty parts of a batch split more ways than it has texts)
                 continue
-            with autocast():
+            with accelerator.autocast():
                 loss = model(**part).loss * share
-            if accelerator is not None:
-                accelerator.backward(loss)
-            else:
-                loss.backward()
+            accelerator.backward(loss)
             total += loss.detach()
         return total
 
     def train(n: int, params: list, peak: float, label: str, prog) -> list[float]:
         opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
-        if accelerator is not None:
-            opt = accelerator.prepare(opt)  # fp16: scaled loss, unscaled steps
+        opt = accelerator.prepare(opt)  # fp16: scaled loss, unscaled steps
         warm, losses = max(1, n // 16), []
         task = prog.add_task(label, total=n)
         for step, batch in zip(range(n), stream):
@@ -171,10 +170,7 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
                 grp["lr"] = peak * f
             opt.zero_grad(set_to_none=True)
             loss = backward(batch)
-            if accelerator is not None:
-                accelerator.clip_grad_norm_(params, 1.0)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
+            accelerator.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(float(loss))
             prog.update(task, description=f"{label}: loss {np.mean(losses[-20:]):.3f}")
