@@ -65,6 +65,9 @@ class DataSplits:
 
 # --------------------------------------------------------------------------------------- listing
 
+# the data of an image model that looks like texts: the model decides the modality, so say which to choose
+TEXT_HINT = " (texts need a text model: --model minilm_l6, hf:NAME or dir:PATH)"
+
 
 def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, group_column: str | None = None, encoding: str = "auto") -> DataSplits:
     """Resolve a data spec into train / val (/ test) splits. Nothing is decoded yet."""
@@ -75,7 +78,7 @@ def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, grou
         raise UserError(f"data not found: {spec} (give a folder of class subfolders, a CSV, or one of: {', '.join(BUILTIN)})")
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise UserError(f"{spec} is a file but not a .csv; give a folder of class subfolders or a CSV with path,label columns")
+            raise UserError(f"{spec} is a file but not a .csv; give a folder of class subfolders or a CSV with path,label columns{TEXT_HINT}")
         full = _read_csv(path, group_column, encoding)
         classes = full.classes
         tr, va = stratified_split(full.labels, val_fraction, seed)
@@ -164,7 +167,7 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
         raise UserError(f"{path} has no rows")
     missing = {"path", "label"} - set(fields) | ({group_column} - set(fields) if group_column else set())
     if missing:
-        raise UserError(f"{path} lacks column(s) {', '.join(sorted(missing))}; found: {', '.join(fields)}")
+        raise UserError(f"{path} lacks column(s) {', '.join(sorted(missing))}; found: {', '.join(fields)}" + (TEXT_HINT if "path" in missing else ""))
     sources, names, absent = [], [], []
     for i, r in enumerate(rows, start=2):
         p = Path(r["path"] or "")
