@@ -148,7 +148,9 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
         for values in zip(*(v.tensor_split(accumulate) for v in batch.values())):
             part = dict(zip(batch, values))
             share = part["labels"].ne(-100).sum() / masked
-            if not share:  # no masked token in this part: nothing to learn from (its mean would be 0/0; so are the empty parts of a batch split more ways than it has texts)
+            # no masked token in this part (or an empty part of a batch split more ways than it has
+            # texts): nothing to learn from, and its mean would be 0/0
+            if not share:
                 continue
             with accelerator.autocast():
                 loss = model(**part).loss * share
