@@ -185,3 +185,22 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     p.stdout.close()  # the reader is gone before the first line is written
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_help_listings_and_argument_errors_do_not_import_torch():
+    """`transferkit --help`, `strategies` and a mistyped option answer at once: PyTorch (about 2 s to
+    import) is loaded only by the commands that compute."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "from transferkit.cli import main\n"
+            "for argv in (['--help'], ['fit', '--help'], ['fit', '--data', 'x', '--bogus'], ['strategies'], ['schedules']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        main(argv)\n"
+            "print(sorted(m for m in ('torch', 'timm', 'transformers', 'transferkit.api') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+    import transferkit
+
+    assert transferkit.ImageClassifier.__name__ == "ImageClassifier"  # still there, loaded on first use

@@ -14,11 +14,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._registry import Registry
 from .config import RunConfig, StrategyConfig
 from .errors import UserError
-from .model import Group
+
+if TYPE_CHECKING:  # the command line lists the strategies without importing PyTorch
+    from .model import Group
 
 
 @dataclass(frozen=True)
