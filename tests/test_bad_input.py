@@ -187,15 +187,16 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     assert p.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
-def test_help_listings_and_argument_errors_do_not_import_torch():
-    """`transferkit --help`, `strategies` and a mistyped option answer at once: PyTorch (about 2 s to
-    import) is loaded only by the commands that compute."""
+def test_help_listings_and_argument_errors_do_not_import_torch(tmp_path):
+    """`transferkit --help`, `strategies`, a mistyped option and a bad setting answer at once: PyTorch
+    (about 2 s to import) is loaded only by the commands that compute."""
     import subprocess
     import sys
 
+    bad = ['fit', '--data', 'x', '--out', str(tmp_path / 'r'), '--lr', '-1']
     code = ("import sys, contextlib, io\n"
             "from transferkit.cli import main\n"
-            "for argv in (['--help'], ['fit', '--help'], ['fit', '--data', 'x', '--bogus'], ['strategies'], ['schedules']):\n"
+            f"for argv in (['--help'], ['fit', '--help'], ['fit', '--data', 'x', '--bogus'], ['strategies'], ['schedules'], {bad!r}):\n"
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):\n"
             "        main(argv)\n"
             "print(sorted(m for m in ('torch', 'timm', 'transformers', 'transferkit.api') if m in sys.modules))\n")

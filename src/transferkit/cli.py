@@ -115,10 +115,6 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_fit(args) -> int:
-    from . import report
-    from .fit import fit
-    from .trainer import StopRequested
-
     if args.resume:
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
@@ -130,6 +126,11 @@ def cmd_fit(args) -> int:
         cfg, out = resolve_config(args), args.out
         if args.data is None and not args.config:
             raise UserError("fit needs --data (a folder, a CSV, or 'digits')")
+    cfg.validate()  # a bad setting is named before PyTorch loads (about 2 s)
+    from . import report
+    from .fit import fit
+    from .trainer import StopRequested
+
     signals = _StopOnSignal()
     try:
         with signals:
