@@ -183,6 +183,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weight: str = "none"  # none | balanced (loss weights inversely proportional to class counts)
     sampler: str = "shuffle"  # shuffle | balanced (draw classes equally often)
+    # texts: batches of texts of similar length (transformers' group_by_length: random megabatches
+    # sorted by length, the batches shuffled), so they pad less; images: no effect
+    group_by_length: bool = True
     precision: str = "auto"  # auto (bf16 where the GPU or CPU computes in bf16 natively, else fp32) | bf16 | fp16 | no
     cpu: bool = False  # force the CPU even when a GPU is present
     checkpoint_minutes: float | None = 10.0  # also checkpoint inside epochs longer than this

@@ -53,9 +53,12 @@ def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, 
     """Pooled features of centre-cropped images (of `rows` of them, if given), in eval mode, as float32
     on the CPU. Rows are gathered one batch at a time: `images` may be a memory-mapped cache far larger
     than memory, and a whole-set gather would copy it into the heap."""
-    from .memory import images_a_pass, in_batches
+    from .memory import images_a_pass, in_batches, longest_first
 
     rows = list(range(len(images))) if rows is None else list(rows)
+    order = longest_first(images[torch.as_tensor(rows, dtype=torch.long)]) if images.dim() == 2 and rows else None
+    if order is not None:  # texts: batches of similar lengths pad less; the rows come back in their order
+        rows = [rows[i] for i in order.tolist()]
 
     def one(i: int, j: int) -> torch.Tensor:
         part = rows[i:j]
@@ -71,7 +74,10 @@ def compute_features(backbone: Backbone, images: torch.Tensor, input_size: int, 
     backbone.eval()
     out = in_batches(len(rows), images_a_pass(images, batch_size, device), one)  # halved when out of memory
     backbone.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, backbone.num_features)
+    if not out:
+        return torch.zeros(0, backbone.num_features)
+    f = torch.cat(out)
+    return f if order is None else f[order.argsort()]
 
 
 def cached_features(backbone: Backbone, images: torch.Tensor, input_size: int, *, precision: str = "no", **kw) -> tuple[torch.Tensor, bool]:

@@ -14,10 +14,26 @@ T = TypeVar("T")
 # Images a forward pass on a CPU. A CPU computes a batch of images faster in small passes whose
 # activations stay in its caches. EfficientNet-Lite0 at 224 px on the 2-core EPYC, fp32
 # (bench/cpu_passes.py): inference 40-44 images/s at 32 a pass, 77 at 8; a training step of 32 took
-# 2.1 s in one pass, 1.3 s in passes of 8. Whole commands gained less (bench/results/accumulate.md):
-# the default fit's fine-tuning 16.6 -> 18.4 images/s, the feature pass 10.1 -> 9.5 s (and full
-# fine-tuning's peak memory in passes of 8: 3.5 -> 2.4 GB). Texts are short passes already.
+# 2.1 s in one pass, 1.3 s in passes of 8. In the whole default fit, alternating runs: fine-tuning
+# 37.1 -> 28.2 s (bench/results/accumulate.md; and full fine-tuning's peak memory in passes of 8:
+# 3.5 -> 2.4 GB). Texts are short passes already.
 CPU_IMAGES_A_PASS = 8
+
+
+def token_lengths(x: torch.Tensor) -> torch.Tensor | None:
+    """Each row's length when `x` holds token rows (integers, padded with negative ids, as text
+    backbones take them); None for anything else (images, features)."""
+    if x.dim() != 2 or x.is_floating_point():
+        return None
+    return (x >= 0).sum(1)
+
+
+def longest_first(x: torch.Tensor) -> torch.Tensor | None:
+    """For token rows, the row indices longest first (stable), so that consecutive batches pad to
+    similar lengths: a batch is cut to its longest text, and random batches of short texts are about
+    three times their real tokens (SST-2, SMS spam). None for anything else."""
+    lens = token_lengths(x)
+    return None if lens is None else lens.argsort(descending=True, stable=True)
 
 
 def images_a_pass(x: torch.Tensor, batch_size: int, device=None) -> int:

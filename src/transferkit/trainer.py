@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import RunConfig
 from .errors import UserError
-from .memory import images_a_pass, in_batches
+from .memory import images_a_pass, in_batches, longest_first, token_lengths
 from .model import Group, set_trainable
 from .optim import build_param_groups, create_optimizer, set_lr
 from .regularizers import Penalty
@@ -63,16 +63,19 @@ def predict_proba(module: nn.Module, x: torch.Tensor, transform: Callable, batch
     """Class probabilities (log-probabilities with `log`) of `x`, in batches (halved when out of
     memory; images on a CPU at most `memory.CPU_IMAGES_A_PASS` a pass), in eval mode."""
 
+    order = longest_first(x)  # texts: batches of similar lengths pad less; the rows come back in their order
+    xs = x if order is None else x[order]
+
     def one(i: int, j: int) -> torch.Tensor:
         with autocast():
-            logits = module(transform(x[i:j]))
+            logits = module(transform(xs[i:j]))
         return logits.float().log_softmax(-1) if log else logits.float().softmax(-1)
 
     was = module.training
     module.eval()
-    out = in_batches(len(x), images_a_pass(x, batch_size), one)
+    out = torch.cat(in_batches(len(x), images_a_pass(x, batch_size), one))
     module.train(was)
-    return torch.cat(out)
+    return out if order is None else out[order.argsort()]
 
 
 def val_scores(proba: torch.Tensor, y: torch.Tensor) -> dict:
@@ -103,6 +106,21 @@ def epoch_order(y: torch.Tensor, sampler: str, gen: torch.Generator) -> torch.Te
         w = (1.0 / counts.clamp_min(1).double())[y.cpu()]
         return torch.multinomial(w, n, replacement=True, generator=gen)
     return torch.randperm(n, generator=gen)
+
+
+def group_by_length(order: torch.Tensor, lengths: torch.Tensor, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """`order` rearranged so that each batch of `batch_size` holds texts of similar length, and pads
+    less: transformers' `group_by_length` (its LengthGroupedSampler). Consecutive megabatches of
+    max(1, min(n // (4 x batch), 50)) batches are each sorted longest first, so a batch's texts still
+    come from a random sample of the data; then the full batches are shuffled, the short one (if any)
+    kept last, where the epoch's batching expects it."""
+    n = len(order)
+    size = batch_size * max(1, min(n // (4 * batch_size), 50))
+    lens = lengths[order]
+    grouped = torch.cat([order[i : i + size][lens[i : i + size].argsort(descending=True, stable=True)] for i in range(0, n, size)])
+    full = n // batch_size
+    batches = grouped[: full * batch_size].view(full, batch_size)[torch.randperm(full, generator=gen)]
+    return torch.cat([batches.reshape(-1), grouped[full * batch_size :]])
 
 
 def class_weights(y: torch.Tensor, num_classes: int, mode: str) -> torch.Tensor | None:
@@ -196,6 +214,8 @@ def run_phase(
     micro = max(1, micro_batches or tc.accumulate)  # forward passes a step; more after running out of memory
     most = micro  # the most a step used (more for images on a CPU, or after running out of memory)
     gen = torch.Generator().manual_seed(tc.seed + 1000 * epoch_offset)
+    lengths = token_lengths(data.x_train)  # texts: batches grouped by length (tc.group_by_length)
+    lengths = lengths.cpu() if lengths is not None else None
     result = PhaseResult(best_epoch=epoch_offset, best=initial_best or {})
     best = initial_best
     since_best = step = start_epoch = start_batch = 0
@@ -251,6 +271,8 @@ def run_phase(
         per_pass = None if bn_trains else images_a_pass(data.x_train, len(data.x_train))
         if order is None:
             order = epoch_order(data.y_train, tc.sampler, gen)
+            if tc.group_by_length and lengths is not None:
+                order = group_by_length(order, lengths, bs, gen)
             loss_sum.zero_()
         for b in range(start_batch, steps_per_epoch):
             idx = order[b * bs : (b + 1) * bs] if b < steps_per_epoch - 1 else order[b * bs :]
