@@ -1,5 +1,5 @@
-"""Texts in batches of similar length (`group_by_length`, the default) against batches drawn at random
-(`--no-group-by-length`): fine-tuning time and held-out accuracy, and the padding they compute.
+"""Texts in batches of similar length (`--group-by-length`) against batches drawn at random (the
+default): fine-tuning time and held-out accuracy.
 
     .venv/bin/python bench/group_by_length.py [--seeds 0 1] [--epochs 1] [--only SST-2] [--no-predict]
 
@@ -47,7 +47,7 @@ def datasets(tmp: Path) -> dict[str, Path]:
 
 def fit(data: Path, out: Path, seed: int, epochs: int, grouped: bool) -> dict:
     cmd = [sys.executable, "-m", "transferkit.cli", "fit", "--data", str(data), "--out", str(out), "--model", "minilm_l6", "--strategy", "full",
-           "--epochs", str(epochs), "--seed", str(seed), "--quiet"] + ([] if grouped else ["--no-group-by-length"])
+           "--epochs", str(epochs), "--seed", str(seed), "--quiet"] + (["--group-by-length"] if grouped else [])
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     m = json.loads((out / "metrics.json").read_text())

@@ -1,5 +1,5 @@
-"""Texts in batches of similar length: training batches grouped by length (transformers'
-group_by_length) keep every example and pad less; prediction, validation and the feature pass run
+"""Texts in batches of similar length: training batches grouped by length (`--group-by-length`,
+transformers' group_by_length) keep every example and pad less; prediction, validation and the feature pass run
 longest first and give every row back in its place; a stopped text run resumes bit-identically."""
 
 import numpy as np
@@ -86,14 +86,13 @@ def test_text_run_grouped_by_length_resumes_bit_identically(tmp_path, tiny_bert)
 
     data = make_text_csv(tmp_path / "t.csv", n=24)
     con = report.console(quiet=True)
-    cfg = replace(RunConfig(), data=str(data), model=f"dir:{tiny_bert}", strategy="full", epochs=2, batch_size=8, max_length=32)
-    assert cfg.train.group_by_length
+    cfg = replace(RunConfig(), data=str(data), model=f"dir:{tiny_bert}", strategy="full", epochs=2, batch_size=8, max_length=32, group_by_length=True)
     fit(cfg, tmp_path / "whole", console=con)
     with pytest.raises(StopRequested):
         fit(cfg, tmp_path / "cut", console=con, should_stop=StopAfter(3))
     fit(cfg, tmp_path / "cut", console=con, resume=True)
     _same(tmp_path / "whole", tmp_path / "cut")
-    # and the option is honoured: random batches end elsewhere
+    # and the option is honoured: random batches (the default) end elsewhere
     fit(replace(cfg, group_by_length=False), tmp_path / "random", console=con)
     from safetensors.torch import load_file
 

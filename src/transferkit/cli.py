@@ -90,7 +90,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
 BOOL_FLAGS: list[tuple[str, str, object, str]] = [
     ("--no-augment", "augment", False, "switch off training augmentation"),
     ("--no-flip", "flip", False, "no horizontal flips"),
-    ("--no-group-by-length", "group_by_length", False, "texts: batches drawn at random, not grouped by length (less padding)"),
+    ("--group-by-length", "group_by_length", True, "texts: batches of texts of similar length, which pad less (about 2x faster training on a CPU)"),
     ("--skip-bad-images", "skip_bad_images", True, "leave out unreadable images instead of failing"),
     ("--cpu", "cpu", True, "use the CPU even when a GPU is present"),
     ("--grad-checkpointing", "grad_checkpointing", True, "recompute activations in the backward pass: less memory, more compute (timm and Hugging Face models)"),
