@@ -185,7 +185,7 @@ class TrainConfig:
     sampler: str = "shuffle"  # shuffle | balanced (draw classes equally often)
     # texts: batches of texts of similar length (transformers' group_by_length: random megabatches
     # sorted by length, the batches shuffled), so they pad less. Off by default: MiniLM on 2,000 texts
-    # trained 1.9-2.3x faster, SMS spam as accurate, SST-2 1.3 points less accurate over 5 seeds (not
+    # trained 1.9-2.1x faster, SMS spam as accurate, SST-2 1.3 points less accurate over 5 seeds (not
     # significant; bench/results/group_by_length.md). Images: no effect
     group_by_length: bool = False
     precision: str = "auto"  # auto (bf16 where the GPU or CPU computes in bf16 natively, else fp32) | bf16 | fp16 | no
