@@ -193,7 +193,7 @@ def test_help_listings_and_argument_errors_do_not_import_torch(tmp_path):
     import subprocess
     import sys
 
-    bad = ['fit', '--data', 'x', '--out', str(tmp_path / 'r'), '--lr', '-1']
+    bad = ["fit", "--data", "x", "--out", str(tmp_path / "r"), "--lr", "-1"]
     code = ("import sys, contextlib, io\n"
             "from transferkit.cli import main\n"
             f"for argv in (['--help'], ['fit', '--help'], ['fit', '--data', 'x', '--bogus'], ['strategies'], ['schedules'], {bad!r}):\n"
