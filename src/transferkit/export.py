@@ -276,7 +276,10 @@ def load_export(run_dir: str | Path, folder: str | Path | None = None):
 
 def onnx_predict_proba(session, clf, x: torch.Tensor, batch: int = 64) -> np.ndarray:
     """Probabilities of encoded inputs (uint8 images, or ids padded with -1) from an export's session."""
-    arrays = _feed(clf, x)
+    from .memory import longest_first
+
     if len(x) == 0:
         return np.zeros((0, len(clf.classes_)), dtype=np.float32)
-    return np.concatenate([_ort_run(session, part) for part in _batched(arrays, batch)])
+    order = longest_first(x)  # texts: batches of similar lengths pad less; the rows come back in their order
+    p = np.concatenate([_ort_run(session, part) for part in _batched(_feed(clf, x if order is None else x[order]), batch)])
+    return p if order is None else p[order.argsort().numpy()]
