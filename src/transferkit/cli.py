@@ -661,14 +661,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and getattr(args, "inputs", None) is not None and not any(r.startswith("-") for r in rest):
+    takes_inputs = getattr(args, "inputs", None) is not None  # predict
+    options = [r for r in rest if r.startswith("-")]
+    if rest and takes_inputs and not options:
         # `predict RUN --out p.csv a.jpg b.jpg`: argparse gives a '*' positional its (empty) share before
         # the first option and calls what follows unrecognized; those are more inputs
         args.inputs = list(args.inputs) + rest
     elif rest:
         # with inputs around them, name only the options (`--ouT` of `--ouT x a.jpg`)
-        named = [r for r in rest if r.startswith("-")] if getattr(args, "inputs", None) is not None else rest
-        parser.error(f"unrecognized arguments: {' '.join(named)}")
+        parser.error(f"unrecognized arguments: {' '.join(options if takes_inputs else rest)}")
     try:
         return args.func(args)
     except UserError as e:

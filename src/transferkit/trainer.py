@@ -214,7 +214,7 @@ def run_phase(
     micro = max(1, micro_batches or tc.accumulate)  # forward passes a step; more after running out of memory
     most = micro  # the most a step used (more for images on a CPU, or after running out of memory)
     gen = torch.Generator().manual_seed(tc.seed + 1000 * epoch_offset)
-    lengths = token_lengths(data.x_train)  # texts: batches grouped by length (tc.group_by_length)
+    lengths = token_lengths(data.x_train) if tc.group_by_length else None  # texts: None for images and features
     lengths = lengths.cpu() if lengths is not None else None
     result = PhaseResult(best_epoch=epoch_offset, best=initial_best or {})
     best = initial_best
@@ -271,7 +271,7 @@ def run_phase(
         per_pass = None if bn_trains else images_a_pass(data.x_train, len(data.x_train))
         if order is None:
             order = epoch_order(data.y_train, tc.sampler, gen)
-            if tc.group_by_length and lengths is not None:
+            if lengths is not None:
                 order = group_by_length(order, lengths, bs, gen)
             loss_sum.zero_()
         for b in range(start_batch, steps_per_epoch):
