@@ -167,20 +167,19 @@ def test_mlm_uses_the_pretrained_head(tmp_path, tiny_bert):
 
 def test_mlm_trains_on_the_accelerators_device_as_fit_does(tiny_bert, monkeypatch):
     """`adapt` hands `mlm` fit's accelerator (its device and precision): every step's backward goes
-    through it, the batches are on its device. Without one, `mlm` makes fit's default accelerator (on
-    this CPU: fp32), with the same losses as a CPU fp32 one given."""
-    from accelerate import Accelerator
-
+    through it, the batches are on its device. Without one, `mlm` makes fit's default accelerator
+    (fp32 on an AVX2 CPU, bf16 on one with AVX512-BF16), with the same losses as that one given."""
     from transferkit import fit as fit_mod
     from transferkit.adapt import mlm
     from transferkit.backbones import create_backbone
+    from transferkit.config import RunConfig
 
     texts = ["the movie was good", "a bad film", "great acting", "the plot was dull"] * 3
     made, make = [], fit_mod.make_accelerator
     monkeypatch.setattr(fit_mod, "make_accelerator", lambda cfg: (made.append(cfg), make(cfg))[1])
     plain = mlm(create_backbone(f"dir:{tiny_bert}"), texts, epochs=2, head_steps=2, batch_size=4, console=None)
     assert len(made) == 1 and made[0].train.precision == "auto" and not made[0].train.cpu
-    acc = Accelerator(cpu=True, mixed_precision="no")
+    acc = make(RunConfig())  # another Accelerator object, of the same device and precision
     seen, backward = [], acc.backward
     monkeypatch.setattr(acc, "backward", lambda loss, **k: (seen.append(loss.device), backward(loss, **k))[1])
     info = mlm(create_backbone(f"dir:{tiny_bert}"), texts, epochs=2, head_steps=2, batch_size=4, console=None, accelerator=acc)
@@ -193,12 +192,16 @@ def test_mlm_in_micro_batches_and_with_checkpointing_takes_the_same_steps(tiny_b
     """`adapt --accumulate N` / `--grad-checkpointing`: the same masked-LM steps in less memory. With
     dropout off, every micro-batch count (3: uneven parts of a batch of 4; 7: empty parts too) and
     checkpointing end at the batch's own weights and losses: each part counts by its share of the
-    batch's masked tokens, which differ from part to part. Checkpointing runs every layer twice."""
+    batch's masked tokens, which differ from part to part. Checkpointing runs every layer twice. In
+    fp32 (bf16 autocast, the default on a CPU with AVX512-BF16, rounds the parts differently)."""
     from transformers.models.bert.modeling_bert import BertIntermediate
 
     from transferkit.adapt import mlm
     from transferkit.backbones import create_backbone
+    from transferkit.config import RunConfig, replace
+    from transferkit.fit import make_accelerator
 
+    fp32 = make_accelerator(replace(RunConfig(), precision="no"))
     calls = []
     forward = BertIntermediate.forward
     monkeypatch.setattr(BertIntermediate, "forward", lambda self, *a: (self.training and calls.append(1), forward(self, *a))[1])
@@ -208,7 +211,7 @@ def test_mlm_in_micro_batches_and_with_checkpointing_takes_the_same_steps(tiny_b
         calls.clear()
         bb = create_backbone(f"dir:{tiny_bert}")
         bb.model.config.hidden_dropout_prob = bb.model.config.attention_probs_dropout_prob = 0.0
-        info = mlm(bb, texts, epochs=2, head_steps=2, batch_size=4, console=None, seed=3, **kw)
+        info = mlm(bb, texts, epochs=2, head_steps=2, batch_size=4, console=None, seed=3, accelerator=fp32, **kw)
         return info, bb.model.state_dict(), len(calls)
 
     ref, w_ref, plain_calls = run()
@@ -223,3 +226,4 @@ def test_mlm_in_micro_batches_and_with_checkpointing_takes_the_same_steps(tiny_b
 
     with pytest.raises(UserError, match="accumulate must be a whole number >= 1"):
         mlm(create_backbone(f"dir:{tiny_bert}"), texts, accumulate=0, console=None)
+
