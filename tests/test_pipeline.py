@@ -91,8 +91,9 @@ def test_adapt_without_batchnorm_or_task_is_refused(tmp_path, capsys):
         (["--data-file", "empty.csv"], "empty.csv: empty file (no header, no texts)"),
         (["--image-model", "--head-steps", "5"], "--head-steps warms up a masked-LM head, so it is for text models"),
         (["--accumulate", "0"], "accumulate must be >= 1"),
-        (["--image-model", "--accumulate", "2"], "--accumulate and --grad-checkpointing save memory in masked-LM training, so they are for text models"),
-        (["--image-model", "--grad-checkpointing"], "--accumulate and --grad-checkpointing save memory in masked-LM training"),
+        (["--image-model", "--accumulate", "2"], "--accumulate, --grad-checkpointing and --group-by-length are for masked-LM training of text models"),
+        (["--image-model", "--grad-checkpointing"], "--accumulate, --grad-checkpointing and --group-by-length are for masked-LM training"),
+        (["--image-model", "--group-by-length"], "AdaBN on images computes no gradients and has no texts to group"),
     ],
 )
 def test_bad_adapt_arguments_are_refused_before_any_run(tmp_path, tiny_bert, capsys, args, message):
@@ -227,3 +228,52 @@ def test_mlm_in_micro_batches_and_with_checkpointing_takes_the_same_steps(tiny_b
     with pytest.raises(UserError, match="accumulate must be a whole number >= 1"):
         mlm(create_backbone(f"dir:{tiny_bert}"), texts, accumulate=0, console=None)
 
+
+def test_mlm_grouped_by_length_pads_less_and_sees_every_text(tiny_bert, monkeypatch):
+    """`adapt --group-by-length`: each epoch still shows every text once, in batches that pad much
+    less than random ones; seeded."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from transferkit.adapt import mlm
+    from transferkit.backbones import create_backbone
+
+    seen = []
+    collate = DataCollatorForLanguageModeling.__call__
+    monkeypatch.setattr(DataCollatorForLanguageModeling, "__call__", lambda self, rows, *a: (seen.append([len(r["input_ids"]) for r in rows]), collate(self, rows, *a))[1])
+    texts = [" ".join(["a"] * (1 + (7 * i) % 40)) for i in range(64)]  # 3 to 42 tokens
+
+    def run(**kw):
+        seen.clear()
+        mlm(create_backbone(f"dir:{tiny_bert}"), texts, epochs=2, head_steps=0, batch_size=4, max_length=48, console=None, seed=1, **kw)
+        assert len(seen) == 32  # 2 epochs of 16 batches
+        lengths = sorted(n for b in seen[:16] for n in b), sorted(n for b in seen[16:] for n in b)
+        padded = sum(len(b) * max(b) for b in seen) / sum(sum(b) for b in seen)
+        return lengths, padded, [list(b) for b in seen]
+
+    (first, second), random_pad, random_batches = run()
+    (g_first, g_second), grouped_pad, grouped_batches = run(group_by_length=True)
+    assert g_first == g_second == first == second  # every text once an epoch
+    assert grouped_pad < 1.2 < 1.4 < random_pad, (grouped_pad, random_pad)  # 1.16 and 1.51 when written
+    assert run(group_by_length=True)[2] == grouped_batches != random_batches
+
+
+def test_adapt_scores_held_out_texts_with_the_same_masks(tmp_path, tiny_bert):
+    """`adapt` on 200 or more texts holds out 5% (seeded), trains on the rest and reports their
+    masked-LM loss before and after the encoder trains, with the same masks: with no training step
+    the two are equal, and after training the held-out loss is lower."""
+    import json
+
+    from transferkit.adapt import mlm
+    from transferkit.backbones import create_backbone
+
+    texts = [f"the movie was {a} and the plot {b}" for a in ("good", "bad", "great", "dull") for b in ("slow", "long", "fine")] * 20
+    info = mlm(create_backbone(f"dir:{tiny_bert}"), texts[:40], heldout=texts[40:60], epochs=0, head_steps=0, batch_size=8, console=None)
+    assert info["heldout"]["loss_before"] == info["heldout"]["loss_after"] > 0
+    p = tmp_path / "t.csv"
+    p.write_text("text\n" + "\n".join(texts) + "\n")
+    out = tmp_path / "a"
+    assert main(["adapt", "--data", str(p), "--model", f"dir:{tiny_bert}", "--out", str(out), "--epochs", "3", "--batch-size", "16",
+                 "--lr", "1e-3", "--quiet"]) == 0
+    info = json.loads((out / "adapt.json").read_text())
+    assert info["texts"] == 228 and info["heldout"]["texts"] == 12
+    assert info["heldout"]["loss_after"] < info["heldout"]["loss_before"]

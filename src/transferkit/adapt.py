@@ -89,9 +89,12 @@ def _mlm_model(backbone):
     return model, new_head
 
 
+HELDOUT_FROM = 200  # adapt holds out 5% of at least this many texts (at most 500) to score the masked-LM training
+
+
 def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32, max_length: int = 128, seed: int = 0,
         mlm_probability: float = 0.15, head_steps: int | None = None, head_lr: float = 1e-3, console=None, accelerator=None,
-        accumulate: int = 1, grad_checkpointing: bool = False) -> dict:
+        accumulate: int = 1, grad_checkpointing: bool = False, group_by_length: bool = False, heldout: list[str] | None = None) -> dict:
     """Masked-language-model training of `backbone.model` (a transformers encoder) on `texts`, on the
     device and in the mixed precision of `accelerator` (None: `fit`'s default one, a GPU where there is
     one).
@@ -99,13 +102,21 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
     As in `fit`, `accumulate` forwards each batch in that many micro-batches whose gradients add up to
     the batch's (each part's mean loss over its masked tokens counts by its share of the batch's masked
     tokens), and `grad_checkpointing` recomputes activations in the backward pass: less memory, the
-    same steps. The logits over the whole vocabulary (batch x length x vocabulary) are the largest
+    same steps. `group_by_length` draws batches of texts of similar length (`fit`'s option), which
+    pad less. The logits over the whole vocabulary (batch x length x vocabulary) are the largest
     tensor this makes.
+
+    `heldout` texts (not trained on) are masked once, and their masked-LM loss is computed before the
+    encoder trains (after a new head's own steps) and after, in `info["heldout"]`: whether adaptation
+    learned this text's language (a new head goes on learning in the main run too, so part of the
+    gain may be the head's).
 
     A new (randomly initialised) head is first trained alone for `head_steps` steps (default: a
     quarter of the main run's steps) with the encoder frozen, as a linear probe comes before fine-
     tuning: otherwise the first updates of the encoder follow the gradients of a random head."""
     from transformers import DataCollatorForLanguageModeling
+
+    from . import trainer
 
     con = console or report.console()
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
@@ -134,9 +145,14 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
     if head_steps is None:
         head_steps = max(1, steps // 4) if new_head else 0
 
+    lengths = torch.tensor([len(e) for e in enc]) if group_by_length else None
+
     def batches():  # shuffled passes over the texts, for as long as asked
         while True:
-            order = torch.randperm(len(enc), generator=g).tolist()
+            order = torch.randperm(len(enc), generator=g)
+            if lengths is not None:
+                order = trainer.group_by_length(order, lengths, batch_size, g)
+            order = order.tolist()
             for i in range(0, len(order), batch_size):
                 yield collate([{"input_ids": enc[j]} for j in order[i : i + batch_size]])
 
@@ -178,6 +194,29 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
             prog.update(task, description=f"{label}: loss {np.mean(losses[-20:]):.3f}")
         return losses
 
+    held_batches = []
+    if heldout:
+        held_enc = sorted(tok(heldout, truncation=True, max_length=max_length, verbose=False)["input_ids"], key=len, reverse=True)
+        with torch.random.fork_rng(devices=[]):  # the same masks before and after; the training draws unchanged
+            torch.manual_seed(seed + 1)
+            held_batches = [collate([{"input_ids": e} for e in held_enc[i : i + batch_size]]) for i in range(0, len(held_enc), batch_size)]
+
+    @torch.no_grad()
+    def heldout_loss() -> float | None:
+        """The masked-LM loss over all masked tokens of the held-out texts (dropout off)."""
+        if not held_batches:
+            return None
+        model.eval()
+        total, count = torch.zeros((), device=device), 0
+        for batch in held_batches:
+            n = int(batch["labels"].ne(-100).sum())
+            if n:
+                with accelerator.autocast():
+                    total += model(**{k: v.to(device) for k, v in batch.items()}).loss.float() * n
+                count += n
+        model.train()
+        return float(total / count) if count else None
+
     stream = batches()
     model.train()
     encoder = list(model.base_model.parameters())
@@ -192,13 +231,17 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
             head_losses = train(head_steps, head, head_lr, "masked-LM head alone (encoder frozen)", prog)
             for p_ in encoder:
                 p_.requires_grad_(True)
+        before = heldout_loss()
         losses = train(steps, list(model.parameters()), lr, "masked-LM pretraining", prog)
+        after = heldout_loss()
     # the adapted encoder goes back into the backbone (same modules, new weights)
     backbone.model.load_state_dict(model.base_model.state_dict(), strict=False)
     info = {"steps": steps, "first_loss": float(np.mean(losses[:20])) if losses else None, "last_loss": float(np.mean(losses[-20:])) if losses else None,
             "new_head": new_head, "head_steps": head_steps, "seconds": round(time.perf_counter() - t0, 1), "texts": len(texts)}
     if head_losses:
         info.update(head_first_loss=float(np.mean(head_losses[:20])), head_last_loss=float(np.mean(head_losses[-20:])))
+    if before is not None:
+        info["heldout"] = {"texts": len(heldout), "loss_before": before, "loss_after": after}
     return info
 
 
@@ -221,8 +264,9 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
             raise UserError("--head-steps warms up a masked-LM head, so it is for text models; AdaBN on images trains no head")
         if isinstance(head_steps, bool) or not isinstance(head_steps, int) or head_steps < 0:
             raise UserError(f"--head-steps must be a whole number >= 0, got {head_steps!r}")
-    if kind != "text" and (cfg.train.accumulate > 1 or cfg.train.grad_checkpointing):
-        raise UserError("--accumulate and --grad-checkpointing save memory in masked-LM training, so they are for text models; AdaBN on images computes no gradients")
+    if kind != "text" and (cfg.train.accumulate > 1 or cfg.train.grad_checkpointing or cfg.train.group_by_length):
+        raise UserError("--accumulate, --grad-checkpointing and --group-by-length are for masked-LM training of text models; AdaBN on images "
+                        "computes no gradients and has no texts to group")
     rundir = RunDir(out, overwrite=overwrite)
     from .fit import make_accelerator
 
@@ -238,14 +282,25 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         from .text_data import read_texts
 
         texts = read_texts(cfg.data.path, text_column=cfg.data.text_column)
-        con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch(s)")
-        info.update(method="mlm", **mlm(backbone, texts, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,
+        heldout: list[str] = []
+        if len(texts) >= HELDOUT_FROM:  # 5% (at most 500), seeded, to tell whether adaptation taught the encoder anything
+            pick = set(np.random.default_rng(cfg.train.seed).permutation(len(texts))[: min(500, len(texts) // 20)].tolist())
+            heldout = [t for i, t in enumerate(texts) if i in pick]
+            texts = [t for i, t in enumerate(texts) if i not in pick]
+        con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch(s)"
+                  + (f", {len(heldout)} more held out to score it" if heldout else ""))
+        info.update(method="mlm", **mlm(backbone, texts, heldout=heldout, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,
                                         max_length=cfg.data.max_length, seed=cfg.train.seed, head_steps=head_steps, console=con,
-                                        accelerator=accelerator, accumulate=cfg.train.accumulate, grad_checkpointing=cfg.train.grad_checkpointing))
+                                        accelerator=accelerator, accumulate=cfg.train.accumulate, grad_checkpointing=cfg.train.grad_checkpointing,
+                                        group_by_length=cfg.train.group_by_length))
         if "head_first_loss" in info:
             con.print(f"new masked-LM head trained alone first: loss {info['head_first_loss']:.3f} -> {info['head_last_loss']:.3f} over {info['head_steps']} steps")
         if info["first_loss"] is not None:
             con.print(f"masked-LM loss {info['first_loss']:.3f} -> {info['last_loss']:.3f} over {info['steps']} steps")
+        if "heldout" in info:
+            h = info["heldout"]
+            con.print(f"held-out masked-LM loss ({h['texts']} texts, the same masks): {h['loss_before']:.3f} before the encoder trained -> "
+                      f"{h['loss_after']:.3f} after" + ("" if h["loss_after"] < h["loss_before"] else " (not lower: try more epochs or another --lr, or skip adapt)"))
     else:
         name = cfg.model.name
         if intermediate:
