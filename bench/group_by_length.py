@@ -2,6 +2,7 @@
 default): fine-tuning time and held-out accuracy.
 
     .venv/bin/python bench/group_by_length.py [--seeds 0 1] [--epochs 1] [--only SST-2] [--no-predict]
+    .venv/bin/python bench/group_by_length.py --adapt [--seeds 0 1] [--epochs 2 --only-grouped]   # `adapt` (masked-LM) instead
 
 Two datasets of 2,000 training texts each, full fine-tuning of minilm_l6 (128 tokens at most), the
 two settings alternating run by run (this machine's speed drifts within the hour):
@@ -11,6 +12,10 @@ two settings alternating run by run (this machine's speed drifts within the hour
 Then prediction alone: `TextClassifier.predict_proba` of one fitted model on all 5,574 SMS texts, rows
 in their order (what it does: passes longest first, the rows put back) against passes in file order;
 and the linear probe's feature pass over the same texts, both ways.
+
+`--adapt`: `transferkit adapt` (masked-LM pretraining of minilm_l6, 1 epoch, batch 32) on SST-2's first
+2,000 training sentences, 100 of them held out (seeded, the same in both settings): masked-LM time and
+the held-out loss before and after, the two settings alternating.
 """
 
 from __future__ import annotations
@@ -98,16 +103,46 @@ def features_timing() -> dict:
     return out
 
 
+def adapt_rows(tmp: Path, seeds: list[int], epochs: int, only_grouped: bool) -> None:
+    data = tmp / "sst2-2000.tsv"
+    data.write_text("\n".join((TEXT / "sst2" / "train.tsv").read_text().splitlines()[:2001]) + "\n")
+    rows = []
+    for seed in seeds:
+        for grouped in (True,) if only_grouped else (True, False) if seed % 2 == 0 else (False, True):
+            out = tmp / f"adapt-{seed}-{grouped}"
+            cmd = [sys.executable, "-m", "transferkit.cli", "adapt", "--data", str(data), "--model", "minilm_l6", "--out", str(out),
+                   "--seed", str(seed), "--epochs", str(epochs), "--quiet"] + (["--group-by-length"] if grouped else [])
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            info = json.loads((out / "adapt.json").read_text())
+            rows.append({"seed": seed, "epochs": epochs, "batches": "grouped by length" if grouped else "random", "command_s": time.perf_counter() - t0,
+                         "mlm_s": info["seconds"], "texts": info["texts"], "heldout": info["heldout"]})
+            print(json.dumps(rows[-1]), flush=True)
+    print("\n| batches | masked-LM s (each seed) | held-out loss before -> after (each seed) |")
+    print("|---|---|---|")
+    for b in ("random", "grouped by length"):
+        rs = [r for r in rows if r["batches"] == b]
+        if not rs:
+            continue
+        each = ", ".join(f"{r['mlm_s']:.1f}" for r in rs)
+        print(f"| {b} | {np.mean([r['mlm_s'] for r in rs]):.1f} ({each}) | "
+              + ", ".join(f"{r['heldout']['loss_before']:.3f} -> {r['heldout']['loss_after']:.3f}" for r in rs) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--only", choices=["SST-2", "SMS spam"])
     ap.add_argument("--no-predict", action="store_true", help="skip the prediction timing")
+    ap.add_argument("--adapt", action="store_true", help="`adapt` (masked-LM) rows instead of `fit`")
+    ap.add_argument("--only-grouped", action="store_true", help="--adapt: grouped batches only (e.g. with --epochs 2: the random batches' time)")
     a = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tk-group-") as d:
         tmp = Path(d)
+        if a.adapt:
+            return adapt_rows(tmp, a.seeds, a.epochs, a.only_grouped)
         for name, data in datasets(tmp).items():
             if a.only and name != a.only:
                 continue
