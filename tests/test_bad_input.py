@@ -55,17 +55,33 @@ def test_corrupt_images_listed_and_skippable(tmp_path, capsys, tiny_ckpt):
     rc, err = _fit(["--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--skip-bad-images", "--out", str(tmp_path / "ok")], capsys)
     assert rc == 0, err
     assert (tmp_path / "ok" / "manifest.json").exists()
+    # predict and evaluate (with a run fitted on clean images) fail the same way, and take the flag they suggest
+    rc, err = _fit(["--data", str(make_folder(tmp_path / "clean", n=6)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2",
+                    "--out", str(tmp_path / "run")], capsys)
+    assert rc == 0, err
+    for cmd in (["predict", str(tmp_path / "run"), str(d / "red")], ["evaluate", str(tmp_path / "run"), "--data", str(d)]):
+        assert main(cmd) == 2
+        assert "--skip-bad-images" in capsys.readouterr().err
+        assert main([*cmd, "--skip-bad-images"]) == 0
+        out, err = capsys.readouterr()
+        assert "unreadable image(s)" in err and "broken.jpg" in err
+        if cmd[0] == "predict":
+            assert len(out.splitlines()) == 1 + 6 and "broken.jpg" not in out
+        else:
+            assert "12 images, accuracy" in out
 
 
 def test_csv_problems(tmp_path, capsys, tiny_ckpt):
     make_folder(tmp_path / "d", n=3)  # the CSVs below point into it
     bad_cols = tmp_path / "cols.csv"
-    bad_cols.write_text("file,class\nd/red/0.png,red\n")
-    _expect(["--data", str(bad_cols), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "lacks column(s) label, path", "found: file, class")
+    bad_cols.write_text("photo,kind\nd/red/0.png,red\n")
+    _expect(["--data", str(bad_cols), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "lacks column(s) path, label; found: photo, kind",
+            "a column named one of path, file, filename", "--label-column")
+    _expect(["--data", str(bad_cols), "--label-column", "colour", *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "no label column 'colour'; columns found: photo, kind")
     # texts given to an image model under names the text check does not know: the message says which model reads them
     texts = tmp_path / "texts.csv"
     texts.write_text("opinion,verdict\na good film,pos\na bad film,neg\n")
-    _expect(["--data", str(texts), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "lacks column(s) label, path", "texts need a text model: --model minilm_l6")
+    _expect(["--data", str(texts), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "lacks column(s) path, label", "texts need a text model: --model minilm_l6")
     (tmp_path / "SMSSpamCollection").write_text("ham\tsee you soon\nspam\twin a prize now\n")  # no header, no suffix
     _expect(["--data", str(tmp_path / "SMSSpamCollection"), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "is a file but not a .csv", "texts need a text model")
     missing = tmp_path / "missing.csv"
@@ -116,7 +132,19 @@ def test_finished_run_not_overwritten_without_flag(tmp_path, capsys, tiny_ckpt):
     assert _fit(args, capsys)[0] == 0
     rc, err = _fit(args, capsys)
     assert rc == 2 and "already holds a finished run" in err and "--overwrite" in err
+    # --overwrite: the old run's files go (one the new run does not write must not stay behind); other files stay
+    import json
+
+    from transferkit.rundir import verify
+
+    run = tmp_path / "r"
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "stale.jpg").write_bytes(b"old")
+    manifest["files"]["stale.jpg"] = "0" * 64
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "notes.txt").write_text("mine")
     assert _fit([*args, "--overwrite"], capsys)[0] == 0
+    assert not (run / "stale.jpg").exists() and (run / "notes.txt").read_text() == "mine" and verify(run) == []
 
 
 @pytest.mark.parametrize(
@@ -145,6 +173,13 @@ def test_bad_config_file(tmp_path, capsys):
     _expect(["--config", str(cfg)], capsys, tmp_path / "r", "batch_size must be int")
     cfg.write_text("!!python/object/apply:os.system ['echo pwned']\n")
     _expect(["--config", str(cfg)], capsys, tmp_path / "r", "cannot parse")
+    # a config file that names no data does not train on the built-in digits unasked
+    for text in ("lr: 0.0003\nbatch_size: 16\n", "data:\n  val_fraction: 0.3\n"):
+        cfg.write_text(text)
+        for cmd in (["fit", "--out", str(tmp_path / "r")], ["search", "--out", str(tmp_path / "s")], ["lr-find", "--out", str(tmp_path / "l")]):
+            assert main([*cmd, "--config", str(cfg)]) == 2
+            assert f"needs --data (a folder, a CSV, or 'digits'); {cfg} names no data" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "rsl")
 
 
 def test_config_file_and_flag_precedence(tmp_path):

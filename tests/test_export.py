@@ -113,7 +113,8 @@ def test_text_export_with_saved_tokenizer(tmp_path, capsys, tiny_bert):
     assert main(["predict", str(run), "--onnx", str(tmp_path / "onnx"), "--text", "a good film", "--text", "dull and boring plot"]) == 0
     out = capsys.readouterr().out.splitlines()
     ref = clf.predict_proba(["a good film", "dull and boring plot"])
-    np.testing.assert_allclose(np.array([r.split(",")[2:] for r in out[1:]], float), ref, atol=2e-6)
+    assert out[0].startswith("file,row,text,label,") and [r.split(",")[:3] for r in out[1:]] == [["--text", "1", "a good film"], ["--text", "2", "dull and boring plot"]]
+    np.testing.assert_allclose(np.array([r.split(",")[4:] for r in out[1:]], float), ref, atol=2e-6)
 
     texts = ["a very good film", "dull", "the plot was not boring and it was lovely lovely lovely"]
     tok = Tokenizer.from_file(str(tmp_path / "onnx" / "tokenizer" / "tokenizer.json"))

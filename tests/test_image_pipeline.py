@@ -42,6 +42,8 @@ def test_frozen_parameters_and_statistics_stay_bitwise_unchanged(tiny_folder, ti
 
 
 def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path, capsys):
+    import shutil
+
     run = tmp_path / "run"
     clf = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="lp_ft", input_size=16, batch_size=4, epochs=2, lp_epochs=5)
     clf.fit(str(tiny_folder), out=run)
@@ -62,11 +64,16 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
     assert loaded.classes_ == clf.classes_
     assert np.array_equal(loaded.predict_proba(images), clf.predict_proba(images))
 
+    # `evaluate` on the data the run was fitted on (no split of its own): the run's validation split,
+    # not its training images, scored as fit scored it
     assert main(["evaluate", str(run), "--data", str(tiny_folder), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
-    assert ev["n"] == 16 and 0 <= ev["accuracy"] <= 1
-    import shutil
-
+    assert ev["n"] == m["n_val"] < 16 and "the run's validation split" in ev["data"]
+    assert (ev["accuracy"], ev["confusion_matrix"]) == (m["accuracy"], m["confusion_matrix"])
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_folder, copy)  # other data (here a copy): every image
+    assert main(["evaluate", str(run), "--data", str(copy), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 16
     (tmp_path / "one" / "red").mkdir(parents=True)  # data to score needs no 2 images per class (training does)
     shutil.copy(images[-1], tmp_path / "one" / "red")
     (tmp_path / "one.csv").write_text(f"path,label\n{images[-1]},red\n")
@@ -202,3 +209,37 @@ def test_test_fraction_holds_out_a_seeded_stratified_test_split(tmp_path, tiny_c
     assert ev["n"] == 6 and ev["accuracy"] == m["test"]["accuracy"] and "held-out test split" in ev["data"]
     assert main(["fit", "--data", str(data), "--test-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
     assert "test_fraction must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_image_csv_columns_are_found_by_name_or_given(tiny_folder, tiny_ckpt, tmp_path, capsys):
+    """An image CSV's path column may be called file, filename, image, ... and its label column
+    category, class, ... or any name given with --label-column; other columns are ignored."""
+    from conftest import tiny_args
+
+    images = sorted(tiny_folder.rglob("*.png"))
+    table = tmp_path / "images.csv"
+    table.write_text("id,Filename,kind,source\n" + "".join(f"{i},{p.relative_to(tmp_path)},{p.parent.name} ,web\n" for i, p in enumerate(images)))
+    run = tmp_path / "run"
+    args = ["fit", "--data", str(table), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--quiet", "--out", str(run)]
+    assert main(args) == 2 and "lacks column(s) label" in capsys.readouterr().err
+    assert main([*args, "--label-column", "kind"]) == 0, capsys.readouterr().err
+    m = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "model.json").read_text())["classes"] == ["blue", "red"] and m["n_train"] + m["n_val"] == 16
+    assert main(["evaluate", str(run), "--data", str(table), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == m["n_val"]  # the run's own data: its validation split
+
+
+def test_a_class_absent_from_validation_is_said(tmp_path, tiny_ckpt, capsys):
+    """A val/ folder without some class: the run says so (its per-class scores are empty, not a model
+    that never finds the class) and keeps the note in metrics.json."""
+    import shutil
+
+    from conftest import tiny_args
+
+    d = make_folder(tmp_path / "d" / "train", n=6)
+    shutil.copytree(d / "red", tmp_path / "d" / "val" / "red")
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(tmp_path / "d"), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--out", str(run)]) == 0
+    said = "the validation split has no images of blue"
+    assert said in capsys.readouterr().out
+    assert any(said in n for n in json.loads((run / "metrics.json").read_text())["data_notes"])

@@ -74,8 +74,18 @@ def test_stop_and_resume_is_bit_identical(tiny, tmp_path, strategy, stop_after, 
         fit(cfg, tmp_path / "cut", console=con, should_stop=StopAfter(stop_after))
     assert not (tmp_path / "cut" / "manifest.json").exists()
     assert (tmp_path / "cut" / "checkpoints" / "checkpoints.json").exists()
-    fit(cfg, tmp_path / "cut", console=con, resume=True)
+    import io
+    import re
+
+    from rich.console import Console
+
+    latest = max(int(re.sub(r"\D", "", p.stem)) for p in (tmp_path / "cut" / "checkpoints").glob("ckpt-*"))  # its tag: the epochs done
+    said = Console(file=io.StringIO(), record=True, width=200)
+    fit(cfg, tmp_path / "cut", console=said, resume=True)
     _same(tmp_path / "whole", tmp_path / "cut")
+    # the message names the epoch the checkpoint was taken after (or inside): all phases' epochs counted
+    line = next(ln for ln in said.export_text().splitlines() if ln.startswith("resuming from the checkpoint"))
+    assert f"after epoch {latest} " in line or f"inside epoch {latest + 1} " in line, (line, latest)
 
 
 def test_damaged_checkpoint_falls_back_to_previous(tiny, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Text classification: loading and detection, bad input, every strategy on a tiny random BERT, LoRA,
 dynamic padding, the feature cache, save/load, and the packaged MiniLM against sentence-transformers."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -35,6 +36,11 @@ def test_detects_columns_header_and_delimiter(tmp_path):
     q.write_text('id,sentence,label\n1,"a, b ""c""\nd",x/y\n2,plain,"../etc"\n', encoding="utf-8")
     texts, labels, _, _ = read_table(q)
     assert texts == ['a, b "c"\nd', "plain"] and labels == ["x/y", "../etc"]
+    # no label name known: the column of fewest values labels, but not one of a single value (a constant `source`)
+    c = tmp_path / "c.csv"
+    c.write_text("id,review,stars,source\n1,a fine film,5,imdb\n2,dull,1,imdb\n3,ok,3,imdb\n4,so good,5,imdb\n5,bad,1,imdb\n6,meh,3,imdb\n7,great,5,imdb\n")
+    texts, labels, _, _ = read_table(c)
+    assert texts[0] == "a fine film" and labels[:3] == ["5", "1", "3"]
 
 
 def test_encodings(tmp_path):
@@ -56,7 +62,7 @@ def test_encodings(tmp_path):
     [
         ("text,label\nfine,pos\n,neg\n", r"bad.csv:3: empty text in column 'text'"),
         ("text\nfine\nbad\n", r"found 1 column\(s\) \(text\); need a text column and a label column"),
-        ("text,label\nfine,pos\nok,pos\n", r"1 class \(pos\); classification needs at least two"),
+        ("text,label\nfine,pos\nok,pos\n", r"1 class \(pos\); classification needs at least two \(another column holds the labels\? name it with --label-column\)"),
         ("text,label\nfine,pos,extra\n", r"bad.csv:2: 3 field\(s\) where the header has 2"),
     ],
 )
@@ -205,13 +211,29 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     with pytest.raises(UserError, match="text 2 is missing"):  # was classified as the text "None"
         clf.predict(["good film", None])
     r = run_cli("predict", out, "--text", "good film", "--text", "awful")
-    assert r.returncode == 0 and r.stdout.splitlines()[0] == "text,label,p_neg,p_pos" and len(r.stdout.splitlines()) == 3
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "file,row,text,label,p_neg,p_pos" and len(r.stdout.splitlines()) == 3
+    # each prediction says where its text came from (a text file's line, a CSV's record), whole
     lines = tmp_path / "texts.txt"
-    lines.write_text("good film\n\nawful plot\n")
-    r = run_cli("predict", out, lines)
-    assert r.returncode == 0 and len(r.stdout.splitlines()) == 3
-    r = run_cli("evaluate", out, "--data", p)
-    assert r.returncode == 0 and "40 texts, accuracy" in r.stdout
+    long = "the plot was awful " * 10
+    lines.write_text(f"good film\n\n{long}\n")
+    table = tmp_path / "t.csv"
+    table.write_text('id,comment_body\n7,good film\n8,"awful, awful plot"\n')
+    r = run_cli("predict", out, lines, table, "--text-column", "comment_body", "--out", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.reader((tmp_path / "p.csv").open()))
+    assert [r_[:3] for r_ in rows[1:]] == [[str(lines), "1", "good film"], [str(lines), "3", long], [str(table), "1", "good film"],
+                                            [str(table), "2", "awful, awful plot"]]
+    proba = clf.predict_proba(["good film", long, "good film", "awful, awful plot"])
+    np.testing.assert_allclose(np.array([r_[4:] for r_ in rows[1:]], float), proba, atol=1e-5)
+    r = run_cli("predict", out, table)
+    assert r.returncode == 2 and "no text column" in r.stderr and "--text-column" in r.stderr
+    for bad in (tmp_path, tmp_path / "missing" / "p.csv"):  # refused before predicting, not after
+        r = run_cli("predict", out, lines, "--out", bad)
+        assert r.returncode == 2 and "give a CSV file to write in an existing folder" in r.stderr and "Traceback" not in r.stderr
+    # `evaluate` on the file the run was fitted on: its validation split, as fit scored it
+    r = run_cli("evaluate", out, "--data", p, "--json")
+    ev, m = json.loads(r.stdout), json.loads((out / "metrics.json").read_text())
+    assert ev["n"] == m["n_val"] < 40 and "the run's validation split" in ev["data"] and ev["accuracy"] == m["accuracy"]
 
 
 def test_text_bad_inputs_through_cli(tmp_path, tiny_bert, monkeypatch):

@@ -68,14 +68,16 @@ class _Classifier:
     def predict(self, items) -> list[str]:
         return [self.classes_[i] for i in self.predict_proba(items).argmax(1)]
 
-    def evaluate(self, data: str, *, mistakes_csv: str | Path | None = None) -> dict:
-        """Metrics on labelled data: its test split if it has one, else val, else all of it. The
-        wrong examples, most confidently wrong first: the 10 first in `["mistakes"]`, all of them in
-        `mistakes_csv` when given."""
+    def evaluate(self, data: str, *, mistakes_csv: str | Path | None = None, skip_bad_images: bool = False) -> dict:
+        """Metrics on labelled data: its test split if it has one, else val, else all of it (on the
+        data the model was fitted on: its held-out test split, or its validation split). The wrong
+        examples, most confidently wrong first: the 10 first in `["mistakes"]`, all of them in
+        `mistakes_csv` when given. `skip_bad_images`: leave out unreadable images (listed in
+        `["skipped"]`) instead of failing."""
         from .evaluate import evaluate_model
 
         self._check_fitted()
-        return evaluate_model(self, str(data), mistakes_csv=mistakes_csv)
+        return evaluate_model(self, str(data), mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         from .fit import model_meta, write_model
@@ -130,6 +132,11 @@ class ImageClassifier(_Classifier):
     def _encode(self, images) -> tuple:
         """Paths, a folder of images, PIL images, or arrays / tensors (HxWx3 uint8, or as
         `data.as_image_array` scales them) -> (uint8 tensor, source names)."""
+        u8, names, _ = self._encode_kept(self._sources(images))
+        return u8, names
+
+    def _sources(self, images) -> list:
+        """`_encode`'s inputs as a list of file paths (str) and HxWx3 uint8 arrays."""
         if isinstance(images, (str, Path)):
             p = Path(images)
             images = [str(f) for f in image_files(p)] if p.is_dir() else [str(p)]
@@ -144,10 +151,15 @@ class ImageClassifier(_Classifier):
         for s in sources:
             if isinstance(s, str) and not Path(s).is_file():
                 raise UserError(f"image not found: {s}")
-        s = ImageSet(sources, np.zeros(len(sources), dtype=int), self.classes_)
-        u8, _, _ = decode_images(s, self.preprocess_.resize_size, self.preprocess_.interpolation)
-        names = [x if isinstance(x, str) else f"array[{i}]" for i, x in enumerate(sources)]
-        return u8, names
+        return sources
+
+    def _encode_kept(self, sources: list, skip_bad: bool = False) -> tuple:
+        """(uint8 tensor, names, problems) of paths or arrays; with `skip_bad`, unreadable files are
+        left out (named in problems) instead of failing."""
+        s = ImageSet(sources, np.arange(len(sources)), self.classes_)  # labels: each image's position, to name the kept ones
+        u8, kept, bad = decode_images(s, self.preprocess_.resize_size, self.preprocess_.interpolation, skip_bad=skip_bad)
+        names = [sources[i] if isinstance(sources[i], str) else f"array[{i}]" for i in kept.labels.tolist()]
+        return u8, names, bad
 
     _decode = _encode
 

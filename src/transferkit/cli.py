@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 a mistake in the input (a one- or two-line message, no 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -23,14 +24,14 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--arch", "arch", str, "architecture of a file:PATH checkpoint (registered or timm name)"),
     ("--candidates", "candidates", str, "--model auto: comma-separated models to rank (default efficientnet_lite0,1,2)"),
     ("--rank-score", "rank_score", str, "--model auto: transferability score that picks (default logme)"),
-    ("--strategy", "strategy", str, "linear_probe | full | partial | gradual | lp_ft (default lp_ft); see `transferkit strategies`"),
+    ("--strategy", "strategy", str, "linear_probe | full | partial | gradual | lp_ft | lora (default lp_ft); see `transferkit strategies`"),
     ("--k", "k", int, "partial: train the last k backbone block groups"),
     ("--unfreeze-every", "unfreeze_every", int, "gradual: unfreeze one more block group every N epochs"),
     ("--layer-decay", "layer_decay", float, "discriminative rates: each group down from the head gets lr x this"),
     ("--layer-lr-min", "layer_lr_min", float, "discriminative rates: geometric from this (first group) to --lr (head)"),
     ("--bn-stats", "bn_stats", str, "BatchNorm statistics: auto (frozen for lp_ft, else trainable) | frozen | trainable | all"),
     ("--freeze", "freeze", str, "comma-separated regexes of parameter names to keep frozen"),
-    ("--epochs", "epochs", int, "fine-tuning epochs (default 8)"),
+    ("--epochs", "epochs", int, "fine-tuning epochs (default 8; linear_probe trains --lp-epochs on cached features instead)"),
     ("--batch-size", "batch_size", int, "training batch size (default 32)"),
     ("--accumulate", "accumulate", int, "forward each batch in this many micro-batches, adding up gradients: same steps, less memory (default 1)"),
     ("--lr", "lr", float, "base learning rate (default 1e-3; 1e-4 for full/partial/gradual on text; lp_ft fine-tunes at lr x ft_lr_scale)"),
@@ -108,6 +109,19 @@ def _add_fit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
+def _names_data(args: argparse.Namespace) -> bool:
+    """Whether --data or the --config file names the data (else the built-in default, digits, would
+    train unasked)."""
+    if args.data is not None:
+        return True
+    if not args.config:
+        return False
+    from .config import read_yaml
+
+    raw = read_yaml(args.config)
+    return isinstance(raw, dict) and "data" in raw and (not isinstance(raw["data"], dict) or "path" in raw["data"])
+
+
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     base = load_config_file(args.config) if args.config else RunConfig()
     names = [n for _, n, _, _ in FIT_FLAGS] + [n for _, n, _, _ in BOOL_FLAGS]
@@ -125,8 +139,8 @@ def cmd_fit(args) -> int:
         if args.out is None:
             raise UserError("fit needs --out RUN_DIR (or --resume RUN_DIR)")
         cfg, out = resolve_config(args), args.out
-        if args.data is None and not args.config:
-            raise UserError("fit needs --data (a folder, a CSV, or 'digits')")
+        if not _names_data(args):
+            raise UserError("fit needs --data (a folder, a CSV, or 'digits')" + (f"; {args.config} names no data" if args.config else ""))
     cfg.validate()  # a bad setting is named before PyTorch loads (about 2 s)
     from . import report
     from .fit import fit
@@ -248,9 +262,13 @@ def cmd_evaluate(args) -> int:
         from .evaluate import evaluate_model
         from .export import load_export
 
-        m = evaluate_model(clf, args.data, mistakes_csv=args.mistakes, onnx_session=load_export(args.run_dir, args.onnx or None))
+        m = evaluate_model(clf, args.data, mistakes_csv=args.mistakes, onnx_session=load_export(args.run_dir, args.onnx or None),
+                           skip_bad_images=args.skip_bad_images)
     else:
-        m = clf.evaluate(args.data, mistakes_csv=args.mistakes)
+        m = clf.evaluate(args.data, mistakes_csv=args.mistakes, skip_bad_images=args.skip_bad_images)
+    if m.get("skipped"):
+        sk = m["skipped"]
+        print(f"left out {len(sk)} unreadable image(s):\n  " + "\n  ".join(sk[:10]) + ("\n  ..." if len(sk) > 10 else ""), file=sys.stderr)
     if args.json:
         print(json.dumps(m, indent=2))
     else:
@@ -274,7 +292,13 @@ def cmd_predict(args) -> int:
 
     from .api import ImageClassifier
 
+    if args.out is not None and (Path(args.out).is_dir() or not Path(args.out).absolute().parent.is_dir()):
+        raise UserError(f"--out {args.out}: give a CSV file to write in an existing folder")  # before any work, not after it
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
+    if args.text_column is not None and clf.inputs_.modality != "text":
+        raise UserError(f"{args.run_dir} is an image model: --text-column is for text models")
+    if args.skip_bad_images and clf.inputs_.modality == "text":
+        raise UserError(f"{args.run_dir} is a text model: --skip-bad-images is for image models")
     if args.explain is not None:
         if args.onnx is not None and clf.inputs_.modality == "image":
             raise UserError("--explain draws Grad-CAM maps, which need the model's gradients; the ONNX export does not give them: drop --onnx")
@@ -287,17 +311,20 @@ def cmd_predict(args) -> int:
         session = load_export(args.run_dir, args.onnx or None)
         proba_of = lambda c, x: onnx_predict_proba(session, c, x)  # noqa: E731
     if clf.inputs_.modality == "text":
-        texts = list(args.text or [])
-        from .text_data import read_texts
+        from .text_data import read_text_rows
 
+        where = [("--text", i) for i in range(1, len(args.text or []) + 1)]  # (file, row) of each text, to join the output back
+        texts = list(args.text or [])
         for item in args.inputs:
             if not Path(item).is_file():
                 raise UserError(f"not found: {item} (give files of texts)")
-            texts += read_texts(item)
+            rows = read_text_rows(item, text_column=args.text_column, also=clf.config_.data.text_column)
+            where += [(item, i) for i, _ in rows]
+            texts += [t for _, t in rows]
         if not texts:
             raise UserError("predict needs texts: a file of texts (one per line, or a CSV/TSV with a text column) or --text")
-        names, proba = [t[:80] for t in texts], proba_of(clf, clf._encode(texts)[0])
-        first = "text"
+        names, proba = [[f, i, t] for (f, i), t in zip(where, texts)], proba_of(clf, clf._encode(texts)[0])
+        first = ["file", "row", "text"]
         if args.explain is not None:
             _write_text_explanations(clf, texts, proba, lambda t: proba_of(clf, clf._tokens(t)), Path(args.explain))
     else:
@@ -305,30 +332,38 @@ def cmd_predict(args) -> int:
             raise UserError(f"{args.run_dir} is an image model: --text does not apply; give image files or folders")
         if not args.inputs:
             raise UserError("predict needs image files or folders")
-        names, probas, encoded = [], [], []
+        names, probas, encoded, skipped = [], [], [], []
         for item in args.inputs:
             if not Path(item).exists():
                 raise UserError(f"not found: {item}")
-            x, n = clf._encode(Path(item))
+            x, n, bad = clf._encode_kept(clf._sources(Path(item)), skip_bad=args.skip_bad_images)
+            skipped += bad
+            if not n:
+                continue
             probas.append(proba_of(clf, x))
             names += n
             if args.explain is not None:
                 encoded.append(x)
+        if skipped:
+            print(f"left out {len(skipped)} unreadable image(s):\n  " + "\n  ".join(skipped[:10]) + ("\n  ..." if len(skipped) > 10 else ""), file=sys.stderr)
+        if not names:
+            raise UserError("no readable images to predict")
         proba = np.concatenate(probas)
-        first = "file"
         if args.explain is not None:
             _write_explanations(clf, encoded, names, proba, Path(args.explain))
-    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
-    try:
-        w = csv.writer(out)
-        w.writerow([first, "label"] + [f"p_{c}" for c in clf.classes_])
-        for n, pr in zip(names, proba):
-            w.writerow([n, clf.classes_[int(pr.argmax())]] + [f"{v:.6f}" for v in pr])
-    finally:
-        if args.out:
-            out.close()
+        names, first = [[n] for n in names], ["file"]
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow([*first, "label"] + [f"p_{c}" for c in clf.classes_])
+    for n, pr in zip(names, proba):
+        w.writerow([*n, clf.classes_[int(pr.argmax())]] + [f"{v:.6f}" for v in pr])
     if args.out:
+        from .rundir import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.out), buf.getvalue().encode("utf-8"))  # whole or not at all
         print(f"wrote {len(names)} predictions to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(buf.getvalue())
     return 0
 
 
@@ -410,8 +445,8 @@ def cmd_search(args) -> int:
 
     if args.out is None:
         raise UserError("search needs --out DIR (a new directory, or one holding this search to continue it)")
-    if args.data is None and not args.config:
-        raise UserError("search needs --data (a folder, a CSV, or 'digits')")
+    if not _names_data(args):
+        raise UserError("search needs --data (a folder, a CSV, or 'digits')" + (f"; {args.config} names no data" if args.config else ""))
     space = load_space_file(args.space) if args.space else None
     search(
         resolve_config(args), args.out, space=space, trials=args.trials, folds=args.folds, time_budget=args.time_budget,
@@ -426,8 +461,8 @@ def cmd_lr_find(args) -> int:
     from .lr_find import lr_find, lr_find_figure
     from .rundir import atomic_write_bytes
 
-    if args.data is None and not args.config:
-        raise UserError("lr-find needs --data (a folder, a CSV, or 'digits')")
+    if not _names_data(args):
+        raise UserError("lr-find needs --data (a folder, a CSV, or 'digits')" + (f"; {args.config} names no data" if args.config else ""))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
@@ -562,8 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a finished run on labelled data")
     p.add_argument("run_dir")
-    p.add_argument("--data", required=True, help="labelled data: its test/ split, else val/, else all of it")
+    p.add_argument("--data", required=True, help="labelled data: its test/ split, else val/, else all of it; the data the run was fitted on: "
+                   "its held-out test split (--test-fraction), else its validation split")
     p.add_argument("--mistakes", metavar="FILE.csv", help="write every wrong example (most confidently wrong first) to this CSV")
+    p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="score the model's ONNX export with onnxruntime (default RUN_DIR/export)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -572,7 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("inputs", nargs="*", help="image files or folders; for a text model, files of texts (one per line, or a CSV/TSV with a text column)")
     p.add_argument("--text", action="append", help="a text to classify (text models; repeatable)")
-    p.add_argument("--out", help="CSV file to write (default: standard output)")
+    p.add_argument("--text-column", help="text models, CSV/TSV inputs: the column holding the text (default: the run's, else detected)")
+    p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
+    p.add_argument("--out", help="CSV file to write (default: standard output); texts: file, row (a text file's line, a CSV's record after "
+                   "the header), text, label, p_CLASS...")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="run the model's ONNX export with onnxruntime (default RUN_DIR/export; 3x faster on a CPU)")
     p.add_argument("--explain", metavar="DIR", help="also write why: images, each beside a Grad-CAM map of where the model looked for the class it said (one PNG each); texts, explain.html with each word shaded by how much it pushed toward that class")
     p.set_defaults(func=cmd_predict)

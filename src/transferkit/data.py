@@ -69,7 +69,8 @@ class DataSplits:
 TEXT_HINT = " (texts need a text model: --model minilm_l6, hf:NAME or dir:PATH)"
 
 
-def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, group_column: str | None = None, encoding: str = "auto") -> DataSplits:
+def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, group_column: str | None = None, encoding: str = "auto",
+                    label_column: str | None = None) -> DataSplits:
     """Resolve a data spec into train / val (/ test) splits. Nothing is decoded yet."""
     if spec == "digits" or spec.startswith("digits:"):
         return _digits(val_fraction, seed, spec.partition(":")[2])
@@ -79,7 +80,7 @@ def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, grou
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise UserError(f"{spec} is a file but not a .csv; give a folder of class subfolders or a CSV with path,label columns{TEXT_HINT}")
-        full = _read_csv(path, group_column, encoding)
+        full = _read_csv(path, group_column, encoding, label_column=label_column)
         classes = full.classes
         tr, va = stratified_split(full.labels, val_fraction, seed)
         return DataSplits(full.subset(tr), full.subset(va), None, classes, str(path), val_given=False)
@@ -155,27 +156,46 @@ def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
     return out
 
 
-def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto", *, check: bool = True) -> ImageSet:
+PATH_NAMES = ("path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path", "img", "img_path")
+
+
+def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto", *, check: bool = True, label_column: str | None = None) -> ImageSet:
+    """Images listed in a CSV: a column of paths (`path`, or `file`, `filename`, `image`, ...;
+    relative to the CSV's folder) and one of labels (`label`, `class`, `category`, ..., or
+    `label_column`)."""
     import io
 
-    from .text_data import _decode
+    from .text_data import LABEL_NAMES, _decode
 
     text = _decode(path.read_bytes(), path, encoding)  # auto: UTF-8 (BOM or not) or UTF-16 with a BOM; else a clear error
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    fields = rows[0].keys() if rows else []
+    fields = list(rows[0].keys()) if rows else []
     if not rows:
         raise UserError(f"{path} has no rows")
-    missing = {"path", "label"} - set(fields) | ({group_column} - set(fields) if group_column else set())
+
+    def column(names: tuple[str, ...]) -> str | None:
+        lower = {str(f).strip().lower(): f for f in fields if f is not None}
+        return next((lower[n] for n in names if n in lower), None)
+
+    if label_column is not None and column((label_column.lower(),)) is None:
+        raise UserError(f"{path}: no label column {label_column!r}; columns found: {', '.join(fields)}")
+    pc, lc = column(PATH_NAMES), column((label_column.lower(),) if label_column else LABEL_NAMES)
+    missing = [what for what, c in (("path", pc), ("label", lc)) if c is None] + ([group_column] if group_column and group_column not in fields else [])
     if missing:
-        raise UserError(f"{path} lacks column(s) {', '.join(sorted(missing))}; found: {', '.join(fields)}" + (TEXT_HINT if "path" in missing else ""))
+        hint = ""
+        if pc is None:
+            hint += f" (image paths: a column named one of {', '.join(PATH_NAMES)})"
+        if lc is None:
+            hint += " (labels: name the column with --label-column)"
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; found: {', '.join(fields)}{hint}" + (TEXT_HINT if pc is None else ""))
     sources, names, absent = [], [], []
     for i, r in enumerate(rows, start=2):
-        p = Path(r["path"] or "")
+        p = Path(r[pc] or "")
         p = p if p.is_absolute() else path.parent / p
-        if not r["path"] or not p.is_file():
-            absent.append(f"row {i}: {r['path']!r}")
+        if not r[pc] or not p.is_file():
+            absent.append(f"row {i}: {r[pc]!r}")
         sources.append(str(p))
-        names.append(str(r["label"]))
+        names.append(str(r[lc]).strip())
     if absent:
         raise UserError(f"{path}: {len(absent)} image path(s) do not exist: {'; '.join(absent[:5])}" + (" ..." if len(absent) > 5 else ""))
     classes = sorted(set(names))

@@ -23,7 +23,7 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
     if not p.exists():
         raise UserError(f"data not found: {spec}")
     if p.is_file():
-        s, where = _read_csv(p, check=False), str(p)
+        s, where = _read_csv(p, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column), str(p)
     else:
         sub = next((p / n for n in ("test", "val") if (p / n).is_dir()), p)
         s, where = _read_folder(sub, classes), str(sub)  # labelled data to score: one image of a class is enough
@@ -66,21 +66,38 @@ def _same_data(spec: str, trained_on: str | None) -> bool:
     return a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
+def _has_eval_split(p: Path, modality: str) -> bool:
+    """Whether data at `p` has a split of its own to score (images: test/ or val/; texts: a folder's
+    test, val or dev file), rather than every example, the training ones included."""
+    if not p.is_dir():
+        return False
+    if modality == "text":
+        from .text_data import _find
+
+        return any(_find(p, n) is not None for n in ("test", "val", "dev"))
+    return (p / "test").is_dir() or (p / "val").is_dir()
+
+
 def labelled_set(clf, spec: str):
-    """(examples, description) a fitted classifier is scored on for `spec`: the run's held-out test
-    split when it was made with --test-fraction on this same data, else `text_eval_set` / `eval_set`."""
+    """(examples, description) a fitted classifier is scored on for `spec`: on the data the run was
+    fitted on, the run's held-out test split (--test-fraction), or its validation split when the data
+    has no split of its own (every example would include the training ones); else `text_eval_set` /
+    `eval_set`."""
     cfg = clf.config_
-    if cfg.data.test_fraction and _same_data(spec, cfg.data.path):
+    if _same_data(spec, cfg.data.path) and (cfg.data.test_fraction or not _has_eval_split(Path(spec), clf.inputs_.modality)):
         from .inputs import load_splits
 
-        s = load_splits(cfg).test  # drawn again with the run's seed: the examples it never trained or selected on
-        return s, f"{spec} (the run's held-out test split, --test-fraction {cfg.data.test_fraction:g}, seed {cfg.train.seed})"
+        splits = load_splits(cfg)  # drawn again with the run's seed
+        if cfg.data.test_fraction:  # the examples it never trained or selected on
+            return splits.test, f"{spec} (the run's held-out test split, --test-fraction {cfg.data.test_fraction:g}, seed {cfg.train.seed})"
+        return splits.val, (f"{spec} (the run's validation split, seed {cfg.train.seed}: the rest trained it; the best epoch was chosen on it, "
+                            "so a little optimistic: fit with --test-fraction 0.2 for an estimate on examples it never saw)")
     if clf.inputs_.modality == "text":
         return text_eval_set(spec, clf.classes_, cfg)
     return eval_set(spec, clf.classes_, cfg)
 
 
-def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, onnx_session=None) -> dict:
+def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, onnx_session=None, skip_bad_images: bool = False) -> dict:
     """Metrics of a fitted classifier (api.ImageClassifier / TextClassifier) on labelled data; every
     wrong example, most confidently wrong first, written to `mistakes_csv` when given. With
     `onnx_session` (export.load_export) the run's ONNX export computes the probabilities."""
@@ -90,7 +107,9 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
     from .trainer import predict_proba
 
     s, where = labelled_set(clf, spec)
-    x, s, _ = clf.inputs_.encode(s)
+    x, s, bad = clf.inputs_.encode(s, skip_bad=skip_bad_images or None)  # None: as the run was fitted
+    if not len(s):
+        raise UserError(f"{where}: no readable examples to score")
     if onnx_session is not None:
         from .export import onnx_predict_proba
 
@@ -101,6 +120,8 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
     m["data"] = where + (" (ONNX export, onnxruntime)" if onnx_session is not None else "")
     wrong = top_mistakes(s.labels, proba, clf.classes_, s.sources, getattr(s, "rows", None))
     m["mistakes"] = summary(wrong)
+    if bad:
+        m["skipped"] = bad
     if mistakes_csv is not None:
         from .rundir import atomic_write_bytes
 

@@ -156,6 +156,12 @@ def fit(
         check_counts(splits.train, splits.source)
         if len(splits.val) == 0:
             raise UserError(f"{splits.source}: no readable validation images left")
+    absent = [c for c, n in splits.val.counts().items() if n == 0]
+    if absent:  # a val/ folder or file without some class: its per-class scores would read as a model that never finds it
+        note = (f"the validation split has no {inputs.unit} of {', '.join(absent)}: the per-class scores of "
+                f"{'that class' if len(absent) == 1 else 'those classes'} are empty, and the best epoch is chosen without {'it' if len(absent) == 1 else 'them'}")
+        console.print(f"[yellow]{note}[/]")
+        splits.notes = list(splits.notes) + [note]
 
     groups = model_groups(model)
     phases = create_phases(cfg, groups)
@@ -187,8 +193,10 @@ def fit(
         else:
             model.load_state_dict(saved["model"])
             st, phase_resume = saved["fit"], saved["phase_state"]
-            done = len(st["history"])
-            console.print(f"resuming from the checkpoint after epoch {done} (phase {st['phase'] + 1} of {len(phases)})")
+            ps = phase_resume or {}
+            done = len(st["history"]) + len(ps.get("history", []))  # earlier phases' epochs and this phase's (as the checkpoint's tag counts)
+            where = f"inside epoch {done + 1} (batch {ps['batch']})" if ps.get("batch") else f"after epoch {done}"
+            console.print(f"resuming from the checkpoint {where} (phase {st['phase'] + 1} of {len(phases)})")
     model.to(device, memory_format=inputs.memory_format)
 
     def save_checkpoint(phase_state):

@@ -53,13 +53,16 @@ class ImageInputs:
 
         if cfg.data.group_column and not str(cfg.data.path).lower().endswith(".csv"):
             raise UserError(f"--group-column needs CSV data (path,label,{cfg.data.group_column}); {cfg.data.path} is not a CSV")
-        return load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=seed, group_column=cfg.data.group_column, encoding=cfg.data.encoding)
+        return load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=seed, group_column=cfg.data.group_column, encoding=cfg.data.encoding,
+                               label_column=cfg.data.label_column)
 
-    def encode(self, s, progress=None):
-        """(tensor, kept set, problems) for one split."""
+    def encode(self, s, progress=None, skip_bad: bool | None = None):
+        """(tensor, kept set, problems) for one split; unreadable images fail it, or are left out when
+        `skip_bad` (default: the run's --skip-bad-images) says so."""
         from .data import decode_images
 
-        return decode_images(s, self.pre.resize_size, self.pre.interpolation, skip_bad=self.cfg.data.skip_bad_images, progress=progress)
+        skip = self.cfg.data.skip_bad_images if skip_bad is None else skip_bad
+        return decode_images(s, self.pre.resize_size, self.pre.interpolation, skip_bad=skip, progress=progress)
 
     def train_transform(self, flip: bool):
         from .transforms import augment, center_crop, normalize
@@ -118,7 +121,7 @@ class TextInputs:
         return load_text_data(d.path, val_fraction=d.val_fraction, seed=seed, text_column=d.text_column, label_column=d.label_column,
                               delimiter=d.delimiter, encoding=d.encoding, group_column=d.group_column)
 
-    def encode(self, s, progress=None):
+    def encode(self, s, progress=None, skip_bad: bool | None = None):
         x, truncated = self.backbone.tokenize(list(s.sources), self.max_length)
         self.truncated += truncated
         if progress is not None:

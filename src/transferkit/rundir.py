@@ -81,7 +81,17 @@ class RunDir:
     def create(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
-        (self.path / MANIFEST).unlink(missing_ok=True)  # from here until finalize() the run is incomplete
+        old = self.path / MANIFEST
+        if old.is_file():  # --overwrite of a finished run: its files go, so none of them (a mistakes.jpg this run does not draw) stays behind
+            try:
+                names = list(json.loads(old.read_text())["files"])
+            except (ValueError, KeyError, TypeError):
+                names = []
+            for name in names:
+                f = self.path / name
+                if ".." not in Path(name).parts and f.resolve().is_relative_to(self.path.resolve()) and f.is_file():
+                    f.unlink()
+        old.unlink(missing_ok=True)  # from here until finalize() the run is incomplete
         return self
 
     def _lock(self) -> None:

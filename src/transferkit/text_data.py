@@ -164,7 +164,8 @@ def _check_classes(s: TextSet, source: str) -> None:
     counts = s.counts()
     present = [c for c, n in counts.items() if n]
     if len(present) < 2:
-        raise UserError(f"{source}: the label column has {len(present)} class ({', '.join(present) or 'none'}); classification needs at least two")
+        raise UserError(f"{source}: the label column has {len(present)} class ({', '.join(present) or 'none'}); classification needs at least two "
+                        "(another column holds the labels? name it with --label-column)")
 
 
 def _textset(part, classes: list[str]) -> TextSet:
@@ -265,8 +266,8 @@ def _guess_columns(header: list[str], body: list[list[str]], ti: int | None, li:
     distinct = [len({r[i] for r in sample}) for i in range(len(header))]
     if ti is None:
         ti = int(np.argmax([m if i != li else -1 for i, m in enumerate(mean_len)]))
-    if li is None:
-        li = int(np.argmin([d if i != ti else 1 << 30 for i, d in enumerate(distinct)]))
+    if li is None:  # a column of one value (a constant `source`) labels nothing
+        li = int(np.argmin([d if i != ti and d >= 2 else 1 << 30 for i, d in enumerate(distinct)]))
     if distinct[li] > max(50, len(sample) // 2):
         raise UserError(
             f"{path}: could not tell which column holds the labels (columns found: {', '.join(header)}); "
@@ -277,6 +278,13 @@ def _guess_columns(header: list[str], body: list[list[str]], ti: int | None, li:
 
 def read_texts(spec: str, *, text_column: str | None = None) -> list[str]:
     """Unlabelled texts: a CSV/TSV's text column (labels, if any, are ignored), or a file's lines."""
+    return [t for _, t in read_text_rows(spec, text_column=text_column)]
+
+
+def read_text_rows(spec: str, *, text_column: str | None = None, also: str | None = None) -> list[tuple[int, str]]:
+    """`read_texts` with where each text came from: (row, text), the row being a text file's line
+    number or a CSV/TSV's record number after the header (both from 1; blank texts are left out).
+    `also`: a column name tried before the usual ones (a run's own --text-column)."""
     p = Path(spec)
     if p.is_dir():
         f = _find(p, "train")
@@ -293,13 +301,14 @@ def read_texts(spec: str, *, text_column: str | None = None) -> list[str]:
         if not rows:
             raise UserError(f"{p}: empty file (no header, no texts)")
         header = [h.strip() for h in rows[0]]
-        names = [text_column] if text_column else list(TEXT_NAMES)
+        names = [text_column] if text_column else ([also] if also else []) + list(TEXT_NAMES)
         col = next((i for i, h in enumerate(header) if h in names or h.lower() in names), None)
         if col is None:
-            raise UserError(f"{p}: no text column (looked for {', '.join(names)}); columns found: {', '.join(header)}")
-        texts = [r[col] for r in rows[1:] if len(r) > col and r[col].strip()]
+            raise UserError(f"{p}: no text column (looked for {', '.join(names)}); columns found: {', '.join(header)}"
+                            + ("" if text_column else "; name it with --text-column"))
+        texts = [(i, r[col]) for i, r in enumerate(rows[1:], 1) if len(r) > col and r[col].strip()]
     else:
-        texts = [ln for ln in text.splitlines() if ln.strip()]
+        texts = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not texts:
         raise UserError(f"{p}: no texts")
     return texts
