@@ -203,6 +203,25 @@ def test_rank_cli_sorts_reports_and_reuses_cached_features(tiny, cache, capsys):
     assert code == 0 and "kNN acc*" in out and "recommended:" in out and "2 of 2 from the cache" in out and "ranking 2 models" in err
 
 
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_the_fit_after_a_ranking_reads_its_features(tiny, cache, capsys, monkeypatch, precision):
+    """`rank` computes training features in `fit`'s precision (auto: bf16 where the device computes
+    it natively), so the linear probe that follows runs the backbone on its validation images only;
+    bf16 forced on both covers a CPU where auto is fp32."""
+    from transferkit import features
+
+    data, cks = tiny
+    flags = [] if precision == "auto" else ["--precision", precision]
+    code, _, _ = _rank_cli(capsys, "--data", str(data), "--models", ",".join(cks), "--arch", "cifar_resnet20", "--quiet", "--cpu", *flags)
+    assert code == 0
+    computed, compute = [], features.compute_features
+    monkeypatch.setattr(features, "compute_features", lambda *a, rows=None, **k: (computed.append(len(rows)), compute(*a, rows=rows, **k))[1])
+    out = cache.parent / "fit"
+    assert main(["fit", "--data", str(data), "--model", cks[0], "--arch", "cifar_resnet20", "--strategy", "linear_probe", "--lp-epochs", "2",
+                 "--cpu", "--quiet", "--out", str(out), *flags]) == 0
+    assert computed == [json.loads((out / "metrics.json").read_text())["n_val"]] == [4]
+
+
 def test_pick_model_returns_the_top_row(tiny, cache):
     data, cks = tiny
     best, ranking = pick_model(str(data), cks, score="hscore", arch="cifar_resnet20", device="cpu")

@@ -490,7 +490,7 @@ def cmd_rank(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))  # stdout stays the table / JSON
     r = rank_models(
         args.data, args.models.split(","), score=args.score, arch=args.arch, seed=args.seed, val_fraction=args.val_fraction,
-        skip_bad_images=args.skip_bad_images, device="cpu" if args.cpu else None, input_size=args.input_size, log=log,
+        skip_bad_images=args.skip_bad_images, device="cpu" if args.cpu else None, input_size=args.input_size, log=log, precision=args.precision,
     )
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
@@ -688,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images instead of failing")
     p.add_argument("--input-size", type=int, help="score every candidate at this input size (as fit's --input-size)")
     p.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where the device computes it natively, as fit) | bf16 | fp16 | no: the features' precision; fit reads those of its own from the cache")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     p.set_defaults(func=cmd_rank)

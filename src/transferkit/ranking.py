@@ -527,6 +527,7 @@ def rank_models(
     batch_size: int = 32,
     input_size: int | None = None,
     log: Callable[[str], None] | None = None,
+    precision: str = "auto",
 ) -> Ranking:
     """Score every candidate on the training split of `data` and sort them best first by `score`.
 
@@ -534,7 +535,9 @@ def rank_models(
     classifier only for models that have one). `val_fraction` and `seed` draw the same
     train/validation split as `fit` with those settings, so the scores see exactly the images `fit`
     trains on, and `fit`'s linear probe then reads the features this ranking cached. `input_size`
-    overrides every candidate's own input size, as `fit --input-size` does.
+    overrides every candidate's own input size, as `fit --input-size` does. `precision` is `fit`'s
+    (auto: bf16 autocast where the device computes bf16 natively), so that `fit` finds the features
+    in its cache: the cache keeps each precision's features apart.
     """
     import torch
 
@@ -545,6 +548,8 @@ def rank_models(
     log = log or (lambda msg: None)
     # ---- everything that can be wrong with the request, before any heavy work
     SCORES.get(score)
+    if precision not in ("auto", "bf16", "fp16", "no"):
+        raise UserError(f"precision must be auto, bf16, fp16 or no, got {precision!r}")
     wanted = list(dict.fromkeys(scores)) if scores is not None else SCORES.names()
     for s in wanted:
         SCORES.get(s)
@@ -572,10 +577,15 @@ def rank_models(
             f"scores that apply to every candidate here: {', '.join(scores_for(False))}"
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .fit import resolve_precision
+
+    mp = resolve_precision(precision, cpu=torch.device(device).type == "cpu")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
+    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=dtype)) if dtype is not None else None
     log(
         f"ranking {len(names)} models on {splits.source}: {len(train)} training examples, {len(splits.classes)} classes "
         f"({', '.join(f'{c} {k}' for c, k in list(train.counts().items())[:10])}{', ...' if len(splits.classes) > 10 else ''}); "
-        f"scores: {', '.join(wanted)}; sorted by {score}; device {device}"
+        f"scores: {', '.join(wanted)}; sorted by {score}; device {device}" + (f" ({mp} features)" if dtype is not None else "")
     )
 
     # ---- features (images decoded once per image size, a size dropped after its last candidate;
@@ -597,7 +607,7 @@ def rank_models(
             decoded[key] = (images, kept.labels)
         images, labels = decoded[key]
         t0 = time.perf_counter()
-        feats, hit = _features(bb, images, encoders[name].size, device=device, batch_size=batch_size)
+        feats, hit = _features(bb, images, encoders[name].size, device=device, batch_size=batch_size, precision=mp, autocast=autocast)
         features_s = time.perf_counter() - t0
         logits = None
         if bb.source_head is not None:
@@ -636,12 +646,12 @@ def rank_models(
     return Ranking(splits.source, score, rows, len(train), splits.classes, round(decode_s, 3), round(time.perf_counter() - t_start, 3), notes)
 
 
-def _features(backbone, images, size: int, *, device: str, batch_size: int):
+def _features(backbone, images, size: int, *, device: str, batch_size: int, precision: str = "no", autocast=None):
     """Training features as `fit` evaluates: the centre crop at its input size, or texts up to max_length."""
     from .features import cached_features
 
     backbone.to(device)
-    feats, hit = cached_features(backbone, images, size, device=device, batch_size=batch_size)
+    feats, hit = cached_features(backbone, images, size, device=device, batch_size=batch_size, precision=precision, autocast=autocast)
     return feats.float().cpu(), hit
 
 
@@ -653,6 +663,7 @@ def resolve_auto_model(cfg, console, *, show_table: bool = True):
     name, ranking = pick_model(
         cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
         skip_bad_images=cfg.data.skip_bad_images, input_size=cfg.data.input_size, log=lambda m: console.print(m),
+        device="cpu" if cfg.train.cpu else None, precision=cfg.train.precision,
     )
     if show_table:
         console.print(ranking.table())
