@@ -210,6 +210,14 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     np.testing.assert_array_equal(clf.predict_proba(texts), TextClassifier.load(out).predict_proba(texts))
     with pytest.raises(UserError, match="text 2 is missing"):  # was classified as the text "None"
         clf.predict(["good film", None])
+    # a Path is a file of texts; a string naming that file is a text, with a warning
+    from pathlib import Path
+
+    listed = tmp_path / "listed.txt"
+    listed.write_text("good film\n\nthe plot was awful\n")
+    np.testing.assert_array_equal(clf.predict_proba(Path(listed)), clf.predict_proba(["good film", "the plot was awful"]))
+    with pytest.warns(UserWarning, match=r"pass Path\("):
+        assert len(clf.predict_proba(str(listed))) == 1
     r = run_cli("predict", out, "--text", "good film", "--text", "awful")
     assert r.returncode == 0 and r.stdout.splitlines()[0] == "file,row,text,label,p_neg,p_pos" and len(r.stdout.splitlines()) == 3
     # each prediction says where its text came from (a text file's line, a CSV's record), whole

@@ -190,7 +190,17 @@ class TextClassifier(_Classifier):
     default_model = "minilm_l6"
 
     def _encode(self, texts) -> tuple:
+        """A text (str), texts, or a pathlib.Path: a file of texts (one per line, or a CSV/TSV's text
+        column), as `transferkit predict` reads it."""
+        if isinstance(texts, Path):
+            from .text_data import read_texts
+
+            texts = read_texts(str(texts), text_column=self.config_.data.text_column)
         if isinstance(texts, str):
+            if len(texts) < 1024 and Path(texts).suffix.lower() in (".txt", ".csv", ".tsv") and Path(texts).is_file():
+                import warnings
+
+                warnings.warn(f"classifying the string {texts!r} itself; to classify the texts in that file, pass Path({texts!r})", stacklevel=3)
             texts = [texts]
         texts = list(texts)
         for i, t in enumerate(texts):
