@@ -123,3 +123,16 @@ def test_cache_command_shows_and_clears(own_cache, tmp_path, capsys):
     assert main(["cache"]) == 0 and "0 entries" in capsys.readouterr().out
     assert main(["cache", "--older-than-days", "3"]) == 2
     assert "--older-than-days goes with --clear" in capsys.readouterr().err
+
+
+def test_a_cache_folder_that_is_a_file_is_named(tmp_path, monkeypatch, capsys):
+    """TRANSFERKIT_CACHE_DIR naming a file: a clear message and exit 2, from `cache` and from `fit`
+    (whose feature cache raised NotADirectoryError after the images were decoded)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(afile))
+    d = make_folder(tmp_path / "d", n=3)
+    for argv in (["cache"], ["fit", "--data", str(d), "--model", "small_convnet", "--strategy", "linear_probe", "--out", str(tmp_path / "r")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"the cache folder {afile} is a file (TRANSFERKIT_CACHE_DIR)" in err and "Traceback" not in err

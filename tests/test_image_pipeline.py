@@ -243,3 +243,19 @@ def test_a_class_absent_from_validation_is_said(tmp_path, tiny_ckpt, capsys):
     said = "the validation split has no images of blue"
     assert said in capsys.readouterr().out
     assert any(said in n for n in json.loads((run / "metrics.json").read_text())["data_notes"])
+
+
+def test_one_shot_fits_and_its_baselines_run(tiny_folder, tiny_ckpt, tmp_path):
+    """--shots 1: one training image a class, so no class can be split into folds; the baselines'
+    regularisation is then fixed instead of cross-validated (it was a traceback after training)."""
+    from conftest import tiny_args
+
+    from transferkit.baselines import tfidf_logreg
+
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(tiny_folder), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--shots", "1",
+                 "--quiet", "--out", str(run)]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["n_train"] == 2 and m["baseline"]["accuracy"] is not None
+    proba = tfidf_logreg(["good film", "bad plot"], np.array([0, 1]), ["good", "bad"])
+    assert proba.shape == (2, 2) and proba[0, 0] > 0.5 > proba[1, 0]

@@ -41,8 +41,9 @@ def _same_weights(one, two):
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     d = make_folder(tmp_path / "d", n=8, size=20)
+    # without a GPU, no --cpu: the README's torchrun command as a user types it (each process took itself for the only one)
     args = ["fit", "--data", str(d), "--model", "small_convnet", "--strategy", "full", "--epochs", "2", "--batch-size", "8",
-            "--cpu", "--quiet", "--checkpoint-minutes", "100", "--precision", "no"]  # fp32: bf16 rounding differs with how a batch is split
+            *(["--cpu"] if torch.cuda.is_available() else []), "--quiet", "--checkpoint-minutes", "100", "--precision", "no"]  # fp32: bf16 rounding differs with how a batch is split
     # the two processes also forward their 4 examples a step in 2 micro-batches (gradients synchronised once a step)
     one, two = _one_and_two(tmp_path, args, extra_two=["--accumulate", "2"])
     _same_weights(one, two)

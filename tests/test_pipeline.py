@@ -179,6 +179,7 @@ def test_mlm_trains_on_the_accelerators_device_as_fit_does(tiny_bert, monkeypatc
     made, make = [], fit_mod.make_accelerator
     monkeypatch.setattr(fit_mod, "make_accelerator", lambda cfg: (made.append(cfg), make(cfg))[1])
     plain = mlm(create_backbone(f"dir:{tiny_bert}"), texts, epochs=2, head_steps=2, batch_size=4, console=None)
+    assert plain["first_loss"] != plain["last_loss"]  # 6 steps: the first 3 and the last 3, not the mean of all 6 twice
     assert len(made) == 1 and made[0].train.precision == "auto" and not made[0].train.cpu
     acc = make(RunConfig())  # another Accelerator object, of the same device and precision
     seen, backward = [], acc.backward

@@ -210,6 +210,14 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     np.testing.assert_array_equal(clf.predict_proba(texts), TextClassifier.load(out).predict_proba(texts))
     with pytest.raises(UserError, match="text 2 is missing"):  # was classified as the text "None"
         clf.predict(["good film", None])
+    with pytest.raises(UserError, match="no texts to classify"):  # was torch.cat's ValueError
+        clf.predict([])
+    with pytest.raises(UserError, match=r"text 2 is not a string: 2 \(int\)"):  # was classified as the text "2"
+        clf.predict(["good film", 2])
+    with pytest.raises(UserError, match=r"the data goes to fit\(data\)"):  # was replace()'s TypeError
+        TextClassifier(model="minilm_l6", data="x.csv")
+    with pytest.raises(UserError, match=r"unknown setting 'learning_rate' \(did you mean: lr,"):
+        TextClassifier(model="minilm_l6", learning_rate=1e-3)
     # a Path is a file of texts; a string naming that file is a text, with a warning
     from pathlib import Path
 

@@ -236,10 +236,12 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
         after = heldout_loss()
     # the adapted encoder goes back into the backbone (same modules, new weights)
     backbone.model.load_state_dict(model.base_model.state_dict(), strict=False)
-    info = {"steps": steps, "first_loss": float(np.mean(losses[:20])) if losses else None, "last_loss": float(np.mean(losses[-20:])) if losses else None,
+    k = max(1, min(20, len(losses) // 2))  # the first and last steps' mean loss, over 20 steps or half the run, never the same steps
+    info = {"steps": steps, "first_loss": float(np.mean(losses[:k])) if losses else None, "last_loss": float(np.mean(losses[-k:])) if losses else None,
             "new_head": new_head, "head_steps": head_steps, "seconds": round(time.perf_counter() - t0, 1), "texts": len(texts)}
     if head_losses:
-        info.update(head_first_loss=float(np.mean(head_losses[:20])), head_last_loss=float(np.mean(head_losses[-20:])))
+        kh = max(1, min(20, len(head_losses) // 2))
+        info.update(head_first_loss=float(np.mean(head_losses[:kh])), head_last_loss=float(np.mean(head_losses[-kh:])))
     if before is not None:
         info["heldout"] = {"texts": len(heldout), "loss_before": before, "loss_after": after}
     return info

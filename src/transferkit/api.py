@@ -28,6 +28,8 @@ class _Classifier:
 
     def __init__(self, model: str | None = None, strategy: str = "lp_ft", **settings):
         for k in settings:
+            if k == "data":
+                raise UserError("the data goes to fit(data), not to the constructor")
             if k not in FLAT:
                 raise UserError(f"unknown setting {k!r}{did_you_mean(k, FLAT)}")
         self.model = model or self.default_model
@@ -148,6 +150,8 @@ class ImageClassifier(_Classifier):
             one = images.ndim == 2 or (images.ndim == 3 and (images.shape[-1] in (3, 4) or (isinstance(images, torch.Tensor) and images.shape[0] in (1, 3))))
             images = [images] if one else list(images)
         sources = [str(s) if isinstance(s, (str, Path)) else as_image_array(s, f"image {i}") for i, s in enumerate(images)]
+        if not sources:
+            raise UserError("no images to classify")
         for s in sources:
             if isinstance(s, str) and not Path(s).is_file():
                 raise UserError(f"image not found: {s}")
@@ -203,10 +207,13 @@ class TextClassifier(_Classifier):
                 warnings.warn(f"classifying the string {texts!r} itself; to classify the texts in that file, pass Path({texts!r})", stacklevel=3)
             texts = [texts]
         texts = list(texts)
+        if not texts:
+            raise UserError("no texts to classify")
         for i, t in enumerate(texts):
             if t is None or (isinstance(t, float) and t != t):  # None, or a NaN from a table's empty cell
                 raise UserError(f"text {i + 1} is missing ({t!r})")
-        texts = [str(t) for t in texts]
+            if not isinstance(t, str):
+                raise UserError(f"text {i + 1} is not a string: {t!r} ({type(t).__name__})")
         for i, t in enumerate(texts):
             if not t.strip():
                 raise UserError(f"text {i + 1} is empty")

@@ -24,12 +24,24 @@ def pixel_vectors(images: torch.Tensor, side: int = 16) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 3 * side * side), np.float32)
 
 
+def _logreg(Cs: list[float], y_train: np.ndarray, seed: int):
+    """Logistic regression with C chosen from `Cs` by stratified k-fold cross-validation (k = 3, or
+    the smallest class's count); with one example in some class (`--shots 1`) no fold split exists,
+    and the middle of `Cs` is taken."""
+    from sklearn.linear_model import LogisticRegression
+
+    counts = np.bincount(y_train)
+    smallest = int(counts[counts > 0].min())
+    if smallest < 2:
+        return LogisticRegression(C=Cs[len(Cs) // 2], max_iter=2000, random_state=seed)
+    return LogisticRegressionCV(Cs=Cs, cv=min(3, smallest), max_iter=2000, random_state=seed)
+
+
 def raw_pixel_logreg(train_images: torch.Tensor, y_train: np.ndarray, eval_images: torch.Tensor, *, seed: int = 0) -> np.ndarray:
     """Standardised raw pixels (16x16) -> logistic regression with its regularisation chosen by 3-fold
     cross-validation on the training split, so the baseline is a fair one. Returns class
     probabilities on `eval_images`, one column per class of the training labels (0..K-1)."""
-    cv = max(2, min(3, int(np.bincount(y_train).min())))
-    clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.01, 0.1, 1.0], cv=cv, max_iter=2000, random_state=seed))
+    clf = make_pipeline(StandardScaler(), _logreg([0.01, 0.1, 1.0], y_train, seed))
     with warnings.catch_warnings():  # scikit-learn 1.9 announces default changes of LogisticRegressionCV
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)  # tiny classes: CV still runs
@@ -44,10 +56,9 @@ def tfidf_logreg(train_texts: list[str], y_train: np.ndarray, eval_texts: list[s
     3-fold cross-validation on the training split. Probabilities on `eval_texts`, one column per class."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    cv = max(2, min(3, int(np.bincount(y_train)[np.bincount(y_train) > 0].min())))
     clf = make_pipeline(
         TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=200_000),
-        LogisticRegressionCV(Cs=[0.1, 1.0, 10.0, 100.0], cv=cv, max_iter=2000, random_state=seed),
+        _logreg([0.1, 1.0, 10.0, 100.0], y_train, seed),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

@@ -27,7 +27,11 @@ STALE_TMP_S = 6 * 3600  # a temporary file this old belongs to a process that di
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TRANSFERKIT_CACHE_DIR") or Path.home() / ".cache" / "transferkit")
+    p = Path(os.environ.get("TRANSFERKIT_CACHE_DIR") or Path.home() / ".cache" / "transferkit")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"the cache folder {p} is a file" + (" (TRANSFERKIT_CACHE_DIR)" if os.environ.get("TRANSFERKIT_CACHE_DIR") else "")
+                        + ": point TRANSFERKIT_CACHE_DIR at a folder")
+    return p
 
 
 def max_bytes() -> int | None:

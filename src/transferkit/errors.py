@@ -14,7 +14,17 @@ class UserError(Exception):
     """A problem with the user's input, reported as a short message and exit code 2."""
 
 
+# Other libraries' names for settings (Keras, Hugging Face, PyTorch), suggested first when offered.
+ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "n_epochs": "epochs", "batchsize": "batch_size",
+           "per_device_train_batch_size": "batch_size", "bs": "batch_size", "optim": "optimizer", "scheduler": "schedule",
+           "lr_scheduler_type": "schedule", "warmup": "warmup_epochs", "max_seq_length": "max_length", "model_name": "model"}
+
+
 def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
-    """' (did you mean: a, b?)' for the closest names, or '' when nothing is close."""
-    close = difflib.get_close_matches(value, list(choices), n=n, cutoff=0.5)
+    """' (did you mean: a, b?)' for the closest names, or '' when nothing is close; another
+    library's name for a setting (learning_rate) suggests ours (lr) first."""
+    choices = list(choices)
+    alias = ALIASES.get(str(value).replace("-", "_").lower())
+    close = ([alias] if alias in choices else []) + [c for c in difflib.get_close_matches(value, choices, n=n, cutoff=0.5) if c != alias]
+    close = close[:n]
     return f" (did you mean: {', '.join(close)}?)" if close else ""

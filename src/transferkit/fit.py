@@ -58,7 +58,16 @@ def make_accelerator(cfg: RunConfig):
         # a search); the process-wide part (devices, process group: PartialState) is kept, only the
         # precision setting is dropped, as Accelerate's own tests do between cases.
         AcceleratorState._reset_state()
-    return Accelerator(cpu=cfg.train.cpu, mixed_precision=mp)
+    # Without a GPU (or another accelerator), say cpu: Accelerate then forms a CPU process group under
+    # torchrun / accelerate launch; otherwise each of the processes took itself for the only one.
+    return Accelerator(cpu=cfg.train.cpu or not _has_accelerator(), mixed_precision=mp)
+
+
+def _has_accelerator() -> bool:
+    """A CUDA, XPU or MPS device is present."""
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or bool(mps and mps.is_available())
 
 
 def resolve_precision(precision: str, *, cpu: bool = False) -> str:

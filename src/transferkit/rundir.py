@@ -76,7 +76,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} exists and is not a directory")
         if (self.path / MANIFEST).exists() and not overwrite:
-            raise UserError(f"{self.path} already holds a finished run; pass --overwrite to replace it, or choose another --out")
+            raise UserError(f"{self.path} already holds a finished run; pass --overwrite (overwrite=True in Python) to replace it, or choose another --out")
 
     def create(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
