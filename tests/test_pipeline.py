@@ -42,6 +42,20 @@ def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, 
     (out / "target" / "manifest.json").unlink()  # an interrupted target stage
     assert main(["pipeline", str(f), "--out", str(out)]) == 0
     assert calls == [str(out / "target")] and (out / "target" / "manifest.json").is_file()
+    # a changed stage runs again, and so does every stage built on it; the others stay skipped
+    stages = _stages(tmp_path / "again", tiny_ckpt)
+    stages[0]["data"], stages[1]["data"] = str(tmp_path / "tgt"), str(tmp_path / "src")
+    stages[1]["settings"]["lr"] = 0.01
+    capsys.readouterr()
+    calls.clear()
+    assert main(["pipeline", str(_write(tmp_path / "p2.yaml", stages)), "--out", str(out)]) == 0
+    assert calls == [str(out / "source"), str(out / "target")]
+    said = capsys.readouterr().out
+    assert "stage source: its definition changed since it ran: running it again" in said and "stage target: stage source ran again" in said
+    calls.clear()
+    stages[0]["settings"]["epochs"] = 2  # the target alone
+    assert main(["pipeline", str(_write(tmp_path / "p3.yaml", stages)), "--out", str(out)]) == 0
+    assert calls == [str(out / "target")]
 
 
 @pytest.mark.parametrize(
@@ -52,12 +66,18 @@ def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, 
         ([{"name": "a", "data": "digits", "model": "stage:src"}], "needs stage:src, which is not defined"),
         ([{"name": "a", "model": "small_convnet"}], "missing input `data`"),
         ([{"name": "a", "kind": "adapt", "data": "t.txt", "model": "minilm_l6", "head_steps": "many"}], "`head_steps` must be a whole number, got 'many'"),
+        # settings of a later stage are checked before the first stage runs, and the message names the file and the stage
+        ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "digits", "model": "stage:a", "settings": {"epohcs": 1}}],
+         "p.yaml: stage b: unknown setting 'epohcs' (did you mean: epochs"),
+        ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "digits", "model": "stage:a", "settings": {"lr": "fast"}}],
+         "p.yaml: stage b: lr must be float, got 'fast'"),
     ],
 )
 def test_bad_pipelines(tmp_path, capsys, stages, message):
     f = _write(tmp_path / "p.yaml", stages)
     assert main(["pipeline", str(f), "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "a").exists()  # no stage ran
 
 
 def test_adabn_changes_only_batchnorm_statistics(tmp_path, tiny_ckpt):

@@ -20,6 +20,7 @@ and resumes (or redoes) an interrupted one.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from . import report
@@ -110,19 +111,49 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None) -> dict:
         v = str(v)
         return f"run:{root / v[len('stage:'):]}" if v.startswith("stage:") else v
 
+    # Every stage's settings are checked before the first stage runs (a typo in the last stage is not
+    # found after the first has trained for an hour).
+    configs = {}
+    for st in stages:
+        name = str(st["name"])
+        settings = st.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise UserError(f"{path}: stage {name!r}: `settings` must be a mapping of fit settings")
+        try:
+            cfg = replace(config_from_dict(settings, where=f"{path}: stage {name}") if settings else RunConfig(), data=resolve(st["data"]), model=resolve(st["model"]))
+            cfg.validate()
+        except UserError as e:
+            msg = str(e)
+            raise UserError(msg if msg.startswith(str(path)) else f"{path}: stage {name}: {msg}") from None
+        configs[name] = cfg
+
+    # A stage that ran from another definition (settings, data, model, epochs), or after a stage it
+    # builds on, runs again: a rerun skips only what would come out the same.
+    state_file = root / "pipeline_state.json"
+    try:
+        ran_from = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    except ValueError:
+        ran_from = {}
+    redone: set[str] = set()
     summary = {}
     for st in stages:
         name, kind = str(st["name"]), st.get("kind", "fit")
         d = root / name
-        if is_complete(d):
+        definition = json.loads(json.dumps(st, default=str))
+        changed = name in ran_from and ran_from[name] != definition
+        upstream = [r for r in _refs(st) if r in redone]
+        if is_complete(d) and not changed and not upstream:
             con.print(f"[bold]stage {name}[/]: complete, skipped ({d})")
             summary[name] = {"status": "skipped (complete)", **_brief(d)}
             continue
-        settings = st.get("settings") or {}
-        if not isinstance(settings, dict):
-            raise UserError(f"{path}: stage {name!r}: `settings` must be a mapping of fit settings")
-        cfg = replace(config_from_dict(settings, where=f"{path}: stage {name}") if settings else RunConfig(), data=resolve(st["data"]), model=resolve(st["model"]))
+        if changed or upstream:
+            why = "its definition changed since it ran" if changed else f"stage {', '.join(upstream)} ran again"
+            con.print(f"[bold]stage {name}[/]: {why}: running it again")
+            shutil.rmtree(d / "checkpoints", ignore_errors=True)  # no resuming from the old definition's checkpoint
+        redone.add(name)
+        cfg = configs[name]
         con.print(f"[bold]stage {name}[/] ({kind}): {cfg.data.path} with {cfg.model.name}")
+        ran_from[name] = definition
         if kind == "adapt":
             inter = st.get("intermediate")
             adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=st.get("epochs", 1), head_steps=st.get("head_steps"),
@@ -133,6 +164,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None) -> dict:
         else:
             fit(cfg, d, overwrite=True, console=con)
         summary[name] = {"status": "ran", **_brief(d)}
+        state_file.write_text(json.dumps(ran_from, indent=1) + "\n")
     (root / "pipeline.json").write_text(json.dumps({"stages": summary}, indent=1) + "\n")
     return summary
 
