@@ -267,6 +267,7 @@ def test_bad_inputs_exit_2_with_their_message(tiny, tmp_path, capsys, space, ext
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "s" / "study.db").exists()  # refused before its study exists: a corrected rerun into the same DIR is not "a different search"
     if "--storage" in extra:
         assert not (tmp_path / "s").exists()  # no silent fallback to a local database
 

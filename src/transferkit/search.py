@@ -514,6 +514,8 @@ def search(
     previous = _read_search_json(out)
     if previous is not None:
         _check_same_search(previous.get("request", {}), request, str(out))
+    if user_space is not None:  # every value the space can produce, checked before DIR or its study exists
+        check_space(resolve_space(space, base, fixed=fixed), base)
     store = open_storage(url) if storage else None  # an unreachable server fails before DIR is touched
 
     rd = RunDir(out).create()  # one process per DIR (a lock that a dead process left is taken over)
@@ -527,7 +529,15 @@ def search(
         elif "transferkit_space" in study.user_attrs:
             space_d, lr_info = study.user_attrs["transferkit_space"], study.user_attrs.get("transferkit_lr_find")
         else:
-            space_d, lr_info = _resolve_for(base, user_space, splits, fold_idx, fixed, lr_find, out, con)
+            try:
+                space_d, lr_info = _resolve_for(base, user_space, splits, fold_idx, fixed, lr_find, out, con)
+            except UserError:
+                if storage is None and previous is None and not study.get_trials(deepcopy=False):
+                    # refused before any trial (a space value no model takes): leave no study behind, so
+                    # that the corrected search into this DIR is not taken for "a different search"
+                    for f in ("study.db", "study.db-journal"):
+                        (out / f).unlink(missing_ok=True)
+                raise
             study.set_user_attr("transferkit_space", space_d)
             study.set_user_attr("transferkit_lr_find", lr_info)
         space = parse_space(space_d, where=str(out / "search.json"))
