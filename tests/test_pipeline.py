@@ -97,6 +97,28 @@ def test_adabn_changes_only_batchnorm_statistics(tmp_path, tiny_ckpt):
     assert any(k.endswith("running_mean") for k in changed)
 
 
+def test_adapt_reads_what_fit_reads_and_names_the_wrong_kind(tmp_path, tiny_bert, capsys):
+    """adapt takes digits and --skip-bad-images as fit does, and says which kind of model data of the
+    other kind needs (a text file went to the image decoder, whose message suggested a flag adapt lacked)."""
+    import json
+    import os
+
+    texts = make_text_csv(tmp_path / "t.csv")
+    d = make_folder(tmp_path / "d", n=3)
+    for data, model, said in ((texts, "random:cifar_resnet20", "looks like text data, and random:cifar_resnet20 is an image model"),
+                              (d, f"dir:{tiny_bert}", "looks like image data"), ("digits", f"dir:{tiny_bert}", "looks like image data")):
+        assert main(["adapt", "--data", str(data), "--model", model, "--out", str(tmp_path / "x"), "--quiet"]) == 2
+        assert said in capsys.readouterr().err
+    (d / "red" / "broken.jpg").write_bytes(os.urandom(500))
+    args = ["adapt", "--data", str(d), "--model", "random:cifar_resnet20", "--input-size", "16", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2 and "--skip-bad-images" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "a"), "--skip-bad-images"]) == 0
+    info = json.loads((tmp_path / "a" / "adapt.json").read_text())
+    assert info["images"] == 6 and "broken.jpg" in info["skipped"][0]
+    assert main(["adapt", "--data", "digits:5-9", "--model", "random:cifar_resnet20", "--input-size", "16", "--quiet", "--out", str(tmp_path / "g")]) == 0
+    assert json.loads((tmp_path / "g" / "adapt.json").read_text())["images"] > 800  # every 5-9 digit, train and validation
+
+
 def test_adapt_without_batchnorm_or_task_is_refused(tmp_path, capsys):
     d = make_folder(tmp_path / "d", n=3)
     assert main(["adapt", "--data", str(d), "--model", "small_convnet", "--out", str(tmp_path / "a")]) == 2

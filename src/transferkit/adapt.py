@@ -24,12 +24,20 @@ from . import report
 from .errors import UserError
 
 
-def _image_sources(spec: str) -> list[str]:
-    from .data import image_files
+def _image_sources(spec: str, model: str) -> list:
+    """The unlabelled target images: a folder's image files (at any depth), one image file, or every
+    image of `digits` / `digits:SUBSET` (as arrays)."""
+    from .data import image_files, load_image_data
+    from .text_data import TEXT_SUFFIXES
 
+    if spec == "digits" or spec.startswith("digits:"):
+        s = load_image_data(spec)
+        return list(s.train.sources) + list(s.val.sources)
     p = Path(spec)
     if not p.exists():
         raise UserError(f"data not found: {spec}")
+    if (p.is_file() and p.suffix.lower() in TEXT_SUFFIXES) or (p.is_dir() and not image_files(p) and any(p.glob("*.[ct]sv"))):
+        raise UserError(f"{spec} looks like text data, and {model} is an image model; use a text model (minilm_l6, hf:NAME, dir:PATH)")
     files = [str(f) for f in image_files(p)] if p.is_dir() else [str(p)]
     if not files:
         raise UserError(f"{spec}: no image files to adapt on")
@@ -281,8 +289,12 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         if intermediate:
             raise UserError("--intermediate (a supervised intermediate task) is for images; for text, fit on it and pass --model run:DIR")
         backbone = create_backbone(cfg.model.name, arch=cfg.model.arch)
-        from .text_data import read_texts
+        from .data import image_files
+        from .text_data import _find, read_texts
 
+        p = Path(cfg.data.path)
+        if cfg.data.path.split(":")[0] == "digits" or (p.is_dir() and _find(p, "train") is None and image_files(p)):
+            raise UserError(f"{cfg.data.path} looks like image data, and {cfg.model.name} is a text model; use an image model")
         texts = read_texts(cfg.data.path, text_column=cfg.data.text_column)
         heldout: list[str] = []
         if len(texts) >= HELDOUT_FROM:  # 5% (at most 500), seeded, to tell whether adaptation taught the encoder anything
@@ -322,11 +334,12 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
             )
         from .data import ImageSet
 
-        files = _image_sources(cfg.data.path)
+        files = _image_sources(cfg.data.path, cfg.model.name)
         inputs = inputs_for(cfg, backbone)
         x, kept, bad = inputs.encode(ImageSet(files, np.zeros(len(files), int), ["unlabelled"]))
         n = adabn(backbone, x, inputs.eval_transform(), device=accelerator.device) if has_bn else 0
-        con.print(f"adapt: AdaBN re-estimated {n} BatchNorm layers on {len(kept)} target images from {cfg.data.path}")
+        con.print(f"adapt: AdaBN re-estimated {n} BatchNorm layers on {len(kept)} target images from {cfg.data.path}"
+                  + (f" (left out {len(bad)} unreadable: {'; '.join(bad[:3])})" if bad else ""))
         info.update(method="adabn" + ("+intermediate" if intermediate else ""), batchnorm_layers=n, images=len(kept), skipped=bad[:10])
         if not has_bn:
             info["method"] = "intermediate"

@@ -423,7 +423,7 @@ def cmd_adapt(args) -> int:
     cfg = replace(RunConfig(), data=args.data, model=args.model, arch=args.arch, lr=args.lr, batch_size=args.batch_size,
                   max_length=args.max_length, text_column=args.text_column, input_size=args.input_size, seed=args.seed,
                   cpu=args.cpu, precision=args.precision, accumulate=args.accumulate, grad_checkpointing=args.grad_checkpointing,
-                  group_by_length=args.group_by_length)
+                  group_by_length=args.group_by_length, skip_bad_images=args.skip_bad_images or None)
     adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, head_steps=args.head_steps, console=report.console(quiet=args.quiet), overwrite=args.overwrite)
     return 0
 
@@ -640,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accumulate", type=int, default=1, help="text: forward each batch in this many micro-batches, adding up gradients: same steps, less memory")
     p.add_argument("--grad-checkpointing", action="store_true", help="text: recompute activations in the backward pass: less memory, more compute")
     p.add_argument("--group-by-length", action="store_true", help="text: batches of texts of similar length, which pad less (faster)")
+    p.add_argument("--skip-bad-images", action="store_true", help="images: leave out unreadable images instead of failing")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--text-column")
     p.add_argument("--input-size", type=int)
