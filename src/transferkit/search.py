@@ -725,10 +725,11 @@ def _refit_best(rd, study, base, space, splits, k, metric, stopped_by, t_start, 
         con.print(f"{final_dir} already holds the refit of this configuration")
         final_metrics = json.loads((final_dir / "metrics.json").read_text())
     else:
-        con.print(f"refitting the best configuration on the whole training split ({len(splits.train)} images); held-out evaluation on {len(splits.val)} images -> {final_dir}")
+        con.print(f"refitting the best configuration on the whole training split ({len(splits.train)} images); validated on the {len(splits.val)} held-out images -> {final_dir}")
         final_metrics = fit(best_cfg, final_dir, overwrite=True, console=con).metrics
     states = {s.name.lower(): n for s, n in _state_counts(study).items() if n}
-    held = f"held-out {metric} {final_metrics[metric]:.4f}" + (f", test {metric} {final_metrics['test'][metric]:.4f}" if "test" in final_metrics else "")
+    held = (f"validation {metric} {final_metrics[metric]:.4f} (unseen by the search; the refit chose its best epoch on it, so a little optimistic)"
+            + (f", test {metric} {final_metrics['test'][metric]:.4f}" if "test" in final_metrics else ""))
     rd.write_json("summary.json", {
         "study": study.study_name, "best_trial": best.number, "cv_mean": best.value, "cv_folds": folds, "params": best.params, "metric": metric,
         "final": {m: final_metrics.get(m) for m in ("accuracy", "macro_f1", "auroc", "n_train", "n_val", "wall_s")}, "test": final_metrics.get("test"),
