@@ -58,6 +58,28 @@ def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, 
     assert calls == [str(out / "target")]
 
 
+def test_a_stopped_pipeline_resumes_its_stage(tmp_path, tiny_ckpt, capsys):
+    """Ctrl-C / SIGTERM reach the running fit stage (`should_stop`, as `fit` takes it): it checkpoints
+    and stops; the next run keeps the finished stages and resumes the stopped one."""
+    from transferkit.pipeline import run_pipeline
+    from transferkit.trainer import StopRequested
+
+    stages = _stages(tmp_path, tiny_ckpt)
+    stages[0]["settings"]["epochs"] = 3
+    f = _write(tmp_path / "p.yaml", stages)
+    out = tmp_path / "out"
+    calls = []
+    with pytest.raises(StopRequested):  # the source finishes within 4 calls; the target stops early
+        run_pipeline(f, out, should_stop=lambda: calls.append(1) or len(calls) > 4)
+    assert (out / "source" / "manifest.json").is_file() and not (out / "target" / "manifest.json").exists()
+    assert (out / "target" / "checkpoints").is_dir()
+    capsys.readouterr()
+    summary = run_pipeline(f, out)
+    said = capsys.readouterr().out
+    assert "stage source: complete, skipped" in said and "stage target: interrupted before; resuming" in said
+    assert summary["target"]["status"] == "ran" and (out / "target" / "manifest.json").is_file()
+
+
 @pytest.mark.parametrize(
     "stages, message",
     [

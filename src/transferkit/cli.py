@@ -432,7 +432,16 @@ def cmd_pipeline(args) -> int:
     from . import report
     from .pipeline import run_pipeline
 
-    summary = run_pipeline(args.file, args.out, console=report.console(quiet=args.quiet))
+    from .trainer import StopRequested
+
+    signals = _StopOnSignal()
+    try:
+        with signals:
+            summary = run_pipeline(args.file, args.out, console=report.console(quiet=args.quiet), should_stop=signals, should_abort=signals)
+    except StopRequested:
+        print(f"transferkit: stopped by {signals.name}; finished stages are kept and the interrupted one resumes from its checkpoint. Continue with:\n"
+              f"  transferkit pipeline {args.file} --out {args.out}", file=sys.stderr)
+        return 128 + signals.signum
     for name, v in summary.items():
         acc = f", accuracy {100 * v['accuracy']:.2f}%" if v.get("accuracy") is not None else ""
         print(f"{name}: {v['status']}{acc}; {v['run']}")

@@ -96,7 +96,9 @@ def _order(stages: list[dict], where) -> list[dict]:
     return out
 
 
-def run_pipeline(path: str | Path, out: str | Path, *, console=None) -> dict:
+def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop=None, should_abort=None) -> dict:
+    """Run the stages of the pipeline file at `path` into `out` in dependency order. `should_stop` /
+    `should_abort` go to every fit stage (as `fit`'s: Ctrl-C / SIGTERM checkpoint it and stop)."""
     from .adapt import adapt
     from .config import RunConfig, config_from_dict, replace
     from .fit import fit
@@ -160,9 +162,9 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None) -> dict:
                   console=con, overwrite=True)
         elif (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
             con.print(f"stage {name}: interrupted before; resuming")
-            fit(cfg, d, resume=True, console=con)
+            fit(cfg, d, resume=True, console=con, should_stop=should_stop, should_abort=should_abort)
         else:
-            fit(cfg, d, overwrite=True, console=con)
+            fit(cfg, d, overwrite=True, console=con, should_stop=should_stop, should_abort=should_abort)
         summary[name] = {"status": "ran", **_brief(d)}
         state_file.write_text(json.dumps(ran_from, indent=1) + "\n")
     (root / "pipeline.json").write_text(json.dumps({"stages": summary}, indent=1) + "\n")
