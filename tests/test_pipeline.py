@@ -119,6 +119,27 @@ def test_adabn_changes_only_batchnorm_statistics(tmp_path, tiny_ckpt):
     assert any(k.endswith("running_mean") for k in changed)
 
 
+def test_adabn_of_a_run_keeps_its_head_and_classes(tmp_path, tiny_ckpt, capsys):
+    """AdaBN of an earlier run (the same task on shifted images) keeps that run's head and classes:
+    the adapted run predicts as it is, and `fit --model run:` keeps the head for the same classes."""
+    import json
+
+    from safetensors.torch import load_file
+
+    src, tgt = make_folder(tmp_path / "src", n=4), make_folder(tmp_path / "tgt", n=4, seed=5)
+    common = ["--arch", "cifar_resnet20", "--input-size", "16", "--batch-size", "4", "--quiet"]
+    assert main(["fit", "--data", str(src), "--model", f"file:{tiny_ckpt}", *common, "--strategy", "linear_probe", "--lp-epochs", "3",
+                 "--out", str(tmp_path / "source")]) == 0
+    assert main(["adapt", "--data", str(tgt), "--model", f"run:{tmp_path / 'source'}", "--input-size", "16", "--quiet", "--out", str(tmp_path / "bn")]) == 0
+    meta = json.loads((tmp_path / "bn" / "model.json").read_text())
+    assert meta["classes"] == ["blue", "red"] and "kept from run:" in json.loads((tmp_path / "bn" / "adapt.json").read_text())["head"]
+    a, b = load_file(str(tmp_path / "source" / "model.safetensors")), load_file(str(tmp_path / "bn" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("head."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("running_mean"))  # the statistics moved
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "bn"), str(tgt / "red")]) == 0 and len(capsys.readouterr().out.splitlines()) == 5
+
+
 def test_adapt_reads_what_fit_reads_and_names_the_wrong_kind(tmp_path, tiny_bert, capsys):
     """adapt takes digits and --skip-bad-images as fit does, and says which kind of model data of the
     other kind needs (a text file went to the image decoder, whose message suggested a flag adapt lacked)."""

@@ -344,13 +344,23 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         if not has_bn:
             info["method"] = "intermediate"
     info["wall_s"] = round(time.perf_counter() - t0, 1)
-    # The run directory of an adapted backbone: no classes of its own (a zero-output head), so `fit
-    # --model run:DIR` always builds a new head.
-    model = TransferModel(backbone, create_head("linear", backbone.num_features, 0))
+    # The run directory of an adapted backbone. AdaBN of an earlier run keeps that run's head and
+    # classes (the same task on shifted images: `fit --model run:DIR` keeps the head when the classes
+    # match, and the run predicts as it is); otherwise no classes (a zero-output head), so `fit --model
+    # run:DIR` builds a new one.
+    head, head_meta, classes = create_head("linear", backbone.num_features, 0), {"kind": "linear", "hidden": cfg.model.head_hidden, "dropout": 0.0}, []
+    if kind != "text" and not intermediate and cfg.model.name.startswith("run:"):
+        from .fit import load_model
+
+        source, source_meta = load_model(cfg.model.name[len("run:"):])
+        if source_meta.get("classes"):
+            head, head_meta, classes = source.head, source_meta["head"], list(source_meta["classes"])
+            info["head"] = f"kept from {cfg.model.name} ({len(classes)} classes)"
+    model = TransferModel(backbone, head)
     inputs = inputs_for(cfg, backbone)
     meta = {
         "format": "transferkit-model/1", "modality": kind, "backbone": backbone.spec, "weights_id": f"adapted:{backbone.weights_id}",
-        "head": {"kind": "linear", "hidden": cfg.model.head_hidden, "dropout": 0.0}, "classes": [], "adapted": info, **inputs.meta(),
+        "head": head_meta, "classes": classes, "adapted": info, **inputs.meta(),
     }
     rundir.create()
     rundir.write_yaml("config.yaml", cfg.to_dict())
