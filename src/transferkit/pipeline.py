@@ -1,6 +1,7 @@
 """`transferkit pipeline PIPELINE.yaml --out DIR`: named stages (source fit, adapt, target fit), each
 its own run directory under DIR, run in dependency order; a rerun skips the stages already complete
-and resumes (or redoes) an interrupted one.
+from the same definition (DIR/pipeline_state.json), runs again a changed one and every stage after
+it, and resumes (or redoes) an interrupted one.
 
     stages:
       - name: source
@@ -147,6 +148,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         if is_complete(d) and not changed and not upstream:
             con.print(f"[bold]stage {name}[/]: complete, skipped ({d})")
             summary[name] = {"status": "skipped (complete)", **_brief(d)}
+            ran_from.setdefault(name, definition)  # finished before this file was kept: taken as run from this definition
             continue
         if changed or upstream:
             why = "its definition changed since it ran" if changed else f"stage {', '.join(upstream)} ran again"
@@ -167,6 +169,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
             fit(cfg, d, overwrite=True, console=con, should_stop=should_stop, should_abort=should_abort)
         summary[name] = {"status": "ran", **_brief(d)}
         state_file.write_text(json.dumps(ran_from, indent=1) + "\n")
+    state_file.write_text(json.dumps(ran_from, indent=1) + "\n")
     (root / "pipeline.json").write_text(json.dumps({"stages": summary}, indent=1) + "\n")
     return summary
 
