@@ -266,9 +266,7 @@ def cmd_evaluate(args) -> int:
                            skip_bad_images=args.skip_bad_images)
     else:
         m = clf.evaluate(args.data, mistakes_csv=args.mistakes, skip_bad_images=args.skip_bad_images)
-    if m.get("skipped"):
-        sk = m["skipped"]
-        print(f"left out {len(sk)} unreadable image(s):\n  " + "\n  ".join(sk[:10]) + ("\n  ..." if len(sk) > 10 else ""), file=sys.stderr)
+    _say_skipped(m.get("skipped") or [])
     if args.json:
         print(json.dumps(m, indent=2))
     else:
@@ -283,6 +281,12 @@ def cmd_evaluate(args) -> int:
                 src = " ".join(r["source"].split())
                 print(f"  {r['true']} -> {r['predicted']} ({r['p_predicted']:.2f}): {src if len(src) <= 100 else src[:97] + '...'}")
     return 0
+
+
+def _say_skipped(problems: list[str]) -> None:
+    """--skip-bad-images: which images were left out (the first 10), on standard error."""
+    if problems:
+        print(f"left out {len(problems)} unreadable image(s):\n  " + "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else ""), file=sys.stderr)
 
 
 def cmd_predict(args) -> int:
@@ -344,8 +348,7 @@ def cmd_predict(args) -> int:
             names += n
             if args.explain is not None:
                 encoded.append(x)
-        if skipped:
-            print(f"left out {len(skipped)} unreadable image(s):\n  " + "\n  ".join(skipped[:10]) + ("\n  ..." if len(skipped) > 10 else ""), file=sys.stderr)
+        _say_skipped(skipped)
         if not names:
             raise UserError("no readable images to predict")
         proba = np.concatenate(probas)
