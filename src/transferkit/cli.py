@@ -460,11 +460,27 @@ def cmd_search(args) -> int:
     if not _names_data(args):
         raise UserError("search needs --data (a folder, a CSV, or 'digits')" + (f"; {args.config} names no data" if args.config else ""))
     space = load_space_file(args.space) if args.space else None
-    search(
-        resolve_config(args), args.out, space=space, trials=args.trials, folds=args.folds, time_budget=args.time_budget,
-        storage=args.storage, study_name=args.study, metric=args.metric or "accuracy", lr_find=args.lr_find,
-        fixed=_given_settings(args) - {"data", "model", "arch", "seed", "metric"}, console=report.console(quiet=args.quiet),
-    )
+    import signal
+
+    got = {"code": 130}  # Ctrl-C
+
+    def on_term(signum, frame):  # as Ctrl-C: Optuna records the running trial as failed, the study stays
+        got["code"] = 128 + signum
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        search(
+            resolve_config(args), args.out, space=space, trials=args.trials, folds=args.folds, time_budget=args.time_budget,
+            storage=args.storage, study_name=args.study, metric=args.metric or "accuracy", lr_find=args.lr_find,
+            fixed=_given_settings(args) - {"data", "model", "arch", "seed", "metric"}, console=report.console(quiet=args.quiet),
+        )
+    except KeyboardInterrupt:
+        print(f"transferkit: search stopped; its finished trials are kept (the interrupted one counts as failed). Continue with the same "
+              f"command (--out {args.out})", file=sys.stderr)
+        return got["code"]
+    finally:
+        signal.signal(signal.SIGTERM, old)
     return 0
 
 
