@@ -116,6 +116,19 @@ def test_group_column_gives_metrics_per_group_and_the_worst(tmp_path, capsys, ti
     assert set(gm["per_group"]) == {"north", "south"} and gm["worst_group"] in gm["per_group"]
     assert sum(v["n"] for v in gm["per_group"].values()) == json.loads((out / "metrics.json").read_text())["n_val"]
     assert "Per group" in (out / "report.html").read_text()
+    # evaluate gives the same per-group metrics: on the run's own data (its validation split), and on
+    # other data that has the column (here a copy: every image); data without the column: none
+    from transferkit.cli import main
+
+    assert main(["evaluate", str(out), "--data", str(tmp_path / "g.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"] == gm
+    (tmp_path / "copy.csv").write_text("\n".join(rows) + "\n")
+    assert main(["evaluate", str(out), "--data", str(tmp_path / "copy.csv")]) == 0
+    said = capsys.readouterr().out
+    assert "groups (site): worst" in said and "north: accuracy" in said and "south: accuracy" in said
+    (tmp_path / "plain.csv").write_text("\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n")
+    assert main(["evaluate", str(out), "--data", str(tmp_path / "plain.csv"), "--json"]) == 0
+    assert "groups" not in json.loads(capsys.readouterr().out)
     one = ["path,label,site"] + [f"{f},{f.parent.name},north" for f in files]
     (tmp_path / "one.csv").write_text("\n".join(one) + "\n")
     rc, err = _fit(["--data", str(tmp_path / "one.csv"), *tiny_args(tiny_ckpt), "--group-column", "site", "--out", str(tmp_path / "r2")], capsys)

@@ -274,6 +274,11 @@ def cmd_evaluate(args) -> int:
         print(f"{m['data']}: {m['n']} {clf.inputs_.unit}, accuracy {100 * m['accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}, AUROC {auroc}")
         for c, v in m["per_class"].items():
             print(f"  {c}: precision {v['precision']:.3f}, recall {v['recall']:.3f}, support {v['support']}")
+        if "groups" in m:  # the run's --group-column, where this data has it
+            g = m["groups"]
+            print(f"groups ({clf.config_.data.group_column}): worst {g['worst_group']}, {100 * g['gap']:.1f} points below the best")
+            for name, v in g["per_group"].items():
+                print(f"  {name}: accuracy {100 * v['accuracy']:.2f}%, macro-F1 {v['macro_f1']:.4f}, n {v['n']}")
         mk = m["mistakes"]
         if mk["count"]:
             print(f"{mk['count']} wrong; the most confident" + (f" (all {mk['count']} in {args.mistakes}):" if args.mistakes else " (--mistakes FILE.csv lists all):"))

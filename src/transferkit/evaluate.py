@@ -23,7 +23,8 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
     if not p.exists():
         raise UserError(f"data not found: {spec}")
     if p.is_file():
-        s, where = _read_csv(p, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column), str(p)
+        group = cfg.data.group_column if cfg.data.group_column in _header(p) else None  # the run's groups, where this CSV has them
+        s, where = _read_csv(p, group, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column), str(p)
     else:
         sub = next((p / n for n in ("test", "val") if (p / n).is_dir()), p)
         s, where = _read_folder(sub, classes), str(sub)  # labelled data to score: one image of a class is enough
@@ -32,7 +33,7 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
         raise UserError(f"{where} has classes the model does not know: {', '.join(unknown)} (model classes: {', '.join(classes)})")
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[s.classes[y]] for y in s.labels], dtype=int)
-    return ImageSet(s.sources, labels, list(classes)), where
+    return ImageSet(s.sources, labels, list(classes), s.groups), where
 
 
 def text_eval_set(spec: str, classes: list[str], cfg: RunConfig):
@@ -49,12 +50,28 @@ def text_eval_set(spec: str, classes: list[str], cfg: RunConfig):
     else:
         f = p
     d = cfg.data
-    texts, labels, rows, _ = read_table(f, delimiter=d.delimiter, encoding=d.encoding, text_column=d.text_column, label_column=d.label_column)
+    group = d.group_column if d.group_column in _header(f) else None
+    texts, labels, rows, groups = read_table(f, delimiter=d.delimiter, encoding=d.encoding, text_column=d.text_column, label_column=d.label_column,
+                                             group_column=group)
     unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise UserError(f"{f} has classes the model does not know: {', '.join(unknown[:10])} (model classes: {', '.join(classes)})")
     index = {c: i for i, c in enumerate(classes)}
-    return TextSet(texts, np.array([index[x] for x in labels], dtype=int), list(classes), rows), str(f)
+    groups = np.array(groups) if groups is not None else None
+    return TextSet(texts, np.array([index[x] for x in labels], dtype=int), list(classes), rows, groups), str(f)
+
+
+def _header(p: Path) -> list[str]:
+    """A delimited file's first-line names (for whether it has a column), stripped; [] if unreadable."""
+    import csv
+
+    try:
+        with open(p, encoding="utf-8-sig", errors="replace", newline="") as f:
+            first = f.readline()
+    except OSError:
+        return []
+    delim = "\t" if first.count("\t") > first.count(",") else ","
+    return [c.strip() for c in next(csv.reader([first], delimiter=delim), [])]
 
 
 def _same_data(spec: str, trained_on: str | None) -> bool:
@@ -120,6 +137,10 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
     m["data"] = where + (" (ONNX export, onnxruntime)" if onnx_session is not None else "")
     wrong = top_mistakes(s.labels, proba, clf.classes_, s.sources, getattr(s, "rows", None))
     m["mistakes"] = summary(wrong)
+    if getattr(s, "groups", None) is not None:  # the run's --group-column: metrics per group and the worst one
+        from .metrics import group_metrics
+
+        m["groups"] = group_metrics(s.labels, proba, s.groups, clf.classes_)
     if bad:
         m["skipped"] = bad
     if mistakes_csv is not None:
