@@ -159,10 +159,11 @@ def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
 PATH_NAMES = ("path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path", "img", "img_path")
 
 
-def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto", *, check: bool = True, label_column: str | None = None) -> ImageSet:
+def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto", *, check: bool = True, label_column: str | None = None,
+              group_optional: bool = False) -> ImageSet:
     """Images listed in a CSV: a column of paths (`path`, or `file`, `filename`, `image`, ...;
     relative to the CSV's folder) and one of labels (`label`, `class`, `category`, ..., or
-    `label_column`)."""
+    `label_column`); `group_optional`: groups only where the CSV has `group_column` (data to score)."""
     import io
 
     from .text_data import LABEL_NAMES, _decode
@@ -172,6 +173,8 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
     fields = list(rows[0].keys()) if rows else []
     if not rows:
         raise UserError(f"{path} has no rows")
+    if group_optional and group_column not in fields:
+        group_column = None
 
     def column(names: tuple[str, ...]) -> str | None:
         lower = {str(f).strip().lower(): f for f in fields if f is not None}

@@ -23,8 +23,8 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
     if not p.exists():
         raise UserError(f"data not found: {spec}")
     if p.is_file():
-        group = cfg.data.group_column if cfg.data.group_column in _header(p) else None  # the run's groups, where this CSV has them
-        s, where = _read_csv(p, group, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column), str(p)
+        s = _read_csv(p, cfg.data.group_column, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column, group_optional=True)
+        where = str(p)  # the run's groups, where this CSV has its --group-column
     else:
         sub = next((p / n for n in ("test", "val") if (p / n).is_dir()), p)
         s, where = _read_folder(sub, classes), str(sub)  # labelled data to score: one image of a class is enough
@@ -38,21 +38,20 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
 
 def text_eval_set(spec: str, classes: list[str], cfg: RunConfig):
     """Labelled texts to evaluate on: a folder's test file, else its val/dev file; or every row of a file."""
-    from .text_data import TextSet, _find, read_table
+    from .text_data import TextSet, read_table
 
     p = Path(spec)
     if not p.exists():
         raise UserError(f"data not found: {spec}")
     if p.is_dir():
-        f = next((x for x in (_find(p, "test"), _find(p, "val"), _find(p, "dev")) if x is not None), None)
+        f = _text_eval_file(p)
         if f is None:
             raise UserError(f"{p}: no test, val or dev file (.tsv / .csv) to evaluate on")
     else:
         f = p
     d = cfg.data
-    group = d.group_column if d.group_column in _header(f) else None
     texts, labels, rows, groups = read_table(f, delimiter=d.delimiter, encoding=d.encoding, text_column=d.text_column, label_column=d.label_column,
-                                             group_column=group)
+                                             group_column=d.group_column, group_optional=True)
     unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise UserError(f"{f} has classes the model does not know: {', '.join(unknown[:10])} (model classes: {', '.join(classes)})")
@@ -61,17 +60,11 @@ def text_eval_set(spec: str, classes: list[str], cfg: RunConfig):
     return TextSet(texts, np.array([index[x] for x in labels], dtype=int), list(classes), rows, groups), str(f)
 
 
-def _header(p: Path) -> list[str]:
-    """A delimited file's first-line names (for whether it has a column), stripped; [] if unreadable."""
-    import csv
+def _text_eval_file(p: Path) -> Path | None:
+    """A text folder's file to score: its test file, else its val or dev file; None without one."""
+    from .text_data import _find
 
-    try:
-        with open(p, encoding="utf-8-sig", errors="replace", newline="") as f:
-            first = f.readline()
-    except OSError:
-        return []
-    delim = "\t" if first.count("\t") > first.count(",") else ","
-    return [c.strip() for c in next(csv.reader([first], delimiter=delim), [])]
+    return next((x for x in (_find(p, "test"), _find(p, "val"), _find(p, "dev")) if x is not None), None)
 
 
 def _same_data(spec: str, trained_on: str | None) -> bool:
@@ -89,9 +82,7 @@ def _has_eval_split(p: Path, modality: str) -> bool:
     if not p.is_dir():
         return False
     if modality == "text":
-        from .text_data import _find
-
-        return any(_find(p, n) is not None for n in ("test", "val", "dev"))
+        return _text_eval_file(p) is not None
     return (p / "test").is_dir() or (p / "val").is_dir()
 
 

@@ -67,8 +67,9 @@ def is_text_spec(spec: str) -> bool:
 
 
 def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "auto", text_column: str | None = None, label_column: str | None = None,
-               group_column: str | None = None) -> tuple[list[str], list[str], list[str], list[str] | None]:
-    """(texts, labels, row names, groups or None) from one delimited file."""
+               group_column: str | None = None, group_optional: bool = False) -> tuple[list[str], list[str], list[str], list[str] | None]:
+    """(texts, labels, row names, groups or None) from one delimited file; `group_optional`: groups
+    only where the file has `group_column` (data to score), else the column is required."""
     raw = path.read_bytes()
     text = _decode(raw, path, encoding)
     if not text.strip():
@@ -94,7 +95,13 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
         ti, li = _guess_columns(header, body, ti, li, path)
     if ti == li:
         raise UserError(f"{path}: the text and the label column are the same ({header[ti]!r})")
-    gi = _column(header, group_column, (), path, "group") if group_column else None
+    gi = None
+    if group_column:
+        try:
+            gi = _column(header, group_column, (), path, "group")
+        except UserError:
+            if not group_optional:
+                raise
     texts, labels, names, groups = [], [], [], []
     width = len(header)
     for j, r in enumerate(body):
