@@ -36,9 +36,9 @@ def _image_sources(spec: str, model: str) -> list:
     p = Path(spec)
     if not p.exists():
         raise UserError(f"data not found: {spec}")
-    if (p.is_file() and p.suffix.lower() in TEXT_SUFFIXES) or (p.is_dir() and not image_files(p) and any(p.glob("*.[ct]sv"))):
-        raise UserError(f"{spec} looks like text data, and {model} is an image model; use a text model (minilm_l6, hf:NAME, dir:PATH)")
     files = [str(f) for f in image_files(p)] if p.is_dir() else [str(p)]
+    if (p.is_file() and p.suffix.lower() in TEXT_SUFFIXES) or (p.is_dir() and not files and any(p.glob("*.[ct]sv"))):
+        raise UserError(f"{spec} looks like text data, and {model} is an image model; use a text model (minilm_l6, hf:NAME, dir:PATH)")
     if not files:
         raise UserError(f"{spec}: no image files to adapt on")
     return files
@@ -244,12 +244,16 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
         after = heldout_loss()
     # the adapted encoder goes back into the backbone (same modules, new weights)
     backbone.model.load_state_dict(model.base_model.state_dict(), strict=False)
-    k = max(1, min(20, len(losses) // 2))  # the first and last steps' mean loss, over 20 steps or half the run, never the same steps
-    info = {"steps": steps, "first_loss": float(np.mean(losses[:k])) if losses else None, "last_loss": float(np.mean(losses[-k:])) if losses else None,
+    def ends(xs: list[float]) -> tuple[float | None, float | None]:
+        """The mean loss of the first and of the last steps: 20 of each, or half the run, never the same steps."""
+        k = max(1, min(20, len(xs) // 2))
+        return (float(np.mean(xs[:k])), float(np.mean(xs[-k:]))) if xs else (None, None)
+
+    first, last = ends(losses)
+    info = {"steps": steps, "first_loss": first, "last_loss": last,
             "new_head": new_head, "head_steps": head_steps, "seconds": round(time.perf_counter() - t0, 1), "texts": len(texts)}
     if head_losses:
-        kh = max(1, min(20, len(head_losses) // 2))
-        info.update(head_first_loss=float(np.mean(head_losses[:kh])), head_last_loss=float(np.mean(head_losses[-kh:])))
+        info["head_first_loss"], info["head_last_loss"] = ends(head_losses)
     if before is not None:
         info["heldout"] = {"texts": len(heldout), "loss_before": before, "loss_after": after}
     return info
@@ -289,12 +293,10 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         if intermediate:
             raise UserError("--intermediate (a supervised intermediate task) is for images; for text, fit on it and pass --model run:DIR")
         backbone = create_backbone(cfg.model.name, arch=cfg.model.arch)
-        from .data import image_files
-        from .text_data import _find, read_texts
+        from .inputs import refuse_image_data
+        from .text_data import read_texts
 
-        p = Path(cfg.data.path)
-        if cfg.data.path.split(":")[0] == "digits" or (p.is_dir() and _find(p, "train") is None and image_files(p)):
-            raise UserError(f"{cfg.data.path} looks like image data, and {cfg.model.name} is a text model; use an image model")
+        refuse_image_data(cfg.data.path, cfg.model.name)
         texts = read_texts(cfg.data.path, text_column=cfg.data.text_column)
         heldout: list[str] = []
         if len(texts) >= HELDOUT_FROM:  # 5% (at most 500), seeded, to tell whether adaptation taught the encoder anything

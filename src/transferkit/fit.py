@@ -64,10 +64,10 @@ def make_accelerator(cfg: RunConfig):
 
 
 def _has_accelerator() -> bool:
-    """A CUDA, XPU or MPS device is present."""
-    xpu = getattr(torch, "xpu", None)
-    mps = getattr(torch.backends, "mps", None)
-    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or bool(mps and mps.is_available())
+    """A CUDA, XPU or MPS device is present (Accelerate's own tests)."""
+    from accelerate.utils import is_mps_available, is_xpu_available
+
+    return torch.cuda.is_available() or is_xpu_available() or is_mps_available()
 
 
 def resolve_precision(precision: str, *, cpu: bool = False) -> str:

@@ -163,6 +163,19 @@ def inputs_for(cfg, backbone):
     return ImageInputs(cfg, backbone)
 
 
+def refuse_image_data(path: str, model: str) -> None:
+    """A text model given image data (`digits`, or a folder without a train file that holds class
+    folders or images): a message saying which kind of model reads it."""
+    from pathlib import Path
+
+    from .data import image_files
+    from .text_data import _find
+
+    p = Path(path)
+    if path.split(":")[0] == "digits" or (p.is_dir() and _find(p, "train") is None and (any(c.is_dir() for c in p.iterdir()) or bool(image_files(p)))):
+        raise UserError(f"{path} looks like image data, and {model} is a text model; use an image model")
+
+
 def load_splits(cfg, seed: int | None = None):
     """The data of `cfg` as the model's modality reads it, with `cfg.data.shots` applied to train."""
     seed = cfg.train.seed if seed is None else seed
@@ -176,13 +189,7 @@ def load_splits(cfg, seed: int | None = None):
                 "use a text model (minilm_l6, hf:NAME, dir:PATH, or run: of a text run)"
             )
     if cls is TextInputs:
-        from pathlib import Path
-
-        from .text_data import _find
-
-        p = Path(cfg.data.path)
-        if cfg.data.path.split(":")[0] == "digits" or (p.is_dir() and _find(p, "train") is None and any(c.is_dir() for c in p.iterdir())):
-            raise UserError(f"{cfg.data.path} looks like image data, and {cfg.model.name} is a text model; use an image model")
+        refuse_image_data(cfg.data.path, cfg.model.name)
     splits = cls.load(cfg, seed)
     if cfg.data.test_fraction:
         splits = hold_out_test(splits, cfg.data.test_fraction, seed)

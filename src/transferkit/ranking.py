@@ -541,15 +541,14 @@ def rank_models(
     """
     import torch
 
-    from .config import RunConfig, replace
+    from .config import RunConfig, TrainConfig, replace
     from .inputs import inputs_for, load_splits, modality_of
 
     t_start = time.perf_counter()
     log = log or (lambda msg: None)
     # ---- everything that can be wrong with the request, before any heavy work
     SCORES.get(score)
-    if precision not in ("auto", "bf16", "fp16", "no"):
-        raise UserError(f"precision must be auto, bf16, fp16 or no, got {precision!r}")
+    TrainConfig(precision=precision).validate()  # fit's own check of the value
     wanted = list(dict.fromkeys(scores)) if scores is not None else SCORES.names()
     for s in wanted:
         SCORES.get(s)
