@@ -179,6 +179,7 @@ def test_adapt_without_batchnorm_or_task_is_refused(tmp_path, capsys):
         (["--image-model", "--accumulate", "2"], "--accumulate, --grad-checkpointing and --group-by-length are for masked-LM training of text models"),
         (["--image-model", "--grad-checkpointing"], "--accumulate, --grad-checkpointing and --group-by-length are for masked-LM training"),
         (["--image-model", "--group-by-length"], "AdaBN on images computes no gradients and has no texts to group"),
+        (["--skip-bad-images"], "--skip-bad-images leaves out unreadable images, so it is for image models"),
     ],
 )
 def test_bad_adapt_arguments_are_refused_before_any_run(tmp_path, tiny_bert, capsys, args, message):

@@ -243,6 +243,9 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     np.testing.assert_allclose(np.array([r_[4:] for r_ in rows[1:]], float), proba, atol=1e-5)
     r = run_cli("predict", out, table)
     assert r.returncode == 2 and "no text column" in r.stderr and "--text-column" in r.stderr
+    for cmd in (["predict", out, lines], ["evaluate", out, "--data", p]):  # an image option on a text model: said, not ignored
+        r = run_cli(*cmd, "--skip-bad-images")
+        assert r.returncode == 2 and "is a text model: --skip-bad-images is for image models" in r.stderr
     for bad in (tmp_path, tmp_path / "missing" / "p.csv"):  # refused before predicting, not after
         r = run_cli("predict", out, lines, "--out", bad)
         assert r.returncode == 2 and "give a CSV file to write in an existing folder" in r.stderr and "Traceback" not in r.stderr

@@ -278,6 +278,8 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
             raise UserError("--head-steps warms up a masked-LM head, so it is for text models; AdaBN on images trains no head")
         if isinstance(head_steps, bool) or not isinstance(head_steps, int) or head_steps < 0:
             raise UserError(f"--head-steps must be a whole number >= 0, got {head_steps!r}")
+    if kind == "text" and cfg.data.skip_bad_images:
+        raise UserError("--skip-bad-images leaves out unreadable images, so it is for image models; a text model reads texts")
     if kind != "text" and (cfg.train.accumulate > 1 or cfg.train.grad_checkpointing or cfg.train.group_by_length):
         raise UserError("--accumulate, --grad-checkpointing and --group-by-length are for masked-LM training of text models; AdaBN on images "
                         "computes no gradients and has no texts to group")

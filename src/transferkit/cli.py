@@ -258,6 +258,7 @@ def cmd_evaluate(args) -> int:
         if target.is_dir() or not target.parent.is_dir():
             raise UserError(f"--mistakes {args.mistakes}: give a CSV file to write in an existing folder")
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
+    _refuse_skip_for_text(args, clf)
     if args.onnx is not None:
         from .evaluate import evaluate_model
         from .export import load_export
@@ -288,6 +289,11 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _refuse_skip_for_text(args, clf) -> None:
+    if args.skip_bad_images and clf.inputs_.modality == "text":
+        raise UserError(f"{args.run_dir} is a text model: --skip-bad-images is for image models")
+
+
 def _say_skipped(problems: list[str]) -> None:
     """--skip-bad-images: which images were left out (the first 10), on standard error."""
     if problems:
@@ -306,8 +312,7 @@ def cmd_predict(args) -> int:
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
     if args.text_column is not None and clf.inputs_.modality != "text":
         raise UserError(f"{args.run_dir} is an image model: --text-column is for text models")
-    if args.skip_bad_images and clf.inputs_.modality == "text":
-        raise UserError(f"{args.run_dir} is a text model: --skip-bad-images is for image models")
+    _refuse_skip_for_text(args, clf)
     if args.explain is not None:
         if args.onnx is not None and clf.inputs_.modality == "image":
             raise UserError("--explain draws Grad-CAM maps, which need the model's gradients; the ONNX export does not give them: drop --onnx")
