@@ -180,10 +180,63 @@ def test_killed_search_resumes_with_finished_trials_intact(tiny, tmp_path, monke
     trials = _study(out).trials
     assert {n: (tr.params, tr.value, tr.user_attrs["fold_scores"]) for n, tr in enumerate(trials) if n < 3} == before
     assert trials[3].state == optuna.trial.TrialState.FAIL
+    assert trials[4].user_attrs["continues"] == 3 and trials[4].params["lr"] == trials[3].params["lr"]  # it runs again first
     assert sum(tr.state in FINISHED for tr in trials) == 6 and len(trials) == 7
     rows = list(csv.DictReader(open(out / "trials.csv")))
     assert [r["state"] for r in rows].count("FAIL") == 1 and len(rows) == 7
     assert res.states["fail"] == 1 and not (out / ".lock").exists()
+
+
+class StopAt(FakeFit):
+    """FakeFit that raises `exc` on its call number `at` (1-based)."""
+
+    def __init__(self, at: int, exc: BaseException):
+        super().__init__()
+        self.at, self.exc = at, exc
+
+    def __call__(self, cfg, *a, **kw):
+        if len(self.calls) + 1 == self.at:
+            self.calls.append(None)
+            raise self.exc
+        return super().__call__(cfg, *a, **kw)
+
+
+def test_an_interrupted_trial_runs_again_from_its_next_fold_and_an_error_does_not(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    space = {**SPACE, "lr": 0.01}  # every trial scores the same: none is pruned
+    # Ctrl-C in trial 1's second fold (call 5 of 3 folds a trial)
+    monkeypatch.setattr(S, "fit", StopAt(5, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        S.search(_base(tiny), out, space=space, trials=3, folds=3, console=QUIET)
+    t1 = _study(out).trials[1]
+    assert t1.state == optuna.trial.TrialState.FAIL and "interrupted in fold 2 of 3" in t1.user_attrs["note"]
+    assert len(t1.user_attrs["fold_scores"]) == 1 and "error" not in t1.user_attrs
+
+    again = FakeFit()
+    monkeypatch.setattr(S, "fit", again)
+    S.search(_base(tiny), out, space=space, trials=3, folds=3, console=QUIET)
+    trials = _study(out).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    t2 = trials[2]
+    assert t2.user_attrs["continues"] == 1 and t2.params == t1.params and "1 of 3 folds carried over" in t2.user_attrs["note"]
+    assert t2.user_attrs["fold_scores"][0] == t1.user_attrs["fold_scores"][0] and len(t2.user_attrs["fold_scores"]) == 3
+    assert t2.value == pytest.approx(np.mean(t2.user_attrs["fold_scores"]))
+    assert {step for step in t2.intermediate_values} == {1, S.STEP_STRIDE + 1, 2 * S.STEP_STRIDE + 1}  # the carried fold's epoch too
+    # trial 2 ran folds 2 and 3 only (their held-out parts), trial 3 all three
+    assert len(again.calls) == 2 + 3 + 1 and again.calls[-1].out == out / "final"  # and the final refit
+    held = [sorted(c.splits.val.sources) for c in again.calls[:5]]
+    assert held[0] == held[3] and held[1] == held[4] and held[0] != held[1]  # trial 2's folds are trial 3's folds 2, 3
+    assert held[2] not in held[:2]
+
+    # an error (here out of memory) marks the trial failed for good: the search goes on and never reruns it
+    out2 = tmp_path / "e"
+    monkeypatch.setattr(S, "fit", StopAt(2, torch.OutOfMemoryError("CUDA out of memory")))
+    S.search(_base(tiny), out2, space=SPACE, trials=2, folds=2, console=QUIET)
+    monkeypatch.setattr(S, "fit", FakeFit())
+    S.search(_base(tiny), out2, space=SPACE, trials=3, folds=2, console=QUIET)
+    trials = _study(out2).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL and "OutOfMemoryError" in trials[0].user_attrs["error"]
+    assert len(trials) == 4 and not any("continues" in t.user_attrs for t in trials)
 
 
 def test_losing_trials_are_pruned_and_the_time_budget_stops_cleanly(tiny, tmp_path, monkeypatch):
@@ -433,6 +486,8 @@ def test_two_postgres_workers_finish_the_study_even_when_one_is_killed_mid_trial
     finished = [t for t in trials if t.state in FINISHED]
     assert len(finished) == n and [t.number for t in trials] == list(range(len(trials)))
     assert {t.user_attrs["worker"].rpartition(":")[2] for t in finished} == {str(a.pid), str(b.pid)}  # both did work
+    # B ran A's interrupted trial again, unless A was killed before the trial had drawn its configuration
+    assert len([t for t in finished if t.user_attrs.get("continues") == victim]) == (1 if trials[victim].params else 0), trials[victim]
     others = [t for t in trials if t.state not in FINISHED and t.number != victim]
     assert all("surplus" in t.user_attrs.get("note", "") for t in others)  # only a same-instant race makes one
     rows = list(csv.DictReader(open(tmp_path / "w1" / "trials.csv")))  # B's record of the whole study

@@ -486,7 +486,8 @@ def cmd_search(args) -> int:
             fixed=_given_settings(args) - {"data", "model", "arch", "seed", "metric"}, console=report.console(quiet=args.quiet),
         )
     except KeyboardInterrupt:
-        print(f"transferkit: search stopped; its finished trials are kept (the interrupted one counts as failed). Continue with the same "
+        print(f"transferkit: search stopped; its finished trials are kept, and the interrupted one runs again, with the folds it finished, "
+              f"when you continue with the same "
               f"command (--out {args.out})", file=sys.stderr)
         return got["code"]
     finally:

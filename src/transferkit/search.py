@@ -13,6 +13,8 @@ The study lives in a database (an SQLite file in DIR unless `storage` names anot
 PostgreSQL server that many workers share, each with its own DIR), so a killed search continues where
 it stopped when it is run again with the same DIR; trials left RUNNING by a dead worker are marked
 FAIL (at once when the worker ran on this machine, after the heartbeat's grace period otherwise).
+A trial that was interrupted (Ctrl-C, SIGTERM, a dead worker) rather than failed by an error runs
+again once, with the same configuration, keeping the folds it had finished (they are deterministic).
 Finished trials (complete or pruned) count toward `trials`, across workers; a worker whose last
 trials run elsewhere waits for them. The time budget covers the search, not the final refit.
 With `lr_find`, a learning-rate range test on the training split (`lr_find.py`) centres the lr range
@@ -428,6 +430,30 @@ def fail_dead_trials(study) -> list[int]:
     return marked
 
 
+def requeue_interrupted(study, trials: int) -> list[tuple[int, int]]:
+    """Enqueue again, once, every trial that was stopped rather than failed: FAIL without an `error`
+    (Ctrl-C, SIGTERM, a dead worker), with sampled params. The new trial has the same params and the
+    fold scores the old one had finished (`continues`, `fold_scores`); the objective carries those folds
+    over. Only while fewer than `trials` are finished or running. Returns (old number, folds carried)."""
+    from optuna.trial import TrialState
+
+    ts = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get("continues") for t in ts}
+    done, running = _counts(study)
+    free = trials - done - running - sum(t.state == TrialState.WAITING for t in ts)
+    queued = []
+    for t in ts:
+        if free <= 0:
+            break
+        if t.state != TrialState.FAIL or "error" in t.user_attrs or "surplus" in t.user_attrs.get("note", "") or not t.params or t.number in taken:
+            continue
+        carried = list(t.user_attrs.get("fold_scores", []))
+        study.enqueue_trial(t.params, user_attrs={"continues": t.number, "fold_scores": carried})
+        queued.append((t.number, len(carried)))
+        free -= 1
+    return queued
+
+
 def _counts(study) -> tuple[int, int]:
     from optuna.trial import TrialState
 
@@ -546,7 +572,8 @@ def search(
             "held_out": {"split": "val (given)" if splits.val_given else f"val (stratified {base.data.val_fraction:.0%}, seed {base.train.seed})", "n": len(splits.val)},
         })
         dead = fail_dead_trials(study)
-        _print_plan(con, base, splits, fold_idx, space, trials, study, dead, url, metric, deadline, t_start)
+        requeued = requeue_interrupted(study, trials)
+        _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeued, url, metric, deadline, t_start)
 
         # ---- trials, until `trials` of them finished (here and in other workers) or the time is up
         objective = _objective(study, space, base, splits, fold_idx, trials, metric, deadline)
@@ -641,8 +668,16 @@ def _objective(study, space, base, splits, fold_idx, trials, metric, deadline):
             raise _Surplus
         params = sample(trial, space, base.strategy.name)
         cfg = trial_config(base, space, params)
-        scores: list[float] = []
+        scores = [float(s) for s in trial.user_attrs.get("fold_scores", [])]  # folds an interrupted trial had finished
+        if "continues" in trial.user_attrs:
+            old = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.user_attrs["continues"])
+            for step, v in sorted(old.intermediate_values.items()):
+                if step < len(scores) * STEP_STRIDE:  # the pruner sees the carried folds' epochs again
+                    trial.report(v, step)
+            trial.set_user_attr("note", f"continues trial {old.number}" + (f": {len(scores)} of {k} folds carried over" if scores else ""))
         for f, (tr, va) in enumerate(fold_idx):
+            if f < len(scores):
+                continue
             if f and deadline is not None and time.monotonic() > deadline:
                 trial.set_user_attr("note", f"stopped by the time budget after {f} of {k} folds")
                 raise optuna.TrialPruned
@@ -655,7 +690,17 @@ def _objective(study, space, base, splits, fold_idx, trials, metric, deadline):
                     trial.set_user_attr("note", f"pruned in fold {_f + 1}, epoch {row['epoch']}")
                     raise optuna.TrialPruned
 
-            r = fit(cfg, None, console=quiet, splits=fold_splits(splits, tr, va, f, k), on_epoch=on_epoch)
+            try:
+                r = fit(cfg, None, console=quiet, splits=fold_splits(splits, tr, va, f, k), on_epoch=on_epoch)
+            except optuna.TrialPruned:
+                raise
+            except KeyboardInterrupt:
+                trial.set_user_attr("note", f"interrupted in fold {f + 1} of {k}; runs again when the search continues")
+                raise
+            except Exception as e:  # an error (out of memory, a bug): running it again would fail again
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:300])
+                trial.set_user_attr("note", f"failed in fold {f + 1}: {type(e).__name__}")
+                raise
             scores.append(float(r.metrics[metric]))
             trial.set_user_attr("fold_scores", scores)
         return float(np.mean(scores))
@@ -680,6 +725,8 @@ def _run_trials(study, objective, trials, deadline, t_start, k, out, metric, con
     waiting = False
     while True:
         fail_dead_trials(study)
+        for n, c in requeue_interrupted(study, trials):  # a worker that died while this one ran
+            con.print(f"trial {n} was interrupted: it runs again" + (f", its {c} finished fold(s) carried over" if c else ""), markup=False)
         done, running = _counts(study)
         if done >= trials:
             return "trials"
@@ -799,7 +846,7 @@ def _fmt_params(params: dict) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
 
-def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, url, metric, deadline, t_start) -> None:
+def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeued, url, metric, deadline, t_start) -> None:
     """What the search is about to do: data, folds, held-out split, study, space."""
     K = len(fold_idx)
     done, running = _counts(study)
@@ -814,6 +861,8 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, url, me
     con.print(f"study {study.study_name!r} in {redact(url)}" + (f"; time budget {deadline - t_start:.0f} s" if deadline else ""), markup=False)
     if dead:
         con.print(f"marked FAIL: trial(s) {', '.join(map(str, dead))}, left running by a worker that is gone", markup=False)
+    for n, c in requeued:
+        con.print(f"trial {n} was interrupted: it runs again first" + (f", its {c} finished fold(s) carried over" if c else ""), markup=False)
     w = max(len(n) for n in space)
     searched = [d for d in space.values() if d.kind != "fixed"]
     fixed = [d for d in space.values() if d.kind == "fixed"]
