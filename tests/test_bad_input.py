@@ -40,6 +40,13 @@ def test_missing_and_empty_data(tmp_path, capsys, tiny_ckpt):
     _expect(["--data", str(tmp_path / "noimg"), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "holds no image files")
 
 
+def test_an_out_folder_that_cannot_be_made(tmp_path, capsys, tiny_ckpt):
+    (tmp_path / "a_file").write_text("")
+    _expect(["--data", "digits", *tiny_args(tiny_ckpt)], capsys, tmp_path / "a_file" / "run", "cannot create the folder", "a_file")
+    assert main(["lr-find", "--data", "digits", *tiny_args(tiny_ckpt), "--steps", "10", "--out", str(tmp_path / "a_file" / "lr")]) == 2
+    assert "cannot create the folder" in capsys.readouterr().err
+
+
 def test_class_with_one_image(tmp_path, capsys, tiny_ckpt):
     d = make_folder(tmp_path / "d", n=4)
     for p in list((d / "red").iterdir())[1:]:

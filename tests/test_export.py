@@ -3,7 +3,9 @@ the saved tokenizer through `tokenizers` for texts), gives what `transferkit pre
 check leaves nothing behind; user mistakes are refused with a message."""
 
 import json
+import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -48,6 +50,9 @@ def test_image_export_matches_predict_and_fails_whole(tmp_path, capsys, tiny_ckp
     out = capsys.readouterr().out
     assert "3/3 same class" in out and "0 different classes" in out, out
 
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (run / "export").stat().st_mode & 0o777 == 0o777 & ~mask  # readable as other folders, not mkdtemp's 0700
     info = json.loads((run / "export" / "export.json").read_text())
     assert info["classes"] == ["blue", "red"] and info["inputs"]["image"]["dtype"] == "uint8" and info["opset"] >= 18
     assert info["data_check"]["accuracy_onnx"] == info["data_check"]["accuracy_pytorch"]
@@ -85,10 +90,23 @@ def test_image_export_matches_predict_and_fails_whole(tmp_path, capsys, tiny_ckp
     assert "was not exported from the weights" in capsys.readouterr().err
     info_file.write_text(good)
 
+    # data of other classes, and a folder that cannot be made, are refused before the export's work
+    t = time.perf_counter()
+    assert main(["export", str(run), "--out", str(tmp_path / "x"), "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "classes the model does not know: 0, 1" in err and not (tmp_path / "x").exists() and time.perf_counter() - t < 5, err
+    (tmp_path / "a_file").write_text("")
+    assert main(["export", str(run), "--out", str(tmp_path / "a_file" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the folder" in err and "a_file" in err and "Traceback" not in err
+    assert main(["evaluate", str(run), "--data", "digits"]) == 2
+    assert "classes the model does not know" in capsys.readouterr().err
+
     # an existing export is kept unless --overwrite; a failed check writes nothing and keeps the old one
     before = (run / "export" / "model.onnx").read_bytes()
     assert main(["export", str(run)]) == 2
-    assert "exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err
     import transferkit.export as ex
 
     monkeypatch.setattr(ex, "compare", lambda a, b: {"inputs": len(a), "max_abs_diff_probs": 0.5, "same_class": 0, "ok": False})

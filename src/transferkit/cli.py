@@ -387,8 +387,9 @@ def _write_explanations(clf, encoded: list, names: list[str], proba, folder: Pat
 
     from . import plots
     from .mistakes import explain
+    from .rundir import make_dir
 
-    folder.mkdir(exist_ok=True)
+    make_dir(folder)
     x = torch.cat(encoded)
     pred = proba.argmax(1)
     crops, maps, note = explain(clf.model_, x, pred, clf.preprocess_.input_size, clf.inputs_.eval_transform(), "cpu")
@@ -405,12 +406,12 @@ def _write_text_explanations(clf, texts: list[str], proba, proba_fn, folder: Pat
     probability of the class said (word occlusion: one forward pass per word)."""
     from .mistakes import word_evidence
     from .report_html import explain_page
-    from .rundir import atomic_write_bytes
+    from .rundir import atomic_write_bytes, make_dir
 
     pred = proba.argmax(1)
     evidence = word_evidence(proba_fn, texts, pred)
     rows = [{"source": t, "predicted": clf.classes_[c], "p_predicted": float(proba[i, c]), "evidence": ev} for i, (t, c, ev) in enumerate(zip(texts, pred, evidence))]
-    folder.mkdir(exist_ok=True)
+    make_dir(folder)
     atomic_write_bytes(folder / "explain.html", explain_page(f"transferkit predict: {clf.run_dir_}", rows).encode())
     print(f"wrote the word evidence of {len(texts)} texts to {folder / 'explain.html'}", file=sys.stderr)
 
@@ -498,15 +499,14 @@ def cmd_search(args) -> int:
 def cmd_lr_find(args) -> int:
     from . import plots, report
     from .lr_find import lr_find, lr_find_figure
-    from .rundir import atomic_write_bytes
+    from .rundir import atomic_write_bytes, check_can_make, make_dir
 
     if not _names_data(args):
         raise UserError("lr-find needs --data (a folder, a CSV, or 'digits')" + (f"; {args.config} names no data" if args.config else ""))
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+    check_can_make(out)
     res = lr_find(resolve_config(args), steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, console=report.console(quiet=args.quiet))
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     fig = lr_find_figure(res)
     import io
 
@@ -764,6 +764,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `transferkit predict ... | head`: the reader left; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return 141
+    except OSError as e:  # the machine refused (permissions, a read-only or full disk): not a bug to trace
+        import errno
+
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"transferkit: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
     """The labelled images to evaluate on: a data root's test/ split, else its val/ split, else every
     image of a class folder or CSV; `digits` gives the validation split the run was trained with."""
     cfg = config or RunConfig()
-    if spec == "digits" or spec.startswith("digits:"):
-        s = load_image_data(spec, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
-        return s.val, f"{spec} (validation split)"
     p = Path(spec)
-    if not p.exists():
+    if spec == "digits" or spec.startswith("digits:"):
+        s, where = load_image_data(spec, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed).val, f"{spec} (validation split)"
+    elif not p.exists():
         raise UserError(f"data not found: {spec}")
-    if p.is_file():
+    elif p.is_file():
         s = _read_csv(p, cfg.data.group_column, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column, group_optional=True)
         where = str(p)  # the run's groups, where this CSV has its --group-column
     else:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .rundir import make_dir
 
 PROB_TOLERANCE = 1e-4
 
@@ -139,12 +140,12 @@ def _feed(clf, encoded: torch.Tensor) -> dict[str, np.ndarray]:
     return text_arrays(encoded, clf.model_.backbone.pad_id) if clf.inputs_.modality == "text" else {"image": encoded.numpy()}
 
 
-def check_on_data(clf, graph: nn.Module, session, spec: str, batch: int = 64) -> dict:
-    """Accuracy and speed of PyTorch and of the ONNX file on labelled data (evaluate's splits)."""
-    from .evaluate import labelled_set
+def check_on_data(clf, graph: nn.Module, session, labelled, batch: int = 64) -> dict:
+    """Accuracy and speed of PyTorch and of the ONNX file on labelled data (`evaluate.labelled_set`'s
+    (examples, description))."""
     from .metrics import classification_metrics
 
-    s, where = labelled_set(clf, spec)
+    s, where = labelled
     x, s, _ = clf.inputs_.encode(s)
     arrays = _feed(clf, x)
     p_torch, t_torch = _timed(lambda a: _torch_run(graph, a), arrays, batch)
@@ -181,7 +182,11 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
     if out.is_file():
         raise UserError(f"{out} is a file: the export writes a folder")
     if out.exists() and not overwrite:
-        raise UserError(f"{out} exists: give another folder, or overwrite to replace it")
+        raise UserError(f"{out} exists: give another folder, or --overwrite (overwrite=True in Python) to replace it")
+    if data is not None:  # a wrong --data is said before the export's seconds, not after
+        from .evaluate import labelled_set
+
+        labelled = labelled_set(clf, data)
     text = clf.inputs_.modality == "text"
     model = clf.model_.float().eval()
     graph = (TextGraph(model) if text else ImageGraph(model, clf.preprocess_)).eval()
@@ -190,8 +195,14 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
     dims = ({0: batch, 1: length}, {0: batch, 1: length}) if text else ({0: batch},)
     trace = _sample_inputs(clf, 2, seed=0)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    make_dir(out.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot write the export to {out}: {e.strerror or e}") from None
+    mask = os.umask(0)
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)  # mkdtemp's folder is private (0700); the export is read as any other folder is
     try:
         t = time.perf_counter()
         with torch.no_grad(), warnings.catch_warnings():
@@ -232,7 +243,7 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
                 "in_graph": f"centre crop {pre.input_size}, /255, mean {list(pre.mean)}, std {list(pre.std)}",
             }
         if data is not None:
-            dc = info["data_check"] = check_on_data(clf, graph, session, data)
+            dc = info["data_check"] = check_on_data(clf, graph, session, labelled)
             if not dc["ok"]:
                 raise UserError(f"the ONNX export disagrees with PyTorch on {dc['data']}: {dc['n'] - dc['same_class']} of {dc['n']} classes differ, largest probability difference {dc['max_abs_diff_probs']:.2e}; nothing was written")
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")

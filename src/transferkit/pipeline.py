@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import report
 from .errors import UserError, did_you_mean
+from .rundir import make_dir
 
 KINDS = ("fit", "adapt")
 KEYS = {"name", "kind", "data", "model", "settings", "intermediate", "epochs", "head_steps"}
@@ -108,7 +109,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     con = console or report.console()
     stages = load_pipeline(path)
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    make_dir(root)
 
     def resolve(v):
         v = str(v)

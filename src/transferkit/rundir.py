@@ -32,6 +32,28 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def make_dir(path: Path) -> Path:
+    """mkdir -p, with a user's message (not a traceback) for a folder that cannot be made there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder {path}: {e.strerror or e}") from None
+    return path
+
+
+def check_can_make(path: Path) -> None:
+    """Refuse, before any work, a folder that `make_dir` could not make: its nearest existing parent is
+    a file, or not writable."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p == path.absolute():
+        if not p.is_dir():
+            raise UserError(f"--out {path} exists and is not a directory")
+    elif not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create the folder {path}: {p} is {'not a directory' if not p.is_dir() else 'not writable'}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -79,7 +101,7 @@ class RunDir:
             raise UserError(f"{self.path} already holds a finished run; pass --overwrite (overwrite=True in Python) to replace it, or choose another --out")
 
     def create(self) -> RunDir:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path)
         self._lock()
         old = self.path / MANIFEST
         if old.is_file():  # --overwrite of a finished run: its files go, so none of them (a mistakes.jpg this run does not draw) stays behind
