@@ -101,12 +101,18 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
     pics = [Image.open(f) for f in images[:3]]
     arrays = [np.array(im.convert("RGB")) for im in pics]
     want = loaded.predict_proba(images[:3])
+    dark = [np.minimum(a, 1) for a in arrays]  # a float 0-255 batch with an image whose pixels are all <= 1
     for items in (pics, arrays, [a / 255.0 for a in arrays], [a.astype(np.uint16) * 257 for a in arrays],
-                  [torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays], np.stack(arrays)):
+                  [torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays], np.stack(arrays),
+                  torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255, np.stack(arrays).astype(np.float32)):
         np.testing.assert_allclose(loaded.predict_proba(items), want, atol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(np.stack([arrays[0].astype(float), dark[1].astype(float)]))[1],
+                               loaded.predict_proba(dark[1])[0], atol=1e-6)  # one scale for a batch: not x255 for the dark one
     for one in (pics[0], arrays[0], torch.from_numpy(arrays[0]).permute(2, 0, 1)):
         np.testing.assert_allclose(loaded.predict_proba(one), want[:1], atol=1e-6)
-    for bad, says in (([np.full((4, 4, 3), np.nan)], "NaN"), ([np.zeros((4, 4, 7))], "got shape"), ([5], "got int")):
+    normalised = (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225  # torchvision's Normalize
+    for bad, says in (([np.full((4, 4, 3), np.nan)], "NaN"), ([np.zeros((4, 4, 7))], "got shape"), ([5], "got int"), (5, "got int"),
+                      (normalised, "not normalised"), (list(normalised), "image 0: pixel values from -2"), ([np.full((4, 4, 3), 300.0)], "to 300")):
         with pytest.raises(UserError, match=says):
             loaded.predict_proba(bad)
 

@@ -212,6 +212,9 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
         clf.predict(["good film", None])
     with pytest.raises(UserError, match="no texts to classify"):  # was torch.cat's ValueError
         clf.predict([])
+    for bad in (42, b"good film"):  # a TypeError, and bytes read as the texts 103, 111, ...
+        with pytest.raises(UserError, match=f"got {type(bad).__name__}"):
+            clf.predict(bad)
     with pytest.raises(UserError, match=r"text 2 is not a string: 2 \(int\)"):  # was classified as the text "2"
         clf.predict(["good film", 2])
     with pytest.raises(UserError, match=r"the data goes to fit\(data\)"):  # was replace()'s TypeError

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from .config import FLAT, RunConfig, config_from_dict, replace
-from .data import ImageSet, as_image_array, decode_images, image_files
+from .data import ImageSet, _to_uint8, as_image_array, check_pixel_range, decode_images, image_files
 from .errors import UserError, did_you_mean
 
 
@@ -148,7 +148,17 @@ class ImageClassifier(_Classifier):
             images = [images]
         elif isinstance(images, (np.ndarray, torch.Tensor)):  # one image, or a batch along the first axis
             one = images.ndim == 2 or (images.ndim == 3 and (images.shape[-1] in (3, 4) or (isinstance(images, torch.Tensor) and images.shape[0] in (1, 3))))
+            if not one and images.dtype not in (np.uint8, torch.uint8) and images.ndim >= 3:  # a batch: one scale for all
+                a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    raise UserError("the image batch holds NaN or infinite values")
+                if a.dtype.kind in "buif":
+                    check_pixel_range(a, "the image batch")
+                    a = _to_uint8(a)  # a dark image of a 0-255 batch is not scaled again by itself
+                images = torch.from_numpy(a) if isinstance(images, torch.Tensor) else a
             images = [images] if one else list(images)
+        if isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
+            raise UserError(f"expected an image (a path, a PIL image, an array), a folder, or a list of them; got {type(images).__name__}")
         sources = [str(s) if isinstance(s, (str, Path)) else as_image_array(s, f"image {i}") for i, s in enumerate(images)]
         if not sources:
             raise UserError("no images to classify")
@@ -206,6 +216,8 @@ class TextClassifier(_Classifier):
 
                 warnings.warn(f"classifying the string {texts!r} itself; to classify the texts in that file, pass Path({texts!r})", stacklevel=3)
             texts = [texts]
+        if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+            raise UserError(f"expected a text (str), a list of texts or a Path to a file of texts, got {type(texts).__name__}")
         texts = list(texts)
         if not texts:
             raise UserError("no texts to classify")

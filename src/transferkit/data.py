@@ -308,7 +308,20 @@ def as_image_array(obj, where: str = "image") -> np.ndarray:
         raise UserError(f"{where}: unsupported image array type {a.dtype}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise UserError(f"{where}: the image array holds NaN or infinite values")
+    check_pixel_range(a, where)
     return _to_uint8(a)
+
+
+def check_pixel_range(a: np.ndarray, where: str) -> None:
+    """Refuse pixels no image holds: negative values (a mean/std-normalised tensor, which clipping
+    would turn black) and floats above 255. Scaling is transferkit's job, with the model's own mean and std."""
+    if a.dtype.kind in "if" and a.size:
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0 or (a.dtype.kind == "f" and hi > 255):
+            raise UserError(
+                f"{where}: pixel values from {lo:.3g} to {hi:.3g}. Give images as stored (uint8 0-255, or floats in [0, 1]), "
+                "not normalised: transferkit resizes and normalises them as the model needs"
+            )
 
 
 def _decode_one(src, size: int, interpolation: str):
