@@ -28,6 +28,16 @@ def test_each_schedule_equals_its_formula(step):
         assert got == pytest.approx(want, rel=1e-12), (name, step)
 
 
+def test_warmup_is_at_most_half_the_run():
+    """The default 1-epoch warmup of a 1-epoch run: half warmup, then the cosine down to 0 (it was all
+    warmup, ending at the full rate)."""
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=1)
+    curve = [lr_factor(cfg, s, SPE, SPE) for s in range(SPE)]
+    assert curve[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert curve[5:] == pytest.approx([0.5 * (1 + math.cos(math.pi * s / 5)) for s in range(5)])
+    assert lr_factor(cfg, 3, 4 * SPE, SPE) == pytest.approx(0.4)  # a longer run keeps its full warmup of 10 steps
+
+
 @pytest.mark.parametrize("step", [0, 24, 25, 26, 49, 50, 173])
 def test_exponential_staircase_matches_keras(step):
     cfg = ScheduleConfig(name="exponential", warmup_epochs=0, decay_rate=0.9, decay_steps=25, staircase=True)

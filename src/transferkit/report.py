@@ -71,10 +71,14 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
             trainable = sum(p.numel() for g in groups if g.name in names for n, p in g.params if n not in always_frozen)
             last = ph.unfrozen(ph.epochs - 1)
             grow = f", {len(last)} by epoch {ph.epochs}" if len(last) != len(names) else ""
-            desc = f"{len(names)}/{len(groups)} groups train at epoch 1{grow}, {ph.epochs} epochs, {cfg.schedule.name} schedule, warmup {cfg.schedule.warmup_epochs:g} epoch(s)"
+            from .schedules import warmup_epochs
+
+            w = warmup_epochs(cfg.schedule, ph.epochs)
+            desc = (f"{len(names)}/{len(groups)} groups train at epoch 1{grow}, {ph.epochs} epoch{'s' if ph.epochs != 1 else ''}, {cfg.schedule.name} schedule, "
+                    f"warmup {w:g} epoch(s)" + (" (half the run at most)" if w < cfg.schedule.warmup_epochs else ""))
             if cfg.train.patience is not None:
                 desc += f", stops after {cfg.train.patience} epoch(s) without improvement"
-            if ph.give_up_after:
+            if ph.give_up_after and ph.give_up_after < ph.epochs:
                 desc += f", ends after {ph.give_up_after} epoch(s) if none beats the probe's " + ("loss" if cfg.train.metric == "loss" else f"{cfg.train.metric} or loss")
             if cfg.train.ema:
                 desc += f", validates and keeps the weights' moving average (decay {cfg.train.ema:g})"

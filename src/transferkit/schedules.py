@@ -2,7 +2,8 @@
 
 `lr_factor(cfg, step, total_steps, steps_per_epoch)` is the multiplier of the base rate at a 0-based
 optimizer step; each parameter group's rate is `base_lr * factor * lr_scale`. Linear warmup from 0
-(`warmup_epochs`) goes in front of any schedule, which then runs over the steps after warmup:
+(`warmup_epochs`, at most half the run's steps: the default 1 epoch of a 1-epoch run would otherwise
+be all warmup and no decay) goes in front of any schedule, which then runs over the steps after warmup:
 
     constant     1
     cosine       m + (1 - m) * (1 + cos(pi * t)) / 2             t = progress in [0, 1], m = min_lr_ratio
@@ -69,13 +70,18 @@ def onecycle(s, span, spe, cfg) -> float:
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * _t(s - up, span - up)))
 
 
-def warmup_steps(cfg, steps_per_epoch: int) -> int:
-    return int(round(cfg.warmup_epochs * steps_per_epoch))
+def warmup_steps(cfg, steps_per_epoch: int, total_steps: int) -> int:
+    return min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps // 2)
+
+
+def warmup_epochs(cfg, epochs: int) -> float:
+    """The warmup a run of `epochs` epochs gets, in epochs (`warmup_steps`' cap, for messages)."""
+    return min(cfg.warmup_epochs, epochs / 2)
 
 
 def lr_factor(cfg, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate at optimizer step `step` (0-based) of `total_steps`."""
-    w = warmup_steps(cfg, steps_per_epoch)
+    w = warmup_steps(cfg, steps_per_epoch, total_steps)
     if step < w:
         return (step + 1) / w
     return SCHEDULES.get(cfg.name)(step - w, total_steps - w, steps_per_epoch, cfg)
