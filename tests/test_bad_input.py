@@ -165,6 +165,8 @@ def test_finished_run_not_overwritten_without_flag(tmp_path, capsys, tiny_ckpt):
         (["--optimizer", "adamm"], "unknown optimizer"),
         (["--strategy", "partial", "--k", "50"], "k=50 is larger than the number of block groups"),
         (["--freeze", "no_such_layer"], "matches no parameter"),
+        (["--strategy", "full", "--layer-lr-min", "1e-2", "--lr", "1e-3"], "layer_lr_min (0.01) must be below lr (0.001)"),
+        (["--strategy", "full", "--layer-lr-min", "1e-2"], "layer_lr_min (0.01) must be below lr (0.001)"),  # the default lr
     ],
 )
 def test_bad_settings(tmp_path, capsys, tiny_ckpt, flags, needle):

@@ -58,6 +58,8 @@ def test_layer_decay_and_lr_range_scales():
     assert scales[0] == pytest.approx(1e-2) and scales[-1] == 1.0
     ratios = [b / a for a, b in zip(scales, scales[1:])]
     assert all(r == pytest.approx(ratios[0]) for r in ratios)  # geometric
+    with pytest.raises(UserError, match=r"layer_lr_min \(0.01\) must be below lr \(0.001\)"):  # it would invert the ramp
+        assign_lr_scales(groups, StrategyConfig(layer_lr_min=1e-2), lr=1e-3)
 
 
 def test_freeze_pattern_must_match_and_keeps_params_frozen():
@@ -135,9 +137,12 @@ def _ckpt(tmp_path):
 
 
 def test_lp_ft_ends_fine_tuning_when_its_first_epochs_do_not_beat_the_probe(tmp_path, capsys):
-    probe, ft, m, err = _phases_run(tmp_path, capsys, [])  # default ft_patience 3
+    probe, ft, m, err = _phases_run(tmp_path, capsys, ["--k", "3", "--lora-r", "4"])  # default ft_patience 3
     assert (probe, ft) == (3, 3) and m["best_epoch"] == 1  # the probe's first epoch stays the best
     assert "ends after 3 epoch(s) if none beats the probe" in err
+    # flags lp_ft does not read are said (they were silently ignored); those it reads are not
+    assert "note: --k is not used by --strategy lp_ft (only by partial)" in err and "note: --lora-r is not used by --strategy lp_ft (only by lora)" in err
+    assert err.count("is not used by") == 2
 
 
 def test_ft_patience_zero_runs_every_epoch_and_patience_applies_to_every_phase(tmp_path, capsys):

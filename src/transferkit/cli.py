@@ -142,6 +142,8 @@ def cmd_fit(args) -> int:
         if not _names_data(args):
             raise UserError("fit needs --data (a folder, a CSV, or 'digits')" + (f"; {args.config} names no data" if args.config else ""))
     cfg.validate()  # a bad setting is named before PyTorch loads (about 2 s)
+    if not args.resume:
+        _note_unused(cfg, args)
     from . import report
     from .fit import fit
     from .trainer import StopRequested
@@ -424,6 +426,17 @@ def _proba(clf, x):
     return predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
 
 
+def _note_unused(cfg, args) -> set[str]:
+    """A flag the chosen strategy does not read (`--k 3 --strategy full`) is said, not silently ignored.
+    Returns the names said."""
+    from .strategies import USED_ONLY_BY, unused_settings
+
+    names = unused_settings(cfg.strategy.name, _given_settings(args))
+    for n in names:
+        print(f"transferkit: note: --{n.replace('_', '-')} is not used by --strategy {cfg.strategy.name} (only by {', '.join(USED_ONLY_BY[n])})", file=sys.stderr)
+    return set(names)
+
+
 def _given_settings(args) -> set[str]:
     """Flat names of the fit flags given on the command line (a search keeps them fixed)."""
     names = [n for _, n, _, _ in FIT_FLAGS] + [n for _, n, _, _ in BOOL_FLAGS]
@@ -505,7 +518,13 @@ def cmd_lr_find(args) -> int:
         raise UserError("lr-find needs --data (a folder, a CSV, or 'digits')" + (f"; {args.config} names no data" if args.config else ""))
     out = Path(args.out)
     check_can_make(out)
-    res = lr_find(resolve_config(args), steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, console=report.console(quiet=args.quiet))
+    cfg = resolve_config(args).validate()
+    noted = _note_unused(cfg, args)
+    ignored = sorted((_given_settings(args) - noted) & {"epochs", "lp_epochs", "patience", "schedule", "warmup_epochs", "min_lr_ratio", "step_size", "gamma",
+                                              "milestones", "decay_rate", "decay_steps", "staircase", "ema", "test_fraction"})
+    if ignored:
+        print(f"transferkit: note: lr-find sweeps --steps steps and ignores {', '.join('--' + n.replace('_', '-') for n in ignored)}", file=sys.stderr)
+    res = lr_find(cfg, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, console=report.console(quiet=args.quiet))
     make_dir(out)
     fig = lr_find_figure(res)
     import io

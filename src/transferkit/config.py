@@ -236,6 +236,8 @@ class RunConfig:
 
         STRATEGIES.get(self.strategy.name)
         SCHEDULES.get(self.schedule.name)
+        if self.optim.lr is not None and self.strategy.layer_lr_min is not None:
+            check_layer_lr_min(self.strategy.layer_lr_min, self.optim.lr)
         _check(self.optim.name in OPTIMIZERS, f"unknown optimizer {self.optim.name!r}{did_you_mean(self.optim.name, OPTIMIZERS)}; choose from: {', '.join(OPTIMIZERS)}")
         return self
 
@@ -248,6 +250,11 @@ class RunConfig:
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+def check_layer_lr_min(layer_lr_min: float, lr: float) -> None:
+    _check(layer_lr_min < lr, f"layer_lr_min ({layer_lr_min:g}) must be below lr ({lr:g}): the rates rise from it at the first "
+           "block group to lr at the head, so a larger value would train the stem faster than the head")
 
 
 def default_lr(modality: str, strategy: str) -> float:

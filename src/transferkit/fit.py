@@ -125,7 +125,7 @@ def fit(
         from .ranking import resolve_auto_model
 
         cfg = resolve_auto_model(cfg, console)
-    cfg = with_default_lr(cfg)
+    cfg = with_default_lr(cfg).validate()  # with the default lr known, layer_lr_min is checked against it
     if splits is None:
         splits = load_splits(cfg)
     else:

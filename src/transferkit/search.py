@@ -66,6 +66,7 @@ from .inputs import load_splits
 from .errors import UserError, did_you_mean
 from .fit import fit
 from .rundir import RunDir, atomic_write_bytes, is_complete
+from .strategies import TRAINS_BACKBONE, USED_ONLY_BY
 
 METRICS = ("accuracy", "macro_f1")
 
@@ -86,13 +87,7 @@ BATCH_SIZES = (8, 16, 32, 64, 128)
 NOT_IN_SPACE = {"data": "--data", "model": "--model", "arch": "--arch", "seed": "--seed", "metric": "--metric", "val_fraction": "--val-fraction"}
 
 # Settings that matter only to some strategies: sampled only in trials of those strategies.
-_FINETUNES = ("full", "partial", "gradual", "lp_ft")
-ONLY_FOR: dict[str, tuple[str, ...]] = {
-    "epochs": _FINETUNES, "layer_decay": _FINETUNES, "layer_lr_min": _FINETUNES, "crop_scale_min": _FINETUNES,
-    "augment": _FINETUNES, "flip": _FINETUNES, "bn_stats": _FINETUNES, "schedule": _FINETUNES, "warmup_epochs": _FINETUNES,
-    "min_lr_ratio": _FINETUNES, "l2sp_alpha": _FINETUNES,
-    "lp_epochs": ("linear_probe", "lp_ft"), "k": ("partial",), "unfreeze_every": ("gradual",), "ft_lr_scale": ("lp_ft",),
-}
+ONLY_FOR = USED_ONLY_BY
 
 STEP_STRIDE = 100_000  # pruner steps: fold * STEP_STRIDE + epoch, so every epoch of every fold has its own step
 HEARTBEAT_S = int(os.environ.get("TRANSFERKIT_SEARCH_HEARTBEAT", "60"))  # seconds between a running trial's heartbeats
@@ -868,7 +863,7 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeue
     fixed = [d for d in space.values() if d.kind == "fixed"]
     def only(name):
         users = ONLY_FOR.get(name)
-        return "" if users is None else "  (fine-tuning strategies only)" if users == _FINETUNES else f"  (only {', '.join(users)})"
+        return "" if users is None else "  (fine-tuning strategies only)" if users == TRAINS_BACKBONE else f"  (only {', '.join(users)})"
 
     lines = [f"  {d.name:<{w}}  {d.describe()}{only(d.name)}" for d in searched]
     con.print("space:\n" + "\n".join(lines) + ("\n  fixed: " + ", ".join(f"{d.name}={d.value}" for d in fixed) if fixed else ""), markup=False)

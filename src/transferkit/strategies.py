@@ -17,11 +17,29 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._registry import Registry
-from .config import RunConfig, StrategyConfig
+from .config import RunConfig, StrategyConfig, check_layer_lr_min
 from .errors import UserError
 
 if TYPE_CHECKING:  # the command line lists the strategies without importing PyTorch
     from .model import Group
+
+
+# Settings that only some strategies read: `fit` notes a flag its strategy ignores, `search` samples
+# them only in trials of those strategies.
+TRAINS_BACKBONE = ("full", "partial", "gradual", "lp_ft")
+BACKPROP = TRAINS_BACKBONE + ("lora",)  # epochs of forward and backward passes through the backbone
+USED_ONLY_BY: dict[str, tuple[str, ...]] = {
+    "epochs": BACKPROP, "crop_scale_min": BACKPROP, "augment": BACKPROP, "flip": BACKPROP, "bn_stats": BACKPROP,
+    "schedule": BACKPROP, "warmup_epochs": BACKPROP, "min_lr_ratio": BACKPROP,
+    "layer_decay": TRAINS_BACKBONE, "layer_lr_min": TRAINS_BACKBONE, "l2sp_alpha": TRAINS_BACKBONE,
+    "lp_epochs": ("linear_probe", "lp_ft"), "k": ("partial",), "unfreeze_every": ("gradual",), "ft_lr_scale": ("lp_ft",), "ft_patience": ("lp_ft",),
+    "lora_r": ("lora",), "lora_alpha": ("lora",), "lora_dropout": ("lora",), "lora_targets": ("lora",),
+}
+
+
+def unused_settings(strategy: str, names) -> list[str]:
+    """Of the setting names given, those `strategy` does not read."""
+    return sorted(n for n in names if strategy not in USED_ONLY_BY.get(n, (strategy,)))
 
 
 @dataclass(frozen=True)
@@ -104,12 +122,13 @@ def assign_lr_scales(groups: list[Group], cfg: StrategyConfig, lr: float) -> Non
     """Discriminative learning rates. The head keeps scale 1; backbone group i of n (0 = stem) gets
     layer_decay ** (n - i) with `layer_decay`, or, with `layer_lr_min`, a geometric ramp from
     layer_lr_min / lr at the stem to 1 at the head (fastai's slice(lo, hi))."""
-    bb = [g for g in groups if g.name != "head"]
+    bb = [g for g in groups if g.name not in ("head", "lora")]  # LoRA's adapters train at lr
     n = len(bb)
     for i, g in enumerate(bb):
         if cfg.layer_decay is not None:
             g.lr_scale = cfg.layer_decay ** (n - i)
         elif cfg.layer_lr_min is not None:
+            check_layer_lr_min(cfg.layer_lr_min, lr)  # lr may have been the default, unknown to the config's check
             lo = cfg.layer_lr_min / lr
             g.lr_scale = lo ** ((n - i) / n)
         else:
