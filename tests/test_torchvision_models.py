@@ -1,7 +1,8 @@
 """torchvision models by name (`tv:NAME[.WEIGHTS]`): the top comes off, the weights load from torch's hub
 cache without unpickling, preprocessing is the weights' own, every parameter is in exactly one block
 group, and a torchvision checkpoint fine-tunes through `file:PATH --arch tv:NAME` and reloads.
-No download: the hub cache is filled with random weights under the real file names."""
+No download: the hub cache is filled with random weights under the real file names (their sha256 is
+taken to be the one the name carries; a file that fails that check is refused, tested below)."""
 
 import json
 
@@ -22,6 +23,10 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     folder = tmp_path / "torch" / "hub" / "checkpoints"
     folder.mkdir(parents=True)
+    import transferkit.backbones as B
+
+    real = B.file_sha256
+    monkeypatch.setattr(B, "file_sha256", lambda p: p.name.rsplit("-", 1)[1].split(".")[0] if p.parent == folder else real(p))
     return folder
 
 
@@ -102,6 +107,17 @@ def test_clear_errors_offline_unknown_and_unsupported(hub, monkeypatch):
         create_backbone("tv:resnet18.IMAGENET21K")
     with pytest.raises(UserError, match="ends in a convolution"):
         create_backbone("random:tv:squeezenet1_1")
+
+
+def test_a_weights_file_whose_sha256_is_not_the_one_its_name_says_is_refused(tmp_path, monkeypatch):
+    """A damaged or different file under the expected name (in TRANSFERKIT_WEIGHTS_DIR or the hub cache)
+    was loaded as the pretrained weights: only downloads were checked."""
+    from transferkit.backbones.cifar_resnet import CifarResNet
+
+    torch.save({k: torch.zeros_like(v) for k, v in CifarResNet(20).state_dict().items()}, tmp_path / "resnet20-12fca82f.th")
+    monkeypatch.setenv("TRANSFERKIT_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(UserError, match=r"resnet20-12fca82f.th is not the CIFAR-10 weights of cifar_resnet20: its sha256 does not begin with 12fca82f"):
+        create_backbone("cifar_resnet20")
 
 
 def test_a_torchvision_checkpoint_fine_tunes_and_reloads(tmp_path, capsys):

@@ -275,18 +275,26 @@ def _cifar_weights_path(depth: int) -> Path:
 def hub_weights_file(url: str, what: str, arch: str) -> Path:
     """The weights file at `url`: from $TRANSFERKIT_WEIGHTS_DIR, else torch's hub cache
     (`torch.hub.get_dir()/checkpoints`, where torchvision keeps its downloads), else downloaded into
-    that cache with the sha256 prefix its name carries checked, as torch.hub does."""
+    that cache; with the sha256 prefix its name carries checked in all three cases (torch.hub checks
+    downloads only: a damaged or different file under the same name would be used as these weights)."""
     import re
 
     fname = url.rsplit("/", 1)[1]
+    m = re.search(r"-([a-f0-9]{8,})\.", fname)
+
+    def checked(path: Path) -> Path:
+        if m and not file_sha256(path).startswith(m.group(1)):
+            raise UserError(f"{path} is not {what}: its sha256 does not begin with {m.group(1)}, as its name says. "
+                            "Replace it with the original file (delete it to download it again)")
+        return path
+
     local = os.environ.get("TRANSFERKIT_WEIGHTS_DIR")
     if local and (Path(local) / fname).is_file():
-        return Path(local) / fname
+        return checked(Path(local) / fname)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / fname
     if cached.is_file():
-        return cached
+        return checked(cached)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    m = re.search(r"-([a-f0-9]+)\.", fname)
     try:
         torch.hub.download_url_to_file(url, str(cached), hash_prefix=m.group(1) if m else None, progress=False)
     except Exception as e:
