@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -343,3 +344,37 @@ def test_tiny_bert_fixture_tokenizes_real_words(tiny_bert):
 
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
     assert tok.tokenize("the movie was good xyz") == ["the", "movie", "was", "good", "x", "##y", "##z"]
+
+
+def test_fit_takes_examples_and_labels_in_memory(tmp_path, tiny_bert, tiny_ckpt, tiny_folder):
+    """fit(X, y), as scikit-learn: texts (or images: paths, arrays) with their labels give the run the
+    same file would. It was an OSError ('File name too long': the list taken as a path)."""
+
+    from transferkit import ImageClassifier, TextClassifier
+
+    p = make_text_csv(tmp_path / "r.csv")
+    rows = list(csv.DictReader(open(p, encoding="utf-8")))
+    texts, labels = [r["text"] for r in rows], np.array([r["label"] for r in rows])
+    kw = dict(model=f"dir:{tiny_bert}", strategy="linear_probe", max_length=16, lp_epochs=3)
+    a = TextClassifier(**kw).fit(str(p))
+    b = TextClassifier(**kw).fit(texts, labels)
+    assert b.classes_ == a.classes_ and b.metrics_["n_train"] == a.metrics_["n_train"] and b.metrics_["accuracy"] == a.metrics_["accuracy"]
+    np.testing.assert_allclose(b.predict_proba(texts[:4]), a.predict_proba(texts[:4]), atol=1e-6)
+    assert repr(b).startswith(f"TextClassifier(model='dir:{tiny_bert}', strategy='linear_probe', max_length=16, lp_epochs=3)  # fitted: 2 classes")
+    for bad_x, bad_y, says in ((texts, labels[:-1], f"{len(texts)} examples, {len(texts) - 1} labels"), (texts, "pos", "a string"),
+                               (texts, None, "got list without labels"), (["ok", ""] * 4, ["a", "b"] * 4, "text 2 is empty")):
+        with pytest.raises(UserError, match=says):
+            TextClassifier(**kw).fit(bad_x, bad_y)
+    with pytest.raises(UserError, match=r"quiet is an argument of fit\(\)"):
+        TextClassifier(quiet=True)
+
+    # images: paths, and the same images as arrays, give the same run
+    files = sorted(str(f) for f in tiny_folder.rglob("*.png"))
+    ys = [Path(f).parent.name for f in files]
+    ikw = dict(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, lp_epochs=3)
+    from PIL import Image
+
+    c = ImageClassifier(**ikw).fit(files, ys)
+    d = ImageClassifier(**ikw).fit([np.asarray(Image.open(f).convert("RGB")) for f in files], ys)
+    assert c.classes_ == d.classes_ == sorted(set(ys)) and c.metrics_["accuracy"] == d.metrics_["accuracy"]
+    np.testing.assert_allclose(c.predict_proba(files), d.predict_proba(files), atol=1e-6)

@@ -5,6 +5,7 @@
     clf = TextClassifier(model="minilm_l6", strategy="lora").fit("reviews.csv"); clf.predict(["great film"])
     clf.predict(["a.jpg", "b.jpg"]); clf.evaluate("path/to/test"); clf.save("run/")
     clf = ImageClassifier.load("run/")
+    clf = TextClassifier().fit(texts, labels)          # examples in memory, as scikit-learn's fit(X, y)
 """
 
 from __future__ import annotations
@@ -30,23 +31,71 @@ class _Classifier:
         for k in settings:
             if k == "data":
                 raise UserError("the data goes to fit(data), not to the constructor")
+            if k in ("quiet", "out", "overwrite"):
+                raise UserError(f"{k} is an argument of fit(): fit(data, {k}=...)")
             if k not in FLAT:
                 raise UserError(f"unknown setting {k!r}{did_you_mean(k, FLAT)}")
         self.model = model or self.default_model
         self.strategy = strategy
         self.settings = settings
 
+    def __repr__(self) -> str:
+        args = [f"model={self.model!r}", f"strategy={self.strategy!r}"] + [f"{k}={v!r}" for k, v in self.settings.items()]
+        fitted = f"  # fitted: {len(self.classes_)} classes" + (f", run {self.run_dir_}" if getattr(self, "run_dir_", None) else "") if hasattr(self, "model_") else ""
+        return f"{type(self).__name__}({', '.join(args)}){fitted}"
+
     def get_config(self, data: str | None = None) -> RunConfig:
         return replace(RunConfig(), model=self.model, strategy=self.strategy, data=data, **self.settings)
 
-    def fit(self, data: str, *, out: str | Path | None = None, overwrite: bool = False, quiet: bool = True):
+    def fit(self, data, y=None, *, out: str | Path | None = None, overwrite: bool = False, quiet: bool = True):
+        """`data`: a folder, a CSV/TSV or `digits`, as `transferkit fit --data` takes; or examples with
+        their labels `y` (scikit-learn's fit(X, y)): texts for a TextClassifier, images (paths, PIL
+        images, arrays) for an ImageClassifier. Those are written to a CSV (and PNG files for images
+        in memory) in a new temporary folder, which the run reads and its config.yaml names."""
         from . import report
         from .fit import fit
 
+        if y is not None:
+            data = self._write_examples(data, y)
+        elif not isinstance(data, (str, Path)):
+            raise UserError(f"fit takes a path (a folder, a CSV, 'digits') or examples with their labels, fit(X, y); got {type(data).__name__} without labels")
         r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet))
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
         return self
+
+    def _examples(self, X) -> list:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _write_examples(self, X, y) -> str:
+        """fit(X, y)'s examples as a CSV with a label column (and PNG files for images in memory) in
+        a new temporary folder; returns the CSV's path."""
+        import csv
+        import io
+        import tempfile
+
+        from .rundir import atomic_write_bytes
+
+        items = self._examples(X)
+        labels = list(y.tolist() if isinstance(y, (np.ndarray, torch.Tensor)) else y) if not isinstance(y, (str, bytes)) else None
+        if labels is None or len(labels) != len(items):
+            raise UserError(f"fit(X, y): y must give one label per example: {len(items)} examples, "
+                            + ("a string" if labels is None else f"{len(labels)} labels"))
+        folder = Path(tempfile.mkdtemp(prefix="transferkit-data-"))
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow([self.kind_column, "label"])
+        for i, (x, label) in enumerate(zip(items, labels)):
+            if isinstance(x, np.ndarray):  # an image in memory: a lossless file the run can read
+                (folder / "images").mkdir(exist_ok=True)
+                x_path = folder / "images" / f"{i:06d}.png"
+                Image.fromarray(x).save(x_path)
+                x = str(x_path)
+            elif self.kind_column == "path":
+                x = str(Path(x).resolve())
+            w.writerow([x, str(label)])
+        atomic_write_bytes(folder / "data.csv", buf.getvalue().encode())
+        return str(folder / "data.csv")
 
     def _set_fitted(self, model, classes, inputs, config) -> None:
         self.model_, self.classes_, self.inputs_, self.config_ = model, list(classes), inputs, config
@@ -127,9 +176,14 @@ class ImageClassifier(_Classifier):
     """Fine-tune a pretrained image backbone with a new head. Keyword arguments are the settings of
     `transferkit fit` by their flag names (model, strategy, epochs, batch_size, lr, seed, head, ...)."""
 
+    kind_column = "path"
+
     @property
     def preprocess_(self):
         return self.inputs_.pre
+
+    def _examples(self, X) -> list:
+        return self._sources(X)
 
     def _encode(self, images) -> tuple:
         """Paths, a folder of images, PIL images, or arrays / tensors (HxWx3 uint8, or as
@@ -202,14 +256,20 @@ class TextClassifier(_Classifier):
     CSV/TSV with a text and a label column. `predict` takes a list of strings."""
 
     default_model = "minilm_l6"
+    kind_column = "text"
 
     def _encode(self, texts) -> tuple:
         """A text (str), texts, or a pathlib.Path: a file of texts (one per line, or a CSV/TSV's text
         column), as `transferkit predict` reads it."""
+        texts = self._examples(texts)
+        return self._tokens(texts), texts
+
+    def _examples(self, texts) -> list[str]:
+        """`_encode`'s inputs as a list of non-empty strings."""
         if isinstance(texts, Path):
             from .text_data import read_texts
 
-            texts = read_texts(str(texts), text_column=self.config_.data.text_column)
+            texts = read_texts(str(texts), text_column=self.config_.data.text_column if hasattr(self, "config_") else self.settings.get("text_column"))
         if isinstance(texts, str):
             if len(texts) < 1024 and Path(texts).suffix.lower() in (".txt", ".csv", ".tsv") and Path(texts).is_file():
                 import warnings
@@ -229,7 +289,7 @@ class TextClassifier(_Classifier):
         for i, t in enumerate(texts):
             if not t.strip():
                 raise UserError(f"text {i + 1} is empty")
-        return self._tokens(texts), texts
+        return texts
 
     def _tokens(self, texts: list[str]):
         """Token ids, padded, with no check: word occlusion leaves "" of a one-word text, which
