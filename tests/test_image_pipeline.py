@@ -210,6 +210,10 @@ def test_test_fraction_holds_out_a_seeded_stratified_test_split(tmp_path, tiny_c
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["n_train"] == 14 and m["n_val"] == 4 and sum(m["test"]["per_class"][c]["support"] for c in ("blue", "red")) == 6
     assert "--test-fraction 0.25: 6 examples held out" in " ".join(m["data_notes"]) and "test split" in out
+    # the verdict is the test split's (against the baseline refitted for it, images too); validation's stays beside it
+    assert "on the test split" in m["verdict"] and "on the validation split" in m["validation_verdict"] and "baseline" in m["test"]
+    assert m["transfer_vs_baseline"]["diff"] == pytest.approx(m["test"]["accuracy"] - m["test"]["baseline"]["accuracy"])
+    assert m["transfer_vs_baseline_validation"]["diff"] == pytest.approx(m["accuracy"] - m["baseline"]["accuracy"])
     assert main(["evaluate", str(tmp_path / "run"), "--data", str(data), "--json"]) == 0  # the same data: its held-out split
     ev = json.loads(capsys.readouterr().out)
     assert ev["n"] == 6 and ev["accuracy"] == m["test"]["accuracy"] and "held-out test split" in ev["data"]

@@ -84,8 +84,26 @@ def test_baseline_scratch_trains_the_same_architecture_and_gives_a_verdict(tmp_p
     b = m["transfer_vs_scratch"]
     assert b["ci_low"] <= b["diff"] <= b["ci_high"]
     assert m["verdict_scratch"].split(":")[0] in ("transfer helped", "NEGATIVE TRANSFER") or m["verdict_scratch"].startswith("no significant")
-    assert "training from scratch (random:cifar_resnet20" in m["verdict_scratch"]
-    assert "from scratch" in (out / "report.html").read_text()
+    assert "training from scratch (random:cifar_resnet20, 1 epoch, 2 optimizer steps)" in m["verdict_scratch"]  # how much it trained
+    assert m["in_short"] and "is not used by" not in err  # --epochs: the scratch run's
+    page = (out / "report.html").read_text()
+    assert "from scratch" in page and "In short:" in page
+
+    # a model from random weights transferred nothing: its verdict says better / worse, never "transfer"
+    rc, err = _fit(["--data", str(d), "--model", "random:cifar_resnet20", "--input-size", "16", "--batch-size", "4", "--strategy", "full",
+                    "--epochs", "1", "--out", str(tmp_path / "rnd")], capsys)
+    assert rc == 0, err
+    v = json.loads((tmp_path / "rnd" / "metrics.json").read_text())["verdict"]
+    assert "nothing was transferred" in v and not v.startswith(("transfer helped", "NEGATIVE")), v
+
+
+def test_in_short_joins_the_two_verdicts():
+    from transferkit.metrics import in_short
+
+    neg, helped, none = "NEGATIVE TRANSFER: -13.4 points against x", "transfer helped: +26.8 points over y", "no significant difference from z"
+    assert in_short(neg, helped) == "the pretrained weights beat training from scratch, but the classical baseline is better still on this data: prefer it"
+    assert in_short(helped, helped).endswith("and the model beats the classical baseline: use it")
+    assert in_short(helped, none) == "the pretrained weights did not do clearly better than training from scratch, yet the model beats the classical baseline"
 
 
 def test_bootstrap_interval_covers_a_known_difference():

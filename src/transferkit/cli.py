@@ -198,6 +198,7 @@ class _StopOnSignal:
 def cmd_demo(args) -> int:
     from . import report
     from .fit import fit
+    from .metrics import verdict_kind
 
     con = report.console(quiet=args.quiet)
     con.print(
@@ -208,7 +209,7 @@ def cmd_demo(args) -> int:
     r = fit(cfg, args.out, overwrite=True, console=con)
     m = r.metrics
     b = m["baseline"]
-    helped = m["verdict"].startswith("transfer helped")
+    helped = verdict_kind(m["verdict"]) == "helped"
     con.print(
         f"\n[bold]demo verdict[/]: EfficientNet-Lite0 features {100 * m['accuracy']:.1f}% vs raw pixels {100 * b['accuracy']:.1f}%: "
         + ("transfer helped here." if helped else "[bold]transfer did not help here[/].")
@@ -432,6 +433,8 @@ def _note_unused(cfg, args) -> set[str]:
     from .strategies import USED_ONLY_BY, unused_settings
 
     names = unused_settings(cfg.strategy.name, _given_settings(args))
+    if cfg.train.baseline == "scratch":  # the from-scratch baseline trains with strategy full and reads those
+        names = unused_settings("full", names)
     for n in names:
         print(f"transferkit: note: --{n.replace('_', '-')} is not used by --strategy {cfg.strategy.name} (only by {', '.join(USED_ONLY_BY[n])})", file=sys.stderr)
     return set(names)

@@ -22,7 +22,7 @@ from .data import DataSplits, check_counts
 from .inputs import inputs_for, load_splits
 from .errors import UserError
 from .features import cached_features
-from .metrics import classification_metrics, paired_bootstrap, verdict
+from .metrics import classification_metrics, in_short, paired_bootstrap, verdict
 from .model import Group, TransferModel, create_model, enable_grad_checkpointing, model_groups, set_trainable
 from .rundir import RunDir, is_complete
 from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
@@ -291,7 +291,7 @@ def fit(
         best_epoch=best_epoch, selection=f"best validation {cfg.train.metric} over epochs (weights restored)",
         optimizer_steps=steps, micro_batches=st.get("micro_batches", 1), clipped_steps=clipped, clip_fraction=round(clipped / steps, 4) if steps else 0.0,
         baseline={"name": base_name, "accuracy": base["accuracy"], "macro_f1": base["macro_f1"], "auroc": base["auroc"]},
-        transfer_vs_baseline=boot, verdict=verdict(boot, base_name),
+        transfer_vs_baseline=boot, verdict=verdict(boot, base_name, transferred=transferred(model)),
         feature_cache_hit=st["feature_cache_hit"], timing={k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
         train_images_per_s=round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None,
         device=str(device), precision=accelerator.mixed_precision, modality=inputs.modality, processes=accelerator.num_processes,
@@ -331,9 +331,14 @@ def fit(
         if calibrated and "temperature" in calibrated:  # the honest check: examples the temperature was not fitted on
             calibrated["test_before"] = calibration_stats(test_logp * calibrated["temperature"], splits.test.labels)
             calibrated["test_after"] = calibration_stats(test_logp, splits.test.labels)
-        if inputs.modality == "text":
-            tb = inputs.baseline(splits.train, train_u8, splits.test, test_u8, cfg.train.seed)[0]
-            metrics["test"]["baseline"] = {k: v for k, v in classification_metrics(splits.test.labels, tb, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
+        tb = inputs.baseline(splits.train, train_u8, splits.test, test_u8, cfg.train.seed)[0]
+        metrics["test"]["baseline"] = {k: v for k, v in classification_metrics(splits.test.labels, tb, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
+        # the verdict on examples neither training nor the choice of epoch saw; validation's is kept beside it
+        tboot = paired_bootstrap(splits.test.labels, test_logp.argmax(1).numpy(), tb.argmax(1), seed=cfg.train.seed)
+        metrics.update(validation_verdict=metrics["verdict"], transfer_vs_baseline_validation=metrics["transfer_vs_baseline"],
+                       transfer_vs_baseline=tboot, verdict=verdict(tboot, base_name, transferred=transferred(model), split="test"))
+    if "verdict_scratch" in metrics:
+        metrics["in_short"] = in_short(metrics["verdict"], metrics["verdict_scratch"])
 
     model = model.cpu()  # a FitResult holds its model on the CPU, as a loaded one is
     if cfg.strategy.name == "lora":
@@ -375,6 +380,11 @@ def calibrate_head(model: TransferModel, val_logp: torch.Tensor, y_val) -> dict:
     return {"temperature": t, "fitted_on": "validation", "val_before": calibration_stats(val_logp, y), "val_after": calibration_stats(val_logp / t, y)}
 
 
+def transferred(model) -> bool:
+    """Whether the backbone came with weights learned elsewhere (not a random initialisation)."""
+    return not str(model.backbone.weights_id).startswith("random")
+
+
 def calibration_stats(logits: torch.Tensor, y) -> dict:
     """ECE and NLL of softmax(logits) (logits or log-probabilities)."""
     from .metrics import calibration
@@ -398,10 +408,11 @@ def _scratch_baseline(cfg: RunConfig, model, splits, val_proba, console) -> dict
     rs = fit(scfg, None, console=report.console(quiet=True), splits=splits)
     sm = rs.metrics
     boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), rs.val_proba.argmax(1), seed=cfg.train.seed)
-    label = f"training from scratch ({name}, {scfg.train.epochs} epochs)"
+    n = scfg.train.epochs
+    label = f"training from scratch ({name}, {n} epoch{'s' if n != 1 else ''}, {sm['optimizer_steps']} optimizer steps)"
     return {
         "scratch": {"model": name, "accuracy": sm["accuracy"], "macro_f1": sm["macro_f1"], "auroc": sm["auroc"], "wall_s": sm["wall_s"]},
-        "transfer_vs_scratch": boot, "verdict_scratch": verdict(boot, label),
+        "transfer_vs_scratch": boot, "verdict_scratch": verdict(boot, label, transferred=transferred(model)),
     }
 
 

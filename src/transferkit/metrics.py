@@ -90,14 +90,37 @@ def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
     return {"diff": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi)}
 
 
-def verdict(boot: dict, baseline: str) -> str:
+def verdict(boot: dict, baseline: str, *, transferred: bool = True, split: str = "validation") -> str:
+    """One line: did the model beat `baseline` on `split`, by the paired bootstrap's 95% interval.
+    A model from random weights (`transferred` False) transferred nothing: it is better or worse, not
+    "transfer helped" or "negative transfer"."""
     d, lo, hi = 100 * boot["diff"], 100 * boot["ci_low"], 100 * boot["ci_high"]
     ci = f"95% CI [{lo:+.1f}, {hi:+.1f}]"
+    scratch = "" if transferred else "; no pretrained weights: trained from scratch, nothing was transferred"
     if lo > 0:
-        return f"transfer helped: {d:+.1f} points over {baseline} ({ci})"
+        return (f"transfer helped: {d:+.1f} points over {baseline}" if transferred else f"better than {baseline}: {d:+.1f} points") + f" on the {split} split ({ci}{scratch})"
     if hi < 0:
-        return f"NEGATIVE TRANSFER: {d:+.1f} points against {baseline} ({ci}); the baseline is better on this data"
-    return f"no significant difference from {baseline}: {d:+.1f} points ({ci})"
+        return (f"NEGATIVE TRANSFER: {d:+.1f} points against {baseline}" if transferred else f"worse than {baseline}: {d:+.1f} points") + f" on the {split} split ({ci}{scratch}); the baseline is better on this data"
+    return f"no significant difference from {baseline}: {d:+.1f} points on the {split} split ({ci}{scratch})"
+
+
+def verdict_kind(v: str | None) -> str:
+    """'helped', 'negative' or 'neutral': how a `verdict` line came out."""
+    v = v or ""
+    return "negative" if v.startswith(("NEGATIVE", "worse than")) else "helped" if v.startswith(("transfer helped", "better than")) else "neutral"
+
+
+def in_short(base_verdict: str, scratch_verdict: str) -> str:
+    """The two verdicts of a run with `--baseline scratch` (against the classical baseline, against the
+    same network from scratch) as one plain sentence: they can read as contradictory one line apart."""
+    kb, ks = verdict_kind(base_verdict), verdict_kind(scratch_verdict)
+    pretrained = {"helped": "the pretrained weights beat training from scratch", "neutral": "the pretrained weights did not do clearly better than training from scratch",
+                  "negative": "training from scratch beat the pretrained weights (negative transfer)"}[ks]
+    classical = {"helped": "and the model beats the classical baseline: use it", "neutral": "and the classical baseline does as well: prefer the simpler model",
+                 "negative": "but the classical baseline is better still on this data: prefer it"}[kb]
+    if kb == "helped" and ks != "helped":
+        classical = "yet the model beats the classical baseline"
+    return f"{pretrained}, {classical}"
 
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)

@@ -152,6 +152,8 @@ def print_results(con: Console, r) -> None:
     con.print(f"verdict: {m['verdict']}")
     if "verdict_scratch" in m:
         con.print(f"verdict: {m['verdict_scratch']}")
+    if "in_short" in m:
+        con.print(f"[bold]in short[/]: {m['in_short']}")
     per = ", ".join(f"{c} P={v['precision']:.2f}/R={v['recall']:.2f}" for c, v in list(m["per_class"].items())[:10])
     con.print(f"per class: {per}")
     ips = f", {m['train_images_per_s']} training {'texts' if m.get('modality') == 'text' else 'images'}/s" if m.get("train_images_per_s") else ""

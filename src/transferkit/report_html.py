@@ -10,6 +10,8 @@ import json
 
 import yaml
 
+from .metrics import verdict_kind
+
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1040px;color:#1d2330;padding:0 1rem}
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde1e8;padding-bottom:.2rem}
@@ -50,8 +52,7 @@ def _groups(gm: dict | None) -> str:
 def _verdict_div(v: str | None) -> str:
     if not v:
         return ""
-    kind = "negative" if v.startswith("NEGATIVE") else ("helped" if v.startswith("transfer helped") else "neutral")
-    return f'<div class="verdict {kind}">{html.escape(v)}</div>'
+    return f'<div class="verdict {verdict_kind(v)}">{html.escape(v)}</div>'
 
 
 def _temperature(ts: dict | None) -> str:
@@ -120,7 +121,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
     e = html.escape
     m, b = metrics, metrics["baseline"]
     verdict = m["verdict"]
-    kind = "negative" if verdict.startswith("NEGATIVE") else ("helped" if verdict.startswith("transfer helped") else "neutral")
+    kind = verdict_kind(verdict)
     rows = [
         ("transferkit", m["accuracy"], m["macro_f1"], m.get("auroc"), m.get("calibration", {}).get("ece")),
         (b["name"], b["accuracy"], b["macro_f1"], b.get("auroc"), None),
@@ -154,7 +155,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <div class="sub">{e(str(config.get('model', {}).get('name')))} &middot; strategy {e(str(config.get('strategy', {}).get('name')))} &middot;
 {m['n_train']} training / {m['n_val']} validation examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
 <div class="verdict {kind}">{e(verdict)}</div>
-{_verdict_div(m.get('verdict_scratch'))}
+{_verdict_div(m.get('verdict_scratch'))}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
 <h2>Results (validation split)</h2>
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
 <p class="sub">Transfer minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
