@@ -124,3 +124,15 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     # the figures: plenty of saturated pixels (matplotlib's blues and reds), which text alone lacks
     sat = (img.max(2) - img.min(2)) > 80
     assert sat.mean() > 0.01, f"only {sat.mean():.4f} of the page is coloured: figures missing?"
+
+
+def test_curves_mark_the_epoch_the_run_kept():
+    """The accuracy panel marked the first most accurate epoch, while the run keeps the best by its
+    selection metric (loss, or an accuracy tie broken by loss): the plot and metrics.json disagreed."""
+    from transferkit.plots import curves_figure
+
+    hist = [{"epoch": e, "phase": "finetune", "train_loss": 1.0, "val_loss": vl, "val_accuracy": va, "lr": 1e-3}
+            for e, (vl, va) in enumerate([(0.9, 0.5), (0.4, 0.6), (0.7, 0.7)], 1)]
+    labels = lambda fig: [t.get_text() for t in fig.axes[1].get_legend().get_texts()]  # noqa: E731
+    assert labels(curves_figure(hist, best_epoch=2)) == ["kept: epoch 2, 60.0%"]
+    assert labels(curves_figure(hist)) == ["kept: epoch 3, 70.0%"]

@@ -8,6 +8,7 @@ import csv
 import shutil
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +254,11 @@ def fit(
                 st["timing"]["train_seconds"] += res.train_seconds
                 st["micro_batches"] = res.micro_batches  # the next phase starts with as many (more, after running out of memory)
             phase_resume = None
+            note = _phase_note(pname, phase, res, common["epoch_offset"], had_best=i > 0 and st["best"] is not None, cfg=cfg,
+                               prev_loss=st["history"][-1]["train_loss"] if st["history"] else None, kept=st["best_epoch"])
+            if note:
+                console.print(f"[yellow]{note}[/]")
+                st.setdefault("notes", []).append(note)
             st["timing"][f"{phase.kind}_s"] += time.perf_counter() - t0
             if res.best_epoch > common["epoch_offset"]:  # this phase improved on what came before it
                 st["best_epoch"] = res.best_epoch
@@ -325,6 +331,8 @@ def fit(
         metrics["truncated_texts"] = inputs.truncated
     if splits.notes:
         metrics["data_notes"] = list(splits.notes)
+    if st.get("notes"):
+        metrics["phase_notes"] = list(st["notes"])
     if test_u8 is not None and len(test_u8):
         test_logp = predict_proba(model, test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast, log=True).cpu()
         metrics["test"] = classification_metrics(splits.test.labels, test_logp.softmax(-1).numpy(), splits.classes)
@@ -378,6 +386,26 @@ def calibrate_head(model: TransferModel, val_logp: torch.Tensor, y_val) -> dict:
         if last.bias is not None:
             last.bias.div_(t)
     return {"temperature": t, "fitted_on": "validation", "val_before": calibration_stats(val_logp, y), "val_after": calibration_stats(val_logp / t, y)}
+
+
+def _phase_note(pname: str, phase, res, offset: int, *, had_best: bool, cfg: RunConfig, prev_loss: float | None = None, kept: int | None = None) -> str | None:
+    """What a phase that ended early, or that kept the weights it started from, should say: it
+    happened silently (an lp_ft whose fine-tuning diverged reported the probe's score as lp_ft's)."""
+    rows = res.history
+    ran, improved = len(rows), res.best_epoch > offset
+    parts = []
+    if ran < phase.epochs:
+        if had_best and not improved and phase.give_up_after and ran >= phase.give_up_after:
+            parts.append(f"ended after {ran} of {phase.epochs} epochs: none of its first {phase.give_up_after} beat the probe (--ft-patience)")
+        else:
+            parts.append(f"stopped early after {ran} of {phase.epochs} epochs: no better validation {cfg.train.metric} for {cfg.train.patience} epoch(s) (--patience)")
+    if had_best and not improved:
+        parts.append(f"no epoch of it beat the phase before, whose weights are kept (best epoch {kept})")
+        losses = [r["train_loss"] for r in rows]
+        ref = prev_loss if prev_loss is not None else losses[0] if losses else None
+        if losses and (not all(math.isfinite(v) for v in losses) or max(losses) > 3 * ref):
+            parts.append(f"its training loss went to {max(losses):.3g} (from {ref:.3g}): its learning rate ({phase.lr:.2g}) is likely too high")
+    return f"phase {pname}: " + "; ".join(parts) if parts else None
 
 
 def transferred(model) -> bool:
@@ -462,7 +490,7 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     w.writerows({k: h[k] for k in cols} for h in r.history)
     rundir.write_text("history.csv", buf.getvalue())
     figures = {
-        "curves.png": lambda: plots.curves_figure(r.history),
+        "curves.png": lambda: plots.curves_figure(r.history, r.metrics.get("best_epoch")),
         "confusion_matrix.png": lambda: plots.confusion_figure(r.metrics["confusion_matrix"], r.classes),
         "reliability.png": lambda: plots.reliability_figure(r.metrics["calibration"]),
         "lr.png": lambda: plots.lr_figure(r.lr_trace),

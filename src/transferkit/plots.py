@@ -9,8 +9,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def curves_figure(history: list[dict]):
-    """Loss, validation accuracy and learning rate per epoch, phases marked."""
+def curves_figure(history: list[dict], best_epoch: int | None = None):
+    """Loss, validation accuracy and learning rate per epoch, phases marked; `best_epoch` (the epoch
+    whose weights the run kept, by its selection metric) marked, else the most accurate one."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ep = [h["epoch"] for h in history]
     ax = axes[0]
@@ -20,9 +21,9 @@ def curves_figure(history: list[dict]):
     ax.legend()
     ax = axes[1]
     ax.plot(ep, [100 * h["val_accuracy"] for h in history], "o-", color="C2")
-    best = int(np.argmax([h["val_accuracy"] for h in history])) if history else 0
+    best = ep.index(best_epoch) if best_epoch in ep else int(np.argmax([h["val_accuracy"] for h in history])) if history else 0
     if history:
-        ax.axvline(ep[best], color="gray", ls=":", label=f"best {100 * history[best]['val_accuracy']:.1f}%")
+        ax.axvline(ep[best], color="gray", ls=":", label=f"kept: epoch {ep[best]}, {100 * history[best]['val_accuracy']:.1f}%")
         ax.legend(loc="lower right")
     ax.set(title="validation accuracy (%)", xlabel="epoch")
     ax = axes[2]
