@@ -540,6 +540,9 @@ def cmd_lr_find(args) -> int:
     atomic_write_bytes(out / "lr_find.json", (json.dumps({k: getattr(res, k) for k in keys}, indent=1) + "\n").encode())
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
+    if res.suggestion is None:
+        print(f"no suggested lr (the loss never fell); plot: {out / 'lr_find.png'}")
+        return 1
     steep = f"{res.steepest:.2e}" if res.steepest is not None else "n/a"
     print(f"suggested lr: {res.suggestion:.2e} (steepest descent {steep}; min/10 {res.min_div10:.2e}); plot: {out / 'lr_find.png'}")
     return 0

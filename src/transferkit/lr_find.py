@@ -1,13 +1,17 @@
 """Learning-rate range test (Smith 2017, "Cyclical learning rates", section 3.3; fastai's lr_find).
 
 Train the configured setup for about 100 steps while the learning rate grows exponentially from
-`start_lr` to `end_lr`, and record the loss, smoothed by an exponential moving average (debiased). Stop
-once the smoothed loss exceeds `diverge` times its minimum. The suggestion is the learning rate where
-the smoothed loss falls fastest (steepest descent, on a log-lr axis, before the minimum); `min_div10`,
-the rate at the minimum divided by 10, is the more conservative alternative.
+`start_lr` to `end_lr`, and record the loss. Stop once the last 3 losses all exceed `diverge` times
+the lowest smoothed loss so far (the smoothing: a debiased exponential moving average, as fastai's; its
+lag made a short sweep look as if it never diverged, so the stop reads the raw losses). The curve is
+then smoothed without lag (a centred moving average, `smooth_centred`), and the suggestion is the rate
+where it falls fastest (steepest descent, on a log-lr axis, before its minimum); `min_div10`, the rate
+at the minimum divided by 10, is the more conservative alternative. A loss that never fell below its
+start gives no suggestion (None), rather than a rate below the sweep.
 
-What trains is the strategy's last phase at its first epoch: the head on cached features for
-`linear_probe`, the unfrozen groups (with their layer-decay scales) for the others. The swept value
+What trains is the strategy's last phase with every group it will unfreeze (gradual: all of them, not
+only the head of its first epoch): the head on cached features for `linear_probe`, the unfrozen groups
+(with their layer-decay scales) for the others. The swept value
 is the base learning rate (`--lr`): for `lp_ft` the applied rate is lr x ft_lr_scale, as in `fit`,
 so the suggestion can be passed to `--lr` as it is. Only the training split is used.
 """
@@ -30,9 +34,9 @@ from .errors import UserError
 @dataclass
 class LRFindResult:
     lrs: list[float]
-    losses: list[float]  # smoothed (debiased EMA)
+    losses: list[float]  # smoothed (centred moving average)
     raw_losses: list[float]
-    suggestion: float
+    suggestion: float | None  # None: the loss never fell
     steepest: float | None
     min_div10: float
     stopped_early: bool  # the loss diverged before end_lr
@@ -56,6 +60,21 @@ def smooth(losses, beta: float = 0.98) -> np.ndarray:
     return np.array(out)
 
 
+def smooth_centred(losses, window: int) -> np.ndarray:
+    """Moving average over `window` points centred on each (fewer at the ends): no lag, unlike an EMA."""
+    v = np.asarray(losses, float)
+    h = max(0, window // 2)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    lo, hi = np.clip(np.arange(len(v)) - h, 0, len(v)), np.clip(np.arange(len(v)) + h + 1, 0, len(v))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def never_fell(smoothed) -> bool:
+    """The smoothed loss never went clearly below where it started (2%): no rate to suggest."""
+    sm = np.asarray(smoothed, float)
+    return len(sm) < 3 or float(np.nanmin(sm[1:])) > 0.98 * float(sm[0])
+
+
 def suggest(lrs, smoothed) -> tuple[float | None, float]:
     """(steepest, min_div10): the rate of the steepest fall of the smoothed loss before its minimum
     (None when fewer than 3 points lead to the minimum), and the rate at the minimum / 10."""
@@ -72,7 +91,7 @@ def suggest(lrs, smoothed) -> tuple[float | None, float]:
 
 def lr_find(
     cfg: RunConfig, *, splits: DataSplits | None = None, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
-    beta: float = 0.98, diverge: float = 4.0, console=None,
+    beta: float = 0.98, diverge: float = 4.0, window: int | None = None, console=None,
 ) -> LRFindResult:
     from .features import cached_features
     from .config import with_default_lr
@@ -125,7 +144,7 @@ def lr_find(
         trained = "the head on cached backbone features"
     else:
         model.train()
-        unfrozen = set(phase.unfrozen(0))
+        unfrozen = set(phase.unfrozen(phase.epochs - 1))  # gradual: the rate must also suit the groups it unfreezes later
         set_trainable(model, groups, unfrozen, bn_stats=cfg.strategy.bn_stats, always_frozen=frozen_by_pattern(groups, cfg.strategy.freeze))
         module, train_groups, x = model, groups, x_u8.to(device)
         transform = inputs.train_transform(flip)
@@ -137,7 +156,7 @@ def lr_find(
     micro = cfg.train.accumulate  # micro-batches a step, as `fit` forwards them (more after running out of memory)
     n, bs = len(x), min(cfg.train.batch_size, len(x))
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    con.print(f"lr-find: {cfg.model.name} ({cfg.strategy.name}), training {trained}; {steps} steps, lr {start_lr:.0e} -> {end_lr:.0e}, batch {bs}, {n} training images")
+    con.print(f"lr-find: {cfg.model.name} ({cfg.strategy.name}), training {trained}; {steps} steps, lr {start_lr:.0e} -> {end_lr:.0e}, batch {bs}, {n} training {inputs.unit}")
 
     lrs, raw, sm = [], [], []
     best, avg, stopped = math.inf, 0.0, False
@@ -157,22 +176,28 @@ def lr_find(
         lrs.append(float(lr))
         raw.append(v)
         sm.append(s)
-        if not math.isfinite(s) or (i > 0 and s > diverge * best):
+        if not math.isfinite(v) or (len(raw) >= 3 and min(raw[-3:]) > diverge * best):
             stopped = True
             break
         best = min(best, s)
-    finite = [i for i, s in enumerate(sm) if math.isfinite(s)]
-    lrs_f, sm_f = [lrs[i] for i in finite], [sm[i] for i in finite]
+    finite = [i for i, v in enumerate(raw) if math.isfinite(v)]
+    lrs_f = [lrs[i] for i in finite]
+    sm_f = smooth_centred([raw[i] for i in finite], window or max(3, 2 * (steps // 20) + 1)).tolist()
     steepest, min_div10 = suggest(lrs_f, sm_f)
     notes = []
     if not stopped:
         notes.append(f"the loss did not diverge up to {end_lr:g}: the suggestion may be conservative")
-    if steepest is None:
+    if never_fell(sm_f):
+        suggestion, steepest = None, None
+        notes.append(f"the loss never fell below where it started ({sm_f[0]:.3g}): no learning rate to suggest. "
+                     "Try a wider sweep (--end-lr), more --steps, or another --optimizer")
+    elif steepest is None:
+        suggestion = min_div10
         notes.append("too few points before the minimum to find the steepest descent: suggesting min/10")
-    return LRFindResult(
-        lrs, sm, raw, steepest if steepest is not None else min_div10, steepest, min_div10, stopped, cfg.strategy.name, trained,
-        time.perf_counter() - t0, notes,
-    )
+    else:
+        suggestion = steepest
+    return LRFindResult(lrs_f, sm_f, [raw[i] for i in finite], suggestion, steepest, min_div10, stopped, cfg.strategy.name, trained,
+                        time.perf_counter() - t0, notes)
 
 
 def lr_find_figure(res: LRFindResult):
@@ -192,11 +217,12 @@ def lr_find_figure(res: LRFindResult):
         lo = min(fin + [v for v in res.raw_losses if math.isfinite(v)])
         hi = min(max(fin), 4 * min(fin) + 1e-9)
         ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
-    ax.set(xlabel="learning rate (base lr, log scale)", ylabel="training loss", title=f"learning-rate range test ({res.strategy}): suggested lr {res.suggestion:.1e}")
+    said = f"suggested lr {res.suggestion:.1e}" if res.suggestion is not None else "no suggestion: the loss never fell"
+    ax.set(xlabel="learning rate (base lr, log scale)", ylabel="training loss", title=f"learning-rate range test ({res.strategy}): {said}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-__all__ = ["lr_find", "LRFindResult", "lr_find_figure", "lr_schedule", "smooth", "suggest"]
+__all__ = ["lr_find", "LRFindResult", "lr_find_figure", "lr_schedule", "never_fell", "smooth", "smooth_centred", "suggest"]

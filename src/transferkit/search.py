@@ -795,6 +795,9 @@ def _run_lr_find(base: RunConfig, user_space: dict | None, splits: DataSplits, o
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plots.close(fig)
     atomic_write_bytes(out / "lr_find.png", buf.getvalue())
+    if res.suggestion is None:
+        raise UserError(f"--lr-find: the loss never fell over the sweep ({out / 'lr_find.png'}), so there is no rate to centre the search on; "
+                        "drop --lr-find (the default lr range is searched) or give an lr range in --space")
     con.print(f"lr-find ({cfg.strategy.name}): suggested lr {res.suggestion:.2e}; the search samples lr in [{res.suggestion / 10:.2e}, {min(res.suggestion * 10, 1.0):.2e}] (log)")
     return {"suggestion": res.suggestion, "steepest": res.steepest, "min_div10": res.min_div10, "strategy": cfg.strategy.name}
 
