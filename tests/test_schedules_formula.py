@@ -24,8 +24,16 @@ def test_each_schedule_equals_its_formula(step):
     for name, f in cases.items():
         cfg = ScheduleConfig(name=name, warmup_epochs=2, min_lr_ratio=0.1, step_size=3, gamma=0.5, milestones=[4, 9], decay_rate=0.8, decay_steps=25)
         got = lr_factor(cfg, step, TOTAL, SPE)
-        want = (step + 1) / w if step < w else f(step - w)
+        want = (step + 1) / w if step < w else f(step if name in ("step", "multistep", "exponential") else step - w)
         assert got == pytest.approx(want, rel=1e-12), (name, step)
+
+
+def test_step_decays_count_the_epochs_of_the_run_warmup_included():
+    """--schedule multistep --milestones 2: the rate drops after epoch 2, as the help says (and as
+    torch's MultiStepLR does); it dropped after epoch 3, the milestone counted from the end of warmup."""
+    cfg = ScheduleConfig(name="multistep", warmup_epochs=1, milestones=[2], gamma=0.1)
+    per_epoch = [lr_factor(cfg, e * SPE + SPE - 1, 4 * SPE, SPE) for e in range(4)]  # each epoch's last step
+    assert per_epoch == pytest.approx([1.0, 1.0, 0.1, 0.1])
 
 
 def test_warmup_is_at_most_half_the_run():

@@ -1,9 +1,9 @@
 """Learning-rate range test (Smith 2017, "Cyclical learning rates", section 3.3; fastai's lr_find).
 
 Train the configured setup for about 100 steps while the learning rate grows exponentially from
-`start_lr` to `end_lr`, and record the loss. Stop once the last 3 losses all exceed `diverge` times
-the lowest smoothed loss so far (the smoothing: a debiased exponential moving average, as fastai's; its
-lag made a short sweep look as if it never diverged, so the stop reads the raw losses). The curve is
+`start_lr` to `end_lr`, and record the loss. Stop once the median of the last 3 losses exceeds
+`diverge` times the lowest such median so far (fastai compares a debiased exponential moving average;
+its lag made a short sweep look as if it never diverged while the raw loss rose 10-38x). The curve is
 then smoothed without lag (a centred moving average, `smooth_centred`), and the suggestion is the rate
 where it falls fastest (steepest descent, on a log-lr axis, before its minimum); `min_div10`, the rate
 at the minimum divided by 10, is the more conservative alternative. A loss that never fell below its
@@ -51,15 +51,6 @@ def lr_schedule(start_lr: float, end_lr: float, steps: int) -> np.ndarray:
     return start_lr * (end_lr / start_lr) ** (np.arange(steps) / max(1, steps - 1))
 
 
-def smooth(losses, beta: float = 0.98) -> np.ndarray:
-    """Debiased exponential moving average (as in Adam's bias correction)."""
-    out, avg = [], 0.0
-    for i, v in enumerate(losses):
-        avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta ** (i + 1)))
-    return np.array(out)
-
-
 def smooth_centred(losses, window: int) -> np.ndarray:
     """Moving average over `window` points centred on each (fewer at the ends): no lag, unlike an EMA."""
     v = np.asarray(losses, float)
@@ -91,7 +82,7 @@ def suggest(lrs, smoothed) -> tuple[float | None, float]:
 
 def lr_find(
     cfg: RunConfig, *, splits: DataSplits | None = None, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
-    beta: float = 0.98, diverge: float = 4.0, window: int | None = None, console=None,
+    diverge: float = 4.0, window: int | None = None, console=None,
 ) -> LRFindResult:
     from .features import cached_features
     from .config import with_default_lr
@@ -158,10 +149,10 @@ def lr_find(
     gen = torch.Generator().manual_seed(cfg.train.seed)
     con.print(f"lr-find: {cfg.model.name} ({cfg.strategy.name}), training {trained}; {steps} steps, lr {start_lr:.0e} -> {end_lr:.0e}, batch {bs}, {n} training {inputs.unit}")
 
-    lrs, raw, sm = [], [], []
-    best, avg, stopped = math.inf, 0.0, False
+    lrs, raw = [], []
+    best, stopped = math.inf, False
     order, pos = torch.randperm(n, generator=gen), 0
-    for i, lr in enumerate(lr_schedule(start_lr, end_lr, steps)):
+    for lr in lr_schedule(start_lr, end_lr, steps):
         if pos + bs > n and pos > 0:
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + bs].to(device)
@@ -171,15 +162,14 @@ def lr_find(
                                               label_smoothing=cfg.train.label_smoothing, notify=lambda m: con.print(f"[yellow]{m}[/]"))
         optimizer.step()
         v = float(loss_sum.item()) / len(idx)
-        avg = beta * avg + (1 - beta) * v
-        s = avg / (1 - beta ** (i + 1))
         lrs.append(float(lr))
         raw.append(v)
-        sm.append(s)
-        if not math.isfinite(v) or (len(raw) >= 3 and min(raw[-3:]) > diverge * best):
+        m3 = float(np.median(raw[-3:]))  # robust to one spike or one dip, one step behind
+        if not math.isfinite(v) or (len(raw) >= 3 and m3 > diverge * best):
             stopped = True
             break
-        best = min(best, s)
+        if len(raw) >= 3:
+            best = min(best, m3)
     finite = [i for i, v in enumerate(raw) if math.isfinite(v)]
     lrs_f = [lrs[i] for i in finite]
     sm_f = smooth_centred([raw[i] for i in finite], window or max(3, 2 * (steps // 20) + 1)).tolist()
@@ -225,4 +215,4 @@ def lr_find_figure(res: LRFindResult):
     return fig
 
 
-__all__ = ["lr_find", "LRFindResult", "lr_find_figure", "lr_schedule", "never_fell", "smooth", "smooth_centred", "suggest"]
+__all__ = ["lr_find", "LRFindResult", "lr_find_figure", "lr_schedule", "never_fell", "smooth_centred", "suggest"]

@@ -3,12 +3,15 @@
 `lr_factor(cfg, step, total_steps, steps_per_epoch)` is the multiplier of the base rate at a 0-based
 optimizer step; each parameter group's rate is `base_lr * factor * lr_scale`. Linear warmup from 0
 (`warmup_epochs`, at most half the run's steps: the default 1 epoch of a 1-epoch run would otherwise
-be all warmup and no decay) goes in front of any schedule, which then runs over the steps after warmup:
+be all warmup and no decay) goes in front of any schedule. Cosine, linear and onecycle then run over
+the steps after warmup (t: progress from the end of warmup to the end); step, multistep and exponential
+count from the first step, warmup included, so that their epochs are the epochs of the run (as torch's
+StepLR / MultiStepLR and Keras's ExponentialDecay count them: `--milestones 2` decays after epoch 2):
 
     constant     1
     cosine       m + (1 - m) * (1 + cos(pi * t)) / 2             t = progress in [0, 1], m = min_lr_ratio
     linear       1 - (1 - m) * t
-    step         gamma ** floor(s / (step_size * steps_per_epoch))        s = steps after warmup
+    step         gamma ** floor(s / (step_size * steps_per_epoch))        s = steps from the start
     multistep    gamma ** (number of milestones (in epochs) reached)
     exponential  decay_rate ** (s / decay_steps), the exponent floored when staircase (Keras ExponentialDecay)
     onecycle     cosine up from 1/div_factor to 1 over pct_start, then cosine down to 1/(div_factor*final_div_factor)
@@ -21,8 +24,10 @@ from collections.abc import Callable
 
 from ._registry import Registry
 
-# name -> f(s, span, steps_per_epoch, cfg): s = steps after warmup, span = steps the schedule covers
+# name -> f(s, span, steps_per_epoch, cfg): s = steps after warmup (from the start for FROM_START),
+# span = steps the schedule covers
 SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
+FROM_START = ("step", "multistep", "exponential")
 
 
 def _t(s: int, span: int) -> float:
@@ -84,6 +89,8 @@ def lr_factor(cfg, step: int, total_steps: int, steps_per_epoch: int) -> float:
     w = warmup_steps(cfg, steps_per_epoch, total_steps)
     if step < w:
         return (step + 1) / w
+    if cfg.name in FROM_START:
+        return SCHEDULES.get(cfg.name)(step, total_steps, steps_per_epoch, cfg)
     return SCHEDULES.get(cfg.name)(step - w, total_steps - w, steps_per_epoch, cfg)
 
 
