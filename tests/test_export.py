@@ -155,6 +155,8 @@ def test_export_refuses_what_it_cannot_do(tmp_path, capsys, monkeypatch):
     assert "not a finished transferkit run" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "half"), "--opset", "11"]) == 2
     assert "--opset must be 18 or more" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "half"), "--opset", "99"]) == 2  # was onnxruntime's InvalidGraph traceback
+    assert "--opset 99 is newer than the installed onnx" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     assert main(["export", str(tmp_path / "half")]) == 2
     err = capsys.readouterr().err

@@ -609,6 +609,15 @@ def cmd_export(args) -> int:
 
     if args.opset is not None and args.opset < 18:
         raise UserError(f"--opset must be 18 or more (PyTorch's exporter writes opset 18+), got {args.opset}")
+    if args.opset is not None:
+        try:
+            import onnx
+
+            newest = onnx.defs.onnx_opset_version()
+        except ImportError:
+            newest = None  # export_onnx says how to install it
+        if newest is not None and args.opset > newest:
+            raise UserError(f"--opset {args.opset} is newer than the installed onnx {onnx.__version__} knows (up to {newest})")
     info = export_onnx(args.run_dir, args.out, overwrite=args.overwrite, data=args.data, opset=args.opset)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -213,7 +213,14 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
                 dynamo=True, external_data=False, opset_version=opset, verbose=False,
             )
         seconds = time.perf_counter() - t
-        session = _ort_session(tmp / "model.onnx")
+        try:
+            session = _ort_session(tmp / "model.onnx")
+        except Exception as e:  # an opset or operator this onnxruntime does not know
+            import onnxruntime as ort
+
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"onnxruntime {ort.__version__} cannot load the export" + (f" at opset {opset}" if opset else "")
+                            + f" ({first}); nothing was written" + ("; try a lower --opset" if opset else "")) from None
         probe = _sample_inputs(clf, 3, seed=1)  # another batch size (and other lengths) than traced
         try:
             p_onnx = _ort_run(session, probe)
