@@ -249,3 +249,19 @@ def test_help_listings_and_argument_errors_do_not_import_torch(tmp_path):
     import transferkit
 
     assert transferkit.ImageClassifier.__name__ == "ImageClassifier"  # still there, loaded on first use
+
+
+def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys):
+    """They were accepted in silence (--momentum with adamw, --staircase with cosine, --k with full);
+    flags they do read, and settings that came from no flag, are not noted."""
+    from transferkit.cli import _note_unused, build_parser, resolve_config
+
+    args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--strategy", "full", "--k", "3", "--momentum", "0.8",
+                                      "--no-nesterov", "--staircase", "--min-lr-ratio", "0.1", "--layer-decay", "0.8"])
+    said = _note_unused(resolve_config(args), args)
+    err = capsys.readouterr().err
+    assert said == {"k", "momentum", "nesterov", "staircase"}
+    for line in ("--k is not used by --strategy full (only by partial)", "--momentum is not used by --optimizer adamw (only by sgd)",
+                 "--no-nesterov is not used by --optimizer adamw", "--staircase is not used by --schedule cosine (only by exponential)"):
+        assert line in err
+    assert "--min-lr-ratio" not in err and "--layer-decay" not in err

@@ -432,12 +432,33 @@ def _note_unused(cfg, args) -> set[str]:
     Returns the names said."""
     from .strategies import USED_ONLY_BY, unused_settings
 
-    names = unused_settings(cfg.strategy.name, _given_settings(args))
+    given = _given_settings(args)
+    names = unused_settings(cfg.strategy.name, given)
     if cfg.train.baseline == "scratch":  # the from-scratch baseline trains with strategy full and reads those
         names = unused_settings("full", names)
     for n in names:
-        print(f"transferkit: note: --{n.replace('_', '-')} is not used by --strategy {cfg.strategy.name} (only by {', '.join(USED_ONLY_BY[n])})", file=sys.stderr)
-    return set(names)
+        print(f"transferkit: note: {_flag_of(n)} is not used by --strategy {cfg.strategy.name} (only by {', '.join(USED_ONLY_BY[n])})", file=sys.stderr)
+    said = set(names)
+    for n, (kind, users) in _SETTING_OF.items():  # a schedule's or an optimizer's own settings
+        own = cfg.schedule.name if kind == "schedule" else cfg.optim.name
+        if n in given and n not in said and own not in users:
+            print(f"transferkit: note: {_flag_of(n)} is not used by --{kind} {own} (only by {', '.join(users)})", file=sys.stderr)
+            said.add(n)
+    return said
+
+
+def _flag_of(name: str) -> str:
+    return next((f for f, n, _, _ in FIT_FLAGS + BOOL_FLAGS if n == name), "--" + name.replace("_", "-"))
+
+
+# settings read by some schedules or optimizers only: name -> (the flag that chooses, the choices that read it)
+_SETTING_OF = {
+    "min_lr_ratio": ("schedule", ("cosine", "linear")), "step_size": ("schedule", ("step",)),
+    "gamma": ("schedule", ("step", "multistep")), "milestones": ("schedule", ("multistep",)),
+    "decay_rate": ("schedule", ("exponential",)), "decay_steps": ("schedule", ("exponential",)),
+    "staircase": ("schedule", ("exponential",)), "pct_start": ("schedule", ("onecycle",)),
+    "momentum": ("optimizer", ("sgd",)), "nesterov": ("optimizer", ("sgd",)),
+}
 
 
 def _given_settings(args) -> set[str]:
