@@ -212,11 +212,24 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert evil.exists() and not marker.exists()
-    with pytest.raises(UserError, match="weights_only=True"):
+    with pytest.raises(UserError, match=r"refusing to load .*evil.pt: it holds Python objects besides tensors \(posix.system\).*torch.save\(model.state_dict\(\)") as e:
         load_state_dict_file(evil)
+    assert "weights_only=False" not in str(e.value)  # torch's advice, the unsafe path, is not repeated
     assert not marker.exists(), "the payload ran"
     rc = main(["fit", "--data", "digits", "--model", f"file:{evil}", "--arch", "cifar_resnet20", "--out", str(tmp_path / "r")])
     assert rc == 2 and not marker.exists()
+    # junk and a truncated file: "cannot read", not torch's advice to unpickle; a safetensors file under another suffix is read as one
+    (tmp_path / "junk.pt").write_text("garbage\n")
+    with pytest.raises(UserError, match=r"cannot read .*junk.pt: it is not a PyTorch checkpoint, or it is damaged"):
+        load_state_dict_file(tmp_path / "junk.pt")
+    sd = CifarResNet(8).state_dict()
+    save_file({f"model.{k}": v for k, v in sd.items()}, str(tmp_path / "w.ckpt"))  # safetensors bytes, Lightning's `model.` prefix
+    loaded = load_state_dict_file(tmp_path / "w.ckpt")
+    m = CifarResNet(8)
+    from transferkit.backbones._weights import fit_state_dict
+
+    fit_state_dict(m, loaded, source="w.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), sd.values()))
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback():

@@ -43,7 +43,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint file not found: {p}")
-    if p.suffix == ".safetensors":
+    if p.suffix == ".safetensors" or _looks_like_safetensors(p):  # a .safetensors file renamed .ckpt is still one
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -52,14 +52,27 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"cannot read {p} as safetensors: {e}") from None
     elif p.suffix in TORCH_SUFFIXES:
+        import pickle
+        import re
+        import warnings
+
         try:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as e:  # UnpicklingError for code-running pickles, RuntimeError for junk
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's "Detected pickle protocol" notes: the message below says what matters
+                obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            named = re.search(r"GLOBAL ([\w.]+)", str(e))  # "Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose module"
+            if named is None:  # not a pickle of known types at all: junk, or a damaged file
+                why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+                raise UserError(f"cannot read {p}: it is not a PyTorch checkpoint, or it is damaged ({(why.group(1) if why else str(e).splitlines()[0])[:120]})") from None
             raise UserError(
-                f"refusing or unable to load {p}: it is not a plain tensor checkpoint "
-                f"(loaded with weights_only=True; {first[:300]})"
+                f"refusing to load {p}: it holds Python objects besides tensors ({named.group(1)}), such as a whole pickled model, "
+                "and unpickling those can run code. Re-save its weights as tensors: torch.save(model.state_dict(), 'weights.pt'), "
+                "or safetensors' save_file"
             ) from None
+        except Exception as e:  # a truncated zip, a file of another format
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot read {p}: it is not a PyTorch checkpoint, or it is damaged ({first})") from None
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]
@@ -74,6 +87,16 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return strip_prefix(sd)
 
 
+def _looks_like_safetensors(p: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(9)
+        return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < p.stat().st_size
+    except OSError:
+        return False
+
+
 def fit_state_dict(
     module: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, drop_prefixes: tuple[str, ...] = ()
 ) -> list[str]:
@@ -83,6 +106,8 @@ def fit_state_dict(
     Missing keys, unexpected keys and shape mismatches raise a UserError naming the first few.
     """
     own = module.state_dict()
+    if state_dict and not any(k in own for k in state_dict) and all(k.startswith("model.") for k in state_dict):
+        state_dict = {k[len("model."):]: v for k, v in state_dict.items()}  # a PyTorch Lightning module's `self.model`
     dropped = [k for k in state_dict if k not in own and k.startswith(drop_prefixes)]
     sd = {k: v for k, v in state_dict.items() if k not in dropped}
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
