@@ -270,10 +270,11 @@ def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys
     from transferkit.cli import _note_unused, build_parser, resolve_config
 
     args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--strategy", "full", "--k", "3", "--momentum", "0.8",
-                                      "--no-nesterov", "--staircase", "--min-lr-ratio", "0.1", "--layer-decay", "0.8"])
+                                      "--no-nesterov", "--staircase", "--min-lr-ratio", "0.1", "--layer-decay", "0.8", "--candidates", "a,b"])
     said = _note_unused(resolve_config(args), args)
     err = capsys.readouterr().err
-    assert said == {"k", "momentum", "nesterov", "staircase"}
+    assert said == {"k", "momentum", "nesterov", "staircase", "candidates"}
+    assert "--candidates is not used: it chooses among models for --model auto, and --model is efficientnet_lite0" in err
     for line in ("--k is not used by --strategy full (only by partial)", "--momentum is not used by --optimizer adamw (only by sgd)",
                  "--no-nesterov is not used by --optimizer adamw", "--staircase is not used by --schedule cosine (only by exponential)"):
         assert line in err

@@ -26,3 +26,16 @@ def test_fit_model_auto_with_one_candidate_is_refused(tmp_path, capsys):
     assert rc == 2
     assert "two or more" in capsys.readouterr().err
     assert not (tmp_path / "r" / "manifest.json").exists()
+
+
+def test_model_auto_on_text_data_takes_the_text_model(tmp_path):
+    """The default candidates are image models: on text data --model auto said 'efficientnet_lite0 is
+    an image model', a model the user never named."""
+    from conftest import make_text_csv
+    from transferkit import report
+    from transferkit.config import RunConfig, replace
+    from transferkit.ranking import resolve_auto_model
+
+    csv = make_text_csv(tmp_path / "t.csv")
+    con = report.console(quiet=True)
+    assert resolve_auto_model(replace(RunConfig(), data=str(csv), model="auto"), con).model.name == "minilm_l6"

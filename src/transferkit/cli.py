@@ -439,6 +439,10 @@ def _note_unused(cfg, args) -> set[str]:
     for n in names:
         print(f"transferkit: note: {_flag_of(n)} is not used by --strategy {cfg.strategy.name} (only by {', '.join(USED_ONLY_BY[n])})", file=sys.stderr)
     said = set(names)
+    for n in ("candidates", "rank_score"):
+        if n in given and cfg.model.name != "auto":
+            print(f"transferkit: note: {_flag_of(n)} is not used: it chooses among models for --model auto, and --model is {cfg.model.name}", file=sys.stderr)
+            said.add(n)
     for n, (kind, users) in _SETTING_OF.items():  # a schedule's or an optimizer's own settings
         own = cfg.schedule.name if kind == "schedule" else cfg.optim.name
         if n in given and n not in said and own not in users:

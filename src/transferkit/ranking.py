@@ -657,8 +657,12 @@ def _features(backbone, images, size: int, *, device: str, batch_size: int, prec
 def resolve_auto_model(cfg, console, *, show_table: bool = True):
     """`--model auto` (fit, search, lr-find): rank `cfg.model.candidates` by `cfg.model.rank_score`
     on the training split `fit` will use, say which won and why, and return the config with that model."""
-    from .config import replace
+    from .config import ModelConfig, replace
+    from .text_data import is_text_spec
 
+    if cfg.model.candidates == ModelConfig().candidates and is_text_spec(cfg.data.path):  # the default candidates are image models
+        console.print("--model auto on text data: minilm_l6, the packaged text model (--candidates hf:NAME,dir:PATH,... to rank others)")
+        return replace(cfg, model="minilm_l6")
     name, ranking = pick_model(
         cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
         skip_bad_images=cfg.data.skip_bad_images, input_size=cfg.data.input_size, log=lambda m: console.print(m),
