@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +38,21 @@ def test_partial_trains_last_k_and_rejects_large_k():
     assert ph.unfrozen(0) == ["layer2.0", "layer3.0", "head"]
     with pytest.raises(UserError, match="k=5 is larger than the number of block groups"):
         create_phases(replace(RunConfig(), strategy="partial", k=5), groups)
+    # the plan's group table says which groups stay frozen, rather than an lr they never get
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from transferkit.data import ImageSet
+    from transferkit.report import print_summary
+
+    con = Console(file=io.StringIO(), width=200)
+    s = ImageSet(["a", "b"], np.array([0, 1]), ["x", "y"])
+    print_summary(con, cfg, SimpleNamespace(train=s, val=s, classes=["x", "y"], source="d", val_given=True, test=None, notes=[]),
+                  m, groups, [ph], "input")
+    rows = {ln.split()[1]: ln.split()[-2] for ln in con.file.getvalue().splitlines() if ln.startswith("│")}
+    assert [rows[g] for g in ("stem", "layer1.0", "layer2.0", "layer3.0", "head")] == ["frozen", "frozen", "1.00e-03", "1.00e-03", "1.00e-03"]
 
 
 def test_gradual_unfreezes_top_down_every_n_epochs():

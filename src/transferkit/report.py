@@ -91,8 +91,11 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
     for col in ("group", "params", "lr_scale", "lr (last phase)"):
         gt.add_column(col, justify="right" if col != "group" else "left")
     shown = groups if len(groups) <= 12 else groups[:5] + groups[-6:]
+    last = phases[-1]
+    trains = {"head"} if last.kind == "probe" else {n for e in range(last.epochs) for n in last.unfrozen(e)}
     for g in shown:
-        gt.add_row(g.name, _count(sum(p.numel() for _, p in g.params)), f"{g.lr_scale:.3g}", f"{phases[-1].lr * g.lr_scale:.2e}")
+        lr = f"{last.lr * g.lr_scale:.2e}" if g.name in trains else "frozen"
+        gt.add_row(g.name, _count(sum(p.numel() for _, p in g.params)), f"{g.lr_scale:.3g}", lr)
         if len(groups) > 12 and g is groups[4]:
             gt.add_row("...", "", "")
     con.print(gt)
