@@ -107,7 +107,7 @@ def test_csv_problems(tmp_path, capsys, tiny_ckpt):
 
 
 def test_unknown_model_suggests_close_names(tmp_path, capsys):
-    _expect(["--data", "digits", "--model", "efficientnet_lit0"], capsys, tmp_path / "r", "unknown model 'efficientnet_lit0'", "efficientnet_lite0")
+    _expect(["--data", "digits", "--model", "efficientnet_lit0"], capsys, tmp_path / "r", "unknown model 'efficientnet_lit0'", "efficientnet_lite0", "timm:NAME, tv:NAME, hf:NAME")
     _expect(["--data", "digits", "--model", "timm:resnt18"], capsys, tmp_path / "r", "unknown timm model", "resnet18")
 
 

@@ -41,7 +41,11 @@ def _count(n: int) -> str:
 
 
 def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: str, always_frozen=frozenset()) -> None:
-    t = Table(title=f"transferkit fit: {cfg.model.name} on {splits.source}", show_header=True, header_style="bold")
+    from rich.text import Text
+
+    # a line of its own: as a table title it was wrapped to the table's width, through the middle of names
+    con.print(Text.assemble(("transferkit fit", "bold"), f": {cfg.model.name} on {splits.source}"), soft_wrap=True)
+    t = Table(show_header=True, header_style="bold")
     t.add_column("class")
     t.add_column("train", justify="right")
     t.add_column("val", justify="right")

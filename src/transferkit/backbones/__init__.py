@@ -92,7 +92,11 @@ def create_backbone(name: str, *, arch: str | None = None, pretrained: bool = Tr
         return bb
     if arch is not None:
         raise UserError(f"--arch is only used with file:PATH models, not with {name!r}")
-    return BACKBONES.get(name)(pretrained=pretrained)
+    try:
+        make = BACKBONES.get(name)
+    except UserError as e:  # the registered names, and the other kinds of name a model can have
+        raise UserError(f"{e}; or timm:NAME, tv:NAME, hf:NAME, dir:PATH, file:PATH --arch ARCH, run:DIR, random:NAME (see `transferkit models`)") from None
+    return make(pretrained=pretrained)
 
 
 def _arch_backbone(arch: str, *, spec: dict) -> Backbone:
