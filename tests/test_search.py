@@ -375,8 +375,14 @@ def test_lr_find_cli_writes_plot_and_prints_suggestion(tiny, tmp_path, capsys):
     res = json.loads((tmp_path / "lr_find.json").read_text())
     assert 1e-7 <= res["suggestion"] <= 10 and f"{res['suggestion']:.2e}" in printed
     assert 5 <= len(res["lrs"]) <= 30 and res["lrs"] == sorted(res["lrs"])
-    if res["stopped_early"]:
-        assert res["losses"][-1] > 4 * min(res["losses"][:-1])
+    if res["stopped_early"]:  # the stop rule: the median of the last 3 losses passed 4x the lowest such median
+        raw = res["raw_losses"]
+        med = [float(np.median(raw[i - 2 : i + 1])) for i in range(2, len(raw))]
+        assert med[-1] > 4 * min(med[:-1])
+    # lp_ft sweeps its fine-tuning from the head its probe trained, as fit runs it
+    rc = main(["lr-find", *_flags(tiny), "--strategy", "lp_ft", "--lp-epochs", "3", "--batch-size", "8", "--steps", "12", "--out", str(tmp_path / "lpft")])
+    trained = json.loads((tmp_path / "lpft" / "lr_find.json").read_text())["trained"]
+    assert rc in (0, 1) and "finetune phase, applied lr = lr x 0.1, from the head 3 probe epochs trained" in trained, trained
 
 
 # ---------------------------------------------------------------------------- workers on PostgreSQL

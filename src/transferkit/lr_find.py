@@ -11,7 +11,7 @@ start gives no suggestion (None), rather than a rate below the sweep.
 
 What trains is the strategy's last phase with every group it will unfreeze (gradual: all of them, not
 only the head of its first epoch): the head on cached features for `linear_probe`, the unfrozen groups
-(with their layer-decay scales) for the others. The swept value
+(with their layer-decay scales) for the others; for `lp_ft`, from the head its probe phase trains first. The swept value
 is the base learning rate (`--lr`): for `lp_ft` the applied rate is lr x ft_lr_scale, as in `fit`,
 so the suggestion can be passed to `--lr` as it is. Only the training split is used.
 """
@@ -91,7 +91,7 @@ def lr_find(
     from .model import create_model, enable_grad_checkpointing, model_groups, set_trainable
     from .optim import build_param_groups, create_optimizer, set_lr
     from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
-    from .trainer import gradients_in_memory, seed_everything
+    from .trainer import PhaseData, gradients_in_memory, run_phase, seed_everything
 
     con = console or report.console()
     cfg.validate()
@@ -118,13 +118,24 @@ def lr_find(
     inputs = inputs_for(cfg, model.backbone)
     x_u8, train, _ = inputs.encode(splits.train)
     groups = model_groups(model)
-    phase = create_phases(cfg, groups)[-1]
+    phases = create_phases(cfg, groups)
+    phase = phases[-1]
     assign_lr_scales(groups, cfg.strategy, cfg.optim.lr)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
     y = torch.as_tensor(train.labels, device=device)
     flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
     model.to(device, memory_format=inputs.memory_format)
+    after = ""
+    if phase.kind != "probe" and phases[0].kind == "probe":
+        # lp_ft: fine-tuning starts from the head the probe trained, as in `fit`; from a random head the
+        # first steps' large gradients made the sweep suggest a rate at which real fine-tuning diverged
+        f, _ = cached_features(model.backbone, x_u8, inputs.size, device=device, autocast=accelerator.autocast, precision=accelerator.mixed_precision,
+                               batch_size=cfg.train.eval_batch_size)
+        f = f.to(device)
+        run_phase("probe", phases[0], model.head, [g for g in groups if g.name == "head"], PhaseData(f, y, f, y, lambda xb, g: xb, lambda xb: xb),
+                  cfg, accelerator, len(splits.classes))
+        after = f", from the head {phases[0].epochs} probe epochs trained"
 
     if phase.kind == "probe":
         x, _ = cached_features(model.backbone, x_u8, inputs.size, device=device, autocast=accelerator.autocast, precision=accelerator.mixed_precision,
@@ -140,7 +151,7 @@ def lr_find(
         module, train_groups, x = model, groups, x_u8.to(device)
         transform = inputs.train_transform(flip)
 
-        trained = f"{len(unfrozen)} of {len(groups)} parameter groups ({phase.kind} phase, applied lr = lr x {phase.lr / cfg.optim.lr:g})"
+        trained = f"{len(unfrozen)} of {len(groups)} parameter groups ({phase.kind} phase, applied lr = lr x {phase.lr / cfg.optim.lr:g}{after})"
     lr_mult = phase.lr / cfg.optim.lr  # lp_ft fine-tunes at lr x ft_lr_scale
     optimizer = create_optimizer(build_param_groups(train_groups, cfg.optim.weight_decay), cfg.optim, start_lr * lr_mult)
     optimizer = accelerator.prepare(optimizer)  # steps as `fit` does (fp16: unscaled gradients, overflowing steps skipped)
