@@ -375,6 +375,7 @@ def test_lr_find_cli_writes_plot_and_prints_suggestion(tiny, tmp_path, capsys):
     res = json.loads((tmp_path / "lr_find.json").read_text())
     assert 1e-7 <= res["suggestion"] <= 10 and f"{res['suggestion']:.2e}" in printed
     assert 5 <= len(res["lrs"]) <= 30 and res["lrs"] == sorted(res["lrs"])
+    assert res["swept_with"]["optimizer"] == "adamw" and res["swept_with"]["batch_size"] == 8 and res["swept_with"]["steps"] == 30  # reproducible
     if res["stopped_early"]:  # the stop rule: the median of the last 3 losses passed 4x the lowest such median
         raw = res["raw_losses"]
         med = [float(np.median(raw[i - 2 : i + 1])) for i in range(2, len(raw))]

@@ -186,6 +186,14 @@ def test_rank_takes_a_run_and_torchvision_names_as_candidates(source_run, tmp_pa
                       ("random:tv:resnet1800", "unknown torchvision model")):
         with pytest.raises(UserError, match=says):
             _check_candidates([bad, "small_convnet"], None)
+    # a run ranked on the data it was fitted on has seen those labels: said (its kNN score was 0.95 against 0.68)
+    from transferkit.ranking import _fitted_on, rank_models
+
+    src = str(tmp_path / "src")
+    assert _fitted_on(str(source_run), src) and _fitted_on(str(source_run), src + "/") and not _fitted_on(str(source_run), str(tmp_path))
+    said = []
+    rank_models(src, [f"run:{source_run}", "random:cifar_resnet20"], arch=None, input_size=16, log=said.append, device="cpu")
+    assert any(f"run:{source_run} was fitted on {src}: its scores see examples it was trained on" in m for m in said), said
 
 
 def test_macro_f1_counts_the_classes_that_occur_and_the_trainer_agrees():

@@ -562,7 +562,9 @@ def cmd_lr_find(args) -> int:
     plots.close(fig)
     atomic_write_bytes(out / "lr_find.png", buf.getvalue())
     keys = ("suggestion", "steepest", "min_div10", "stopped_early", "strategy", "trained", "notes", "lrs", "losses", "raw_losses")
-    atomic_write_bytes(out / "lr_find.json", (json.dumps({k: getattr(res, k) for k in keys}, indent=1) + "\n").encode())
+    swept = {"model": cfg.model.name, "optimizer": cfg.optim.name, "weight_decay": cfg.optim.weight_decay, "batch_size": cfg.train.batch_size,
+             "steps": args.steps, "start_lr": args.start_lr, "end_lr": args.end_lr, "data": cfg.data.path, "seed": cfg.train.seed}
+    atomic_write_bytes(out / "lr_find.json", (json.dumps({**{k: getattr(res, k) for k in keys}, "swept_with": swept}, indent=1) + "\n").encode())
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     if res.suggestion is None:

@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -560,6 +561,9 @@ def rank_models(
         raise UserError(
             "the candidates mix image and text models (" + ", ".join(f"{n}: {k}" for n, k in kinds.items()) + "); rank models of one kind"
         )
+    for n in names:  # a run fitted on this very data has seen its labels: its scores are not a transfer estimate
+        if n.startswith("run:") and _fitted_on(n[len("run:"):], data):
+            log(f"note: {n} was fitted on {data}: its scores see examples it was trained on, so they overstate how well it transfers")
     base = replace(RunConfig(), data=data, model=names[0], seed=seed, val_fraction=val_fraction, skip_bad_images=skip_bad_images, input_size=input_size)
     splits = load_splits(base)
     train = splits.train
@@ -652,6 +656,24 @@ def _features(backbone, images, size: int, *, device: str, batch_size: int, prec
     backbone.to(device)
     feats, hit = cached_features(backbone, images, size, device=device, batch_size=batch_size, precision=precision, autocast=autocast)
     return feats.float().cpu(), hit
+
+
+def _fitted_on(run: str, data: str) -> bool:
+    """Whether the run directory's config.yaml names `data` as its data (the same path, or the same built-in)."""
+    import yaml
+
+    try:
+        used = str(((yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}).get("data") or {}).get("path") or "")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return False
+    if not used:
+        return False
+    if used == data:
+        return True
+    try:
+        return Path(used).resolve() == Path(data).resolve() and Path(data).exists()
+    except OSError:
+        return False
 
 
 def resolve_auto_model(cfg, console, *, show_table: bool = True):
