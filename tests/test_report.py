@@ -136,3 +136,13 @@ def test_curves_mark_the_epoch_the_run_kept():
     labels = lambda fig: [t.get_text() for t in fig.axes[1].get_legend().get_texts()]  # noqa: E731
     assert labels(curves_figure(hist, best_epoch=2)) == ["kept: epoch 2, 60.0%"]
     assert labels(curves_figure(hist)) == ["kept: epoch 3, 70.0%"]
+
+
+def test_lr_plot_draws_steps_and_a_lone_step():
+    """lr.png was blank for a run of one optimizer step, and drew a step decay as a slope."""
+    from transferkit.plots import lr_figure
+
+    (line,) = lr_figure([(0, 1e-3, 1e-3, "finetune")]).axes[0].lines
+    assert line.get_marker() == "o"
+    (line,) = lr_figure([(0, 1e-3, 1e-3, "f"), (1, 1e-3, 1e-3, "f"), (2, 1e-4, 1e-4, "f")]).axes[0].lines
+    assert line.get_drawstyle() == "steps-post"

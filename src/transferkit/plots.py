@@ -38,6 +38,7 @@ def curves_figure(history: list[dict], best_epoch: int | None = None):
             axes[0].text(ep[0], axes[0].get_ylim()[1], f" {phases[0]}", va="top", fontsize=8, color="0.4")
     for a in axes:
         a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole
     fig.tight_layout()
     return fig
 
@@ -69,9 +70,11 @@ def lr_figure(trace: list[tuple]):
     for i, ph in enumerate(phases):
         pts = [t for t in trace if t[3] == ph]
         steps = [t[0] for t in pts]
-        ax.plot(steps, [t[1] for t in pts], color=f"C{i}", label=f"{ph}: head")
+        # each rate holds for its step (a step decay is a step, not a slope); a lone step shows as a dot
+        how = dict(drawstyle="steps-post", marker="o" if len(pts) == 1 else None)
+        ax.plot(steps, [t[1] for t in pts], color=f"C{i}", label=f"{ph}: head", **how)
         if any(abs(t[2] - t[1]) > 1e-12 * max(t[1], 1e-30) for t in pts):
-            ax.plot(steps, [t[2] for t in pts], color=f"C{i}", ls="--", label=f"{ph}: first group")
+            ax.plot(steps, [t[2] for t in pts], color=f"C{i}", ls="--", label=f"{ph}: first group", **how)
     ax.set(xlabel="optimizer step", ylabel="learning rate", title="learning-rate schedule as applied")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(alpha=0.3)
