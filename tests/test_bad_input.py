@@ -279,3 +279,6 @@ def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys
                  "--no-nesterov is not used by --optimizer adamw", "--staircase is not used by --schedule cosine (only by exponential)"):
         assert line in err
     assert "--min-lr-ratio" not in err and "--layer-decay" not in err
+    args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--model", "small_convnet", "--strategy", "full", "--l2sp-alpha", "0.1"])
+    _note_unused(resolve_config(args), args)
+    assert "--l2sp-alpha pulls the backbone toward its pretrained weights, and small_convnet has none" in capsys.readouterr().err

@@ -439,6 +439,9 @@ def _note_unused(cfg, args) -> set[str]:
     for n in names:
         print(f"transferkit: note: {_flag_of(n)} is not used by --strategy {cfg.strategy.name} (only by {', '.join(USED_ONLY_BY[n])})", file=sys.stderr)
     said = set(names)
+    if "l2sp_alpha" in given and "l2sp_alpha" not in said and (cfg.model.name == "small_convnet" or cfg.model.name.startswith("random:")):
+        print(f"transferkit: note: --l2sp-alpha pulls the backbone toward its pretrained weights, and {cfg.model.name} has none: "
+              "it pulls toward its random initialisation", file=sys.stderr)
     for n in ("candidates", "rank_score"):
         if n in given and cfg.model.name != "auto":
             print(f"transferkit: note: {_flag_of(n)} is not used: it chooses among models for --model auto, and --model is {cfg.model.name}", file=sys.stderr)
