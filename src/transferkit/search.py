@@ -66,7 +66,7 @@ from .inputs import load_splits
 from .errors import UserError, did_you_mean
 from .fit import fit
 from .rundir import RunDir, atomic_write_bytes, is_complete
-from .strategies import TRAINS_BACKBONE, USED_ONLY_BY
+from .strategies import BACKPROP, TRAINS_BACKBONE, USED_ONLY_BY
 
 METRICS = ("accuracy", "macro_f1")
 
@@ -866,7 +866,7 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeue
     fixed = [d for d in space.values() if d.kind == "fixed"]
     def only(name):
         users = ONLY_FOR.get(name)
-        return "" if users is None else "  (fine-tuning strategies only)" if users == TRAINS_BACKBONE else f"  (only {', '.join(users)})"
+        return "" if users is None else "  (fine-tuning strategies only)" if users in (TRAINS_BACKBONE, BACKPROP) else f"  (only {', '.join(users)})"
 
     lines = [f"  {d.name:<{w}}  {d.describe()}{only(d.name)}" for d in searched]
     con.print("space:\n" + "\n".join(lines) + ("\n  fixed: " + ", ".join(f"{d.name}={d.value}" for d in fixed) if fixed else ""), markup=False)
