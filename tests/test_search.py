@@ -384,6 +384,7 @@ def test_lr_find_cli_writes_plot_and_prints_suggestion(tiny, tmp_path, capsys):
     rc = main(["lr-find", *_flags(tiny), "--strategy", "lp_ft", "--lp-epochs", "3", "--batch-size", "8", "--steps", "12", "--out", str(tmp_path / "lpft")])
     trained = json.loads((tmp_path / "lpft" / "lr_find.json").read_text())["trained"]
     assert rc in (0, 1) and "finetune phase, applied lr = lr x 0.1, from the head 3 probe epochs trained" in trained, trained
+    assert rc == 1 or "for lp_ft: --lr" in capsys.readouterr().out  # --lr also moves the probe: says how to move fine-tuning only
 
 
 # ---------------------------------------------------------------------------- workers on PostgreSQL

@@ -88,6 +88,13 @@ def test_baseline_scratch_trains_the_same_architecture_and_gives_a_verdict(tmp_p
     assert m["in_short"] and "is not used by" not in err  # --epochs: the scratch run's
     page = (out / "report.html").read_text()
     assert "from scratch" in page and "In short:" in page
+    # with a test split both verdicts are the test split's, so that "in short" joins verdicts of one split
+    rc, err = _fit(["--data", str(make_folder(tmp_path / "d8", n=8)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "3",
+                    "--epochs", "1", "--baseline", "scratch", "--test-fraction", "0.25", "--out", str(tmp_path / "tf")], capsys)
+    assert rc == 0, err
+    t = json.loads((tmp_path / "tf" / "metrics.json").read_text())
+    assert "on the test split" in t["verdict"] and "on the test split" in t["verdict_scratch"] and "on the validation split" in t["validation_verdict_scratch"]
+    assert t["transfer_vs_scratch"]["diff"] == pytest.approx(t["test"]["accuracy"] - t["test"]["scratch"]["accuracy"]) and "_model" not in t
 
     # a model from random weights transferred nothing: its verdict says better / worse, never "transfer"
     rc, err = _fit(["--data", str(d), "--model", "random:cifar_resnet20", "--input-size", "16", "--batch-size", "4", "--strategy", "full",

@@ -575,6 +575,13 @@ def cmd_lr_find(args) -> int:
         return 1
     steep = f"{res.steepest:.2e}" if res.steepest is not None else "n/a"
     print(f"suggested lr: {res.suggestion:.2e} (steepest descent {steep}; min/10 {res.min_div10:.2e}); plot: {out / 'lr_find.png'}")
+    if cfg.strategy.name == "lp_ft":  # --lr also sets the probe's rate: the sweep was of fine-tuning's
+        from .config import with_default_lr
+
+        base, ft = with_default_lr(cfg).optim.lr, res.suggestion * cfg.strategy.ft_lr_scale
+        how = (f"to change fine-tuning only, keep --lr {base:.2g} and give --ft-lr-scale {ft / base:.3g}" if ft <= base else
+               f"fine-tuning faster than the probe's --lr {base:.2g} needs --lr {ft:.2g} --ft-lr-scale 1, which moves the probe too")
+        print(f"for lp_ft: --lr {res.suggestion:.2g} fine-tunes at {ft:.2e} (lr x ft_lr_scale) and also sets the probe's rate; {how}")
     return 0
 
 

@@ -325,8 +325,10 @@ def fit(
 
         add_text_evidence(wrong, splits.val.sources, splits.classes, text_proba)
     metrics["mistakes"] = summary(wrong)
+    scratch = None
     if cfg.train.baseline == "scratch":
-        metrics.update(_scratch_baseline(cfg, model, splits, val_proba, console))
+        scratch = _scratch_baseline(cfg, model, splits, val_proba, console)
+        metrics.update({k: v for k, v in scratch.items() if not k.startswith("_")})
     if inputs.modality == "text":
         metrics["truncated_texts"] = inputs.truncated
     if splits.notes:
@@ -345,6 +347,13 @@ def fit(
         tboot = paired_bootstrap(splits.test.labels, test_logp.argmax(1).numpy(), tb.argmax(1), seed=cfg.train.seed)
         metrics.update(validation_verdict=metrics["verdict"], transfer_vs_baseline_validation=metrics["transfer_vs_baseline"],
                        transfer_vs_baseline=tboot, verdict=verdict(tboot, base_name, transferred=transferred(model), split="test"))
+        if scratch is not None:  # the scratch comparison on the test split too, so that "in short" joins verdicts of one split
+            sm = scratch["_model"].to(device)
+            st_proba = predict_proba(sm, test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
+            sboot = paired_bootstrap(splits.test.labels, test_logp.argmax(1).numpy(), st_proba.argmax(1), seed=cfg.train.seed)
+            metrics["test"]["scratch"] = {k: v for k, v in classification_metrics(splits.test.labels, st_proba, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
+            metrics.update(validation_verdict_scratch=metrics["verdict_scratch"], transfer_vs_scratch_validation=metrics["transfer_vs_scratch"],
+                           transfer_vs_scratch=sboot, verdict_scratch=verdict(sboot, scratch["_label"], transferred=transferred(model), split="test"))
     if "verdict_scratch" in metrics:
         metrics["in_short"] = in_short(metrics["verdict"], metrics["verdict_scratch"])
 
@@ -441,6 +450,7 @@ def _scratch_baseline(cfg: RunConfig, model, splits, val_proba, console) -> dict
     return {
         "scratch": {"model": name, "accuracy": sm["accuracy"], "macro_f1": sm["macro_f1"], "auroc": sm["auroc"], "wall_s": sm["wall_s"]},
         "transfer_vs_scratch": boot, "verdict_scratch": verdict(boot, label, transferred=transferred(model)),
+        "_model": rs.model, "_label": label,  # for the test split's comparison; not kept in metrics
     }
 
 
