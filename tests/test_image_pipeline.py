@@ -112,7 +112,7 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
         np.testing.assert_allclose(loaded.predict_proba(one), want[:1], atol=1e-6)
     normalised = (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225  # torchvision's Normalize
     for bad, says in (([np.full((4, 4, 3), np.nan)], "NaN"), ([np.zeros((4, 4, 7))], "got shape"), ([5], "got int"), (5, "got int"),
-                      (normalised, "not normalised"), (list(normalised), "image 0: pixel values from -2"), ([np.full((4, 4, 3), 300.0)], "to 300")):
+                      (normalised, "not normalised"), (normalised + 2.1, "not normalised"), (list(normalised), "image 0: pixel values from -2"), ([np.full((4, 4, 3), 300.0)], "to 300")):
         with pytest.raises(UserError, match=says):
             loaded.predict_proba(bad)
 

@@ -364,6 +364,7 @@ def test_lr_find_smoothing_does_not_lag_and_a_flat_loss_suggests_nothing():
     lagged, _ = suggest(lrs, ema)  # fastai's debiased EMA, beta 0.98
     assert 5e-4 <= centred <= 2e-3 and lagged > 2.5 * centred, (centred, lagged)
     assert smooth_centred([1, 2, 3, 4], 3).tolist() == [1.5, 2.0, 3.0, 3.5]
+    assert smooth_centred([2.0, 2.0, 156.0, 2.0, 2.0], 3).tolist() == [2.0, 2.0, 2.0, 2.0, 2.0]  # a lone spike is not a cliff
     assert never_fell(smooth_centred(2.3 + 0.01 * np.random.default_rng(0).standard_normal(30), 3)) and not never_fell(smooth_centred(loss, 3))
 
 

@@ -160,7 +160,7 @@ def test_lp_ft_ends_fine_tuning_when_its_first_epochs_do_not_beat_the_probe(tmp_
     assert "note: --k is not used by --strategy lp_ft (only by partial)" in err and "note: --lora-r is not used by --strategy lp_ft (only by lora)" in err
     assert err.count("is not used by") == 2
     # and the fine-tuning that never beat the probe is said, not reported silently as lp_ft's result
-    assert "phase 2:finetune: ended after 3 of 6 epochs: none of its first 3 beat the probe" in err and "whose weights are kept (best epoch 1)" in err
+    assert "phase 2 (finetune): ended after 3 of 6 epochs: none of its first 3 beat the probe" in err and "whose weights are kept (best epoch 1)" in err
     assert m["phase_notes"] and "none of its first 3 beat the probe" in m["phase_notes"][0]
 
 
@@ -169,8 +169,8 @@ def test_ft_patience_zero_runs_every_epoch_and_patience_applies_to_every_phase(t
     assert (probe, ft) == (3, 6)
     probe, ft, m, err = _phases_run(tmp_path / "b", capsys, ["--patience", "1"])  # explicit: every phase, ft_patience unused
     assert (probe, ft) == (2, 1)
-    assert "phase 1:probe: stopped early after 2 of 3 epochs: no better validation accuracy for 1 epoch(s) (--patience)" in err
-    assert "phase 2:finetune: stopped early after 1 of 6 epochs" in err
+    assert "phase 1 (probe): stopped early after 2 of 3 epochs: no better validation accuracy for 1 epoch(s) (--patience)" in err
+    assert "phase 2 (finetune): stopped early after 1 of 6 epochs" in err
 
 
 def test_fine_tuning_beats_the_probe_on_accuracy_or_on_loss():

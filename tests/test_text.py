@@ -378,3 +378,7 @@ def test_fit_takes_examples_and_labels_in_memory(tmp_path, tiny_bert, tiny_ckpt,
     d = ImageClassifier(**ikw).fit([np.asarray(Image.open(f).convert("RGB")) for f in files], ys)
     assert c.classes_ == d.classes_ == sorted(set(ys)) and c.metrics_["accuracy"] == d.metrics_["accuracy"]
     np.testing.assert_allclose(c.predict_proba(files), d.predict_proba(files), atol=1e-6)
+    # labels come back as given: ints stay ints (they came back as the strings '0', '1')
+    e = ImageClassifier(**ikw).fit(files, np.array([int(v == "red") for v in ys]))
+    said = e.predict(files)
+    assert all(type(v) is int for v in said) and said == [int(v == "red") for v in c.predict(files)]

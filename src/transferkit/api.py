@@ -55,21 +55,24 @@ class _Classifier:
         from . import report
         from .fit import fit
 
+        labels_given = None
         if y is not None:
-            data = self._write_examples(data, y)
+            data, labels_given = self._write_examples(data, y)
         elif not isinstance(data, (str, Path)):
             raise UserError(f"fit takes a path (a folder, a CSV, 'digits') or examples with their labels, fit(X, y); got {type(data).__name__} without labels")
         r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet))
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
+        if labels_given is not None:  # predict gives back y's own labels (ints stay ints), as scikit-learn's do
+            self._label_of = {str(v): v for v in labels_given}
         return self
 
     def _examples(self, X) -> list:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _write_examples(self, X, y) -> str:
+    def _write_examples(self, X, y) -> tuple[str, list]:
         """fit(X, y)'s examples as a CSV with a label column (and PNG files for images in memory) in
-        a new temporary folder; returns the CSV's path."""
+        a new temporary folder; returns the CSV's path and the labels."""
         import csv
         import io
         import tempfile
@@ -95,7 +98,7 @@ class _Classifier:
                 x = str(Path(x).resolve())
             w.writerow([x, str(label)])
         atomic_write_bytes(folder / "data.csv", buf.getvalue().encode())
-        return str(folder / "data.csv")
+        return str(folder / "data.csv"), labels
 
     def _set_fitted(self, model, classes, inputs, config) -> None:
         self.model_, self.classes_, self.inputs_, self.config_ = model, list(classes), inputs, config
@@ -116,8 +119,10 @@ class _Classifier:
         x, _ = self._encode(items)
         return predict_proba(self.model_, x, self.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
 
-    def predict(self, items) -> list[str]:
-        return [self.classes_[i] for i in self.predict_proba(items).argmax(1)]
+    def predict(self, items) -> list:
+        """The class of each item: its name, or the label as fit(X, y) was given it (an int stays an int)."""
+        of = getattr(self, "_label_of", {})
+        return [of.get(self.classes_[i], self.classes_[i]) for i in self.predict_proba(items).argmax(1)]
 
     def evaluate(self, data: str, *, mistakes_csv: str | Path | None = None, skip_bad_images: bool = False) -> dict:
         """Metrics on labelled data: its test split if it has one, else val, else all of it (on the

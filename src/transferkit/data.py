@@ -314,10 +314,12 @@ def as_image_array(obj, where: str = "image") -> np.ndarray:
 
 def check_pixel_range(a: np.ndarray, where: str) -> None:
     """Refuse pixels no image holds: negative values (a mean/std-normalised tensor, which clipping
-    would turn black) and floats above 255. Scaling is transferkit's job, with the model's own mean and std."""
+    would turn black), floats above 255, and floats whose largest value is above 1 but at most 5 (what
+    Normalize makes of a bright image; as 0-255 values it would be nearly black). Scaling is
+    transferkit's job, with the model's own mean and std."""
     if a.dtype.kind in "if" and a.size:
         lo, hi = float(a.min()), float(a.max())
-        if lo < 0 or (a.dtype.kind == "f" and hi > 255):
+        if lo < 0 or (a.dtype.kind == "f" and (hi > 255 or 1 < hi <= 5)):
             raise UserError(
                 f"{where}: pixel values from {lo:.3g} to {hi:.3g}. Give images as stored (uint8 0-255, or floats in [0, 1]), "
                 "not normalised: transferkit resizes and normalises them as the model needs"

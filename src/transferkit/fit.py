@@ -414,7 +414,8 @@ def _phase_note(pname: str, phase, res, offset: int, *, had_best: bool, cfg: Run
         ref = prev_loss if prev_loss is not None else losses[0] if losses else None
         if losses and (not all(math.isfinite(v) for v in losses) or max(losses) > 3 * ref):
             parts.append(f"its training loss went to {max(losses):.3g} (from {ref:.3g}): its learning rate ({phase.lr:.2g}) is likely too high")
-    return f"phase {pname}: " + "; ".join(parts) if parts else None
+    label = f"phase {pname.replace(':', ' (')})" if ":" in pname else f"phase 1 ({pname})"
+    return f"{label}: " + "; ".join(parts) if parts else None
 
 
 def transferred(model) -> bool:

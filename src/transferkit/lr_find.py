@@ -4,7 +4,7 @@ Train the configured setup for about 100 steps while the learning rate grows exp
 `start_lr` to `end_lr`, and record the loss. Stop once the median of the last 3 losses exceeds
 `diverge` times the lowest such median so far (fastai compares a debiased exponential moving average;
 its lag made a short sweep look as if it never diverged while the raw loss rose 10-38x). The curve is
-then smoothed without lag (a centred moving average, `smooth_centred`), and the suggestion is the rate
+then smoothed without lag (a centred moving median, `smooth_centred`), and the suggestion is the rate
 where it falls fastest (steepest descent, on a log-lr axis, before its minimum); `min_div10`, the rate
 at the minimum divided by 10, is the more conservative alternative. A loss that never fell below its
 start gives no suggestion (None), rather than a rate below the sweep.
@@ -34,7 +34,7 @@ from .errors import UserError
 @dataclass
 class LRFindResult:
     lrs: list[float]
-    losses: list[float]  # smoothed (centred moving average)
+    losses: list[float]  # smoothed (centred moving median)
     raw_losses: list[float]
     suggestion: float | None  # None: the loss never fell
     steepest: float | None
@@ -52,12 +52,11 @@ def lr_schedule(start_lr: float, end_lr: float, steps: int) -> np.ndarray:
 
 
 def smooth_centred(losses, window: int) -> np.ndarray:
-    """Moving average over `window` points centred on each (fewer at the ends): no lag, unlike an EMA."""
+    """Moving median over `window` points centred on each (fewer at the ends): no lag, unlike an EMA,
+    and one spike does not spread over its neighbours as it would in a mean."""
     v = np.asarray(losses, float)
     h = max(0, window // 2)
-    c = np.concatenate([[0.0], np.cumsum(v)])
-    lo, hi = np.clip(np.arange(len(v)) - h, 0, len(v)), np.clip(np.arange(len(v)) + h + 1, 0, len(v))
-    return (c[hi] - c[lo]) / (hi - lo)
+    return np.array([np.median(v[max(0, i - h) : i + h + 1]) for i in range(len(v))])
 
 
 def never_fell(smoothed) -> bool:

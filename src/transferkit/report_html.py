@@ -145,7 +145,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
         f"<tr><td>{e(c)}</td><td>{data.get('train', {}).get(c, 0)}</td><td>{data.get('val', {}).get(c, 0)}</td></tr>" for c in data.get("classes", [])[:50]
     )
     figs = "".join(_img(png, name, wide=name.startswith("curves")) for name, png in figures.items() if name != "mistakes.jpg")
-    boot = m.get("transfer_vs_baseline", {})
+    boot = m.get("transfer_vs_baseline_validation") or m.get("transfer_vs_baseline", {})  # this section's split: validation
     notes = "".join(f"<li>{e(n)}</li>" for n in m.get("data_notes", []))
     timing = m.get("timing", {})
     return f"""<!doctype html>
@@ -158,7 +158,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 {_verdict_div(m.get('verdict_scratch'))}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
 <h2>Results (validation split)</h2>
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
-<p class="sub">Transfer minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
+<p class="sub">{"The model" if "nothing was transferred" in verdict else "Transfer"} minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
 [{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.{_temperature(m.get('temperature_scaling'))}</p>
 {_groups(m.get('groups'))}
 <h2>Figures</h2><div class="figs">{figs}</div>

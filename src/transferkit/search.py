@@ -572,7 +572,11 @@ def search(
 
         # ---- trials, until `trials` of them finished (here and in other workers) or the time is up
         objective = _objective(study, space, base, splits, fold_idx, trials, metric, deadline)
-        stopped_by = _run_trials(study, objective, trials, deadline, t_start, len(fold_idx), out, metric, con)
+        try:
+            stopped_by = _run_trials(study, objective, trials, deadline, t_start, len(fold_idx), out, metric, con)
+        except KeyboardInterrupt:  # the interrupted trial is in the study now: trials.csv shows it too
+            write_trials_csv(study, out / "trials.csv", len(fold_idx))
+            raise
         write_trials_csv(study, out / "trials.csv", len(fold_idx))
         write_plots(rd, study, metric)
         return _refit_best(rd, study, base, space, splits, len(fold_idx), metric, stopped_by, t_start, con)
