@@ -211,6 +211,8 @@ def test_an_interrupted_trial_runs_again_from_its_next_fold_and_an_error_does_no
     t1 = _study(out).trials[1]
     assert t1.state == optuna.trial.TrialState.FAIL and "interrupted in fold 2 of 3" in t1.user_attrs["note"]
     assert len(t1.user_attrs["fold_scores"]) == 1 and "error" not in t1.user_attrs
+    rows = list(csv.DictReader(open(out / "trials.csv")))  # the stopped search's trials.csv shows the interrupted trial
+    assert [r["state"] for r in rows] == ["COMPLETE", "FAIL"] and "interrupted in fold 2" in rows[1]["note"]
 
     again = FakeFit()
     monkeypatch.setattr(S, "fit", again)
