@@ -83,6 +83,35 @@ def test_full_disk_while_checkpointing_keeps_the_previous_one(tmp_path, monkeypa
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*")), "a half-written temporary file was left behind"
 
 
+def test_a_damaged_index_or_an_unloadable_checkpoint_falls_back_to_an_intact_one(tmp_path):
+    """A garbled checkpoints.json made --resume start over beside intact checkpoints; a checkpoint
+    whose sha256 matches but that weights_only refuses raised an UnpicklingError traceback."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    from transferkit.checkpoint import Checkpointer
+
+    folder = tmp_path / "run" / "checkpoints"
+    ck = Checkpointer(folder)
+    ck.save({"step": torch.tensor(1)}, "0001")
+    ck.save({"step": torch.tensor(2)}, "0002")
+    index = (folder / "checkpoints.json").read_text()
+    (folder / "checkpoints.json").write_text("garbage{")
+    said = []
+    assert int(ck.load_latest(said.append)["step"]) == 2 and "is damaged: trying the checkpoint files themselves" in said[0]
+    (folder / "checkpoints.json").write_text(index)
+    # the newest replaced by a pickle of an object, with the index rewritten to match it: never unpickled, the previous one is used
+    code = f"import torch\nclass Foo: pass\ntorch.save({{'x': Foo()}}, {str(folder / 'ckpt-0002.pt')!r})\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    entries = json.loads(index)
+    entries["checkpoints"][-1]["sha256"] = hashlib.sha256((folder / "ckpt-0002.pt").read_bytes()).hexdigest()
+    (folder / "checkpoints.json").write_text(json.dumps(entries))
+    said = []
+    assert int(ck.load_latest(said.append)["step"]) == 1 and "ckpt-0002.pt cannot be loaded (UnpicklingError)" in said[0]
+
+
 def test_full_disk_in_a_fit_then_resume_finishes(tmp_path, capsys, monkeypatch, tiny_ckpt):
     d = make_folder(tmp_path / "d", n=6)
     out = tmp_path / "run"

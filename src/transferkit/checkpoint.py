@@ -65,14 +65,22 @@ class Checkpointer:
     def load_latest(self, log=None) -> dict | None:
         """The newest checkpoint that is intact, or None. Damaged ones are reported and skipped."""
         log = log or (lambda msg: print(msg, file=sys.stderr))
-        for e in reversed(self._index()):
+        entries = self._index()
+        if not entries and (self.folder / INDEX).is_file():  # a damaged index: the files themselves, newest first (no sha256 to check)
+            entries = [{"file": f.name, "sha256": None} for f in sorted(self.folder.glob("ckpt-*.pt"))]
+            if entries:
+                log(f"{self.folder / INDEX} is damaged: trying the checkpoint files themselves, newest first")
+        for e in reversed(entries):
             p = self.folder / e["file"]
             if not p.is_file():
                 log(f"checkpoint {p} is missing; trying the previous one")
                 continue
             data = p.read_bytes()
-            if hashlib.sha256(data).hexdigest() != e["sha256"]:
+            if e["sha256"] is not None and hashlib.sha256(data).hexdigest() != e["sha256"]:
                 log(f"checkpoint {p} is damaged (sha256 mismatch: truncated or altered); using the previous one")
                 continue
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            try:
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as ex:  # not a checkpoint of tensors (never unpickled), or damaged
+                log(f"checkpoint {p} cannot be loaded ({type(ex).__name__}); trying the previous one")
         return None

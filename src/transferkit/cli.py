@@ -551,7 +551,8 @@ def cmd_lr_find(args) -> int:
     check_can_make(out)
     cfg = resolve_config(args).validate()
     noted = _note_unused(cfg, args)
-    ignored = sorted((_given_settings(args) - noted) & {"epochs", "lp_epochs", "patience", "schedule", "warmup_epochs", "min_lr_ratio", "step_size", "gamma",
+    reads_epochs = {"epochs"} if cfg.strategy.name == "gradual" else set()  # how many groups gradual unfreezes
+    ignored = sorted((_given_settings(args) - noted - reads_epochs) & {"epochs", "lp_epochs", "patience", "schedule", "warmup_epochs", "min_lr_ratio", "step_size", "gamma",
                                               "milestones", "decay_rate", "decay_steps", "staircase", "ema", "test_fraction"})
     if ignored:
         print(f"transferkit: note: lr-find sweeps --steps steps and ignores {', '.join('--' + n.replace('_', '-') for n in ignored)}", file=sys.stderr)
