@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .config import FLAT, RunConfig, config_from_dict, replace
-from .data import ImageSet, _to_uint8, as_image_array, check_pixel_range, decode_images, image_files
+from .data import ImageSet, as_image_array, decode_images, image_files, pixels_to_uint8
 from .errors import UserError, did_you_mean
 
 
@@ -209,11 +209,7 @@ class ImageClassifier(_Classifier):
             one = images.ndim == 2 or (images.ndim == 3 and (images.shape[-1] in (3, 4) or (isinstance(images, torch.Tensor) and images.shape[0] in (1, 3))))
             if not one and images.dtype not in (np.uint8, torch.uint8) and images.ndim >= 3:  # a batch: one scale for all
                 a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
-                if a.dtype.kind == "f" and not np.isfinite(a).all():
-                    raise UserError("the image batch holds NaN or infinite values")
-                if a.dtype.kind in "buif":
-                    check_pixel_range(a, "the image batch")
-                    a = _to_uint8(a)  # a dark image of a 0-255 batch is not scaled again by itself
+                a = pixels_to_uint8(a, "the image batch")  # a dark image of a 0-255 batch is not scaled again by itself
                 images = torch.from_numpy(a) if isinstance(images, torch.Tensor) else a
             images = [images] if one else list(images)
         if isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):

@@ -304,6 +304,12 @@ def as_image_array(obj, where: str = "image") -> np.ndarray:
     a = obj[..., 0] if obj.ndim == 3 and obj.shape[-1] == 1 else obj
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or min(a.shape[:2]) < 1:
         raise UserError(f"{where}: an image array must be HxW, HxWx3 or HxWx4, got shape {tuple(obj.shape)}")
+    return pixels_to_uint8(a, where)
+
+
+def pixels_to_uint8(a: np.ndarray, where: str) -> np.ndarray:
+    """An array of pixels (one image, or a batch: one scale for all of it) as uint8, after refusing
+    what no image holds (an unsupported type, NaN, `check_pixel_range`)."""
     if a.dtype.kind not in "buif":
         raise UserError(f"{where}: unsupported image array type {a.dtype}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():

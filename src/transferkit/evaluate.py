@@ -66,7 +66,9 @@ def _text_eval_file(p: Path) -> Path | None:
     return next((x for x in (_find(p, "test"), _find(p, "val"), _find(p, "dev")) if x is not None), None)
 
 
-def _same_data(spec: str, trained_on: str | None) -> bool:
+def same_data(spec: str, trained_on: str | None) -> bool:
+    """Whether a data spec names the data a run was fitted on: the same string (`digits`), or the same
+    existing path however written."""
     if trained_on is None:
         return False
     if spec == trained_on:
@@ -91,7 +93,7 @@ def labelled_set(clf, spec: str):
     has no split of its own (every example would include the training ones); else `text_eval_set` /
     `eval_set`."""
     cfg = clf.config_
-    if _same_data(spec, cfg.data.path) and (cfg.data.test_fraction or not _has_eval_split(Path(spec), clf.inputs_.modality)):
+    if same_data(spec, cfg.data.path) and (cfg.data.test_fraction or not _has_eval_split(Path(spec), clf.inputs_.modality)):
         from .inputs import load_splits
 
         splits = load_splits(cfg)  # drawn again with the run's seed

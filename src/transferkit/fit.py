@@ -325,10 +325,10 @@ def fit(
 
         add_text_evidence(wrong, splits.val.sources, splits.classes, text_proba)
     metrics["mistakes"] = summary(wrong)
-    scratch = None
+    scratch_model = None
     if cfg.train.baseline == "scratch":
-        scratch = _scratch_baseline(cfg, model, splits, val_proba, console)
-        metrics.update({k: v for k, v in scratch.items() if not k.startswith("_")})
+        scratch, scratch_model, scratch_label = _scratch_baseline(cfg, model, splits, val_proba, console)
+        metrics.update(scratch)
     if inputs.modality == "text":
         metrics["truncated_texts"] = inputs.truncated
     if splits.notes:
@@ -341,19 +341,23 @@ def fit(
         if calibrated and "temperature" in calibrated:  # the honest check: examples the temperature was not fitted on
             calibrated["test_before"] = calibration_stats(test_logp * calibrated["temperature"], splits.test.labels)
             calibrated["test_after"] = calibration_stats(test_logp, splits.test.labels)
+        test_pred = test_logp.argmax(1).numpy()
+
+        def headline(proba) -> dict:
+            return {k: v for k, v in classification_metrics(splits.test.labels, proba, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
+
         tb = inputs.baseline(splits.train, train_u8, splits.test, test_u8, cfg.train.seed)[0]
-        metrics["test"]["baseline"] = {k: v for k, v in classification_metrics(splits.test.labels, tb, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
+        metrics["test"]["baseline"] = headline(tb)
         # the verdict on examples neither training nor the choice of epoch saw; validation's is kept beside it
-        tboot = paired_bootstrap(splits.test.labels, test_logp.argmax(1).numpy(), tb.argmax(1), seed=cfg.train.seed)
+        tboot = paired_bootstrap(splits.test.labels, test_pred, tb.argmax(1), seed=cfg.train.seed)
         metrics.update(validation_verdict=metrics["verdict"], transfer_vs_baseline_validation=metrics["transfer_vs_baseline"],
                        transfer_vs_baseline=tboot, verdict=verdict(tboot, base_name, transferred=transferred(model), split="test"))
-        if scratch is not None:  # the scratch comparison on the test split too, so that "in short" joins verdicts of one split
-            sm = scratch["_model"].to(device)
-            st_proba = predict_proba(sm, test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
-            sboot = paired_bootstrap(splits.test.labels, test_logp.argmax(1).numpy(), st_proba.argmax(1), seed=cfg.train.seed)
-            metrics["test"]["scratch"] = {k: v for k, v in classification_metrics(splits.test.labels, st_proba, splits.classes).items() if k in ("accuracy", "macro_f1", "auroc")}
+        if scratch_model is not None:  # the scratch comparison on the test split too, so that "in short" joins verdicts of one split
+            st_proba = predict_proba(scratch_model.to(device), test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
+            sboot = paired_bootstrap(splits.test.labels, test_pred, st_proba.argmax(1), seed=cfg.train.seed)
+            metrics["test"]["scratch"] = headline(st_proba)
             metrics.update(validation_verdict_scratch=metrics["verdict_scratch"], transfer_vs_scratch_validation=metrics["transfer_vs_scratch"],
-                           transfer_vs_scratch=sboot, verdict_scratch=verdict(sboot, scratch["_label"], transferred=transferred(model), split="test"))
+                           transfer_vs_scratch=sboot, verdict_scratch=verdict(sboot, scratch_label, transferred=transferred(model), split="test"))
     if "verdict_scratch" in metrics:
         metrics["in_short"] = in_short(metrics["verdict"], metrics["verdict_scratch"])
 
@@ -432,9 +436,10 @@ def calibration_stats(logits: torch.Tensor, y) -> dict:
     return {"ece": calibration(y, logits.softmax(-1).numpy())["ece"], "nll": nll}
 
 
-def _scratch_baseline(cfg: RunConfig, model, splits, val_proba, console) -> dict:
+def _scratch_baseline(cfg: RunConfig, model, splits, val_proba, console) -> tuple[dict, TransferModel, str]:
     """The same architecture from random weights, the same data and epochs (strategy full, the
-    default rate for it), compared on the same validation examples with a paired bootstrap."""
+    default rate for it), compared on the same validation examples with a paired bootstrap: (metrics
+    to add, the scratch model, its label in the verdict)."""
     from .backbones import scratch_name
     from .config import replace
 
@@ -451,8 +456,7 @@ def _scratch_baseline(cfg: RunConfig, model, splits, val_proba, console) -> dict
     return {
         "scratch": {"model": name, "accuracy": sm["accuracy"], "macro_f1": sm["macro_f1"], "auroc": sm["auroc"], "wall_s": sm["wall_s"]},
         "transfer_vs_scratch": boot, "verdict_scratch": verdict(boot, label, transferred=transferred(model)),
-        "_model": rs.model, "_label": label,  # for the test split's comparison; not kept in metrics
-    }
+    }, rs.model, label
 
 
 # ------------------------------------------------------------------------------------------ saving

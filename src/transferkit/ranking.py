@@ -659,21 +659,16 @@ def _features(backbone, images, size: int, *, device: str, batch_size: int, prec
 
 
 def _fitted_on(run: str, data: str) -> bool:
-    """Whether the run directory's config.yaml names `data` as its data (the same path, or the same built-in)."""
+    """Whether the run directory's config.yaml names `data` as its data (`evaluate.same_data`)."""
     import yaml
 
+    from .evaluate import same_data
+
     try:
-        used = str(((yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}).get("data") or {}).get("path") or "")
+        used = ((yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}).get("data") or {}).get("path")
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
         return False
-    if not used:
-        return False
-    if used == data:
-        return True
-    try:
-        return Path(used).resolve() == Path(data).resolve() and Path(data).exists()
-    except OSError:
-        return False
+    return bool(used) and same_data(data, str(used))
 
 
 def resolve_auto_model(cfg, console, *, show_table: bool = True):
