@@ -183,6 +183,21 @@ def test_lora_trains_only_adapters_and_head_then_merges_exactly(tiny_bert):
         torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-4)
 
 
+def test_lora_rank_must_be_below_the_layer_width(tiny_bert):
+    from transferkit.config import RunConfig, replace
+    from transferkit.lora import apply_lora
+    from transferkit.model import create_model
+
+    for r, ok in ((31, True), (32, False)):  # tiny BERT's query and value are 32 x 32
+        cfg = replace(RunConfig(), model=f"dir:{tiny_bert}", strategy="lora", lora_r=r)
+        model = create_model(cfg.model, 2)
+        if ok:
+            assert apply_lora(model.backbone, cfg.strategy)
+        else:
+            with pytest.raises(UserError, match=r"--lora-r 32 is not low rank for .*query \(32 x 32\): use a rank below 32"):
+                apply_lora(model.backbone, cfg.strategy)
+
+
 def test_lora_target_that_matches_nothing_is_an_error(tmp_path, tiny_bert):
     p = make_text_csv(tmp_path / "r.csv")
     r = run_cli("fit", "--data", p, *tiny_text_args(tiny_bert), "--strategy", "lora", "--lora-targets", "query,qkv_proj", "--out", tmp_path / "run")

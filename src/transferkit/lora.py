@@ -69,6 +69,15 @@ def apply_lora(backbone, cfg) -> list[str]:
     for t in targets:
         if not any(n == t or n.endswith("." + t) for n in names):
             raise UserError(f"--lora-targets {t!r} matches no module of {backbone.spec.get('name')}; names that match: {', '.join(available[:30])}")
+    # A rank at or above a layer's smaller side is not low rank: the adapter then has as many
+    # parameters as the update it stands for, or more (PEFT accepts it silently)
+    for n, m in inner.named_modules():
+        if n.rsplit(".", 1)[-1] in targets and isinstance(m, kinds) and getattr(m, "weight", None) is not None:
+            w = m.weight
+            side = min(w.shape[0], w[0].numel())
+            if cfg.lora_r >= side:
+                raise UserError(f"--lora-r {cfg.lora_r} is not low rank for {n} ({' x '.join(map(str, w.shape))}): use a rank below {side} "
+                                f"(LoRA's usual ranks are 4 to 64), or --strategy full to train the whole layer")
     # GPT-2's Conv1D stores its weight transposed; PEFT must be told (it would warn and correct it)
     transposed = any(type(m).__name__ == "Conv1D" for n, m in inner.named_modules() if n.rsplit(".", 1)[-1] in targets)
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none",
