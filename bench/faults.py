@@ -35,7 +35,7 @@ def _result(run: Path):
     from safetensors.torch import load_file
 
     m = json.loads((run / "metrics.json").read_text())
-    volatile = ("wall_s", "timing", "train_images_per_s", "feature_cache_hit")
+    volatile = ("wall_s", "timing", "train_images_per_s", "train_texts_per_s", "feature_cache_hit")
     return load_file(str(run / "model.safetensors")), {k: v for k, v in m.items() if k not in volatile}
 
 

@@ -58,7 +58,7 @@ def fit(data: Path, out: Path, seed: int, epochs: int, grouped: bool) -> dict:
     subprocess.run(cmd, check=True)
     m = json.loads((out / "metrics.json").read_text())
     t = m["timing"]
-    return {"command_s": time.perf_counter() - t0, "train_s": t["train_seconds"], "finetune_s": t["finetune_s"], "texts_per_s": m["train_images_per_s"],
+    return {"command_s": time.perf_counter() - t0, "train_s": t["train_seconds"], "finetune_s": t["finetune_s"], "texts_per_s": m["train_texts_per_s"],
             "val_accuracy": 100 * m["accuracy"], "test_accuracy": 100 * m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"]}
 
 

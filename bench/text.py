@@ -108,7 +108,7 @@ def run(data: str, strategy: str, *, shots: int | None = None, seed: int = 0, me
     row = {
         "data": Path(data).name, "strategy": strategy, "shots": shots, "seed": seed, "wall_s": round(wall, 1), "n_train": m["n_train"],
         "val": pick(m), "val_baseline": pick(m["baseline"]), "verdict": m["verdict"], "truncated": m.get("truncated_texts"),
-        "texts_per_s": m.get("train_images_per_s"), "lr": cfg.optim.lr,
+        "texts_per_s": m.get("train_texts_per_s"), "lr": cfg.optim.lr,
     }
     if "test" in m:
         row["test"], row["test_baseline"] = pick(m["test"]), pick(m["test"]["baseline"])

@@ -218,6 +218,7 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["baseline"]["name"] == "TF-IDF logistic regression" and "truncated_texts" in m
+    assert m["train_texts_per_s"] > 0 and "train_images_per_s" not in m  # a text run's rate is in texts
     assert (out / "text_model" / "config.json").is_file() and json.loads((out / "model.json").read_text())["modality"] == "text"
     clf = ImageClassifier.load(out)
     assert isinstance(clf, TextClassifier)

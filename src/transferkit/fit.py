@@ -299,9 +299,11 @@ def fit(
         baseline={"name": base_name, "accuracy": base["accuracy"], "macro_f1": base["macro_f1"], "auroc": base["auroc"]},
         transfer_vs_baseline=boot, verdict=verdict(boot, base_name, transferred=transferred(model)),
         feature_cache_hit=st["feature_cache_hit"], timing={k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
-        train_images_per_s=round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None,
         device=str(device), precision=accelerator.mixed_precision, modality=inputs.modality, processes=accelerator.num_processes,
     )
+    # training throughput, named for what was trained on: train_images_per_s or train_texts_per_s
+    metrics[f"train_{'texts' if inputs.modality == 'text' else 'images'}_per_s"] = (
+        round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None)
     if calibrated:
         metrics["temperature_scaling"] = calibrated
     if getattr(splits.val, "groups", None) is not None:

@@ -163,5 +163,7 @@ def print_results(con: Console, r) -> None:
         con.print(f"[bold]in short[/]: {m['in_short']}")
     per = ", ".join(f"{c} P={v['precision']:.2f}/R={v['recall']:.2f}" for c, v in list(m["per_class"].items())[:10])
     con.print(f"per class: {per}")
-    ips = f", {m['train_images_per_s']} training {'texts' if m.get('modality') == 'text' else 'images'}/s" if m.get("train_images_per_s") else ""
+    kind = "texts" if m.get("modality") == "text" else "images"
+    rate = m.get(f"train_{kind}_per_s") or m.get("train_images_per_s")  # older text runs called theirs images too
+    ips = f", {rate} training {kind}/s" if rate else ""
     con.print(f"wall time {m['wall_s']:.1f} s on {m['device']}{ips}" + (f"; run directory: {r.run_dir}" if r.run_dir else ""))
