@@ -146,3 +146,24 @@ def test_lr_plot_draws_steps_and_a_lone_step():
     assert line.get_marker() == "o"
     (line,) = lr_figure([(0, 1e-3, 1e-3, "f"), (1, 1e-3, 1e-3, "f"), (2, 1e-4, 1e-4, "f")]).axes[0].lines
     assert line.get_drawstyle() == "steps-post"
+
+
+def test_a_verdict_against_transfer_says_when_the_last_epoch_was_the_best(tmp_path, capsys):
+    """One epoch from random weights loses to the pixel baseline; its verdict used to stand alone,
+    though the kept weights were the last epoch's: the run may simply have been too short."""
+    import json
+
+    from transferkit.fit import _undertrained
+
+    out = tmp_path / "run"
+    rc = main(["fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "full", "--epochs", "1", "--out", str(out)])
+    screen = capsys.readouterr().out
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["verdict"].startswith("worse than") and m["best_epoch"] == 1
+    assert m["verdict_caveat"].startswith("its last epoch (1) was its best") and f"({m['optimizer_steps']} optimizer steps in all)" in m["verdict_caveat"]
+    assert "but: its last epoch (1) was its best" in " ".join(screen.split())
+    assert "<b>But:</b> its last epoch (1) was its best" in (out / "report.html").read_text()
+    # no caveat when an earlier epoch's weights were kept, or with no history
+    rows = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
+    assert _undertrained(rows, 2, 30) is None and _undertrained([], 0, 0) is None and _undertrained(rows, 3, 30)

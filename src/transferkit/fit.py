@@ -23,7 +23,7 @@ from .data import DataSplits, check_counts
 from .inputs import inputs_for, load_splits
 from .errors import UserError
 from .features import cached_features
-from .metrics import classification_metrics, in_short, paired_bootstrap, verdict
+from .metrics import classification_metrics, in_short, paired_bootstrap, verdict, verdict_kind
 from .model import Group, TransferModel, create_model, enable_grad_checkpointing, model_groups, set_trainable
 from .rundir import RunDir, is_complete
 from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
@@ -362,6 +362,9 @@ def fit(
                            transfer_vs_scratch=sboot, verdict_scratch=verdict(sboot, scratch_label, transferred=transferred(model), split="test"))
     if "verdict_scratch" in metrics:
         metrics["in_short"] = in_short(metrics["verdict"], metrics["verdict_scratch"])
+    caveat = _undertrained(history, best_epoch, steps)
+    if caveat and verdict_kind(metrics["verdict"]) != "helped":  # "transfer did not help" may only mean "not trained enough"
+        metrics["verdict_caveat"] = caveat
 
     model = model.cpu()  # a FitResult holds its model on the CPU, as a loaded one is
     if cfg.strategy.name == "lora":
@@ -422,6 +425,16 @@ def _phase_note(pname: str, phase, res, offset: int, *, had_best: bool, cfg: Run
             parts.append(f"its training loss went to {max(losses):.3g} (from {ref:.3g}): its learning rate ({phase.lr:.2g}) is likely too high")
     label = f"phase {pname.replace(':', ' (')})" if ":" in pname else f"phase 1 ({pname})"
     return f"{label}: " + "; ".join(parts) if parts else None
+
+
+def _undertrained(history: list[dict], best_epoch: int, steps: int) -> str | None:
+    """A caveat when the kept weights are the last epoch's: validation had not stopped improving, so
+    the run may have ended before the model was trained, and its verdict may say so rather than
+    anything about transfer (a 5-step fine-tune read "NEGATIVE TRANSFER" with nothing to qualify it)."""
+    if not history or best_epoch != history[-1]["epoch"]:
+        return None
+    return (f"its last epoch ({best_epoch}) was its best, so validation may still have been improving when training stopped "
+            f"({steps} optimizer steps in all): train longer (--epochs) before concluding")
 
 
 def transferred(model) -> bool:

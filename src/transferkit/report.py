@@ -159,6 +159,8 @@ def print_results(con: Console, r) -> None:
     con.print(f"verdict: {m['verdict']}")
     if "verdict_scratch" in m:
         con.print(f"verdict: {m['verdict_scratch']}")
+    if m.get("verdict_caveat"):
+        con.print(f"[yellow]but: {m['verdict_caveat']}[/]")
     if "in_short" in m:
         con.print(f"[bold]in short[/]: {m['in_short']}")
     per = ", ".join(f"{c} P={v['precision']:.2f}/R={v['recall']:.2f}" for c, v in list(m["per_class"].items())[:10])

@@ -155,7 +155,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <div class="sub">{e(str(config.get('model', {}).get('name')))} &middot; strategy {e(str(config.get('strategy', {}).get('name')))} &middot;
 {m['n_train']} training / {m['n_val']} validation examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
 <div class="verdict {kind}">{e(verdict)}</div>
-{_verdict_div(m.get('verdict_scratch'))}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
+{_verdict_div(m.get('verdict_scratch'))}{f"<p><b>But:</b> {e(m['verdict_caveat'])}.</p>" if m.get('verdict_caveat') else ""}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
 <h2>Results (validation split)</h2>
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
 <p class="sub">{"The model" if "nothing was transferred" in verdict else "Transfer"} minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
