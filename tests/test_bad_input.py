@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import make_folder, tiny_args
 from transferkit.backbones._weights import load_state_dict_file
@@ -131,6 +131,20 @@ def test_checkpoint_that_does_not_fit_names_keys(tmp_path, capsys):
     save_file(sd, str(p))
     _expect(["--data", "digits", "--model", f"file:{p}", "--arch", "cifar_resnet20"], capsys, tmp_path / "r", "shape mismatch", "conv1.weight", "(8, 3, 3, 3)")
     _expect(["--data", "digits", "--model", f"file:{p}"], capsys, tmp_path / "r", "needs --arch")
+
+
+def test_arch_takes_a_timm_name_as_model_spells_it(tmp_path):
+    """--model timm:NAME names a timm architecture; --arch timm:NAME was refused ("unknown architecture")."""
+    import timm
+
+    from transferkit.backbones import create_backbone
+
+    p = tmp_path / "w.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=0).state_dict(), str(p))
+    a, b = (create_backbone(f"file:{p}", arch=arch) for arch in ("timm:test_resnet", "test_resnet"))
+    for (k, v), (k2, v2) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2)
+    assert torch.equal(a.model.state_dict()["conv1.0.weight"], load_file(str(p))["conv1.0.weight"])
 
 
 def test_finished_run_not_overwritten_without_flag(tmp_path, capsys, tiny_ckpt):

@@ -119,6 +119,7 @@ def _arch_backbone(arch: str, *, spec: dict) -> Backbone:
         return bb
     import timm
 
+    arch = arch.removeprefix("timm:")  # as --model spells a timm name
     if not timm.is_model(arch.split(".")[0]):
         raise UserError(
             f"unknown architecture {arch!r}{did_you_mean(arch, list_backbones() + timm.list_models())}; "
