@@ -104,6 +104,42 @@ def test_baseline_scratch_trains_the_same_architecture_and_gives_a_verdict(tmp_p
     assert "nothing was transferred" in v and not v.startswith(("transfer helped", "NEGATIVE")), v
 
 
+def test_baseline_base_fine_tunes_the_model_the_source_run_started_from(source_run, tiny_ckpt, tmp_path, capsys):
+    """--model run:DIR --baseline base answers "did the source stage help?": the same recipe from the
+    model the source run started from (the file checkpoint), on the same split, as its own fit would."""
+    import json
+
+    d = make_folder(tmp_path / "tgt", n=6, seed=3)
+    recipe = ["--batch-size", "4", "--strategy", "full", "--epochs", "2", "--test-fraction", "0.25"]
+    out = tmp_path / "target"
+    rc, err = _fit(["--data", str(d), "--model", f"run:{source_run}", *recipe, "--baseline", "scratch,base", "--out", str(out)], capsys)
+    assert rc == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["base"]["model"] == f"file:{tiny_ckpt}" and m["scratch"]["model"] == "random:cifar_resnet20"
+    assert f"fine-tuning file:{tiny_ckpt} without the source stage (full, " in m["verdict_base"] and "on the test split" in m["verdict_base"]
+    assert "on the validation split" in m["validation_verdict_base"]
+    assert m["transfer_vs_base"]["diff"] == pytest.approx(m["test"]["accuracy"] - m["test"]["base"]["accuracy"])
+    # the comparison is the fit a user would run from the base model with the same recipe (and the source's 16 px input)
+    rc, err = _fit(["--data", str(d), "--model", f"file:{tiny_ckpt}", "--arch", "cifar_resnet20", "--input-size", "16", *recipe,
+                    "--out", str(tmp_path / "direct")], capsys)
+    assert rc == 0, err
+    direct = json.loads((tmp_path / "direct" / "metrics.json").read_text())
+    for k in ("accuracy", "auroc"):  # AUROC: the probabilities' ranking, not only the argmax
+        assert m["base"][k] == direct[k] and m["test"]["base"][k] == direct["test"][k], k
+    page = (out / "report.html").read_text()
+    assert "without the source stage" in page and page.count('class="verdict ') == 3
+
+    # nothing to compare with: a model that is not a run, a run that started from random weights
+    rc, err = _fit(["--data", str(d), *tiny_args(tiny_ckpt), "--baseline", "base", "--out", str(tmp_path / "x")], capsys)
+    assert rc == 2 and "is not a run (use --model run:DIR, or --baseline scratch)" in err and not (tmp_path / "x" / "metrics.json").exists()
+    rc, err = _fit(["--data", str(d), "--model", "small_convnet", "--epochs", "1", "--out", str(tmp_path / "rs")], capsys)
+    assert rc == 0, err
+    rc, err = _fit(["--data", str(d), "--model", f"run:{tmp_path / 'rs'}", "--baseline", "base", "--out", str(tmp_path / "y")], capsys)
+    assert rc == 2 and "started from random weights (small_convnet)" in err and "use --baseline scratch" in err
+    rc, err = _fit(["--data", str(d), "--model", f"run:{source_run}", "--baseline", "base,base", "--out", str(tmp_path / "z")], capsys)
+    assert rc == 2 and "baseline must be none, scratch, base or scratch,base" in err
+
+
 def test_in_short_joins_the_two_verdicts():
     from transferkit.metrics import in_short
 

@@ -85,7 +85,8 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--precision", "precision", str, "auto | bf16 | fp16 | no"),
     ("--ema", "ema", float, "fine-tuning: validate and keep an exponential moving average of the weights with this decay (e.g. 0.99; warmup on; default 0: off)"),
     ("--calibrate", "calibrate", str, "temperature (default): divide the head by the validation-fitted temperature, so probabilities match accuracy; none: leave it"),
-    ("--baseline", "baseline", str, "scratch: also train the same architecture from random weights (full, same epochs); the verdict compares with it too"),
+    ("--baseline", "baseline", str, "scratch: also train the same architecture from random weights (full, same epochs); base (with --model run:DIR): "
+     "also fine-tune the model that run started from, same recipe (did its source stage help?); scratch,base: both. Verdicts compare with each"),
     ("--checkpoint-minutes", "checkpoint_minutes", float, "also checkpoint inside epochs longer than this (default 10)"),
 ]
 BOOL_FLAGS: list[tuple[str, str, object, str]] = [
@@ -434,7 +435,7 @@ def _note_unused(cfg, args) -> set[str]:
 
     given = _given_settings(args)
     names = unused_settings(cfg.strategy.name, given)
-    if cfg.train.baseline == "scratch":  # the from-scratch baseline trains with strategy full and reads those
+    if "scratch" in cfg.train.baselines:  # the from-scratch baseline trains with strategy full and reads those
         names = unused_settings("full", names)
     for n in names:
         print(f"transferkit: note: {_flag_of(n)} is not used by --strategy {cfg.strategy.name} (only by {', '.join(USED_ONLY_BY[n])})", file=sys.stderr)

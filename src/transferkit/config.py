@@ -191,7 +191,10 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where the GPU or CPU computes in bf16 natively, else fp32) | bf16 | fp16 | no
     cpu: bool = False  # force the CPU even when a GPU is present
     checkpoint_minutes: float | None = 10.0  # also checkpoint inside epochs longer than this
-    baseline: str = "none"  # none | scratch: also train the same architecture from random weights, same data and epochs
+    # none, or comparison fits on the same split, comma-separated: scratch (the same architecture from
+    # random weights, strategy full, same epochs); base (for --model run:DIR: the same recipe from the
+    # model that run started from, without its source stage: did the source stage help?)
+    baseline: str = "none"
     # temperature | none. temperature: after training, the head's last layer is divided by the T that
     # minimises the validation NLL (Guo et al. 2017); classes never change, probabilities become honest
     # (digits, held-out test ECE 0.09-0.10 -> 0.016-0.021 over 3 seeds; SST-2 0.085 -> 0.028)
@@ -199,6 +202,11 @@ class TrainConfig:
     # fine-tuning phases: validate, select and keep an exponential moving average of the weights with
     # this decay (timm's ModelEmaV3, with its warmup: early steps average over few updates); 0: off
     ema: float = 0.0
+
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        """The comparison fits asked for: () for none, else scratch and/or base."""
+        return () if self.baseline == "none" else tuple(self.baseline.split(","))
 
     def validate(self) -> None:
         _check(0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0: off), got {self.ema}")
@@ -212,7 +220,9 @@ class TrainConfig:
         _check(self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}")
         _check(self.class_weight in ("none", "balanced"), f"class_weight must be none or balanced, got {self.class_weight!r}")
         _check(self.sampler in ("shuffle", "balanced"), f"sampler must be shuffle or balanced, got {self.sampler!r}")
-        _check(self.baseline in ("none", "scratch"), f"baseline must be none or scratch, got {self.baseline!r}")
+        parts = self.baseline.split(",")
+        _check(self.baseline == "none" or (all(p in ("scratch", "base") for p in parts) and len(set(parts)) == len(parts)),
+               f"baseline must be none, scratch, base or scratch,base, got {self.baseline!r}")
         _check(self.calibrate in ("none", "temperature"), f"calibrate must be temperature or none, got {self.calibrate!r}")
 
 

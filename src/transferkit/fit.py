@@ -132,7 +132,9 @@ def fit(
     else:
         splits = copy.copy(splits)  # encoding below replaces its sets; leave the caller's intact
     model = create_model(cfg.model, len(splits.classes), classes=splits.classes)
-    if cfg.train.baseline == "scratch" and str(model.backbone.weights_id).startswith("random"):
+    if "base" in cfg.train.baselines:
+        _base_of(model, cfg)  # refused before training when there is no base model to compare with
+    if "scratch" in cfg.train.baselines and str(model.backbone.weights_id).startswith("random"):
         raise UserError(
             f"--baseline scratch trains the same architecture from random weights to compare with the pretrained one, "
             f"but --model {cfg.model.name} has no pretrained weights: the comparison would be the model with itself. "
@@ -327,10 +329,11 @@ def fit(
 
         add_text_evidence(wrong, splits.val.sources, splits.classes, text_proba)
     metrics["mistakes"] = summary(wrong)
-    scratch_model = None
-    if cfg.train.baseline == "scratch":
-        scratch, scratch_model, scratch_label = _scratch_baseline(cfg, model, splits, val_proba, console)
-        metrics.update(scratch)
+    compared = {}  # --baseline scratch / base: the comparison fits' models and verdict labels, by key
+    for kind in cfg.train.baselines:
+        add, cmodel, clabel = _comparison_fit(kind, cfg, model, inputs, splits, val_proba, console)
+        metrics.update(add)
+        compared[kind] = (cmodel, clabel)
     if inputs.modality == "text":
         metrics["truncated_texts"] = inputs.truncated
     if splits.notes:
@@ -354,12 +357,12 @@ def fit(
         tboot = paired_bootstrap(splits.test.labels, test_pred, tb.argmax(1), seed=cfg.train.seed)
         metrics.update(validation_verdict=metrics["verdict"], transfer_vs_baseline_validation=metrics["transfer_vs_baseline"],
                        transfer_vs_baseline=tboot, verdict=verdict(tboot, base_name, transferred=transferred(model), split="test"))
-        if scratch_model is not None:  # the scratch comparison on the test split too, so that "in short" joins verdicts of one split
-            st_proba = predict_proba(scratch_model.to(device), test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
-            sboot = paired_bootstrap(splits.test.labels, test_pred, st_proba.argmax(1), seed=cfg.train.seed)
-            metrics["test"]["scratch"] = headline(st_proba)
-            metrics.update(validation_verdict_scratch=metrics["verdict_scratch"], transfer_vs_scratch_validation=metrics["transfer_vs_scratch"],
-                           transfer_vs_scratch=sboot, verdict_scratch=verdict(sboot, scratch_label, transferred=transferred(model), split="test"))
+        for kind, (cmodel, clabel) in compared.items():  # on the test split too, so that "in short" joins verdicts of one split
+            c_proba = predict_proba(cmodel.to(device), test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
+            cboot = paired_bootstrap(splits.test.labels, test_pred, c_proba.argmax(1), seed=cfg.train.seed)
+            metrics["test"][kind] = headline(c_proba)
+            metrics.update({f"validation_verdict_{kind}": metrics[f"verdict_{kind}"], f"transfer_vs_{kind}_validation": metrics[f"transfer_vs_{kind}"],
+                            f"transfer_vs_{kind}": cboot, f"verdict_{kind}": verdict(cboot, clabel, transferred=transferred(model), split="test")})
     if "verdict_scratch" in metrics:
         metrics["in_short"] = in_short(metrics["verdict"], metrics["verdict_scratch"])
     caveat = _undertrained(history, best_epoch, steps)
@@ -451,26 +454,61 @@ def calibration_stats(logits: torch.Tensor, y) -> dict:
     return {"ece": calibration(y, logits.softmax(-1).numpy())["ece"], "nll": nll}
 
 
-def _scratch_baseline(cfg: RunConfig, model, splits, val_proba, console) -> tuple[dict, TransferModel, str]:
-    """The same architecture from random weights, the same data and epochs (strategy full, the
-    default rate for it), compared on the same validation examples with a paired bootstrap: (metrics
-    to add, the scratch model, its label in the verdict)."""
+def _base_of(model, cfg: RunConfig) -> tuple[str, str | None]:
+    """For `--baseline base`: the model (name, arch) that the run:DIR given as --model started from,
+    before its source stage; a UserError when there is none to compare with."""
+    if not cfg.model.name.startswith("run:"):
+        raise UserError(
+            f"--baseline base fine-tunes the model a run:DIR started from, to show whether that run's source stage helped; "
+            f"--model {cfg.model.name} is not a run (use --model run:DIR, or --baseline scratch)"
+        )
+    from .backbones import create_backbone
+
+    spec = model.backbone.spec  # the architecture the run was built on, as first named (under any run: stages)
+    try:
+        base = create_backbone(spec["name"], arch=spec.get("arch"))  # built now: missing or unloadable, said before training
+    except UserError as e:
+        raise UserError(f"--baseline base: the model {cfg.model.name[len('run:'):]} started from cannot be loaded here: {e}") from None
+    if str(base.weights_id).startswith("random"):
+        raise UserError(
+            f"--baseline base: {cfg.model.name[len('run:'):]} started from random weights ({spec.get('name')}), so fine-tuning its base model "
+            "is training from scratch: use --baseline scratch"
+        )
+    return spec["name"], spec.get("arch")
+
+
+def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba, console) -> tuple[dict, TransferModel, str]:
+    """A second fit on the same split, compared with this run's on the same validation examples by a
+    paired bootstrap; returns (metrics to add, its model, its label in the verdict).
+    scratch: the same architecture from random weights, the same data and epochs (strategy full, the
+    default rate for it). base: the same recipe (strategy, rates, epochs) from the model that the
+    run:DIR given as --model started from, so without that run's source stage."""
     from .backbones import scratch_name
     from .config import replace
 
-    name = scratch_name(cfg.model.name, cfg.model.arch, model.backbone.spec)
-    scfg = replace(cfg, model=name, strategy="full", baseline="none")
-    scfg.optim.lr = None  # the default rate for training the whole network, not the rate chosen for transfer
-    scfg.strategy.freeze = []
-    console.print(f"baseline: training {name} from scratch (full, {scfg.train.epochs} epochs) on the same split")
-    rs = fit(scfg, None, console=report.console(quiet=True), splits=splits)
+    n = cfg.train.epochs
+    if kind == "scratch":
+        name = scratch_name(cfg.model.name, cfg.model.arch, model.backbone.spec)
+        ccfg = replace(cfg, model=name, strategy="full", baseline="none")
+        ccfg.optim.lr = None  # the default rate for training the whole network, not the rate chosen for transfer
+        ccfg.strategy.freeze = []
+        console.print(f"baseline: training {name} from scratch (full, {n} epochs) on the same split")
+    else:
+        name, arch = _base_of(model, cfg)
+        ccfg = replace(cfg, model=name, arch=arch, baseline="none")
+        console.print(f"baseline: fine-tuning {name}, the model {cfg.model.name[len('run:'):]} started from, with the same recipe "
+                      f"({cfg.strategy.name}) on the same split")
+    if inputs.modality == "image":  # at this run's input size (a run: model's may differ from its architecture's default)
+        ccfg.data.input_size = inputs.size
+    rs = fit(ccfg, None, console=report.console(quiet=True), splits=splits)
     sm = rs.metrics
     boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), rs.val_proba.argmax(1), seed=cfg.train.seed)
-    n = scfg.train.epochs
-    label = f"training from scratch ({name}, {n} epoch{'s' if n != 1 else ''}, {sm['optimizer_steps']} optimizer steps)"
+    steps = f"{sm['optimizer_steps']} optimizer steps"
+    label = (f"training from scratch ({name}, {n} epoch{'s' if n != 1 else ''}, {steps})" if kind == "scratch"
+             else f"fine-tuning {name} without the source stage ({cfg.strategy.name}, {steps})")
     return {
-        "scratch": {"model": name, "accuracy": sm["accuracy"], "macro_f1": sm["macro_f1"], "auroc": sm["auroc"], "wall_s": sm["wall_s"]},
-        "transfer_vs_scratch": boot, "verdict_scratch": verdict(boot, label, transferred=transferred(model)),
+        kind: {"model": name, "accuracy": sm["accuracy"], "macro_f1": sm["macro_f1"], "auroc": sm["auroc"], "wall_s": sm["wall_s"]},
+        f"transfer_vs_{kind}": boot, f"verdict_{kind}": verdict(boot, label, transferred=transferred(model)),
     }, rs.model, label
 
 

@@ -180,4 +180,4 @@ def _brief(d: Path) -> dict:
     if not m.is_file():
         return {"run": str(d)}
     x = json.loads(m.read_text())
-    return {"run": str(d), "accuracy": x.get("accuracy"), "verdict": x.get("verdict"), "verdict_scratch": x.get("verdict_scratch")}
+    return {"run": str(d), "accuracy": x.get("accuracy"), "verdict": x.get("verdict"), "verdict_scratch": x.get("verdict_scratch"), "verdict_base": x.get("verdict_base")}

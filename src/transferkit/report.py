@@ -125,9 +125,10 @@ def print_results(con: Console, r) -> None:
     t.add_row(f"transferkit ({r.config.strategy.name})", f"{100 * m['accuracy']:.2f}%", f"{m['macro_f1']:.4f}", auroc)
     b = m["baseline"]
     t.add_row(b["name"], f"{100 * b['accuracy']:.2f}%", f"{b['macro_f1']:.4f}", f"{b['auroc']:.4f}" if b.get("auroc") is not None else "n/a")
-    if "scratch" in m:
-        sc = m["scratch"]
-        t.add_row(f"from scratch ({sc['model']})", f"{100 * sc['accuracy']:.2f}%", f"{sc['macro_f1']:.4f}", f"{sc['auroc']:.4f}" if sc.get("auroc") is not None else "n/a")
+    for kind, label in (("scratch", "from scratch"), ("base", "without the source stage")):
+        if kind in m:
+            sc = m[kind]
+            t.add_row(f"{label} ({sc['model']})", f"{100 * sc['accuracy']:.2f}%", f"{sc['macro_f1']:.4f}", f"{sc['auroc']:.4f}" if sc.get("auroc") is not None else "n/a")
     if "test" in m:
         te = m["test"]
         t.add_row("transferkit on test split", f"{100 * te['accuracy']:.2f}%", f"{te['macro_f1']:.4f}", f"{te['auroc']:.4f}" if te.get("auroc") is not None else "n/a")
@@ -157,8 +158,9 @@ def print_results(con: Console, r) -> None:
             f"(true {top['true']}, said {top['predicted']} at {top['p_predicted']:.2f})" + (f"; all in {where}" if r.run_dir else "")
         )
     con.print(f"verdict: {m['verdict']}")
-    if "verdict_scratch" in m:
-        con.print(f"verdict: {m['verdict_scratch']}")
+    for kind in ("scratch", "base"):
+        if f"verdict_{kind}" in m:
+            con.print(f"verdict: {m[f'verdict_{kind}']}")
     if m.get("verdict_caveat"):
         con.print(f"[yellow]but: {m['verdict_caveat']}[/]")
     if "in_short" in m:

@@ -126,9 +126,10 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
         ("transferkit", m["accuracy"], m["macro_f1"], m.get("auroc"), m.get("calibration", {}).get("ece")),
         (b["name"], b["accuracy"], b["macro_f1"], b.get("auroc"), None),
     ]
-    if "scratch" in m:
-        sc = m["scratch"]
-        rows.append((f"from scratch ({sc['model']})", sc["accuracy"], sc["macro_f1"], sc.get("auroc"), None))
+    for key, label in (("scratch", "from scratch"), ("base", "without the source stage")):
+        if key in m:
+            sc = m[key]
+            rows.append((f"{label} ({sc['model']})", sc["accuracy"], sc["macro_f1"], sc.get("auroc"), None))
     if "test" in m:
         rows.append(("transferkit on the test split", m["test"]["accuracy"], m["test"]["macro_f1"], m["test"].get("auroc"), m["test"].get("calibration", {}).get("ece")))
     res = "".join(f"<tr><td>{e(n)}</td><td>{_pct(a)}</td><td>{_num(f)}</td><td>{_num(u)}</td><td>{_pct(c)}</td></tr>" for n, a, f, u, c in rows)
@@ -155,7 +156,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <div class="sub">{e(str(config.get('model', {}).get('name')))} &middot; strategy {e(str(config.get('strategy', {}).get('name')))} &middot;
 {m['n_train']} training / {m['n_val']} validation examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
 <div class="verdict {kind}">{e(verdict)}</div>
-{_verdict_div(m.get('verdict_scratch'))}{f"<p><b>But:</b> {e(m['verdict_caveat'])}.</p>" if m.get('verdict_caveat') else ""}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
+{_verdict_div(m.get('verdict_scratch'))}{_verdict_div(m.get('verdict_base'))}{f"<p><b>But:</b> {e(m['verdict_caveat'])}.</p>" if m.get('verdict_caveat') else ""}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
 <h2>Results (validation split)</h2>
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
 <p class="sub">{"The model" if "nothing was transferred" in verdict else "Transfer"} minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
