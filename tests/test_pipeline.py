@@ -206,7 +206,9 @@ def test_mlm_adapt_then_fit(tmp_path, tiny_bert, capsys):
     assert info["method"] == "mlm" and info["steps"] == 10 and info["texts"] == 40
     assert info["new_head"] and info["head_steps"] == 2  # tiny_bert was saved without a masked-LM head: a quarter of 10 steps for it first
     assert main(["fit", "--data", str(p), "--model", f"run:{out}", "--max-length", "32", "--lp-epochs", "2", "--epochs", "1",
-                 "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+                 "--baseline", "base", "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+    fm = json.loads((tmp_path / "fit" / "metrics.json").read_text())  # did adapting help over the model it adapted?
+    assert fm["base"]["model"] == f"dir:{tiny_bert}" and f"fine-tuning dir:{tiny_bert} without the source stage (lp_ft" in fm["verdict_base"]
     from transferkit.fit import load_model
 
     m, _ = load_model(out)
