@@ -198,6 +198,25 @@ def test_lora_rank_must_be_below_the_layer_width(tiny_bert):
                 apply_lora(model.backbone, cfg.strategy)
 
 
+def test_lora_names_a_sequential_layer_by_its_path():
+    """small_convnet's layers sit in Sequentials: the names offered were "0, 1", which adapt nothing
+    in particular; now conv1.0 and dense.1, which --lora-targets takes (and the rank check reads)."""
+    from transferkit.config import RunConfig, replace
+    from transferkit.lora import apply_lora
+    from transferkit.model import create_model
+
+    def lora(targets, r=4):
+        cfg = replace(RunConfig(), model="small_convnet", strategy="lora", lora_targets=targets, lora_r=r)
+        return apply_lora(create_model(cfg.model, 2).backbone, cfg.strategy)
+
+    with pytest.raises(UserError, match="names that match: conv1.0, conv2.0, dense.1$"):
+        lora(["conv9"])
+    assert lora(["conv2.0", "dense.1"]) == ["conv2.0", "dense.1"]
+    assert lora(["conv2.0"], r=63)
+    with pytest.raises(UserError, match=r"--lora-r 64 is not low rank for conv2.0 \(64 x 32 x 3 x 3\): use a rank below 64"):
+        lora(["conv2.0"], r=64)  # a path target is checked too
+
+
 def test_lora_target_that_matches_nothing_is_an_error(tmp_path, tiny_bert):
     p = make_text_csv(tmp_path / "r.csv")
     r = run_cli("fit", "--data", p, *tiny_text_args(tiny_bert), "--strategy", "lora", "--lora-targets", "query,qkv_proj", "--out", tmp_path / "run")

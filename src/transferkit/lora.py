@@ -38,8 +38,11 @@ def _adaptable() -> tuple[type, ...]:
 
 
 def _short_names(module: nn.Module) -> list[str]:
+    """The names --lora-targets takes: a module's last name part (query), or its whole path where
+    that part is only a position in a Sequential (conv1.0, not 0)."""
     kinds = _adaptable()
-    return sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if n and isinstance(m, kinds)})
+    last = (lambda n: n if n.rsplit(".", 1)[-1].isdigit() else n.rsplit(".", 1)[-1])
+    return sorted({last(n) for n, m in module.named_modules() if n and isinstance(m, kinds)})
 
 
 def default_targets(inner: nn.Module) -> list[str]:
@@ -66,20 +69,24 @@ def apply_lora(backbone, cfg) -> list[str]:
         raise UserError(f"strategy lora needs --lora-targets for this backbone; module names that can be adapted: {', '.join(available[:30])}")
     kinds = _adaptable()
     names = [n for n, m in inner.named_modules() if n and isinstance(m, kinds)]
+
+    def targeted(n: str) -> bool:  # as PEFT matches a target_modules entry: the whole name, or its last parts
+        return any(n == t or n.endswith("." + t) for t in targets)
+
     for t in targets:
         if not any(n == t or n.endswith("." + t) for n in names):
             raise UserError(f"--lora-targets {t!r} matches no module of {backbone.spec.get('name')}; names that match: {', '.join(available[:30])}")
     # A rank at or above a layer's smaller side is not low rank: the adapter then has as many
     # parameters as the update it stands for, or more (PEFT accepts it silently)
     for n, m in inner.named_modules():
-        if n.rsplit(".", 1)[-1] in targets and isinstance(m, kinds) and getattr(m, "weight", None) is not None:
+        if targeted(n) and isinstance(m, kinds) and getattr(m, "weight", None) is not None:
             w = m.weight
             side = min(w.shape[0], w[0].numel())
             if cfg.lora_r >= side:
                 raise UserError(f"--lora-r {cfg.lora_r} is not low rank for {n} ({' x '.join(map(str, w.shape))}): use a rank below {side} "
                                 f"(LoRA's usual ranks are 4 to 64), or --strategy full to train the whole layer")
     # GPT-2's Conv1D stores its weight transposed; PEFT must be told (it would warn and correct it)
-    transposed = any(type(m).__name__ == "Conv1D" for n, m in inner.named_modules() if n.rsplit(".", 1)[-1] in targets)
+    transposed = any(type(m).__name__ == "Conv1D" for n, m in inner.named_modules() if targeted(n))
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none",
                         fan_in_fan_out=transposed)
     inject_adapter_in_model(config, inner)
