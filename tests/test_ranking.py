@@ -270,3 +270,15 @@ def test_random_control_ranks_last_on_hymenoptera(cache):
     r = rank_models(str(SHARED / "hymenoptera"), ["random:efficientnet_lite0", "efficientnet_lite0"], score="logme", scores=["logme"], device="cpu")
     assert [row.name for row in r.rows] == ["efficientnet_lite0", "random:efficientnet_lite0"]
     assert r.rows[0].scores["logme"] - r.rows[1].scores["logme"] > 0.3, r.table()
+
+
+def test_a_model_of_random_weights_is_a_control_like_random_names(tiny, cache):
+    """small_convnet has no pretrained weights: a ranking where it does not come last says so, as it
+    did only for random:NAME candidates."""
+    data, cks = tiny
+    args = dict(arch="cifar_resnet20", device="cpu", log=lambda m: None)
+    r = rank_models(str(data), ["small_convnet", cks[0]], score="logme", scores=["logme"], **args)
+    assert r.rows[-1].name == "small_convnet" and not r.notes
+    r = rank_models(str(data), ["small_convnet", cks[0]], score="knn", scores=["knn"], **args)  # a tie: the order given stays
+    assert r.rows[0].name == "small_convnet"
+    assert any(n.startswith("warning: the random control(s) small_convnet did not rank last") for n in r.notes), r.notes

@@ -598,6 +598,8 @@ def rank_models(
     decoded: dict[tuple, tuple] = {}
     decode_s = 0.0
     rows = []
+    # random controls: random:NAME, and models whose weights are an initialisation (small_convnet)
+    controls = [n for n in names if n.startswith("random:") or str(backbones[n].weights_id).startswith("random")]
     for i, name in enumerate(names):
         bb = backbones[name]
         key = need[name]
@@ -635,7 +637,6 @@ def rank_models(
 
     rows.sort(key=lambda r: -r.scores[score])  # stable: ties keep the order the candidates were given in
     notes = []
-    controls = [r.name for r in rows if r.name.startswith("random:")]
     if controls and rows[-1].name not in controls:
         notes.append(
             f"warning: the random control(s) {', '.join(controls)} did not rank last by {SCORES.get(score).label}: "
