@@ -45,3 +45,25 @@ def test_l2sp_beta_l1_l2_formulas_and_frozen_skipped():
 def test_no_penalty_when_off():
     _, _, named = _named()
     assert Penalty(RegConfig(), named)() is None
+
+
+def test_l2sp_pulls_toward_the_reference_it_is_given_and_leaves_lora_adapters_alone():
+    """A resumed run builds its penalty after loading moved weights: w0 must come from before (it
+    pulled toward the checkpoint). LoRA's adapters have no pretrained values: they were pulled toward
+    their random start, though the CLI called --l2sp-alpha unused by lora."""
+    from transferkit.regularizers import pretrained_reference
+
+    bb, head, named = _named()
+    cfg = RegConfig(l2sp_alpha=1.0)
+    w0 = pretrained_reference(named, cfg)
+    assert set(w0) == {"backbone.weight", "backbone.bias"} and pretrained_reference(named, RegConfig()) == {}
+    with torch.no_grad():
+        bb.weight.add_(1.0)  # the checkpoint's weights
+    assert torch.isclose(Penalty(cfg, named, w0=w0)(), torch.tensor(12.0))  # 12 elements, each 1 away from w0
+    assert Penalty(cfg, named)().item() == 0.0  # without a reference: the weights as they are now
+    lora = nn.Parameter(torch.randn(2, 4))
+    with_lora = named + [("backbone.layer.lora_A.default.weight", lora)]
+    pen = Penalty(cfg, with_lora, w0=pretrained_reference(with_lora, cfg))
+    with torch.no_grad():
+        lora.add_(5.0)
+    assert torch.isclose(pen(), torch.tensor(0.0)) and "backbone.layer.lora_A.default.weight" not in pretrained_reference(with_lora, cfg)

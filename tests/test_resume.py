@@ -65,7 +65,8 @@ def _same(a, b):
     assert ha == hb
 
 
-@pytest.mark.parametrize("strategy, stop_after, extra", [("gradual", 9, {}), ("gradual", 6, {}), ("lp_ft", 3, {}), ("full", 11, {}), ("full", 7, {"ema": 0.9}), ("full", 5, {"accumulate": 3})])
+@pytest.mark.parametrize("strategy, stop_after, extra", [("gradual", 9, {}), ("gradual", 6, {}), ("lp_ft", 3, {}), ("full", 11, {}), ("full", 7, {"ema": 0.9}), ("full", 5, {"accumulate": 3}),
+                                                         ("full", 7, {"l2sp_alpha": 1.0}), ("lp_ft", 6, {"l2sp_alpha": 1.0})])
 def test_stop_and_resume_is_bit_identical(tiny, tmp_path, strategy, stop_after, extra):
     con = report.console(quiet=True)
     cfg = _cfg(tiny, strategy=strategy, unfreeze_every=1, k=2, **extra)

@@ -216,3 +216,55 @@ def test_small_convnet_takes_any_input_size_and_is_unchanged_at_its_own():
         torch.testing.assert_close(bb(x), bb.dense(bb.conv2(bb.conv1(x))), rtol=0, atol=0)
         for size in (8, 32, 57):
             assert bb(torch.randn(2, 3, size, size)).shape == (2, bb.num_features)
+
+
+def test_min_delta_is_not_bypassed_by_a_tie_with_a_lower_loss():
+    """An equal accuracy with a lower loss counted as an improvement whatever --min-delta said, so
+    ties kept resetting --patience (patience 2, min_delta 0.5 ran 5 epochs, not 3)."""
+    from transferkit.trainer import is_better
+
+    best = {"accuracy": 0.90, "loss": 0.50}
+    tie_lower_loss = {"accuracy": 0.90, "loss": 0.4999}
+    assert is_better(tie_lower_loss, best, "accuracy", 0.0)  # no min_delta: the tie-break by loss stays
+    assert not is_better(tie_lower_loss, best, "accuracy", 0.05)
+    assert not is_better({"accuracy": 0.94, "loss": 0.40}, best, "accuracy", 0.05)
+    assert is_better({"accuracy": 0.96, "loss": 0.60}, best, "accuracy", 0.05)
+
+
+@pytest.mark.parametrize("strategy", ["linear_probe", "lp_ft"])
+def test_freeze_holds_a_head_parameter_in_the_probe_too(strategy, monkeypatch):
+    """--freeze is "frozen throughout": a head parameter it names moved on every probe step."""
+    import transferkit.trainer as T
+    from transferkit import ImageClassifier
+
+    start = {}
+
+    class Spy(T.Penalty):  # built as each phase starts, with its parameters: the probe's head as it starts
+        def __init__(self, cfg, named, **kw):
+            for n, p in named:
+                start.setdefault(n, p.detach().clone())
+            super().__init__(cfg, named, **kw)
+
+    monkeypatch.setattr(T, "Penalty", Spy)
+    clf = ImageClassifier(model="small_convnet", strategy=strategy, lp_epochs=3, epochs=1, freeze=[r"head\.0\.bias"], calibrate="none")
+    clf.fit("digits:3,8", quiet=True)
+    head = clf.model_.head[0]
+    assert torch.equal(head.bias.detach(), start["head.0.bias"])
+    assert not torch.equal(head.weight.detach(), start["head.0.weight"])  # the rest of the head trained
+
+
+def test_a_vit_keeps_timm_no_weight_decay_parameters_out_of_decay():
+    """timm's rule is "fewer than 2 dimensions, or named by no_weight_decay()": a ViT's pos_embed and
+    cls_token (3-d) were decayed."""
+    from transferkit.config import ModelConfig
+    from transferkit.model import create_model
+
+    m = create_model(ModelConfig(name="random:timm:test_vit"), 2)
+    pg = build_param_groups(model_groups(m), 0.05)
+    name_of = {id(p): n for n, p in m.named_parameters()}
+    decayed = {name_of[id(p)] for g in pg if g["weight_decay"] > 0 for p in g["params"]}
+    exempt = {f"backbone.model.{n}" for n in m.backbone.model.no_weight_decay()} & set(name_of.values())
+    assert exempt and not exempt & decayed, exempt & decayed
+    assert any(n.endswith("qkv.weight") for n in decayed)
+    ids = [id(p) for g in pg for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in m.parameters())  # still every parameter once

@@ -25,6 +25,7 @@ from .errors import UserError
 from .features import cached_features
 from .metrics import classification_metrics, in_short, paired_bootstrap, verdict, verdict_kind
 from .model import Group, TransferModel, create_model, enable_grad_checkpointing, model_groups, set_trainable
+from .regularizers import pretrained_reference
 from .rundir import RunDir, is_complete
 from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
 from .checkpoint import Checkpointer
@@ -196,6 +197,8 @@ def fit(
         "phase": 0, "history": [], "lr_trace": [], "feature_cache_hit": None, "clipped": 0, "steps": 0, "best": None, "best_epoch": 0,
         "timing": {"probe_s": 0.0, "finetune_s": 0.0, "features_s": 0.0, "train_images": 0, "train_seconds": 0.0},
     }
+    # L2-SP's reference: the backbone as created, before a resumed run loads weights that have moved
+    l2sp_w0 = pretrained_reference(model.named_parameters(), cfg.reg)
     phase_resume = None
     if resume:
         reader = ckpt or Checkpointer(Path(out) / "checkpoints")  # every process resumes from the same checkpoint
@@ -221,7 +224,8 @@ def fit(
             pname = f"{phase.kind}" if len(phases) == 1 else f"{i + 1}:{phase.kind}"
             t0 = time.perf_counter()
             common = dict(epoch_offset=len(st["history"]), step_offset=st["steps"], progress=prog, resume=phase_resume, on_epoch=on_epoch,
-                          micro_batches=st.get("micro_batches"), notify=lambda m: console.print(f"[yellow]{m}[/]"))
+                          micro_batches=st.get("micro_batches"), notify=lambda m: console.print(f"[yellow]{m}[/]"), l2sp_reference=l2sp_w0,
+                          always_frozen=always_frozen)
             if phase.kind == "probe":
                 tf = time.perf_counter()
                 ftask = prog.add_task("backbone features", total=len(train_u8) + len(val_u8))
@@ -246,7 +250,7 @@ def fit(
                 train_tf, eval_tf = inputs.train_transform(flip), inputs.eval_transform()
                 data = PhaseData(x_train, y_train, x_val, y_val, train_tf, eval_tf)
                 res = run_phase(
-                    pname, phase, model, groups, data, cfg, accelerator, k, model_for_freezing=model, always_frozen=always_frozen,
+                    pname, phase, model, groups, data, cfg, accelerator, k, model_for_freezing=model,
                     initial_best=st["best"], initial_loss=min((r["val_loss"] for r in st["history"]), default=None),
                     on_checkpoint=save_checkpoint if ckpt else None, should_stop=stop,
                     checkpoint_every_s=cfg.train.checkpoint_minutes * 60 if cfg.train.checkpoint_minutes else None, **common,

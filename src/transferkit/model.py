@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,7 @@ class Group:
     name: str
     params: list[tuple[str, nn.Parameter]]
     lr_scale: float = 1.0
+    no_decay: frozenset[str] = frozenset()  # names its model exempts from weight decay besides biases and norms (a ViT's pos_embed)
 
 
 def model_groups(model: TransferModel) -> list[Group]:
@@ -95,7 +97,26 @@ def model_groups(model: TransferModel) -> list[Group]:
     if leftover:  # parameters a backbone's grouping forgot still train with the top block
         groups[-1].params.extend(leftover)
     groups.append(Group("head", list(model.head.named_parameters(prefix="head"))))
+    skip = no_weight_decay_names(model)
+    if skip:
+        groups = [dataclasses.replace(g, no_decay=frozenset(n for n, _ in g.params if n in skip)) for g in groups]
     return groups
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Parameters a module exempts from weight decay through timm's `no_weight_decay()` (a ViT's
+    pos_embed and cls_token), as full names: the second half of timm's rule, beside "fewer than 2
+    dimensions" (timm.optim.param_groups_weight_decay)."""
+    out = set()
+    for prefix, m in model.named_modules():
+        fn = getattr(m, "no_weight_decay", None)
+        if callable(fn) and isinstance(m, nn.Module):
+            try:
+                names = fn()
+            except TypeError:  # pragma: no cover - a method of another meaning
+                continue
+            out |= {f"{prefix}.{n}" if prefix else n for n in names}
+    return out
 
 
 BN_STATS = ("frozen", "trainable", "all")

@@ -1,7 +1,8 @@
 """Optimizer parameter groups, built once, and the optimizer itself.
 
 Each model group becomes up to two optimizer groups: `NAME` (with weight decay) and `NAME.no_decay`
-(biases and normalisation weights: every parameter with fewer than 2 dimensions, timm's rule). Frozen
+(biases and normalisation weights: every parameter with fewer than 2 dimensions, and what the model's
+`no_weight_decay()` names, such as a ViT's position embedding and class token: timm's rule). Frozen
 groups are included: a parameter whose `requires_grad` is off gets no gradient, and PyTorch's
 optimizers skip parameters without gradients, so freezing and unfreezing never add or remove groups.
 """
@@ -17,8 +18,8 @@ from .model import Group
 def build_param_groups(groups: list[Group], weight_decay: float) -> list[dict]:
     out = []
     for g in groups:
-        decay = [p for n, p in g.params if p.ndim >= 2]
-        no_decay = [p for n, p in g.params if p.ndim < 2]
+        decay = [p for n, p in g.params if p.ndim >= 2 and n not in g.no_decay]
+        no_decay = [p for n, p in g.params if p.ndim < 2 or n in g.no_decay]
         if decay:
             out.append({"params": decay, "name": g.name, "lr_scale": g.lr_scale, "weight_decay": weight_decay})
         if no_decay:

@@ -4,7 +4,9 @@
     L2     l2 * sum w^2           same set; coupled to the loss, unlike decoupled weight decay
     L2-SP  alpha * ||w - w0||^2   over trainable backbone parameters, w0 = their pretrained values
          + beta * ||w||^2         over trainable head weights
-Frozen parameters add only a constant, so they are skipped.
+Frozen parameters add only a constant, so they are skipped. Li et al. write alpha/2 and beta/2: a
+value taken from the paper is twice as strong here. LoRA's adapters are not backbone weights with
+pretrained values (they start from a random A and a zero B): L2-SP leaves them alone.
 """
 
 from __future__ import annotations
@@ -15,14 +17,24 @@ from torch import nn
 from .config import RegConfig
 
 
+def pretrained_reference(named_params, cfg: RegConfig) -> dict[str, torch.Tensor]:
+    """L2-SP's w0: a copy of the backbone's parameters, taken before training (and before a resumed
+    run loads its checkpoint, whose weights have already moved); {} when L2-SP is off."""
+    if cfg.l2sp_alpha <= 0:
+        return {}
+    return {n: p.detach().clone() for n, p in named_params if not n.startswith("head.") and ".lora_" not in n}
+
+
 class Penalty:
-    def __init__(self, cfg: RegConfig, named_params: list[tuple[str, nn.Parameter]]):
+    def __init__(self, cfg: RegConfig, named_params: list[tuple[str, nn.Parameter]], w0: dict[str, torch.Tensor] | None = None):
+        """`w0`: L2-SP's reference (`pretrained_reference`); without it, the parameters as they are now."""
         self.cfg = cfg
         self.weights = [p for n, p in named_params if p.ndim >= 2]
-        self.backbone = [(n, p) for n, p in named_params if not n.startswith("head.")]
+        self.backbone = [(n, p) for n, p in named_params if not n.startswith("head.") and ".lora_" not in n]
         self.head_weights = [p for n, p in named_params if n.startswith("head.") and p.ndim >= 2]
-        # w0 is a snapshot taken when the penalty is built, before any step of this phase.
-        self.w0 = {n: p.detach().clone() for n, p in self.backbone} if cfg.l2sp_alpha > 0 else {}
+        if w0 is None:
+            w0 = pretrained_reference(self.backbone, cfg)
+        self.w0 = {n: w0[n].to(p.device) for n, p in self.backbone} if cfg.l2sp_alpha > 0 else {}
 
     @property
     def active(self) -> bool:

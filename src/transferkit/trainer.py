@@ -88,14 +88,16 @@ def val_scores(proba: torch.Tensor, y: torch.Tensor) -> dict:
 
 
 def is_better(new: dict, best: dict | None, metric: str, min_delta: float) -> bool:
-    """Improvement by more than min_delta on `metric`; an exact tie is broken by lower loss."""
+    """Improvement by more than min_delta on `metric`. With min_delta 0, an exact tie is broken by
+    lower loss (ties are common on small validation splits); with min_delta above 0 only a gain of
+    more than it counts, so that ties with a lower loss do not keep resetting --patience."""
     if best is None:
         return True
     if metric == "loss":
         return new["loss"] < best["loss"] - min_delta
     if new[metric] > best[metric] + min_delta:
         return True
-    return new[metric] == best[metric] and new["loss"] < best["loss"]
+    return min_delta == 0 and new[metric] == best[metric] and new["loss"] < best["loss"]
 
 
 def epoch_order(y: torch.Tensor, sampler: str, gen: torch.Generator) -> torch.Tensor:
@@ -173,10 +175,15 @@ def run_phase(
     on_epoch: Callable[[dict], None] | None = None,
     micro_batches: int | None = None,
     notify: Callable[[str], None] | None = None,
+    l2sp_reference: dict | None = None,
 ) -> PhaseResult:
     """Train `module` for one phase; on return it holds the best weights seen by the selection metric,
     the starting point included when `initial_best` (its validation scores) is given.
     `initial_loss` is the lowest validation loss before this phase (`phase.give_up_after` reads it).
+
+    `l2sp_reference`: L2-SP's pretrained weights by name (see regularizers.pretrained_reference);
+    without it, the weights as the phase starts. `always_frozen` parameters never train, in a probe
+    of the head too.
 
     `on_checkpoint(state)` receives the phase's full state at the end of every epoch (and every
     `checkpoint_every_s` seconds inside long epochs, and when `should_stop()` turns true, after which
@@ -194,7 +201,7 @@ def run_phase(
     # With a score to beat (the probe before fine-tuning), the starting weights are returned if no
     # epoch beats them.
     best_state = copy.deepcopy(module.state_dict()) if initial_best is not None else None
-    penalty = Penalty(cfg.reg, [(n_, p) for g in groups for n_, p in g.params])
+    penalty = Penalty(cfg.reg, [(n_, p) for g in groups for n_, p in g.params], w0=l2sp_reference)
     param_groups = build_param_groups(groups, cfg.optim.weight_decay)
     optimizer = create_optimizer(param_groups, cfg.optim, phase.lr)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -202,6 +209,10 @@ def run_phase(
         # what trains is set before the model is wrapped for several processes (DDP syncs exactly those)
         first = resume["epoch"] if resume is not None else 0
         set_trainable(model_for_freezing, groups, set(phase.unfrozen(first)), bn_stats=phase.bn_stats, always_frozen=always_frozen)
+    elif always_frozen:  # a probe trains its groups whole, except what --freeze names
+        for g in groups:
+            for n_, p in g.params:
+                p.requires_grad_(n_ not in always_frozen)
     module, optimizer = accelerator.prepare(module, optimizer)
     weights = class_weights(data.y_train, num_classes, tc.class_weight)
     ema = None
