@@ -51,11 +51,57 @@ def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, 
     assert main(["pipeline", str(_write(tmp_path / "p2.yaml", stages)), "--out", str(out)]) == 0
     assert calls == [str(out / "source"), str(out / "target")]
     said = capsys.readouterr().out
-    assert "stage source: its definition changed since it ran: running it again" in said and "stage target: stage source ran again" in said
+    assert "stage source: its definition changed since it ran: running it again" in said and "stage target: stage source has another run than the one it was built from: running it again" in said
     calls.clear()
     stages[0]["settings"]["epochs"] = 2  # the target alone
     assert main(["pipeline", str(_write(tmp_path / "p3.yaml", stages)), "--out", str(out)]) == 0
     assert calls == [str(out / "target")]
+
+
+def test_a_stage_built_from_an_old_upstream_run_or_stopped_under_another_definition_runs_again(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    """A target stage that failed after its source ran again kept its run from the old source and was
+    skipped as complete from then on; a stage stopped, then edited, resumed its old checkpoint under
+    the new settings (a run of two definitions)."""
+    from transferkit import fit as fit_mod
+    from transferkit.errors import UserError
+    from transferkit.pipeline import run_pipeline
+    from transferkit.trainer import StopRequested
+
+    stages = _stages(tmp_path, tiny_ckpt)
+    out = tmp_path / "out"
+    run_pipeline(_write(tmp_path / "p.yaml", stages), out)
+    stages[1]["settings"]["lr"] = 0.01  # the source changes; the target fails before touching its folder
+    real = fit_mod.fit
+
+    def failing(cfg, d, **kw):
+        if str(d).endswith("target"):
+            raise UserError("1 image file(s) cannot be read")
+        return real(cfg, d, **kw)
+
+    monkeypatch.setattr(fit_mod, "fit", failing)
+    with pytest.raises(UserError, match="p2.yaml: stage target: 1 image file"):  # the message names the stage
+        run_pipeline(_write(tmp_path / "p2.yaml", stages), out)
+    assert (out / "target" / "manifest.json").is_file()  # the old target run is still there, complete
+    monkeypatch.setattr(fit_mod, "fit", real)
+    capsys.readouterr()
+    run_pipeline(tmp_path / "p2.yaml", out)
+    said = capsys.readouterr().out
+    assert "stage source: complete, skipped" in said
+    assert "stage target: its last attempt did not finish, and its finished run is from before that: running it again" in said
+    assert run_pipeline(tmp_path / "p2.yaml", out)["target"]["status"] == "skipped (complete)"
+
+    # stopped in the source's second epoch of 3, then edited to 2 epochs: it starts over, not resumes
+    stages[1]["settings"].update(epochs=3, lr=0.02)
+    calls = []
+    with pytest.raises(StopRequested):
+        run_pipeline(_write(tmp_path / "p3.yaml", stages), out, should_stop=lambda: calls.append(1) or len(calls) > 3)
+    assert (out / "source" / "checkpoints").is_dir() and not (out / "source" / "manifest.json").exists()
+    stages[1]["settings"]["epochs"] = 2
+    capsys.readouterr()
+    run_pipeline(_write(tmp_path / "p4.yaml", stages), out)
+    said = capsys.readouterr().out
+    assert "stage source: its definition changed since it ran: running it again" in said and "resuming" not in said
+    assert len((out / "source" / "history.csv").read_text().splitlines()) == 1 + 2  # header and this definition's 2 epochs
 
 
 def test_a_stopped_pipeline_resumes_its_stage(tmp_path, tiny_ckpt, capsys):
@@ -93,6 +139,20 @@ def test_a_stopped_pipeline_resumes_its_stage(tmp_path, tiny_ckpt, capsys):
          "p.yaml: stage b: unknown setting 'epohcs' (did you mean: epochs"),
         ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "digits", "model": "stage:a", "settings": {"lr": "fast"}}],
          "p.yaml: stage b: lr must be float, got 'fast'"),
+        # a later stage's data and model too (they failed only after the first stage had trained)
+        ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "no_such_folder", "model": "stage:a"}],
+         "p.yaml: stage b: data not found: no_such_folder (a relative path is read from the current folder"),
+        ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "digits", "model": "efficientnet_lit0"}],
+         "p.yaml: stage b: unknown model 'efficientnet_lit0'"),
+        ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "digits", "model": "run:no_such_run"}],
+         "p.yaml: stage b: --model run:no_such_run: no such directory"),
+        # what a stage of that kind would silently ignore, and values of the wrong type
+        ([{"name": "a", "data": "digits", "model": "small_convnet", "epochs": 1}], "`epochs` at stage level is adapt's, not fit's (put fit's in `settings: {epochs: N}`)"),
+        ([{"name": "a", "data": "digits", "model": "small_convnet", "intermediate": "digits"}], "`intermediate` at stage level is adapt's"),
+        ([{"name": "a", "kind": "adapt", "data": "digits", "model": "small_convnet", "settings": {"epochs": 3}}], "an adapt stage takes its masked-LM `epochs` at stage level"),
+        ([{"name": "a", "data": "digits", "model": "small_convnet", "settings": {"model": "efficientnet_lite0"}}], "`model` goes at stage level"),
+        ([{"name": None, "data": "digits", "model": "small_convnet"}], "`name` must be a word (it becomes a folder name), got None"),
+        ([{"name": "a", "data": ["digits"], "model": "small_convnet"}], "`data` must be a path or a name (text), got ['digits']"),
     ],
 )
 def test_bad_pipelines(tmp_path, capsys, stages, message):

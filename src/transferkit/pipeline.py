@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import report
 from .errors import UserError, did_you_mean
-from .rundir import make_dir
+from .rundir import atomic_write_bytes, make_dir
 
 KINDS = ("fit", "adapt")
 KEYS = {"name", "kind", "data", "model", "settings", "intermediate", "epochs", "head_steps"}
@@ -45,6 +45,8 @@ def load_pipeline(path: str | Path) -> list[dict]:
         where = f"{p}: stage {i + 1}"
         if not isinstance(st, dict) or "name" not in st:
             raise UserError(f"{where}: each stage is a mapping with a `name`")
+        if not isinstance(st["name"], str):
+            raise UserError(f"{where}: `name` must be a word (it becomes a folder name), got {st['name']!r}")
         unknown = set(st) - KEYS
         if unknown:
             k = sorted(unknown)[0]
@@ -57,6 +59,20 @@ def load_pipeline(path: str | Path) -> list[dict]:
         for k in ("data", "model"):
             if not st.get(k):
                 raise UserError(f"{where} ({st['name']}): missing input `{k}`")
+            if not isinstance(st[k], str):
+                raise UserError(f"{where} ({st['name']}): `{k}` must be a path or a name (text), got {st[k]!r}")
+        if st.get("kind", "fit") == "fit":
+            for k in ("epochs", "head_steps", "intermediate"):
+                if k in st:
+                    fix = "put fit's in `settings: {epochs: N}`" if k == "epochs" else "it is for adapt stages"
+                    raise UserError(f"{where} ({st['name']}): `{k}` at stage level is adapt's, not fit's ({fix})")
+        settings = st.get("settings")
+        if isinstance(settings, dict):
+            for k in ("data", "model"):
+                if k in settings:
+                    raise UserError(f"{where} ({st['name']}): `{k}` goes at stage level (`{k}: ...`), not in `settings`")
+            if st.get("kind") == "adapt" and "epochs" in settings:
+                raise UserError(f"{where} ({st['name']}): an adapt stage takes its masked-LM `epochs` at stage level (`epochs: N`), not in `settings`")
         if str(st["data"]).startswith("stage:"):
             raise UserError(f"{where} ({st['name']}): `data` cannot be a stage (a stage's output is a model: use it as `model: {st['data']}`)")
         if str(st["name"]) in names:
@@ -104,7 +120,6 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     from .adapt import adapt
     from .config import RunConfig, config_from_dict, replace
     from .fit import fit
-    from .rundir import is_complete
 
     con = console or report.console()
     stages = load_pipeline(path)
@@ -115,8 +130,8 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         v = str(v)
         return f"run:{root / v[len('stage:'):]}" if v.startswith("stage:") else v
 
-    # Every stage's settings are checked before the first stage runs (a typo in the last stage is not
-    # found after the first has trained for an hour).
+    # Every stage's settings, data and model are checked before the first stage runs (a typo in the
+    # last stage is not found after the first has trained for an hour).
     configs = {}
     for st in stages:
         name = str(st["name"])
@@ -126,53 +141,96 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         try:
             cfg = replace(config_from_dict(settings, where=f"{path}: stage {name}") if settings else RunConfig(), data=resolve(st["data"]), model=resolve(st["model"]))
             cfg.validate()
+            _check_inputs(st, cfg)
         except UserError as e:
             msg = str(e)
             raise UserError(msg if msg.startswith(str(path)) else f"{path}: stage {name}: {msg}") from None
         configs[name] = cfg
 
-    # A stage that ran from another definition (settings, data, model, epochs), or after a stage it
-    # builds on, runs again: a rerun skips only what would come out the same.
+    # A stage runs again when its definition (settings, data, model, epochs) differs from the one it
+    # ran from, when a stage it builds on has a run other than the one it was built from (redone in
+    # this call or an earlier one), or when its folder's run is not the one its record describes (a
+    # later attempt failed or was stopped): a rerun skips only what would come out the same. What a
+    # stage runs from is written before it starts, so that an interrupted stage resumes only unchanged.
     state_file = root / "pipeline_state.json"
-    try:
-        ran_from = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    except ValueError:
-        ran_from = {}
-    redone: set[str] = set()
+    ran_from = _read_state(state_file)
     summary = {}
     for st in stages:
         name, kind = str(st["name"]), st.get("kind", "fit")
         d = root / name
-        definition = json.loads(json.dumps(st, default=str))
-        changed = name in ran_from and ran_from[name] != definition
-        upstream = [r for r in _refs(st) if r in redone]
-        if is_complete(d) and not changed and not upstream:
+        now = {"definition": json.loads(json.dumps(st, default=str)), "upstream": {r: _run_identity(root / r) for r in _refs(st)}, "run": None}
+        current = _run_identity(d)  # None unless the folder holds a complete run
+        before = ran_from.get(name)
+        if before is None and current:  # finished before this file was kept: taken as run from what is there now
+            before = {**now, "run": current}
+        changed = before is not None and before["definition"] != now["definition"]
+        moved = [r for r in now["upstream"] if before is not None and before.get("upstream") is not None and before["upstream"].get(r) != now["upstream"][r]]
+        stale = current is not None and before is not None and before.get("run", current) != current
+        if current and not (changed or moved or stale):
             con.print(f"[bold]stage {name}[/]: complete, skipped ({d})")
             summary[name] = {"status": "skipped (complete)", **_brief(d)}
-            ran_from.setdefault(name, definition)  # finished before this file was kept: taken as run from this definition
+            ran_from[name] = before
             continue
-        if changed or upstream:
-            why = "its definition changed since it ran" if changed else f"stage {', '.join(upstream)} ran again"
+        if changed or moved or stale:
+            why = ("its definition changed since it ran" if changed else f"stage {', '.join(moved)} has another run than the one it was built from"
+                   if moved else "its last attempt did not finish, and its finished run is from before that")
             con.print(f"[bold]stage {name}[/]: {why}: running it again")
             shutil.rmtree(d / "checkpoints", ignore_errors=True)  # no resuming from the old definition's checkpoint
-        redone.add(name)
         cfg = configs[name]
         con.print(f"[bold]stage {name}[/] ({kind}): {cfg.data.path} with {cfg.model.name}")
-        ran_from[name] = definition
-        if kind == "adapt":
-            inter = st.get("intermediate")
-            adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=st.get("epochs", 1), head_steps=st.get("head_steps"),
-                  console=con, overwrite=True)
-        elif (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
-            con.print(f"stage {name}: interrupted before; resuming")
-            fit(cfg, d, resume=True, console=con, should_stop=should_stop, should_abort=should_abort)
-        else:
-            fit(cfg, d, overwrite=True, console=con, should_stop=should_stop, should_abort=should_abort)
+        ran_from[name] = now
+        atomic_write_bytes(state_file, (json.dumps(ran_from, indent=1) + "\n").encode())
+        try:
+            if kind == "adapt":
+                inter = st.get("intermediate")
+                adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=st.get("epochs", 1), head_steps=st.get("head_steps"),
+                      console=con, overwrite=True)
+            elif (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
+                con.print(f"stage {name}: interrupted before; resuming")
+                fit(cfg, d, resume=True, console=con, should_stop=should_stop, should_abort=should_abort)
+            else:
+                fit(cfg, d, overwrite=True, console=con, should_stop=should_stop, should_abort=should_abort)
+        except UserError as e:  # which stage of which file
+            raise UserError(f"{path}: stage {name}: {e}") from None
+        now["run"] = _run_identity(d)
+        atomic_write_bytes(state_file, (json.dumps(ran_from, indent=1) + "\n").encode())
         summary[name] = {"status": "ran", **_brief(d)}
-        state_file.write_text(json.dumps(ran_from, indent=1) + "\n")
-    state_file.write_text(json.dumps(ran_from, indent=1) + "\n")
+    atomic_write_bytes(state_file, (json.dumps(ran_from, indent=1) + "\n").encode())
     (root / "pipeline.json").write_text(json.dumps({"stages": summary}, indent=1) + "\n")
     return summary
+
+
+def _read_state(state_file: Path) -> dict:
+    """pipeline_state.json: per stage, the definition it ran from, the runs (manifest digests) of the
+    stages it builds on, and its own run once finished (None while running). An older file held the
+    definition alone: its upstream and run are unknown, and trusted."""
+    try:
+        raw = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v if isinstance(v, dict) and "definition" in v else {"definition": v, "upstream": None} for k, v in raw.items()}
+
+
+def _run_identity(d: Path) -> str | None:
+    """Which run a stage's folder holds: the digest of its manifest (every file's sha256 and when it
+    completed); None while it is not complete."""
+    import hashlib
+
+    m = d / "manifest.json"
+    return hashlib.sha256(m.read_bytes()).hexdigest()[:16] if m.is_file() else None
+
+
+def _check_inputs(st: dict, cfg) -> None:
+    """A stage's data and model, checked before any stage runs (a stage:NAME model is made by then)."""
+    from .ranking import check_model_name
+
+    spec = cfg.data.path
+    if not (spec == "digits" or spec.startswith("digits:")) and not Path(spec).expanduser().exists():
+        raise UserError(f"data not found: {spec} (a relative path is read from the current folder, {Path.cwd()})")
+    if not str(st["model"]).startswith("stage:"):
+        check_model_name(cfg.model.name, cfg.model.arch)
 
 
 def _brief(d: Path) -> dict:

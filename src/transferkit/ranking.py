@@ -459,8 +459,6 @@ def _check_candidates(candidates: Sequence[str], arch: str | None) -> list[str]:
     """Names checked before any model is built or image decoded: two or more, no repeats, each one
     a name `create_backbone` knows (registered, random:ARCH, timm:NAME, tv:NAME, run:DIR, file:PATH with
     `arch`; text folders and hub names are checked when built)."""
-    from .backbones import BACKBONES
-
     names = [c.strip() for c in candidates if c and c.strip()]
     if len(names) < 2:
         got = f" (got only {names[0]!r})" if names else ""
@@ -469,28 +467,41 @@ def _check_candidates(candidates: Sequence[str], arch: str | None) -> list[str]:
     if repeated:
         raise UserError(f"candidate(s) listed more than once: {', '.join(repeated)}")
     for n in names:
-        a = n[len("random:") :] if n.startswith("random:") else n
-        if a.startswith("timm:"):
-            _check_timm(a[len("timm:") :])
-        elif a.startswith("tv:"):
-            from .backbones.tv import check_name, parse
-
-            check_name(parse(a[len("tv:") :])[0])
-        elif n.startswith("run:"):
-            from .backbones.run import run_meta
-
-            run_meta(n[len("run:") :])  # a finished run directory, or a message that names the folder
-        elif a.startswith(("hf:", "dir:")):
-            continue  # text models: checked when built (folder, tokenizer, hub reachability)
-        elif n.startswith("random:"):
-            if a not in BACKBONES:
-                _check_timm(a)
-        elif n.startswith("file:"):
-            if not arch:
-                raise UserError(f"candidate {n} needs --arch NAME (the architecture of its checkpoint)")
-        else:
-            BACKBONES.get(n)  # unknown name: UserError with close matches and the list
+        if n.startswith("file:") and not arch:
+            raise UserError(f"candidate {n} needs --arch NAME (the architecture of its checkpoint)")
+        check_model_name(n, arch)
     return names
+
+
+def check_model_name(n: str, arch: str | None) -> None:
+    """A model name checked without building it (a UserError naming what is wrong): registered,
+    random:ARCH, timm:NAME, tv:NAME, run:DIR, file:PATH (which needs `arch`); text folders and hub
+    names are checked when built (folder, tokenizer, hub reachability)."""
+    from .backbones import BACKBONES
+
+    a = n[len("random:") :] if n.startswith("random:") else n
+    if a.startswith("timm:"):
+        _check_timm(a[len("timm:") :])
+    elif a.startswith("tv:"):
+        from .backbones.tv import check_name, parse
+
+        check_name(parse(a[len("tv:") :])[0])
+    elif n.startswith("run:"):
+        from .backbones.run import run_meta
+
+        run_meta(n[len("run:") :])  # a finished run directory, or a message that names the folder
+    elif a.startswith(("hf:", "dir:")):
+        return
+    elif n.startswith("random:"):
+        if a not in BACKBONES:
+            _check_timm(a)
+    elif n.startswith("file:"):
+        if not Path(n[len("file:") :]).expanduser().is_file():
+            raise UserError(f"--model {n}: no such file")
+        if not arch:
+            raise UserError(f"--model {n} needs --arch NAME (a name from `transferkit models` or a timm model)")
+    else:
+        BACKBONES.get(n)  # unknown name: UserError with close matches and the list
 
 
 def _check_timm(name: str) -> None:
