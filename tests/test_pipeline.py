@@ -162,6 +162,25 @@ def test_bad_pipelines(tmp_path, capsys, stages, message):
     assert not (tmp_path / "o" / "a").exists()  # no stage ran
 
 
+def test_an_adapted_backbone_without_classes_is_refused_by_predict_evaluate_and_export(tmp_path, tiny_ckpt, capsys):
+    """adapt of a pretrained model writes a backbone without a classifier: predict, evaluate and
+    export crashed on it (argmax of an empty sequence), or said its classes were unknown."""
+    data = make_folder(tmp_path / "d", n=4)
+    out = tmp_path / "adabn"
+    assert main(["adapt", "--data", str(data), "--model", f"file:{tiny_ckpt}", "--arch", "cifar_resnet20", "--input-size", "16", "--out", str(out), "--quiet"]) == 0
+    image = next((data / "red").iterdir())
+    for cmd in (["predict", str(out), str(image)], ["evaluate", str(out), "--data", str(data)], ["export", str(out)]):
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert "is an adapted backbone with no classes" in err and f"--model run:{out}" in err, err
+    run = tmp_path / "run"  # and a labelled CSV given to an image model's predict is not "a bad image"
+    assert main(["fit", "--data", str(data), "--model", f"run:{out}", "--strategy", "linear_probe", "--lp-epochs", "2", "--out", str(run), "--quiet"]) == 0
+    table = tmp_path / "images.csv"
+    table.write_text(f"path,label\n{image},red\n")
+    assert main(["predict", str(run), str(table)]) == 2
+    assert f"transferkit evaluate {run} --data {table}" in capsys.readouterr().err
+
+
 def test_adabn_changes_only_batchnorm_statistics(tmp_path, tiny_ckpt):
     from transferkit.adapt import adabn
     from transferkit.backbones import create_backbone

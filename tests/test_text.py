@@ -288,6 +288,17 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     for bad in (tmp_path, tmp_path / "missing" / "p.csv"):  # refused before predicting, not after
         r = run_cli("predict", out, lines, "--out", bad)
         assert r.returncode == 2 and "give a CSV file to write in an existing folder" in r.stderr and "Traceback" not in r.stderr
+    # files in another encoding: predict and evaluate take --encoding, as their message advises (only fit did)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9 good film,pos\nna\xefve awful plot,neg\n".encode("latin-1"))
+    r = run_cli("predict", out, latin)
+    assert r.returncode == 2 and "name its encoding with --encoding" in r.stderr
+    r = run_cli("predict", out, latin, "--encoding", "latin-1")
+    assert r.returncode == 0 and ",café good film," in r.stdout, r.stderr
+    r = run_cli("evaluate", out, "--data", latin, "--encoding", "latin-1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["n"] == 2, r.stderr
+    r = run_cli("predict", out, tmp_path)  # a folder: it exists, so not "not found"
+    assert r.returncode == 2 and "is a folder: a text model's predict takes files of texts" in r.stderr
     # `evaluate` on the file the run was fitted on: its validation split, as fit scored it
     r = run_cli("evaluate", out, "--data", p, "--json")
     ev, m = json.loads(r.stdout), json.loads((out / "metrics.json").read_text())

@@ -299,7 +299,7 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         from .text_data import read_texts
 
         refuse_image_data(cfg.data.path, cfg.model.name)
-        texts = read_texts(cfg.data.path, text_column=cfg.data.text_column)
+        texts = read_texts(cfg.data.path, text_column=cfg.data.text_column, encoding=cfg.data.encoding)
         heldout: list[str] = []
         if len(texts) >= HELDOUT_FROM:  # 5% (at most 500), seeded, to tell whether adaptation taught the encoder anything
             pick = set(np.random.default_rng(cfg.train.seed).permutation(len(texts))[: min(500, len(texts) // 20)].tolist())

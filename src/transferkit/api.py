@@ -164,6 +164,9 @@ class _Classifier:
         from .inputs import ImageInputs, TextInputs
 
         model, meta = load_model(path)
+        if not meta.get("classes"):  # `adapt` of a pretrained model: a backbone, no classifier (predict crashed on argmax)
+            raise UserError(f"{path} is an adapted backbone with no classes (a `transferkit adapt` run): it has nothing to predict, "
+                            f"evaluate or export; fine-tune it first: transferkit fit --data LABELLED_DATA --model run:{path}")
         cfg_file = Path(path) / "config.yaml"
         cfg = config_from_dict(yaml.safe_load(cfg_file.read_text())) if cfg_file.is_file() else RunConfig()
         if meta.get("modality") == "text":

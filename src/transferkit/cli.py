@@ -263,6 +263,8 @@ def cmd_evaluate(args) -> int:
             raise UserError(f"--mistakes {args.mistakes}: give a CSV file to write in an existing folder")
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
     _refuse_skip_for_text(args, clf)
+    if args.encoding is not None:  # this data's, not the encoding of the data the run was fitted on
+        clf.config_ = replace(clf.config_, encoding=args.encoding)
     if args.onnx is not None:
         from .evaluate import evaluate_model
         from .export import load_export
@@ -334,9 +336,11 @@ def cmd_predict(args) -> int:
         where = [("--text", i) for i in range(1, len(args.text or []) + 1)]  # (file, row) of each text, to join the output back
         texts = list(args.text or [])
         for item in args.inputs:
+            if Path(item).is_dir():
+                raise UserError(f"{item} is a folder: a text model's predict takes files of texts (one per line, or a CSV/TSV with a text column)")
             if not Path(item).is_file():
                 raise UserError(f"not found: {item} (give files of texts)")
-            rows = read_text_rows(item, text_column=args.text_column, also=clf.config_.data.text_column)
+            rows = read_text_rows(item, text_column=args.text_column, also=clf.config_.data.text_column, encoding=args.encoding)
             where += [(item, i) for i, _ in rows]
             texts += [t for _, t in rows]
         if not texts:
@@ -354,6 +358,9 @@ def cmd_predict(args) -> int:
         for item in args.inputs:
             if not Path(item).exists():
                 raise UserError(f"not found: {item}")
+            if Path(item).is_file() and Path(item).suffix.lower() in (".csv", ".tsv"):  # was "cannot be read: UnidentifiedImageError"
+                raise UserError(f"{item} is a table, not an image: predict takes image files or folders; "
+                                f"to score labelled images listed in a CSV, run `transferkit evaluate {args.run_dir} --data {item}`")
             x, n, bad = clf._encode_kept(clf._sources(Path(item)), skip_bad=args.skip_bad_images)
             skipped += bad
             if not n:
@@ -482,7 +489,7 @@ def cmd_adapt(args) -> int:
     cfg = replace(RunConfig(), data=args.data, model=args.model, arch=args.arch, lr=args.lr, batch_size=args.batch_size,
                   max_length=args.max_length, text_column=args.text_column, input_size=args.input_size, seed=args.seed,
                   cpu=args.cpu, precision=args.precision, accumulate=args.accumulate, grad_checkpointing=args.grad_checkpointing,
-                  group_by_length=args.group_by_length, skip_bad_images=args.skip_bad_images or None)
+                  group_by_length=args.group_by_length, skip_bad_images=args.skip_bad_images or None, encoding=args.encoding)
     adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, head_steps=args.head_steps, console=report.console(quiet=args.quiet), overwrite=args.overwrite)
     return 0
 
@@ -712,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled data: its test/ split, else val/, else all of it; the data the run was fitted on: "
                    "its held-out test split (--test-fraction), else its validation split")
     p.add_argument("--mistakes", metavar="FILE.csv", help="write every wrong example (most confidently wrong first) to this CSV")
+    p.add_argument("--encoding", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="score the model's ONNX export with onnxruntime (default RUN_DIR/export)")
     p.add_argument("--json", action="store_true")
@@ -722,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", help="image files or folders; for a text model, files of texts (one per line, or a CSV/TSV with a text column)")
     p.add_argument("--text", action="append", help="a text to classify (text models; repeatable)")
     p.add_argument("--text-column", help="text models, CSV/TSV inputs: the column holding the text (default: the run's, else detected)")
+    p.add_argument("--encoding", default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--out", help="CSV file to write (default: standard output); texts: file, row (a text file's line, a CSV's record after "
                    "the header), text, label, p_CLASS...")
@@ -755,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true", help="images: leave out unreadable images instead of failing")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--text-column")
+    p.add_argument("--encoding", default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
     p.add_argument("--input-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto", help="auto (bf16 where the device computes it natively) | bf16 | fp16 | no")

@@ -283,12 +283,12 @@ def _guess_columns(header: list[str], body: list[list[str]], ti: int | None, li:
     return ti, li
 
 
-def read_texts(spec: str, *, text_column: str | None = None) -> list[str]:
+def read_texts(spec: str, *, text_column: str | None = None, encoding: str = "auto") -> list[str]:
     """Unlabelled texts: a CSV/TSV's text column (labels, if any, are ignored), or a file's lines."""
-    return [t for _, t in read_text_rows(spec, text_column=text_column)]
+    return [t for _, t in read_text_rows(spec, text_column=text_column, encoding=encoding)]
 
 
-def read_text_rows(spec: str, *, text_column: str | None = None, also: str | None = None) -> list[tuple[int, str]]:
+def read_text_rows(spec: str, *, text_column: str | None = None, also: str | None = None, encoding: str = "auto") -> list[tuple[int, str]]:
     """`read_texts` with where each text came from: (row, text), the row being a text file's line
     number or a CSV/TSV's record number after the header (both from 1; blank texts are left out).
     `also`: a column name tried before the usual ones (a run's own --text-column)."""
@@ -300,7 +300,7 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
         p = f
     if not p.is_file():
         raise UserError(f"data not found: {spec}")
-    text = _decode(p.read_bytes(), p, "auto")
+    text = _decode(p.read_bytes(), p, encoding)
     if p.suffix.lower() in (".csv", ".tsv"):
         csv.field_size_limit(MAX_FIELD)
         d = _delimiter(text, p, None)
