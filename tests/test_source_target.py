@@ -95,6 +95,8 @@ def test_baseline_scratch_trains_the_same_architecture_and_gives_a_verdict(tmp_p
     t = json.loads((tmp_path / "tf" / "metrics.json").read_text())
     assert "on the test split" in t["verdict"] and "on the test split" in t["verdict_scratch"] and "on the validation split" in t["validation_verdict_scratch"]
     assert t["transfer_vs_scratch"]["diff"] == pytest.approx(t["test"]["accuracy"] - t["test"]["scratch"]["accuracy"]) and "_model" not in t
+    page = (tmp_path / "tf" / "report.html").read_text()  # the verdict is the test split's: what is the validation split's says so
+    assert "On the validation split, transfer minus baseline" in page and "<h2>Per class (validation split)</h2>" in page
 
     # a model from random weights transferred nothing: its verdict says better / worse, never "transfer"
     rc, err = _fit(["--data", str(d), "--model", "random:cifar_resnet20", "--input-size", "16", "--batch-size", "4", "--strategy", "full",

@@ -45,7 +45,7 @@ def _groups(gm: dict | None) -> str:
         f"<tr><td>{html.escape(g)}{' (worst)' if g == gm['worst_group'] else ''}</td><td>{v['n']}</td><td>{_pct(v['accuracy'])}</td><td>{_num(v['macro_f1'])}</td></tr>"
         for g, v in gm["per_group"].items()
     )
-    return (f"<h2>Per group</h2><p class=sub>Worst group: {html.escape(gm['worst_group'])}, {100 * gm['gap']:.1f} points below the best "
+    return (f"<h2>Per group (validation split)</h2><p class=sub>Worst group: {html.escape(gm['worst_group'])}, {100 * gm['gap']:.1f} points below the best "
             f"(a bias the source model may carry).</p><table><tr><th>group</th><th>n</th><th>accuracy</th><th>macro-F1</th></tr>{rows}</table>")
 
 
@@ -157,14 +157,14 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 {m['n_train']} training / {m['n_val']} validation examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
 <div class="verdict {kind}">{e(verdict)}</div>
 {_verdict_div(m.get('verdict_scratch'))}{_verdict_div(m.get('verdict_base'))}{f"<p><b>But:</b> {e(m['verdict_caveat'])}.</p>" if m.get('verdict_caveat') else ""}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
-<h2>Results (validation split)</h2>
+<h2>Results (validation split{"; the last row: the held-out test split" if "test" in m else ""})</h2>
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
-<p class="sub">{"The model" if "nothing was transferred" in verdict else "Transfer"} minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
+<p class="sub">{"On the validation split, t" if "test" in m else "T"}{"he model" if "nothing was transferred" in verdict else "ransfer"} minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
 [{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.{_temperature(m.get('temperature_scaling'))}</p>
 {_groups(m.get('groups'))}
 <h2>Figures</h2><div class="figs">{figs}</div>
 {_mistakes(m, figures.get("mistakes.jpg"))}
-<h2>Per class</h2>
+<h2>Per class (validation split)</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{pc}</table>
 <h3>Largest recall gaps (to the best class, points)</h3>
 <table><tr><th>class</th><th>recall</th><th>gap</th></tr>{gap_rows}</table>
