@@ -409,7 +409,7 @@ def _write_explanations(clf, encoded: list, names: list[str], proba, folder: Pat
     for i, name in enumerate(names):
         caption = f"{clf.classes_[pred[i]]} ({proba[i, pred[i]]:.2f})  {Path(name).name}" + ("" if maps is None else "    [right: Grad-CAM]")
         plots.explain_image(crops[i], None if maps is None else maps[i], caption).save(folder / f"{i:04d}_{Path(name).stem}.png")
-    print(f"wrote {len(names)} Grad-CAM images to {folder}", file=sys.stderr)
+    print(f"wrote {len(names)} Grad-CAM image{'s' if len(names) != 1 else ''} to {folder}", file=sys.stderr)
 
 
 def _write_text_explanations(clf, texts: list[str], proba, proba_fn, folder: Path) -> None:

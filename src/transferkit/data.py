@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -337,9 +338,13 @@ def _decode_one(src, size: int, interpolation: str):
         if isinstance(src, np.ndarray):
             img = Image.fromarray(src).convert("RGB")
         else:
-            with Image.open(src) as im:
-                im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
-                img = _to_rgb(im)
+            with warnings.catch_warnings():
+                # over 89 MP PIL warns of a decompression bomb (a raw line on stderr); such a photo
+                # decodes here at reduced scale, and over 178 MP PIL refuses it (an unreadable image)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(src) as im:
+                    im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
+                    img = _to_rgb(im)
         return _to_square(img, size, interpolation), None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return None, f"{src}: {type(e).__name__}: {str(e)[:120]}"

@@ -15,7 +15,8 @@ it, and resumes (or redoes) an interrupted one.
         model: stage:source         # the run of stage `source` (run:DIR/source)
         settings: {shots: 10, baseline: scratch}
 
-`model` and `intermediate` (adapt) may name another stage as `stage:NAME`.
+`model` and `intermediate` (adapt) may name another stage as `stage:NAME`. Relative paths are read
+from the current folder (as `fit --config` reads them), not from the pipeline file's.
 """
 
 from __future__ import annotations
