@@ -24,7 +24,7 @@ def curves_figure(history: list[dict], best_epoch: int | None = None):
     best = ep.index(best_epoch) if best_epoch in ep else int(np.argmax([h["val_accuracy"] for h in history])) if history else 0
     if history:
         ax.axvline(ep[best], color="gray", ls=":", label=f"kept: epoch {ep[best]}, {100 * history[best]['val_accuracy']:.1f}%")
-        ax.legend(loc="lower right")
+        ax.legend(loc="best", fontsize=8)  # where it covers the least of the curve (lower right hid a probe of 100 epochs)
     ax.set(title="validation accuracy (%)", xlabel="epoch")
     ax = axes[2]
     ax.plot(ep, [h["lr"] for h in history], "o-", color="C3")
