@@ -293,6 +293,7 @@ def test_text_run_lists_its_mistakes(tmp_path, tiny_bert):
     assert main(["predict", str(out), "--text", "good film", "--text", "the plot was awful", "--text", "awful", "--explain", str(tmp_path / "why")]) == 0
     page = (tmp_path / "why" / "explain.html").read_text()
     assert page.count("<span title=") == 7 and "awful</span>" in page
+    assert "<th>file</th><th>row</th>" in page and "<td>--text</td><td>3</td>" in page  # which input each row is (as the CSV says)
     from transferkit.api import TextClassifier
 
     proba, ev = TextClassifier.load(out).explain(["the plot was awful", "awful"])

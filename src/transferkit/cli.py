@@ -348,7 +348,7 @@ def cmd_predict(args) -> int:
         names, proba = [[f, i, t] for (f, i), t in zip(where, texts)], proba_of(clf, clf._encode(texts)[0])
         first = ["file", "row", "text"]
         if args.explain is not None:
-            _write_text_explanations(clf, texts, proba, lambda t: proba_of(clf, clf._tokens(t)), Path(args.explain))
+            _write_text_explanations(clf, texts, proba, lambda t: proba_of(clf, clf._tokens(t)), Path(args.explain), where)
     else:
         if args.text:
             raise UserError(f"{args.run_dir} is an image model: --text does not apply; give image files or folders")
@@ -412,16 +412,18 @@ def _write_explanations(clf, encoded: list, names: list[str], proba, folder: Pat
     print(f"wrote {len(names)} Grad-CAM image{'s' if len(names) != 1 else ''} to {folder}", file=sys.stderr)
 
 
-def _write_text_explanations(clf, texts: list[str], proba, proba_fn, folder: Path) -> None:
+def _write_text_explanations(clf, texts: list[str], proba, proba_fn, folder: Path, where: list[tuple]) -> None:
     """DIR/explain.html: every text with its words shaded by how much leaving each out lowers the
-    probability of the class said (word occlusion: one forward pass per word)."""
+    probability of the class said (word occlusion: one forward pass per word), with the file and row
+    it came from (`where`, as the predictions' CSV gives them)."""
     from .mistakes import word_evidence
     from .report_html import explain_page
     from .rundir import atomic_write_bytes, make_dir
 
     pred = proba.argmax(1)
     evidence = word_evidence(proba_fn, texts, pred)
-    rows = [{"source": t, "predicted": clf.classes_[c], "p_predicted": float(proba[i, c]), "evidence": ev} for i, (t, c, ev) in enumerate(zip(texts, pred, evidence))]
+    rows = [{"file": f, "row": r, "source": t, "predicted": clf.classes_[c], "p_predicted": float(proba[i, c]), "evidence": ev}
+            for i, ((f, r), t, c, ev) in enumerate(zip(where, texts, pred, evidence))]
     make_dir(folder)
     atomic_write_bytes(folder / "explain.html", explain_page(f"transferkit predict: {clf.run_dir_}", rows).encode())
     print(f"wrote the word evidence of {len(texts)} texts to {folder / 'explain.html'}", file=sys.stderr)

@@ -97,10 +97,11 @@ LEGEND = (
 def explain_page(title: str, rows: list[dict]) -> str:
     """`predict --explain` for texts: each text with its words shaded toward the class said."""
     e = html.escape
-    body = "".join(f"<tr><td>{_weighed(r)}</td><td>{e(r['predicted'])}</td><td>{r['p_predicted']:.2f}</td></tr>" for r in rows)
+    body = "".join(f"<tr><td>{e(str(r.get('file', '')))}</td><td>{r.get('row', '')}</td><td>{_weighed(r)}</td><td>{e(r['predicted'])}</td>"
+                   f"<td>{r['p_predicted']:.2f}</td></tr>" for r in rows)
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{e(title)}</h1>{LEGEND}<table><tr><th>text</th><th>said</th><th>p</th></tr>{body}</table></body></html>\n"
+        f"<h1>{e(title)}</h1>{LEGEND}<table><tr><th>file</th><th>row</th><th>text</th><th>said</th><th>p</th></tr>{body}</table></body></html>\n"
     )
 
 
