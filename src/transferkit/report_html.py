@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 
 import yaml
 
@@ -94,6 +93,17 @@ LEGEND = (
 )
 
 
+def _timing(timing: dict, unit: str) -> str:
+    """metrics.json's `timing` as a table a person reads (it was its JSON)."""
+    labels = {"features_s": "backbone features, computed once (s)", "probe_s": "probe phase (s)", "finetune_s": "fine-tuning phase (s)",
+              "train_seconds": "training steps in all (s)", "train_images": f"training {unit} seen (all epochs)",
+              "local_images": f"training {unit} seen by this process"}
+    rows = "".join(f"<tr><td>{html.escape(labels.get(k, k))}</td><td>{v:.1f}</td></tr>" if isinstance(v, float) else
+                   f"<tr><td>{html.escape(labels.get(k, k))}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in timing.items() if not (k == "local_images" and v == timing.get("train_images")))
+    return f"<table>{rows}</table>" if rows else ""
+
+
 def explain_page(title: str, rows: list[dict]) -> str:
     """`predict --explain` for texts: each text with its words shaded toward the class said."""
     e = html.escape
@@ -173,7 +183,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <p class="sub">{e(str(data.get('source')))}</p>
 <table><tr><th>class</th><th>train</th><th>val</th></tr>{counts}</table>
 {f'<ul>{notes}</ul>' if notes else ''}
-<h2>Timing</h2><pre>{e(json.dumps(timing, indent=1))}</pre>
+<h2>Timing</h2>{_timing(timing, "texts" if m.get("modality") == "text" else "images")}
 <h2>Resolved configuration</h2><pre>{e(yaml.safe_dump(config, sort_keys=False))}</pre>
 </body></html>
 """
