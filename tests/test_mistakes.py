@@ -233,7 +233,7 @@ def _swapped_image_data(root):
     return root
 
 
-def test_image_run_writes_its_mistakes(tmp_path, tiny_ckpt):
+def test_image_run_writes_its_mistakes(tmp_path, tiny_ckpt, capsys):
     from transferkit.api import ImageClassifier
 
     d = _swapped_image_data(tmp_path / "d")
@@ -269,6 +269,9 @@ def test_image_run_writes_its_mistakes(tmp_path, tiny_ckpt):
     pics = sorted((tmp_path / "cam").iterdir())
     assert len(pics) == len(files) and Image.open(pics[0]).size == (16 + 6 + 16, 16 + 20)
     assert main(["predict", str(out), str(d / "val"), "--explain", str(tmp_path / "cam"), "--onnx"]) == 2
+    capsys.readouterr()  # again into the same folder with one image: the earlier maps are said, not silently mixed in
+    assert main(["predict", str(out), files[0], "--explain", str(tmp_path / "cam")]) == 0
+    assert f"also holds {len(files) - 1} map(s) from an earlier --explain" in capsys.readouterr().err
 
 
 def test_text_run_lists_its_mistakes(tmp_path, tiny_bert):

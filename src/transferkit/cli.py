@@ -410,6 +410,13 @@ def _write_explanations(clf, encoded: list, names: list[str], proba, folder: Pat
         caption = f"{clf.classes_[pred[i]]} ({proba[i, pred[i]]:.2f})  {Path(name).name}" + ("" if maps is None else "    [right: Grad-CAM]")
         plots.explain_image(crops[i], None if maps is None else maps[i], caption).save(folder / f"{i:04d}_{Path(name).stem}.png")
     print(f"wrote {len(names)} Grad-CAM image{'s' if len(names) != 1 else ''} to {folder}", file=sys.stderr)
+    import re
+
+    ours = {f"{i:04d}_{Path(name).stem}.png" for i, name in enumerate(names)}
+    stale = [f.name for f in folder.iterdir() if re.fullmatch(r"\d{4}_.+\.png", f.name) and f.name not in ours]
+    if stale:  # an earlier --explain into the same folder: its maps would read as this call's
+        print(f"note: {folder} also holds {len(stale)} map(s) from an earlier --explain (e.g. {sorted(stale)[0]}); "
+              "give an empty folder to keep them apart", file=sys.stderr)
 
 
 def _write_text_explanations(clf, texts: list[str], proba, proba_fn, folder: Path, where: list[tuple]) -> None:
