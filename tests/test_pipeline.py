@@ -445,3 +445,26 @@ def test_adapt_scores_held_out_texts_with_the_same_masks(tmp_path, tiny_bert):
     info = json.loads((out / "adapt.json").read_text())
     assert info["texts"] == 228 and info["heldout"]["texts"] == 12
     assert info["heldout"]["loss_after"] < info["heldout"]["loss_before"]
+
+
+def test_an_older_or_unreadable_state_file(tmp_path, tiny_ckpt, capsys):
+    """A pipeline_state.json of the older format (stage name -> definition) knows no upstream runs: a
+    target built on a source that reruns now runs again too (it was skipped); an unreadable file is
+    said, not silently taken as up to date."""
+    import json
+
+    from transferkit.pipeline import run_pipeline
+
+    stages = _stages(tmp_path, tiny_ckpt)
+    out = tmp_path / "out"
+    run_pipeline(_write(tmp_path / "p.yaml", stages), out)
+    state = out / "pipeline_state.json"
+    old = {k: v["definition"] for k, v in json.loads(state.read_text()).items()}
+    state.write_text(json.dumps(old))
+    stages[1]["settings"]["lr"] = 0.01
+    summary = run_pipeline(_write(tmp_path / "p2.yaml", stages), out)
+    assert summary["source"]["status"] == "ran" and summary["target"]["status"] == "ran"
+    state.write_text("{not json")
+    capsys.readouterr()
+    assert run_pipeline(tmp_path / "p2.yaml", out)["target"]["status"] == "skipped (complete)"
+    assert "pipeline_state.json cannot be read" in capsys.readouterr().out

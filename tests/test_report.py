@@ -167,4 +167,5 @@ def test_a_verdict_against_transfer_says_when_the_last_epoch_was_the_best(tmp_pa
     assert "<b>But:</b> its last epoch (1) was its best" in (out / "report.html").read_text()
     # no caveat when an earlier epoch's weights were kept, or with no history
     rows = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
-    assert _undertrained(rows, 2, 30) is None and _undertrained([], 0, 0) is None and _undertrained(rows, 3, 30)
+    assert _undertrained(rows, 2, 30) is None and _undertrained([], 0, 0) is None and "(--epochs)" in _undertrained(rows, 3, 30)
+    assert "(--lp-epochs)" in _undertrained([{"epoch": 1, "phase": "probe"}], 1, 3)  # a probe's length is --lp-epochs

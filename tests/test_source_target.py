@@ -138,6 +138,18 @@ def test_baseline_base_fine_tunes_the_model_the_source_run_started_from(source_r
     assert rc == 0, err
     rc, err = _fit(["--data", str(d), "--model", f"run:{tmp_path / 'rs'}", "--baseline", "base", "--out", str(tmp_path / "y")], capsys)
     assert rc == 2 and "started from random weights (small_convnet)" in err and "use --baseline scratch" in err
+    from safetensors.torch import save_file
+
+    from transferkit.backbones.cifar_resnet import CifarResNet
+
+    original = tiny_ckpt.read_bytes()  # the file the source started from, replaced since: not its base any more
+    try:
+        torch.manual_seed(7)
+        save_file(CifarResNet(20).state_dict(), str(tiny_ckpt))
+        rc, err = _fit(["--data", str(d), "--model", f"run:{source_run}", "--baseline", "base", "--out", str(tmp_path / "w")], capsys)
+        assert rc == 2 and f"file:{tiny_ckpt} is not the file {source_run} started from (its sha256 differs" in err
+    finally:
+        tiny_ckpt.write_bytes(original)
     rc, err = _fit(["--data", str(d), "--model", f"run:{source_run}", "--baseline", "base,base", "--out", str(tmp_path / "z")], capsys)
     assert rc == 2 and "baseline must be none, scratch, base or scratch,base" in err
 

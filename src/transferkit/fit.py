@@ -148,7 +148,7 @@ def fit(
         from .lora import apply_lora
 
         adapted = apply_lora(model.backbone, cfg.strategy)
-        kinds = sorted({n.rsplit(".", 1)[-1] for n in adapted})
+        kinds = sorted({n if n.rsplit(".", 1)[-1].isdigit() else n.rsplit(".", 1)[-1] for n in adapted})  # conv1.0, not 0
         splits.notes = list(splits.notes) + [f"LoRA r={cfg.strategy.lora_r} on {', '.join(kinds)}: {len(adapted)} modules"]
     if cfg.train.grad_checkpointing:
         enable_grad_checkpointing(model, cfg.model.name)
@@ -440,8 +440,9 @@ def _undertrained(history: list[dict], best_epoch: int, steps: int) -> str | Non
     anything about transfer (a 5-step fine-tune read "NEGATIVE TRANSFER" with nothing to qualify it)."""
     if not history or best_epoch != history[-1]["epoch"]:
         return None
+    flag = "--lp-epochs" if "probe" in str(history[-1].get("phase", "")) else "--epochs"  # the phase that ended on its best epoch
     return (f"its last epoch ({best_epoch}) was its best, so validation may still have been improving when training stopped "
-            f"({steps} optimizer steps in all): train longer (--epochs) before concluding")
+            f"({steps} optimizer steps in all): train longer ({flag}) before concluding")
 
 
 def transferred(model) -> bool:
@@ -473,6 +474,12 @@ def _base_of(model, cfg: RunConfig) -> tuple[str, str | None]:
         base = create_backbone(spec["name"], arch=spec.get("arch"))  # built now: missing or unloadable, said before training
     except UserError as e:
         raise UserError(f"--baseline base: the model {cfg.model.name[len('run:'):]} started from cannot be loaded here: {e}") from None
+    from .backbones.run import run_meta
+
+    started = str(run_meta(cfg.model.name[len("run:"):]).get("weights_id", "")).removeprefix("adapted:")
+    if started.startswith("sha256:") and base.weights_id != started:  # a file: path read again elsewhere, or replaced since
+        raise UserError(f"--baseline base: {spec['name']} is not the file {cfg.model.name[len('run:'):]} started from (its sha256 differs; "
+                        f"a relative path is read from the current folder, {Path.cwd()})")
     if str(base.weights_id).startswith("random"):
         raise UserError(
             f"--baseline base: {cfg.model.name[len('run:'):]} started from random weights ({spec.get('name')}), so fine-tuning its base model "

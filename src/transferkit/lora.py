@@ -76,6 +76,10 @@ def apply_lora(backbone, cfg) -> list[str]:
     for t in targets:
         if not any(n == t or n.endswith("." + t) for n in names):
             raise UserError(f"--lora-targets {t!r} matches no module of {backbone.spec.get('name')}; names that match: {', '.join(available[:30])}")
+        other = [n for n, m in inner.named_modules() if (n == t or n.endswith("." + t)) and not isinstance(m, kinds)]
+        if other:  # PEFT would try to adapt those too, and fail (`0` names conv1.0 and a Flatten at dense.0)
+            raise UserError(f"--lora-targets {t!r} also matches {other[0]} ({type(inner.get_submodule(other[0])).__name__}), which LoRA cannot adapt; "
+                            f"name the layers by path: {', '.join(available[:30])}")
     # A rank at or above a layer's smaller side is not low rank: the adapter then has as many
     # parameters as the update it stands for, or more (PEFT accepts it silently)
     for n, m in inner.named_modules():

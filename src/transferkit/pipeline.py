@@ -155,7 +155,12 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     # stage runs from is written before it starts, so that an interrupted stage resumes only unchanged.
     state_file = root / "pipeline_state.json"
     ran_from = _read_state(state_file)
+    if ran_from is None:
+        con.print(f"[yellow]note[/]: {state_file} cannot be read: each complete stage is taken as run from its definition as it is now; "
+                  f"remove a stage's folder under {root} to run it again")
+        ran_from = {}
     summary = {}
+    redone: set[str] = set()  # stages run in this call: what an older record without upstream runs is checked against
     for st in stages:
         name, kind = str(st["name"]), st.get("kind", "fit")
         d = root / name
@@ -165,12 +170,14 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         if before is None and current:  # finished before this file was kept: taken as run from what is there now
             before = {**now, "run": current}
         changed = before is not None and before["definition"] != now["definition"]
-        moved = [r for r in now["upstream"] if before is not None and before.get("upstream") is not None and before["upstream"].get(r) != now["upstream"][r]]
+        known = before is not None and before.get("upstream") is not None
+        moved = [r for r in now["upstream"] if (known and before["upstream"].get(r) != now["upstream"][r]) or (not known and r in redone)]
         stale = current is not None and before is not None and before.get("run", current) != current
         if current and not (changed or moved or stale):
             con.print(f"[bold]stage {name}[/]: complete, skipped ({d})")
             summary[name] = {"status": "skipped (complete)", **_brief(d)}
-            ran_from[name] = before
+            # an older file's record knew no upstream runs or own run: from now on, those it has now
+            ran_from[name] = {**before, "upstream": now["upstream"] if before.get("upstream") is None else before["upstream"], "run": current}
             continue
         if changed or moved or stale:
             why = ("its definition changed since it ran" if changed else f"stage {', '.join(moved)} has another run than the one it was built from"
@@ -180,6 +187,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         cfg = configs[name]
         con.print(f"[bold]stage {name}[/] ({kind}): {cfg.data.path} with {cfg.model.name}")
         ran_from[name] = now
+        redone.add(name)
         atomic_write_bytes(state_file, (json.dumps(ran_from, indent=1) + "\n").encode())
         try:
             if kind == "adapt":
@@ -201,16 +209,16 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     return summary
 
 
-def _read_state(state_file: Path) -> dict:
+def _read_state(state_file: Path) -> dict | None:
     """pipeline_state.json: per stage, the definition it ran from, the runs (manifest digests) of the
     stages it builds on, and its own run once finished (None while running). An older file held the
-    definition alone: its upstream and run are unknown, and trusted."""
+    definition alone: its upstream and run are unknown, and trusted. None when it cannot be read."""
     try:
         raw = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    except ValueError:
-        return {}
+    except (ValueError, OSError):
+        return None
     if not isinstance(raw, dict):
-        return {}
+        return None
     return {k: v if isinstance(v, dict) and "definition" in v else {"definition": v, "upstream": None} for k, v in raw.items()}
 
 

@@ -213,6 +213,9 @@ def run_phase(
         for g in groups:
             for n_, p in g.params:
                 p.requires_grad_(n_ not in always_frozen)
+    if always_frozen and not any(p.requires_grad for g in groups for _, p in g.params):  # backward would fail with a RuntimeError
+        raise UserError(f"--freeze {','.join(cfg.strategy.freeze)} freezes every parameter that phase {name} would train: "
+                        "nothing is left to train; freeze fewer parameters")
     module, optimizer = accelerator.prepare(module, optimizer)
     weights = class_weights(data.y_train, num_classes, tc.class_weight)
     ema = None
