@@ -666,7 +666,7 @@ def _objective(study, space, base, splits, fold_idx, trials, metric, deadline):
             trial.set_user_attr("note", "surplus: another worker started the last trial at the same moment")
             raise _Surplus
         params = sample(trial, space, base.strategy.name)
-        cfg = trial_config(base, space, params)
+        cfg = replace(trial_config(base, space, params), baseline="none")  # --baseline's comparison: the final refit's, not every fold's
         scores = [float(s) for s in trial.user_attrs.get("fold_scores", [])]  # folds an interrupted trial had finished
         if "continues" in trial.user_attrs:
             old = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.user_attrs["continues"])
