@@ -27,10 +27,10 @@ from .errors import UserError
 def _image_sources(spec: str, model: str) -> list:
     """The unlabelled target images: a folder's image files (at any depth), one image file, or every
     image of `digits` / `digits:SUBSET` (as arrays)."""
-    from .data import image_files, load_image_data
+    from .data import image_files, is_builtin, load_image_data
     from .text_data import TEXT_SUFFIXES
 
-    if spec == "digits" or spec.startswith("digits:"):
+    if is_builtin(spec):
         s = load_image_data(spec)
         return list(s.train.sources) + list(s.val.sources)
     p = Path(spec)

@@ -31,6 +31,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 BUILTIN = ("digits",)
 
 
+def is_builtin(spec: str) -> bool:
+    """Whether --data names built-in data (digits, digits:SUBSET) rather than a path."""
+    return spec == "digits" or spec.startswith("digits:")
+
+
 @dataclass
 class ImageSet:
     """Images (file paths or in-memory HxWx3 uint8 arrays) with integer labels."""
@@ -73,7 +78,7 @@ TEXT_HINT = " (texts need a text model: --model minilm_l6, hf:NAME or dir:PATH)"
 def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, group_column: str | None = None, encoding: str = "auto",
                     label_column: str | None = None) -> DataSplits:
     """Resolve a data spec into train / val (/ test) splits. Nothing is decoded yet."""
-    if spec == "digits" or spec.startswith("digits:"):
+    if is_builtin(spec):
         return _digits(val_fraction, seed, spec.partition(":")[2])
     path = Path(spec)
     if not path.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .data import ImageSet, load_image_data, _read_csv, _read_folder
+from .data import ImageSet, is_builtin, load_image_data, _read_csv, _read_folder
 from .errors import UserError
 from .metrics import classification_metrics
 
@@ -17,7 +17,7 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
     image of a class folder or CSV; `digits` gives the validation split the run was trained with."""
     cfg = config or RunConfig()
     p = Path(spec)
-    if spec == "digits" or spec.startswith("digits:"):
+    if is_builtin(spec):
         s, where = load_image_data(spec, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed).val, f"{spec} (validation split)"
     elif not p.exists():
         raise UserError(f"data not found: {spec}")

@@ -133,8 +133,8 @@ def fit(
     else:
         splits = copy.copy(splits)  # encoding below replaces its sets; leave the caller's intact
     model = create_model(cfg.model, len(splits.classes), classes=splits.classes)
-    if "base" in cfg.train.baselines:
-        _base_of(model, cfg)  # refused before training when there is no base model to compare with
+    # --baseline base's model, found (or refused) before training
+    base_model = _base_of(model, cfg) if "base" in cfg.train.baselines else None
     if "scratch" in cfg.train.baselines and str(model.backbone.weights_id).startswith("random"):
         raise UserError(
             f"--baseline scratch trains the same architecture from random weights to compare with the pretrained one, "
@@ -145,10 +145,10 @@ def fit(
         console.print(f"--model {cfg.model.name}: {model.head_note}")
         splits.notes = list(splits.notes) + [model.head_note]
     if cfg.strategy.name == "lora":
-        from .lora import apply_lora
+        from .lora import apply_lora, short_name
 
         adapted = apply_lora(model.backbone, cfg.strategy)
-        kinds = sorted({n if n.rsplit(".", 1)[-1].isdigit() else n.rsplit(".", 1)[-1] for n in adapted})  # conv1.0, not 0
+        kinds = sorted({short_name(n) for n in adapted})
         splits.notes = list(splits.notes) + [f"LoRA r={cfg.strategy.lora_r} on {', '.join(kinds)}: {len(adapted)} modules"]
     if cfg.train.grad_checkpointing:
         enable_grad_checkpointing(model, cfg.model.name)
@@ -335,7 +335,7 @@ def fit(
     metrics["mistakes"] = summary(wrong)
     compared = {}  # --baseline scratch / base: the comparison fits' models and verdict labels, by key
     for kind in cfg.train.baselines:
-        add, cmodel, clabel = _comparison_fit(kind, cfg, model, inputs, splits, val_proba, console)
+        add, cmodel, clabel = _comparison_fit(kind, cfg, model, inputs, splits, val_proba, console, base_model)
         metrics.update(add)
         compared[kind] = (cmodel, clabel)
     if inputs.modality == "text":
@@ -488,12 +488,12 @@ def _base_of(model, cfg: RunConfig) -> tuple[str, str | None]:
     return spec["name"], spec.get("arch")
 
 
-def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba, console) -> tuple[dict, TransferModel, str]:
+def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba, console, base_model: tuple[str, str | None] | None) -> tuple[dict, TransferModel, str]:
     """A second fit on the same split, compared with this run's on the same validation examples by a
     paired bootstrap; returns (metrics to add, its model, its label in the verdict).
     scratch: the same architecture from random weights, the same data and epochs (strategy full, the
     default rate for it). base: the same recipe (strategy, rates, epochs) from the model that the
-    run:DIR given as --model started from, so without that run's source stage."""
+    run:DIR given as --model started from (`base_model`, from `_base_of`), so without that run's source stage."""
     from .backbones import scratch_name
     from .config import replace
 
@@ -505,7 +505,7 @@ def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba,
         ccfg.strategy.freeze = []
         console.print(f"baseline: training {name} from scratch (full, {n} epochs) on the same split")
     else:
-        name, arch = _base_of(model, cfg)
+        name, arch = base_model
         ccfg = replace(cfg, model=name, arch=arch, baseline="none")
         console.print(f"baseline: fine-tuning {name}, the model {cfg.model.name[len('run:'):]} started from, with the same recipe "
                       f"({cfg.strategy.name}) on the same split")

@@ -37,12 +37,21 @@ def _adaptable() -> tuple[type, ...]:
     return (*ADAPTABLE, Conv1D)
 
 
-def _short_names(module: nn.Module) -> list[str]:
-    """The names --lora-targets takes: a module's last name part (query), or its whole path where
+def short_name(name: str) -> str:
+    """The name --lora-targets takes for a module: its last name part (query), or its whole path where
     that part is only a position in a Sequential (conv1.0, not 0)."""
+    last = name.rsplit(".", 1)[-1]
+    return name if last.isdigit() else last
+
+
+def _matches(name: str, target: str) -> bool:
+    """Whether a --lora-targets entry names a module, as PEFT matches target_modules: the whole name, or its last parts."""
+    return name == target or name.endswith("." + target)
+
+
+def _short_names(module: nn.Module) -> list[str]:
     kinds = _adaptable()
-    last = (lambda n: n if n.rsplit(".", 1)[-1].isdigit() else n.rsplit(".", 1)[-1])
-    return sorted({last(n) for n, m in module.named_modules() if n and isinstance(m, kinds)})
+    return sorted({short_name(n) for n, m in module.named_modules() if n and isinstance(m, kinds)})
 
 
 def default_targets(inner: nn.Module) -> list[str]:
@@ -70,13 +79,13 @@ def apply_lora(backbone, cfg) -> list[str]:
     kinds = _adaptable()
     names = [n for n, m in inner.named_modules() if n and isinstance(m, kinds)]
 
-    def targeted(n: str) -> bool:  # as PEFT matches a target_modules entry: the whole name, or its last parts
-        return any(n == t or n.endswith("." + t) for t in targets)
+    def targeted(n: str) -> bool:
+        return any(_matches(n, t) for t in targets)
 
     for t in targets:
-        if not any(n == t or n.endswith("." + t) for n in names):
+        if not any(_matches(n, t) for n in names):
             raise UserError(f"--lora-targets {t!r} matches no module of {backbone.spec.get('name')}; names that match: {', '.join(available[:30])}")
-        other = [n for n, m in inner.named_modules() if (n == t or n.endswith("." + t)) and not isinstance(m, kinds)]
+        other = [n for n, m in inner.named_modules() if _matches(n, t) and not isinstance(m, kinds)]
         if other:  # PEFT would try to adapt those too, and fail (`0` names conv1.0 and a Flatten at dense.0)
             raise UserError(f"--lora-targets {t!r} also matches {other[0]} ({type(inner.get_submodule(other[0])).__name__}), which LoRA cannot adapt; "
                             f"name the layers by path: {', '.join(available[:30])}")

@@ -159,6 +159,10 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         con.print(f"[yellow]note[/]: {state_file} cannot be read: each complete stage is taken as run from its definition as it is now; "
                   f"remove a stage's folder under {root} to run it again")
         ran_from = {}
+
+    def save_state():
+        atomic_write_bytes(state_file, (json.dumps(ran_from, indent=1) + "\n").encode())
+
     summary = {}
     redone: set[str] = set()  # stages run in this call: what an older record without upstream runs is checked against
     for st in stages:
@@ -188,7 +192,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         con.print(f"[bold]stage {name}[/] ({kind}): {cfg.data.path} with {cfg.model.name}")
         ran_from[name] = now
         redone.add(name)
-        atomic_write_bytes(state_file, (json.dumps(ran_from, indent=1) + "\n").encode())
+        save_state()
         try:
             if kind == "adapt":
                 inter = st.get("intermediate")
@@ -202,9 +206,9 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         except UserError as e:  # which stage of which file
             raise UserError(f"{path}: stage {name}: {e}") from None
         now["run"] = _run_identity(d)
-        atomic_write_bytes(state_file, (json.dumps(ran_from, indent=1) + "\n").encode())
+        save_state()
         summary[name] = {"status": "ran", **_brief(d)}
-    atomic_write_bytes(state_file, (json.dumps(ran_from, indent=1) + "\n").encode())
+    save_state()
     (root / "pipeline.json").write_text(json.dumps({"stages": summary}, indent=1) + "\n")
     return summary
 
@@ -233,10 +237,11 @@ def _run_identity(d: Path) -> str | None:
 
 def _check_inputs(st: dict, cfg) -> None:
     """A stage's data and model, checked before any stage runs (a stage:NAME model is made by then)."""
+    from .data import is_builtin
     from .ranking import check_model_name
 
     spec = cfg.data.path
-    if not (spec == "digits" or spec.startswith("digits:")) and not Path(spec).expanduser().exists():
+    if not is_builtin(spec) and not Path(spec).expanduser().exists():
         raise UserError(f"data not found: {spec} (a relative path is read from the current folder, {Path.cwd()})")
     if not str(st["model"]).startswith("stage:"):
         check_model_name(cfg.model.name, cfg.model.arch)
