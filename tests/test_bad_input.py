@@ -296,3 +296,17 @@ def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys
     args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--model", "small_convnet", "--strategy", "full", "--l2sp-alpha", "0.1"])
     _note_unused(resolve_config(args), args)
     assert "--l2sp-alpha pulls the backbone toward its pretrained weights, and small_convnet has none" in capsys.readouterr().err
+
+
+def test_an_unknown_encoding_is_refused_before_any_file_is_read(tmp_path, capsys):
+    """--encoding was checked only when a file needed decoding: on image folders it was accepted and
+    ignored, whatever it said."""
+    _expect(["--data", "digits:3,8", "--model", "small_convnet", "--encoding", "bogus"], capsys, tmp_path / "r", "encoding must be auto or a codec", "'bogus'")
+    assert not (tmp_path / "r").exists()
+    for cmd in (["evaluate", str(tmp_path), "--data", "digits"], ["predict", str(tmp_path), "x.png"], ["adapt", "--data", "digits", "--model", "small_convnet", "--out", str(tmp_path / "a")]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--encoding", "bogus"])
+        assert e.value.code == 2 and "unknown encoding 'bogus'" in capsys.readouterr().err
+    from transferkit.config import known_encoding
+
+    assert known_encoding("auto") and known_encoding("latin-1") and known_encoding("UTF-16") and not known_encoding("bogus")

@@ -254,6 +254,15 @@ def cmd_list(registry):
     return run
 
 
+def _encoding(value: str) -> str:
+    """--encoding of predict, evaluate and adapt: refused at once when Python knows no such codec."""
+    from .config import known_encoding
+
+    if not known_encoding(value):
+        raise argparse.ArgumentTypeError(f"unknown encoding {value!r} (try utf-8, utf-16, latin-1, cp1252)")
+    return value
+
+
 def cmd_evaluate(args) -> int:
     from .api import ImageClassifier
 
@@ -728,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled data: its test/ split, else val/, else all of it; the data the run was fitted on: "
                    "its held-out test split (--test-fraction), else its validation split")
     p.add_argument("--mistakes", metavar="FILE.csv", help="write every wrong example (most confidently wrong first) to this CSV")
-    p.add_argument("--encoding", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
+    p.add_argument("--encoding", type=_encoding, help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="score the model's ONNX export with onnxruntime (default RUN_DIR/export)")
     p.add_argument("--json", action="store_true")
@@ -739,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", help="image files or folders; for a text model, files of texts (one per line, or a CSV/TSV with a text column)")
     p.add_argument("--text", action="append", help="a text to classify (text models; repeatable)")
     p.add_argument("--text-column", help="text models, CSV/TSV inputs: the column holding the text (default: the run's, else detected)")
-    p.add_argument("--encoding", default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
+    p.add_argument("--encoding", type=_encoding, default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--out", help="CSV file to write (default: standard output); texts: file, row (a text file's line, a CSV's record after "
                    "the header), text, label, p_CLASS...")
@@ -773,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true", help="images: leave out unreadable images instead of failing")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--text-column")
-    p.add_argument("--encoding", default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
+    p.add_argument("--encoding", type=_encoding, default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
     p.add_argument("--input-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto", help="auto (bf16 where the device computes it natively) | bf16 | fp16 | no")

@@ -44,6 +44,17 @@ class DataConfig:
         _check(self.test_fraction is None or 0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}")
         _check(0 < self.crop_scale_min <= 1, f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         _check(self.input_size is None or self.input_size >= 8, f"input_size must be >= 8, got {self.input_size}")
+        _check(known_encoding(self.encoding), f"encoding must be auto or a codec Python knows (utf-8, latin-1, cp1252, ...), got {self.encoding!r}")
+
+
+def known_encoding(name: str) -> bool:
+    """`auto`, or a codec name Python knows; checked before any file is read (it was found only when one was)."""
+    import codecs
+
+    try:
+        return name == "auto" or bool(codecs.lookup(name))
+    except (LookupError, TypeError):
+        return False
 
 
 @dataclass
