@@ -59,6 +59,8 @@ def _same(a, b):
     for m in (ma, mb):
         for k in VOLATILE:
             m.pop(k, None)
+        for k in ("scratch", "base"):  # a --baseline comparison's own wall time
+            m.get(k, {}).pop("wall_s", None)
     assert ma == mb
     ha = [r.split(",")[:-1] for r in (a / "history.csv").read_text().splitlines()]  # drop the seconds column
     hb = [r.split(",")[:-1] for r in (b / "history.csv").read_text().splitlines()]
@@ -158,3 +160,40 @@ def test_ema_keeps_the_average(tiny, tmp_path):
     moved = [k for k in w[0.0] if w[0.0][k].is_floating_point() and not torch.allclose(w[0.0][k], w[0.9][k], atol=1e-4)]
     assert len(moved) > len(w[0.0]) // 2
     assert [h["train_loss"] for h in runs[0.0].history] == pytest.approx([h["train_loss"] for h in runs[0.9].history])  # training itself untouched
+
+
+def test_stop_during_a_baseline_comparison_fit_resumes_with_the_trained_model(tiny, tmp_path, monkeypatch):
+    """Ctrl-C while --baseline scratch trains its comparison: it stops there (it ran to the end), the
+    run is not complete, and --resume evaluates the already trained model from its checkpoint (no
+    epoch of it again) and runs the comparison: the same result as a run never interrupted."""
+    import io
+
+    from rich.console import Console
+
+    import transferkit.fit as fit_mod
+
+    con = report.console(quiet=True)
+    cfg = _cfg(tiny, strategy="full", epochs=2, baseline="scratch")
+    fit(cfg, tmp_path / "whole", console=con)
+    real, seen = fit_mod._comparison_fit, {}
+
+    def compare_then_stop(*a, **kw):
+        seen["asked"] = 0
+
+        def stop():  # the request arrives once the comparison fit trains
+            seen["asked"] += 1
+            return True
+        return real(*a[:-1], stop)
+
+    monkeypatch.setattr(fit_mod, "_comparison_fit", compare_then_stop)
+    with pytest.raises(StopRequested) as e:
+        fit(cfg, tmp_path / "cut", console=con, should_stop=lambda: False)
+    assert e.value.checkpointed and seen["asked"] >= 1
+    assert not (tmp_path / "cut" / "manifest.json").exists()
+    monkeypatch.setattr(fit_mod, "_comparison_fit", real)
+    said = Console(file=io.StringIO(), record=True, width=200)
+    fit(cfg, tmp_path / "cut", console=said, resume=True)
+    assert "resuming from the checkpoint after training (2 epochs)" in said.export_text()
+    _same(tmp_path / "whole", tmp_path / "cut")
+    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert "verdict_scratch" in m

@@ -211,7 +211,8 @@ def fit(
             ps = phase_resume or {}
             done = len(st["history"]) + len(ps.get("history", []))  # earlier phases' epochs and this phase's (as the checkpoint's tag counts)
             where = f"inside epoch {done + 1} (batch {ps['batch']})" if ps.get("batch") else f"after epoch {done}"
-            console.print(f"resuming from the checkpoint {where} (phase {st['phase'] + 1} of {len(phases)})")
+            console.print(f"resuming from the checkpoint {where} (phase {st['phase'] + 1} of {len(phases)})" if st["phase"] < len(phases) else
+                          f"resuming from the checkpoint after training ({done} epochs): evaluating, then the --baseline comparison fits")
     model.to(device, memory_format=inputs.memory_format)
 
     def save_checkpoint(phase_state):
@@ -252,7 +253,7 @@ def fit(
                 res = run_phase(
                     pname, phase, model, groups, data, cfg, accelerator, k, model_for_freezing=model,
                     initial_best=st["best"], initial_loss=min((r["val_loss"] for r in st["history"]), default=None),
-                    on_checkpoint=save_checkpoint if ckpt else None, should_stop=stop,
+                    on_checkpoint=save_checkpoint if ckpt else (lambda _s: None) if out is not None else None, should_stop=stop,
                     checkpoint_every_s=cfg.train.checkpoint_minutes * 60 if cfg.train.checkpoint_minutes else None, **common,
                 )
                 st["timing"]["train_images"] += res.train_images
@@ -274,7 +275,9 @@ def fit(
             st["steps"] += res.steps
             st["best"] = res.best
             st["phase"] = i + 1
-            if ckpt is not None and i + 1 < len(phases):
+            # between phases, and after the last when --baseline fits follow (a stop during them resumes
+            # with this model trained)
+            if ckpt is not None and (i + 1 < len(phases) or cfg.train.baselines):
                 save_checkpoint(None)
                 if stop():
                     raise StopRequested
@@ -335,7 +338,12 @@ def fit(
     metrics["mistakes"] = summary(wrong)
     compared = {}  # --baseline scratch / base: the comparison fits' models and verdict labels, by key
     for kind in cfg.train.baselines:
-        add, cmodel, clabel = _comparison_fit(kind, cfg, model, inputs, splits, val_proba, console, base_model)
+        try:  # a stop: this run's model is in its last checkpoint, and a resume evaluates it and runs the comparisons again
+            if stop():
+                raise StopRequested
+            add, cmodel, clabel = _comparison_fit(kind, cfg, model, inputs, splits, val_proba, console, base_model, stop)
+        except StopRequested:
+            raise StopRequested(checkpointed=ckpt is not None or (out is not None and not main)) from None
         metrics.update(add)
         compared[kind] = (cmodel, clabel)
     if inputs.modality == "text":
@@ -488,12 +496,14 @@ def _base_of(model, cfg: RunConfig) -> tuple[str, str | None]:
     return spec["name"], spec.get("arch")
 
 
-def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba, console, base_model: tuple[str, str | None] | None) -> tuple[dict, TransferModel, str]:
+def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba, console, base_model: tuple[str, str | None] | None,
+                    stop=None) -> tuple[dict, TransferModel, str]:
     """A second fit on the same split, compared with this run's on the same validation examples by a
     paired bootstrap; returns (metrics to add, its model, its label in the verdict).
     scratch: the same architecture from random weights, the same data and epochs (strategy full, the
     default rate for it). base: the same recipe (strategy, rates, epochs) from the model that the
-    run:DIR given as --model started from (`base_model`, from `_base_of`), so without that run's source stage."""
+    run:DIR given as --model started from (`base_model`, from `_base_of`), so without that run's source stage.
+    `stop()` turning true stops it (StopRequested, nothing of it kept: it starts again on resume)."""
     from .backbones import scratch_name
     from .config import replace
 
@@ -511,7 +521,7 @@ def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba,
                       f"({cfg.strategy.name}) on the same split")
     if inputs.modality == "image":  # at this run's input size (a run: model's may differ from its architecture's default)
         ccfg.data.input_size = inputs.size
-    rs = fit(ccfg, None, console=report.console(quiet=True), splits=splits)
+    rs = fit(ccfg, None, console=report.console(quiet=True), splits=splits, should_stop=stop, should_abort=stop)
     sm = rs.metrics
     boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), rs.val_proba.argmax(1), seed=cfg.train.seed)
     steps = f"{sm['optimizer_steps']} optimizer steps"

@@ -313,9 +313,12 @@ def run_phase(
             step += 1
             result.train_images += len(idx)
             result.local_images += len(y)
-            if b + 1 < steps_per_epoch and on_checkpoint is not None:
+            if b + 1 < steps_per_epoch:
                 stop = should_stop()
-                if stop or (checkpoint_every_s is not None and time.monotonic() - last_ckpt > checkpoint_every_s):
+                if on_checkpoint is None:
+                    if stop:  # a fit without a run directory (a --baseline comparison's): nothing to keep
+                        raise StopRequested(checkpointed=False)
+                elif stop or (checkpoint_every_s is not None and time.monotonic() - last_ckpt > checkpoint_every_s):
                     result.train_seconds += time.perf_counter() - t0
                     on_checkpoint(state(epoch, b + 1))
                     t0, last_ckpt = time.perf_counter(), time.monotonic()
@@ -344,11 +347,12 @@ def run_phase(
             progress.update(task, advance=1, description=f"{name} val_acc={100 * scores['accuracy']:.1f}%")
         if on_epoch is not None:
             on_epoch(row)
-        if on_checkpoint is not None and phase.kind == "finetune":
-            on_checkpoint(state(epoch + 1, 0))
-            last_ckpt = time.monotonic()
+        if phase.kind == "finetune":
+            if on_checkpoint is not None:
+                on_checkpoint(state(epoch + 1, 0))
+                last_ckpt = time.monotonic()
             if should_stop() and epoch + 1 < phase.epochs:
-                raise StopRequested
+                raise StopRequested(checkpointed=on_checkpoint is not None)
         if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch + 1):
             break
     result.steps = step
