@@ -468,3 +468,41 @@ def test_an_older_or_unreadable_state_file(tmp_path, tiny_ckpt, capsys):
     capsys.readouterr()
     assert run_pipeline(tmp_path / "p2.yaml", out)["target"]["status"] == "skipped (complete)"
     assert "pipeline_state.json cannot be read" in capsys.readouterr().out
+
+
+def test_a_stop_reaches_an_adapt_stage_and_the_adapt_command(tmp_path, tiny_bert, capsys, monkeypatch):
+    """Ctrl-C / SIGTERM stop a pipeline's adapt stage at its next step (it ran to the end): nothing of
+    it is written, and the next run does it again. `transferkit adapt` stops the same way, exit 130 / 143."""
+    import signal
+
+    from transferkit import adapt as adapt_mod
+    from transferkit.pipeline import run_pipeline
+    from transferkit.trainer import StopRequested
+
+    p = make_text_csv(tmp_path / "r.csv")
+    f = _write(tmp_path / "p.yaml", [{"name": "mlm", "kind": "adapt", "data": str(p), "model": f"dir:{tiny_bert}", "epochs": 3,
+                                       "settings": {"batch_size": 8}}])
+    out = tmp_path / "out"
+    calls = []
+    with pytest.raises(StopRequested) as e:
+        run_pipeline(f, out, should_stop=lambda: calls.append(1) or len(calls) > 3)
+    assert not e.value.checkpointed and len(calls) == 4 and not (out / "mlm" / "manifest.json").exists()
+    summary = run_pipeline(f, out)
+    assert summary["mlm"]["status"] == "ran" and (out / "mlm" / "manifest.json").is_file()
+
+    real = adapt_mod.mlm
+
+    def mlm_then_signal(*a, **kw):  # SIGTERM arrives during the masked-LM steps
+        asked = kw["should_stop"]
+
+        def first_asks():
+            if not asked():
+                signal.raise_signal(signal.SIGTERM)
+            return asked()
+        return real(*a, **{**kw, "should_stop": first_asks})
+
+    monkeypatch.setattr(adapt_mod, "mlm", mlm_then_signal)
+    capsys.readouterr()
+    rc = main(["adapt", "--data", str(p), "--model", f"dir:{tiny_bert}", "--out", str(tmp_path / "a"), "--batch-size", "8", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 143 and "stopped by SIGTERM; adapt keeps no checkpoint" in err and not (tmp_path / "a" / "manifest.json").exists()

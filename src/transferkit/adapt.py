@@ -44,9 +44,9 @@ def _image_sources(spec: str, model: str) -> list:
     return files
 
 
-def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size: int = 64, device="cpu") -> int:
+def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size: int = 64, device="cpu", should_stop=None) -> int:
     """Re-estimate every BatchNorm layer's running statistics on `images_u8` (in fp32, on `device`);
-    returns how many layers."""
+    returns how many layers. `should_stop()` is called before every batch (it may raise)."""
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
@@ -60,6 +60,8 @@ def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size
     backbone.to(device)
     with torch.no_grad():
         for i in range(0, len(images_u8), batch_size):
+            if should_stop is not None:
+                should_stop()
             backbone(transform(images_u8[i : i + batch_size].to(device, non_blocking=True)))
     for m, mom in zip(bns, saved):
         m.momentum = mom
@@ -102,7 +104,8 @@ HELDOUT_FROM = 200  # adapt holds out 5% of at least this many texts (at most 50
 
 def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_size: int = 32, max_length: int = 128, seed: int = 0,
         mlm_probability: float = 0.15, head_steps: int | None = None, head_lr: float = 1e-3, console=None, accelerator=None,
-        accumulate: int = 1, grad_checkpointing: bool = False, group_by_length: bool = False, heldout: list[str] | None = None) -> dict:
+        accumulate: int = 1, grad_checkpointing: bool = False, group_by_length: bool = False, heldout: list[str] | None = None,
+        should_stop=None) -> dict:
     """Masked-language-model training of `backbone.model` (a transformers encoder) on `texts`, on the
     device and in the mixed precision of `accelerator` (None: `fit`'s default one, a GPU where there is
     one).
@@ -121,7 +124,10 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
 
     A new (randomly initialised) head is first trained alone for `head_steps` steps (default: a
     quarter of the main run's steps) with the encoder frozen, as a linear probe comes before fine-
-    tuning: otherwise the first updates of the encoder follow the gradients of a random head."""
+    tuning: otherwise the first updates of the encoder follow the gradients of a random head.
+
+    `should_stop()` turning true (Ctrl-C, SIGTERM) stops it before the next step: StopRequested, with
+    nothing kept (no checkpoint: an adapt run starts again)."""
     from transformers import DataCollatorForLanguageModeling
 
     from . import trainer
@@ -188,6 +194,8 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
         warm, losses = max(1, n // 16), []
         task = prog.add_task(label, total=n)
         for step, batch in zip(range(n), stream):
+            if should_stop is not None and should_stop():
+                raise trainer.StopRequested(checkpointed=False)
             prog.update(task, advance=1)
             if bool((batch["labels"] == -100).all()):  # no token drawn for masking (short texts, small batch): no loss to learn from
                 continue
@@ -260,17 +268,25 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
 
 
 def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int = 1, head_steps: int | None = None, console=None,
-          overwrite: bool = False) -> dict:
-    """Adapt `cfg.model.name` to the unlabelled data at `cfg.data.path`; write a run directory at `out`."""
+          overwrite: bool = False, should_stop=None) -> dict:
+    """Adapt `cfg.model.name` to the unlabelled data at `cfg.data.path`; write a run directory at `out`.
+    `should_stop()` turning true (Ctrl-C, SIGTERM) stops it at the next step with StopRequested, `out`
+    unwritten (an --intermediate fit stops as `fit` does, after a checkpoint, and starts again)."""
     from .config import replace
     from .fit import write_model
     from .inputs import inputs_for, modality_of
     from .model import TransferModel, create_head
     from .rundir import RunDir
 
+    from .trainer import StopRequested
+
     con = console or report.console()
     cfg.validate()
     kind = modality_of(cfg.model.name)
+
+    def stopped(*_a) -> None:
+        if should_stop is not None and should_stop():
+            raise StopRequested(checkpointed=False)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise UserError(f"--epochs must be a whole number >= 1, got {epochs!r}")
     if head_steps is not None:
@@ -310,7 +326,7 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         info.update(method="mlm", **mlm(backbone, texts, heldout=heldout, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,
                                         max_length=cfg.data.max_length, seed=cfg.train.seed, head_steps=head_steps, console=con,
                                         accelerator=accelerator, accumulate=cfg.train.accumulate, grad_checkpointing=cfg.train.grad_checkpointing,
-                                        group_by_length=cfg.train.group_by_length))
+                                        group_by_length=cfg.train.group_by_length, should_stop=should_stop))
         if "head_first_loss" in info:
             con.print(f"new masked-LM head trained alone first: loss {info['head_first_loss']:.3f} -> {info['head_last_loss']:.3f} over {info['head_steps']} steps")
         if info["first_loss"] is not None:
@@ -326,7 +342,7 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
 
             inter_dir = Path(out).with_name(Path(out).name + "-intermediate")
             con.print(f"adapt: supervised intermediate task on {intermediate} first ({inter_dir})")
-            fit(replace(cfg, data=intermediate), inter_dir, overwrite=True, console=con)
+            fit(replace(cfg, data=intermediate), inter_dir, overwrite=True, console=con, should_stop=should_stop, should_abort=should_stop)
             name = f"run:{inter_dir}"
             info["intermediate"] = {"data": intermediate, "run": str(inter_dir)}
         backbone = create_backbone(name, arch=cfg.model.arch)
@@ -340,8 +356,8 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
 
         files = _image_sources(cfg.data.path, cfg.model.name)
         inputs = inputs_for(cfg, backbone)
-        x, kept, bad = inputs.encode(ImageSet(files, np.zeros(len(files), int), ["unlabelled"]))
-        n = adabn(backbone, x, inputs.eval_transform(), device=accelerator.device) if has_bn else 0
+        x, kept, bad = inputs.encode(ImageSet(files, np.zeros(len(files), int), ["unlabelled"]), progress=stopped)
+        n = adabn(backbone, x, inputs.eval_transform(), device=accelerator.device, should_stop=stopped) if has_bn else 0
         con.print(f"adapt: AdaBN re-estimated {n} BatchNorm layers on {len(kept)} target images from {cfg.data.path}"
                   + (f" (left out {len(bad)} unreadable: {'; '.join(bad[:3])})" if bad else ""))
         info.update(method="adabn" + ("+intermediate" if intermediate else ""), batchnorm_layers=n, images=len(kept), skipped=bad[:10])

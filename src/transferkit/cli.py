@@ -508,7 +508,17 @@ def cmd_adapt(args) -> int:
                   max_length=args.max_length, text_column=args.text_column, input_size=args.input_size, seed=args.seed,
                   cpu=args.cpu, precision=args.precision, accumulate=args.accumulate, grad_checkpointing=args.grad_checkpointing,
                   group_by_length=args.group_by_length, skip_bad_images=args.skip_bad_images or None, encoding=args.encoding)
-    adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, head_steps=args.head_steps, console=report.console(quiet=args.quiet), overwrite=args.overwrite)
+    from .trainer import StopRequested
+
+    signals = _StopOnSignal()
+    try:
+        with signals:
+            adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, head_steps=args.head_steps, console=report.console(quiet=args.quiet),
+                  overwrite=args.overwrite, should_stop=signals)
+    except StopRequested:
+        print(f"transferkit: stopped by {signals.name}; adapt keeps no checkpoint, and nothing was written to {args.out}: run the same command again",
+              file=sys.stderr)
+        return 128 + signals.signum
     return 0
 
 
@@ -523,7 +533,8 @@ def cmd_pipeline(args) -> int:
         with signals:
             summary = run_pipeline(args.file, args.out, console=report.console(quiet=args.quiet), should_stop=signals, should_abort=signals)
     except StopRequested:
-        print(f"transferkit: stopped by {signals.name}; finished stages are kept and the interrupted one resumes from its checkpoint. Continue with:\n"
+        print(f"transferkit: stopped by {signals.name}; finished stages are kept and the interrupted one resumes from its checkpoint "
+              f"(an adapt stage starts again). Continue with:\n"
               f"  transferkit pipeline {args.file} --out {args.out}", file=sys.stderr)
         return 128 + signals.signum
     for name, v in summary.items():

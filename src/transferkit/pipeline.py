@@ -117,7 +117,8 @@ def _order(stages: list[dict], where) -> list[dict]:
 
 def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop=None, should_abort=None) -> dict:
     """Run the stages of the pipeline file at `path` into `out` in dependency order. `should_stop` /
-    `should_abort` go to every fit stage (as `fit`'s: Ctrl-C / SIGTERM checkpoint it and stop)."""
+    `should_abort` go to every fit stage (as `fit`'s: Ctrl-C / SIGTERM checkpoint it and stop), and
+    `should_stop` to an adapt stage (which stops at its next step, and starts again)."""
     from .adapt import adapt
     from .config import RunConfig, config_from_dict, replace
     from .fit import fit
@@ -197,7 +198,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
             if kind == "adapt":
                 inter = st.get("intermediate")
                 adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=st.get("epochs", 1), head_steps=st.get("head_steps"),
-                      console=con, overwrite=True)
+                      console=con, overwrite=True, should_stop=should_stop)
             elif (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
                 con.print(f"stage {name}: interrupted before; resuming")
                 fit(cfg, d, resume=True, console=con, should_stop=should_stop, should_abort=should_abort)
