@@ -170,3 +170,41 @@ def test_check_tolerates_only_near_ties():
     assert tie["same_class"] == 0 and tie["ok"]  # rounding may flip a near-tie
     assert not compare(np.array([[0.6, 0.4]]), np.array([[0.4, 0.6]]))["ok"]
     assert not compare(np.array([[0.9, 0.1]]), np.array([[0.9 - 2e-4, 0.1 + 2e-4]]))["ok"]  # same class, too far
+
+
+def test_unsaved_classifier_export_serves_its_saved_run_and_a_damaged_export_is_named(tmp_path, capsys, tiny_ckpt, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where fit(X, y) writes its examples
+    (tmp_path / "tmp").mkdir()
+    data = _images(tmp_path / "data")
+    files = sorted(data.rglob("*.png"))
+    X = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    y = [f.parent.name for f in files]
+    clf = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, batch_size=4, epochs=1, calibrate="none")
+    clf.fit(X, y)
+    assert list((tmp_path / "tmp").glob("transferkit-data-*")) == []  # the PNG copies of X are gone once fit returns
+    with pytest.raises(Exception, match="at least 2"):
+        ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16).fit(X, ["red"] * len(X))
+    assert list((tmp_path / "tmp").glob("transferkit-data-*")) == []  # and when it fails
+
+    # export before save: the export carries the weights' hash, and predict --onnx takes it for the saved run
+    clf.export(tmp_path / "exp")
+    clf.save(tmp_path / "run")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(data), "--onnx", str(tmp_path / "exp"), "--out", str(tmp_path / "p.csv")]) == 0
+
+    # a half-copied model.onnx is named (it was onnxruntime's InvalidProtobuf traceback); the hints name --out
+    onnx_file = tmp_path / "exp" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
+    assert main(["predict", str(tmp_path / "run"), str(data), "--onnx", str(tmp_path / "exp")]) == 2
+    err = capsys.readouterr().err
+    assert "model.onnx is damaged or was changed" in err and f"--out {tmp_path / 'exp'} --overwrite" in err and "Traceback" not in err, err
+    info = json.loads((tmp_path / "exp" / "export.json").read_text())
+    del info["onnx_sha256"]  # an export made before the hash was recorded: onnxruntime's own error, as a message
+    (tmp_path / "exp" / "export.json").write_text(json.dumps(info))
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(data), "--onnx", str(tmp_path / "exp")]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime cannot load" in err and "Traceback" not in err, err
+    assert main(["predict", str(tmp_path / "run"), str(data), "--onnx", str(tmp_path / "nodir")]) == 2
+    assert "nodir: no such folder" in capsys.readouterr().err

@@ -51,16 +51,27 @@ class _Classifier:
         """`data`: a folder, a CSV/TSV or `digits`, as `transferkit fit --data` takes; or examples with
         their labels `y` (scikit-learn's fit(X, y)): texts for a TextClassifier, images (paths, PIL
         images, arrays) for an ImageClassifier. Those are written to a CSV (and PNG files for images
-        in memory) in a new temporary folder, which the run reads and its config.yaml names."""
+        in memory) in a new temporary folder, which the run reads; the folder is removed when fit
+        returns or fails, except when an `out=` run stops before it ends (`transferkit fit --resume
+        OUT` reads it)."""
+        import shutil
+
         from . import report
         from .fit import fit
 
-        labels_given = None
+        labels_given, examples = None, None
         if y is not None:
             data, labels_given = self._write_examples(data, y)
+            examples = Path(data).parent
         elif not isinstance(data, (str, Path)):
             raise UserError(f"fit takes a path (a folder, a CSV, 'digits') or examples with their labels, fit(X, y); got {type(data).__name__} without labels")
-        r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet))
+        finished = False
+        try:
+            r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet))
+            finished = True
+        finally:
+            if examples is not None and (finished or out is None or not (Path(out) / "checkpoints").is_dir()):
+                shutil.rmtree(examples, ignore_errors=True)  # a PNG copy of every image, on every call
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
         if labels_given is not None:  # predict gives back y's own labels (ints stay ints), as scikit-learn's do
@@ -75,6 +86,7 @@ class _Classifier:
         a new temporary folder; returns the CSV's path and the labels."""
         import csv
         import io
+        import shutil
         import tempfile
 
         from .rundir import atomic_write_bytes
@@ -85,19 +97,23 @@ class _Classifier:
             raise UserError(f"fit(X, y): y must give one label per example: {len(items)} examples, "
                             + ("a string" if labels is None else f"{len(labels)} labels"))
         folder = Path(tempfile.mkdtemp(prefix="transferkit-data-"))
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow([self.kind_column, "label"])
-        for i, (x, label) in enumerate(zip(items, labels)):
-            if isinstance(x, np.ndarray):  # an image in memory: a lossless file the run can read
-                (folder / "images").mkdir(exist_ok=True)
-                x_path = folder / "images" / f"{i:06d}.png"
-                Image.fromarray(x).save(x_path)
-                x = str(x_path)
-            elif self.kind_column == "path":
-                x = str(Path(x).resolve())
-            w.writerow([x, str(label)])
-        atomic_write_bytes(folder / "data.csv", buf.getvalue().encode())
+        try:
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow([self.kind_column, "label"])
+            for i, (x, label) in enumerate(zip(items, labels)):
+                if isinstance(x, np.ndarray):  # an image in memory: a lossless file the run can read
+                    (folder / "images").mkdir(exist_ok=True)
+                    x_path = folder / "images" / f"{i:06d}.png"
+                    Image.fromarray(x).save(x_path)
+                    x = str(x_path)
+                elif self.kind_column == "path":
+                    x = str(Path(x).resolve())
+                w.writerow([x, str(label)])
+            atomic_write_bytes(folder / "data.csv", buf.getvalue().encode())
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return str(folder / "data.csv"), labels
 
     def _set_fitted(self, model, classes, inputs, config) -> None:

@@ -19,6 +19,7 @@ onnxruntime to check; both are optional dependencies (`pip install 'transferkit[
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -237,7 +238,10 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
             "inputs": {n: {"dtype": str(a.dtype), "shape": ["N"] + (["L"] if text else list(a.shape[1:]))} for n, a in trace.items()},
             "outputs": {"logits": "float32 (N, classes)", "probs": "float32 (N, classes), softmax of logits"},
             "opset": opsets.get("ai.onnx"), "export_seconds": round(seconds, 2), "check": check,
-            "model_sha256": run_model_digest(run) if run else None,  # `predict --onnx` refuses an export of other weights
+            # `predict --onnx` refuses an export of other weights; an unsaved classifier's weights are
+            # hashed as save() writes them, so its export serves the run it is saved to
+            "model_sha256": run_model_digest(run) if run else model_digest(clf.model_),
+            "onnx_sha256": hashlib.sha256((tmp / "model.onnx").read_bytes()).hexdigest(),  # a half-copied model.onnx is named, not parsed
         }
         if text:
             clf.model_.backbone.tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -264,6 +268,13 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
     return info
 
 
+def model_digest(model) -> str:
+    """The sha256 of the model.safetensors that save() (fit.write_model) would write for `model`."""
+    from .fit import model_bytes
+
+    return hashlib.sha256(model_bytes(model)).hexdigest()
+
+
 def run_model_digest(run_dir: str | Path) -> str | None:
     """The sha256 of a finished run's model.safetensors, as its manifest records it."""
     from .rundir import MANIFEST
@@ -278,18 +289,29 @@ def load_export(run_dir: str | Path, folder: str | Path | None = None):
     """An onnxruntime session for RUN_DIR's export, refused unless the export was made from the
     weights the run holds now (a run refitted with --overwrite leaves a stale export behind)."""
     _require_onnx()
-    folder = Path(folder) if folder is not None else Path(run_dir) / "export"
-    info_file = folder / "export.json"
-    if not (folder / "model.onnx").is_file() or not info_file.is_file():
-        raise UserError(f"no ONNX export in {folder}: run `transferkit export {run_dir}` first")
+    default = folder is None
+    folder = Path(run_dir) / "export" if default else Path(folder)
+    redo = f"transferkit export {run_dir}" + ("" if default else f" --out {folder}")
+    if not default and not folder.exists():
+        raise UserError(f"--onnx {folder}: no such folder")
+    info_file, model_file = folder / "export.json", folder / "model.onnx"
+    if not model_file.is_file() or not info_file.is_file():
+        missing = " and ".join(f.name for f in (model_file, info_file) if not f.is_file())
+        raise UserError(f"no ONNX export in {folder} (no {missing}): run `{redo}` first")
     try:
         info = json.loads(info_file.read_text())
     except ValueError as e:
-        raise UserError(f"{info_file} is damaged ({e}): run `transferkit export {run_dir} --overwrite`") from None
+        raise UserError(f"{info_file} is damaged ({e}): run `{redo} --overwrite`") from None
     now = run_model_digest(run_dir)
     if info.get("model_sha256") is None or info.get("model_sha256") != now:
-        raise UserError(f"{folder} was not exported from the weights {run_dir} holds now: run `transferkit export {run_dir} --overwrite`")
-    return _ort_session(folder / "model.onnx")
+        raise UserError(f"{folder} was not exported from the weights {run_dir} holds now: run `{redo} --overwrite`")
+    if info.get("onnx_sha256") and hashlib.sha256(model_file.read_bytes()).hexdigest() != info["onnx_sha256"]:
+        raise UserError(f"{model_file} is damaged or was changed (its sha256 is not the one {info_file.name} records): run `{redo} --overwrite`")
+    try:
+        return _ort_session(model_file)
+    except Exception as e:  # an export older than onnx_sha256, damaged
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"onnxruntime cannot load {model_file} ({first}): run `{redo} --overwrite`") from None
 
 
 def onnx_predict_proba(session, clf, x: torch.Tensor, batch: int = 64) -> np.ndarray:

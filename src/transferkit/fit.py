@@ -552,13 +552,17 @@ def model_meta(model: TransferModel, classes: list[str], inputs, cfg: RunConfig)
     }
 
 
+def model_bytes(model: TransferModel) -> bytes:
+    """The model's weights as model.safetensors holds them."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
 def write_model(rundir: RunDir, model: TransferModel, meta: dict) -> None:
     import tempfile
 
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    rundir.write_bytes("model.safetensors", save(state))
+    rundir.write_bytes("model.safetensors", model_bytes(model))
     if meta["modality"] == "text":
         with tempfile.TemporaryDirectory() as tmp:
             model.backbone.save_assets(Path(tmp))
