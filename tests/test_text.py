@@ -284,6 +284,13 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     np.testing.assert_allclose(np.array([r_[4:] for r_ in rows[1:]], float), proba, atol=1e-5)
     r = run_cli("predict", out, table)
     assert r.returncode == 2 and "no text column" in r.stderr and "--text-column" in r.stderr
+    # a file without a header (SMS Spam Collection's label<TAB>text), as fit and evaluate read it: it was
+    # refused with its first text listed as the "columns found"
+    spam = tmp_path / "spam.tsv"
+    spam.write_text("pos\tgood film\n\nneg\tthe plot was awful\n")
+    r = run_cli("predict", out, spam, "--out", tmp_path / "s.csv")
+    assert r.returncode == 0, r.stderr
+    assert [r_[:3] for r_ in list(csv.reader((tmp_path / "s.csv").open()))[1:]] == [[str(spam), "1", "good film"], [str(spam), "2", "the plot was awful"]]
     for cmd in (["predict", out, lines], ["evaluate", out, "--data", p]):  # an image option on a text model: said, not ignored
         r = run_cli(*cmd, "--skip-bad-images")
         assert r.returncode == 2 and "is a text model: --skip-bad-images is for image models" in r.stderr
@@ -430,3 +437,26 @@ def test_fit_takes_examples_and_labels_in_memory(tmp_path, tiny_bert, tiny_ckpt,
     e = ImageClassifier(**ikw).fit(files, np.array([int(v == "red") for v in ys]))
     said = e.predict(files)
     assert all(type(v) is int for v in said) and said == [int(v == "red") for v in c.predict(files)]
+
+
+def test_unlabelled_texts_are_read_as_fit_reads_the_file(tmp_path):
+    """predict's and adapt's reader finds the header and the text column as fit's does."""
+    from transferkit.errors import UserError
+    from transferkit.text_data import read_table, read_text_rows
+
+    spam = tmp_path / "spam.tsv"
+    spam.write_text("ham\tsee you at eight then, ok?\n\nspam\tWIN a FREE prize: call now\n")
+    assert read_text_rows(str(spam)) == [(1, "see you at eight then, ok?"), (2, "WIN a FREE prize: call now")]
+    assert read_text_rows(str(spam), text_column="1") == [(1, "ham"), (2, "spam")]  # a position from 1, as fit takes it
+    assert read_table(spam)[0] == [t for _, t in read_text_rows(str(spam))]
+    one = tmp_path / "plain.csv"
+    one.write_text("free prize now\nhi mum\n")
+    assert read_text_rows(str(one)) == [(1, "free prize now"), (2, "hi mum")]
+    ids = tmp_path / "ids.csv"  # a header naming a column of numbers is a header, though no name is known
+    ids.write_text("id,comment_body,score\n7,good film,1\n8,awful plot,2\n")
+    with pytest.raises(UserError, match="no text column"):
+        read_text_rows(str(ids))
+    assert read_text_rows(str(ids), text_column="2") == [(1, "good film"), (2, "awful plot")]
+    assert read_text_rows(str(ids), also="comment_body") == [(1, "good film"), (2, "awful plot")]
+    with pytest.raises(UserError, match="no text column '4'"):
+        read_text_rows(str(ids), text_column="4")

@@ -84,7 +84,7 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
     first = [c.strip() for c in rows[0]]
     lower = [c.lower() for c in first]
     named = text_column is not None or label_column is not None
-    has_header = named or any(c in TEXT_NAMES + LABEL_NAMES for c in lower)
+    has_header = named or any(c in TEXT_NAMES + LABEL_NAMES for c in lower) or _names_numbers(first, rows[1:])
     if has_header:
         header, body, start = first, rows[1:], 2
     else:
@@ -241,6 +241,21 @@ def _delimiter(text: str, path: Path, given: str | None) -> str:
     return best
 
 
+def _names_numbers(first: list[str], body: list[list[str]]) -> bool:
+    """Whether the first row names a column of numbers (`id` over 7, 8, ...): a header, as
+    csv.Sniffer.has_header reasons, even when no column has a name transferkit knows."""
+
+    def number(v: str) -> bool:
+        try:
+            float(v)
+            return True
+        except ValueError:
+            return False
+
+    sample = [r for r in body[:200] if len(r) == len(first)]
+    return bool(sample) and any(not number(first[i]) and all(number(r[i]) for r in sample) for i in range(len(first)))
+
+
 def _dname(d: str) -> str:
     return {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(d, repr(d))
 
@@ -290,8 +305,10 @@ def read_texts(spec: str, *, text_column: str | None = None, encoding: str = "au
 
 def read_text_rows(spec: str, *, text_column: str | None = None, also: str | None = None, encoding: str = "auto") -> list[tuple[int, str]]:
     """`read_texts` with where each text came from: (row, text), the row being a text file's line
-    number or a CSV/TSV's record number after the header (both from 1; blank texts are left out).
-    `also`: a column name tried before the usual ones (a run's own --text-column)."""
+    number or a CSV/TSV's record number after the header, blank records not counted (both from 1;
+    blank texts are left out). A CSV/TSV's header is detected as `read_table` detects it; the text
+    column is `text_column` (a name, or a position from 1), else `also` (a run's own
+    --text-column), else a known name, else, without a header, the column of the longest texts."""
     p = Path(spec)
     if p.is_dir():
         f = _find(p, "train")
@@ -304,16 +321,34 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
     if p.suffix.lower() in (".csv", ".tsv"):
         csv.field_size_limit(MAX_FIELD)
         d = _delimiter(text, p, None)
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=d, quoting=csv.QUOTE_NONE if d == "\t" else csv.QUOTE_MINIMAL))
+        try:
+            rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=d, quoting=csv.QUOTE_NONE if d == "\t" else csv.QUOTE_MINIMAL)
+                    if any(c.strip() for c in r)]
+        except csv.Error as e:
+            raise UserError(f"{p}: not a readable {_dname(d)}-delimited file ({e})") from None
         if not rows:
             raise UserError(f"{p}: empty file (no header, no texts)")
-        header = [h.strip() for h in rows[0]]
-        names = [text_column] if text_column else ([also] if also else []) + list(TEXT_NAMES)
-        col = next((i for i, h in enumerate(header) if h in names or h.lower() in names), None)
+        first = [h.strip() for h in rows[0]]
+        known = {n.lower() for n in (*TEXT_NAMES, *LABEL_NAMES, *([also] if also else []))}
+        has_header = any(h.lower() in known for h in first) or (text_column is not None and not text_column.isdigit()) or _names_numbers(first, rows[1:])
+        header, body = (first, rows[1:]) if has_header else ([f"column{i + 1}" for i in range(len(first))], rows)
+        col = None
+        if text_column is not None:
+            col = _column(header, text_column, (), p, "text")
+        elif also:
+            try:
+                col = _column(header, also, (), p, "text")
+            except UserError:  # the run's column is not in this file: the usual names
+                pass
         if col is None:
-            raise UserError(f"{p}: no text column (looked for {', '.join(names)}); columns found: {', '.join(header)}"
-                            + ("" if text_column else "; name it with --text-column"))
-        texts = [(i, r[col]) for i, r in enumerate(rows[1:], 1) if len(r) > col and r[col].strip()]
+            col = _column(header, None, TEXT_NAMES, p, "text")
+        if col is None and has_header:
+            raise UserError(f"{p}: no text column (looked for {', '.join(([also] if also else []) + list(TEXT_NAMES))}); "
+                            f"columns found: {', '.join(header)}; name it with --text-column")
+        if col is None:  # no header: the column of the longest texts, as fit reads such a file
+            sample = [r for r in body[:2000] if len(r) == len(header)] or body[:2000]
+            col = int(np.argmax([np.mean([len(r[i]) if len(r) > i else 0 for r in sample]) for i in range(len(header))]))
+        texts = [(i, r[col]) for i, r in enumerate(body, 1) if len(r) > col and r[col].strip()]
     else:
         texts = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not texts:
