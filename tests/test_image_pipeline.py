@@ -4,6 +4,7 @@ feature cache is reused exactly when nothing it depends on changed."""
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,12 +72,16 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
     assert ev["n"] == m["n_val"] < 16 and "the run's validation split" in ev["data"]
     assert (ev["accuracy"], ev["confusion_matrix"]) == (m["accuracy"], m["confusion_matrix"])
     copy = tmp_path / "copy"
-    shutil.copytree(tiny_folder, copy)  # other data (here a copy): every image
+    shutil.copytree(tiny_folder, copy)  # other data: every image, but the run's training images, known by content, are left out
     assert main(["evaluate", str(run), "--data", str(copy), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["n"] == 16
-    (tmp_path / "one" / "red").mkdir(parents=True)  # data to score needs no 2 images per class (training does)
-    shutil.copy(images[-1], tmp_path / "one" / "red")
-    (tmp_path / "one.csv").write_text(f"path,label\n{images[-1]},red\n")
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == m["n_val"] and f"{16 - m['n_val']} of its 16 images left out: the run trained on them" in ev["data"], ev["data"]
+    from transferkit.inputs import load_splits
+
+    held = Path(load_splits(loaded.config_).val.sources[-1])  # a validation image
+    (tmp_path / "one" / held.parent.name).mkdir(parents=True)  # data to score needs no 2 images per class (training does)
+    shutil.copy(held, tmp_path / "one" / held.parent.name)
+    (tmp_path / "one.csv").write_text(f"path,label\n{held},{held.parent.name}\n")
     for data in ("one", "one.csv"):
         assert main(["evaluate", str(run), "--data", str(tmp_path / data), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["n"] == 1

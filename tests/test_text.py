@@ -460,3 +460,32 @@ def test_unlabelled_texts_are_read_as_fit_reads_the_file(tmp_path):
     assert read_text_rows(str(ids), also="comment_body") == [(1, "good film"), (2, "awful plot")]
     with pytest.raises(UserError, match="no text column '4'"):
         read_text_rows(str(ids), text_column="4")
+
+
+def test_evaluate_leaves_out_the_training_texts_found_under_another_path(tmp_path, capsys, tiny_bert):
+    """A copy of the training file (CRLF, another name) was scored whole, training texts included,
+    with nothing said: 98% against the validation split's 92% in a QA run."""
+    from transferkit.api import TextClassifier
+    from transferkit.cli import main
+    from transferkit.inputs import load_splits
+
+    data = make_text_csv(tmp_path / "t.csv", n=30)
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(data), *tiny_text_args(tiny_bert), "--strategy", "linear_probe", "--val-fraction", "0.25", "--out", str(run), "--quiet"]) == 0
+    clf = TextClassifier.load(run)
+    trained = {t.strip() for t in load_splits(clf.config_).train.sources}
+    lines = data.read_text().splitlines()
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes(("\r\n".join(lines + ["a new film about nothing,neg"]) + "\r\n").encode())
+    new = [ln.rsplit(",", 1)[0] for ln in lines[1:] + ["a new film about nothing,neg"] if ln.rsplit(",", 1)[0] not in trained]
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(copy), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["n"] == len(new) < len(lines) - 1 and f"{len(lines) - len(new)} of its {len(lines)} texts left out: the run trained on them" in m["data"], m["data"]
+    only = tmp_path / "train_only.csv"
+    only.write_text("text,label\n" + "\n".join(ln for ln in lines[1:] if ln.rsplit(",", 1)[0] in trained) + "\n")
+    assert main(["evaluate", str(run), "--data", str(only)]) == 2
+    assert "are ones the run trained on" in capsys.readouterr().err
+    # the classifier fitted in Python knows its training texts without a run directory
+    fitted = TextClassifier(model=f"dir:{tiny_bert}", strategy="linear_probe", batch_size=8, max_length=32, lp_epochs=2, val_fraction=0.25).fit(str(data))
+    assert fitted.evaluate(str(copy))["n"] == len(new)

@@ -74,6 +74,7 @@ class _Classifier:
                 shutil.rmtree(examples, ignore_errors=True)  # a PNG copy of every image, on every call
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
+        self.train_fingerprints_ = {f for f in r.train_fingerprints if f}
         if labels_given is not None:  # predict gives back y's own labels (ints stay ints), as scikit-learn's do
             self._label_of = {str(v): v for v in labels_given}
         return self
@@ -176,7 +177,7 @@ class _Classifier:
         import yaml
 
         from .backbones import Preprocess
-        from .fit import load_model
+        from .fit import load_fingerprints, load_model
         from .inputs import ImageInputs, TextInputs
 
         model, meta = load_model(path)
@@ -193,6 +194,7 @@ class _Classifier:
             inputs.pre = Preprocess.from_dict(meta["preprocess"])
         out._set_fitted(model, meta["classes"], inputs, cfg)
         out.run_dir_ = Path(path)
+        out.train_fingerprints_ = load_fingerprints(path)
         return out
 
 

@@ -57,6 +57,30 @@ class ImageSet:
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
 
+def fingerprints(sources: list, text: bool) -> list[str | None]:
+    """A short content hash of each example: a text's stripped characters, an image file's bytes, an
+    array's pixels (None for a file that cannot be read). A run keeps its training split's, so that
+    `evaluate` knows its training examples under another path (a copy, a re-export)."""
+    import hashlib
+
+    out: list[str | None] = []
+    for x in sources:
+        h = hashlib.blake2b(digest_size=8)
+        if text:
+            h.update(str(x).strip().encode("utf-8", "surrogatepass"))
+        elif isinstance(x, np.ndarray):
+            h.update(f"{x.shape}{x.dtype}".encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        else:
+            try:
+                h.update(Path(x).read_bytes())
+            except OSError:
+                out.append(None)
+                continue
+        out.append(h.hexdigest())
+    return out
+
+
 @dataclass
 class DataSplits:
     train: ImageSet

@@ -101,9 +101,21 @@ def labelled_set(clf, spec: str):
             return splits.test, f"{spec} (the run's held-out test split, --test-fraction {cfg.data.test_fraction:g}, seed {cfg.train.seed})"
         return splits.val, (f"{spec} (the run's validation split, seed {cfg.train.seed}: the rest trained it; the best epoch was chosen on it, "
                             "so a little optimistic: fit with --test-fraction 0.2 for an estimate on examples it never saw)")
-    if clf.inputs_.modality == "text":
-        return text_eval_set(spec, clf.classes_, cfg)
-    return eval_set(spec, clf.classes_, cfg)
+    text = clf.inputs_.modality == "text"
+    s, where = text_eval_set(spec, clf.classes_, cfg) if text else eval_set(spec, clf.classes_, cfg)
+    seen = getattr(clf, "train_fingerprints_", None)
+    if seen:  # the run's training examples under another path (a copy, a CRLF re-export) are left out, not scored
+        from .data import fingerprints
+
+        keep = [i for i, f in enumerate(fingerprints(s.sources, text)) if f not in seen]
+        if len(keep) < len(s):
+            unit = clf.inputs_.unit
+            if not keep:
+                raise UserError(f"{where}: all {len(s)} {unit} are ones the run trained on (the same content as its training split): "
+                                "their score would say nothing about new data; evaluate on data it did not train on")
+            where = f"{where} ({len(s) - len(keep)} of its {len(s)} {unit} left out: the run trained on them)"
+            s = s.subset(keep)
+    return s, where
 
 
 def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, onnx_session=None, skip_bad_images: bool = False) -> dict:

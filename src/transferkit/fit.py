@@ -46,6 +46,7 @@ class FitResult:
     inputs: object = None  # inputs.ImageInputs / TextInputs the run used
     val_proba: np.ndarray | None = None
     mistakes: object = None  # mistakes.Mistakes: the wrong validation examples, most confident first
+    train_fingerprints: list = field(default_factory=list)  # data.fingerprints of the training split
 
 
 def make_accelerator(cfg: RunConfig):
@@ -386,7 +387,10 @@ def fit(
         from .lora import merge_lora
 
         merge_lora(model.backbone)  # the saved model is a plain backbone: no PEFT needed to load it
-    result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba, mistakes=mistakes)
+    from .data import fingerprints
+
+    result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba, mistakes=mistakes,
+                       train_fingerprints=fingerprints(splits.train.sources, inputs.modality == "text"))
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path
@@ -602,12 +606,26 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
         plots.close(fig)
     data = {"source": splits.source, "classes": r.classes, "train": splits.train.counts(), "val": splits.val.counts()}
     rundir.write_json("data.json", data)
+    rundir.write_json(FINGERPRINTS, {"hash": "blake2b-64", "train": r.train_fingerprints})
     from .report_html import render
 
     title = f"transferkit: {r.config.model.name} on {splits.source}"
     rundir.write_text("report.html", render(title=title, metrics=r.metrics, config=r.config.to_dict(), data=data, figures=pngs))
     rundir.finalize()
     shutil.rmtree(rundir.path / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
+
+
+FINGERPRINTS = "train_fingerprints.json"  # evaluate leaves out the examples the run trained on, wherever they lie
+
+
+def load_fingerprints(path: str | Path) -> set[str]:
+    """The training split's fingerprints a run directory keeps (none for runs made before it did)."""
+    import json
+
+    try:
+        return {f for f in json.loads((Path(path) / FINGERPRINTS).read_text())["train"] if f}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def load_model(path: str | Path) -> tuple[TransferModel, dict]:
