@@ -2,6 +2,7 @@
 global batch: each takes its share of every batch, augmented as one batch, and gradients are averaged."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -70,3 +71,55 @@ def test_two_processes_match_one_for_a_batchnorm_model_with_frozen_statistics(tm
     _same_weights(one, two)
     w = load_file(str(one / "model.safetensors"))
     assert any(k.endswith("running_mean") for k in w)  # a model with BatchNorm layers
+
+
+def _rank_pid(out: str, rank: int) -> int | None:
+    """The process of `rank` in the torchrun job writing `out` (read from /proc)."""
+    from pathlib import Path
+
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            env = (p / "environ").read_bytes().split(b"\0")
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and out.encode() in cmd and b"transferkit.cli" in cmd:
+            return int(p.name)
+    return None
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+    """A signal reaches torchrun's processes at different moments (here only the second gets one): they
+    agree to stop at the same step, so the first writes its checkpoint and says so, instead of the
+    others dying in gloo waiting for the one that left; the run then resumes to the end."""
+    import signal
+    import time
+    from pathlib import Path
+
+    d = make_folder(tmp_path / "d", n=8, size=20)
+    out = str(tmp_path / "two")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                "-m", "transferkit.cli"]
+    args = ["fit", "--data", str(d), "--model", "small_convnet", "--strategy", "full", "--epochs", "400", "--batch-size", "8", "--quiet",
+            "--checkpoint-minutes", "100", "--precision", "no", "--calibrate", "none", "--baseline", "none"]
+    job = subprocess.Popen(torchrun + args + ["--out", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(Path(out, "checkpoints").glob("*")) and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pid = _rank_pid(out, 1)
+        assert pid is not None and job.poll() is None, "the run ended or never trained"
+        os.kill(pid, signal.SIGTERM)
+        _, err = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert "stopped by a signal to another process; checkpoint written" in err, err[-3000:]
+    assert "Connection closed by peer" not in err and "[rank0]: Traceback" not in err, err[-3000:]
+    done = len(Path(out, "history.csv").read_text().splitlines()) if Path(out, "history.csv").exists() else 0
+    assert done == 0  # not finished
+    r = subprocess.run(torchrun[:8] + [str(_free_port())] + torchrun[9:] + ["fit", "--resume", out], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(Path(out, "history.csv").read_text().splitlines()) == 401

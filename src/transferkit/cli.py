@@ -154,14 +154,23 @@ def cmd_fit(args) -> int:
         with signals:
             fit(cfg, out, overwrite=args.overwrite, console=report.console(quiet=args.quiet), resume=bool(args.resume), should_stop=signals, should_abort=signals)
     except StopRequested as e:
+        code = 128 + (signals.signum or 15)  # no signal here: another process had one (torchrun sends SIGTERM)
+        if not _main_rank():  # the others stopped with it, at the same step; the first process speaks for all
+            return code
+        name = signals.name or "a signal to another process"
         if e.checkpointed:
-            print(f"transferkit: stopped by {signals.name}; checkpoint written. Resume with:\n  transferkit fit --resume {out}", file=sys.stderr)
+            print(f"transferkit: stopped by {name}; checkpoint written. Resume with:\n  transferkit fit --resume {out}", file=sys.stderr)
         elif (Path(out) / "config.yaml").is_file():
-            print(f"transferkit: stopped by {signals.name} before training began. Start again with:\n  transferkit fit --resume {out}", file=sys.stderr)
+            print(f"transferkit: stopped by {name} before training began. Start again with:\n  transferkit fit --resume {out}", file=sys.stderr)
         else:
-            print(f"transferkit: stopped by {signals.name} before the run began; nothing was written to {out}", file=sys.stderr)
-        return 128 + signals.signum
+            print(f"transferkit: stopped by {name} before the run began; nothing was written to {out}", file=sys.stderr)
+        return code
     return 0
+
+
+def _main_rank() -> bool:
+    """Whether this is the only process, or the first of several (`torchrun`, `accelerate launch`)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 class _StopOnSignal:
@@ -180,7 +189,8 @@ class _StopOnSignal:
         if self.signum:
             raise KeyboardInterrupt
         self.signum, self.name = signum, signal.Signals(signum).name
-        print(f"\ntransferkit: {self.name} received: stopping at the next safe point, after a checkpoint once training has begun (again to stop at once)", file=sys.stderr)
+        if _main_rank():  # torchrun signals every process; one says so
+            print(f"\ntransferkit: {self.name} received: stopping at the next safe point, after a checkpoint once training has begun (again to stop at once)", file=sys.stderr)
 
     def __enter__(self):
         import signal

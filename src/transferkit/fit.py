@@ -116,7 +116,13 @@ def fit(
         raise UserError("strategy gradual changes what trains inside a phase, which one process per device cannot follow; use partial or full with several processes")
     rundir = RunDir(out, overwrite=overwrite or resume) if out is not None and main else None  # refuse a finished run before work
     t_start = time.perf_counter()
-    stop = should_stop or (lambda: False)
+    def stop() -> bool:
+        """should_stop(), agreed by every process: a signal reaches them at different moments, and one
+        process stopping alone leaves the others waiting in a collective (a gloo / NCCL error)."""
+        flag = bool(should_stop is not None and should_stop())
+        if accelerator.num_processes == 1:
+            return flag
+        return bool(accelerator.gather(torch.tensor([int(flag)], device=accelerator.device)).max().item())
 
     def stop_now(_n: int = 0) -> None:  # encoding and features: no training state yet, so stop at once
         if should_abort is not None and should_abort():
@@ -278,9 +284,10 @@ def fit(
             st["phase"] = i + 1
             # between phases, and after the last when --baseline fits follow (a stop during them resumes
             # with this model trained)
-            if ckpt is not None and (i + 1 < len(phases) or cfg.train.baselines):
-                save_checkpoint(None)
-                if stop():
+            if out is not None and (i + 1 < len(phases) or cfg.train.baselines):
+                if ckpt is not None:
+                    save_checkpoint(None)
+                if stop():  # every process asks, the main one after its checkpoint
                     raise StopRequested
     history, lr_trace, timing = st["history"], [tuple(t) for t in st["lr_trace"]], st["timing"]
     steps, clipped, best_epoch = st["steps"], st["clipped"], st["best_epoch"]
@@ -342,7 +349,9 @@ def fit(
         try:  # a stop: this run's model is in its last checkpoint, and a resume evaluates it and runs the comparisons again
             if stop():
                 raise StopRequested
-            add, cmodel, clabel = _comparison_fit(kind, cfg, model, inputs, splits, val_proba, console, base_model, stop)
+            # abort (encoding, features: no collective there) is asked alone only where one process runs
+            add, cmodel, clabel = _comparison_fit(kind, cfg, model, inputs, splits, val_proba, console, base_model, stop,
+                                                  should_stop if accelerator.num_processes == 1 else None)
         except StopRequested:
             raise StopRequested(checkpointed=ckpt is not None or (out is not None and not main)) from None
         metrics.update(add)
@@ -501,13 +510,14 @@ def _base_of(model, cfg: RunConfig) -> tuple[str, str | None]:
 
 
 def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba, console, base_model: tuple[str, str | None] | None,
-                    stop=None) -> tuple[dict, TransferModel, str]:
+                    stop=None, abort=None) -> tuple[dict, TransferModel, str]:
     """A second fit on the same split, compared with this run's on the same validation examples by a
     paired bootstrap; returns (metrics to add, its model, its label in the verdict).
     scratch: the same architecture from random weights, the same data and epochs (strategy full, the
     default rate for it). base: the same recipe (strategy, rates, epochs) from the model that the
     run:DIR given as --model started from (`base_model`, from `_base_of`), so without that run's source stage.
-    `stop()` turning true stops it (StopRequested, nothing of it kept: it starts again on resume)."""
+    `stop()` turning true stops it (StopRequested, nothing of it kept: it starts again on resume);
+    `abort()`, asked while it encodes, stops it there."""
     from .backbones import scratch_name
     from .config import replace
 
@@ -525,7 +535,7 @@ def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba,
                       f"({cfg.strategy.name}) on the same split")
     if inputs.modality == "image":  # at this run's input size (a run: model's may differ from its architecture's default)
         ccfg.data.input_size = inputs.size
-    rs = fit(ccfg, None, console=report.console(quiet=True), splits=splits, should_stop=stop, should_abort=stop)
+    rs = fit(ccfg, None, console=report.console(quiet=True), splits=splits, should_stop=stop, should_abort=abort)
     sm = rs.metrics
     boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), rs.val_proba.argmax(1), seed=cfg.train.seed)
     steps = f"{sm['optimizer_steps']} optimizer steps"

@@ -132,6 +132,9 @@ def class_weights(y: torch.Tensor, num_classes: int, mode: str) -> torch.Tensor 
     return len(y) / (num_classes * counts.clamp_min(1))
 
 
+STOP_CHECK_EVERY = 8  # with several processes, the steps between two (collective) stop checks
+
+
 class StopRequested(Exception):
     """The user asked the run to stop (Ctrl-C, SIGTERM). Raised after a checkpoint was written
     (`checkpointed`), or at once while the data is encoded or features computed, when there is no
@@ -313,7 +316,9 @@ def run_phase(
             step += 1
             result.train_images += len(idx)
             result.local_images += len(y)
-            if b + 1 < steps_per_epoch:
+            # several processes ask together (should_stop is then a collective: fit's) every few steps,
+            # not every step, to keep the hot loop free of host synchronisation
+            if b + 1 < steps_per_epoch and (world == 1 or (b + 1) % STOP_CHECK_EVERY == 0):
                 stop = should_stop()
                 if on_checkpoint is None:
                     if stop:  # a fit without a run directory (a --baseline comparison's): nothing to keep
@@ -351,7 +356,7 @@ def run_phase(
             if on_checkpoint is not None:
                 on_checkpoint(state(epoch + 1, 0))
                 last_ckpt = time.monotonic()
-            if should_stop() and epoch + 1 < phase.epochs:
+            if epoch + 1 < phase.epochs and should_stop():
                 raise StopRequested(checkpointed=on_checkpoint is not None)
         if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch + 1):
             break
