@@ -213,6 +213,9 @@ def test_config_file_and_flag_precedence(tmp_path):
     r = resolve_config(build_parser().parse_args(["fit", "--config", str(cfg), "--lr", "0.002", "--out", "x"]))
     assert (r.model.name, r.optim.lr, r.train.epochs, r.train.batch_size) == ("efficientnet_lite1", 0.002, 3, 8)
     assert r.strategy.name == "lp_ft"  # untouched default
+    # fp32, as the README says it, is "no" mixed precision (it was refused)
+    r = resolve_config(build_parser().parse_args(["fit", "--data", "digits", "--precision", "fp32", "--out", "x"]))
+    assert r.validate().train.precision == "no"
 
 
 def test_pickle_that_would_run_code_is_refused(tmp_path):

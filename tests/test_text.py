@@ -291,6 +291,7 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     r = run_cli("predict", out, spam, "--out", tmp_path / "s.csv")
     assert r.returncode == 0, r.stderr
     assert [r_[:3] for r_ in list(csv.reader((tmp_path / "s.csv").open()))[1:]] == [[str(spam), "1", "good film"], [str(spam), "2", "the plot was awful"]]
+    assert b"\r" not in (tmp_path / "s.csv").read_bytes()  # Unix line ends (it wrote the csv module's CRLF)
     for cmd in (["predict", out, lines], ["evaluate", out, "--data", p]):  # an image option on a text model: said, not ignored
         r = run_cli(*cmd, "--skip-bad-images")
         assert r.returncode == 2 and "is a text model: --skip-bad-images is for image models" in r.stderr

@@ -100,7 +100,7 @@ class _Classifier:
         folder = Path(tempfile.mkdtemp(prefix="transferkit-data-"))
         try:
             buf = io.StringIO()
-            w = csv.writer(buf)
+            w = csv.writer(buf, lineterminator="\n")  # Unix line ends (the csv default is CRLF)
             w.writerow([self.kind_column, "label"])
             for i, (x, label) in enumerate(zip(items, labels)):
                 if isinstance(x, np.ndarray):  # an image in memory: a lossless file the run can read

@@ -82,7 +82,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--lora-dropout", "lora_dropout", float, "lora: dropout on the adapter input (default 0.1)"),
     ("--lora-targets", "lora_targets", str, "lora: comma-separated module names to adapt (default: the attention query and value projections, found by model family)"),
     ("--crop-scale-min", "crop_scale_min", float, "smallest area fraction of the random resized crop"),
-    ("--precision", "precision", str, "auto | bf16 | fp16 | no"),
+    ("--precision", "precision", str, "auto | bf16 | fp16 | no (or fp32)"),
     ("--ema", "ema", float, "fine-tuning: validate and keep an exponential moving average of the weights with this decay (e.g. 0.99; warmup on; default 0: off)"),
     ("--calibrate", "calibrate", str, "temperature (default): divide the head by the validation-fitted temperature, so probabilities match accuracy; none: leave it"),
     ("--baseline", "baseline", str, "scratch: also train the same architecture from random weights (full, same epochs); base (with --model run:DIR): "
@@ -396,7 +396,7 @@ def cmd_predict(args) -> int:
             _write_explanations(clf, encoded, names, proba, Path(args.explain))
         names, first = [[n] for n in names], ["file"]
     buf = io.StringIO(newline="")
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")  # Unix line ends (the csv default is CRLF)
     w.writerow([*first, "label"] + [f"p_{c}" for c in clf.classes_])
     for n, pr in zip(names, proba):
         w.writerow([*n, clf.classes_[int(pr.argmax())]] + [f"{v:.6f}" for v in pr])

@@ -226,7 +226,9 @@ class TrainConfig:
         _check(self.accumulate >= 1, f"accumulate must be >= 1 (micro-batches a step; more than the batch's examples act as one each), got {self.accumulate}")
         _check(self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _check(self.precision in ("auto", "bf16", "fp16", "no"), f"precision must be auto, bf16, fp16 or no, got {self.precision!r}")
+        if self.precision == "fp32":  # the name the README and most users say for "no" mixed precision
+            self.precision = "no"
+        _check(self.precision in ("auto", "bf16", "fp16", "no"), f"precision must be auto, bf16, fp16 or no (fp32), got {self.precision!r}")
         _check(self.metric in ("accuracy", "macro_f1", "loss"), f"metric must be accuracy, macro_f1 or loss, got {self.metric!r}")
         _check(self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}")
         _check(self.class_weight in ("none", "balanced"), f"class_weight must be none or balanced, got {self.class_weight!r}")

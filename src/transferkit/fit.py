@@ -592,7 +592,7 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     rundir.write_json("metrics.json", r.metrics)
     buf = io.StringIO()
     cols = ["epoch", "phase", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "trainable_groups", "seconds"]
-    w = csv.DictWriter(buf, fieldnames=cols)
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     w.writerows({k: h[k] for k in cols} for h in r.history)
     rundir.write_text("history.csv", buf.getvalue())

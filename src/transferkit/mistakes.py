@@ -64,7 +64,7 @@ def to_csv(rows: list[dict]) -> str:
 
     buf = io.StringIO()
     cols = ["index", "source", "true", "predicted", "p_predicted", "p_true"] + (["row"] if rows and "row" in rows[0] else [])
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")  # word evidence: in metrics.json and the report
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")  # word evidence: in metrics.json and the report
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

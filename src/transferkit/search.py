@@ -902,7 +902,7 @@ def write_trials_csv(study, path: Path, k: int) -> None:
     pnames = sorted({p for t in ts for p in t.params})
     cols = ["number", "state", "mean"] + [f"fold_{i + 1}" for i in range(k)] + pnames + ["duration_s", "worker", "note"]
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")  # Unix line ends (the csv default is CRLF)
     w.writerow(cols)
     for t in ts:
         folds = list(t.user_attrs.get("fold_scores", []))
