@@ -164,6 +164,8 @@ def test_a_verdict_against_transfer_says_when_the_last_epoch_was_the_best(tmp_pa
     assert m["verdict"].startswith("worse than") and m["best_epoch"] == 1
     assert m["verdict_caveat"].startswith("its last epoch (1) was its best") and f"({m['optimizer_steps']} optimizer steps in all)" in m["verdict_caveat"]
     assert "but: its last epoch (1) was its best" in " ".join(screen.split())
+    precision = {"no": "fp32"}.get(m["precision"], m["precision"])
+    assert f"wall time {m['wall_s']:.1f} s on cpu ({precision})" in " ".join(screen.split())  # what trained, said
     assert "<b>But:</b> its last epoch (1) was its best" in (out / "report.html").read_text()
     # no caveat when an earlier epoch's weights were kept, or with no history
     rows = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
