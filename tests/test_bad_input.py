@@ -93,7 +93,8 @@ def test_csv_problems(tmp_path, capsys, tiny_ckpt):
     _expect(["--data", str(tmp_path / "SMSSpamCollection"), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "is a file but not a .csv", "texts need a text model")
     missing = tmp_path / "missing.csv"
     missing.write_text("path,label\nd/red/0.png,red\nd/red/nothere.png,red\nd/blue/0.png,blue\nd/blue/1.png,blue\n")
-    _expect(["--data", str(missing), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "do not exist", "nothere.png", "row 3")
+    _expect(["--data", str(missing), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "do not exist", "nothere.png", "row 3",
+            f"a relative path is read from the CSV's folder, {tmp_path}/")
     latin = tmp_path / "latin.csv"
     rows = "".join(f"d/{c}/{i}.png,{c}-caf\xe9\n" for c in ("red", "blue") for i in range(3))
     latin.write_bytes(("path,label\n" + rows).encode("latin-1"))

@@ -128,6 +128,8 @@ class _Classifier:
         raise NotImplementedError
 
     def predict_proba(self, items) -> np.ndarray:
+        """One row of class probabilities per item, in `classes_`'s order; a folder's images come in
+        sorted path order (`transferkit.data.image_files(folder)` lists them so)."""
         import contextlib
 
         from .trainer import predict_proba

@@ -230,7 +230,8 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
         sources.append(str(p))
         names.append(str(r[lc]).strip())
     if absent:
-        raise UserError(f"{path}: {len(absent)} image path(s) do not exist: {'; '.join(absent[:5])}" + (" ..." if len(absent) > 5 else ""))
+        where = f" (a relative path is read from the CSV's folder, {path.parent}/)" if any(not Path(r[pc] or "").is_absolute() for r in rows) else ""
+        raise UserError(f"{path}: {len(absent)} image path(s) do not exist{where}: {'; '.join(absent[:5])}" + (" ..." if len(absent) > 5 else ""))
     classes = sorted(set(names))
     index = {c: i for i, c in enumerate(classes)}
     groups = np.array([str(r[group_column]).strip() for r in rows]) if group_column else None
