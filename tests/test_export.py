@@ -184,8 +184,10 @@ def test_unsaved_classifier_export_serves_its_saved_run_and_a_damaged_export_is_
     clf = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, batch_size=4, epochs=1, calibrate="none")
     clf.fit(X, y)
     assert list((tmp_path / "tmp").glob("transferkit-data-*")) == []  # the PNG copies of X are gone once fit returns
-    with pytest.raises(Exception, match="at least 2"):
+    with pytest.raises(Exception, match=r"fit\(X, y\): y has 1 class \(red\); classification needs at least two"):
         ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16).fit(X, ["red"] * len(X))
+    with pytest.raises(Exception, match="at least 2"):  # a failure inside the run, after the examples were written
+        ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16).fit(X[:7], ["red"] * 6 + ["blue"])
     assert list((tmp_path / "tmp").glob("transferkit-data-*")) == []  # and when it fails
 
     # export before save: the export carries the weights' hash, and predict --onnx takes it for the saved run

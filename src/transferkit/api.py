@@ -97,6 +97,9 @@ class _Classifier:
         if labels is None or len(labels) != len(items):
             raise UserError(f"fit(X, y): y must give one label per example: {len(items)} examples, "
                             + ("a string" if labels is None else f"{len(labels)} labels"))
+        kinds = sorted({str(v) for v in labels})
+        if len(kinds) < 2:  # said of y, not of the temporary CSV it would be written to
+            raise UserError(f"fit(X, y): y has {len(kinds)} class ({', '.join(kinds) or 'none'}); classification needs at least two")
         folder = Path(tempfile.mkdtemp(prefix="transferkit-data-"))
         try:
             buf = io.StringIO()
