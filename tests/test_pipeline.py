@@ -146,6 +146,10 @@ def test_a_stopped_pipeline_resumes_its_stage(tmp_path, tiny_ckpt, capsys):
          "p.yaml: stage b: unknown model 'efficientnet_lit0'"),
         ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "digits", "model": "run:no_such_run"}],
          "p.yaml: stage b: --model run:no_such_run: no such directory"),
+        ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "digits", "model": "small_convnet", "settings": {"baseline": "base"}}],
+         "p.yaml: stage b: baseline base fine-tunes the model a run started from"),
+        ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "kind": "adapt", "data": "digits", "model": "stage:a", "intermediate": "no_such_dir"}],
+         "p.yaml: stage b: intermediate not found: no_such_dir"),
         # what a stage of that kind would silently ignore, and values of the wrong type
         ([{"name": "a", "data": "digits", "model": "small_convnet", "epochs": 1}], "`epochs` at stage level is adapt's, not fit's (put fit's in `settings: {epochs: N}`)"),
         ([{"name": "a", "data": "digits", "model": "small_convnet", "intermediate": "digits"}], "`intermediate` at stage level is adapt's"),

@@ -241,11 +241,14 @@ def _check_inputs(st: dict, cfg) -> None:
     from .data import is_builtin
     from .ranking import check_model_name
 
-    spec = cfg.data.path
-    if not is_builtin(spec) and not Path(spec).expanduser().exists():
-        raise UserError(f"data not found: {spec} (a relative path is read from the current folder, {Path.cwd()})")
+    for what, spec in (("data", cfg.data.path), ("intermediate", st.get("intermediate"))):
+        if spec is not None and not str(spec).startswith("stage:") and not is_builtin(str(spec)) and not Path(str(spec)).expanduser().exists():
+            raise UserError(f"{what} not found: {spec} (a relative path is read from the current folder, {Path.cwd()})")
     if not str(st["model"]).startswith("stage:"):
         check_model_name(cfg.model.name, cfg.model.arch)
+    if "base" in cfg.train.baselines and not cfg.model.name.startswith("run:"):  # fit says so only after this stage's training
+        raise UserError(f"baseline base fine-tunes the model a run started from, to show whether its source stage helped; the model "
+                        f"{st['model']} is not a run or a stage (use model: stage:NAME, or baseline: scratch)")
 
 
 def _brief(d: Path) -> dict:
