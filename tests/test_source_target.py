@@ -86,8 +86,19 @@ def test_baseline_scratch_trains_the_same_architecture_and_gives_a_verdict(tmp_p
     assert m["verdict_scratch"].split(":")[0] in ("transfer helped", "NEGATIVE TRANSFER") or m["verdict_scratch"].startswith("no significant")
     assert "training from scratch (random:cifar_resnet20, 1 epoch, 2 optimizer steps)" in m["verdict_scratch"]  # how much it trained
     assert m["in_short"] and "is not used by" not in err  # --epochs: the scratch run's
+    # one epoch from scratch ends on its best epoch: "transfer helped" over it comes with a caveat
+    from transferkit.fit import _comparison_caveat
+    from transferkit.metrics import verdict_kind
+
+    assert m["scratch"]["best_epoch"] == m["scratch"]["last_epoch"] == 1
+    assert ("verdict_scratch_caveat" in m) == (verdict_kind(m["verdict_scratch"]) == "helped")
+    helped = "transfer helped: +9.0 points over training from scratch"
+    assert _comparison_caveat("scratch", {"best_epoch": 3, "last_epoch": 3}, helped).startswith("training from scratch ended on its best epoch (3)")
+    assert _comparison_caveat("base", {"best_epoch": 2, "last_epoch": 3}, helped) is None  # it had stopped improving
+    assert _comparison_caveat("base", {"best_epoch": 3, "last_epoch": 3}, "no significant difference from x") is None
     page = (out / "report.html").read_text()
     assert "from scratch" in page and "In short:" in page
+    assert ("training from scratch ended on its best epoch" in page) == ("verdict_scratch_caveat" in m)
     # with a test split both verdicts are the test split's, so that "in short" joins verdicts of one split
     rc, err = _fit(["--data", str(make_folder(tmp_path / "d8", n=8)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "3",
                     "--epochs", "1", "--baseline", "scratch", "--test-fraction", "0.25", "--out", str(tmp_path / "tf")], capsys)

@@ -390,6 +390,9 @@ def fit(
     caveat = _undertrained(history, best_epoch, steps)
     if caveat and verdict_kind(metrics["verdict"]) != "helped":  # "transfer did not help" may only mean "not trained enough"
         metrics["verdict_caveat"] = caveat
+    for kind in compared:
+        if (c := _comparison_caveat(kind, metrics[kind], metrics[f"verdict_{kind}"])) is not None:
+            metrics[f"verdict_{kind}_caveat"] = c
 
     model = model.cpu()  # a FitResult holds its model on the CPU, as a loaded one is
     if cfg.strategy.name == "lora":
@@ -464,6 +467,15 @@ def _undertrained(history: list[dict], best_epoch: int, steps: int) -> str | Non
     flag = "--lp-epochs" if "probe" in str(history[-1].get("phase", "")) else "--epochs"  # the phase that ended on its best epoch
     return (f"its last epoch ({best_epoch}) was its best, so validation may still have been improving when training stopped "
             f"({steps} optimizer steps in all): train longer ({flag}) before concluding")
+
+
+def _comparison_caveat(kind: str, c: dict, verdict_text: str) -> str | None:
+    """"Transfer helped" over a comparison fit (`c`: metrics[kind]) whose kept weights are its last
+    epoch's may only mean that the comparison was not trained enough: said, as _undertrained says it of the run."""
+    if c.get("best_epoch") is None or c["best_epoch"] != c.get("last_epoch") or verdict_kind(verdict_text) != "helped":
+        return None
+    who = "training from scratch" if kind == "scratch" else "the fine-tune without the source stage"
+    return f"{who} ended on its best epoch ({c['best_epoch']}), so it may still have been improving: with more epochs (--epochs) it may close part of the gap"
 
 
 def transferred(model) -> bool:
@@ -542,7 +554,8 @@ def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba,
     label = (f"training from scratch ({name}, {n} epoch{'s' if n != 1 else ''}, {steps})" if kind == "scratch"
              else f"fine-tuning {name} without the source stage ({cfg.strategy.name}, {steps})")
     return {
-        kind: {"model": name, "accuracy": sm["accuracy"], "macro_f1": sm["macro_f1"], "auroc": sm["auroc"], "wall_s": sm["wall_s"]},
+        kind: {"model": name, "accuracy": sm["accuracy"], "macro_f1": sm["macro_f1"], "auroc": sm["auroc"], "wall_s": sm["wall_s"],
+               "best_epoch": sm.get("best_epoch"), "last_epoch": rs.history[-1]["epoch"] if rs.history else None},
         f"transfer_vs_{kind}": boot, f"verdict_{kind}": verdict(boot, label, transferred=transferred(model)),
     }, rs.model, label
 

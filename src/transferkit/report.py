@@ -161,6 +161,8 @@ def print_results(con: Console, r) -> None:
     for kind in ("scratch", "base"):
         if f"verdict_{kind}" in m:
             con.print(f"verdict: {m[f'verdict_{kind}']}")
+            if m.get(f"verdict_{kind}_caveat"):
+                con.print(f"[yellow]but: {m[f'verdict_{kind}_caveat']}[/]")
     if m.get("verdict_caveat"):
         con.print(f"[yellow]but: {m['verdict_caveat']}[/]")
     if "in_short" in m:
