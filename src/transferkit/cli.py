@@ -302,7 +302,9 @@ def cmd_evaluate(args) -> int:
             print(f"  {c}: precision {v['precision']:.3f}, recall {v['recall']:.3f}, support {v['support']}")
         if "groups" in m:  # the run's --group-column, where this data has it
             g = m["groups"]
-            print(f"groups ({clf.config_.data.group_column}): worst {g['worst_group']}, {100 * g['gap']:.1f} points below the best")
+            from .metrics import worst_group_text
+
+            print(f"groups ({clf.config_.data.group_column}): {worst_group_text(g)}")
             for name, v in g["per_group"].items():
                 print(f"  {name}: accuracy {100 * v['accuracy']:.2f}%, macro-F1 {v['macro_f1']:.4f}, n {v['n']}")
         mk = m["mistakes"]

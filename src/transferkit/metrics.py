@@ -76,7 +76,15 @@ def group_metrics(y_true: np.ndarray, proba: np.ndarray, groups: np.ndarray, cla
         }
     worst = min(per, key=lambda g: per[g]["accuracy"])
     best = max(per, key=lambda g: per[g]["accuracy"])
-    return {"per_group": per, "worst_group": worst, "gap": per[best]["accuracy"] - per[worst]["accuracy"]}
+    gap = per[best]["accuracy"] - per[worst]["accuracy"]
+    return {"per_group": per, "worst_group": worst if gap > 0 else None, "gap": gap}  # None: every group scores alike
+
+
+def worst_group_text(gm: dict) -> str:
+    """"worst group: G (N points below the best)", or that the groups tie (no group is worst)."""
+    if gm.get("worst_group") is None:
+        return f"every group scores alike ({100 * next(iter(gm['per_group'].values()))['accuracy']:.1f}%)" if gm["per_group"] else "no groups"
+    return f"worst group: {gm['worst_group']} ({100 * gm['gap']:.1f} points below the best)"
 
 
 def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict:

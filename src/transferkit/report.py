@@ -137,9 +137,11 @@ def print_results(con: Console, r) -> None:
             t.add_row(f"{b['name']} on test split", f"{100 * tb['accuracy']:.2f}%", f"{tb['macro_f1']:.4f}", f"{tb['auroc']:.4f}" if tb.get("auroc") is not None else "n/a")
     con.print(t)
     if "groups" in m:
+        from .metrics import worst_group_text
+
         gm = m["groups"]
         shown = ", ".join(f"{g} {100 * v['accuracy']:.1f}% (n={v['n']})" for g, v in list(gm["per_group"].items())[:8])
-        con.print(f"per group: {shown}; worst group: {gm['worst_group']} ({100 * gm['gap']:.1f} points below the best)")
+        con.print(f"per group: {shown}; {worst_group_text(gm)}")
     ts = m.get("temperature_scaling")
     if ts and "skipped" in ts:
         con.print(f"calibration: temperature scaling skipped: {ts['skipped']}")

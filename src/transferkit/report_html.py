@@ -44,8 +44,11 @@ def _groups(gm: dict | None) -> str:
         f"<tr><td>{html.escape(g)}{' (worst)' if g == gm['worst_group'] else ''}</td><td>{v['n']}</td><td>{_pct(v['accuracy'])}</td><td>{_num(v['macro_f1'])}</td></tr>"
         for g, v in gm["per_group"].items()
     )
-    return (f"<h2>Per group (validation split)</h2><p class=sub>Worst group: {html.escape(gm['worst_group'])}, {100 * gm['gap']:.1f} points below the best "
-            f"(a bias the source model may carry).</p><table><tr><th>group</th><th>n</th><th>accuracy</th><th>macro-F1</th></tr>{rows}</table>")
+    from .metrics import worst_group_text
+
+    said = worst_group_text(gm)
+    return (f"<h2>Per group (validation split)</h2><p class=sub>{html.escape(said[0].upper() + said[1:])}"
+            f"{' (a bias the source model may carry)' if gm.get('worst_group') is not None else ''}.</p><table><tr><th>group</th><th>n</th><th>accuracy</th><th>macro-F1</th></tr>{rows}</table>")
 
 
 def _verdict_div(v: str | None) -> str:
