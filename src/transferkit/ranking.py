@@ -405,18 +405,25 @@ class Ranking:
     decode_s: float
     wall_s: float
     notes: list[str] = field(default_factory=list)
+    controls: list[str] = field(default_factory=list)  # random controls: a yardstick, never the recommendation
 
     @property
     def best(self) -> str:
-        return self.rows[0].name
+        return self._first().name
+
+    def _first(self) -> ModelScores:
+        return next((r for r in self.rows if r.name not in self.controls), self.rows[0])
 
     def reason(self) -> str:
         """Why `best` was picked, in one sentence (what `fit --model auto` prints)."""
         label = SCORES.get(self.score).label
-        first, second = self.rows[0], self.rows[1]
+        first = self._first()
+        above = [r.name for r in self.rows[: self.rows.index(first)]]  # random controls that scored higher
+        second = next((r for r in self.rows if r is not first), first)
         return (
-            f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates "
-            f"on the {self.n_train} training examples; next is {second.name} ({second.scores[self.score]:.4f})"
+            f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates"
+            + (f" besides the random control(s) {', '.join(above)}, which scored higher (see the warning)" if above else "")
+            + f" on the {self.n_train} training examples; next is {second.name} ({second.scores[self.score]:.4f})"
         )
 
     def to_dict(self) -> dict:
@@ -658,7 +665,7 @@ def rank_models(
             f"note: H-score nears its ceiling of {len(splits.classes) - 1} (classes - 1) for models with about as many feature "
             f"dimensions as training examples ({len(train)}), shrinkage or not; compare those by LogME instead"
         )
-    return Ranking(splits.source, score, rows, len(train), splits.classes, round(decode_s, 3), round(time.perf_counter() - t_start, 3), notes)
+    return Ranking(splits.source, score, rows, len(train), splits.classes, round(decode_s, 3), round(time.perf_counter() - t_start, 3), notes, controls)
 
 
 def _features(backbone, images, size: int, *, device: str, batch_size: int, precision: str = "no", autocast=None):
