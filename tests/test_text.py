@@ -490,3 +490,6 @@ def test_evaluate_leaves_out_the_training_texts_found_under_another_path(tmp_pat
     # the classifier fitted in Python knows its training texts without a run directory
     fitted = TextClassifier(model=f"dir:{tiny_bert}", strategy="linear_probe", batch_size=8, max_length=32, lp_epochs=2, val_fraction=0.25).fit(str(data))
     assert fitted.evaluate(str(copy))["n"] == len(new)
+    fitted.train_fingerprints_ = None  # as a run made before runs kept them loads: everything scored, and said
+    m = fitted.evaluate(str(copy))
+    assert m["n"] == len(lines) and "made by an older transferkit, keeps no fingerprints" in m["data"]

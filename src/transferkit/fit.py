@@ -641,14 +641,14 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
 FINGERPRINTS = "train_fingerprints.json"  # evaluate leaves out the examples the run trained on, wherever they lie
 
 
-def load_fingerprints(path: str | Path) -> set[str]:
-    """The training split's fingerprints a run directory keeps (none for runs made before it did)."""
+def load_fingerprints(path: str | Path) -> set[str] | None:
+    """The training split's fingerprints a run directory keeps; None for a run made before runs kept them."""
     import json
 
     try:
         return {f for f in json.loads((Path(path) / FINGERPRINTS).read_text())["train"] if f}
     except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        return None
 
 
 def load_model(path: str | Path) -> tuple[TransferModel, dict]:
