@@ -568,7 +568,7 @@ def search(
         })
         dead = fail_dead_trials(study)
         requeued = requeue_interrupted(study, trials)
-        _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeued, url, metric, deadline, t_start)
+        _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeued, url, metric, deadline, t_start, fixed)
 
         # ---- trials, until `trials` of them finished (here and in other workers) or the time is up
         objective = _objective(study, space, base, splits, fold_idx, trials, metric, deadline)
@@ -848,7 +848,7 @@ def _fmt_params(params: dict) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
 
-def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeued, url, metric, deadline, t_start) -> None:
+def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeued, url, metric, deadline, t_start, flags=()) -> None:
     """What the search is about to do: data, folds, held-out split, study, space."""
     K = len(fold_idx)
     done, running = _counts(study)
@@ -873,7 +873,11 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeue
         return "" if users is None else "  (fine-tuning strategies only)" if users in (TRAINS_BACKBONE, BACKPROP) else f"  (only {', '.join(users)})"
 
     lines = [f"  {d.name:<{w}}  {d.describe()}{only(d.name)}" for d in searched]
-    con.print("space:\n" + "\n".join(lines) + ("\n  fixed: " + ", ".join(f"{d.name}={d.value}" for d in fixed) if fixed else ""), markup=False)
+    import functools
+
+    # settings given as flags are fixed too (they leave the space): said with the space's own fixed ones
+    said = [f"{d.name}={d.value}" for d in fixed] + [f"{n}={functools.reduce(getattr, FLAT[n].split('.'), base)} (flag)" for n in sorted(flags) if n in FLAT]
+    con.print("space:\n" + "\n".join(lines) + ("\n  fixed: " + ", ".join(said) if said else ""), markup=False)
 
 
 def _print_trial(con, study, t, metric) -> None:
