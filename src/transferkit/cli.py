@@ -20,7 +20,7 @@ from .errors import UserError
 FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--data", "data", str, "images: folder of class subfolders, folder with train/ val/ [test/], CSV with path,label, or 'digits'; "
      "text: a CSV/TSV with a text and a label column, or a folder with train/ val|dev/ [test] files"),
-    ("--model", "model", str, "backbone: a name from `transferkit models`, timm:NAME, file:PATH (with --arch); text: minilm_l6, hf:NAME, dir:PATH"),
+    ("--model", "model", str, "backbone: a name from `transferkit models`, timm:NAME, tv:NAME, file:PATH (with --arch), run:DIR (an earlier run), random:NAME (no pretrained weights), auto (ranked by transferability); text: minilm_l6, hf:NAME, dir:PATH"),
     ("--arch", "arch", str, "architecture of a file:PATH checkpoint (registered or timm name)"),
     ("--candidates", "candidates", str, "--model auto: comma-separated models to rank (default efficientnet_lite0,1,2)"),
     ("--rank-score", "rank_score", str, "--model auto: transferability score that picks (default logme)"),
