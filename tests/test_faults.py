@@ -112,9 +112,10 @@ def test_second_writer_refused_and_stale_lock_taken_over(tiny, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (run / ".lock").write_text(str(holder.pid))
-        r = subprocess.run(_cmd(tiny, run), env=env, capture_output=True, text=True)
+        r = subprocess.run([c for c in _cmd(tiny, run) if c != "--quiet"], env=env, capture_output=True, text=True)
         assert r.returncode == 2
         assert f"pid {holder.pid}" in r.stderr and "Traceback" not in r.stderr
+        assert r.stdout == "", r.stdout  # refused before the data is read and the plan printed, not after
     finally:
         holder.kill()
         holder.wait()

@@ -99,6 +99,15 @@ class RunDir:
             raise UserError(f"--out {self.path} exists and is not a directory")
         if (self.path / MANIFEST).exists() and not overwrite:
             raise UserError(f"{self.path} already holds a finished run; pass --overwrite (overwrite=True in Python) to replace it, or choose another --out")
+        self._refuse_if_in_use()  # said now, not after the data is loaded and the plan printed; create() takes the lock
+
+    def _refuse_if_in_use(self) -> None:
+        try:
+            pid = int((self.path / LOCK).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if pid and pid != os.getpid() and process_alive(pid):
+            raise UserError(f"{self.path} is in use by another transferkit process (pid {pid}); wait for it or stop it")
 
     def create(self) -> RunDir:
         make_dir(self.path)
@@ -123,12 +132,7 @@ class RunDir:
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                try:
-                    pid = int(lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and process_alive(pid):
-                    raise UserError(f"{self.path} is in use by another transferkit process (pid {pid}); wait for it or stop it") from None
+                self._refuse_if_in_use()
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as f:
