@@ -539,7 +539,7 @@ def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba,
         ccfg = replace(cfg, model=name, strategy="full", baseline="none")
         ccfg.optim.lr = None  # the default rate for training the whole network, not the rate chosen for transfer
         ccfg.strategy.freeze = []
-        console.print(f"baseline: training {name} from scratch (full, {n} epochs) on the same split")
+        console.print(f"baseline: training {name} from scratch (full, {n} epoch{'s' if n != 1 else ''}) on the same split")
     else:
         name, arch = base_model
         ccfg = replace(cfg, model=name, arch=arch, baseline="none")

@@ -854,7 +854,7 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeue
     done, running = _counts(study)
     n_tr = [len(tr) for tr, _ in fold_idx]
     con.print(
-        f"[bold]transferkit search[/]: {base.model.name} on {splits.source}; {trials} trials"
+        f"[bold]transferkit search[/]: {base.model.name} on {splits.source}; {trials} trial{'s' if trials != 1 else ''}"
         + (f" ({done} already finished" + (f", {running} running elsewhere" if running else "") + ")" if done or running else "")
         + f", each the mean {metric} over {K} stratified folds of the training split "
         f"({len(splits.train)} images; {min(n_tr)}-{max(n_tr)} train / {len(splits.train) - max(n_tr)}-{len(splits.train) - min(n_tr)} held out per fold). "
