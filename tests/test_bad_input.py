@@ -63,7 +63,7 @@ def test_corrupt_images_listed_and_skippable(tmp_path, capsys, tiny_ckpt):
     assert rc == 0, err
     assert (tmp_path / "ok" / "manifest.json").exists()
     # predict and evaluate (with a run fitted on clean images) fail the same way, and take the flag they suggest
-    rc, err = _fit(["--data", str(make_folder(tmp_path / "clean", n=6)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2",
+    rc, err = _fit(["--data", str(make_folder(tmp_path / "clean", n=6, seed=1)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2",
                     "--out", str(tmp_path / "run")], capsys)
     assert rc == 0, err
     for cmd in (["predict", str(tmp_path / "run"), str(d / "red")], ["evaluate", str(tmp_path / "run"), "--data", str(d)]):
