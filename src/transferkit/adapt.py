@@ -277,16 +277,16 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
     from .inputs import inputs_for, modality_of
     from .model import TransferModel, create_head
     from .rundir import RunDir
-
     from .trainer import StopRequested
 
     con = console or report.console()
     cfg.validate()
     kind = modality_of(cfg.model.name)
 
-    def stopped(*_a) -> None:
+    def stopped(*_a) -> None:  # encoding's progress callback and AdaBN's per-batch check
         if should_stop is not None and should_stop():
             raise StopRequested(checkpointed=False)
+
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise UserError(f"--epochs must be a whole number >= 1, got {epochs!r}")
     if head_steps is not None:
