@@ -450,6 +450,7 @@ def test_unlabelled_texts_are_read_as_fit_reads_the_file(tmp_path):
     assert read_text_rows(str(spam)) == [(1, "see you at eight then, ok?"), (2, "WIN a FREE prize: call now")]
     assert read_text_rows(str(spam), text_column="1") == [(1, "ham"), (2, "spam")]  # a position from 1, as fit takes it
     assert read_table(spam)[0] == [t for _, t in read_text_rows(str(spam))]
+    assert read_table(spam, text_column="2")[0] == read_table(spam)[0]  # a position is not a header's name (the first record was taken as one)
     one = tmp_path / "plain.csv"
     one.write_text("free prize now\nhi mum\n")
     assert read_text_rows(str(one)) == [(1, "free prize now"), (2, "hi mum")]
@@ -492,4 +493,8 @@ def test_evaluate_leaves_out_the_training_texts_found_under_another_path(tmp_pat
     assert fitted.evaluate(str(copy))["n"] == len(new)
     fitted.train_fingerprints_ = None  # as a run made before runs kept them loads: everything scored, and said
     m = fitted.evaluate(str(copy))
-    assert m["n"] == len(lines) and "made by an older transferkit, keeps no fingerprints" in m["data"]
+    assert m["n"] == len(lines) and "keeps no fingerprints of its training examples" in m["data"]
+    # a classifier saved after fit() keeps them: its run leaves the training texts out as the fit's own run does
+    fitted = TextClassifier(model=f"dir:{tiny_bert}", strategy="linear_probe", batch_size=8, max_length=32, lp_epochs=2, val_fraction=0.25).fit(str(data))
+    fitted.save(tmp_path / "saved")
+    assert TextClassifier.load(tmp_path / "saved").evaluate(str(copy))["n"] == len(new)

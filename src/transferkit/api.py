@@ -158,13 +158,15 @@ class _Classifier:
         return evaluate_model(self, str(data), mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        from .fit import model_meta, write_model
+        from .fit import FINGERPRINTS, model_meta, write_model
         from .rundir import RunDir
 
         self._check_fitted()
         rd = RunDir(path, overwrite=overwrite).create()
         write_model(rd, self.model_, model_meta(self.model_, self.classes_, self.inputs_, self.config_))
         rd.write_yaml("config.yaml", self.config_.to_dict())
+        if getattr(self, "train_fingerprints_", None) is not None:  # evaluate on the saved run leaves its training examples out too
+            rd.write_json(FINGERPRINTS, {"hash": "blake2b-64", "train": sorted(self.train_fingerprints_)})
         rd.finalize()
         return rd.path
 

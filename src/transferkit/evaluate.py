@@ -105,8 +105,8 @@ def labelled_set(clf, spec: str):
     s, where = text_eval_set(spec, clf.classes_, cfg) if text else eval_set(spec, clf.classes_, cfg)
     seen = getattr(clf, "train_fingerprints_", None)
     if seen is None:  # a run from before runs kept them: said, as the examples it trained on cannot be told apart
-        where = (f"{where} (this run, made by an older transferkit, keeps no fingerprints of its training examples: any of them "
-                 "here are scored too; refit it to have them left out)")
+        where = (f"{where} (this run keeps no fingerprints of its training examples, as runs made by an older transferkit do not: "
+                 "any of them here are scored too)")
     elif seen:  # the run's training examples under another path (a copy, a CRLF re-export) are left out, not scored
         from .data import fingerprints
 

@@ -83,7 +83,7 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
     rows = [r for r in rows if any(c.strip() for c in r)]
     first = [c.strip() for c in rows[0]]
     lower = [c.lower() for c in first]
-    named = text_column is not None or label_column is not None
+    named = any(c is not None and not str(c).isdigit() for c in (text_column, label_column))  # a position names no header
     has_header = named or any(c in TEXT_NAMES + LABEL_NAMES for c in lower) or _names_numbers(first, rows[1:])
     if has_header:
         header, body, start = first, rows[1:], 2
