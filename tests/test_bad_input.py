@@ -217,6 +217,10 @@ def test_config_file_and_flag_precedence(tmp_path):
     # fp32, as the README says it, is "no" mixed precision (it was refused)
     r = resolve_config(build_parser().parse_args(["fit", "--data", "digits", "--precision", "fp32", "--out", "x"]))
     assert r.validate().train.precision == "no"
+    from transferkit.fit import resolve_precision
+
+    # fp16 autocast does nothing on a CPU (Accelerate leaves float32): the run says fp32, not fp16
+    assert resolve_precision("fp16", cpu=True) == "no" and resolve_precision("bf16", cpu=True) == "bf16"
 
 
 def test_pickle_that_would_run_code_is_refused(tmp_path):

@@ -77,6 +77,8 @@ def resolve_precision(precision: str, *, cpu: bool = False) -> str:
     """`auto`: bf16 autocast where the hardware computes in bf16 natively (a GPU that supports it, or a
     CPU with AVX512-BF16 / AMX, as oneDNN reports), otherwise fp32 ("no"). On the 2-core EPYC here,
     bf16 made the default hymenoptera fit 1.2x faster at the same accuracy (bench/results/gpu_bench_cpu.md)."""
+    if precision == "fp16" and (cpu or not torch.cuda.is_available()):
+        return "no"  # Accelerate's fp16 autocast does nothing on a CPU (float32 out): said as fp32, not as fp16
     if precision != "auto":
         return precision
     if torch.cuda.is_available() and not cpu:
@@ -112,6 +114,8 @@ def fit(
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     console = (console or report.console()) if main else report.console(quiet=True)
+    if cfg.train.precision == "fp16" and accelerator.mixed_precision == "no":
+        console.print("[yellow]note[/]: fp16 autocast runs on a GPU only: this run trains in fp32 (a CPU's half precision is --precision bf16)")
     if accelerator.num_processes > 1 and cfg.strategy.name == "gradual":
         raise UserError("strategy gradual changes what trains inside a phase, which one process per device cannot follow; use partial or full with several processes")
     rundir = RunDir(out, overwrite=overwrite or resume) if out is not None and main else None  # refuse a finished run before work
