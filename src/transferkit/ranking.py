@@ -418,12 +418,16 @@ class Ranking:
         """Why `best` was picked, in one sentence (what `fit --model auto` prints)."""
         label = SCORES.get(self.score).label
         first = self._first()
-        above = [r.name for r in self.rows[: self.rows.index(first)]]  # random controls that scored higher
-        second = next((r for r in self.rows if r is not first), first)
+        above = self.rows[: self.rows.index(first)]  # random controls that scored higher
+        after = self.rows[self.rows.index(first) + 1 :]
+        if not above:
+            return (f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates "
+                    f"on the {self.n_train} training examples; next is {after[0].name} ({after[0].scores[self.score]:.4f})")
+        models = [r for r in self.rows if r.name not in self.controls]
         return (
-            f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates"
-            + (f" besides the random control(s) {', '.join(above)}, which scored higher (see the warning)" if above else "")
-            + f" on the {self.n_train} training examples; next is {second.name} ({second.scores[self.score]:.4f})"
+            f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of the {len(models)} candidate(s) that are not random "
+            f"controls, on the {self.n_train} training examples; the random control(s) "
+            + ", ".join(f"{r.name} ({r.scores[self.score]:.4f})" for r in above) + " scored higher (see the warning)"
         )
 
     def to_dict(self) -> dict:
@@ -567,7 +571,9 @@ def rank_models(
     log = log or (lambda msg: None)
     # ---- everything that can be wrong with the request, before any heavy work
     SCORES.get(score)
-    TrainConfig(precision=precision).validate()  # fit's own check of the value
+    checked = TrainConfig(precision=precision)
+    checked.validate()  # fit's own check of the value
+    precision = checked.precision  # fp32 read as no
     wanted = list(dict.fromkeys(scores)) if scores is not None else SCORES.names()
     for s in wanted:
         SCORES.get(s)
