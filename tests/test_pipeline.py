@@ -510,3 +510,4 @@ def test_a_stop_reaches_an_adapt_stage_and_the_adapt_command(tmp_path, tiny_bert
     rc = main(["adapt", "--data", str(p), "--model", f"dir:{tiny_bert}", "--out", str(tmp_path / "a"), "--batch-size", "8", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 143 and "stopped by SIGTERM; adapt keeps no checkpoint" in err and not (tmp_path / "a" / "manifest.json").exists()
+    assert "without a checkpoint: adapt starts again" in err and "after a checkpoint" not in err  # it promised one

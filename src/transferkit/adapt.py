@@ -321,7 +321,7 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
             pick = set(np.random.default_rng(cfg.train.seed).permutation(len(texts))[: min(500, len(texts) // 20)].tolist())
             heldout = [t for i, t in enumerate(texts) if i in pick]
             texts = [t for i, t in enumerate(texts) if i not in pick]
-        con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch(s)"
+        con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch{'s' if epochs != 1 else ''}"
                   + (f", {len(heldout)} more held out to score it" if heldout else ""))
         info.update(method="mlm", **mlm(backbone, texts, heldout=heldout, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,
                                         max_length=cfg.data.max_length, seed=cfg.train.seed, head_steps=head_steps, console=con,

@@ -176,9 +176,10 @@ def _main_rank() -> bool:
 class _StopOnSignal:
     """First Ctrl-C / SIGTERM: finish the current step, checkpoint, exit 130 / 143. Second: stop now."""
 
-    def __init__(self):
+    def __init__(self, then: str = "after a checkpoint once training has begun"):
         self.signum = 0
         self.name = ""
+        self.then = then  # what stopping does, said when the signal comes
 
     def __call__(self) -> bool:
         return bool(self.signum)
@@ -190,7 +191,7 @@ class _StopOnSignal:
             raise KeyboardInterrupt
         self.signum, self.name = signum, signal.Signals(signum).name
         if _main_rank():  # torchrun signals every process; one says so
-            print(f"\ntransferkit: {self.name} received: stopping at the next safe point, after a checkpoint once training has begun (again to stop at once)", file=sys.stderr)
+            print(f"\ntransferkit: {self.name} received: stopping at the next safe point, {self.then} (again to stop at once)", file=sys.stderr)
 
     def __enter__(self):
         import signal
@@ -522,7 +523,8 @@ def cmd_adapt(args) -> int:
                   group_by_length=args.group_by_length, skip_bad_images=args.skip_bad_images or None, encoding=args.encoding)
     from .trainer import StopRequested
 
-    signals = _StopOnSignal()
+    signals = _StopOnSignal("without a checkpoint: adapt starts again" if not args.intermediate else
+                            "after a checkpoint if its intermediate fit has begun; adapt itself starts again")
     try:
         with signals:
             adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, head_steps=args.head_steps, console=report.console(quiet=args.quiet),
