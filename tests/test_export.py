@@ -210,3 +210,5 @@ def test_unsaved_classifier_export_serves_its_saved_run_and_a_damaged_export_is_
     assert "onnxruntime cannot load" in err and "Traceback" not in err, err
     assert main(["predict", str(tmp_path / "run"), str(data), "--onnx", str(tmp_path / "nodir")]) == 2
     assert "nodir: no such folder" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "run"), str(data), "--onnx", str(onnx_file)]) == 2  # the file, not its folder
+    assert f"--onnx takes the export's folder, not a file: --onnx {tmp_path / 'exp'}" in capsys.readouterr().err

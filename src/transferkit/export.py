@@ -294,6 +294,8 @@ def load_export(run_dir: str | Path, folder: str | Path | None = None):
     redo = f"transferkit export {run_dir}" + ("" if default else f" --out {folder}")
     if not default and not folder.exists():
         raise UserError(f"--onnx {folder}: no such folder")
+    if folder.is_file():  # model.onnx itself: the folder holds export.json beside it
+        raise UserError(f"--onnx takes the export's folder, not a file: --onnx {folder.parent}")
     info_file, model_file = folder / "export.json", folder / "model.onnx"
     if not model_file.is_file() or not info_file.is_file():
         missing = " and ".join(f.name for f in (model_file, info_file) if not f.is_file())
