@@ -484,6 +484,8 @@ def test_evaluate_leaves_out_the_training_texts_found_under_another_path(tmp_pat
     assert main(["evaluate", str(run), "--data", str(copy), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["n"] == len(new) < len(lines) - 1 and f"{len(lines) - len(new)} of its {len(lines)} texts left out: the run trained on them" in m["data"], m["data"]
+    # what is left is the validation split (it chose the best epoch) and one new text: said
+    assert f"({len(new) - 1} of the {len(new)} scored are the run's validation split, which chose its best epoch" in m["data"], m["data"]
     only = tmp_path / "train_only.csv"
     only.write_text("text,label\n" + "\n".join(ln for ln in lines[1:] if ln.rsplit(",", 1)[0] in trained) + "\n")
     assert main(["evaluate", str(run), "--data", str(only)]) == 2

@@ -75,6 +75,7 @@ class _Classifier:
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
         self.train_fingerprints_ = {f for f in r.train_fingerprints if f}
+        self.val_fingerprints_ = {f for f in r.val_fingerprints if f}
         if labels_given is not None:  # predict gives back y's own labels (ints stay ints), as scikit-learn's do
             self._label_of = {str(v): v for v in labels_given}
         return self
@@ -166,7 +167,7 @@ class _Classifier:
         write_model(rd, self.model_, model_meta(self.model_, self.classes_, self.inputs_, self.config_))
         rd.write_yaml("config.yaml", self.config_.to_dict())
         if getattr(self, "train_fingerprints_", None) is not None:  # evaluate on the saved run leaves its training examples out too
-            rd.write_json(FINGERPRINTS, {"hash": "blake2b-64", "train": sorted(self.train_fingerprints_)})
+            rd.write_json(FINGERPRINTS, {"hash": "blake2b-64", "train": sorted(self.train_fingerprints_), "val": sorted(getattr(self, "val_fingerprints_", ()))})
         rd.finalize()
         return rd.path
 
@@ -201,7 +202,7 @@ class _Classifier:
             inputs.pre = Preprocess.from_dict(meta["preprocess"])
         out._set_fitted(model, meta["classes"], inputs, cfg)
         out.run_dir_ = Path(path)
-        out.train_fingerprints_ = load_fingerprints(path)
+        out.train_fingerprints_, out.val_fingerprints_ = load_fingerprints(path)
         return out
 
 

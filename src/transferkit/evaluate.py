@@ -110,14 +110,18 @@ def labelled_set(clf, spec: str):
     elif seen:  # the run's training examples under another path (a copy, a CRLF re-export) are left out, not scored
         from .data import fingerprints
 
-        keep = [i for i, f in enumerate(fingerprints(s.sources, text)) if f not in seen]
+        prints = fingerprints(s.sources, text)
+        keep = [i for i, f in enumerate(prints) if f not in seen]
+        unit = clf.inputs_.unit
         if len(keep) < len(s):
-            unit = clf.inputs_.unit
             if not keep:
                 raise UserError(f"{where}: all {len(s)} {unit} are ones the run trained on (the same content as its training split): "
                                 "their score would say nothing about new data; evaluate on data it did not train on")
             where = f"{where} ({len(s) - len(keep)} of its {len(s)} {unit} left out: the run trained on them)"
             s = s.subset(keep)
+        chose = sum(prints[i] in getattr(clf, "val_fingerprints_", set()) for i in keep)
+        if chose:  # the validation split picked the best epoch: its score is a little optimistic
+            where = f"{where} ({chose} of the {len(keep)} scored are the run's validation split, which chose its best epoch: a little optimistic)"
     return s, where
 
 

@@ -47,6 +47,7 @@ class FitResult:
     val_proba: np.ndarray | None = None
     mistakes: object = None  # mistakes.Mistakes: the wrong validation examples, most confident first
     train_fingerprints: list = field(default_factory=list)  # data.fingerprints of the training split
+    val_fingerprints: list = field(default_factory=list)  # and of the validation split (it chose the best epoch)
 
 
 def make_accelerator(cfg: RunConfig):
@@ -406,7 +407,8 @@ def fit(
     from .data import fingerprints
 
     result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba, mistakes=mistakes,
-                       train_fingerprints=fingerprints(splits.train.sources, inputs.modality == "text"))
+                       train_fingerprints=fingerprints(splits.train.sources, inputs.modality == "text"),
+                       val_fingerprints=fingerprints(splits.val.sources, inputs.modality == "text"))
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path
@@ -631,9 +633,10 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
         fig = make()
         pngs[name] = rundir.write_figure(name, fig).read_bytes()
         plots.close(fig)
-    data = {"source": splits.source, "classes": r.classes, "train": splits.train.counts(), "val": splits.val.counts()}
+    data = {"source": splits.source, "classes": r.classes, "train": splits.train.counts(), "val": splits.val.counts(),
+            **({"test": splits.test.counts()} if splits.test is not None else {})}
     rundir.write_json("data.json", data)
-    rundir.write_json(FINGERPRINTS, {"hash": "blake2b-64", "train": r.train_fingerprints})
+    rundir.write_json(FINGERPRINTS, {"hash": "blake2b-64", "train": r.train_fingerprints, "val": r.val_fingerprints})
     from .report_html import render
 
     title = f"transferkit: {r.config.model.name} on {splits.source}"
@@ -645,14 +648,16 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
 FINGERPRINTS = "train_fingerprints.json"  # evaluate leaves out the examples the run trained on, wherever they lie
 
 
-def load_fingerprints(path: str | Path) -> set[str] | None:
-    """The training split's fingerprints a run directory keeps; None for a run made before runs kept them."""
+def load_fingerprints(path: str | Path) -> tuple[set[str] | None, set[str]]:
+    """The training and validation splits' fingerprints a run directory keeps; (None, empty) for a
+    run made before runs kept them."""
     import json
 
     try:
-        return {f for f in json.loads((Path(path) / FINGERPRINTS).read_text())["train"] if f}
+        d = json.loads((Path(path) / FINGERPRINTS).read_text())
+        return {f for f in d["train"] if f}, {f for f in d.get("val", []) if f}
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, set()
 
 
 def load_model(path: str | Path) -> tuple[TransferModel, dict]:
