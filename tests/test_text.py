@@ -462,6 +462,10 @@ def test_unlabelled_texts_are_read_as_fit_reads_the_file(tmp_path):
     assert read_text_rows(str(ids), also="comment_body") == [(1, "good film"), (2, "awful plot")]
     with pytest.raises(UserError, match="no text column '4'"):
         read_text_rows(str(ids), text_column="4")
+    named = tmp_path / "named.tsv"  # a header of names transferkit does not know, over a run's labels
+    named.write_text("kind\tmsg\nham\tsee you at eight\nspam\tWIN a prize\n")
+    assert read_text_rows(str(named), classes=["ham", "spam"]) == [(1, "see you at eight"), (2, "WIN a prize")]
+    assert read_text_rows(str(named))[0] == (1, "msg")  # without the run's classes it cannot tell
 
 
 def test_evaluate_leaves_out_the_training_texts_found_under_another_path(tmp_path, capsys, tiny_bert):

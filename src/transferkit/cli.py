@@ -362,7 +362,7 @@ def cmd_predict(args) -> int:
                 raise UserError(f"{item} is a folder: a text model's predict takes files of texts (one per line, or a CSV/TSV with a text column)")
             if not Path(item).is_file():
                 raise UserError(f"not found: {item} (give files of texts)")
-            rows = read_text_rows(item, text_column=args.text_column, also=clf.config_.data.text_column, encoding=args.encoding)
+            rows = read_text_rows(item, text_column=args.text_column, also=clf.config_.data.text_column, encoding=args.encoding, classes=clf.classes_)
             where += [(item, i) for i, _ in rows]
             texts += [t for _, t in rows]
         if not texts:

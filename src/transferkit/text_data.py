@@ -256,6 +256,15 @@ def _names_numbers(first: list[str], body: list[list[str]]) -> bool:
     return bool(sample) and any(not number(first[i]) and all(number(r[i]) for r in sample) for i in range(len(first)))
 
 
+def _names_labels(first: list[str], body: list[list[str]], classes: list[str] | None) -> bool:
+    """Whether the first row names a column of a run's class labels (`kind` over ham, spam, ...)."""
+    if not classes:
+        return False
+    known = {c.strip() for c in classes}
+    sample = [r for r in body[:200] if len(r) == len(first)]
+    return bool(sample) and any(first[i].strip() not in known and all(r[i].strip() in known for r in sample) for i in range(len(first)))
+
+
 def _dname(d: str) -> str:
     return {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(d, repr(d))
 
@@ -303,12 +312,14 @@ def read_texts(spec: str, *, text_column: str | None = None, encoding: str = "au
     return [t for _, t in read_text_rows(spec, text_column=text_column, encoding=encoding)]
 
 
-def read_text_rows(spec: str, *, text_column: str | None = None, also: str | None = None, encoding: str = "auto") -> list[tuple[int, str]]:
+def read_text_rows(spec: str, *, text_column: str | None = None, also: str | None = None, encoding: str = "auto",
+                   classes: list[str] | None = None) -> list[tuple[int, str]]:
     """`read_texts` with where each text came from: (row, text), the row being a text file's line
     number or a CSV/TSV's record number after the header, blank records not counted (both from 1;
     blank texts are left out). A CSV/TSV's header is detected as `read_table` detects it; the text
     column is `text_column` (a name, or a position from 1), else `also` (a run's own
-    --text-column), else a known name, else, without a header, the column of the longest texts."""
+    --text-column), else a known name, else, without a header, the column of the longest texts.
+    `classes` (a run's): a first row over a column of those labels is a header too (`kind<TAB>msg`)."""
     p = Path(spec)
     if p.is_dir():
         f = _find(p, "train")
@@ -330,7 +341,8 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
             raise UserError(f"{p}: empty file (no header, no texts)")
         first = [h.strip() for h in rows[0]]
         known = {n.lower() for n in (*TEXT_NAMES, *LABEL_NAMES, *([also] if also else []))}
-        has_header = any(h.lower() in known for h in first) or (text_column is not None and not text_column.isdigit()) or _names_numbers(first, rows[1:])
+        has_header = (any(h.lower() in known for h in first) or (text_column is not None and not text_column.isdigit())
+                      or _names_numbers(first, rows[1:]) or _names_labels(first, rows[1:], classes))
         header, body = (first, rows[1:]) if has_header else ([f"column{i + 1}" for i in range(len(first))], rows)
         col = None
         if text_column is not None:
