@@ -282,8 +282,8 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
                                             [str(table), "2", "awful, awful plot"]]
     proba = clf.predict_proba(["good film", long, "good film", "awful, awful plot"])
     np.testing.assert_allclose(np.array([r_[4:] for r_ in rows[1:]], float), proba, atol=1e-5)
-    r = run_cli("predict", out, table)
-    assert r.returncode == 2 and "no text column" in r.stderr and "--text-column" in r.stderr
+    r = run_cli("predict", out, table)  # no known column name: the column of the longest texts, as fit reads it
+    assert r.returncode == 0 and [ln.split(",")[2] for ln in r.stdout.splitlines()[1:]] == ["good film", '"awful'], r.stdout + r.stderr
     # a file without a header (SMS Spam Collection's label<TAB>text), as fit and evaluate read it: it was
     # refused with its first text listed as the "columns found"
     spam = tmp_path / "spam.tsv"
@@ -456,8 +456,11 @@ def test_unlabelled_texts_are_read_as_fit_reads_the_file(tmp_path):
     assert read_text_rows(str(one)) == [(1, "free prize now"), (2, "hi mum")]
     ids = tmp_path / "ids.csv"  # a header naming a column of numbers is a header, though no name is known
     ids.write_text("id,comment_body,score\n7,good film,1\n8,awful plot,2\n")
-    with pytest.raises(UserError, match="no text column"):
-        read_text_rows(str(ids))
+    assert read_text_rows(str(ids)) == [(1, "good film"), (2, "awful plot")]  # the longest texts, as fit finds them
+    images = tmp_path / "images.csv"
+    images.write_text("path,label\nants/1.jpg,ants\nbees/2.jpg,bees\n")
+    with pytest.raises(UserError, match="a list of images"):  # not its paths read as texts
+        read_text_rows(str(images))
     assert read_text_rows(str(ids), text_column="2") == [(1, "good film"), (2, "awful plot")]
     assert read_text_rows(str(ids), also="comment_body") == [(1, "good film"), (2, "awful plot")]
     with pytest.raises(UserError, match="no text column '4'"):

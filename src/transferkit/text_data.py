@@ -355,9 +355,12 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
         if col is None:
             col = _column(header, None, TEXT_NAMES, p, "text")
         if col is None and has_header:
-            raise UserError(f"{p}: no text column (looked for {', '.join(([also] if also else []) + list(TEXT_NAMES))}); "
-                            f"columns found: {', '.join(header)}; name it with --text-column")
-        if col is None:  # no header: the column of the longest texts, as fit reads such a file
+            from .data import PATH_NAMES
+
+            if any(h.lower() in PATH_NAMES for h in header):  # an image list given to a text model: not its paths as texts
+                raise UserError(f"{p}: no text column (looked for {', '.join(([also] if also else []) + list(TEXT_NAMES))}); columns found: "
+                                f"{', '.join(header)}, a list of images? A text model reads texts; name the text column with --text-column")
+        if col is None:  # no header, or none of its names known: the column of the longest texts, as fit reads such a file
             sample = [r for r in body[:2000] if len(r) == len(header)] or body[:2000]
             col = int(np.argmax([np.mean([len(r[i]) if len(r) > i else 0 for r in sample]) for i in range(len(header))]))
         texts = [(i, r[col]) for i, r in enumerate(body, 1) if len(r) > col and r[col].strip()]
