@@ -286,3 +286,23 @@ def test_a_model_of_random_weights_is_a_control_like_random_names(tiny, cache):
     assert r.best == cks[0] and "of the 1 candidate(s) that are not random controls" in r.reason(), r.reason()
     assert "the random control(s) small_convnet (" in r.reason() and r.reason().endswith("scored higher (see the warning)"), r.reason()
     assert r.to_dict()["best"] == cks[0]
+
+
+def test_rank_reads_texts_as_the_fit_after_it_will(tmp_path, cache, capsys, monkeypatch):
+    """rank takes fit's text settings (it refused --max-length, --text-column, --pooling, ...), and the
+    linear probe that follows with the same settings reads the features the ranking cached."""
+    from conftest import make_text_csv, make_tiny_bert
+    from transferkit import features
+
+    bert1, bert2 = make_tiny_bert(tmp_path / "b1", seed=0), make_tiny_bert(tmp_path / "b2", seed=1)
+    rows = make_text_csv(tmp_path / "t.csv", n=12).read_text().replace("text,label", "review;verdict").replace(",", ";")
+    (tmp_path / "t.txt").write_text(rows)  # a delimiter and column names fit is told
+    data = ["--data", str(tmp_path / "t.txt"), "--delimiter", ";", "--text-column", "review", "--label-column", "verdict", "--max-length", "16", "--pooling", "cls"]
+    code, out, _ = _rank_cli(capsys, *data, "--models", f"dir:{bert1},dir:{bert2}", "--quiet", "--cpu")
+    assert code == 0, out
+    computed, compute = [], features.compute_features
+    monkeypatch.setattr(features, "compute_features", lambda *a, rows=None, **k: (computed.append(len(rows)), compute(*a, rows=rows, **k))[1])
+    run = tmp_path / "fit"
+    assert main(["fit", *data, "--model", f"dir:{bert1}", "--strategy", "linear_probe", "--lp-epochs", "2", "--batch-size", "8", "--cpu", "--quiet", "--out", str(run)]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert computed == [m["n_val"]], computed  # the training texts' features came from the ranking's cache

@@ -644,6 +644,7 @@ def cmd_rank(args) -> int:
     r = rank_models(
         args.data, args.models.split(","), score=args.score, arch=args.arch, seed=args.seed, val_fraction=args.val_fraction,
         skip_bad_images=args.skip_bad_images, device="cpu" if args.cpu else None, input_size=args.input_size, log=log, precision=args.precision,
+        text={k: getattr(args, k) for k in ("max_length", "text_column", "label_column", "delimiter", "encoding", "pooling")},
     )
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
@@ -855,6 +856,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, help="score every candidate at this input size (as fit's --input-size)")
     p.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
     p.add_argument("--precision", default="auto", help="auto (bf16 where the device computes it natively, as fit) | bf16 | fp16 | no (or fp32): the features' precision; fit reads those of its own from the cache")
+    for flag, help_ in (("--max-length", "text: tokens per text, as fit's (default 128)"), ("--text-column", "text: the column of the texts, as fit's"),
+                        ("--label-column", "the column of the labels, as fit's"), ("--delimiter", "text files: field delimiter, as fit's"),
+                        ("--pooling", "text: mean | cls | last, as fit's")):
+        p.add_argument(flag, type=int if flag == "--max-length" else str, help=help_)
+    p.add_argument("--encoding", type=_encoding, default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM) or a codec such as latin-1")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     p.set_defaults(func=cmd_rank)

@@ -551,6 +551,7 @@ def rank_models(
     input_size: int | None = None,
     log: Callable[[str], None] | None = None,
     precision: str = "auto",
+    text: dict | None = None,
 ) -> Ranking:
     """Score every candidate on the training split of `data` and sort them best first by `score`.
 
@@ -560,7 +561,9 @@ def rank_models(
     trains on, and `fit`'s linear probe then reads the features this ranking cached. `input_size`
     overrides every candidate's own input size, as `fit --input-size` does. `precision` is `fit`'s
     (auto: bf16 autocast where the device computes bf16 natively), so that `fit` finds the features
-    in its cache: the cache keeps each precision's features apart.
+    in its cache: the cache keeps each precision's features apart. `text`: fit's text settings by
+    their flat names (max_length, text_column, label_column, delimiter, encoding, pooling), so that
+    texts are read, cut and pooled as the fit after the ranking will.
     """
     import torch
 
@@ -588,12 +591,21 @@ def rank_models(
     for n in names:  # a run fitted on this very data has seen its labels: its scores are not a transfer estimate
         if n.startswith("run:") and _fitted_on(n[len("run:"):], data):
             log(f"note: {n} was fitted on {data}: its scores see examples it was trained on, so they overstate how well it transfers")
-    base = replace(RunConfig(), data=data, model=names[0], seed=seed, val_fraction=val_fraction, skip_bad_images=skip_bad_images, input_size=input_size)
+    text = {k: v for k, v in (text or {}).items() if v is not None}
+    unknown = sorted(set(text) - {"max_length", "text_column", "label_column", "delimiter", "encoding", "pooling"})
+    if unknown:
+        raise UserError(f"rank's text settings are max_length, text_column, label_column, delimiter, encoding and pooling; got {', '.join(unknown)}")
+    base = replace(RunConfig(), data=data, model=names[0], seed=seed, val_fraction=val_fraction, skip_bad_images=skip_bad_images, input_size=input_size,
+                   **text)
+    base.validate()
     splits = load_splits(base)
     train = splits.train
     if len(np.unique(train.labels)) < 2:
         raise UserError(f"{splits.source}: the training data has fewer than two classes; ranking needs at least two")
     backbones = {n: _build(n, arch, seed) for n in names}
+    for n, b in backbones.items():  # --pooling, as create_model sets it for fit (a run: keeps its own)
+        if getattr(b, "modality", "image") == "text" and not n.startswith("run:"):
+            b.pooling, b.spec = base.model.pooling, {**b.spec, "pooling": base.model.pooling}
     asked_source = [s for s in wanted if SCORES.get(s).needs_source_head and (s == score or scores is not None)]
     headless = [n for n, b in backbones.items() if b.source_head is None]
     if asked_source and headless:
@@ -709,6 +721,7 @@ def resolve_auto_model(cfg, console, *, show_table: bool = True):
         cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
         skip_bad_images=cfg.data.skip_bad_images, input_size=cfg.data.input_size, log=lambda m: console.print(m),
         device="cpu" if cfg.train.cpu else None, precision=cfg.train.precision,
+        text={k: getattr(cfg.data, k) for k in ("max_length", "text_column", "label_column", "delimiter", "encoding")} | {"pooling": cfg.model.pooling},
     )
     if show_table:
         console.print(ranking.table())
