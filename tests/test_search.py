@@ -285,6 +285,9 @@ def test_space_merges_over_the_defaults_and_flags_fix_settings(tiny):
     t = optuna.create_study().ask()
     params = S.sample(t, {"strategy": S.Dim("strategy", "fixed", value="linear_probe"), **{k: v for k, v in sp.items() if k != "strategy"}}, "lp_ft")
     assert "lr" in params and "crop_scale_min" not in params and "layer_decay" not in params
+    # a text model's default space: no image augmentation, LoRA among the strategies, text rates
+    text = S.resolve_space(None, replace(RunConfig(), data="t.csv", model="minilm_l6"))
+    assert "crop_scale_min" not in text and "lora" in text["strategy"].choices and text["lr"].high <= 3e-3
 
 
 # -------------------------------------------------------------------------------------- bad inputs

@@ -81,6 +81,14 @@ DEFAULT_SPACE: dict[str, Any] = {
     "label_smoothing": {"low": 0.0, "high": 0.2},
     "crop_scale_min": {"low": 0.08, "high": 1.0},
 }
+# Text: no image augmentation to search (crop_scale_min), LoRA among the strategies, the rates of
+# transformer encoders (transferkit's defaults: 1e-4 whole, 1e-3 heads and adapters) and fewer epochs.
+TEXT_SPACE: dict[str, Any] = {
+    **{k: v for k, v in DEFAULT_SPACE.items() if k != "crop_scale_min"},
+    "strategy": {"choices": ["linear_probe", "lp_ft", "lora", "full", "partial"]},
+    "lr": {"low": 1e-5, "high": 3e-3, "log": True},
+    "epochs": {"low": 2, "high": 8},
+}
 BATCH_SIZES = (8, 16, 32, 64, 128)
 
 # Settings that are not hyperparameters: they come from flags, never from the space.
@@ -240,8 +248,10 @@ def check_space(space: dict[str, Dim], base: RunConfig, *, where: str = "search 
 
 
 def resolve_space(user: dict | None, base: RunConfig, *, fixed: set[str] = frozenset(), batch_sizes: list[int] | None = None, lr_center: float | None = None) -> dict[str, Dim]:
-    """Default space, minus settings fixed by flags, with the user's file laid over it."""
-    d = dict(DEFAULT_SPACE)
+    """Default space (TEXT_SPACE for a text model), minus settings fixed by flags, with the user's file laid over it."""
+    from .inputs import modality_of
+
+    d = dict(TEXT_SPACE if modality_of(base.model.name) == "text" else DEFAULT_SPACE)
     if batch_sizes:
         d["batch_size"] = {"choices": list(batch_sizes)}
     for name in fixed:
@@ -999,6 +1009,6 @@ def importance_figure(study, metric: str):
 
 
 __all__ = [
-    "search", "SearchResult", "DEFAULT_SPACE", "Dim", "load_space_file", "parse_space", "resolve_space", "check_space",
+    "search", "SearchResult", "DEFAULT_SPACE", "TEXT_SPACE", "Dim", "load_space_file", "parse_space", "resolve_space", "check_space",
     "stratified_folds", "fold_splits", "open_storage", "fail_dead_trials", "write_trials_csv",
 ]
