@@ -171,3 +171,27 @@ def test_a_verdict_against_transfer_says_when_the_last_epoch_was_the_best(tmp_pa
     rows = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
     assert _undertrained(rows, 2, 30) is None and _undertrained([], 0, 0) is None and "(--epochs)" in _undertrained(rows, 3, 30)
     assert "(--lp-epochs)" in _undertrained([{"epoch": 1, "phase": "probe"}], 1, 3)  # a probe's length is --lp-epochs
+
+
+def test_a_model_that_predicts_one_class_is_said_to(tmp_path):
+    """QA: a gradual run on imbalanced SMS had spam recall 0 and read "no significant difference, +0.0"
+    with nothing else said."""
+    import numpy as np
+
+    from transferkit.fit import _one_class
+    from transferkit.report_html import render
+
+    note = _one_class(np.array([0, 1, 1]), np.array([1, 1, 1]), ["ham", "spam"], "the model")
+    assert note.startswith("the model predicts 'spam' for every validation example, so its accuracy (66.7%) is the share of 'spam'")
+    assert _one_class(np.array([0, 1, 1]), np.array([0, 1, 1]), ["ham", "spam"], "the model") is None
+    assert _one_class(np.array([1, 1]), np.array([1, 1]), ["ham", "spam"], "the model") is None  # one class to find: nothing to say
+    import json
+
+    import yaml
+
+    out = tmp_path / "run"
+    assert main(["fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "linear_probe", "--lp-epochs", "1", "--quiet", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    page = render(title="t", metrics={**m, "one_class_note": note}, config=yaml.safe_load((out / "config.yaml").read_text()),
+                  data=json.loads((out / "data.json").read_text()), figures={})
+    assert "<b>Warning:</b> the model predicts &#x27;spam&#x27; for every validation example" in page

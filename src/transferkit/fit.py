@@ -398,6 +398,8 @@ def fit(
     for kind in compared:
         if (c := _comparison_caveat(kind, metrics[kind], metrics[f"verdict_{kind}"])) is not None:
             metrics[f"verdict_{kind}_caveat"] = c
+    if (note := _one_class(splits.val.labels, val_proba.argmax(1), splits.classes, "the model")) is not None:
+        metrics["one_class_note"] = note
 
     model = model.cpu()  # a FitResult holds its model on the CPU, as a loaded one is
     if cfg.strategy.name == "lora":
@@ -473,6 +475,17 @@ def _undertrained(history: list[dict], best_epoch: int, steps: int) -> str | Non
     flag = "--lp-epochs" if "probe" in str(history[-1].get("phase", "")) else "--epochs"  # the phase that ended on its best epoch
     return (f"its last epoch ({best_epoch}) was its best, so validation may still have been improving when training stopped "
             f"({steps} optimizer steps in all): train longer ({flag}) before concluding")
+
+
+def _one_class(y: np.ndarray, pred: np.ndarray, classes: list[str], who: str) -> str | None:
+    """A note when `who` predicts one class for every validation example of several classes: its
+    accuracy is then the share of that class, whatever the verdict says (an imbalanced set, a rate too
+    high or too low, too few epochs)."""
+    if len(np.unique(y)) < 2 or len(np.unique(pred)) != 1:
+        return None
+    c = classes[int(pred[0])]
+    return (f"{who} predicts {c!r} for every validation example, so its accuracy ({100 * float(np.mean(y == pred[0])):.1f}%) is the share of {c!r}: "
+            f"train longer, try another --lr, or --class-weight balanced for imbalanced classes")
 
 
 def _comparison_caveat(kind: str, c: dict, verdict_text: str) -> str | None:

@@ -160,13 +160,15 @@ def print_results(con: Console, r) -> None:
             f"(true {top['true']}, said {top['predicted']} at {top['p_predicted']:.2f})" + (f"; all in {where}" if r.run_dir else "")
         )
     con.print(f"verdict: {m['verdict']}")
+    if m.get("verdict_caveat"):  # of this verdict: before the comparison fits' verdicts, so it is not read as theirs
+        con.print(f"[yellow]but: {m['verdict_caveat']}[/]")
     for kind in ("scratch", "base"):
         if f"verdict_{kind}" in m:
             con.print(f"verdict: {m[f'verdict_{kind}']}")
             if m.get(f"verdict_{kind}_caveat"):
                 con.print(f"[yellow]but: {m[f'verdict_{kind}_caveat']}[/]")
-    if m.get("verdict_caveat"):
-        con.print(f"[yellow]but: {m['verdict_caveat']}[/]")
+    if m.get("one_class_note"):
+        con.print(f"[yellow]warning: {m['one_class_note']}[/]")
     if "in_short" in m:
         con.print(f"[bold]in short[/]: {m['in_short']}")
     per = ", ".join(f"{c} P={v['precision']:.2f}/R={v['recall']:.2f}" for c, v in list(m["per_class"].items())[:10])
