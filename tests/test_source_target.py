@@ -101,10 +101,15 @@ def test_baseline_scratch_trains_the_same_architecture_and_gives_a_verdict(tmp_p
     assert "from scratch" in page and "In short:" in page
     assert ("training from scratch ended on its best epoch" in page) == ("verdict_scratch_caveat" in m)
     # with a test split both verdicts are the test split's, so that "in short" joins verdicts of one split
-    rc, err = _fit(["--data", str(make_folder(tmp_path / "d8", n=8)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "3",
-                    "--epochs", "1", "--baseline", "scratch", "--test-fraction", "0.25", "--out", str(tmp_path / "tf")], capsys)
+    rc = main(["fit", "--data", str(make_folder(tmp_path / "d8", n=8)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "3",
+               "--epochs", "1", "--baseline", "scratch", "--test-fraction", "0.25", "--out", str(tmp_path / "tf")])
+    screen, err = capsys.readouterr()
     assert rc == 0, err
     t = json.loads((tmp_path / "tf" / "metrics.json").read_text())
+    # the test verdicts' numbers are shown, both sides (the scratch fit's test row was in metrics.json only)
+    assert "from scratch on test split" in screen and f"test split: {t['n_test']} examples" in screen
+    html = (tmp_path / "tf" / "report.html").read_text()
+    assert f"transferkit on the test split ({t['n_test']} examples)" in html and "from scratch on the test split" in html
     assert "on the test split" in t["verdict"] and "on the test split" in t["verdict_scratch"] and "on the validation split" in t["validation_verdict_scratch"]
     assert t["transfer_vs_scratch"]["diff"] == pytest.approx(t["test"]["accuracy"] - t["test"]["scratch"]["accuracy"]) and "_model" not in t
     page = (tmp_path / "tf" / "report.html").read_text()  # the verdict is the test split's: what is the validation split's says so

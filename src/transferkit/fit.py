@@ -370,6 +370,7 @@ def fit(
     if test_u8 is not None and len(test_u8):
         test_logp = predict_proba(model, test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast, log=True).cpu()
         metrics["test"] = classification_metrics(splits.test.labels, test_logp.softmax(-1).numpy(), splits.classes)
+        metrics["n_test"] = len(splits.test)
         if calibrated and "temperature" in calibrated:  # the honest check: examples the temperature was not fitted on
             calibrated["test_before"] = calibration_stats(test_logp * calibrated["temperature"], splits.test.labels)
             calibrated["test_after"] = calibration_stats(test_logp, splits.test.labels)

@@ -135,6 +135,11 @@ def print_results(con: Console, r) -> None:
         if "baseline" in te:
             tb = te["baseline"]
             t.add_row(f"{b['name']} on test split", f"{100 * tb['accuracy']:.2f}%", f"{tb['macro_f1']:.4f}", f"{tb['auroc']:.4f}" if tb.get("auroc") is not None else "n/a")
+        for kind, label in (("scratch", "from scratch"), ("base", "without the source stage")):  # the test verdicts' other side
+            if kind in te:
+                tc = te[kind]
+                t.add_row(f"{label} on test split", f"{100 * tc['accuracy']:.2f}%", f"{tc['macro_f1']:.4f}", f"{tc['auroc']:.4f}" if tc.get("auroc") is not None else "n/a")
+        t.caption = f"test split: {m.get('n_test', '?')} examples"
     con.print(t)
     if "groups" in m:
         from .metrics import worst_group_text

@@ -145,7 +145,11 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
             sc = m[key]
             rows.append((f"{label} ({sc['model']})", sc["accuracy"], sc["macro_f1"], sc.get("auroc"), None))
     if "test" in m:
-        rows.append(("transferkit on the test split", m["test"]["accuracy"], m["test"]["macro_f1"], m["test"].get("auroc"), m["test"].get("calibration", {}).get("ece")))
+        te = m["test"]
+        rows.append((f"transferkit on the test split ({m.get('n_test', '?')} examples)", te["accuracy"], te["macro_f1"], te.get("auroc"), te.get("calibration", {}).get("ece")))
+        for key, label in (("baseline", b["name"]), ("scratch", "from scratch"), ("base", "without the source stage")):  # the test verdicts' other side
+            if key in te:
+                rows.append((f"{label} on the test split", te[key]["accuracy"], te[key]["macro_f1"], te[key].get("auroc"), None))
     res = "".join(f"<tr><td>{e(n)}</td><td>{_pct(a)}</td><td>{_num(f)}</td><td>{_num(u)}</td><td>{_pct(c)}</td></tr>" for n, a, f, u, c in rows)
     per = m["per_class"]
     best_recall = max(v["recall"] for v in per.values()) if per else 0.0
@@ -171,7 +175,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 {m['n_train']} training / {m['n_val']} validation examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
 <div class="verdict {kind}">{e(verdict)}</div>{f"<p><b>But:</b> {e(m['verdict_caveat'])}.</p>" if m.get('verdict_caveat') else ""}
 {"".join(_verdict_div(m.get(f'verdict_{k}')) + (f"<p><b>But:</b> {e(m[f'verdict_{k}_caveat'])}.</p>" if m.get(f'verdict_{k}_caveat') else "") for k in ('scratch', 'base'))}{f"<p><b>Warning:</b> {e(m['one_class_note'])}.</p>" if m.get('one_class_note') else ""}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
-<h2>Results (validation split{"; the last row: the held-out test split" if "test" in m else ""})</h2>
+<h2>Results (validation split{"; the rows that say so: the held-out test split" if "test" in m else ""})</h2>
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
 <p class="sub">{"On the validation split, t" if "test" in m else "T"}{"he model" if "nothing was transferred" in verdict else "ransfer"} minus baseline: {100 * boot.get('diff', 0):+.1f} points, paired bootstrap 95% CI
 [{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.{_temperature(m.get('temperature_scaling'))}</p>
