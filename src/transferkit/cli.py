@@ -455,7 +455,7 @@ def _write_text_explanations(clf, texts: list[str], proba, proba_fn, folder: Pat
             for i, ((f, r), t, c, ev) in enumerate(zip(where, texts, pred, evidence))]
     make_dir(folder)
     atomic_write_bytes(folder / "explain.html", explain_page(f"transferkit predict: {clf.run_dir_}", rows).encode())
-    print(f"wrote the word evidence of {len(texts)} texts to {folder / 'explain.html'}", file=sys.stderr)
+    print(f"wrote the word evidence of {len(texts)} text{'s' if len(texts) != 1 else ''} to {folder / 'explain.html'}", file=sys.stderr)
 
 
 def _proba(clf, x):

@@ -153,9 +153,8 @@ def fit(
             f"but --model {cfg.model.name} has no pretrained weights: the comparison would be the model with itself. "
             "Use it with a pretrained model, or a run: of this model trained on a source task"
         )
-    if model.head_note:
-        console.print(f"--model {cfg.model.name}: {model.head_note}")
-        splits.notes = list(splits.notes) + [model.head_note]
+    if model.head_note:  # the plan prints the data's notes (it was printed here too, twice in all)
+        splits.notes = list(splits.notes) + [f"--model {cfg.model.name}: {model.head_note}"]
     if cfg.strategy.name == "lora":
         from .lora import apply_lora, short_name
 

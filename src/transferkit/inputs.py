@@ -146,7 +146,9 @@ class TextInputs:
 
     def describe(self, flip: bool) -> str:
         return (
-            f"input: text, up to {self.max_length} tokens ({self.truncated} text(s) cut), dynamic padding per batch; "
+            f"input: text, up to {self.max_length} tokens"
+            + (f" (the model's limit; --max-length {self.cfg.data.max_length} asked for more)" if self.cfg.data.max_length > self.max_length else "")
+            + f" ({self.truncated} text(s) cut), dynamic padding per batch; "
             f"pooling: {self.backbone.pooling}"
         )
 

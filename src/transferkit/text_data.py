@@ -278,7 +278,8 @@ def _column(header: list[str], given: str | None, known: tuple[str, ...], path: 
             return lower.index(given.lower())
         if given.isdigit() and 1 <= int(given) <= len(header):
             return int(given) - 1
-        raise UserError(f"{path}: no {what} column {given!r}; columns found: {', '.join(header)}")
+        raise UserError(f"{path}: no {what} column {given!r}; columns found: {', '.join(header)}"
+                        + ("" if given.isdigit() else f" (a file without a header names its columns by position from 1: --{what}-column 2)"))
     for k in known:
         if k in lower:
             return lower.index(k)
