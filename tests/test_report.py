@@ -103,7 +103,7 @@ def test_report_is_self_contained_and_complete(run_dir):
         assert needle in page, needle
     verdict = json.loads((run_dir / "metrics.json").read_text())["verdict"]
     assert verdict.split(":")[0] in page
-    assert "<td>training images seen (all epochs)</td>" in page and '"train_images"' not in page  # timing as a table, not JSON
+    assert "<td>training images through the backbone (all epochs)</td>" in page and '"train_images"' not in page  # timing as a table, not JSON
 
 
 def _chromium():
