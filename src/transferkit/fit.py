@@ -310,7 +310,7 @@ def fit(
     metrics = classification_metrics(splits.val.labels, val_proba, splits.classes)
     base_proba, base_name = inputs.baseline(splits.train, train_u8, splits.val, val_u8, cfg.train.seed)
     base = classification_metrics(splits.val.labels, base_proba, splits.classes)
-    boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), base_proba.argmax(1), seed=cfg.train.seed)
+    boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), base_proba.argmax(1), seed=cfg.train.seed, metric=verdict_metric(cfg))
     wall = time.perf_counter() - t_start
     metrics.update(
         n_train=len(splits.train), n_val=len(splits.val), wall_s=round(wall, 3),
@@ -381,12 +381,12 @@ def fit(
         tb = inputs.baseline(splits.train, train_u8, splits.test, test_u8, cfg.train.seed)[0]
         metrics["test"]["baseline"] = headline(tb)
         # the verdict on examples neither training nor the choice of epoch saw; validation's is kept beside it
-        tboot = paired_bootstrap(splits.test.labels, test_pred, tb.argmax(1), seed=cfg.train.seed)
+        tboot = paired_bootstrap(splits.test.labels, test_pred, tb.argmax(1), seed=cfg.train.seed, metric=verdict_metric(cfg))
         metrics.update(validation_verdict=metrics["verdict"], transfer_vs_baseline_validation=metrics["transfer_vs_baseline"],
                        transfer_vs_baseline=tboot, verdict=verdict(tboot, base_name, transferred=transferred(model), split="test"))
         for kind, (cmodel, clabel) in compared.items():  # on the test split too, so that "in short" joins verdicts of one split
             c_proba = predict_proba(cmodel.to(device), test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast).cpu().numpy()
-            cboot = paired_bootstrap(splits.test.labels, test_pred, c_proba.argmax(1), seed=cfg.train.seed)
+            cboot = paired_bootstrap(splits.test.labels, test_pred, c_proba.argmax(1), seed=cfg.train.seed, metric=verdict_metric(cfg))
             metrics["test"][kind] = headline(c_proba)
             metrics.update({f"validation_verdict_{kind}": metrics[f"verdict_{kind}"], f"transfer_vs_{kind}_validation": metrics[f"transfer_vs_{kind}"],
                             f"transfer_vs_{kind}": cboot, f"verdict_{kind}": verdict(cboot, clabel, transferred=transferred(model), split="test")})
@@ -475,6 +475,12 @@ def _undertrained(history: list[dict], best_epoch: int, steps: int) -> str | Non
     flag = "--lp-epochs" if "probe" in str(history[-1].get("phase", "")) else "--epochs"  # the phase that ended on its best epoch
     return (f"its last epoch ({best_epoch}) was its best, so validation may still have been improving when training stopped "
             f"({steps} optimizer steps in all): train longer ({flag}) before concluding")
+
+
+def verdict_metric(cfg: RunConfig) -> str:
+    """What the verdicts compare: macro-F1 when the run selects on it (--metric macro_f1, for
+    imbalanced classes, where accuracy rewards the majority class), else accuracy."""
+    return "macro_f1" if cfg.train.metric == "macro_f1" else "accuracy"
 
 
 def _one_class(y: np.ndarray, pred: np.ndarray, classes: list[str], who: str) -> str | None:
@@ -568,7 +574,7 @@ def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba,
         ccfg.data.input_size = inputs.size
     rs = fit(ccfg, None, console=report.console(quiet=True), splits=splits, should_stop=stop, should_abort=abort)
     sm = rs.metrics
-    boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), rs.val_proba.argmax(1), seed=cfg.train.seed)
+    boot = paired_bootstrap(splits.val.labels, val_proba.argmax(1), rs.val_proba.argmax(1), seed=cfg.train.seed, metric=verdict_metric(cfg))
     steps = f"{sm['optimizer_steps']} optimizer steps"
     label = (f"training from scratch ({name}, {n} epoch{'s' if n != 1 else ''}, {steps})" if kind == "scratch"
              else f"fine-tuning {name} without the source stage ({cfg.strategy.name}, {steps})")
