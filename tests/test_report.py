@@ -181,10 +181,13 @@ def test_a_model_that_predicts_one_class_is_said_to(tmp_path):
     from transferkit.fit import _one_class
     from transferkit.report_html import render
 
-    note = _one_class(np.array([0, 1, 1]), np.array([1, 1, 1]), ["ham", "spam"], "the model")
+    note = _one_class(np.array([0, 1, 1]), np.array([1, 1, 1]), ["ham", "spam"], "the model", advise=True)
     assert note.startswith("the model predicts 'spam' for every validation example, so its accuracy (66.7%) is the share of 'spam'")
     assert _one_class(np.array([0, 1, 1]), np.array([0, 1, 1]), ["ham", "spam"], "the model") is None
     assert _one_class(np.array([1, 1]), np.array([1, 1]), ["ham", "spam"], "the model") is None  # one class to find: nothing to say
+    # the baseline and the comparison fits are checked too: a verdict against a one-class guess says little (QA)
+    said = _one_class(np.array([0, 0, 1]), np.array([0, 0, 0]), ["ham", "spam"], "the baseline (TF-IDF logistic regression)")
+    assert said.startswith("the baseline (TF-IDF logistic regression) predicts 'ham'") and said.endswith("verdicts against it say little (--metric macro_f1 compares macro-F1)")
     import json
 
     import yaml
@@ -192,6 +195,6 @@ def test_a_model_that_predicts_one_class_is_said_to(tmp_path):
     out = tmp_path / "run"
     assert main(["fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "linear_probe", "--lp-epochs", "1", "--quiet", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    page = render(title="t", metrics={**m, "one_class_note": note}, config=yaml.safe_load((out / "config.yaml").read_text()),
+    page = render(title="t", metrics={**m, "one_class_notes": [note]}, config=yaml.safe_load((out / "config.yaml").read_text()),
                   data=json.loads((out / "data.json").read_text()), figures={})
     assert "<b>Warning:</b> the model predicts &#x27;spam&#x27; for every validation example" in page

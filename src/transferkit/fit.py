@@ -398,8 +398,11 @@ def fit(
     for kind in compared:
         if (c := _comparison_caveat(kind, metrics[kind], metrics[f"verdict_{kind}"])) is not None:
             metrics[f"verdict_{kind}_caveat"] = c
-    if (note := _one_class(splits.val.labels, val_proba.argmax(1), splits.classes, "the model")) is not None:
-        metrics["one_class_note"] = note
+    notes = [_one_class(splits.val.labels, val_proba.argmax(1), splits.classes, "the model", advise=True),
+             _one_class(splits.val.labels, base_proba.argmax(1), splits.classes, f"the baseline ({base_name})")]
+    notes += [metrics[k].pop("one_class_note", None) for k in compared]  # a comparison fit's, said as the run's
+    if any(notes):
+        metrics["one_class_notes"] = [n for n in notes if n]
 
     model = model.cpu()  # a FitResult holds its model on the CPU, as a loaded one is
     if cfg.strategy.name == "lora":
@@ -436,7 +439,8 @@ def calibrate_head(model: TransferModel, val_logp: torch.Tensor, y_val) -> dict:
     if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01:
         # the NLL still fell at the bound: the validation classes are separated perfectly, which says
         # "sharper forever", not how sharp new data deserves; leave the probabilities as trained
-        return {"skipped": f"the validation NLL has no interior minimum (T would be {t:.3g}): every validation example is separated"}
+        return {"skipped": f"the validation NLL has no interior minimum (T would be {t:.3g}): "
+                + ("every validation example is separated" if t < 1 else "the model's probabilities carry almost nothing on it (the flattest is best)")}
     last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last.weight.div_(t)
@@ -483,15 +487,16 @@ def verdict_metric(cfg: RunConfig) -> str:
     return "macro_f1" if cfg.train.metric == "macro_f1" else "accuracy"
 
 
-def _one_class(y: np.ndarray, pred: np.ndarray, classes: list[str], who: str) -> str | None:
-    """A note when `who` predicts one class for every validation example of several classes: its
-    accuracy is then the share of that class, whatever the verdict says (an imbalanced set, a rate too
-    high or too low, too few epochs)."""
+def _one_class(y: np.ndarray, pred: np.ndarray, classes: list[str], who: str, *, advise: bool = False) -> str | None:
+    """A note when `who` (the model, the baseline, a comparison fit) predicts one class for every
+    validation example of several classes: its accuracy is then the share of that class, whatever a
+    verdict built on it says (an imbalanced set, a rate too high or too low, too few epochs)."""
     if len(np.unique(y)) < 2 or len(np.unique(pred)) != 1:
         return None
     c = classes[int(pred[0])]
-    return (f"{who} predicts {c!r} for every validation example, so its accuracy ({100 * float(np.mean(y == pred[0])):.1f}%) is the share of {c!r}: "
-            f"train longer, try another --lr, or --class-weight balanced for imbalanced classes")
+    return (f"{who} predicts {c!r} for every validation example, so its accuracy ({100 * float(np.mean(y == pred[0])):.1f}%) is the share of {c!r}"
+            + (": train longer, try another --lr, or --class-weight balanced for imbalanced classes" if advise else
+               "; verdicts against it say little (--metric macro_f1 compares macro-F1)"))
 
 
 def _comparison_caveat(kind: str, c: dict, verdict_text: str) -> str | None:
@@ -580,7 +585,8 @@ def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba,
              else f"fine-tuning {name} without the source stage ({cfg.strategy.name}, {steps})")
     return {
         kind: {"model": name, "accuracy": sm["accuracy"], "macro_f1": sm["macro_f1"], "auroc": sm["auroc"], "wall_s": sm["wall_s"],
-               "best_epoch": sm.get("best_epoch"), "last_epoch": rs.history[-1]["epoch"] if rs.history else None},
+               "best_epoch": sm.get("best_epoch"), "last_epoch": rs.history[-1]["epoch"] if rs.history else None,
+               "one_class_note": _one_class(splits.val.labels, rs.val_proba.argmax(1), splits.classes, f"the {kind} comparison fit ({name})")},
         f"transfer_vs_{kind}": boot, f"verdict_{kind}": verdict(boot, label, transferred=transferred(model)),
     }, rs.model, label
 

@@ -172,8 +172,8 @@ def print_results(con: Console, r) -> None:
             con.print(f"verdict: {m[f'verdict_{kind}']}")
             if m.get(f"verdict_{kind}_caveat"):
                 con.print(f"[yellow]but: {m[f'verdict_{kind}_caveat']}[/]")
-    if m.get("one_class_note"):
-        con.print(f"[yellow]warning: {m['one_class_note']}[/]")
+    for note in m.get("one_class_notes", []):
+        con.print(f"[yellow]warning: {note}[/]")
     if "in_short" in m:
         con.print(f"[bold]in short[/]: {m['in_short']}")
     per = ", ".join(f"{c} P={v['precision']:.2f}/R={v['recall']:.2f}" for c, v in list(m["per_class"].items())[:10])

@@ -176,7 +176,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <div class="sub">{e(str(config.get('model', {}).get('name')))} &middot; strategy {e(str(config.get('strategy', {}).get('name')))} &middot;
 {m['n_train']} training / {m['n_val']} validation examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
 <div class="verdict {kind}">{e(verdict)}</div>{f"<p><b>But:</b> {e(m['verdict_caveat'])}.</p>" if m.get('verdict_caveat') else ""}
-{"".join(_verdict_div(m.get(f'verdict_{k}')) + (f"<p><b>But:</b> {e(m[f'verdict_{k}_caveat'])}.</p>" if m.get(f'verdict_{k}_caveat') else "") for k in ('scratch', 'base'))}{f"<p><b>Warning:</b> {e(m['one_class_note'])}.</p>" if m.get('one_class_note') else ""}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
+{"".join(_verdict_div(m.get(f'verdict_{k}')) + (f"<p><b>But:</b> {e(m[f'verdict_{k}_caveat'])}.</p>" if m.get(f'verdict_{k}_caveat') else "") for k in ('scratch', 'base'))}{"".join(f"<p><b>Warning:</b> {e(n)}.</p>" for n in m.get('one_class_notes', []))}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
 <h2>Results (validation split{"; the rows that say so: the held-out test split" if "test" in m else ""})</h2>
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
 <p class="sub">{"On the validation split, t" if "test" in m else "T"}{"he model" if "nothing was transferred" in verdict else "ransfer"} minus baseline: {100 * boot.get('diff', 0):+.1f} points{" of macro-F1" if boot.get("metric") == "macro_f1" else ""}, paired bootstrap 95% CI
