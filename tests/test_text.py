@@ -469,6 +469,11 @@ def test_unlabelled_texts_are_read_as_fit_reads_the_file(tmp_path):
     named.write_text("kind\tmsg\nham\tsee you at eight\nspam\tWIN a prize\n")
     assert read_text_rows(str(named), classes=["ham", "spam"]) == [(1, "see you at eight"), (2, "WIN a prize")]
     assert read_text_rows(str(named))[0] == (1, "msg")  # without the run's classes it cannot tell
+    assert read_table(named, classes=["ham", "spam"])[0] == ["see you at eight", "WIN a prize"]  # evaluate knows the run's classes too
+    one = tmp_path / "one_path.csv"  # an image list of one column is refused too, not its paths scored as texts
+    one.write_text("path\nimg1.jpg\nimg2.jpg\n")
+    with pytest.raises(UserError, match="a list of images"):
+        read_text_rows(str(one))
 
 
 def test_evaluate_leaves_out_the_training_texts_found_under_another_path(tmp_path, capsys, tiny_bert):

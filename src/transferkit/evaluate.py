@@ -50,7 +50,7 @@ def text_eval_set(spec: str, classes: list[str], cfg: RunConfig):
         f = p
     d = cfg.data
     texts, labels, rows, groups = read_table(f, delimiter=d.delimiter, encoding=d.encoding, text_column=d.text_column, label_column=d.label_column,
-                                             group_column=d.group_column, group_optional=True)
+                                             group_column=d.group_column, group_optional=True, classes=classes)
     unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise UserError(f"{f} has classes the model does not know: {', '.join(unknown[:10])} (model classes: {', '.join(classes)})")

@@ -119,7 +119,7 @@ def _short(source: str, n: int = 70) -> str:
 def print_results(con: Console, r) -> None:
     m = r.metrics
     auroc = f"{m['auroc']:.4f}" if m.get("auroc") is not None else "n/a"
-    t = Table(title="results (validation split)", header_style="bold")
+    t = Table(title="results (validation split" + ("; the rows 'on test split': the held-out test split" if "test" in m else "") + ")", header_style="bold")
     for col in ("", "accuracy", "macro-F1", "AUROC"):
         t.add_column(col, justify="right" if col else "left")
     t.add_row(f"transferkit ({r.config.strategy.name})", f"{100 * m['accuracy']:.2f}%", f"{m['macro_f1']:.4f}", auroc)

@@ -863,12 +863,15 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeue
     K = len(fold_idx)
     done, running = _counts(study)
     n_tr = [len(tr) for tr, _ in fold_idx]
+    from .text_data import TextSet
+
+    unit = "texts" if isinstance(splits.train, TextSet) else "images"
     con.print(
         f"[bold]transferkit search[/]: {base.model.name} on {splits.source}; {trials} trial{'s' if trials != 1 else ''}"
         + (f" ({done} already finished" + (f", {running} running elsewhere" if running else "") + ")" if done or running else "")
         + f", each the mean {metric} over {K} stratified folds of the training split "
-        f"({len(splits.train)} images; {min(n_tr)}-{max(n_tr)} train / {len(splits.train) - max(n_tr)}-{len(splits.train) - min(n_tr)} held out per fold). "
-        f"The held-out split ({len(splits.val)} images" + (f", test {len(splits.test)}" if splits.test is not None else "") + ") is used once, at the end."
+        f"({len(splits.train)} {unit}; {min(n_tr)}-{max(n_tr)} train / {len(splits.train) - max(n_tr)}-{len(splits.train) - min(n_tr)} held out per fold). "
+        f"The held-out split ({len(splits.val)} {unit}" + (f", test {len(splits.test)}" if splits.test is not None else "") + ") is used once, at the end."
     )
     con.print(f"study {study.study_name!r} in {redact(url)}" + (f"; time budget {deadline - t_start:.0f} s" if deadline else ""), markup=False)
     if dead:

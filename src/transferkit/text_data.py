@@ -67,9 +67,11 @@ def is_text_spec(spec: str) -> bool:
 
 
 def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "auto", text_column: str | None = None, label_column: str | None = None,
-               group_column: str | None = None, group_optional: bool = False) -> tuple[list[str], list[str], list[str], list[str] | None]:
+               group_column: str | None = None, group_optional: bool = False, classes: list[str] | None = None,
+               ) -> tuple[list[str], list[str], list[str], list[str] | None]:
     """(texts, labels, row names, groups or None) from one delimited file; `group_optional`: groups
-    only where the file has `group_column` (data to score), else the column is required."""
+    only where the file has `group_column` (data to score), else the column is required; `classes`
+    (a run's, for data to score): a first row over a column of them is a header."""
     raw = path.read_bytes()
     text = _decode(raw, path, encoding)
     if not text.strip():
@@ -84,7 +86,7 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
     first = [c.strip() for c in rows[0]]
     lower = [c.lower() for c in first]
     named = any(c is not None and not str(c).isdigit() for c in (text_column, label_column))  # a position names no header
-    has_header = named or any(c in TEXT_NAMES + LABEL_NAMES for c in lower) or _names_numbers(first, rows[1:])
+    has_header = named or any(c in TEXT_NAMES + LABEL_NAMES for c in lower) or _names_numbers(first, rows[1:]) or _names_labels(first, rows[1:], classes)
     if has_header:
         header, body, start = first, rows[1:], 2
     else:
@@ -157,8 +159,11 @@ def load_text_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, text_
         _check_classes(full, str(p))
         few = {c: n for c, n in full.counts().items() if n < 2}
         if few:
+            first = part[1][0]  # a header nobody named: its label cell is a class of one, in the first row
             raise UserError(f"{p}: every class needs at least 2 texts to split off a validation set; too few in "
-                            + ", ".join(f"{c!r} ({n})" for c, n in few.items()))
+                            + ", ".join(f"{c!r} ({n})" for c, n in few.items())
+                            + (f" (is the first row a header? {first!r} is its label: name the columns with --text-column and --label-column)"
+                               if few.get(first) == 1 else ""))
         tr_i, va_i = stratified_split(full.labels, val_fraction, seed)
         splits = DataSplits(full.subset(tr_i), full.subset(va_i), None, classes, str(p), False, flip_ok=False)
     _check_classes(splits.train, splits.source)
@@ -256,6 +261,12 @@ def _names_numbers(first: list[str], body: list[list[str]]) -> bool:
     return bool(sample) and any(not number(first[i]) and all(number(r[i]) for r in sample) for i in range(len(first)))
 
 
+def _path_names() -> tuple[str, ...]:
+    from .data import PATH_NAMES  # an image list's column names (data imports this module)
+
+    return PATH_NAMES
+
+
 def _names_labels(first: list[str], body: list[list[str]], classes: list[str] | None) -> bool:
     """Whether the first row names a column of a run's class labels (`kind` over ham, spam, ...)."""
     if not classes:
@@ -343,7 +354,7 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
         first = [h.strip() for h in rows[0]]
         known = {n.lower() for n in (*TEXT_NAMES, *LABEL_NAMES, *([also] if also else []))}
         has_header = (any(h.lower() in known for h in first) or (text_column is not None and not text_column.isdigit())
-                      or _names_numbers(first, rows[1:]) or _names_labels(first, rows[1:], classes))
+                      or _names_numbers(first, rows[1:]) or _names_labels(first, rows[1:], classes) or any(h.lower() in _path_names() for h in first))
         header, body = (first, rows[1:]) if has_header else ([f"column{i + 1}" for i in range(len(first))], rows)
         col = None
         if text_column is not None:
@@ -356,9 +367,7 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
         if col is None:
             col = _column(header, None, TEXT_NAMES, p, "text")
         if col is None and has_header:
-            from .data import PATH_NAMES
-
-            if any(h.lower() in PATH_NAMES for h in header):  # an image list given to a text model: not its paths as texts
+            if any(h.lower() in _path_names() for h in header):  # an image list given to a text model: not its paths as texts
                 raise UserError(f"{p}: no text column (looked for {', '.join(([also] if also else []) + list(TEXT_NAMES))}); columns found: "
                                 f"{', '.join(header)}, a list of images? A text model reads texts; name the text column with --text-column")
         if col is None:  # no header, or none of its names known: the column of the longest texts, as fit reads such a file
