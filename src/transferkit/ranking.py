@@ -598,6 +598,9 @@ def rank_models(
     base = replace(RunConfig(), data=data, model=names[0], seed=seed, val_fraction=val_fraction, skip_bad_images=skip_bad_images, input_size=input_size,
                    **text)
     base.validate()
+    unused = [f"--{k.replace('_', '-')}" for k in ("max_length", "text_column", "delimiter", "pooling") if k in text]
+    if unused and set(kinds.values()) == {"image"}:  # said, not ignored
+        log(f"note: {', '.join(unused)} {'is' if len(unused) == 1 else 'are'} for text models; the candidates here read images")
     splits = load_splits(base)
     train = splits.train
     if len(np.unique(train.labels)) < 2:
@@ -721,12 +724,22 @@ def resolve_auto_model(cfg, console, *, show_table: bool = True):
         cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
         skip_bad_images=cfg.data.skip_bad_images, input_size=cfg.data.input_size, log=lambda m: console.print(m),
         device="cpu" if cfg.train.cpu else None, precision=cfg.train.precision,
-        text={k: getattr(cfg.data, k) for k in ("max_length", "text_column", "label_column", "delimiter", "encoding")} | {"pooling": cfg.model.pooling},
+        text=_text_settings(cfg),
     )
     if show_table:
         console.print(ranking.table())
     console.print(f"--model auto: {ranking.reason()}")
     return replace(cfg, model=name)
+
+
+def _text_settings(cfg) -> dict:
+    """The run's text settings that differ from the defaults (the defaults are rank's own), for rank_models."""
+    from .config import RunConfig
+
+    d = RunConfig()
+    now = {k: getattr(cfg.data, k) for k in ("max_length", "text_column", "label_column", "delimiter", "encoding")} | {"pooling": cfg.model.pooling}
+    default = {k: getattr(d.data, k) for k in ("max_length", "text_column", "label_column", "delimiter", "encoding")} | {"pooling": d.model.pooling}
+    return {k: v for k, v in now.items() if v != default[k]}
 
 
 def pick_model(data: str, candidates: Sequence[str], score: str = "logme", **kw) -> tuple[str, Ranking]:
