@@ -182,7 +182,7 @@ def print_results(con: Console, r) -> None:
     rate = m.get(f"train_{kind}_per_s") or m.get("train_images_per_s")  # older text runs called theirs images too
     ips = f", {rate} training {kind}/s" if rate else ""
     how = [f"{m['processes']} processes"] if m.get("processes", 1) > 1 else []
-    if m.get("precision"):  # what trained, whatever was asked (accelerate's --mixed_precision fp16 is bf16 on a CPU)
+    if m.get("precision"):  # what trained, whatever was asked (fp16 asked on a CPU trains in fp32)
         how.append({"no": "fp32"}.get(m["precision"], m["precision"]))
     con.print(f"wall time {m['wall_s']:.1f} s on {m['device']}" + (f" ({', '.join(how)})" if how else "") + ips
               + (f"; run directory: {r.run_dir}" if r.run_dir else ""))
