@@ -84,9 +84,8 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
         raise UserError(f"{path}: not a readable {_dname(delim)}-delimited file ({e})") from None
     rows = [r for r in rows if any(c.strip() for c in r)]
     first = [c.strip() for c in rows[0]]
-    lower = [c.lower() for c in first]
     named = any(c is not None and not str(c).isdigit() for c in (text_column, label_column))  # a position names no header
-    has_header = named or any(c in TEXT_NAMES + LABEL_NAMES for c in lower) or _names_numbers(first, rows[1:]) or _names_labels(first, rows[1:], classes)
+    has_header = named or _is_header(first, rows[1:], classes)
     if has_header:
         header, body, start = first, rows[1:], 2
     else:
@@ -246,6 +245,13 @@ def _delimiter(text: str, path: Path, given: str | None) -> str:
     return best
 
 
+def _is_header(first: list[str], body: list[list[str]], classes: list[str] | None = None, also: tuple = ()) -> bool:
+    """Whether a file's first row is a header, for `read_table` and `read_text_rows` alike: it holds a
+    known column name (or one of `also`), names a column of numbers, or names a column of `classes`."""
+    known = {n.lower() for n in (*TEXT_NAMES, *LABEL_NAMES, *also) if n}
+    return any(h.lower() in known for h in first) or _names_numbers(first, body) or _names_labels(first, body, classes)
+
+
 def _names_numbers(first: list[str], body: list[list[str]]) -> bool:
     """Whether the first row names a column of numbers (`id` over 7, 8, ...): a header, as
     csv.Sniffer.has_header reasons, even when no column has a name transferkit knows."""
@@ -352,9 +358,7 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
         if not rows:
             raise UserError(f"{p}: empty file (no header, no texts)")
         first = [h.strip() for h in rows[0]]
-        known = {n.lower() for n in (*TEXT_NAMES, *LABEL_NAMES, *([also] if also else []))}
-        has_header = (any(h.lower() in known for h in first) or (text_column is not None and not text_column.isdigit())
-                      or _names_numbers(first, rows[1:]) or _names_labels(first, rows[1:], classes) or any(h.lower() in _path_names() for h in first))
+        has_header = (text_column is not None and not text_column.isdigit()) or _is_header(first, rows[1:], classes, also=(also, *_path_names()))
         header, body = (first, rows[1:]) if has_header else ([f"column{i + 1}" for i in range(len(first))], rows)
         col = None
         if text_column is not None:
