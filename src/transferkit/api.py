@@ -159,7 +159,7 @@ class _Classifier:
         return evaluate_model(self, str(data), mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        from .fit import FINGERPRINTS, model_meta, write_model
+        from .fit import model_meta, write_fingerprints, write_model
         from .rundir import RunDir
 
         self._check_fitted()
@@ -167,7 +167,7 @@ class _Classifier:
         write_model(rd, self.model_, model_meta(self.model_, self.classes_, self.inputs_, self.config_))
         rd.write_yaml("config.yaml", self.config_.to_dict())
         if getattr(self, "train_fingerprints_", None) is not None:  # evaluate on the saved run leaves its training examples out too
-            rd.write_json(FINGERPRINTS, {"hash": "blake2b-64", "train": sorted(self.train_fingerprints_), "val": sorted(getattr(self, "val_fingerprints_", ()))})
+            write_fingerprints(rd, sorted(self.train_fingerprints_), sorted(getattr(self, "val_fingerprints_", ())))
         rd.finalize()
         return rd.path
 

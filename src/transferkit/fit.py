@@ -661,7 +661,7 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     data = {"source": splits.source, "classes": r.classes, "train": splits.train.counts(), "val": splits.val.counts(),
             **({"test": splits.test.counts()} if splits.test is not None else {})}
     rundir.write_json("data.json", data)
-    rundir.write_json(FINGERPRINTS, {"hash": "blake2b-64", "train": r.train_fingerprints, "val": r.val_fingerprints})
+    write_fingerprints(rundir, r.train_fingerprints, r.val_fingerprints)
     from .report_html import render
 
     title = f"transferkit: {r.config.model.name} on {splits.source}"
@@ -671,6 +671,11 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
 
 
 FINGERPRINTS = "train_fingerprints.json"  # evaluate leaves out the examples the run trained on, wherever they lie
+
+
+def write_fingerprints(rundir: RunDir, train, val) -> None:
+    """The training and validation splits' fingerprints (data.fingerprints), as load_fingerprints reads them."""
+    rundir.write_json(FINGERPRINTS, {"hash": "blake2b-64", "train": list(train), "val": list(val)})
 
 
 def load_fingerprints(path: str | Path) -> tuple[set[str] | None, set[str]]:
