@@ -638,13 +638,13 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_rank(args) -> int:
-    from .ranking import rank_models
+    from .ranking import TEXT_SETTINGS, rank_models
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))  # stdout stays the table / JSON
     r = rank_models(
         args.data, args.models.split(","), score=args.score, arch=args.arch, seed=args.seed, val_fraction=args.val_fraction,
         skip_bad_images=args.skip_bad_images, device="cpu" if args.cpu else None, input_size=args.input_size, log=log, precision=args.precision,
-        text={k: getattr(args, k) for k in ("max_length", "text_column", "label_column", "delimiter", "encoding", "pooling")},
+        text={k: getattr(args, k) for k in TEXT_SETTINGS},
     )
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))

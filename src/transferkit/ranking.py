@@ -25,6 +25,8 @@ cross-validated ones put the samples in a content-defined order before drawing f
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import math
 import time
@@ -536,6 +538,10 @@ def _build(name: str, arch: str | None, seed: int):
         return create_backbone(name, arch=arch if name.startswith("file:") else None)
 
 
+# fit's settings that change how texts are read, cut and pooled: rank takes them to score as the fit after it
+TEXT_SETTINGS = ("max_length", "text_column", "label_column", "delimiter", "encoding", "pooling")
+
+
 def rank_models(
     data: str,
     candidates: Sequence[str],
@@ -592,9 +598,9 @@ def rank_models(
         if n.startswith("run:") and _fitted_on(n[len("run:"):], data):
             log(f"note: {n} was fitted on {data}: its scores see examples it was trained on, so they overstate how well it transfers")
     text = {k: v for k, v in (text or {}).items() if v is not None}
-    unknown = sorted(set(text) - {"max_length", "text_column", "label_column", "delimiter", "encoding", "pooling"})
+    unknown = sorted(set(text) - set(TEXT_SETTINGS))
     if unknown:
-        raise UserError(f"rank's text settings are max_length, text_column, label_column, delimiter, encoding and pooling; got {', '.join(unknown)}")
+        raise UserError(f"rank's text settings are {', '.join(TEXT_SETTINGS)}; got {', '.join(unknown)}")
     base = replace(RunConfig(), data=data, model=names[0], seed=seed, val_fraction=val_fraction, skip_bad_images=skip_bad_images, input_size=input_size,
                    **text)
     base.validate()
@@ -734,11 +740,12 @@ def resolve_auto_model(cfg, console, *, show_table: bool = True):
 
 def _text_settings(cfg) -> dict:
     """The run's text settings that differ from the defaults (the defaults are rank's own), for rank_models."""
-    from .config import RunConfig
+    from .config import FLAT, RunConfig
 
-    d = RunConfig()
-    now = {k: getattr(cfg.data, k) for k in ("max_length", "text_column", "label_column", "delimiter", "encoding")} | {"pooling": cfg.model.pooling}
-    default = {k: getattr(d.data, k) for k in ("max_length", "text_column", "label_column", "delimiter", "encoding")} | {"pooling": d.model.pooling}
+    def of(c) -> dict:
+        return {k: functools.reduce(getattr, FLAT[k].split("."), c) for k in TEXT_SETTINGS}
+
+    now, default = of(cfg), of(RunConfig())
     return {k: v for k, v in now.items() if v != default[k]}
 
 
