@@ -116,29 +116,31 @@ def _short(source: str, n: int = 70) -> str:
     return repr(s if len(s) <= n else s[: n - 3] + "...")
 
 
+def _cells(d: dict) -> tuple[str, str, str]:
+    """accuracy, macro-F1 and AUROC of a results row, as the table shows them."""
+    return f"{100 * d['accuracy']:.2f}%", f"{d['macro_f1']:.4f}", f"{d['auroc']:.4f}" if d.get("auroc") is not None else "n/a"
+
+
 def print_results(con: Console, r) -> None:
     m = r.metrics
-    auroc = f"{m['auroc']:.4f}" if m.get("auroc") is not None else "n/a"
     t = Table(title="results (validation split" + ("; the rows 'on test split': the held-out test split" if "test" in m else "") + ")", header_style="bold")
     for col in ("", "accuracy", "macro-F1", "AUROC"):
         t.add_column(col, justify="right" if col else "left")
-    t.add_row(f"transferkit ({r.config.strategy.name})", f"{100 * m['accuracy']:.2f}%", f"{m['macro_f1']:.4f}", auroc)
+    t.add_row(f"transferkit ({r.config.strategy.name})", *_cells(m))
     b = m["baseline"]
-    t.add_row(b["name"], f"{100 * b['accuracy']:.2f}%", f"{b['macro_f1']:.4f}", f"{b['auroc']:.4f}" if b.get("auroc") is not None else "n/a")
-    for kind, label in (("scratch", "from scratch"), ("base", "without the source stage")):
+    t.add_row(b["name"], *_cells(b))
+    comparisons = (("scratch", "from scratch"), ("base", "without the source stage"))
+    for kind, label in comparisons:
         if kind in m:
-            sc = m[kind]
-            t.add_row(f"{label} ({sc['model']})", f"{100 * sc['accuracy']:.2f}%", f"{sc['macro_f1']:.4f}", f"{sc['auroc']:.4f}" if sc.get("auroc") is not None else "n/a")
+            t.add_row(f"{label} ({m[kind]['model']})", *_cells(m[kind]))
     if "test" in m:
         te = m["test"]
-        t.add_row("transferkit on test split", f"{100 * te['accuracy']:.2f}%", f"{te['macro_f1']:.4f}", f"{te['auroc']:.4f}" if te.get("auroc") is not None else "n/a")
+        t.add_row("transferkit on test split", *_cells(te))
         if "baseline" in te:
-            tb = te["baseline"]
-            t.add_row(f"{b['name']} on test split", f"{100 * tb['accuracy']:.2f}%", f"{tb['macro_f1']:.4f}", f"{tb['auroc']:.4f}" if tb.get("auroc") is not None else "n/a")
-        for kind, label in (("scratch", "from scratch"), ("base", "without the source stage")):  # the test verdicts' other side
+            t.add_row(f"{b['name']} on test split", *_cells(te["baseline"]))
+        for kind, label in comparisons:  # the test verdicts' other side
             if kind in te:
-                tc = te[kind]
-                t.add_row(f"{label} on test split", f"{100 * tc['accuracy']:.2f}%", f"{tc['macro_f1']:.4f}", f"{tc['auroc']:.4f}" if tc.get("auroc") is not None else "n/a")
+                t.add_row(f"{label} on test split", *_cells(te[kind]))
         t.caption = f"test split: {m.get('n_test', '?')} examples"
     con.print(t)
     if "groups" in m:
