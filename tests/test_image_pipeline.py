@@ -157,6 +157,7 @@ def test_second_fit_hits_the_cache_and_seeds_matter(tiny_folder, tiny_ckpt, tmp_
     b = fit(_cfg(tiny_folder, tiny_ckpt, strategy="linear_probe", seed=0), console=con)
     c = fit(_cfg(tiny_folder, tiny_ckpt, strategy="linear_probe", seed=1), console=con)
     assert a.metrics["feature_cache_hit"] is False and b.metrics["feature_cache_hit"] is True
+    assert (a.metrics["timing"]["features_cached"], b.metrics["timing"]["features_cached"]) == ("none", "all")
     wa, wb, wc = (r.model.head.state_dict() for r in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)

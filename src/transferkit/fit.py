@@ -251,6 +251,8 @@ def fit(
                 f_val, hit_va = cached_features(model.backbone, val_u8, inputs.size, **how)
                 prog.remove_task(ftask)
                 st["feature_cache_hit"] = hit_tr and hit_va
+                st["timing"]["features_cached"] = {(True, True): "all", (True, False): "training split only",
+                                                   (False, True): "validation split only", (False, False): "none"}[(hit_tr, hit_va)]
                 st["timing"]["features_s"] += time.perf_counter() - tf
                 data = PhaseData(f_train.to(device), y_train, f_val.to(device), y_val, lambda x, g: x, lambda x: x)
                 head_group = [g for g in groups if g.name == "head"]
@@ -411,9 +413,10 @@ def fit(
         merge_lora(model.backbone)  # the saved model is a plain backbone: no PEFT needed to load it
     from .data import fingerprints
 
+    text = inputs.modality == "text"  # the fingerprints: the main process's alone (it writes the run; the others return a bare result)
     result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba, mistakes=mistakes,
-                       train_fingerprints=fingerprints(splits.train.sources, inputs.modality == "text"),
-                       val_fingerprints=fingerprints(splits.val.sources, inputs.modality == "text"))
+                       train_fingerprints=fingerprints(splits.train.sources, text) if main else [],
+                       val_fingerprints=fingerprints(splits.val.sources, text) if main else [])
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path

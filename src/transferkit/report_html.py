@@ -100,7 +100,7 @@ def _timing(timing: dict, unit: str) -> str:
     """metrics.json's `timing` as a table a person reads (it was its JSON)."""
     labels = {"features_s": "backbone features, computed once (s)", "probe_s": "probe phase (s)", "finetune_s": "fine-tuning phase (s)",
               "train_seconds": "training steps in all (s)", "train_images": f"training {unit} through the backbone (all epochs)",
-              "local_images": f"training {unit} through the backbone in this process"}
+              "local_images": f"training {unit} through the backbone in this process", "features_cached": "backbone features read from the cache"}
     if not timing.get("train_images") and timing.get("features_s") is not None:  # a probe on cached features: none go through the backbone's training
         timing = {**timing, "train_images": f"0 (the probe trains on the {unit}' cached features)"}
     rows = "".join(f"<tr><td>{html.escape(labels.get(k, k))}</td><td>{v:.1f}</td></tr>" if isinstance(v, float) else
