@@ -42,6 +42,20 @@ def test_detects_columns_header_and_delimiter(tmp_path):
     c.write_text("id,review,stars,source\n1,a fine film,5,imdb\n2,dull,1,imdb\n3,ok,3,imdb\n4,so good,5,imdb\n5,bad,1,imdb\n6,meh,3,imdb\n7,great,5,imdb\n")
     texts, labels, _, _ = read_table(c)
     assert texts[0] == "a fine film" and labels[:3] == ["5", "1", "3"]
+    # a header of names nobody knows over sentences: a header, for fit and predict alike (predict read
+    # `msg_body` as a first text, fit its `source` as a class of one); a short first text is no header
+    from transferkit.text_data import read_text_rows
+
+    body = "".join(f"{'web' if i % 2 else 'app'},message number {i} has words\n" for i in range(8))
+    named = tmp_path / "named.csv"
+    named.write_text("source,msg_body\n" + body)
+    texts, labels, _, _ = read_table(named)
+    assert texts[0] == "message number 0 has words" and len(texts) == 8 and set(labels) == {"web", "app"}
+    assert read_text_rows(str(named))[0] == (1, "message number 0 has words")
+    short = tmp_path / "short.csv"
+    short.write_text("app,Ok\n" + body)
+    assert read_text_rows(str(short))[:2] == [(1, "Ok"), (2, "message number 0 has words")]
+    assert read_table(short)[0][0] == "Ok"
 
 
 def test_encodings(tmp_path):

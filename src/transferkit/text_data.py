@@ -249,7 +249,29 @@ def _is_header(first: list[str], body: list[list[str]], classes: list[str] | Non
     """Whether a file's first row is a header, for `read_table` and `read_text_rows` alike: it holds a
     known column name (or one of `also`), names a column of numbers, or names a column of `classes`."""
     known = {n.lower() for n in (*TEXT_NAMES, *LABEL_NAMES, *also) if n}
-    return any(h.lower() in known for h in first) or _names_numbers(first, body) or _names_labels(first, body, classes)
+    return (any(h.lower() in known for h in first) or _names_numbers(first, body) or _names_labels(first, body, classes)
+            or _names_texts(first, body))
+
+
+def _longest_column(body: list[list[str]], width: int, skip: int | None = None) -> int:
+    """The column of the longest entries (on average over the first 2,000 records of `width` cells):
+    where a file without known names keeps its texts."""
+    sample = [r for r in body[:2000] if len(r) == width] or body[:2000]
+    mean_len = [np.mean([len(r[i]) if len(r) > i else 0 for r in sample]) if sample else 0.0 for i in range(width)]
+    return int(np.argmax([m if i != skip else -1 for i, m in enumerate(mean_len)]))
+
+
+def _names_texts(first: list[str], body: list[list[str]]) -> bool:
+    """Whether the first row names a column of texts (`msg_body` over sentences): every first cell is
+    a short name without spaces that no record repeats in its column (`ham` over ham and spam is a
+    label, not a name), while nearly every entry of the longest column has several words."""
+    sample = [r for r in body[:200] if len(r) == len(first)]
+    if len(first) < 2 or len(sample) < 5 or not all(0 < len(h) <= 32 and not any(ch.isspace() for ch in h) for h in first):
+        return False
+    if any(first[i] in {r[i] for r in body[:2000] if len(r) == len(first)} for i in range(len(first))):
+        return False
+    col = _longest_column(sample, len(first))
+    return sum(len(r[col].split()) >= 2 for r in sample) >= 0.9 * len(sample)
 
 
 def _names_numbers(first: list[str], body: list[list[str]]) -> bool:
@@ -311,10 +333,9 @@ def _guess_columns(header: list[str], body: list[list[str]], ti: int | None, li:
             f"{path}: found {len(header)} column(s) ({', '.join(header)}); need a text column and a label column "
             "(name them with --text-column and --label-column)"
         )
-    mean_len = [np.mean([len(r[i]) for r in sample]) for i in range(len(header))]
     distinct = [len({r[i] for r in sample}) for i in range(len(header))]
     if ti is None:
-        ti = int(np.argmax([m if i != li else -1 for i, m in enumerate(mean_len)]))
+        ti = _longest_column(sample, len(header), skip=li)
     if li is None:  # a column of one value (a constant `source`) labels nothing
         li = int(np.argmin([d if i != ti and d >= 2 else 1 << 30 for i, d in enumerate(distinct)]))
     if distinct[li] > max(50, len(sample) // 2):
@@ -375,8 +396,7 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
                 raise UserError(f"{p}: no text column (looked for {', '.join(([also] if also else []) + list(TEXT_NAMES))}); columns found: "
                                 f"{', '.join(header)}, a list of images? A text model reads texts; name the text column with --text-column")
         if col is None:  # no header, or none of its names known: the column of the longest texts, as fit reads such a file
-            sample = [r for r in body[:2000] if len(r) == len(header)] or body[:2000]
-            col = int(np.argmax([np.mean([len(r[i]) if len(r) > i else 0 for r in sample]) for i in range(len(header))]))
+            col = _longest_column(body, len(header))
         texts = [(i, r[col]) for i, r in enumerate(body, 1) if len(r) > col and r[col].strip()]
     else:
         texts = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
