@@ -304,6 +304,10 @@ def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys
     args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--model", "small_convnet", "--strategy", "full", "--l2sp-alpha", "0.1"])
     _note_unused(resolve_config(args), args)
     assert "--l2sp-alpha pulls the backbone toward its pretrained weights, and small_convnet has none" in capsys.readouterr().err
+    # a probe on cached features has no fine-tuning to average and no backbone pass to split (--ema was silent)
+    args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--strategy", "linear_probe", "--ema", "0.99", "--accumulate", "2"])
+    assert _note_unused(resolve_config(args), args) == {"ema", "accumulate"}
+    assert "--ema is not used by --strategy linear_probe" in capsys.readouterr().err
 
 
 def test_an_unknown_encoding_is_refused_before_any_file_is_read(tmp_path, capsys):

@@ -28,6 +28,17 @@ def test_each_schedule_equals_its_formula(step):
         assert got == pytest.approx(want, rel=1e-12), (name, step)
 
 
+@pytest.mark.parametrize("spe", [5, 45, 7])
+def test_step_with_a_fractional_step_size_equals_its_formula(spe):
+    """step_size 1.5: the period is 1.5 * steps_per_epoch steps, not that rounded (with 45 steps an
+    epoch, the drops came at 136 and 204 where the formula says 135 and 203)."""
+    cfg = ScheduleConfig(name="step", warmup_epochs=0, step_size=1.5, gamma=0.5)
+    got = [lr_factor(cfg, s, 10 * spe, spe) for s in range(10 * spe)]
+    assert got == [0.5 ** math.floor(s / (1.5 * spe)) for s in range(10 * spe)]
+    ms = ScheduleConfig(name="multistep", warmup_epochs=0, milestones=[1.5, 3.5], gamma=0.5)
+    assert [lr_factor(ms, s, 10 * spe, spe) for s in range(10 * spe)] == [0.5 ** sum(s >= m * spe for m in (1.5, 3.5)) for s in range(10 * spe)]
+
+
 def test_step_decays_count_the_epochs_of_the_run_warmup_included():
     """--schedule multistep --milestones 2: the rate drops after epoch 2, as the help says (and as
     torch's MultiStepLR does); it dropped after epoch 3, the milestone counted from the end of warmup."""

@@ -270,3 +270,23 @@ def test_a_vit_keeps_timm_no_weight_decay_parameters_out_of_decay():
     assert any(n.endswith("qkv.weight") for n in decayed)
     ids = [id(p) for g in pg for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in m.parameters())  # still every parameter once
+
+
+def test_lora_on_a_named_stem_layer_keeps_every_parameter_in_one_group_and_leftovers_out_of_lora():
+    """--lora-targets conv1 on a CIFAR ResNet: its stem's weight moves to conv1.base_layer.weight,
+    which the group lookup did not know (a KeyError). A parameter no block group names trains with
+    the top block, never in the lora group that strategy lora trains."""
+    from transferkit.lora import apply_lora
+
+    m = _model()
+    cfg = replace(RunConfig(), model="random:cifar_resnet8", strategy="lora", lora_targets="conv1", lora_r=2)
+    assert apply_lora(m.backbone, cfg.strategy)
+    groups = model_groups(m)
+    names = [n for g in groups for n, _ in g.params]
+    assert sorted(names) == sorted(n for n, _ in m.named_parameters()) and len(names) == len(set(names))
+    by = {g.name: [n for n, _ in g.params] for g in groups}
+    assert "backbone.conv1.base_layer.weight" in by["stem"]
+    assert by["lora"] and all(".lora_" in n for n in by["lora"])
+    m.backbone.extra = torch.nn.Linear(2, 2)  # a parameter no block group names
+    by = {g.name: [n for n, _ in g.params] for g in model_groups(m)}
+    assert all(".lora_" in n for n in by["lora"]) and "backbone.extra.weight" in by[[g for g in by if g not in ("lora", "head")][-1]]

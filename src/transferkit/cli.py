@@ -29,7 +29,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--unfreeze-every", "unfreeze_every", int, "gradual: unfreeze one more block group every N epochs"),
     ("--layer-decay", "layer_decay", float, "discriminative rates: each group down from the head gets lr x this"),
     ("--layer-lr-min", "layer_lr_min", float, "discriminative rates: geometric from this (first group) to --lr (head); lp_ft fine-tunes both ends x --ft-lr-scale"),
-    ("--bn-stats", "bn_stats", str, "BatchNorm statistics: auto (frozen for lp_ft, else trainable) | frozen | trainable | all"),
+    ("--bn-stats", "bn_stats", str, "BatchNorm statistics: auto (frozen for lp_ft and lora, else trainable) | frozen | trainable | all"),
     ("--freeze", "freeze", str, "comma-separated regexes of parameter names to keep frozen"),
     ("--epochs", "epochs", int, "fine-tuning epochs (default 8; linear_probe trains --lp-epochs on cached features instead)"),
     ("--batch-size", "batch_size", int, "training batch size (default 32)"),

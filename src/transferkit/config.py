@@ -83,7 +83,7 @@ class StrategyConfig:
     layer_decay: float | None = None  # each group down from the head gets lr x layer_decay^depth
     layer_lr_min: float | None = None  # or: rates geometric from this (first group) up to lr (head)
     freeze: list[str] = field(default_factory=list)  # regexes of parameter names kept frozen throughout
-    bn_stats: str = "auto"  # BatchNorm running statistics: auto | frozen | trainable | all (model.set_trainable); auto: frozen for lp_ft, else trainable
+    bn_stats: str = "auto"  # BatchNorm running statistics: auto | frozen | trainable | all (model.set_trainable); auto: frozen for lp_ft and lora, else trainable
     lp_epochs: int = 100  # linear-probe epochs on cached features (linear_probe, lp_ft)
     ft_lr_scale: float = 0.1  # lp_ft: fine-tuning rate as a fraction of --lr
     # lp_ft: end fine-tuning when none of its first ft_patience epochs beats the probe, neither on the

@@ -88,19 +88,27 @@ def model_groups(model: TransferModel) -> list[Group]:
     lora = [(n, p) for n, p in named.items() if n.startswith("backbone.") and ".lora_" in n]
     seen.update(n for n, _ in lora)
     for gname, pnames in model.backbone.block_groups():
-        params = [(f"backbone.{n}", named[f"backbone.{n}"]) for n in pnames if f"backbone.{n}" not in seen]
+        # a layer LoRA wraps keeps its weight one level down (conv1.weight is conv1.base_layer.weight)
+        full = [f"backbone.{n}" if f"backbone.{n}" in named else _base_layer(f"backbone.{n}") for n in pnames]
+        params = [(n, named[n]) for n in full if n in named and n not in seen]
         seen.update(n for n, _ in params)
         groups.append(Group(gname, params))
+    leftover = [(n, p) for n, p in model.backbone.named_parameters(prefix="backbone") if n not in seen]
+    if leftover:  # parameters a backbone's grouping forgot still train with the top block (not with LoRA's adapters)
+        groups[-1].params.extend(leftover)
     if lora:
         groups.append(Group("lora", lora))
-    leftover = [(n, p) for n, p in model.backbone.named_parameters(prefix="backbone") if n not in seen]
-    if leftover:  # parameters a backbone's grouping forgot still train with the top block
-        groups[-1].params.extend(leftover)
     groups.append(Group("head", list(model.head.named_parameters(prefix="head"))))
     skip = no_weight_decay_names(model)
     if skip:
         groups = [dataclasses.replace(g, no_decay=frozenset(n for n, _ in g.params if n in skip)) for g in groups]
     return groups
+
+
+def _base_layer(name: str) -> str:
+    """`a.conv1.weight` as PEFT's LoRA wrapper holds it: `a.conv1.base_layer.weight`."""
+    module, _, leaf = name.rpartition(".")
+    return f"{module}.base_layer.{leaf}"
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:

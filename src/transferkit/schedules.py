@@ -52,12 +52,14 @@ def linear(s, span, spe, cfg) -> float:
 
 @SCHEDULES.register("step", "multiply by gamma every step_size epochs")
 def step(s, span, spe, cfg) -> float:
-    return cfg.gamma ** math.floor(s / max(1, round(cfg.step_size * spe)))
+    # the formula as written: a period of 1.5 epochs of 45 steps drops at 68, 135, 203 (a rounded
+    # period of 68 drifted a step per drop); 1e-9 keeps 0.1 * 30 steps from reading as 3.0000000000000004
+    return cfg.gamma ** math.floor(s / max(1.0, cfg.step_size * spe) + 1e-9)
 
 
 @SCHEDULES.register("multistep", "multiply by gamma at each epoch in milestones")
 def multistep(s, span, spe, cfg) -> float:
-    return cfg.gamma ** sum(1 for m in cfg.milestones if s >= round(m * spe))
+    return cfg.gamma ** sum(1 for m in cfg.milestones if s >= m * spe - 1e-9)
 
 
 @SCHEDULES.register("exponential", "decay_rate ** (step / decay_steps), optionally staircase (as Keras)")

@@ -69,7 +69,7 @@ class CifarResNet(Backbone):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
     def block_groups(self) -> list[tuple[str, list[str]]]:
-        groups = [("stem", ["conv1.weight", "bn1.weight", "bn1.bias"])]
+        groups = [("stem", [f"{m}.{n}" for m in ("conv1", "bn1") for n, _ in getattr(self, m).named_parameters()])]
         for li in (1, 2, 3):
             stage = getattr(self, f"layer{li}")
             for bi in range(len(stage)):
