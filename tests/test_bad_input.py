@@ -322,3 +322,11 @@ def test_an_unknown_encoding_is_refused_before_any_file_is_read(tmp_path, capsys
     from transferkit.config import known_encoding
 
     assert known_encoding("auto") and known_encoding("latin-1") and known_encoding("UTF-16") and not known_encoding("bogus")
+
+
+def test_a_negative_value_in_exponent_form_is_named_not_taken_for_an_option(tmp_path, capsys):
+    """`--lr -1e-3`: argparse took -1e-3 for an option ("expected one argument"), so the message never
+    named the bad value; -0.001 always reached the check."""
+    _expect(["--data", "digits", "--lr", "-1e-3"], capsys, tmp_path / "r", "lr must be > 0, got -0.001")
+    assert main(["lr-find", "--data", "digits", "--start-lr", "-1E-5"]) == 2
+    assert "needs 0 < start_lr < end_lr, got -1e-05" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -873,9 +874,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _negative_values(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` as `--lr=-1e-3`: argparse reads a negative number in exponent form as an option
+    ("expected one argument"), so the check that names the bad value never saw it."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--") and "=" not in a and i + 1 < len(argv) and re.fullmatch(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-inf", argv[i + 1], re.I):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(_negative_values(sys.argv[1:] if argv is None else list(argv)))
     takes_inputs = getattr(args, "inputs", None) is not None  # predict
     options = [r for r in rest if r.startswith("-")]
     if rest and takes_inputs and not options:
