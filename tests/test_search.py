@@ -239,6 +239,14 @@ def test_an_interrupted_trial_runs_again_from_its_next_fold_and_an_error_does_no
     trials = _study(out2).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL and "OutOfMemoryError" in trials[0].user_attrs["error"]
     assert len(trials) == 4 and not any("continues" in t.user_attrs for t in trials)
+    # a trial whose training diverged (a rate far too high) loses: pruned, not failed (three in a row ended the search)
+    from transferkit.errors import Diverged
+
+    out3 = tmp_path / "d"
+    monkeypatch.setattr(S, "fit", StopAt(2, Diverged("training diverged in phase probe")))
+    S.search(_base(tiny), out3, space=SPACE, trials=2, folds=2, console=QUIET)
+    t0 = _study(out3).trials[0]
+    assert t0.state == optuna.trial.TrialState.PRUNED and "diverged in fold 2" in t0.user_attrs["note"] and "error" not in t0.user_attrs
 
 
 def test_losing_trials_are_pruned_and_the_time_budget_stops_cleanly(tiny, tmp_path, monkeypatch):

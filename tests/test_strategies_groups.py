@@ -290,3 +290,31 @@ def test_lora_on_a_named_stem_layer_keeps_every_parameter_in_one_group_and_lefto
     m.backbone.extra = torch.nn.Linear(2, 2)  # a parameter no block group names
     by = {g.name: [n for n, _ in g.params] for g in model_groups(m)}
     assert all(".lora_" in n for n in by["lora"]) and "backbone.extra.weight" in by[[g for g in by if g not in ("lora", "head")][-1]]
+
+
+def test_a_diverged_phase_ends_at_once_and_keeps_finite_weights_or_says_why_it_cannot(tmp_path, capsys):
+    """--lr 1e5 on a probe: the loss turns NaN and the run died in scikit-learn's metrics with a
+    traceback ("Input contains NaN"). Now an epoch whose loss is not finite is never the best one and
+    ends its phase; a phase with nothing finite to keep is a user error naming the rate."""
+    import json
+
+    from transferkit.cli import main
+
+    out = tmp_path / "probe"
+    rc = main(["fit", "--data", "digits", "--model", "small_convnet", "--strategy", "linear_probe", "--lr", "1e5", "--out", str(out)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "training diverged in phase probe: epoch 1's loss is nan" in err and "at a learning rate of 1e+05" in err, err
+    assert not (out / "manifest.json").exists()
+    out = tmp_path / "lpft"  # a probe that stays finite, then fine-tuning at 1e3 that does not
+    rc = main(["fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "lp_ft", "--lr", "1e4", "--lp-epochs", "1",
+               "--epochs", "4", "--out", str(out)])
+    cap = capsys.readouterr()
+    err = " ".join((cap.out + cap.err).split())
+    m = json.loads((out / "metrics.json").read_text())
+    import csv
+
+    losses = [float(r["train_loss"]) for r in csv.DictReader((out / "history.csv").open())]
+    assert rc == 0 and len(losses) < 5 and m["best_epoch"] == 1, losses  # it ended at the first NaN
+    assert not np.isfinite(losses[-1]) and np.isfinite(losses[:-1]).all()
+    assert "phase 2 (finetune): diverged in epoch" in err and "is too high, and it ended there" in err
+    assert m["accuracy"] > 0.5  # the probe's weights, not NaN's argmax

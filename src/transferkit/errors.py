@@ -14,6 +14,11 @@ class UserError(Exception):
     """A problem with the user's input, reported as a short message and exit code 2."""
 
 
+class Diverged(UserError):
+    """Training whose loss turned NaN or infinite with nothing finite to keep: a learning rate far too
+    high. A user error for `fit`; a losing trial, not a failed one, for `search`."""
+
+
 # Other libraries' names for settings (Keras, Hugging Face, PyTorch), suggested first when offered.
 ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "n_epochs": "epochs", "batchsize": "batch_size",
            "per_device_train_batch_size": "batch_size", "bs": "batch_size", "optim": "optimizer", "scheduler": "schedule",

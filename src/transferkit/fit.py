@@ -458,7 +458,10 @@ def _phase_note(pname: str, phase, res, offset: int, *, had_best: bool, cfg: Run
     rows = res.history
     ran, improved = len(rows), res.best_epoch > offset
     parts = []
-    if ran < phase.epochs:
+    if rows and rows[-1].get("diverged"):
+        parts.append(f"diverged in epoch {rows[-1]['epoch']} (training loss {rows[-1]['train_loss']:.3g}): its learning rate ({phase.lr:.2g}) "
+                     "is too high, and it ended there" + (f"; the weights of epoch {res.best_epoch} are kept" if improved else ""))
+    elif ran < phase.epochs:
         if had_best and not improved and phase.give_up_after and ran >= phase.give_up_after:
             parts.append(f"ended after {ran} of {phase.epochs} epochs: none of its first {phase.give_up_after} beat the probe (--ft-patience)")
         else:
@@ -467,7 +470,7 @@ def _phase_note(pname: str, phase, res, offset: int, *, had_best: bool, cfg: Run
         parts.append(f"no epoch of it beat the phase before, whose weights are kept (best epoch {kept})")
         losses = [r["train_loss"] for r in rows]
         ref = prev_loss if prev_loss is not None else losses[0] if losses else None
-        if losses and (not all(math.isfinite(v) for v in losses) or max(losses) > 3 * ref):
+        if losses and not rows[-1].get("diverged") and (not all(math.isfinite(v) for v in losses) or max(losses) > 3 * ref):
             parts.append(f"its training loss went to {max(losses):.3g} (from {ref:.3g}): its learning rate ({phase.lr:.2g}) is likely too high")
     label = f"phase {pname.replace(':', ' (')})" if ":" in pname else f"phase 1 ({pname})"
     return f"{label}: " + "; ".join(parts) if parts else None

@@ -63,7 +63,7 @@ from .config import FLAT, RunConfig, load_config_file, replace
 from .rundir import process_alive
 from .data import DataSplits
 from .inputs import load_splits
-from .errors import UserError, did_you_mean
+from .errors import Diverged, UserError, did_you_mean
 from .fit import fit
 from .rundir import RunDir, atomic_write_bytes, is_complete
 from .strategies import BACKPROP, TRAINS_BACKBONE, USED_ONLY_BY
@@ -703,6 +703,9 @@ def _objective(study, space, base, splits, fold_idx, trials, metric, deadline):
                 r = fit(cfg, None, console=quiet, splits=fold_splits(splits, tr, va, f, k), on_epoch=on_epoch)
             except optuna.TrialPruned:
                 raise
+            except Diverged:  # a rate far too high: this trial loses, the search goes on
+                trial.set_user_attr("note", f"diverged in fold {f + 1} (loss NaN or infinite): pruned")
+                raise optuna.TrialPruned from None
             except KeyboardInterrupt:
                 trial.set_user_attr("note", f"interrupted in fold {f + 1} of {k}; runs again when the search continues")
                 raise

@@ -25,7 +25,7 @@ from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from torch import nn
 
 from .config import RunConfig
-from .errors import UserError
+from .errors import Diverged, UserError
 from .memory import images_a_pass, in_batches, longest_first, token_lengths
 from .model import Group, set_trainable
 from .optim import build_param_groups, create_optimizer, set_lr
@@ -275,8 +275,8 @@ def run_phase(
     task = progress.add_task(name, total=phase.epochs, completed=start_epoch) if progress is not None else None
     last_ckpt = time.monotonic()
     for epoch in range(start_epoch, phase.epochs):
-        if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch):
-            break  # resumed after the early stop had already triggered
+        if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch) or (result.history and result.history[-1].get("diverged")):
+            break  # resumed after the early stop (or the divergence) had already ended the phase
         t0 = time.perf_counter()
         module.train()
         if phase.unfrozen is not None and model_for_freezing is not None:
@@ -340,8 +340,13 @@ def run_phase(
             "trainable_groups": len({g.name for g in groups if any(p.requires_grad for _, p in g.params)}),
             "seconds": time.perf_counter() - t0,
         }
+        # a loss that is NaN or infinite: the weights have diverged (a far too high --lr), and no later
+        # epoch of this phase comes back from it; such an epoch is never the best one
+        diverged = not (math.isfinite(train_loss) and math.isfinite(scores["loss"]))
+        if diverged:
+            row["diverged"] = True
         result.history.append(row)
-        if is_better(scores, best, tc.metric, tc.min_delta):
+        if not diverged and is_better(scores, best, tc.metric, tc.min_delta):
             best = scores
             best_state = copy.deepcopy(accelerator.unwrap_model(scored).state_dict())
             result.best_epoch, result.best = row["epoch"], scores
@@ -358,8 +363,14 @@ def run_phase(
                 last_ckpt = time.monotonic()
             if epoch + 1 < phase.epochs and should_stop():
                 raise StopRequested(checkpointed=on_checkpoint is not None)
-        if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch + 1):
+        if (tc.patience is not None and since_best >= tc.patience) or gave_up(epoch + 1) or diverged:
             break
+    if best_state is None and result.history and result.history[-1].get("diverged"):
+        row = result.history[-1]
+        raise Diverged(
+            f"training diverged in phase {name}: epoch {row['epoch']}'s loss is {row['train_loss']:.3g} (validation {row['val_loss']:.3g}) at a "
+            f"learning rate of {phase.lr:.3g}, and no epoch before it had a finite one to keep: lower --lr (try {phase.lr / 100:g}), "
+            "or clip the gradients (--clip-norm 1)")
     result.steps = step
     result.micro_batches = most
     result.clipped_steps = int(clipped.item())
