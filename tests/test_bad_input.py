@@ -95,6 +95,11 @@ def test_csv_problems(tmp_path, capsys, tiny_ckpt):
     missing.write_text("path,label\nd/red/0.png,red\nd/red/nothere.png,red\nd/blue/0.png,blue\nd/blue/1.png,blue\n")
     _expect(["--data", str(missing), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "do not exist", "nothere.png", "row 3",
             f"a relative path is read from the CSV's folder, {tmp_path}/")
+    # an empty label cell was a class named '' (and a `p_` column in predictions)
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("path,label\n" + "".join(f"d/{c}/{i}.png,{c}\n" for c in ("red", "blue") for i in range(3)) + "d/red/0.png,\nd/red/1.png\n")
+    _expect(["--data", str(unlabelled), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r",
+            "unlabelled.csv: 2 row(s) with an empty label in column 'label': row 8: 'd/red/0.png'; row 9: 'd/red/1.png'")
     latin = tmp_path / "latin.csv"
     rows = "".join(f"d/{c}/{i}.png,{c}-caf\xe9\n" for c in ("red", "blue") for i in range(3))
     latin.write_bytes(("path,label\n" + rows).encode("latin-1"))

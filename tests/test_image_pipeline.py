@@ -257,8 +257,52 @@ def test_a_class_absent_from_validation_is_said(tmp_path, tiny_ckpt, capsys):
     run = tmp_path / "run"
     assert main(["fit", "--data", str(tmp_path / "d"), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--out", str(run)]) == 0
     said = "the validation split has no images of blue"
-    assert said in capsys.readouterr().out
-    assert any(said in n for n in json.loads((run / "metrics.json").read_text())["data_notes"])
+    out = capsys.readouterr().out
+    assert out.count(said) == 1  # once (it was printed again with the plan's notes)
+    notes = json.loads((run / "metrics.json").read_text())["data_notes"]
+    assert any(said in n for n in notes)
+    # val/red is a copy of train/red: said, as scores on copies are no estimate
+    copies = "6 of the 6 validation images have the same content as a training example"
+    assert copies in " ".join(out.split()) and any(copies in n for n in notes)
+
+
+def test_copies_across_the_splits_and_one_content_under_two_labels_are_said(tmp_path, tiny_ckpt, capsys):
+    """A CSV that lists every image twice, one of them under both labels: the stratified split put
+    copies on both sides and validation read 100%, silently (QA); now both are said."""
+    from conftest import tiny_args
+
+    d = make_folder(tmp_path / "d", n=6)
+    rows = [f"{c}/{i}.png,{c}" for c in ("red", "blue") for i in range(6)]
+    (d / "dup.csv").write_text("path,label\n" + "\n".join(rows + rows + ["red/0.png,blue"]) + "\n")
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(d / "dup.csv"), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--out", str(run)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    notes = json.loads((run / "metrics.json").read_text())["data_notes"]
+    assert "validation images have the same content as a training example" in out
+    said = "1 image(s) appear under more than one label (same content):"
+    assert said in out and "red/0.png' is 'blue' and 'red'" in out and any(said in n for n in notes)
+
+
+def test_split_folders_are_found_in_any_case_and_by_their_usual_names(tmp_path):
+    """`Train/` + `Val/` trained a Train-vs-Val classifier, and `valid/` was left out in silence."""
+    from transferkit.data import load_image_data
+    from transferkit.evaluate import eval_set
+
+    for train, val, test in (("Train", "Val", None), ("train", "valid", "Test"), ("training", "validation", "testing")):
+        root = tmp_path / train / val
+        make_folder(root / train, n=3)
+        make_folder(root / val, n=2, seed=1)
+        if test:
+            make_folder(root / test, n=1, seed=2)
+        s = load_image_data(str(root))
+        assert s.classes == ["blue", "red"] and s.val_given and (len(s.train), len(s.val)) == (6, 4)
+        assert (len(s.test) if s.test is not None else None) == (2 if test else None)
+        assert eval_set(str(root), s.classes)[1].endswith(test or val)
+    both = tmp_path / "both"
+    for d in ("train", "val", "valid"):
+        make_folder(both / d, n=2)
+    with pytest.raises(UserError, match=r"val/ and valid/ are both a val split; keep one"):
+        load_image_data(str(both))
 
 
 def test_one_shot_fits_and_its_baselines_run(tiny_folder, tiny_ckpt, tmp_path):

@@ -197,3 +197,24 @@ def test_stop_during_a_baseline_comparison_fit_resumes_with_the_trained_model(ti
     _same(tmp_path / "whole", tmp_path / "cut")
     m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert "verdict_scratch" in m
+
+
+def test_resume_works_from_another_folder_and_refuses_settings_it_would_ignore(tiny, tmp_path, monkeypatch, capsys):
+    """The data path was kept as typed (relative), so `fit --resume` from another folder found no data;
+    and `--resume RUN --lr 0.5 --epochs 10` exited 0 having used neither."""
+    import yaml
+
+    from transferkit.cli import main
+    from transferkit.rundir import is_complete
+
+    root, _ = tiny
+    monkeypatch.chdir(root.parent)
+    run = tmp_path / "cut"
+    with pytest.raises(StopRequested):
+        fit(_cfg(tiny, data=root.name, strategy="full", epochs=2), run, console=report.console(quiet=True), should_stop=StopAfter(2))
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"] == str(root)
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--resume", str(run), "--lr", "0.5", "--epochs", "10"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--resume continues" in err and "which --epochs, --lr would not change: drop them" in err and not is_complete(run)
+    assert main(["fit", "--resume", str(run), "--quiet"]) == 0 and is_complete(run)

@@ -136,7 +136,13 @@ def cmd_fit(args) -> int:
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
             raise UserError(f"{run} is not a transferkit run directory (no config.yaml)")
+        given = sorted(_given_settings(args) - {"cpu"}) + (["config"] if args.config else []) + (["out"] if args.out is not None else [])
+        if given:  # they were ignored in silence: the run went on as its config.yaml says
+            raise UserError(f"--resume continues {run} with the settings in its config.yaml, which {', '.join(_flag_of(n) for n in given)} "
+                            f"would not change: drop {'it' if len(given) == 1 else 'them'}, or start a new run (--out NEW_DIR) with them")
         cfg, out = load_config_file(run / "config.yaml"), run
+        if args.cpu:  # where it runs, not what it trains: a run from a GPU machine goes on on a CPU
+            cfg = replace(cfg, cpu=True)
     else:
         if args.out is None:
             raise UserError("fit needs --out RUN_DIR (or --resume RUN_DIR)")

@@ -101,6 +101,26 @@ class DataSplits:
 TEXT_HINT = " (texts need a text model: --model minilm_l6, hf:NAME or dir:PATH)"
 
 
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test", "testing")}
+
+
+def split_dirs(path: Path) -> dict[str, Path]:
+    """A data root's split folders by their split (train, val, test), whatever their case or usual
+    name (`Train/`, `valid/`, `validation/`): `valid/` was skipped in silence and `Train/` + `Val/`
+    read as two classes named Train and Val. Empty without a training folder."""
+    found: dict[str, list[Path]] = {}
+    for d in sorted(path.iterdir()) if path.is_dir() else []:
+        for split, names in SPLIT_NAMES.items():
+            if d.is_dir() and d.name.lower() in names:
+                found.setdefault(split, []).append(d)
+    for split, dirs in found.items():
+        if len(dirs) > 1:
+            raise UserError(f"{path}: {' and '.join(d.name + '/' for d in dirs)} are both a {split} split; keep one")
+    if "train" not in found:
+        return {}
+    return {k: v[0] for k, v in found.items()}
+
+
 def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, group_column: str | None = None, encoding: str = "auto",
                     label_column: str | None = None) -> DataSplits:
     """Resolve a data spec into train / val (/ test) splits. Nothing is decoded yet."""
@@ -116,21 +136,50 @@ def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, grou
         classes = full.classes
         tr, va = stratified_split(full.labels, val_fraction, seed)
         return DataSplits(full.subset(tr), full.subset(va), None, classes, str(path), val_given=False)
-    if (path / "train").is_dir():
-        train = _read_folder(path / "train")
+    if dirs := split_dirs(path):
+        train = _read_folder(dirs["train"])
         classes = train.classes
-        if not (path / "val").is_dir():
+        if "val" not in dirs:
             tr, va = stratified_split(train.labels, val_fraction, seed)
             train, val = train.subset(tr), train.subset(va)
             given = False
         else:
-            val = _read_folder(path / "val", classes=classes)
+            val = _read_folder(dirs["val"], classes=classes)
             given = True
-        test = _read_folder(path / "test", classes=classes) if (path / "test").is_dir() else None
+        test = _read_folder(dirs["test"], classes=classes) if "test" in dirs else None
         return DataSplits(train, val, test, classes, str(path), val_given=given)
     full = _read_folder(path)
     tr, va = stratified_split(full.labels, val_fraction, seed)
     return DataSplits(full.subset(tr), full.subset(va), None, full.classes, str(path), val_given=False)
+
+
+def copy_notes(train: list, val: list, train_labels, val_labels, classes: list[str], sources: list, unit: str,
+               test: list | None = None, test_labels=None) -> list[str]:
+    """What a split's copies say (`fingerprints` of each split): validation (or test) examples whose
+    content is also a training example's make their scores optimistic, and one content under two
+    labels cannot be learned. `sources` (train, then val, then test) names an example of the second."""
+    seen = {f for f in train if f}
+    notes = []
+    for name, prints in (("validation", val), ("test", test or [])):
+        n = sum(f in seen for f in prints if f)
+        if n:
+            notes.append(f"{n} of the {len(prints)} {name} {unit} have the same content as a training example: the {name} scores "
+                         f"{'(and the best epoch chosen on them) ' if name == 'validation' else ''}are optimistic; remove the copies for an honest estimate")
+    labels_of: dict[str, set[int]] = {}
+    first: dict[str, int] = {}
+    labels = [*np.asarray(train_labels).tolist(), *np.asarray(val_labels).tolist(), *(np.asarray(test_labels).tolist() if test else [])]
+    for i, (f, y) in enumerate(zip([*train, *val, *(test or [])], labels)):
+        if f:
+            labels_of.setdefault(f, set()).add(int(y))
+            first.setdefault(f, i)
+    twice = [f for f, ys in labels_of.items() if len(ys) > 1]
+    if twice:
+        f = twice[0]
+        src = sources[first[f]]
+        what = f"#{first[f]}" if isinstance(src, np.ndarray) else repr(str(src)[:80])
+        notes.append(f"{len(twice)} {unit[:-1]}(s) appear under more than one label (same content): {what} is "
+                     f"{' and '.join(repr(classes[y]) for y in sorted(labels_of[f]))}; no model can get both right")
+    return notes
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +280,10 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
             absent.append(f"row {i}: {r[pc]!r}")
         sources.append(str(p))
         names.append(str(r[lc]).strip())
+    unlabelled = [f"row {i}: {r[pc]!r}" for i, r in enumerate(rows, start=2) if r[lc] is None or not str(r[lc]).strip()]
+    if unlabelled:  # an empty cell was a class named '' (a `p_` column in predictions)
+        raise UserError(f"{path}: {len(unlabelled)} row(s) with an empty label in column {lc!r}: {'; '.join(unlabelled[:5])}"
+                        + (" ..." if len(unlabelled) > 5 else "") + " (label them, or remove the rows)")
     if absent:
         where = f" (a relative path is read from the CSV's folder, {path.parent}/)" if any(not Path(r[pc] or "").is_absolute() for r in rows) else ""
         raise UserError(f"{path}: {len(absent)} image path(s) do not exist{where}: {'; '.join(absent[:5])}" + (" ..." if len(absent) > 5 else ""))

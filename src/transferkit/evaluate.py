@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .data import ImageSet, is_builtin, load_image_data, _read_csv, _read_folder
+from .data import ImageSet, is_builtin, load_image_data, _read_csv, _read_folder, split_dirs
 from .errors import UserError
 from .metrics import classification_metrics
 
@@ -25,7 +25,8 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
         s = _read_csv(p, cfg.data.group_column, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column, group_optional=True)
         where = str(p)  # the run's groups, where this CSV has its --group-column
     else:
-        sub = next((p / n for n in ("test", "val") if (p / n).is_dir()), p)
+        dirs = split_dirs(p) or {k: p / k for k in ("test", "val") if (p / k).is_dir()}  # a test/ or val/ without train/ too
+        sub = dirs.get("test") or dirs.get("val") or p
         s, where = _read_folder(sub, classes), str(sub)  # labelled data to score: one image of a class is enough
     unknown = sorted(set(s.classes) - set(classes))
     if unknown:
@@ -84,7 +85,8 @@ def _has_eval_split(p: Path, modality: str) -> bool:
         return False
     if modality == "text":
         return _text_eval_file(p) is not None
-    return (p / "test").is_dir() or (p / "val").is_dir()
+    dirs = split_dirs(p)
+    return "test" in dirs or "val" in dirs or (p / "test").is_dir() or (p / "val").is_dir()
 
 
 def labelled_set(clf, spec: str):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
+import os
 import shutil
 import io
 import json
@@ -19,7 +21,7 @@ import torch
 from . import __version__
 from .backbones import Preprocess
 from .config import RunConfig, with_default_lr
-from .data import DataSplits, check_counts
+from .data import DataSplits, check_counts, is_builtin
 from .inputs import inputs_for, load_splits
 from .errors import UserError
 from .features import cached_features
@@ -140,6 +142,9 @@ def fit(
 
         cfg = resolve_auto_model(cfg, console)
     cfg = with_default_lr(cfg).validate()  # with the default lr known, layer_lr_min is checked against it
+    if splits is None and cfg.data.path and not is_builtin(cfg.data.path) and Path(cfg.data.path).exists():
+        # kept absolute in config.yaml: `fit --resume` from another folder found no csvdata/clean.csv
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=os.path.abspath(cfg.data.path)))
     if splits is None:
         splits = load_splits(cfg)
     else:
@@ -180,12 +185,23 @@ def fit(
         check_counts(splits.train, splits.source)
         if len(splits.val) == 0:
             raise UserError(f"{splits.source}: no readable validation images left")
+    warnings = []  # about the data, said once in yellow before the plan, and kept with the plan's notes in metrics.json
     absent = [c for c, n in splits.val.counts().items() if n == 0]
     if absent:  # a val/ folder or file without some class: its per-class scores would read as a model that never finds it
         note = (f"the validation split has no {inputs.unit} of {', '.join(absent)}: the per-class scores of "
                 f"{'that class' if len(absent) == 1 else 'those classes'} are empty, and the best epoch is chosen without {'it' if len(absent) == 1 else 'them'}")
         console.print(f"[yellow]{note}[/]")
-        splits.notes = list(splits.notes) + [note]
+        warnings.append(note)
+    from .data import copy_notes, fingerprints
+
+    text = inputs.modality == "text"  # fingerprints: the main process's alone (it writes the run; the others return a bare result)
+    prints = {k: fingerprints(getattr(splits, k).sources, text) if main and getattr(splits, k) is not None else [] for k in ("train", "val", "test")}
+    if main:  # copies across the splits (a CSV listing an image twice, SMS spam's repeated messages): said, not silently scored
+        sources = [*splits.train.sources, *splits.val.sources, *(splits.test.sources if splits.test is not None else [])]
+        for note in copy_notes(prints["train"], prints["val"], splits.train.labels, splits.val.labels, splits.classes, sources, inputs.unit,
+                               prints["test"] or None, splits.test.labels if splits.test is not None else None):
+            console.print(f"[yellow]{note}[/]")
+            warnings.append(note)
 
     groups = model_groups(model)
     phases = create_phases(cfg, groups)
@@ -364,8 +380,8 @@ def fit(
         compared[kind] = (cmodel, clabel)
     if inputs.modality == "text":
         metrics["truncated_texts"] = inputs.truncated
-    if splits.notes:
-        metrics["data_notes"] = list(splits.notes)
+    if splits.notes or warnings:
+        metrics["data_notes"] = list(splits.notes) + warnings
     if st.get("notes"):
         metrics["phase_notes"] = list(st["notes"])
     if test_u8 is not None and len(test_u8):
@@ -411,12 +427,8 @@ def fit(
         from .lora import merge_lora
 
         merge_lora(model.backbone)  # the saved model is a plain backbone: no PEFT needed to load it
-    from .data import fingerprints
-
-    text = inputs.modality == "text"  # the fingerprints: the main process's alone (it writes the run; the others return a bare result)
     result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba, mistakes=mistakes,
-                       train_fingerprints=fingerprints(splits.train.sources, text) if main else [],
-                       val_fingerprints=fingerprints(splits.val.sources, text) if main else [])
+                       train_fingerprints=prints["train"], val_fingerprints=prints["val"])
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path
