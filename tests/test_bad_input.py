@@ -179,6 +179,8 @@ def test_finished_run_not_overwritten_without_flag(tmp_path, capsys, tiny_ckpt):
     [
         (["--strategy", "lpft"], "unknown strategy 'lpft'"),
         (["--lr", "-0.1"], "lr must be > 0"),
+        (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
+        (["--l2", "inf"], "l2 must be a finite number >= 0, got inf"),
         (["--gamma", "2"], "gamma"),
         (["--clip-norm", "0"], "clip_norm must be > 0"),
         (["--schedule", "cosin"], "did you mean: cosine"),

@@ -283,6 +283,16 @@ def test_copies_across_the_splits_and_one_content_under_two_labels_are_said(tmp_
     assert said in out and "red/0.png' is 'blue' and 'red'" in out and any(said in n for n in notes)
 
 
+def test_a_split_that_leaves_few_training_examples_is_said_unless_shots_asked_for_it(tmp_path, tiny_ckpt, capsys):
+    from conftest import tiny_args
+
+    d = make_folder(tmp_path / "d", n=3)  # 2 of each class train, 1 validates
+    for i, extra in enumerate(([], ["--shots", "2"])):
+        assert main(["fit", "--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "1", "--out", str(tmp_path / f"r{i}"), *extra]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert ("the training split has only 2 image(s) of blue, 2 image(s) of red" in out) == (not extra), out
+
+
 def test_split_folders_are_found_in_any_case_and_by_their_usual_names(tmp_path):
     """`Train/` + `Val/` trained a Train-vs-Val classifier, and `valid/` was left out in silence."""
     from transferkit.data import load_image_data

@@ -131,7 +131,7 @@ class OptimConfig:
     def validate(self) -> None:
         _check(self.clip_value is None or self.clip_value > 0, f"clip_value must be > 0, got {self.clip_value}")
         _check(self.clip_norm is None or self.clip_norm > 0, f"clip_norm must be > 0, got {self.clip_norm}")
-        _check(self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"lr must be > 0, got {self.lr}")
+        _check(self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"lr must be > 0, got {self.lr}" if self.lr is None or math.isfinite(self.lr) else f"lr must be a finite number > 0, got {self.lr}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
 
@@ -172,7 +172,7 @@ class RegConfig:
 
     def validate(self) -> None:
         for k, v in asdict(self).items():
-            _check(v >= 0 and math.isfinite(v), f"{k} must be >= 0, got {v}")
+            _check(v >= 0 and math.isfinite(v), f"{k} must be {'a finite number ' if not math.isnan(v) and v > 0 else ''}>= 0, got {v}")
 
 
 @dataclass

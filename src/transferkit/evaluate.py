@@ -139,7 +139,7 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
     s, where = labelled_set(clf, spec)
     x, s, bad = clf.inputs_.encode(s, skip_bad=skip_bad_images or None)  # None: as the run was fitted
     if not len(s):
-        raise UserError(f"{where}: no readable examples to score")
+        raise UserError(f"{where}: no readable examples to score (the {len(bad)} left to score cannot be read: {'; '.join(bad[:3])})")
     if onnx_session is not None:
         from .export import onnx_predict_proba
 

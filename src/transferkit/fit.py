@@ -192,6 +192,12 @@ def fit(
                 f"{'that class' if len(absent) == 1 else 'those classes'} are empty, and the best epoch is chosen without {'it' if len(absent) == 1 else 'them'}")
         console.print(f"[yellow]{note}[/]")
         warnings.append(note)
+    few = {c: n for c, n in splits.train.counts().items() if n < FEW_TO_TRAIN}
+    if few and not cfg.data.shots:  # --shots asks for few; a split that leaves few (--test-fraction 0.9) is said
+        note = (f"the training split has only {', '.join(f'{n} {inputs.unit[:-1]}(s) of {c}' for c, n in list(few.items())[:5])}: "
+                "a model or a verdict on so few is fragile (a smaller --val-fraction / --test-fraction, or more data)")
+        console.print(f"[yellow]{note}[/]")
+        warnings.append(note)
     from .data import copy_notes, fingerprints
 
     text = inputs.modality == "text"  # fingerprints: the main process's alone (it writes the run; the others return a bare result)
@@ -436,6 +442,7 @@ def fit(
     return result
 
 
+FEW_TO_TRAIN = 5  # fewer training examples of a class than this, and the run says so
 MIN_CALIBRATION_EXAMPLES = 50  # below this, one example moves the fitted temperature a lot
 
 
