@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from conftest import make_folder, tiny_args
 from transferkit.cli import main
-from transferkit.config import RunConfig, replace
+from transferkit import report
+from transferkit.config import RunConfig, StrategyConfig, replace
 from transferkit.errors import UserError
 
 
@@ -326,3 +327,31 @@ def test_macro_f1_counts_the_classes_that_occur_and_the_trainer_agrees():
             assert m["macro_f1"] == f1_score(y, proba.argmax(1), average="macro")
         v = val_scores(torch.from_numpy(proba), torch.from_numpy(y))
         assert abs(v["macro_f1"] - m["macro_f1"]) < 1e-12
+
+
+def test_the_scratch_comparison_trains_full_with_defaults_not_the_transfer_recipe(monkeypatch):
+    """The scratch fit kept the run's L2-SP (pulling random weights toward themselves: chance at
+    --l2sp-alpha 100, and "transfer helped +45"), layer decay and frozen statistics."""
+    import types
+
+    import transferkit.fit as F
+
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    def fake_fit(cfg, *a, **kw):
+        seen["cfg"] = cfg
+        raise Seen
+
+    monkeypatch.setattr(F, "fit", fake_fit)
+    cfg = replace(RunConfig(), model="efficientnet_lite0", strategy="lp_ft", lr=3e-3, layer_decay=0.5, bn_stats="frozen", freeze=["stem"],
+                  l2sp_alpha=100.0, l2=0.001, optimizer="sgd", epochs=7)
+    model = types.SimpleNamespace(backbone=types.SimpleNamespace(spec={"name": "efficientnet_lite0"}))
+    with pytest.raises(Seen):
+        F._comparison_fit("scratch", cfg, model, types.SimpleNamespace(modality="text"), None, None, report.console(quiet=True), None)
+    c = seen["cfg"]
+    assert c.model.name.startswith("random:") and c.strategy == StrategyConfig(name="full")
+    assert c.reg.l2sp_alpha == 0.0 and c.optim.lr is None
+    assert (c.reg.l2, c.optim.name, c.train.epochs) == (0.001, "sgd", 7)  # the rest of the recipe stays
