@@ -214,6 +214,9 @@ def test_resume_works_from_another_folder_and_refuses_settings_it_would_ignore(t
         fit(_cfg(tiny, data=root.name, strategy="full", epochs=2), run, console=report.console(quiet=True), should_stop=StopAfter(2))
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"] == str(root)
     monkeypatch.chdir(tmp_path)
+    # a plain fit into it started over in silence, throwing its checkpoints away
+    with pytest.raises(UserError, match=r"holds an interrupted run with checkpoints: continue it with `transferkit fit --resume .*cut`, or pass --overwrite"):
+        fit(_cfg(tiny, strategy="full", epochs=2), run, console=report.console(quiet=True))
     assert main(["fit", "--resume", str(run), "--lr", "0.5", "--epochs", "10"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--resume continues" in err and "which --epochs, --lr would not change: drop them" in err and not is_complete(run)

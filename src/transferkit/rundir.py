@@ -99,6 +99,10 @@ class RunDir:
             raise UserError(f"--out {self.path} exists and is not a directory")
         if (self.path / MANIFEST).exists() and not overwrite:
             raise UserError(f"{self.path} already holds a finished run; pass --overwrite (overwrite=True in Python) to replace it, or choose another --out")
+        if not overwrite and not (self.path / MANIFEST).exists() and any((self.path / "checkpoints").glob("ckpt-*.pt")):
+            # an interrupted run (hours of training, perhaps) was started over in silence
+            raise UserError(f"{self.path} holds an interrupted run with checkpoints: continue it with `transferkit fit --resume {self.path}`, "
+                            "or pass --overwrite to start over (or choose another --out)")
         self._refuse_if_in_use()  # said now, not after the data is loaded and the plan printed; create() takes the lock
 
     def _refuse_if_in_use(self) -> None:
