@@ -249,6 +249,33 @@ def test_an_interrupted_trial_runs_again_from_its_next_fold_and_an_error_does_no
     assert t0.state == optuna.trial.TrialState.PRUNED and "diverged in fold 2" in t0.user_attrs["note"] and "error" not in t0.user_attrs
 
 
+class TwoPhaseFit(FakeFit):
+    """An lp_ft stand-in whose probe stops early after a number of epochs that varies by trial."""
+
+    def __call__(self, cfg, out=None, *, console=None, splits=None, on_epoch=None, **kw):
+        self.calls.append(SimpleNamespace(cfg=cfg, out=out, splits=splits))
+        s = _score(cfg)
+        probe = 3 + len(self.calls) % 4
+        if on_epoch is not None:
+            for e in range(1, probe + 1):
+                on_epoch({"epoch": e, "phase": "1:probe", "val_accuracy": s * e / probe, "val_macro_f1": s, "val_loss": 1 - s})
+            for e in range(1, 3):
+                on_epoch({"epoch": probe + e, "phase": "2:finetune", "val_accuracy": s, "val_macro_f1": s, "val_loss": 1 - s})
+        return SimpleNamespace(metrics={"accuracy": s, "macro_f1": s, "auroc": s, "n_train": 0, "n_val": 0, "wall_s": 0.0})
+
+
+def test_pruner_steps_are_the_probe_then_fine_tuning_epochs_whatever_the_probe_length(tiny, tmp_path, monkeypatch):
+    """Steps were the run's epoch numbers: a probe that stopped after 3 or 6 epochs put fine-tuning's
+    first epoch at step 4 or 7, so the pruner compared one trial's first epoch with another's fourth;
+    and the probe's score, reported only at epoch lp_epochs, never reached it."""
+    monkeypatch.setattr(S, "fit", TwoPhaseFit())
+    out = tmp_path / "s"
+    S.search(_base(tiny), out, space={**SPACE, "strategy": "lp_ft", "lr": 0.01}, trials=3, folds=2, console=QUIET)
+    for t in _study(out).trials:
+        assert set(t.intermediate_values) == {0, 1, 2, S.STEP_STRIDE, S.STEP_STRIDE + 1, S.STEP_STRIDE + 2}
+        assert t.intermediate_values[0] == pytest.approx(_score(SimpleNamespace(optim=SimpleNamespace(lr=0.01))))  # the probe's best
+
+
 def test_losing_trials_are_pruned_and_the_time_budget_stops_cleanly(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(S, "fit", FakeFit())
     out = tmp_path / "p"

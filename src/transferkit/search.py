@@ -97,7 +97,7 @@ NOT_IN_SPACE = {"data": "--data", "model": "--model", "arch": "--arch", "seed": 
 # Settings that matter only to some strategies: sampled only in trials of those strategies.
 ONLY_FOR = USED_ONLY_BY
 
-STEP_STRIDE = 100_000  # pruner steps: fold * STEP_STRIDE + epoch, so every epoch of every fold has its own step
+STEP_STRIDE = 100_000  # pruner steps: fold * STEP_STRIDE + fine-tuning epoch (0: the probe), so every epoch of every fold has its own step
 HEARTBEAT_S = int(os.environ.get("TRANSFERKIT_SEARCH_HEARTBEAT", "60"))  # seconds between a running trial's heartbeats
 POLL_S = 1.0  # how often a worker looks again while other workers finish the last trials
 
@@ -691,12 +691,23 @@ def _objective(study, space, base, splits, fold_idx, trials, metric, deadline):
                 trial.set_user_attr("note", f"stopped by the time budget after {f} of {k} folds")
                 raise optuna.TrialPruned
 
+            seen = {"probe": None, "finetune": 0}  # this fold's best probe score, and its fine-tuning epochs so far
+
             def on_epoch(row, _f=f):
-                if row["phase"].endswith("probe") and row["epoch"] != cfg.strategy.lp_epochs:
-                    return  # probe epochs take milliseconds: report the probe's last one only
-                trial.report(row[f"val_{metric}"], _f * STEP_STRIDE + row["epoch"])
+                """Steps the pruner compares across trials: 0 for the probe (its best score, reported when
+                fine-tuning starts), then 1, 2, ... for fine-tuning's epochs. They were the run's epoch
+                numbers, which put one trial's first fine-tuning epoch beside another's sixth wherever
+                the probe had stopped early (and never reported the probe)."""
+                v = row[f"val_{metric}"]
+                if row["phase"].endswith("probe"):
+                    seen["probe"] = v if seen["probe"] is None else max(seen["probe"], v)
+                    return  # probe epochs take milliseconds
+                if seen["finetune"] == 0 and seen["probe"] is not None:
+                    trial.report(seen["probe"], _f * STEP_STRIDE)
+                seen["finetune"] += 1
+                trial.report(v, _f * STEP_STRIDE + seen["finetune"])
                 if trial.should_prune():
-                    trial.set_user_attr("note", f"pruned in fold {_f + 1}, epoch {row['epoch']}")
+                    trial.set_user_attr("note", f"pruned in fold {_f + 1}, fine-tuning epoch {seen['finetune']} (epoch {row['epoch']} of the run)")
                     raise optuna.TrialPruned
 
             try:
