@@ -202,6 +202,10 @@ def test_bad_config_file(tmp_path, capsys):
     _expect(["--config", str(cfg)], capsys, tmp_path / "r", "unknown setting 'epochz'", "epochs")
     cfg.write_text("train:\n  batch_size: many\n")
     _expect(["--config", str(cfg)], capsys, tmp_path / "r", "batch_size must be int")
+    cfg.write_text("data: digits\nepochs: true\nlr: yes\n")  # YAML booleans were 1 epoch and a rate of 1.0
+    _expect(["--config", str(cfg)], capsys, tmp_path / "r", "epochs must be int, got True")
+    cfg.write_text("data: digits\nlr: yes\n")
+    _expect(["--config", str(cfg)], capsys, tmp_path / "r", "lr must be float, got True")
     cfg.write_text("!!python/object/apply:os.system ['echo pwned']\n")
     _expect(["--config", str(cfg)], capsys, tmp_path / "r", "cannot parse")
     # a config file that names no data does not train on the built-in digits unasked

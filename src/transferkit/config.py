@@ -334,6 +334,8 @@ def _coerce(section, name: str, value: Any) -> Any:
                     raise ValueError
                 return low in ("true", "yes", "1")
             return bool(value)
+        if base in ("int", "float") and isinstance(value, bool):  # YAML's `epochs: true` was 1, `lr: yes` 1.0
+            raise ValueError
         if base == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
