@@ -341,3 +341,20 @@ def test_a_negative_value_in_exponent_form_is_named_not_taken_for_an_option(tmp_
     _expect(["--data", "digits", "--lr", "-1e-3"], capsys, tmp_path / "r", "lr must be > 0, got -0.001")
     assert main(["lr-find", "--data", "digits", "--start-lr", "-1E-5"]) == 2
     assert "needs 0 < start_lr < end_lr, got -1e-05" in capsys.readouterr().err
+
+
+def test_a_signal_after_training_says_the_run_finished(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the final evaluation printed "stopping at the next safe point" and then exited 0
+    without a word: the run had finished, and now says so."""
+    import os
+    import signal
+
+    import transferkit.fit as F
+
+    def trained_then_signalled(cfg, out, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives once training is over: nothing asks should_stop any more
+
+    monkeypatch.setattr(F, "fit", trained_then_signalled)
+    assert main(["fit", "--data", "digits", "--out", str(tmp_path / "r")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "SIGINT came after training had ended: the run finished anyway and is complete in" in err

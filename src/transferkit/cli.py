@@ -172,6 +172,8 @@ def cmd_fit(args) -> int:
         else:
             print(f"transferkit: stopped by {name} before the run began; nothing was written to {out}", file=sys.stderr)
         return code
+    if signals.signum and _main_rank():  # after training, the rest (evaluation, writing) takes seconds: it finished
+        print(f"transferkit: {signals.name} came after training had ended: the run finished anyway and is complete in {out}", file=sys.stderr)
     return 0
 
 
