@@ -32,6 +32,7 @@ def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, 
     f = _write(tmp_path / "p.yaml", _stages(tmp_path, tiny_ckpt))
     out = tmp_path / "out"
     assert main(["pipeline", str(f), "--out", str(out)]) == 0
+    assert "again" not in capsys.readouterr().out  # a first run runs nothing again (it said the target was, its source having "another run")
     assert (out / "source" / "manifest.json").is_file() and (out / "target" / "manifest.json").is_file()
     assert "run:" in (out / "target" / "config.yaml").read_text()  # the target started from the source's run
     calls = []
@@ -148,6 +149,9 @@ def test_a_stopped_pipeline_resumes_its_stage(tmp_path, tiny_ckpt, capsys):
          "p.yaml: stage b: --model run:no_such_run: no such directory"),
         ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "digits", "model": "small_convnet", "settings": {"baseline": "base"}}],
          "p.yaml: stage b: baseline base fine-tunes the model a run started from"),
+        # a chain from random weights: base would be training from scratch (said after stage a had trained)
+        ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "data": "digits", "model": "stage:a", "settings": {"baseline": "scratch,base"}}],
+         "p.yaml: stage b: baseline base would fine-tune the model its stages start from, small_convnet, which has random weights"),
         ([{"name": "a", "data": "digits", "model": "small_convnet"}, {"name": "b", "kind": "adapt", "data": "digits", "model": "stage:a", "intermediate": "no_such_dir"}],
          "p.yaml: stage b: intermediate not found: no_such_dir"),
         # what a stage of that kind would silently ignore, and values of the wrong type

@@ -148,6 +148,17 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
             msg = str(e)
             raise UserError(msg if msg.startswith(str(path)) else f"{path}: stage {name}: {msg}") from None
         configs[name] = cfg
+    by_name = {str(st["name"]): st for st in stages}
+    for st in stages:  # --baseline base on a chain that starts from random weights: said now, not after the first stages trained
+        if "base" not in configs[str(st["name"])].train.baselines:
+            continue
+        root_model, seen = str(st["model"]), set()
+        while root_model.startswith("stage:") and root_model[len("stage:"):] in by_name and root_model not in seen:
+            seen.add(root_model)
+            root_model = str(by_name[root_model[len("stage:"):]]["model"])
+        if root_model in RANDOM_MODELS or root_model.startswith("random:"):
+            raise UserError(f"{path}: stage {st['name']}: baseline base would fine-tune the model its stages start from, {root_model}, which has "
+                            "random weights: that is training from scratch (use baseline: scratch)")
 
     # A stage runs again when its definition (settings, data, model, epochs) differs from the one it
     # ran from, when a stage it builds on has a run other than the one it was built from (redone in
@@ -176,7 +187,8 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
             before = {**now, "run": current}
         changed = before is not None and before["definition"] != now["definition"]
         known = before is not None and before.get("upstream") is not None
-        moved = [r for r in now["upstream"] if (known and before["upstream"].get(r) != now["upstream"][r]) or (not known and r in redone)]
+        # (a stage that never ran has no run to redo: it was said to run "again" as its upstream had another run)
+        moved = [r for r in now["upstream"] if before is not None and ((known and before["upstream"].get(r) != now["upstream"][r]) or (not known and r in redone))]
         stale = current is not None and before is not None and before.get("run", current) != current
         if current and not (changed or moved or stale):
             con.print(f"[bold]stage {name}[/]: complete, skipped ({d})")
@@ -185,9 +197,10 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
             ran_from[name] = {**before, "upstream": now["upstream"] if before.get("upstream") is None else before["upstream"], "run": current}
             continue
         if changed or moved or stale:
-            why = ("its definition changed since it ran" if changed else f"stage {', '.join(moved)} has another run than the one it was built from"
+            attempt = "its last attempt" if current is None else "it ran"  # a stage that failed or was stopped never ran to the end
+            why = (f"its definition changed since {attempt}" if changed else f"stage {', '.join(moved)} has another run than the one it was built from"
                    if moved else "its last attempt did not finish, and its finished run is from before that")
-            con.print(f"[bold]stage {name}[/]: {why}: running it again")
+            con.print(f"[bold]stage {name}[/]: {why}: running it {'again' if current is not None else 'from the start'}")
             shutil.rmtree(d / "checkpoints", ignore_errors=True)  # no resuming from the old definition's checkpoint
         cfg = configs[name]
         con.print(f"[bold]stage {name}[/] ({kind}): {cfg.data.path} with {cfg.model.name}")
@@ -212,6 +225,9 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     save_state()
     (root / "pipeline.json").write_text(json.dumps({"stages": summary}, indent=1) + "\n")
     return summary
+
+
+RANDOM_MODELS = ("small_convnet",)  # models whose weights are an initialisation (besides random:NAME)
 
 
 def _read_state(state_file: Path) -> dict | None:
