@@ -181,6 +181,8 @@ def test_finished_run_not_overwritten_without_flag(tmp_path, capsys, tiny_ckpt):
         (["--lr", "-0.1"], "lr must be > 0"),
         (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
         (["--l2", "inf"], "l2 must be a finite number >= 0, got inf"),
+        (["--weight-decay", "inf"], "weight_decay must be a finite number >= 0, got inf"),
+        (["--seed", "-1"], "seed must be in [0, 2**32), got -1"),  # a traceback from numpy
         (["--gamma", "2"], "gamma"),
         (["--clip-norm", "0"], "clip_norm must be > 0"),
         (["--schedule", "cosin"], "did you mean: cosine"),
@@ -297,7 +299,7 @@ def test_help_listings_and_argument_errors_do_not_import_torch(tmp_path):
     assert transferkit.ImageClassifier.__name__ == "ImageClassifier"  # still there, loaded on first use
 
 
-def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys):
+def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys, tmp_path):
     """They were accepted in silence (--momentum with adamw, --staircase with cosine, --k with full);
     flags they do read, and settings that came from no flag, are not noted."""
     from transferkit.cli import _note_unused, build_parser, resolve_config
@@ -319,6 +321,10 @@ def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys
     args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--strategy", "linear_probe", "--ema", "0.99", "--accumulate", "2"])
     assert _note_unused(resolve_config(args), args) == {"ema", "accumulate"}
     assert "--ema is not used by --strategy linear_probe" in capsys.readouterr().err
+    # noted as unused, and then refused for a model that cannot recompute its activations: now only noted
+    assert main(["fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "linear_probe", "--lp-epochs", "2",
+                 "--grad-checkpointing", "--out", str(tmp_path / "gc"), "--quiet"]) == 0
+    assert "--grad-checkpointing is not used by --strategy linear_probe" in capsys.readouterr().err
 
 
 def test_an_unknown_encoding_is_refused_before_any_file_is_read(tmp_path, capsys):
@@ -358,3 +364,11 @@ def test_a_signal_after_training_says_the_run_finished(tmp_path, capsys, monkeyp
     assert main(["fit", "--data", "digits", "--out", str(tmp_path / "r")]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "SIGINT came after training had ended: the run finished anyway and is complete in" in err
+
+
+def test_a_file_named_like_an_option_gets_a_hint(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-1.png").write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tmp_path), "-1.png"])
+    assert e.value.code == 2 and "unrecognized arguments: -1.png (a file whose name starts with '-': write ./-1.png)" in capsys.readouterr().err

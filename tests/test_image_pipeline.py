@@ -313,6 +313,17 @@ def test_split_folders_are_found_in_any_case_and_by_their_usual_names(tmp_path):
         make_folder(both / d, n=2)
     with pytest.raises(UserError, match=r"val/ and valid/ are both a val split; keep one"):
         load_image_data(str(both))
+    # but classes that have such names stay classes: Train beside Car, or dev and test folders of images
+    for names in (("Train", "Car"), ("dev", "test")):
+        root = tmp_path / "-".join(names)
+        make_folder(root, n=3)
+        for old, new in zip(("red", "blue"), names):
+            (root / old).rename(root / new)
+        assert load_image_data(str(root)).classes == sorted(names)
+        assert eval_set(str(root), sorted(names))[1] == str(root)
+    only = tmp_path / "only"  # evaluate on a folder that holds a test split alone, in any case
+    make_folder(only / "Test", n=1)
+    assert eval_set(str(only), ["blue", "red"])[1].endswith("Test")
 
 
 def test_one_shot_fits_and_its_baselines_run(tiny_folder, tiny_ckpt, tmp_path):

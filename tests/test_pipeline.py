@@ -101,7 +101,7 @@ def test_a_stage_built_from_an_old_upstream_run_or_stopped_under_another_definit
     capsys.readouterr()
     run_pipeline(_write(tmp_path / "p4.yaml", stages), out)
     said = capsys.readouterr().out
-    assert "stage source: its definition changed since it ran: running it again" in said and "resuming" not in said
+    assert "stage source: its definition changed since its last attempt: running it from the start" in said and "resuming" not in said
     assert len((out / "source" / "history.csv").read_text().splitlines()) == 1 + 2  # header and this definition's 2 epochs
 
 

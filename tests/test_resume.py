@@ -220,4 +220,5 @@ def test_resume_works_from_another_folder_and_refuses_settings_it_would_ignore(t
     assert main(["fit", "--resume", str(run), "--lr", "0.5", "--epochs", "10"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--resume continues" in err and "which --epochs, --lr would not change: drop them" in err and not is_complete(run)
+    assert main(["fit", "--resume", str(run), "--overwrite"]) == 2 and "which --overwrite would not change" in " ".join(capsys.readouterr().err.split())
     assert main(["fit", "--resume", str(run), "--quiet"]) == 0 and is_complete(run)

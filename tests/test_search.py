@@ -248,6 +248,13 @@ def test_an_interrupted_trial_runs_again_from_its_next_fold_and_an_error_does_no
     t0 = _study(out3).trials[0]
     assert t0.state == optuna.trial.TrialState.PRUNED and "diverged in fold 2" in t0.user_attrs["note"] and "error" not in t0.user_attrs
 
+    def always(cfg, *a, **kw):
+        raise Diverged("training diverged")
+
+    monkeypatch.setattr(S, "fit", always)  # every trial: "run the same command again" would only diverge again
+    with pytest.raises(UserError, match="every trial diverged .*: the learning rates searched are too high; lower the lr range"):
+        S.search(_base(tiny), tmp_path / "all", space=SPACE, trials=2, folds=2, console=QUIET)
+
 
 class TwoPhaseFit(FakeFit):
     """An lp_ft stand-in whose probe stops early after a number of epochs that varies by trial."""

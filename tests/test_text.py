@@ -56,6 +56,11 @@ def test_detects_columns_header_and_delimiter(tmp_path):
     short.write_text("app,Ok\n" + body)
     assert read_text_rows(str(short))[:2] == [(1, "Ok"), (2, "message number 0 has words")]
     assert read_table(short)[0][0] == "Ok"
+    ids = tmp_path / "ids.tsv"  # a column of ids, each once, says nothing about a header: "Okay" is a text
+    ids.write_text("0\tOkay\n" + "".join(f"{i}\tmessage number {i} has words\n" for i in range(1, 9)))
+    assert read_text_rows(str(ids))[0] == (1, "Okay")
+    ids.write_text("u0\tOkay\n" + "".join(f"u{i}\tmessage number {i} has words\n" for i in range(1, 9)))
+    assert read_text_rows(str(ids))[0] == (1, "Okay")
 
 
 def test_encodings(tmp_path):

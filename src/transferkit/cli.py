@@ -136,7 +136,8 @@ def cmd_fit(args) -> int:
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
             raise UserError(f"{run} is not a transferkit run directory (no config.yaml)")
-        given = sorted(_given_settings(args) - {"cpu"}) + (["config"] if args.config else []) + (["out"] if args.out is not None else [])
+        given = (sorted(_given_settings(args) - {"cpu"}) + (["config"] if args.config else []) + (["out"] if args.out is not None else [])
+                 + (["overwrite"] if args.overwrite else []))
         if given:  # they were ignored in silence: the run went on as its config.yaml says
             raise UserError(f"--resume continues {run} with the settings in its config.yaml, which {', '.join(_flag_of(n) for n in given)} "
                             f"would not change: drop {'it' if len(given) == 1 else 'them'}, or start a new run (--out NEW_DIR) with them")
@@ -908,7 +909,9 @@ def main(argv: list[str] | None = None) -> int:
         args.inputs = list(args.inputs) + rest
     elif rest:
         # with inputs around them, name only the options (`--ouT` of `--ouT x a.jpg`)
-        parser.error(f"unrecognized arguments: {' '.join(options if takes_inputs else rest)}")
+        named = options if takes_inputs else rest
+        files = [r for r in named if r.startswith("-") and Path(r).exists()]  # `predict RUN -1.png`: a file named like an option
+        parser.error(f"unrecognized arguments: {' '.join(named)}" + (f" (a file whose name starts with '-': write ./{files[0]})" if files else ""))
     try:
         return args.func(args)
     except UserError as e:

@@ -132,7 +132,7 @@ class OptimConfig:
         _check(self.clip_value is None or self.clip_value > 0, f"clip_value must be > 0, got {self.clip_value}")
         _check(self.clip_norm is None or self.clip_norm > 0, f"clip_norm must be > 0, got {self.clip_norm}")
         _check(self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"lr must be > 0, got {self.lr}" if self.lr is None or math.isfinite(self.lr) else f"lr must be a finite number > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.weight_decay >= 0 and math.isfinite(self.weight_decay), f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
 
 
@@ -221,6 +221,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check(0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0: off), got {self.ema}")
+        _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")  # numpy's range (a traceback at -1)
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.accumulate >= 1, f"accumulate must be >= 1 (micro-batches a step; more than the batch's examples act as one each), got {self.accumulate}")

@@ -104,19 +104,26 @@ TEXT_HINT = " (texts need a text model: --model minilm_l6, hf:NAME or dir:PATH)"
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test", "testing")}
 
 
-def split_dirs(path: Path) -> dict[str, Path]:
+def split_dirs(path: Path, *, need_train: bool = True) -> dict[str, Path]:
     """A data root's split folders by their split (train, val, test), whatever their case or usual
     name (`Train/`, `valid/`, `validation/`): `valid/` was skipped in silence and `Train/` + `Val/`
-    read as two classes named Train and Val. Empty without a training folder."""
+    read as two classes named Train and Val. A folder `train/` makes a split layout, as it always
+    did; otherwise the subfolders are splits only when every one has a split's name and holds
+    folders (its classes): `Train/` beside `Car/`, or `dev/` and `test/` of images, are classes.
+    Empty when there are no splits (and, with `need_train`, without a training split)."""
+    subs = [d for d in sorted(path.iterdir()) if d.is_dir() and not _hidden(d.name)] if path.is_dir() else []
+    split_of = {d: next((k for k, names in SPLIT_NAMES.items() if d.name.lower() in names), None) for d in subs}
+    if not (path / "train").is_dir():
+        if not subs or any(k is None for k in split_of.values()) or not all(any(c.is_dir() for c in d.iterdir()) for d in subs):
+            return {}
     found: dict[str, list[Path]] = {}
-    for d in sorted(path.iterdir()) if path.is_dir() else []:
-        for split, names in SPLIT_NAMES.items():
-            if d.is_dir() and d.name.lower() in names:
-                found.setdefault(split, []).append(d)
+    for d, k in split_of.items():
+        if k is not None:
+            found.setdefault(k, []).append(d)
     for split, dirs in found.items():
         if len(dirs) > 1:
             raise UserError(f"{path}: {' and '.join(d.name + '/' for d in dirs)} are both a {split} split; keep one")
-    if "train" not in found:
+    if need_train and "train" not in found:
         return {}
     return {k: v[0] for k, v in found.items()}
 

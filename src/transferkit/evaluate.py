@@ -25,7 +25,7 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
         s = _read_csv(p, cfg.data.group_column, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column, group_optional=True)
         where = str(p)  # the run's groups, where this CSV has its --group-column
     else:
-        dirs = split_dirs(p) or {k: p / k for k in ("test", "val") if (p / k).is_dir()}  # a test/ or val/ without train/ too
+        dirs = split_dirs(p, need_train=False)  # a test/ or val/ without train/ too
         sub = dirs.get("test") or dirs.get("val") or p
         s, where = _read_folder(sub, classes), str(sub)  # labelled data to score: one image of a class is enough
     unknown = sorted(set(s.classes) - set(classes))
@@ -85,8 +85,8 @@ def _has_eval_split(p: Path, modality: str) -> bool:
         return False
     if modality == "text":
         return _text_eval_file(p) is not None
-    dirs = split_dirs(p)
-    return "test" in dirs or "val" in dirs or (p / "test").is_dir() or (p / "val").is_dir()
+    dirs = split_dirs(p, need_train=False)
+    return "test" in dirs or "val" in dirs
 
 
 def labelled_set(clf, spec: str):

@@ -166,7 +166,7 @@ def fit(
         adapted = apply_lora(model.backbone, cfg.strategy)
         kinds = sorted({short_name(n) for n in adapted})
         splits.notes = list(splits.notes) + [f"LoRA r={cfg.strategy.lora_r} on {', '.join(kinds)}: {len(adapted)} modules"]
-    if cfg.train.grad_checkpointing:
+    if cfg.train.grad_checkpointing and cfg.strategy.name != "linear_probe":  # a probe never backpropagates through the backbone (the flag is noted unused)
         enable_grad_checkpointing(model, cfg.model.name)
     inputs = inputs_for(cfg, model.backbone)
     pre = inputs.pre if inputs.modality == "image" else model.backbone.preprocess
@@ -321,7 +321,7 @@ def fit(
     steps, clipped, best_epoch = st["steps"], st["clipped"], st["best_epoch"]
     model = accelerator.unwrap_model(model).eval()
     set_trainable(model, groups, {g.name for g in groups}, bn_stats="all")
-    if cfg.train.grad_checkpointing:  # a training setting: the fitted model computes plainly (predict, export)
+    if cfg.train.grad_checkpointing and cfg.strategy.name != "linear_probe":  # a training setting: the fitted model computes plainly (predict, export)
         model.backbone.set_grad_checkpointing(False)
 
     # ---- evaluation, baseline, verdict: on the training device (the model moves to the CPU after), in
@@ -478,7 +478,8 @@ def _phase_note(pname: str, phase, res, offset: int, *, had_best: bool, cfg: Run
     ran, improved = len(rows), res.best_epoch > offset
     parts = []
     if rows and rows[-1].get("diverged"):
-        parts.append(f"diverged in epoch {rows[-1]['epoch']} (training loss {rows[-1]['train_loss']:.3g}): its learning rate ({phase.lr:.2g}) "
+        parts.append(f"diverged in epoch {rows[-1]['epoch']} (training loss {rows[-1]['train_loss']:.3g}, validation loss {rows[-1]['val_loss']:.3g}): "
+                     f"its learning rate ({phase.lr:.2g}) "
                      "is too high, and it ended there" + (f"; the weights of epoch {res.best_epoch} are kept" if improved else ""))
     elif ran < phase.epochs:
         if had_best and not improved and phase.give_up_after and ran >= phase.give_up_after:

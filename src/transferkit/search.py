@@ -779,6 +779,10 @@ def _refit_best(rd, study, base, space, splits, k, metric, stopped_by, t_start, 
 
     out = rd.path
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        trials = study.get_trials(deepcopy=False)
+        if trials and all("diverged" in str(t.user_attrs.get("note", "")) for t in trials):  # running it again would diverge again
+            raise UserError(f"every trial diverged (its loss turned NaN or infinite): the learning rates searched are too high; "
+                            f"lower the lr range (--space) and search again in a new folder (trials.csv in {out} lists them)")
         raise UserError(
             "no trial finished all its folds" + (" within the time budget: give a larger --time-budget" if stopped_by == "time budget" else "")
             + f"; run the same command again to continue the search in {out}"

@@ -262,16 +262,31 @@ def _longest_column(body: list[list[str]], width: int, skip: int | None = None) 
 
 
 def _names_texts(first: list[str], body: list[list[str]]) -> bool:
-    """Whether the first row names a column of texts (`msg_body` over sentences): every first cell is
-    a short name without spaces that no record repeats in its column (`ham` over ham and spam is a
-    label, not a name), while nearly every entry of the longest column has several words."""
-    sample = [r for r in body[:200] if len(r) == len(first)]
-    if len(first) < 2 or len(sample) < 5 or not all(0 < len(h) <= 32 and not any(ch.isspace() for ch in h) for h in first):
+    """Whether the first row names a column of texts (`source,msg_body` over `web,<a sentence>`): every
+    first cell is a short name without spaces and not a number, nearly every entry of the longest
+    column has several words, and a column of few values (labels, sources) does not hold its first
+    cell (`ham` over ham and spam is a label, not a name; a column of ids, each value once, tells
+    nothing: `0<TAB>Okay` over `1<TAB>a sentence` is a first text)."""
+
+    def number(v: str) -> bool:
+        try:
+            float(v)
+            return True
+        except ValueError:
+            return False
+
+    width = len(first)
+    rows = [r for r in body[:2000] if len(r) == width]
+    sample = rows[:200]
+    if width < 2 or len(sample) < 5 or not all(0 < len(h) <= 32 and not any(ch.isspace() for ch in h) and not number(h) for h in first):
         return False
-    if any(first[i] in {r[i] for r in body[:2000] if len(r) == len(first)} for i in range(len(first))):
+    col = _longest_column(sample, width)
+    if sum(len(r[col].split()) >= 2 for r in sample) < 0.9 * len(sample):
         return False
-    col = _longest_column(sample, len(first))
-    return sum(len(r[col].split()) >= 2 for r in sample) >= 0.9 * len(sample)
+    values = [{r[i] for r in rows} for i in range(width)]
+    if any(first[i] in values[i] for i in range(width)):
+        return False
+    return any(i != col and len(values[i]) <= max(2, len(rows) // 4) for i in range(width))  # a label-like column names itself
 
 
 def _names_numbers(first: list[str], body: list[list[str]]) -> bool:
