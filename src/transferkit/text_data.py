@@ -253,6 +253,14 @@ def _is_header(first: list[str], body: list[list[str]], classes: list[str] | Non
             or _names_texts(first, body))
 
 
+def _number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
 def _longest_column(body: list[list[str]], width: int, skip: int | None = None) -> int:
     """The column of the longest entries (on average over the first 2,000 records of `width` cells):
     where a file without known names keeps its texts."""
@@ -268,17 +276,10 @@ def _names_texts(first: list[str], body: list[list[str]]) -> bool:
     cell (`ham` over ham and spam is a label, not a name; a column of ids, each value once, tells
     nothing: `0<TAB>Okay` over `1<TAB>a sentence` is a first text)."""
 
-    def number(v: str) -> bool:
-        try:
-            float(v)
-            return True
-        except ValueError:
-            return False
-
     width = len(first)
     rows = [r for r in body[:2000] if len(r) == width]
     sample = rows[:200]
-    if width < 2 or len(sample) < 5 or not all(0 < len(h) <= 32 and not any(ch.isspace() for ch in h) and not number(h) for h in first):
+    if width < 2 or len(sample) < 5 or not all(0 < len(h) <= 32 and not any(ch.isspace() for ch in h) and not _number(h) for h in first):
         return False
     col = _longest_column(sample, width)
     if sum(len(r[col].split()) >= 2 for r in sample) < 0.9 * len(sample):
@@ -293,15 +294,8 @@ def _names_numbers(first: list[str], body: list[list[str]]) -> bool:
     """Whether the first row names a column of numbers (`id` over 7, 8, ...): a header, as
     csv.Sniffer.has_header reasons, even when no column has a name transferkit knows."""
 
-    def number(v: str) -> bool:
-        try:
-            float(v)
-            return True
-        except ValueError:
-            return False
-
     sample = [r for r in body[:200] if len(r) == len(first)]
-    return bool(sample) and any(not number(first[i]) and all(number(r[i]) for r in sample) for i in range(len(first)))
+    return bool(sample) and any(not _number(first[i]) and all(_number(r[i]) for r in sample) for i in range(len(first)))
 
 
 def _path_names() -> tuple[str, ...]:
