@@ -88,9 +88,10 @@ def test_csv_problems(tmp_path, capsys, tiny_ckpt):
     # texts given to an image model under names the text check does not know: the message says which model reads them
     texts = tmp_path / "texts.csv"
     texts.write_text("opinion,verdict\na good film,pos\na bad film,neg\n")
-    _expect(["--data", str(texts), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "lacks column(s) path, label", "texts need a text model: --model minilm_l6")
+    _expect(["--data", str(texts), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "texts.csv looks like text data", "use a text model (minilm_l6")
     (tmp_path / "SMSSpamCollection").write_text("ham\tsee you soon\nspam\twin a prize now\n")  # no header, no suffix
-    _expect(["--data", str(tmp_path / "SMSSpamCollection"), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "is a file but not a .csv", "texts need a text model")
+    _expect(["--data", str(tmp_path / "SMSSpamCollection"), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "SMSSpamCollection looks like text data",
+            "use a text model (minilm_l6")
     missing = tmp_path / "missing.csv"
     missing.write_text("path,label\nd/red/0.png,red\nd/red/nothere.png,red\nd/blue/0.png,blue\nd/blue/1.png,blue\n")
     _expect(["--data", str(missing), *tiny_args(tiny_ckpt)], capsys, tmp_path / "r", "do not exist", "nothere.png", "row 3",

@@ -39,3 +39,13 @@ def test_model_auto_on_text_data_takes_the_text_model(tmp_path):
     csv = make_text_csv(tmp_path / "t.csv")
     con = report.console(quiet=True)
     assert resolve_auto_model(replace(RunConfig(), data=str(csv), model="auto"), con).model.name == "minilm_l6"
+    # a file without a header (the SMS Spam Collection: label<TAB>text, no suffix) is text data too:
+    # auto ranked the image models on it, and failed with "is a file but not a .csv"
+    sms = tmp_path / "SMSSpamCollection"
+    sms.write_text("".join(f"{'spam' if i % 3 == 0 else 'ham'}\tmessage {i} with a few words\n" for i in range(12)))
+    assert resolve_auto_model(replace(RunConfig(), data=str(sms), model="auto"), con).model.name == "minilm_l6"
+    from transferkit.text_data import is_text_spec
+
+    images = tmp_path / "list.csv"  # a list of images without a header names image files: not texts
+    images.write_text("a/1.jpg,ants\nb/2.jpg,bees\n")
+    assert not is_text_spec(str(images))

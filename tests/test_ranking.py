@@ -49,6 +49,21 @@ def test_scores_ignore_sample_order(name):
     assert SCORES.get(name).compute(shuffled) == pytest.approx(SCORES.get(name).compute(s), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("name", ["knn", "logreg"])
+def test_cross_validated_scores_use_the_same_folds_for_every_candidate(name):
+    """The folds were drawn from each candidate's own feature values, so two candidates (here the
+    same features, scaled and shifted: a logistic regression on standardised features must not see
+    a difference) were scored on different folds. With the examples' keys, the folds are the same."""
+    s = _synthetic(n=90, informative=False, seed=5)
+    keys = [f"example-{i}" for i in range(len(s.labels))]
+    a = ScoreInputs(s.features, s.labels, s.source_logits, seed=0, keys=keys)
+    b = ScoreInputs(s.features * 7.0 + (3.0 if name == "logreg" else 0.0), s.labels, s.source_logits, seed=0, keys=keys)  # kNN's cosine: scale only
+    assert SCORES.get(name).compute(a) == SCORES.get(name).compute(b)
+    perm = np.random.default_rng(1).permutation(len(keys))  # and the keys, not the order, decide them
+    c = ScoreInputs(s.features[perm], s.labels[perm], s.source_logits[perm], seed=0, keys=[keys[i] for i in perm])
+    assert SCORES.get(name).compute(c) == SCORES.get(name).compute(a)
+
+
 @pytest.mark.parametrize("name", SCORES.names())
 def test_scores_need_two_classes(name):
     s = _synthetic(n=20)
@@ -239,6 +254,7 @@ def test_pick_model_returns_the_top_row(tiny, cache):
         ("random:cifar_resnet20,random:cifar_resnet56", ["--score", "leep"], "scores that apply to every candidate here: logme, hscore, knn, logreg"),
         ("random:cifar_resnet20,random:cifar_resnet56", ["--score", "nce"], "random:cifar_resnet20, random:cifar_resnet56"),
         ("random:cifar_resnet20,random:cifar_resnet56", ["--score", "logmee"], "unknown score 'logmee' (did you mean: logme"),
+        ("random:cifar_resnet20,random:cifar_resnet56", ["--score", "LogME"], "unknown score 'LogME' (did you mean: logme"),  # as the table spells it
     ],
 )
 def test_rank_cli_bad_requests_exit_2(tiny, cache, capsys, models, extra, message):
@@ -253,6 +269,18 @@ def test_rank_cli_one_class_exit_2(tmp_path, cache, capsys):
     data = _images(tmp_path / "one", classes=("red",))
     code, _, err = _rank_cli(capsys, "--data", str(data), "--models", "random:cifar_resnet20,random:cifar_resnet56")
     assert code == 2 and "only one class" in err and "at least 2" in err
+
+
+def test_too_few_examples_for_folds_leave_the_cross_validated_scores_out(tmp_path, cache, capsys):
+    """One training image a class: the kNN and logistic-regression scores need folds, and the whole
+    ranking stopped for them, though it sorts by LogME, which needs none."""
+    data = _images(tmp_path / "few", n=2)
+    code, out, err = _rank_cli(capsys, "--data", str(data), "--models", "random:cifar_resnet20,random:cifar_resnet56", "--input-size", "16", "--json")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    assert all(r["scores"]["logme"] is not None and r["scores"]["knn"] is None and r["scores"]["logreg"] is None for r in rows)
+    code, _, err = _rank_cli(capsys, "--data", str(data), "--models", "random:cifar_resnet20,random:cifar_resnet56", "--input-size", "16", "--score", "knn")
+    assert code == 2 and "--score knn is cross-validated and needs at least 2 training examples in every class" in err
 
 
 def test_rank_models_refuses_explicit_source_scores_for_headless_models(tiny, cache):
@@ -283,9 +311,12 @@ def test_a_model_of_random_weights_is_a_control_like_random_names(tiny, cache):
     assert r.rows[0].name == "small_convnet"
     assert any(n.startswith("warning: the random control(s) small_convnet did not rank last") for n in r.notes), r.notes
     # the control ranked first is a yardstick, not the recommendation (it was recommended)
-    assert r.best == cks[0] and "of the 1 candidate(s) that are not random controls" in r.reason(), r.reason()
+    assert r.best == cks[0] and "the only candidate that is not a random control, is picked" in r.reason(), r.reason()
     assert "the random control(s) small_convnet (" in r.reason() and r.reason().endswith("scored higher (see the warning)"), r.reason()
     assert r.to_dict()["best"] == cks[0]
+    # every candidate a control: said (auto trained one without a word)
+    r = rank_models(str(data), ["small_convnet", "random:cifar_resnet20"], score="logme", scores=["logme"], **args)
+    assert r.reason().startswith("every candidate is a random control (no pretrained weights)") and "nothing is transferred" in r.reason()
 
 
 def test_rank_reads_texts_as_the_fit_after_it_will(tmp_path, cache, capsys, monkeypatch):

@@ -457,6 +457,47 @@ def test_fit_takes_examples_and_labels_in_memory(tmp_path, tiny_bert, tiny_ckpt,
     e = ImageClassifier(**ikw).fit(files, np.array([int(v == "red") for v in ys]))
     said = e.predict(files)
     assert all(type(v) is int for v in said) and said == [int(v == "red") for v in c.predict(files)]
+    # ... after save() and load() too (they came back as strings), and booleans as booleans
+    e.save(tmp_path / "ints")
+    assert ImageClassifier.load(tmp_path / "ints").predict(files) == said
+    f = ImageClassifier(**ikw).fit(files, [v == "red" for v in ys], out=tmp_path / "bools")
+    assert ImageClassifier.load(tmp_path / "bools").predict(files) == f.predict(files) and type(f.predict(files)[0]) is bool
+    assert e.score(files, np.array(said)[:, None]) == 1.0  # a column of labels reads as its values, as scikit-learn's
+    for bad_y, says in (([*ys[:-1], None], rf"y: label {len(ys)} is missing \(None\)"), ([*ys[:2], float("nan"), *ys[3:]], r"y: label 3 is missing \(nan\)"),
+                        ([[v] for v in ys], r"y: label 1 is a list")):  # each became a class ('None', 'nan', "['red']")
+        with pytest.raises(UserError, match=says):
+            ImageClassifier(**ikw).fit(files, bad_y)
+    with pytest.raises(UserError, match="is the run this classifier comes from"):  # it kept the model and dropped metrics.json, report.html ...
+        ImageClassifier.load(tmp_path / "bools").save(tmp_path / "bools", overwrite=True)
+    loaded = ImageClassifier.load(tmp_path / "bools")
+    assert loaded.get_params()["lp_epochs"] == 3 and loaded.settings["input_size"] == 16  # a refit trains as the run did
+    with pytest.raises(UserError, match="evaluate takes labelled data by its path"):
+        loaded.evaluate(files)
+    with pytest.raises(UserError, match=r"unknown model 'minilm_l7'"):  # it said the temporary data.csv looked like text data
+        TextClassifier(model="minilm_l7").fit(texts, labels)
+
+
+def test_classifiers_follow_scikit_learn_clone_and_cross_validation(tiny_ckpt, tiny_folder):
+    """get_params / set_params / score: `clone` and `cross_val_score` take a classifier (they raised)."""
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_score
+
+    from transferkit import ImageClassifier
+
+    files = np.array(sorted(str(f) for f in tiny_folder.rglob("*.png")))
+    ys = np.array([Path(f).parent.name for f in files])
+    clf = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, lp_epochs=2)
+    twin = clone(clf)
+    assert twin is not clf and twin.get_params() == clf.get_params() and not hasattr(twin, "model_")
+    assert clf.set_params(lp_epochs=3).settings["lp_epochs"] == 3
+    with pytest.raises(UserError, match="unknown setting 'lp_epoch'"):
+        clf.set_params(lp_epoch=3)
+    scores = cross_val_score(clf, files, ys, cv=2)
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    from sklearn.model_selection import GridSearchCV
+
+    grid = GridSearchCV(clf, {"lp_epochs": [1, 2]}, cv=2).fit(files, ys)
+    assert grid.best_params_["lp_epochs"] in (1, 2) and grid.best_estimator_.settings["lp_epochs"] == grid.best_params_["lp_epochs"]
 
 
 def test_unlabelled_texts_are_read_as_fit_reads_the_file(tmp_path):

@@ -1,5 +1,6 @@
 """The Python API, estimator-style (scikit-learn's conventions: the constructor stores its arguments,
-`fit` does the work and returns self, learned state ends with an underscore).
+`fit` does the work and returns self, learned state ends with an underscore; get_params / set_params,
+so `sklearn.base.clone` and `cross_val_score` take it, and `score(X, y)` is the accuracy).
 
     clf = ImageClassifier(model="efficientnet_lite0", strategy="lp_ft").fit("path/to/images")
     clf = TextClassifier(model="minilm_l6", strategy="lora").fit("reviews.csv"); clf.predict(["great film"])
@@ -19,10 +20,13 @@ from PIL import Image
 from .config import FLAT, RunConfig, config_from_dict, replace
 from .data import ImageSet, as_image_array, decode_images, image_files, pixels_to_uint8
 from .errors import UserError, did_you_mean
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 
-class _Classifier:
-    """What image and text classifiers share: settings, fit, evaluate, save, load."""
+class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit-learn asks (its tags say "classifier")
+    """What image and text classifiers share: settings, fit, evaluate, save, load. scikit-learn's
+    BaseEstimator reads parameters from the constructor's signature, which **settings hides: the
+    parameters come from get_params / set_params below instead."""
 
     default_model = "efficientnet_lite0"
     kind = "classifier"
@@ -38,6 +42,25 @@ class _Classifier:
         self.model = model or self.default_model
         self.strategy = strategy
         self.settings = settings
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments (scikit-learn's `clone` builds a new classifier from them)."""
+        return {"model": self.model, "strategy": self.strategy, **self.settings}
+
+    def set_params(self, **params):
+        for k, v in params.items():
+            if k in ("model", "strategy"):
+                setattr(self, k, v)
+            elif k in FLAT:
+                self.settings[k] = v
+            else:
+                raise UserError(f"unknown setting {k!r}{did_you_mean(k, FLAT)}")
+        return self
+
+    def score(self, X, y) -> float:
+        """The accuracy of predict(X) against y (scikit-learn's classifier score)."""
+        truth = _labels(y, len(self._examples(X)))
+        return float(np.mean([p == t for p, t in zip(self.predict(X), truth)]))
 
     def __repr__(self) -> str:
         args = [f"model={self.model!r}", f"strategy={self.strategy!r}"] + [f"{k}={v!r}" for k, v in self.settings.items()]
@@ -61,13 +84,17 @@ class _Classifier:
 
         labels_given, examples = None, None
         if y is not None:
+            from .ranking import check_model_name
+
+            check_model_name(self.model, self.settings.get("arch"))  # a typo named as one, not as "data.csv looks like text data"
             data, labels_given = self._write_examples(data, y)
             examples = Path(data).parent
         elif not isinstance(data, (str, Path)):
             raise UserError(f"fit takes a path (a folder, a CSV, 'digits') or examples with their labels, fit(X, y); got {type(data).__name__} without labels")
         finished = False
         try:
-            r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet))
+            values = {str(v): v for v in labels_given} if labels_given is not None else None
+            r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet), label_values=values)
             finished = True
         finally:
             if examples is not None and (finished or out is None or not (Path(out) / "checkpoints").is_dir()):
@@ -78,6 +105,8 @@ class _Classifier:
         self.val_fingerprints_ = {f for f in r.val_fingerprints if f}
         if labels_given is not None:  # predict gives back y's own labels (ints stay ints), as scikit-learn's do
             self._label_of = {str(v): v for v in labels_given}
+        else:
+            self.__dict__.pop("_label_of", None)  # a refit on a path: the names are the labels
         return self
 
     def _examples(self, X) -> list:  # pragma: no cover - abstract
@@ -94,10 +123,7 @@ class _Classifier:
         from .rundir import atomic_write_bytes
 
         items = self._examples(X)
-        labels = list(y.tolist() if isinstance(y, (np.ndarray, torch.Tensor)) else y) if not isinstance(y, (str, bytes)) else None
-        if labels is None or len(labels) != len(items):
-            raise UserError(f"fit(X, y): y must give one label per example: {len(items)} examples, "
-                            + ("a string" if labels is None else f"{len(labels)} labels"))
+        labels = _labels(y, len(items))
         kinds = sorted({str(v) for v in labels})
         if len(kinds) < 2:  # said of y, not of the temporary CSV it would be written to
             raise UserError(f"fit(X, y): y has {len(kinds)} class ({', '.join(kinds) or 'none'}); classification needs at least two")
@@ -156,6 +182,9 @@ class _Classifier:
         from .evaluate import evaluate_model
 
         self._check_fitted()
+        if not isinstance(data, (str, Path)):  # a list of texts was a pathlib "File name too long"
+            raise UserError(f"evaluate takes labelled data by its path (a folder, a CSV/TSV), got {type(data).__name__}; "
+                            "for examples in memory, score(X, y) gives the accuracy")
         return evaluate_model(self, str(data), mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -163,8 +192,11 @@ class _Classifier:
         from .rundir import RunDir
 
         self._check_fitted()
+        if getattr(self, "run_dir_", None) is not None and Path(path).resolve() == Path(self.run_dir_).resolve():
+            # --overwrite of its own run kept the model and dropped metrics.json, report.html, the plots ...
+            raise UserError(f"{path} is the run this classifier comes from, with its metrics and report: save to another folder")
         rd = RunDir(path, overwrite=overwrite).create()
-        write_model(rd, self.model_, model_meta(self.model_, self.classes_, self.inputs_, self.config_))
+        write_model(rd, self.model_, model_meta(self.model_, self.classes_, self.inputs_, self.config_, getattr(self, "_label_of", None)))
         rd.write_yaml("config.yaml", self.config_.to_dict())
         if getattr(self, "train_fingerprints_", None) is not None:  # evaluate on the saved run leaves its training examples out too
             write_fingerprints(rd, sorted(self.train_fingerprints_), sorted(getattr(self, "val_fingerprints_", ())))
@@ -188,22 +220,61 @@ class _Classifier:
         from .fit import load_fingerprints, load_model
         from .inputs import ImageInputs, TextInputs
 
+        if Path(path).is_file():
+            raise UserError(f"{path} is a file: load takes a run directory (the folder fit(out=...), save() or `transferkit fit --out` wrote)")
         model, meta = load_model(path)
         if not meta.get("classes"):  # `adapt` of a pretrained model: a backbone, no classifier (predict crashed on argmax)
             raise UserError(f"{path} is an adapted backbone with no classes (a `transferkit adapt` run): it has nothing to predict, "
                             f"evaluate or export; fine-tune it first: transferkit fit --data LABELLED_DATA --model run:{path}")
         cfg_file = Path(path) / "config.yaml"
         cfg = config_from_dict(yaml.safe_load(cfg_file.read_text())) if cfg_file.is_file() else RunConfig()
+        settings = _settings_of(cfg)  # the run's own, so that a refit trains as it did (they were forgotten)
         if meta.get("modality") == "text":
             cfg = replace(cfg, max_length=meta.get("max_length", cfg.data.max_length))
-            out, inputs = TextClassifier(model=cfg.model.name, strategy=cfg.strategy.name), TextInputs(cfg, model.backbone)
+            out, inputs = TextClassifier(model=cfg.model.name, strategy=cfg.strategy.name, **settings), TextInputs(cfg, model.backbone)
         else:
-            out, inputs = ImageClassifier(model=cfg.model.name, strategy=cfg.strategy.name), ImageInputs(cfg, model.backbone)
+            out, inputs = ImageClassifier(model=cfg.model.name, strategy=cfg.strategy.name, **settings), ImageInputs(cfg, model.backbone)
             inputs.pre = Preprocess.from_dict(meta["preprocess"])
         out._set_fitted(model, meta["classes"], inputs, cfg)
+        if meta.get("label_values") and len(meta["label_values"]) == len(meta["classes"]):  # fit(X, y)'s labels keep their type
+            out._label_of = dict(zip(meta["classes"], meta["label_values"]))
         out.run_dir_ = Path(path)
         out.train_fingerprints_, out.val_fingerprints_ = load_fingerprints(path)
         return out
+
+
+def _labels(y, n: int) -> list:
+    """fit(X, y)'s or score(X, y)'s labels as a list of plain values: one per example, none missing;
+    a column (n, 1) is read as its values, as scikit-learn's column_or_1d does."""
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    if isinstance(y, np.ndarray) and y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    labels = list(y.tolist() if isinstance(y, np.ndarray) else y) if not isinstance(y, (str, bytes)) and hasattr(y, "__iter__") else None
+    if labels is None or len(labels) != n:
+        raise UserError(f"y must give one label per example: {n} examples, " + ("a string" if isinstance(y, (str, bytes)) else f"a {type(y).__name__}" if labels is None else f"{len(labels)} labels"))
+    labels = [v.item() if isinstance(v, np.generic) else v for v in labels]
+    for i, v in enumerate(labels):
+        if v is None or (isinstance(v, float) and v != v):  # a table's empty cell: it became a class 'nan'
+            raise UserError(f"y: label {i + 1} is missing ({v!r})")
+        if isinstance(v, (list, tuple, dict, set, np.ndarray)):
+            raise UserError(f"y: label {i + 1} is a {type(v).__name__} ({v!r}); give one label per example (a 1-D list or array)")
+    return labels
+
+
+def _settings_of(cfg: RunConfig) -> dict:
+    """A run's settings that differ from the defaults, by their flat names (the constructor's
+    keyword arguments), leaving out the data, the model and the strategy."""
+    default = RunConfig()
+    out = {}
+    for flat, dotted in FLAT.items():
+        if flat in ("data", "model", "strategy"):
+            continue
+        section, name = dotted.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if v != getattr(getattr(default, section), name):
+            out[flat] = v
+    return out
 
 
 class ImageClassifier(_Classifier):

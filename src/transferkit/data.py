@@ -294,7 +294,9 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
     if absent:
         where = f" (a relative path is read from the CSV's folder, {path.parent}/)" if any(not Path(r[pc] or "").is_absolute() for r in rows) else ""
         raise UserError(f"{path}: {len(absent)} image path(s) do not exist{where}: {'; '.join(absent[:5])}" + (" ..." if len(absent) > 5 else ""))
-    classes = sorted(set(names))
+    from .text_data import _classes
+
+    classes = _classes(names)  # 2 before 10, as a text CSV's labels (and fit(X, y)'s ints) are ordered
     index = {c: i for i, c in enumerate(classes)}
     groups = np.array([str(r[group_column]).strip() for r in rows]) if group_column else None
     out = ImageSet(sources, np.array([index[n] for n in names], dtype=int), classes, groups)

@@ -30,6 +30,8 @@ def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
     library's name for a setting (learning_rate) suggests ours (lr) first."""
     choices = list(choices)
     alias = ALIASES.get(str(value).replace("-", "_").lower())
+    if alias not in choices:  # the same name in another case (LogME, as the table spells it, for logme)
+        alias = next((c for c in choices if str(c).lower() == str(value).lower()), alias)
     close = ([alias] if alias in choices else []) + [c for c in difflib.get_close_matches(value, choices, n=n, cutoff=0.5) if c != alias]
     close = close[:n]
     return f" (did you mean: {', '.join(close)}?)" if close else ""

@@ -50,6 +50,7 @@ class FitResult:
     mistakes: object = None  # mistakes.Mistakes: the wrong validation examples, most confident first
     train_fingerprints: list = field(default_factory=list)  # data.fingerprints of the training split
     val_fingerprints: list = field(default_factory=list)  # and of the validation split (it chose the best epoch)
+    label_values: dict | None = None  # fit(X, y): each class name's label as y gave it (an int stays an int), kept in model.json
 
 
 def make_accelerator(cfg: RunConfig):
@@ -95,7 +96,7 @@ def resolve_precision(precision: str, *, cpu: bool = False) -> str:
 
 def fit(
     cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None, should_abort=None,
-    splits: DataSplits | None = None, on_epoch=None,
+    splits: DataSplits | None = None, on_epoch=None, label_values: dict | None = None,
 ) -> FitResult:
     """Fine-tune `cfg.model.name` on `cfg.data.path` as `cfg.strategy.name` says; write `out` if given.
 
@@ -105,7 +106,8 @@ def fit(
     is encoded and features computed (no training state yet) and stops the run at once
     (StopRequested(checkpointed=False)). `splits` replaces loading
     `cfg.data.path` (cross-validation folds, for example); `on_epoch(row)` sees every epoch's
-    validation scores.
+    validation scores. `label_values` (the Python API's fit(X, y)): each class name's label as y gave
+    it, kept in model.json so that a loaded model predicts y's own values.
     """
     cfg.validate()
     if resume and out is None:
@@ -434,7 +436,7 @@ def fit(
 
         merge_lora(model.backbone)  # the saved model is a plain backbone: no PEFT needed to load it
     result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba, mistakes=mistakes,
-                       train_fingerprints=prints["train"], val_fingerprints=prints["val"])
+                       train_fingerprints=prints["train"], val_fingerprints=prints["val"], label_values=label_values)
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path
@@ -626,7 +628,10 @@ def _comparison_fit(kind: str, cfg: RunConfig, model, inputs, splits, val_proba,
 TEXT_ASSETS = "text_model"  # sub-folder of a text run: the backbone's config.json and tokenizer files
 
 
-def model_meta(model: TransferModel, classes: list[str], inputs, cfg: RunConfig) -> dict:
+def model_meta(model: TransferModel, classes: list[str], inputs, cfg: RunConfig, label_values: dict | None = None) -> dict:
+    """model.json; `label_values`: fit(X, y)'s labels by class name, where JSON keeps their type
+    (ints, floats, booleans; strings need nothing)."""
+    plain = label_values and all(isinstance(v, (bool, int, float, str)) for v in label_values.values())
     return {
         "format": "transferkit-model/1",
         "transferkit_version": __version__,
@@ -635,6 +640,7 @@ def model_meta(model: TransferModel, classes: list[str], inputs, cfg: RunConfig)
         "weights_id": model.backbone.weights_id,
         "head": {"kind": cfg.model.head, "hidden": cfg.model.head_hidden, "dropout": cfg.model.head_dropout},
         "classes": classes,
+        **({"label_values": [label_values.get(c, c) for c in classes]} if plain else {}),
         **inputs.meta(),
     }
 
@@ -661,7 +667,7 @@ def write_model(rundir: RunDir, model: TransferModel, meta: dict) -> None:
 def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     from . import plots
 
-    write_model(rundir, r.model, model_meta(r.model, r.classes, r.inputs, r.config))
+    write_model(rundir, r.model, model_meta(r.model, r.classes, r.inputs, r.config, r.label_values))
     rundir.write_json("metrics.json", r.metrics)
     buf = io.StringIO()
     cols = ["epoch", "phase", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "trainable_groups", "seconds"]

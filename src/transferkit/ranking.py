@@ -57,6 +57,10 @@ class ScoreInputs:
     labels: np.ndarray  # (N,) target labels
     source_logits: np.ndarray | None = None  # (N, Z) logits of the source task's classifier, when there is one
     seed: int = 0  # cross-validation folds
+    # each example's identity, the same for every candidate (its content's fingerprint): the folds are
+    # drawn from it, so that every candidate is scored on the same folds (they were drawn from each
+    # candidate's own feature values: scaling them moved a logistic regression's score by 2 points)
+    keys: list | None = None
 
 
 @dataclass(frozen=True)
@@ -292,22 +296,28 @@ def hscore(features: np.ndarray, labels: np.ndarray) -> float:
 # --------------------------------------------------------------------- cross-validated accuracies
 
 
-def _canonical_order(f: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """A permutation that depends on each sample's content only, so that folds drawn after it are the
-    same whatever order the samples came in (identical rows with identical labels are interchangeable)."""
-    keys = [hashlib.blake2b(row.tobytes() + int(lab).to_bytes(8, "little"), digest_size=16).digest() for row, lab in zip(f, y)]
-    return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=int)
+def _canonical_order(f: np.ndarray, y: np.ndarray, keys: list | None = None) -> np.ndarray:
+    """A permutation that depends on each sample's identity only, so that folds drawn after it are the
+    same whatever order the samples came in: its `keys` (the same for every candidate), else its
+    feature values (identical rows with identical labels are interchangeable)."""
+    ids = [str(k).encode() for k in keys] if keys is not None else [row.tobytes() for row in f]
+    h = [hashlib.blake2b(k + int(lab).to_bytes(8, "little"), digest_size=16).digest() for k, lab in zip(ids, y)]
+    return np.array(sorted(range(len(h)), key=h.__getitem__), dtype=int)
 
 
-def _cv_predict(f: np.ndarray, y: np.ndarray, make: Callable[[int], object], folds: int, seed: int) -> float:
+class TooFewForFolds(UserError):
+    """A cross-validated score on data with fewer than 2 examples in some class."""
+
+
+def _cv_predict(f: np.ndarray, y: np.ndarray, make: Callable[[int], object], folds: int, seed: int, keys: list | None = None) -> float:
     """Out-of-fold accuracy with stratified folds; `make(n_train)` builds a fresh scikit-learn classifier."""
     from sklearn.model_selection import StratifiedKFold
 
-    order = _canonical_order(f, y)
+    order = _canonical_order(f, y, keys)
     f, y = f[order], y[order]
     n_splits = min(folds, int(np.bincount(y).min()))
     if n_splits < 2:
-        raise UserError("cross-validated scores need at least 2 images in every class")
+        raise TooFewForFolds("cross-validated scores need at least 2 images in every class")
     pred = np.empty_like(y)
     for train, test in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(f, y):
         clf = make(len(train))
@@ -318,7 +328,7 @@ def _cv_predict(f: np.ndarray, y: np.ndarray, make: Callable[[int], object], fol
     return float(np.mean(pred == y))
 
 
-def knn_accuracy(features: np.ndarray, labels: np.ndarray, *, k: int = 5, folds: int = 5, seed: int = 0) -> float:
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, *, k: int = 5, folds: int = 5, seed: int = 0, keys: list | None = None) -> float:
     """Out-of-fold accuracy of a k-nearest-neighbour vote on L2-normalised features (cosine neighbours):
     a score that assumes nothing linear, only that similar images have similar features."""
     from sklearn.neighbors import KNeighborsClassifier
@@ -326,10 +336,10 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, *, k: int = 5, folds:
     f, y, _ = _check_xy(features, labels)
     norm = np.linalg.norm(f, axis=1, keepdims=True)
     f = np.divide(f, norm, out=np.zeros_like(f), where=norm > 0)
-    return _cv_predict(f, y, lambda n_train: KNeighborsClassifier(n_neighbors=min(k, n_train)), folds, seed)
+    return _cv_predict(f, y, lambda n_train: KNeighborsClassifier(n_neighbors=min(k, n_train)), folds, seed, keys)
 
 
-def logreg_accuracy(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, seed: int = 0, C: float = 1.0) -> float:
+def logreg_accuracy(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, seed: int = 0, C: float = 1.0, keys: list | None = None) -> float:
     """Out-of-fold accuracy of a logistic regression on standardised features: what a linear probe
     would reach, estimated without touching the validation split."""
     from sklearn.linear_model import LogisticRegression
@@ -337,7 +347,7 @@ def logreg_accuracy(features: np.ndarray, labels: np.ndarray, *, folds: int = 5,
     from sklearn.preprocessing import StandardScaler
 
     f, y, _ = _check_xy(features, labels)
-    return _cv_predict(f, y, lambda n_train: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=500)), folds, seed)
+    return _cv_predict(f, y, lambda n_train: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=500)), folds, seed, keys)
 
 
 # ------------------------------------------------------------------------------ registered scores
@@ -370,13 +380,13 @@ def _hscore(s: ScoreInputs) -> float:
 @_register("knn", "kNN acc", "5-NN, 5-fold")
 def _knn(s: ScoreInputs) -> float:
     """cross-validated 5-NN accuracy on L2-normalised features"""
-    return knn_accuracy(s.features, s.labels, seed=s.seed)
+    return knn_accuracy(s.features, s.labels, seed=s.seed, keys=s.keys)
 
 
 @_register("logreg", "LogReg acc", "5-fold")
 def _logreg(s: ScoreInputs) -> float:
     """cross-validated logistic-regression accuracy"""
-    return logreg_accuracy(s.features, s.labels, seed=s.seed)
+    return logreg_accuracy(s.features, s.labels, seed=s.seed, keys=s.keys)
 
 
 # ----------------------------------------------------------------------------------------- ranking
@@ -422,13 +432,18 @@ class Ranking:
         first = self._first()
         above = self.rows[: self.rows.index(first)]  # random controls that scored higher
         after = self.rows[self.rows.index(first) + 1 :]
+        if first.name in self.controls:  # every candidate is one: what it trains transfers nothing
+            return (f"every candidate is a random control (no pretrained weights): {first.name} has the highest {label} "
+                    f"({first.scores[self.score]:.4f}) and is trained, but nothing is transferred; add pretrained candidates")
         if not above:
             return (f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates "
                     f"on the {self.n_train} training examples; next is {after[0].name} ({after[0].scores[self.score]:.4f})")
         models = [r for r in self.rows if r.name not in self.controls]
         return (
-            f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of the {len(models)} candidate(s) that are not random "
-            f"controls, on the {self.n_train} training examples; the random control(s) "
+            f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of the {len(models)} candidates that are not random "
+            f"controls, on the {self.n_train} training examples; the random control(s) " if len(models) > 1 else
+            f"{first.name}, the only candidate that is not a random control, is picked ({label} {first.scores[self.score]:.4f}, on the "
+            f"{self.n_train} training examples); the random control(s) "
             + ", ".join(f"{r.name} ({r.scores[self.score]:.4f})" for r in above) + " scored higher (see the warning)"
         )
 
@@ -475,7 +490,8 @@ def _check_candidates(candidates: Sequence[str], arch: str | None) -> list[str]:
     names = [c.strip() for c in candidates if c and c.strip()]
     if len(names) < 2:
         got = f" (got only {names[0]!r})" if names else ""
-        raise UserError(f"ranking needs two or more candidate models{got}; give them comma-separated, e.g. --models efficientnet_lite0,cifar_resnet20")
+        raise UserError(f"ranking needs two or more candidate models{got}; give them comma-separated, e.g. efficientnet_lite0,efficientnet_lite2 "
+                        "(rank's --models, or fit's --candidates with --model auto)")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise UserError(f"candidate(s) listed more than once: {', '.join(repeated)}")
@@ -625,6 +641,7 @@ def rank_models(
             f"scores that apply to every candidate here: {', '.join(scores_for(False))}"
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .data import fingerprints
     from .fit import resolve_precision
 
     mp = resolve_precision(precision, cpu=torch.device(device).type == "cpu")
@@ -654,8 +671,8 @@ def rank_models(
             decode_s += time.perf_counter() - t0
             if bad:
                 log(f"left out {len(bad)} unreadable image(s): {'; '.join(bad[:3])}")
-            decoded[key] = (images, kept.labels)
-        images, labels = decoded[key]
+            decoded[key] = (images, kept.labels, fingerprints(kept.sources, encoders[name].modality == "text"))
+        images, labels, keys = decoded[key]
         t0 = time.perf_counter()
         feats, hit = _features(bb, images, encoders[name].size, device=device, batch_size=batch_size, precision=mp, autocast=autocast)
         features_s = time.perf_counter() - t0
@@ -663,7 +680,7 @@ def rank_models(
         if bb.source_head is not None:
             with torch.no_grad():
                 logits = bb.source_head(feats).double().numpy()
-        inputs = ScoreInputs(feats.double().numpy(), labels, logits, seed)
+        inputs = ScoreInputs(feats.double().numpy(), labels, logits, seed, keys)
         values: dict[str, float | None] = {}
         times: dict[str, float] = {}
         for s in wanted:
@@ -671,7 +688,13 @@ def rank_models(
                 values[s] = None
                 continue
             t0 = time.perf_counter()
-            values[s] = SCORES.get(s).compute(inputs)
+            try:
+                values[s] = SCORES.get(s).compute(inputs)
+            except TooFewForFolds:  # the other scores need no folds: they are still given (the ranking stopped here)
+                if s == score:
+                    raise UserError(f"--score {s} is cross-validated and needs at least 2 training examples in every class; "
+                                    "sort by logme, or give more data") from None
+                values[s] = None
             times[s] = round(time.perf_counter() - t0, 4)
         rows.append(ModelScores(name, values, int(feats.shape[1]), logits is not None, round(features_s, 3), times, hit))
         shown = ", ".join(f"{s} {v:.4f}" for s, v in values.items() if v is not None)

@@ -54,16 +54,25 @@ class TextSet:
 
 def is_text_spec(spec: str) -> bool:
     """A folder with a train.csv/.tsv file, or a delimited file whose first line names a text column
-    and no `path` column (image CSVs are `path,label`)."""
+    and no `path` column (image CSVs are `path,label`), or one without a known header whose first
+    lines name no image files."""
     p = Path(spec)
     if p.is_dir():
         return _find(p, "train") is not None and not (p / "train").is_dir()
     if not (p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
         return False
+    from .data import IMAGE_SUFFIXES, PATH_NAMES
+
     with open(p, "rb") as f:
-        first = f.readline(65536).decode("utf-8", "replace").lower()
-    cols = {c.strip().strip('"') for c in first.replace("\t", ",").replace(";", ",").split(",")}
-    return "path" not in cols and bool(cols & set(TEXT_NAMES))
+        lines = [f.readline(65536).decode("utf-8", "replace").lower() for _ in range(20)]
+    cells = [{c.strip().strip('"') for c in ln.replace("\t", ",").replace(";", ",").split(",")} for ln in lines if ln.strip()]
+    if not cells or cells[0] & set(PATH_NAMES):
+        return False
+    if cells[0] & set(TEXT_NAMES):
+        return True
+    # no header transferkit knows (the SMS Spam Collection: label<TAB>text): texts unless its cells
+    # name image files (an image list is read only with a header, so a file without one is texts)
+    return not any(c.endswith(tuple(IMAGE_SUFFIXES)) for row in cells for c in row)
 
 
 def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "auto", text_column: str | None = None, label_column: str | None = None,
