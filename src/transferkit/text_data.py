@@ -64,7 +64,9 @@ def is_text_spec(spec: str) -> bool:
     from .data import IMAGE_SUFFIXES, PATH_NAMES
 
     with open(p, "rb") as f:
-        lines = [f.readline(65536).decode("utf-8", "replace").lower() for _ in range(20)]
+        head = f.read(65536)
+    utf16 = head.startswith((b"\xff\xfe", b"\xfe\xff"))  # as _decode reads a file: UTF-16 with its byte-order mark, else UTF-8
+    lines = head.decode("utf-16" if utf16 else "utf-8-sig", "replace").lower().splitlines()[:20]
     cells = [{c.strip().strip('"') for c in ln.replace("\t", ",").replace(";", ",").split(",")} for ln in lines if ln.strip()]
     if not cells or cells[0] & set(PATH_NAMES):
         return False
