@@ -279,6 +279,7 @@ def test_too_few_examples_for_folds_leave_the_cross_validated_scores_out(tmp_pat
     assert code == 0, err
     rows = json.loads(out)["rows"]
     assert all(r["scores"]["logme"] is not None and r["scores"]["knn"] is None and r["scores"]["logreg"] is None for r in rows)
+    assert any("knn, logreg left out: cross-validated scores need at least 2 training examples" in n for n in json.loads(out)["notes"])
     code, _, err = _rank_cli(capsys, "--data", str(data), "--models", "random:cifar_resnet20,random:cifar_resnet56", "--input-size", "16", "--score", "knn")
     assert code == 2 and "--score knn is cross-validated and needs at least 2 training examples in every class" in err
 
@@ -316,7 +317,7 @@ def test_a_model_of_random_weights_is_a_control_like_random_names(tiny, cache):
     assert r.to_dict()["best"] == cks[0]
     # every candidate a control: said (auto trained one without a word)
     r = rank_models(str(data), ["small_convnet", "random:cifar_resnet20"], score="logme", scores=["logme"], **args)
-    assert r.reason().startswith("every candidate is a random control (no pretrained weights)") and "nothing is transferred" in r.reason()
+    assert r.reason().startswith("every candidate is a random control (no pretrained weights)") and "a control transfers nothing" in r.reason()
 
 
 def test_rank_reads_texts_as_the_fit_after_it_will(tmp_path, cache, capsys, monkeypatch):

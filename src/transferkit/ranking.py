@@ -434,7 +434,7 @@ class Ranking:
         after = self.rows[self.rows.index(first) + 1 :]
         if first.name in self.controls:  # every candidate is one: what it trains transfers nothing
             return (f"every candidate is a random control (no pretrained weights): {first.name} has the highest {label} "
-                    f"({first.scores[self.score]:.4f}) and is trained, but nothing is transferred; add pretrained candidates")
+                    f"({first.scores[self.score]:.4f}), but a control transfers nothing; add pretrained candidates")
         if not above:
             return (f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates "
                     f"on the {self.n_train} training examples; next is {after[0].name} ({after[0].scores[self.score]:.4f})")
@@ -660,6 +660,7 @@ def rank_models(
     decoded: dict[tuple, tuple] = {}
     decode_s = 0.0
     rows = []
+    too_few: set[str] = set()  # cross-validated scores that the data has too few examples for
     # random controls: random:NAME, and models whose weights are an initialisation (small_convnet)
     controls = [n for n in names if n.startswith("random:") or str(backbones[n].weights_id).startswith("random")]
     for i, name in enumerate(names):
@@ -695,6 +696,7 @@ def rank_models(
                     raise UserError(f"--score {s} is cross-validated and needs at least 2 training examples in every class; "
                                     "sort by logme, or give more data") from None
                 values[s] = None
+                too_few.add(s)
             times[s] = round(time.perf_counter() - t0, 4)
         rows.append(ModelScores(name, values, int(feats.shape[1]), logits is not None, round(features_s, 3), times, hit))
         shown = ", ".join(f"{s} {v:.4f}" for s, v in values.items() if v is not None)
@@ -705,6 +707,8 @@ def rank_models(
 
     rows.sort(key=lambda r: -r.scores[score])  # stable: ties keep the order the candidates were given in
     notes = []
+    if too_few:
+        notes.append(f"note: {', '.join(sorted(too_few))} left out: cross-validated scores need at least 2 training examples in every class")
     if controls and rows[-1].name not in controls:
         notes.append(
             f"warning: the random control(s) {', '.join(controls)} did not rank last by {SCORES.get(score).label}: "
