@@ -216,6 +216,7 @@ def test_test_fraction_holds_out_a_seeded_stratified_test_split(tmp_path, tiny_c
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["n_train"] == 14 and m["n_val"] == 4 and sum(m["test"]["per_class"][c]["support"] for c in ("blue", "red")) == 6
     assert "--test-fraction 0.25: 6 examples held out" in " ".join(m["data_notes"]) and "test split" in out
+    assert "14 training / 4 validation / 6 test examples" in (tmp_path / "run" / "report.html").read_text()  # the header gave no test count
     # the verdict is the test split's (against the baseline refitted for it, images too); validation's stays beside it
     assert "on the test split" in m["verdict"] and "on the validation split" in m["validation_verdict"] and "baseline" in m["test"]
     assert m["transfer_vs_baseline"]["diff"] == pytest.approx(m["test"]["accuracy"] - m["test"]["baseline"]["accuracy"])

@@ -15,12 +15,14 @@ from transferkit.cli import main
 from transferkit.mistakes import gradcam, top_mistakes
 
 
-def test_top_mistakes_are_the_wrong_ones_by_loss():
-    y = np.array([0, 1, 1, 0, 2])
-    p = np.array([[0.6, 0.3, 0.1], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.5, 0.3], [0.05, 0.9, 0.05]])
-    rows = top_mistakes(y, p, ["a", "b", "c"], sources=["f0", "f1", "f2", "f3", "f4"])
-    # wrong: 1 (p_true 0.2), 3 (0.2), 4 (0.05): by loss, 4 first, then 1 and 3 in their order
-    assert [r["index"] for r in rows] == [4, 1, 3]
+def test_top_mistakes_are_the_wrong_ones_most_confident_first():
+    y = np.array([0, 1, 1, 0, 2, 2, 2])
+    p = np.array([[0.6, 0.3, 0.1], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.5, 0.3], [0.05, 0.9, 0.05], [0.5, 0.5, 0.0], [0.4, 0.6, 0.0]])
+    rows = top_mistakes(y, p, ["a", "b", "c"], sources=[f"f{i}" for i in range(7)])
+    # wrong: 1 (said 0.7), 3 (0.5, p_true 0.2), 4 (0.9), 5 (0.5, p_true 0), 6 (0.6): the class said the most
+    # probable first (by loss alone, 6 at 0.6 came before 1 at 0.7 and was printed as "the most confident");
+    # ties by loss (5 before 3)
+    assert [r["index"] for r in rows] == [4, 1, 6, 5, 3]
     assert rows[0] == {"index": 4, "source": "f4", "true": "c", "predicted": "b", "p_predicted": 0.9, "p_true": 0.05}
     assert top_mistakes(y[[0, 2]], p[[0, 2]], ["a", "b", "c"]) == []
 

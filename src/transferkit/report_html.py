@@ -174,7 +174,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <title>{e(title)}</title><style>{CSS}</style></head><body>
 <h1>{e(title)}</h1>
 <div class="sub">{e(str(config.get('model', {}).get('name')))} &middot; strategy {e(str(config.get('strategy', {}).get('name')))} &middot;
-{m['n_train']} training / {m['n_val']} validation examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
+{m['n_train']} training / {m['n_val']} validation{f" / {m['n_test']} test" if m.get('n_test') else ""} examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
 <div class="verdict {kind}">{e(verdict)}</div>{f"<p><b>But:</b> {e(m['verdict_caveat'])}.</p>" if m.get('verdict_caveat') else ""}
 {"".join(_verdict_div(m.get(f'verdict_{k}')) + (f"<p><b>But:</b> {e(m[f'verdict_{k}_caveat'])}.</p>" if m.get(f'verdict_{k}_caveat') else "") for k in ('scratch', 'base'))}{"".join(f"<p><b>Warning:</b> {e(n)}.</p>" for n in m.get('one_class_notes', []))}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
 <h2>Results (validation split{"; the rows that say so: the held-out test split" if "test" in m else ""})</h2>
