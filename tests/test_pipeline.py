@@ -204,6 +204,14 @@ def test_adabn_changes_only_batchnorm_statistics(tmp_path, tiny_ckpt):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
     assert any(k.endswith("running_mean") for k in changed)
+    # batches of nearly equal size: 8 images in batches of at most 7 are 4 + 4, as batches of 4 (a last
+    # batch of 1 weighed as much as the 7 before it in the cumulative average)
+    stats = {}
+    for size in (7, 4):
+        b = create_backbone(f"file:{tiny_ckpt}", arch="cifar_resnet20")
+        adabn(b, x, lambda u: normalize(center_crop(u, 16), (0.5,) * 3, (0.5,) * 3), batch_size=size)
+        stats[size] = {k: v for k, v in b.state_dict().items() if k.endswith("running_var")}
+    assert all(torch.equal(stats[7][k], stats[4][k]) for k in stats[4])
 
 
 def test_adabn_of_a_run_keeps_its_head_and_classes(tmp_path, tiny_ckpt, capsys):
@@ -225,6 +233,10 @@ def test_adabn_of_a_run_keeps_its_head_and_classes(tmp_path, tiny_ckpt, capsys):
     assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("running_mean"))  # the statistics moved
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "bn"), str(tgt / "red")]) == 0 and len(capsys.readouterr().out.splitlines()) == 5
+    # the kept head's training examples stay known: evaluate leaves them out (it scored them, "a run from an older transferkit")
+    from transferkit.fit import load_fingerprints
+
+    assert load_fingerprints(tmp_path / "bn") == load_fingerprints(tmp_path / "source") and load_fingerprints(tmp_path / "bn")[0]
 
 
 def test_adapt_reads_what_fit_reads_and_names_the_wrong_kind(tmp_path, tiny_bert, capsys):
@@ -515,3 +527,11 @@ def test_a_stop_reaches_an_adapt_stage_and_the_adapt_command(tmp_path, tiny_bert
     err = capsys.readouterr().err
     assert rc == 143 and "stopped by SIGTERM; adapt keeps no checkpoint" in err and not (tmp_path / "a" / "manifest.json").exists()
     assert "without a checkpoint: adapt starts again" in err and "after a checkpoint" not in err  # it promised one
+
+
+def test_adapt_caps_max_length_at_the_model_s_positions(tmp_path, tiny_bert):
+    """--max-length above the model's position embeddings: fit caps it, adapt's masked-LM training
+    passed it on (a RuntimeError: "the expanded size of the tensor ... must match")."""
+    texts = tmp_path / "long.txt"
+    texts.write_text("".join(" ".join(f"word{i} film plot" for i in range(200)) + "\n" for _ in range(8)))
+    assert main(["adapt", "--data", str(texts), "--model", f"dir:{tiny_bert}", "--max-length", "5000", "--out", str(tmp_path / "a"), "--quiet"]) == 0

@@ -46,7 +46,10 @@ def _image_sources(spec: str, model: str) -> list:
 
 def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size: int = 64, device="cpu", should_stop=None) -> int:
     """Re-estimate every BatchNorm layer's running statistics on `images_u8` (in fp32, on `device`);
-    returns how many layers. `should_stop()` is called before every batch (it may raise)."""
+    returns how many layers. The images go in batches of nearly equal size (at most `batch_size`),
+    as the cumulative average weighs every batch alike: 64 + 1 images gave the one image the weight
+    of the 64 (one image more cost 8 points on hymenoptera). `should_stop()` is called before every
+    batch (it may raise)."""
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
@@ -59,10 +62,10 @@ def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size
         m.train()
     backbone.to(device)
     with torch.no_grad():
-        for i in range(0, len(images_u8), batch_size):
+        for idx in torch.arange(len(images_u8)).tensor_split(max(1, -(-len(images_u8) // batch_size))):
             if should_stop is not None:
                 should_stop()
-            backbone(transform(images_u8[i : i + batch_size].to(device, non_blocking=True)))
+            backbone(transform(images_u8[idx].to(device, non_blocking=True)))
     for m, mom in zip(bns, saved):
         m.momentum = mom
         m.eval()
@@ -268,7 +271,7 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
 
 
 def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int = 1, head_steps: int | None = None, console=None,
-          overwrite: bool = False, should_stop=None) -> dict:
+          overwrite: bool = False, should_stop=None, adabn_batch_size: int = 64) -> dict:
     """Adapt `cfg.model.name` to the unlabelled data at `cfg.data.path`; write a run directory at `out`.
     `should_stop()` turning true (Ctrl-C, SIGTERM) stops it at the next step with StopRequested, `out`
     unwritten (an --intermediate fit stops as `fit` does, after a checkpoint, and starts again)."""
@@ -324,7 +327,7 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         con.print(f"adapt: masked-language-model pretraining of {cfg.model.name} on {len(texts)} texts from {cfg.data.path}, {epochs} epoch{'s' if epochs != 1 else ''}"
                   + (f", {len(heldout)} more held out to score it" if heldout else ""))
         info.update(method="mlm", **mlm(backbone, texts, heldout=heldout, epochs=epochs, lr=cfg.optim.lr or 5e-5, batch_size=cfg.train.batch_size,
-                                        max_length=cfg.data.max_length, seed=cfg.train.seed, head_steps=head_steps, console=con,
+                                        max_length=inputs_for(cfg, backbone).max_length, seed=cfg.train.seed, head_steps=head_steps, console=con,
                                         accelerator=accelerator, accumulate=cfg.train.accumulate, grad_checkpointing=cfg.train.grad_checkpointing,
                                         group_by_length=cfg.train.group_by_length, should_stop=should_stop))
         if "head_first_loss" in info:
@@ -357,7 +360,7 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         files = _image_sources(cfg.data.path, cfg.model.name)
         inputs = inputs_for(cfg, backbone)
         x, kept, bad = inputs.encode(ImageSet(files, np.zeros(len(files), int), ["unlabelled"]), progress=stopped)
-        n = adabn(backbone, x, inputs.eval_transform(), device=accelerator.device, should_stop=stopped) if has_bn else 0
+        n = adabn(backbone, x, inputs.eval_transform(), batch_size=max(2, adabn_batch_size), device=accelerator.device, should_stop=stopped) if has_bn else 0
         con.print(f"adapt: AdaBN re-estimated {n} BatchNorm layers on {len(kept)} target images from {cfg.data.path}"
                   + (f" (left out {len(bad)} unreadable: {'; '.join(bad[:3])})" if bad else ""))
         info.update(method="adabn" + ("+intermediate" if intermediate else ""), batchnorm_layers=n, images=len(kept), skipped=bad[:10])
@@ -390,6 +393,12 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
     rundir.write_yaml("config.yaml", cfg.to_dict())
     write_model(rundir, model, meta)
     rundir.write_json("adapt.json", info)
+    if classes:  # the kept head's run: its training examples stay known to `evaluate` (it said the run was from an older transferkit)
+        from .fit import load_fingerprints, write_fingerprints
+
+        seen, chose = load_fingerprints(cfg.model.name[len("run:"):])
+        if seen is not None:
+            write_fingerprints(rundir, sorted(seen), sorted(chose))
     rundir.finalize()
     con.print(f"wrote {rundir.path}: fine-tune it with `transferkit fit --data TARGET --model run:{rundir.path}`")
     return json.loads(json.dumps(info))

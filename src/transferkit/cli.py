@@ -527,7 +527,7 @@ def cmd_adapt(args) -> int:
     from . import report
     from .adapt import adapt
 
-    cfg = replace(RunConfig(), data=args.data, model=args.model, arch=args.arch, lr=args.lr, batch_size=args.batch_size,
+    cfg = replace(RunConfig(), data=args.data, model=args.model, arch=args.arch, lr=args.lr, batch_size=args.batch_size or 32,
                   max_length=args.max_length, text_column=args.text_column, input_size=args.input_size, seed=args.seed,
                   cpu=args.cpu, precision=args.precision, accumulate=args.accumulate, grad_checkpointing=args.grad_checkpointing,
                   group_by_length=args.group_by_length, skip_bad_images=args.skip_bad_images or None, encoding=args.encoding)
@@ -538,7 +538,7 @@ def cmd_adapt(args) -> int:
     try:
         with signals:
             adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, head_steps=args.head_steps, console=report.console(quiet=args.quiet),
-                  overwrite=args.overwrite, should_stop=signals)
+                  overwrite=args.overwrite, should_stop=signals, adabn_batch_size=args.batch_size or 64)
     except StopRequested:
         print(f"transferkit: stopped by {signals.name}; adapt keeps no checkpoint, and nothing was written to {args.out}: run the same command again",
               file=sys.stderr)
@@ -811,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="text: masked-LM learning rate (default 5e-5)")
     p.add_argument("--head-steps", type=int, help="text: steps that train a new (random) masked-LM head alone, the encoder frozen, "
                    "before the masked-LM epochs (default: a quarter of their steps when the head is new, else 0)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, help="text: masked-LM batch (default 32); images: AdaBN's batches of statistics (default 64)")
     p.add_argument("--accumulate", type=int, default=1, help="text: forward each batch in this many micro-batches, adding up gradients: same steps, less memory")
     p.add_argument("--grad-checkpointing", action="store_true", help="text: recompute activations in the backward pass: less memory, more compute")
     p.add_argument("--group-by-length", action="store_true", help="text: batches of texts of similar length, which pad less (faster)")
