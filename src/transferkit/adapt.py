@@ -48,7 +48,7 @@ def adabn(backbone: nn.Module, images_u8: torch.Tensor, transform, *, batch_size
     """Re-estimate every BatchNorm layer's running statistics on `images_u8` (in fp32, on `device`);
     returns how many layers. The images go in batches of nearly equal size (at most `batch_size`),
     as the cumulative average weighs every batch alike: 64 + 1 images gave the one image the weight
-    of the 64 (one image more cost 8 points on hymenoptera). `should_stop()` is called before every
+    of the 64 (QA: one image more cost 8 points on a hymenoptera subset). `should_stop()` is called before every
     batch (it may raise)."""
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
