@@ -535,3 +535,11 @@ def test_adapt_caps_max_length_at_the_model_s_positions(tmp_path, tiny_bert):
     texts = tmp_path / "long.txt"
     texts.write_text("".join(" ".join(f"word{i} film plot" for i in range(200)) + "\n" for _ in range(8)))
     assert main(["adapt", "--data", str(texts), "--model", f"dir:{tiny_bert}", "--max-length", "5000", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+
+
+def test_adapt_on_images_notes_the_text_flags_it_does_not_read(tmp_path, tiny_ckpt, capsys):
+    data = make_folder(tmp_path / "d", n=3)
+    assert main(["adapt", "--data", str(data), "--model", f"file:{tiny_ckpt}", "--arch", "cifar_resnet20", "--input-size", "16",
+                 "--lr", "0.1", "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "note: --lr, --epochs are for masked-LM training of text models; AdaBN on images does not read them" in said

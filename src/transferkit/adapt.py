@@ -302,6 +302,12 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
     if kind != "text" and (cfg.train.accumulate > 1 or cfg.train.grad_checkpointing or cfg.train.group_by_length):
         raise UserError("--accumulate, --grad-checkpointing and --group-by-length are for masked-LM training of text models; AdaBN on images "
                         "computes no gradients and has no texts to group")
+    if kind != "text":  # read by masked-LM training only (--lr also by an --intermediate fit): said, not ignored in silence
+        unread = [f for f, on in (("--lr", cfg.optim.lr is not None and not intermediate), ("--epochs", epochs != 1),
+                                  ("--text-column", cfg.data.text_column is not None)) if on]
+        if unread:
+            con.print(f"[yellow]note[/]: {', '.join(unread)} {'is' if len(unread) == 1 else 'are'} for masked-LM training of text models; "
+                      "AdaBN on images does not read them")
     rundir = RunDir(out, overwrite=overwrite)
     from .fit import make_accelerator
 
