@@ -147,6 +147,10 @@ def fit(
     if splits is None and cfg.data.path and not is_builtin(cfg.data.path) and Path(cfg.data.path).exists():
         # kept absolute in config.yaml: `fit --resume` from another folder found no csvdata/clean.csv
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=os.path.abspath(cfg.data.path)))
+    # the content hashes of the examples (copy notes, train_fingerprints.json): for a run of its own data
+    # or with a run directory, not for a search's folds or a --baseline comparison fit, which are
+    # given splits already hashed and keep nothing (every fold of every trial hashed every image)
+    hash_examples = main and (splits is None or out is not None)
     if splits is None:
         splits = load_splits(cfg)
     else:
@@ -203,8 +207,8 @@ def fit(
     from .data import copy_notes, fingerprints
 
     text = inputs.modality == "text"  # fingerprints: the main process's alone (it writes the run; the others return a bare result)
-    prints = {k: fingerprints(getattr(splits, k).sources, text) if main and getattr(splits, k) is not None else [] for k in ("train", "val", "test")}
-    if main:  # copies across the splits (a CSV listing an image twice, SMS spam's repeated messages): said, not silently scored
+    prints = {k: fingerprints(getattr(splits, k).sources, text) if hash_examples and getattr(splits, k) is not None else [] for k in ("train", "val", "test")}
+    if hash_examples:  # copies across the splits (a CSV listing an image twice, SMS spam's repeated messages): said, not silently scored
         sources = [*splits.train.sources, *splits.val.sources, *(splits.test.sources if splits.test is not None else [])]
         for note in copy_notes(prints["train"], prints["val"], splits.train.labels, splits.val.labels, splits.classes, sources, inputs.unit,
                                prints["test"] or None, splits.test.labels if splits.test is not None else None):
