@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import FLAT, RunConfig, config_from_dict, replace
+from .config import FLAT, RunConfig, changed_settings, config_from_dict, replace
 from .data import ImageSet, as_image_array, decode_images, image_files, pixels_to_uint8
 from .errors import UserError, did_you_mean
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -228,7 +228,9 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
                             f"evaluate or export; fine-tune it first: transferkit fit --data LABELLED_DATA --model run:{path}")
         cfg_file = Path(path) / "config.yaml"
         cfg = config_from_dict(yaml.safe_load(cfg_file.read_text())) if cfg_file.is_file() else RunConfig()
-        settings = _settings_of(cfg)  # the run's own, so that a refit trains as it did (they were forgotten)
+        # the run's own settings, but for the data, the model and the strategy (the constructor's own
+        # arguments), so that a refit trains as it did (they were forgotten)
+        settings = changed_settings(cfg, [k for k in FLAT if k not in ("data", "model", "strategy")])
         if meta.get("modality") == "text":
             cfg = replace(cfg, max_length=meta.get("max_length", cfg.data.max_length))
             out, inputs = TextClassifier(model=cfg.model.name, strategy=cfg.strategy.name, **settings), TextInputs(cfg, model.backbone)
@@ -260,21 +262,6 @@ def _labels(y, n: int) -> list:
         if isinstance(v, (list, tuple, dict, set, np.ndarray)):
             raise UserError(f"y: label {i + 1} is a {type(v).__name__} ({v!r}); give one label per example (a 1-D list or array)")
     return labels
-
-
-def _settings_of(cfg: RunConfig) -> dict:
-    """A run's settings that differ from the defaults, by their flat names (the constructor's
-    keyword arguments), leaving out the data, the model and the strategy."""
-    default = RunConfig()
-    out = {}
-    for flat, dotted in FLAT.items():
-        if flat in ("data", "model", "strategy"):
-            continue
-        section, name = dotted.split(".")
-        v = getattr(getattr(cfg, section), name)
-        if v != getattr(getattr(default, section), name):
-            out[flat] = v
-    return out
 
 
 class ImageClassifier(_Classifier):

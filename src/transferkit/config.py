@@ -386,6 +386,18 @@ def load_config_file(path: str | Path) -> RunConfig:
     return config_from_dict(read_yaml(path), where=str(path))
 
 
+def changed_settings(cfg: RunConfig, names=None) -> dict:
+    """The settings of `cfg` (of `names`, else every flat name) whose values differ from the
+    defaults, by their flat names: what `replace(RunConfig(), **them)` needs to rebuild them."""
+    default = RunConfig()
+
+    def value(c: RunConfig, flat: str):
+        section, name = FLAT[flat].split(".")
+        return getattr(getattr(c, section), name)
+
+    return {k: value(cfg, k) for k in (names if names is not None else FLAT) if value(cfg, k) != value(default, k)}
+
+
 def replace(cfg: RunConfig, **flat: Any) -> RunConfig:
     """A copy of `cfg` with flat-name overrides applied (None values are ignored)."""
     out = config_from_dict(cfg.to_dict())

@@ -25,8 +25,6 @@ cross-validated ones put the samples in a content-defined order before drawing f
 
 from __future__ import annotations
 
-import functools
-
 import hashlib
 import math
 import time
@@ -767,13 +765,9 @@ def resolve_auto_model(cfg, console, *, show_table: bool = True):
 
 def _text_settings(cfg) -> dict:
     """The run's text settings that differ from the defaults (the defaults are rank's own), for rank_models."""
-    from .config import FLAT, RunConfig
+    from .config import changed_settings
 
-    def of(c) -> dict:
-        return {k: functools.reduce(getattr, FLAT[k].split("."), c) for k in TEXT_SETTINGS}
-
-    now, default = of(cfg), of(RunConfig())
-    return {k: v for k, v in now.items() if v != default[k]}
+    return changed_settings(cfg, TEXT_SETTINGS)
 
 
 def pick_model(data: str, candidates: Sequence[str], score: str = "logme", **kw) -> tuple[str, Ranking]:

@@ -286,7 +286,6 @@ def _names_texts(first: list[str], body: list[list[str]]) -> bool:
     column has several words, and a column of few values (labels, sources) does not hold its first
     cell (`ham` over ham and spam is a label, not a name; a column of ids, each value once, tells
     nothing: `0<TAB>Okay` over `1<TAB>a sentence` is a first text)."""
-
     width = len(first)
     rows = [r for r in body[:2000] if len(r) == width]
     sample = rows[:200]
