@@ -543,3 +543,9 @@ def test_adapt_on_images_notes_the_text_flags_it_does_not_read(tmp_path, tiny_ck
                  "--lr", "0.1", "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "note: --lr, --epochs are for masked-LM training of text models; AdaBN on images does not read them" in said
+
+
+def test_adapt_refuses_a_batch_size_of_zero(tmp_path, capsys):
+    """--batch-size lost its default of 32 (AdaBN's is 64): a 0 given must still be refused, not taken for 'not given'."""
+    assert main(["adapt", "--data", "digits", "--model", "small_convnet", "--batch-size", "0", "--out", str(tmp_path / "a")]) == 2
+    assert "batch_size must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "a").exists()

@@ -527,7 +527,7 @@ def cmd_adapt(args) -> int:
     from . import report
     from .adapt import adapt
 
-    cfg = replace(RunConfig(), data=args.data, model=args.model, arch=args.arch, lr=args.lr, batch_size=args.batch_size or 32,
+    cfg = replace(RunConfig(), data=args.data, model=args.model, arch=args.arch, lr=args.lr, batch_size=32 if args.batch_size is None else args.batch_size,
                   max_length=args.max_length, text_column=args.text_column, input_size=args.input_size, seed=args.seed,
                   cpu=args.cpu, precision=args.precision, accumulate=args.accumulate, grad_checkpointing=args.grad_checkpointing,
                   group_by_length=args.group_by_length, skip_bad_images=args.skip_bad_images or None, encoding=args.encoding)
@@ -538,7 +538,7 @@ def cmd_adapt(args) -> int:
     try:
         with signals:
             adapt(cfg, args.out, intermediate=args.intermediate, epochs=args.epochs, head_steps=args.head_steps, console=report.console(quiet=args.quiet),
-                  overwrite=args.overwrite, should_stop=signals, adabn_batch_size=args.batch_size or 64)
+                  overwrite=args.overwrite, should_stop=signals, adabn_batch_size=64 if args.batch_size is None else args.batch_size)
     except StopRequested:
         print(f"transferkit: stopped by {signals.name}; adapt keeps no checkpoint, and nothing was written to {args.out}: run the same command again",
               file=sys.stderr)
