@@ -549,3 +549,12 @@ def test_adapt_refuses_a_batch_size_of_zero(tmp_path, capsys):
     """--batch-size lost its default of 32 (AdaBN's is 64): a 0 given must still be refused, not taken for 'not given'."""
     assert main(["adapt", "--data", "digits", "--model", "small_convnet", "--batch-size", "0", "--out", str(tmp_path / "a")]) == 2
     assert "batch_size must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_adapt_says_when_it_raises_a_batch_size_of_one(tmp_path, tiny_ckpt, capsys):
+    """BatchNorm needs two images per batch: AdaBN raised --batch-size 1 to 2 without a word."""
+    data = make_folder(tmp_path / "d", n=3)
+    assert main(["adapt", "--data", str(data), "--model", f"file:{tiny_ckpt}", "--arch", "cifar_resnet20", "--input-size", "16",
+                 "--batch-size", "1", "--out", str(tmp_path / "a")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "note: AdaBN needs at least 2 images per batch: --batch-size 1 is raised to 2" in said

@@ -366,6 +366,8 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         files = _image_sources(cfg.data.path, cfg.model.name)
         inputs = inputs_for(cfg, backbone)
         x, kept, bad = inputs.encode(ImageSet(files, np.zeros(len(files), int), ["unlabelled"]), progress=stopped)
+        if has_bn and adabn_batch_size < 2:  # BatchNorm's batch statistics need two images; it was raised in silence
+            con.print(f"[yellow]note[/]: AdaBN needs at least 2 images per batch: --batch-size {adabn_batch_size} is raised to 2")
         n = adabn(backbone, x, inputs.eval_transform(), batch_size=max(2, adabn_batch_size), device=accelerator.device, should_stop=stopped) if has_bn else 0
         con.print(f"adapt: AdaBN re-estimated {n} BatchNorm layers on {len(kept)} target images from {cfg.data.path}"
                   + (f" (left out {len(bad)} unreadable: {'; '.join(bad[:3])})" if bad else ""))
