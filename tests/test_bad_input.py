@@ -328,6 +328,32 @@ def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys
     assert "--grad-checkpointing is not used by --strategy linear_probe" in capsys.readouterr().err
 
 
+def test_settings_from_a_config_file_or_keyword_arguments_that_the_strategy_ignores_are_said(capsys, tmp_path):
+    """Only flags were noted: `layer_decay: 0.8` and `k: 3` in a --config file with strategy lora, or
+    TextClassifier(strategy='lora', k=3), were accepted and ignored in silence. A run's own
+    config.yaml (every setting at its value) notes only those it changed."""
+    from transferkit import ImageClassifier
+    from transferkit.cli import _note_unused, build_parser, resolve_config
+    from transferkit.config import RunConfig
+
+    (tmp_path / "c.yaml").write_text("strategy: lora\nlayer_decay: 0.8\nk: 3\n")
+    args = build_parser().parse_args(["fit", "--config", str(tmp_path / "c.yaml"), "--data", "digits", "--out", "x", "--lora-r", "4"])
+    assert _note_unused(resolve_config(args), args) == {"layer_decay", "k"}
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"layer_decay (in {tmp_path / 'c.yaml'}) is not used by --strategy lora (only by full, partial, gradual, lp_ft)" in err
+    assert f"k (in {tmp_path / 'c.yaml'}) is not used by --strategy lora (only by partial)" in err and "lora-r" not in err
+    (tmp_path / "run.yaml").write_text(__import__("yaml").safe_dump(RunConfig().to_dict() | {"strategy": {**RunConfig().strategy.__dict__, "name": "lora"}}))
+    args = build_parser().parse_args(["fit", "--config", str(tmp_path / "run.yaml"), "--data", "digits", "--out", "x"])
+    assert _note_unused(resolve_config(args), args) == set()  # k: 2, layer_decay: null ... are the defaults, given by no one
+    clf = ImageClassifier(model="small_convnet", strategy="linear_probe", k=3, epochs=2, lp_epochs=1, momentum=0.5)
+    with pytest.warns(UserWarning) as said:
+        clf.fit("digits:3,8", out=None)
+    said = sorted(str(w.message) for w in said)
+    assert said == ["epochs=2 is not used by strategy 'linear_probe' (only by full, partial, gradual, lp_ft, lora)",
+                    "k=3 is not used by strategy 'linear_probe' (only by partial)",
+                    "momentum=0.5 is not used by optimizer 'adamw' (only by sgd)"], said
+
+
 def test_an_unknown_encoding_is_refused_before_any_file_is_read(tmp_path, capsys):
     """--encoding was checked only when a file needed decoding: on image folders it was accepted and
     ignored, whatever it said."""

@@ -91,6 +91,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             examples = Path(data).parent
         elif not isinstance(data, (str, Path)):
             raise UserError(f"fit takes a path (a folder, a CSV, 'digits') or examples with their labels, fit(X, y); got {type(data).__name__} without labels")
+        self._warn_ignored()
         finished = False
         try:
             values = {str(v): v for v in labels_given} if labels_given is not None else None
@@ -108,6 +109,17 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         else:
             self.__dict__.pop("_label_of", None)  # a refit on a path: the names are the labels
         return self
+
+    def _warn_ignored(self) -> None:
+        """A keyword argument the run would not read (`k=3` with strategy 'lora') is warned about,
+        as the command line notes the flag, not silently dropped."""
+        import warnings
+
+        from .strategies import ignored_settings
+
+        given = {k for k, v in self.settings.items() if v is not None}
+        for n, (kind, own, users) in ignored_settings(self.get_config(), given).items():
+            warnings.warn(f"{n}={self.settings[n]!r} is not used by {kind} {own!r} (only by {users})", UserWarning, stacklevel=3)
 
     def _examples(self, X) -> list:  # pragma: no cover - abstract
         raise NotImplementedError

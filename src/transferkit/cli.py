@@ -477,44 +477,30 @@ def _proba(clf, x):
 
 
 def _note_unused(cfg, args) -> set[str]:
-    """A flag the chosen strategy does not read (`--k 3 --strategy full`) is said, not silently ignored.
-    Returns the names said."""
-    from .strategies import USED_ONLY_BY, unused_settings
+    """A setting the run does not read (`--k 3 --strategy full`, or `k: 3` in the --config file) is
+    said, not silently ignored. Returns the names said."""
+    from .strategies import ignored_settings
 
-    given = _given_settings(args)
-    names = unused_settings(cfg.strategy.name, given)
-    if "scratch" in cfg.train.baselines:  # the from-scratch baseline trains with strategy full and reads those
-        names = unused_settings("full", names)
-    for n in names:
-        print(f"transferkit: note: {_flag_of(n)} is not used by --strategy {cfg.strategy.name} (only by {', '.join(USED_ONLY_BY[n])})", file=sys.stderr)
-    said = set(names)
+    from .config import changed_settings
+
+    flags = _given_settings(args)
+    # the --config file's settings that differ from the defaults (a run's own config.yaml lists them all)
+    given = flags | (set(changed_settings(load_config_file(args.config))) if args.config else set())
+    said = ignored_settings(cfg, given)
+    for n, (kind, own, users) in said.items():
+        what = _flag_of(n) if n in flags else f"{n} (in {args.config})"
+        if kind == "model":
+            print(f"transferkit: note: {what} is not used: it chooses among models for --model auto, and --model is {own}", file=sys.stderr)
+        else:
+            print(f"transferkit: note: {what} is not used by --{kind} {own} (only by {users})", file=sys.stderr)
     if "l2sp_alpha" in given and "l2sp_alpha" not in said and (cfg.model.name == "small_convnet" or cfg.model.name.startswith("random:")):
         print(f"transferkit: note: --l2sp-alpha pulls the backbone toward its pretrained weights, and {cfg.model.name} has none: "
               "it pulls toward its random initialisation", file=sys.stderr)
-    for n in ("candidates", "rank_score"):
-        if n in given and cfg.model.name != "auto":
-            print(f"transferkit: note: {_flag_of(n)} is not used: it chooses among models for --model auto, and --model is {cfg.model.name}", file=sys.stderr)
-            said.add(n)
-    for n, (kind, users) in _SETTING_OF.items():  # a schedule's or an optimizer's own settings
-        own = cfg.schedule.name if kind == "schedule" else cfg.optim.name
-        if n in given and n not in said and own not in users:
-            print(f"transferkit: note: {_flag_of(n)} is not used by --{kind} {own} (only by {', '.join(users)})", file=sys.stderr)
-            said.add(n)
-    return said
+    return set(said)
 
 
 def _flag_of(name: str) -> str:
     return next((f for f, n, _, _ in FIT_FLAGS + BOOL_FLAGS if n == name), "--" + name.replace("_", "-"))
-
-
-# settings read by some schedules or optimizers only: name -> (the flag that chooses, the choices that read it)
-_SETTING_OF = {
-    "min_lr_ratio": ("schedule", ("cosine", "linear")), "step_size": ("schedule", ("step",)),
-    "gamma": ("schedule", ("step", "multistep")), "milestones": ("schedule", ("multistep",)),
-    "decay_rate": ("schedule", ("exponential",)), "decay_steps": ("schedule", ("exponential",)),
-    "staircase": ("schedule", ("exponential",)), "pct_start": ("schedule", ("onecycle",)),
-    "momentum": ("optimizer", ("sgd",)), "nesterov": ("optimizer", ("sgd",)),
-}
 
 
 def _given_settings(args) -> set[str]:

@@ -43,6 +43,36 @@ def unused_settings(strategy: str, names) -> list[str]:
     return sorted(n for n in names if strategy not in USED_ONLY_BY.get(n, (strategy,)))
 
 
+# settings read by some schedules or optimizers only: name -> (the setting that chooses, the choices that read it)
+SETTING_OF = {
+    "min_lr_ratio": ("schedule", ("cosine", "linear")), "step_size": ("schedule", ("step",)),
+    "gamma": ("schedule", ("step", "multistep")), "milestones": ("schedule", ("multistep",)),
+    "decay_rate": ("schedule", ("exponential",)), "decay_steps": ("schedule", ("exponential",)),
+    "staircase": ("schedule", ("exponential",)), "pct_start": ("schedule", ("onecycle",)),
+    "momentum": ("optimizer", ("sgd",)), "nesterov": ("optimizer", ("sgd",)),
+}
+
+
+def ignored_settings(cfg: RunConfig, given) -> dict[str, tuple[str, str, str]]:
+    """Of the settings given (flat names, from flags, a config file or keyword arguments), those this
+    run would ignore: name -> (what chooses, its value, who reads the setting). The command line says
+    them as notes and the Python API as warnings, so that none is silently dropped."""
+    out = {}
+    names = unused_settings(cfg.strategy.name, given)
+    if "scratch" in cfg.train.baselines:  # the from-scratch baseline trains with strategy full and reads those
+        names = unused_settings("full", names)
+    for n in names:
+        out[n] = ("strategy", cfg.strategy.name, ", ".join(USED_ONLY_BY[n]))
+    for n in ("candidates", "rank_score"):
+        if n in given and cfg.model.name != "auto":
+            out[n] = ("model", cfg.model.name, "model auto, to choose among models")
+    for n, (kind, users) in SETTING_OF.items():
+        own = cfg.schedule.name if kind == "schedule" else cfg.optim.name
+        if n in given and n not in out and own not in users:
+            out[n] = (kind, own, ", ".join(users))
+    return out
+
+
 @dataclass(frozen=True)
 class Phase:
     kind: str  # "probe" or "finetune"
