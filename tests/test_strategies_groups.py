@@ -318,3 +318,22 @@ def test_a_diverged_phase_ends_at_once_and_keeps_finite_weights_or_says_why_it_c
     assert not np.isfinite(losses[-1]) and np.isfinite(losses[:-1]).all()
     assert "phase 2 (finetune): diverged in epoch" in err and "is too high, and it ended there" in err
     assert m["accuracy"] > 0.5  # the probe's weights, not NaN's argmax
+
+
+def test_lora_refuses_grouped_convolutions_by_name_and_does_not_list_them():
+    """--lora-targets conv_dw on EfficientNet (depthwise, groups = channels) was a PEFT ValueError
+    traceback (the rank must be a multiple of the groups, and such adapters cannot be merged), and the
+    error listing adaptable names offered conv_dw."""
+    from types import SimpleNamespace
+
+    from transferkit.lora import apply_lora
+
+    net = torch.nn.Sequential()
+    net.add_module("conv_dw", torch.nn.Conv2d(8, 8, 3, groups=8))
+    net.add_module("conv_pw", torch.nn.Conv2d(8, 16, 1))
+    backbone = SimpleNamespace(model=net, spec={"name": "tiny"})
+    with pytest.raises(UserError, match=r"'conv_dw' names grouped convolutions \(conv_dw: groups=8, a depthwise convolution\).*adapted: conv_pw$"):
+        apply_lora(backbone, replace(RunConfig(), strategy="lora", lora_targets="conv_dw", lora_r=2).strategy)
+    with pytest.raises(UserError, match=r"needs --lora-targets for this backbone; module names that can be adapted: conv_pw$"):
+        apply_lora(backbone, replace(RunConfig(), strategy="lora", lora_r=2).strategy)
+    assert apply_lora(backbone, replace(RunConfig(), strategy="lora", lora_targets="conv_pw", lora_r=2).strategy) == ["conv_pw"]

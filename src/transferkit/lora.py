@@ -37,6 +37,12 @@ def _adaptable() -> tuple[type, ...]:
     return (*ADAPTABLE, Conv1D)
 
 
+def _can_adapt(m: nn.Module, kinds: tuple[type, ...]) -> bool:
+    """A layer LoRA can adapt and merge back: not a grouped (depthwise) convolution, whose rank PEFT
+    needs to be a multiple of its groups and whose adapter it cannot merge."""
+    return isinstance(m, kinds) and getattr(m, "groups", 1) == 1
+
+
 def short_name(name: str) -> str:
     """The name --lora-targets takes for a module: its last name part (query), or its whole path where
     that part is only a position in a Sequential (conv1.0, not 0)."""
@@ -51,7 +57,7 @@ def _matches(name: str, target: str) -> bool:
 
 def _short_names(module: nn.Module) -> list[str]:
     kinds = _adaptable()
-    return sorted({short_name(n) for n, m in module.named_modules() if n and isinstance(m, kinds)})
+    return sorted({short_name(n) for n, m in module.named_modules() if n and _can_adapt(m, kinds)})
 
 
 def default_targets(inner: nn.Module) -> list[str]:
@@ -77,12 +83,17 @@ def apply_lora(backbone, cfg) -> list[str]:
     if not targets:
         raise UserError(f"strategy lora needs --lora-targets for this backbone; module names that can be adapted: {', '.join(available[:30])}")
     kinds = _adaptable()
-    names = [n for n, m in inner.named_modules() if n and isinstance(m, kinds)]
+    names = [n for n, m in inner.named_modules() if n and _can_adapt(m, kinds)]
 
     def targeted(n: str) -> bool:
         return any(_matches(n, t) for t in targets)
 
     for t in targets:
+        grouped = [n for n, m in inner.named_modules() if _matches(n, t) and isinstance(m, kinds) and not _can_adapt(m, kinds)]
+        if grouped:  # PEFT failed with a ValueError traceback (rank not a multiple of the groups) and cannot merge them
+            m = inner.get_submodule(grouped[0])
+            raise UserError(f"--lora-targets {t!r} names grouped convolutions ({grouped[0]}: groups={m.groups}, a depthwise convolution), "
+                            f"which LoRA cannot adapt and merge; names that can be adapted: {', '.join(available[:30])}")
         if not any(_matches(n, t) for n in names):
             raise UserError(f"--lora-targets {t!r} matches no module of {backbone.spec.get('name')}; names that match: {', '.join(available[:30])}")
         other = [n for n, m in inner.named_modules() if _matches(n, t) and not isinstance(m, kinds)]
