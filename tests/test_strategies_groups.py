@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -337,3 +339,20 @@ def test_lora_refuses_grouped_convolutions_by_name_and_does_not_list_them():
     with pytest.raises(UserError, match=r"needs --lora-targets for this backbone; module names that can be adapted: conv_pw$"):
         apply_lora(backbone, replace(RunConfig(), strategy="lora", lora_r=2).strategy)
     assert apply_lora(backbone, replace(RunConfig(), strategy="lora", lora_targets="conv_pw", lora_r=2).strategy) == ["conv_pw"]
+
+
+def test_gradual_says_when_groups_never_unfreeze_or_only_the_head_trains(tmp_path, capsys):
+    """gradual with --epochs <= --unfreeze-every trained the head alone, a slow linear probe named
+    gradual, without a word; with fewer epochs than groups the bottom groups never train, and the plan
+    now names them."""
+    from transferkit.cli import main
+
+    base = ["fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "gradual"]
+    assert main([*base, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "gradual unfreezes its first backbone group at epoch 2, and this run has 1 epoch: only the head trains" in said
+    assert any("only the head trains" in n for n in json.loads((tmp_path / "a" / "metrics.json").read_text())["data_notes"])
+    assert main([*base, "--epochs", "3", "--out", str(tmp_path / "b")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "only the head trains" not in said
+    assert "1/4 groups train at epoch 1, 3 by epoch 3 (conv1 never unfreezes), 3 epochs" in said, said

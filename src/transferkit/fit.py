@@ -219,6 +219,13 @@ def fit(
     phases = create_phases(cfg, groups)
     assign_lr_scales(groups, cfg.strategy, cfg.optim.lr)
     always_frozen = frozen_by_pattern(groups, cfg.strategy.freeze)
+    ft = [ph for ph in phases if ph.kind == "finetune"]
+    if cfg.strategy.name == "gradual" and ft and set(ft[-1].unfrozen(ft[-1].epochs - 1)) <= {"head"}:  # a slow linear probe, named gradual
+        every = cfg.strategy.unfreeze_every
+        note = (f"gradual unfreezes its first backbone group at epoch {every + 1}, and this run has {ft[-1].epochs} epoch{'s' if ft[-1].epochs != 1 else ''}: "
+                f"only the head trains; give more --epochs or a smaller --unfreeze-every (or --strategy linear_probe, which trains the head on cached features)")
+        console.print(f"[yellow]{note}[/]")
+        warnings.append(note)
     flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
     report.print_summary(console, cfg, splits, model, groups, phases, inputs.describe(flip), always_frozen)
     ckpt = None

@@ -75,6 +75,9 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
             trainable = sum(p.numel() for g in groups if g.name in names for n, p in g.params if n not in always_frozen)
             last = ph.unfrozen(ph.epochs - 1)
             grow = f", {len(last)} by epoch {ph.epochs}" if len(last) != len(names) else ""
+            never = [g.name for g in groups if g.name not in last and g.name not in ("head", "lora")]
+            if len(last) != len(names) and never:  # gradual with fewer epochs than groups: the bottom ones never train
+                grow += f" ({', '.join(never[:3])}{' ...' if len(never) > 3 else ''} never {'unfreezes' if len(never) == 1 else 'unfreeze'})"
             from .schedules import warmup_epochs
 
             w = warmup_epochs(cfg.schedule, ph.epochs)
