@@ -356,3 +356,17 @@ def test_gradual_says_when_groups_never_unfreeze_or_only_the_head_trains(tmp_pat
     said = " ".join(capsys.readouterr().out.split())
     assert "only the head trains" not in said
     assert "1/4 groups train at epoch 1, 3 by epoch 3 (conv1 never unfreezes), 3 epochs" in said, said
+
+
+def test_timm_block_groups_are_named_by_what_they_hold():
+    """timm numbers its coarse groups (group0 ... group7 on EfficientNet-Lite0), which said nothing
+    of what --k or the plan's table trains; they are named by their modules now."""
+    from transferkit.backbones.base import group_label
+    from transferkit.config import ModelConfig
+    from transferkit.model import create_model
+
+    m = create_model(ModelConfig(name="efficientnet_lite0"), 2, pretrained=False)
+    assert [g.name for g in model_groups(m)] == ["conv_stem+bn1", *[f"blocks.{i}" for i in range(6)], "blocks.6+conv_head+bn2", "head"]
+    every = ["stem.w", "layer1.0.a.w", "layer1.1.a.w", "layer2.0.a.w", "layer2.1.a.w", "layer2.2.a.w", "layer2.3.a.w", "norm.w"]
+    assert group_label(["layer1.0.a.w", "layer1.1.a.w"], every) == "layer1"  # the whole container
+    assert group_label(["layer2.0.a.w", "layer2.1.a.w", "layer2.3.a.w", "norm.w"], every) == "layer2.0-1,3+norm"

@@ -134,11 +134,52 @@ class TimmBackbone(Backbone):
             from timm.models import group_parameters
 
             grouped = group_parameters(self.model, matcher(coarse=True))
-            return [(f"group{gid}", [f"model.{n}" for n in params]) for gid, params in grouped.items()]
+            out, used = [], {"head", "lora"}  # the names of the groups model_groups adds
+            for gid, params in grouped.items():
+                label = group_label(params, names)
+                label = label if label not in used else f"group{gid}"
+                used.add(label)
+                out.append((label, [f"model.{n}" for n in params]))
+            return out
         groups: dict[str, list[str]] = {}
         for n in names:
             groups.setdefault(n.split(".")[0], []).append(f"model.{n}")
         return list(groups.items())
+
+
+def group_label(params: list[str], every: list[str]) -> str:
+    """A block group's name from what it holds (timm numbers its groups 0, 1, ..., which said nothing):
+    its top-level modules, a numbered child by its number (`blocks.6`) unless the group holds all of
+    its container (`layer1`), runs of numbers as a range (`blocks.0-2`): `conv_stem+bn1`,
+    `blocks.6+conv_head+bn2`."""
+    def key(n: str) -> tuple[str, int | None]:
+        a = n.split(".")
+        return (a[0], int(a[1])) if len(a) > 2 and a[1].isdigit() else (a[0], None)
+
+    mine: dict[str, set] = {}
+    for n in params:
+        top, i = key(n)
+        mine.setdefault(top, set()).add(i)
+    whole: dict[str, set] = {}
+    for n in every:
+        top, i = key(n)
+        whole.setdefault(top, set()).add(i)
+    parts = []
+    for top, idx in mine.items():
+        if None in idx or idx == whole.get(top):
+            parts.append(top)
+            continue
+        runs, seq = [], sorted(idx)
+        start = prev = seq[0]
+        for i in [*seq[1:], None]:
+            if i is not None and i == prev + 1:
+                prev = i
+                continue
+            runs.append(f"{start}" if start == prev else f"{start}-{prev}")
+            if i is not None:
+                start = prev = i
+        parts.append(f"{top}.{','.join(runs)}")
+    return "+".join(parts)
 
 
 def preprocess_from_timm(model: nn.Module) -> Preprocess:
