@@ -386,6 +386,21 @@ def test_a_dir_holding_another_search_is_refused(tiny, tmp_path, capsys, monkeyp
     assert len(_study(out).trials) == 1
 
 
+def test_settings_a_config_file_sets_are_fixed_like_flags(tiny, tmp_path, capsys, monkeypatch):
+    """`search --config c.yaml` sampled strategy and lr over c.yaml's own `strategy: linear_probe` and
+    `lr: 0.003` in silence; settings it sets (changed from the defaults) are fixed, as flags are."""
+    fake = FakeFit()
+    monkeypatch.setattr(S, "fit", fake)
+    (tmp_path / "c.yaml").write_text("strategy: linear_probe\nlr: 0.003\n")
+    args = ["search", *[f for f in _flags(tiny) if f != "--quiet"], "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "s"), "--trials", "3", "--folds", "2"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert {(c.cfg.strategy.name, c.cfg.optim.lr) for c in fake.calls} == {("linear_probe", 0.003)}
+    assert "lr=0.003 (given)" in " ".join(capsys.readouterr().out.split())
+    sp = _space_file(tmp_path, {"lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    assert main([*args[:-6], "--space", sp, "--out", str(tmp_path / "s2"), "--trials", "1", "--folds", "2"]) == 2
+    assert "--space names lr, also given as flag(s) --lr or in the --config file" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------- lr-find
 
 

@@ -481,11 +481,7 @@ def _note_unused(cfg, args) -> set[str]:
     said, not silently ignored. Returns the names said."""
     from .strategies import ignored_settings
 
-    from .config import changed_settings
-
-    flags = _given_settings(args)
-    # the --config file's settings that differ from the defaults (a run's own config.yaml lists them all)
-    given = flags | (set(changed_settings(load_config_file(args.config))) if args.config else set())
+    flags, given = _given_settings(args), _given_settings(args, with_config=True)
     said = ignored_settings(cfg, given)
     for n, (kind, own, users) in said.items():
         what = _flag_of(n) if n in flags else f"{n} (in {args.config})"
@@ -503,10 +499,16 @@ def _flag_of(name: str) -> str:
     return next((f for f, n, _, _ in FIT_FLAGS + BOOL_FLAGS if n == name), "--" + name.replace("_", "-"))
 
 
-def _given_settings(args) -> set[str]:
-    """Flat names of the fit flags given on the command line (a search keeps them fixed)."""
+def _given_settings(args, *, with_config: bool = False) -> set[str]:
+    """Flat names of the fit flags given on the command line, and (`with_config`) of the settings the
+    --config file changes from the defaults (a run's own config.yaml lists them all): a search keeps
+    them fixed (it sampled over a --config file's strategy and lr in silence), a fit notes those its
+    strategy ignores."""
+    from .config import changed_settings
+
     names = [n for _, n, _, _ in FIT_FLAGS] + [n for _, n, _, _ in BOOL_FLAGS]
-    return {n for n in names if getattr(args, n) is not None}
+    flags = {n for n in names if getattr(args, n) is not None}
+    return flags | (set(changed_settings(load_config_file(args.config))) if with_config and args.config else set())
 
 
 def cmd_adapt(args) -> int:
@@ -575,7 +577,7 @@ def cmd_search(args) -> int:
         search(
             resolve_config(args), args.out, space=space, trials=args.trials, folds=args.folds, time_budget=args.time_budget,
             storage=args.storage, study_name=args.study, metric=args.metric or "accuracy", lr_find=args.lr_find,
-            fixed=_given_settings(args) - {"data", "model", "arch", "seed", "metric"}, console=report.console(quiet=args.quiet),
+            fixed=_given_settings(args, with_config=True) - {"data", "model", "arch", "seed", "metric"}, console=report.console(quiet=args.quiet),
         )
     except KeyboardInterrupt:
         print(f"transferkit: search stopped; its finished trials are kept, and the interrupted one runs again, with the folds it finished, "

@@ -31,7 +31,7 @@ underscores) to one of:
 
 Keys in the file replace the same keys of the default space (`DEFAULT_SPACE`, plus batch sizes that
 fit the folds and the memory); the other defaults stay. Give a fixed value to stop searching one of
-them. Settings given as flags (`--epochs 3`) are fixed as well. Settings that only matter to some
+them. Settings given as flags (`--epochs 3`) or set in the --config file are fixed as well. Settings that only matter to some
 strategies (epochs, layer_decay, crop_scale_min for fine-tuning; lp_epochs for the probe; k,
 unfreeze_every, ft_lr_scale for their strategy) are sampled only in trials that use them.
 
@@ -261,7 +261,8 @@ def resolve_space(user: dict | None, base: RunConfig, *, fixed: set[str] = froze
         mine = parse_space(user, where="--space")
         both = sorted(set(mine) & set(fixed))
         if both:
-            raise UserError(f"--space names {', '.join(both)}, also given as flag(s) {', '.join('--' + n.replace('_', '-') for n in both)}: give each setting in one place")
+            raise UserError(f"--space names {', '.join(both)}, also given as flag(s) {', '.join('--' + n.replace('_', '-') for n in both)} "
+                            "or in the --config file: give each setting in one place")
         space.update(mine)
     if lr_center is not None:
         if user and "lr" in {str(k).replace("-", "_") for k in user}:
@@ -906,8 +907,8 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeue
     lines = [f"  {d.name:<{w}}  {d.describe()}{only(d.name)}" for d in searched]
     import functools
 
-    # settings given as flags are fixed too (they leave the space): said with the space's own fixed ones
-    said = [f"{d.name}={d.value}" for d in fixed] + [f"{n}={functools.reduce(getattr, FLAT[n].split('.'), base)} (flag)" for n in sorted(flags) if n in FLAT]
+    # settings given as flags or in --config are fixed too (they leave the space): said with the space's own fixed ones
+    said = [f"{d.name}={d.value}" for d in fixed] + [f"{n}={functools.reduce(getattr, FLAT[n].split('.'), base)} (given)" for n in sorted(flags) if n in FLAT]
     con.print("space:\n" + "\n".join(lines) + ("\n  fixed: " + ", ".join(said) if said else ""), markup=False)
 
 
