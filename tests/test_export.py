@@ -147,6 +147,26 @@ def test_text_export_with_saved_tokenizer(tmp_path, capsys, tiny_bert):
     np.testing.assert_allclose(alone[0], probs[1], atol=1e-5)
 
 
+def test_the_exported_tokenizer_truncates_at_the_runs_max_length(tmp_path, tiny_bert):
+    """The saved tokenizer kept the model's own limit (512), so a text longer than the run's
+    --max-length scored differently in onnxruntime than in transferkit (QA: 2 of 20 SMS labels flipped)."""
+    from transformers import AutoTokenizer
+
+    rows = ["text,label"] + [f"{w} film,pos" for w in ("good", "great", "lovely", "superb", "fine good")] + [f"{w} plot,neg" for w in ("bad", "awful", "boring", "dull", "poor bad")]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(tmp_path / "t.csv"), *tiny_text_args(tiny_bert), "--strategy", "linear_probe", "--val-fraction", "0.4",
+                 "--max-length", "6", "--out", str(run), "--quiet"]) == 0
+    clf = ImageClassifier.load(run)
+    clf.export(tmp_path / "onnx")
+    texts = ["good " * 12 + "film", "bad bad " * 9 + "awful plot", "dull"]
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "onnx" / "tokenizer"))
+    feed = {k: v.astype(np.int64) for k, v in tok(texts, padding=True, truncation=True, return_tensors="np").items() if k in ("input_ids", "attention_mask")}
+    assert feed["input_ids"].shape[1] == 6
+    (probs,) = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]).run(["probs"], feed)
+    np.testing.assert_allclose(probs, clf.predict_proba(texts), atol=1e-5)
+
+
 def test_export_refuses_what_it_cannot_do(tmp_path, capsys, monkeypatch):
     assert main(["export", str(tmp_path / "nope")]) == 2
     assert "run directory not found" in capsys.readouterr().err

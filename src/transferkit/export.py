@@ -245,6 +245,10 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
         }
         if text:
             clf.model_.backbone.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            # the run's truncation, so that the tokenizer as saved gives what the model was checked on
+            # (it kept the model's 512: texts longer than the run's max_length scored differently)
+            conf = tmp / "tokenizer" / "tokenizer_config.json"
+            conf.write_text(json.dumps({**json.loads(conf.read_text()), "model_max_length": clf.inputs_.max_length}, indent=2))
             info["preprocess"] = {"tokenizer": "tokenizer/", "max_length": clf.inputs_.max_length, "padding": "any (attention_mask 0)", "pooling": clf.model_.backbone.pooling}
         else:
             pre = clf.preprocess_
