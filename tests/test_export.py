@@ -88,6 +88,11 @@ def test_image_export_matches_predict_and_fails_whole(tmp_path, capsys, tiny_ckp
     assert "was not exported from the weights" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data", str(data), "--onnx"]) == 2
     assert "was not exported from the weights" in capsys.readouterr().err
+    # another run's export: its --overwrite advice would have replaced that run's export
+    info_file.write_text(good.replace(info["model_sha256"], "0" * 64).replace(json.dumps(info["run"]), json.dumps(str(tmp_path / "other"))))
+    assert main(["predict", str(run), str(data), "--onnx"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"is the export of another run, {tmp_path / 'other'}, not of {run}" in err and "--overwrite" not in err
     info_file.write_text(good)
 
     # data of other classes, and a folder that cannot be made, are refused before the export's work

@@ -310,6 +310,10 @@ def load_export(run_dir: str | Path, folder: str | Path | None = None):
         raise UserError(f"{info_file} is damaged ({e}): run `{redo} --overwrite`") from None
     now = run_model_digest(run_dir)
     if info.get("model_sha256") is None or info.get("model_sha256") != now:
+        source = info.get("run")
+        if source and Path(source).resolve() != Path(run_dir).resolve():  # another run's export: --overwrite would replace it
+            raise UserError(f"{folder} is the export of another run, {source}, not of {run_dir}: give {run_dir}'s own export "
+                            f"(`transferkit export {run_dir}` writes {Path(run_dir) / 'export'})")
         raise UserError(f"{folder} was not exported from the weights {run_dir} holds now: run `{redo} --overwrite`")
     if info.get("onnx_sha256") and hashlib.sha256(model_file.read_bytes()).hexdigest() != info["onnx_sha256"]:
         raise UserError(f"{model_file} is damaged or was changed (its sha256 is not the one {info_file.name} records): run `{redo} --overwrite`")
