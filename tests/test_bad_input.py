@@ -399,3 +399,24 @@ def test_a_file_named_like_an_option_gets_a_hint(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["predict", str(tmp_path), "-1.png"])
     assert e.value.code == 2 and "unrecognized arguments: -1.png (a file whose name starts with '-': write ./-1.png)" in capsys.readouterr().err
+
+
+def test_outputs_are_never_written_over_the_files_of_a_run(tmp_path, tiny_ckpt, capsys):
+    """`predict RUN x.png --out RUN/metrics.json` and `evaluate RUN --mistakes RUN/mistakes.csv` wrote
+    over files the run's manifest lists, and every later command called the run unfinished."""
+    from transferkit import ImageClassifier
+    from transferkit.rundir import is_complete
+
+    data = make_folder(tmp_path / "d")
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(data), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--out", str(run), "--quiet"]) == 0
+    one = next(data.glob("*/*.png"))
+    for cmd in (["predict", str(run), str(one), "--out", str(run / "metrics.json")],
+                ["evaluate", str(run), "--data", str(data), "--mistakes", str(run / "mistakes.csv")],
+                ["predict", str(run), str(one), "--out", str(run / "manifest.json")]):
+        assert main(cmd) == 2, cmd
+        assert f"is a file of the run {run} (its manifest lists it): writing over it would break the run" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(UserError, match="mistakes_csv .* is a file of the run"):
+        ImageClassifier.load(run).evaluate(str(data), mistakes_csv=run / "mistakes.csv")
+    assert is_complete(run)
+    assert main(["predict", str(run), str(one), "--out", str(run / "preds.csv")]) == 0 and is_complete(run)  # a new file beside them is fine

@@ -291,6 +291,9 @@ def cmd_evaluate(args) -> int:
         target = Path(args.mistakes)
         if target.is_dir() or not target.parent.is_dir():
             raise UserError(f"--mistakes {args.mistakes}: give a CSV file to write in an existing folder")
+        from .rundir import refuse_run_file
+
+        refuse_run_file(target, "--mistakes")
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
     _refuse_skip_for_text(args, clf)
     if args.encoding is not None:  # this data's, not the encoding of the data the run was fitted on
@@ -347,6 +350,10 @@ def cmd_predict(args) -> int:
 
     if args.out is not None and (Path(args.out).is_dir() or not Path(args.out).absolute().parent.is_dir()):
         raise UserError(f"--out {args.out}: give a CSV file to write in an existing folder")  # before any work, not after it
+    if args.out is not None:
+        from .rundir import refuse_run_file
+
+        refuse_run_file(args.out, "--out")
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
     if args.text_column is not None and clf.inputs_.modality != "text":
         raise UserError(f"{args.run_dir} is an image model: --text-column is for text models")

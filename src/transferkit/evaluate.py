@@ -134,8 +134,11 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
     import contextlib
 
     from .mistakes import summary, to_csv, top_mistakes
+    from .rundir import refuse_run_file
     from .trainer import predict_proba
 
+    if mistakes_csv is not None:
+        refuse_run_file(mistakes_csv, "mistakes_csv")
     s, where = labelled_set(clf, spec)
     x, s, bad = clf.inputs_.encode(s, skip_bad=skip_bad_images or None)  # None: as the run was fitted
     if not len(s):

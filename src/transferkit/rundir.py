@@ -54,6 +54,23 @@ def check_can_make(path: Path) -> None:
         raise UserError(f"cannot create the folder {path}: {p} is {'not a directory' if not p.is_dir() else 'not writable'}")
 
 
+def refuse_run_file(path: str | os.PathLike, flag: str) -> None:
+    """Refuse to write `path` when it is a file a finished run lists in its manifest (or the manifest
+    itself): writing over it left the run unusable ("does not match its sha256")."""
+    p = Path(path).absolute()
+    for run in p.parents:
+        m = run / MANIFEST
+        if m.is_file():
+            try:
+                listed = set(json.loads(m.read_text())["files"]) | {MANIFEST}
+            except (OSError, ValueError, KeyError, TypeError):
+                return
+            if p.relative_to(run).as_posix() in listed:
+                raise UserError(f"{flag} {path} is a file of the run {run} (its manifest lists it): writing over it would break the run; "
+                                "give another file name")
+            return
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
