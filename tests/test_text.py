@@ -75,6 +75,18 @@ def test_encodings(tmp_path):
     with pytest.raises(UserError, match=r"lat.csv is not UTF-8: byte 0xe9 at offset \d+ \(line 2\).*--encoding"):
         read_table(lat)
     assert read_table(lat, encoding="latin-1")[0] == ["café crème", "naïve"]
+    # an image given to a text model: "not UTF-8 ... --encoding latin-1" led to its bytes classified as text
+    from PIL import Image
+
+    from transferkit.text_data import read_texts
+
+    for name in ("bee.jpg", "bee.png", "bee.bmp", "bee.webp", "bee.tif"):
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / name)
+        for enc in ("auto", "latin-1"):
+            with pytest.raises(UserError, match=rf"{name} is an image \(\w+\), not text: a text model reads texts"):
+                read_texts(str(tmp_path / name), encoding=enc)
+    (tmp_path / "BM.txt").write_text("BMW makes cars\nPNG is a format\n")  # a text that starts like an image's mark
+    assert read_texts(str(tmp_path / "BM.txt")) == ["BMW makes cars", "PNG is a format"]
 
 
 @pytest.mark.parametrize(

@@ -256,7 +256,7 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
 
     from .text_data import LABEL_NAMES, _decode
 
-    text = _decode(path.read_bytes(), path, encoding)  # auto: UTF-8 (BOM or not) or UTF-16 with a BOM; else a clear error
+    text = _decode(path.read_bytes(), path, encoding, "an image CSV lists path,label rows")  # auto: UTF-8 (BOM or not) or UTF-16 with a BOM; else a clear error
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     fields = list(rows[0].keys()) if rows else []
     if not rows:

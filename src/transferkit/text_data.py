@@ -211,7 +211,25 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _decode(raw: bytes, path: Path, encoding: str) -> str:
+_IMAGE_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _image_kind(raw: bytes, path: Path) -> str | None:
+    """The kind of image `raw` is by its first bytes (or its name, for formats without a safe mark)."""
+    from .data import IMAGE_SUFFIXES
+
+    kind = next((k for m, k in _IMAGE_MAGIC.items() if raw.startswith(m)), None)
+    if kind is None and raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        kind = "WebP"
+    if kind is None and path.suffix.lower() in IMAGE_SUFFIXES and b"\x00" in raw[:512]:
+        kind = path.suffix[1:].upper()
+    return kind
+
+
+def _decode(raw: bytes, path: Path, encoding: str, wanted: str = "a text model reads texts (a CSV/TSV/TXT file, or --text TEXT)") -> str:
+    kind = _image_kind(raw, path)
+    if kind:  # "not UTF-8 ... name its encoding with --encoding" sent a user to classify an image's bytes as text
+        raise UserError(f"{path} is an image ({kind}), not text: {wanted}")
     if encoding != "auto":
         try:
             return raw.decode(encoding)
