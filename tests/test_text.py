@@ -51,7 +51,7 @@ def test_detects_columns_header_and_delimiter(tmp_path):
     named.write_text("source,msg_body\n" + body)
     texts, labels, _, _ = read_table(named)
     assert texts[0] == "message number 0 has words" and len(texts) == 8 and set(labels) == {"web", "app"}
-    assert read_text_rows(str(named))[0] == (1, "message number 0 has words")
+    assert read_text_rows(str(named))[0] == (2, "message number 0 has words")  # the header is row 1
     short = tmp_path / "short.csv"
     short.write_text("app,Ok\n" + body)
     assert read_text_rows(str(short))[:2] == [(1, "Ok"), (2, "message number 0 has words")]
@@ -309,8 +309,9 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     r = run_cli("predict", out, lines, table, "--text-column", "comment_body", "--out", tmp_path / "p.csv")
     assert r.returncode == 0, r.stderr
     rows = list(csv.reader((tmp_path / "p.csv").open()))
-    assert [r_[:3] for r_ in rows[1:]] == [[str(lines), "1", "good film"], [str(lines), "3", long], [str(table), "1", "good film"],
-                                            [str(table), "2", "awful, awful plot"]]
+    # a CSV's rows as evaluate's mistakes.csv names them (t.csv:2), its header being row 1 (predict said 1)
+    assert [r_[:3] for r_ in rows[1:]] == [[str(lines), "1", "good film"], [str(lines), "3", long], [str(table), "2", "good film"],
+                                            [str(table), "3", "awful, awful plot"]]
     proba = clf.predict_proba(["good film", long, "good film", "awful, awful plot"])
     np.testing.assert_allclose(np.array([r_[4:] for r_ in rows[1:]], float), proba, atol=1e-5)
     r = run_cli("predict", out, table)  # no known column name: the column of the longest texts, as fit reads it
@@ -528,18 +529,18 @@ def test_unlabelled_texts_are_read_as_fit_reads_the_file(tmp_path):
     assert read_text_rows(str(one)) == [(1, "free prize now"), (2, "hi mum")]
     ids = tmp_path / "ids.csv"  # a header naming a column of numbers is a header, though no name is known
     ids.write_text("id,comment_body,score\n7,good film,1\n8,awful plot,2\n")
-    assert read_text_rows(str(ids)) == [(1, "good film"), (2, "awful plot")]  # the longest texts, as fit finds them
+    assert read_text_rows(str(ids)) == [(2, "good film"), (3, "awful plot")]  # the longest texts, as fit finds them; the header is row 1
     images = tmp_path / "images.csv"
     images.write_text("path,label\nants/1.jpg,ants\nbees/2.jpg,bees\n")
     with pytest.raises(UserError, match="a list of images"):  # not its paths read as texts
         read_text_rows(str(images))
-    assert read_text_rows(str(ids), text_column="2") == [(1, "good film"), (2, "awful plot")]
-    assert read_text_rows(str(ids), also="comment_body") == [(1, "good film"), (2, "awful plot")]
+    assert read_text_rows(str(ids), text_column="2") == [(2, "good film"), (3, "awful plot")]
+    assert read_text_rows(str(ids), also="comment_body") == [(2, "good film"), (3, "awful plot")]
     with pytest.raises(UserError, match="no text column '4'"):
         read_text_rows(str(ids), text_column="4")
     named = tmp_path / "named.tsv"  # a header of names transferkit does not know, over a run's labels
     named.write_text("kind\tmsg\nham\tsee you at eight\nspam\tWIN a prize\n")
-    assert read_text_rows(str(named), classes=["ham", "spam"]) == [(1, "see you at eight"), (2, "WIN a prize")]
+    assert read_text_rows(str(named), classes=["ham", "spam"]) == [(2, "see you at eight"), (3, "WIN a prize")]
     assert read_text_rows(str(named))[0] == (1, "msg")  # without the run's classes it cannot tell
     assert read_table(named, classes=["ham", "spam"])[0] == ["see you at eight", "WIN a prize"]  # evaluate knows the run's classes too
     one = tmp_path / "one_path.csv"  # an image list of one column is refused too, not its paths scored as texts
