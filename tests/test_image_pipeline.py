@@ -4,6 +4,7 @@ feature cache is reused exactly when nothing it depends on changed."""
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +266,14 @@ def test_a_class_absent_from_validation_is_said(tmp_path, tiny_ckpt, capsys):
     # val/red is a copy of train/red: said, as scores on copies are no estimate
     copies = "6 of the 6 validation images have the same content as a training example"
     assert copies in " ".join(out.split()) and any(copies in n for n in notes)
+    # blue's recall is 0/0: n/a (null), not 0, in metrics.json, the report and evaluate's lines
+    blue = json.loads((run / "metrics.json").read_text())["per_class"]["blue"]
+    assert blue["recall"] is None and blue["support"] == 0
+    assert re.search(r"<td>blue</td><td>(n/a|0\.000)</td><td>n/a ", (run / "report.html").read_text())
+    other = make_folder(tmp_path / "e", n=3, seed=9)
+    shutil.rmtree(other / "blue")
+    assert main(["evaluate", str(run), "--data", str(other)]) == 0
+    assert re.search(r"blue: precision (n/a|0\.000), recall n/a, support 0", capsys.readouterr().out)
 
 
 def test_copies_across_the_splits_and_one_content_under_two_labels_are_said(tmp_path, tiny_ckpt, capsys):

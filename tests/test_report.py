@@ -198,3 +198,19 @@ def test_a_model_that_predicts_one_class_is_said_to(tmp_path):
     page = render(title="t", metrics={**m, "one_class_notes": [note]}, config=yaml.safe_load((out / "config.yaml").read_text()),
                   data=json.loads((out / "data.json").read_text()), figures={})
     assert "<b>Warning:</b> the model predicts &#x27;spam&#x27; for every validation example" in page
+
+
+def test_per_class_scores_that_are_zero_over_zero_are_none_not_zero():
+    """evaluate on one class's images printed the other class's "precision 0.000, recall 0.000,
+    support 0": 0/0 read as a model that never finds it. Now None (n/a); a class predicted but absent
+    has precision 0 and F1 0, as macro-F1 counts it."""
+    from transferkit.metrics import classification_metrics, fmt
+
+    proba = np.array([[0.1, 0.9, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0]])
+    m = classification_metrics(np.array([1, 1, 1]), proba, ["ants", "bees", "wasps"])
+    assert m["per_class"]["bees"] == {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3}
+    assert m["per_class"]["ants"] == {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}  # said, not there
+    assert m["per_class"]["wasps"] == {"precision": None, "recall": None, "f1": None, "support": 0}  # neither
+    assert m["macro_f1"] == pytest.approx(0.4) and fmt(None) == "n/a" and fmt(0.25) == "0.250"
+    m = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.8, 0.2]]), ["a", "b"])
+    assert m["per_class"]["b"] == {"precision": None, "recall": 0.0, "f1": 0.0, "support": 1}  # there, never said

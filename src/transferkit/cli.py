@@ -312,8 +312,10 @@ def cmd_evaluate(args) -> int:
     else:
         auroc = f"{m['auroc']:.4f}" if m["auroc"] is not None else "n/a"
         print(f"{m['data']}: {m['n']} {clf.inputs_.unit}, accuracy {100 * m['accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}, AUROC {auroc}")
+        from .metrics import fmt
+
         for c, v in m["per_class"].items():
-            print(f"  {c}: precision {v['precision']:.3f}, recall {v['recall']:.3f}, support {v['support']}")
+            print(f"  {c}: precision {fmt(v['precision'])}, recall {fmt(v['recall'])}, support {v['support']}")
         if "groups" in m:  # the run's --group-column, where this data has it
             g = m["groups"]
             from .metrics import worst_group_text

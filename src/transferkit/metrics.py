@@ -22,6 +22,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     labels = np.arange(len(classes))
     y_pred = proba.argmax(1)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    said = np.bincount(y_pred, minlength=len(classes))
     present = np.unique(y_true)
     auroc = None
     if len(present) == len(classes) >= 2:
@@ -36,10 +37,18 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
         "auroc": auroc,
         "n": int(len(y_true)),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        # 0/0 is None (n/a), not 0: recall of a class the data does not hold, precision of one never
+        # predicted (evaluate on one class's images printed the other's "precision 0.000, recall 0.000")
         "per_class": {
-            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, c in enumerate(classes)
+            c: {"precision": float(p[i]) if said[i] else None, "recall": float(r[i]) if s[i] else None,
+                "f1": float(f[i]) if s[i] or said[i] else None, "support": int(s[i])} for i, c in enumerate(classes)
         },
     }
+
+
+def fmt(v, spec: str = ".3f") -> str:
+    """A per-class score as printed: n/a where it is 0/0 (None)."""
+    return "n/a" if v is None else format(v, spec)
 
 
 def calibration(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> dict:

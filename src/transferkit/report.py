@@ -181,7 +181,9 @@ def print_results(con: Console, r) -> None:
         con.print(f"[yellow]warning: {note}[/]")
     if "in_short" in m:
         con.print(f"[bold]in short[/]: {m['in_short']}")
-    per = ", ".join(f"{c} P={v['precision']:.2f}/R={v['recall']:.2f}" for c, v in list(m["per_class"].items())[:10])
+    from .metrics import fmt
+
+    per = ", ".join(f"{c} P={fmt(v['precision'], '.2f')}/R={fmt(v['recall'], '.2f')}" for c, v in list(m["per_class"].items())[:10])
     con.print(f"per class{' (validation split)' if 'test' in m else ''}: {per}")
     kind = "texts" if m.get("modality") == "text" else "images"
     rate = m.get(f"train_{kind}_per_s") or m.get("train_images_per_s")  # older text runs called theirs images too

@@ -153,14 +153,17 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
             if key in te:
                 rows.append((f"{label} on the test split", te[key]["accuracy"], te[key]["macro_f1"], te[key].get("auroc"), None))
     res = "".join(f"<tr><td>{e(n)}</td><td>{_pct(a)}</td><td>{_num(f)}</td><td>{_num(u)}</td><td>{_pct(c)}</td></tr>" for n, a, f, u, c in rows)
+    from .metrics import fmt
+
     per = m["per_class"]
-    best_recall = max(v["recall"] for v in per.values()) if per else 0.0
+    held = {c: v for c, v in per.items() if v["recall"] is not None}  # classes with examples here (n/a: 0/0)
+    best_recall = max((v["recall"] for v in held.values()), default=0.0)
     pc = "".join(
-        f"<tr><td>{e(c)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f} <span class=bar style='width:{60 * v['recall']:.0f}px'></span></td>"
-        f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
+        f"<tr><td>{e(c)}</td><td>{fmt(v['precision'])}</td><td>{fmt(v['recall'])} <span class=bar style='width:{60 * (v['recall'] or 0):.0f}px'></span></td>"
+        f"<td>{fmt(v['f1'])}</td><td>{v['support']}</td></tr>"
         for c, v in per.items()
     )
-    gaps = sorted(per.items(), key=lambda kv: kv[1]["recall"])[:5]
+    gaps = sorted(held.items(), key=lambda kv: kv[1]["recall"])[:5]
     gap_rows = "".join(f"<tr><td>{e(c)}</td><td>{v['recall']:.3f}</td><td>{100 * (best_recall - v['recall']):.1f}</td></tr>" for c, v in gaps)
     counts = "".join(
         f"<tr><td>{e(c)}</td><td>{data.get('train', {}).get(c, 0)}</td><td>{data.get('val', {}).get(c, 0)}</td></tr>" for c in data.get("classes", [])[:50]
