@@ -214,3 +214,20 @@ def test_per_class_scores_that_are_zero_over_zero_are_none_not_zero():
     assert m["macro_f1"] == pytest.approx(0.4) and fmt(None) == "n/a" and fmt(0.25) == "0.250"
     m = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.8, 0.2]]), ["a", "b"])
     assert m["per_class"]["b"] == {"precision": None, "recall": 0.0, "f1": 0.0, "support": 1}  # there, never said
+
+
+def test_confusion_matrix_shortens_and_tilts_long_names_and_reliability_marks_every_confidence(recwarn):
+    """Two long class names overprinted each other under a 3.6-inch matrix (with a "Tight layout not
+    applied" warning on the console); an under-confident bin's gap vanished into its blue bar."""
+    from transferkit import plots
+
+    fig = plots.confusion_figure(np.array([[30, 2], [5, 40]]), ["a rather long negative sentiment label", "positive"])
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["a rather long negative...", "positive"] and fig.axes[0].get_xticklabels()[0].get_rotation() == 45
+    assert not [w for w in recwarn if "Tight layout" in str(w.message)]
+    plots.close(fig)
+    cal = {"ece": 0.05, "bins": [{"low": 0.5, "high": 0.6, "accuracy": 1.0, "confidence": 0.55}]}
+    fig = plots.reliability_figure(cal)
+    lines = [ln.get_ydata().tolist() for ln in fig.axes[0].get_lines()]
+    assert [0.55, 0.55] in lines  # the confidence, below the accuracy bar, drawn on top of it
+    plots.close(fig)

@@ -39,14 +39,14 @@ def curves_figure(history: list[dict], best_epoch: int | None = None):
     for a in axes:
         a.grid(alpha=0.3)
         a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
 def confusion_figure(cm, classes: list[str]):
     cm = np.asarray(cm)
     n = len(classes)
-    size = min(12, 2.5 + 0.55 * n)
+    size = min(12, max(5.0, 2.5 + 0.55 * n))  # a 2-class matrix at 3.6 inches cut its title and long names
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     rows = cm.sum(1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
@@ -54,12 +54,24 @@ def confusion_figure(cm, classes: list[str]):
     for i in range(n):
         for j in range(n):
             ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", fontsize=9 if n <= 12 else 6, color="white" if frac[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
-    ax.set_yticks(range(n), classes)
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (counts; colour = row fraction)")
+    names = [c if len(c) <= 24 else c[:22] + "..." for c in map(str, classes)]  # long names overprinted each other
+    tilt = n > 4 or max(map(len, names), default=0) > 8
+    ax.set_xticks(range(n), names, rotation=45 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_yticks(range(n), names)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix\n(counts; colour = row fraction)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
+    _tight(fig)
     return fig
+
+
+def _tight(fig) -> None:
+    """tight_layout without its "Tight layout not applied" warning on the console (a figure it cannot
+    fit keeps its layout; the warning said nothing a user could act on)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
 
 
 def lr_figure(trace: list[tuple]):
@@ -80,7 +92,7 @@ def lr_figure(trace: list[tuple]):
     ax.grid(alpha=0.3)
     if trace:
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
@@ -90,14 +102,18 @@ def reliability_figure(cal: dict):
     for b in cal["bins"]:
         w = b["high"] - b["low"]
         ax.bar(b["low"], b["accuracy"], width=w, align="edge", color="C0", alpha=0.75, edgecolor="white")
-        ax.bar(b["low"], b["confidence"] - b["accuracy"], bottom=b["accuracy"], width=w, align="edge", color="C3", alpha=0.25)
+        # the gap, over- or under-confident alike: hatched between accuracy and the bin's mean confidence
+        # (a filled red bar below the accuracy, for an under-confident bin, vanished into the blue one)
+        lo, hi = sorted((b["accuracy"], b["confidence"]))
+        ax.bar(b["low"], hi - lo, bottom=lo, width=w, align="edge", fill=False, hatch="///", edgecolor="C3", lw=0)
+        ax.plot([b["low"], b["high"]], [b["confidence"]] * 2, color="C3", lw=1.5)
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE {100 * cal['ece']:.1f}%; red: gap)")
-    fig.tight_layout()
+    ax.set_title(f"reliability (ECE {100 * cal['ece']:.1f}%)\nbars: accuracy; red line: mean confidence", fontsize=10)
+    _tight(fig)
     return fig
 
 
@@ -125,7 +141,7 @@ def mistakes_figure(thumbs: np.ndarray, cams, rows: list[dict], note: str = ""):
         ax.set_title(f"{r['true']} -> {r['predicted']} ({r['p_predicted']:.2f})\n{name}", fontsize=8)
     how = "Grad-CAM: where the model looked for the class it said" if cams is not None else (note or "")
     fig.suptitle(f"most confident mistakes (true -> said, probability){'; ' + how if how else ''}", fontsize=9)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
