@@ -4,6 +4,7 @@ check leaves nothing behind; user mistakes are refused with a message."""
 
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -177,7 +178,12 @@ def test_export_refuses_what_it_cannot_do(tmp_path, capsys, monkeypatch):
     assert "run directory not found" in capsys.readouterr().err
     (tmp_path / "half").mkdir()
     assert main(["export", str(tmp_path / "half")]) == 2
-    assert "not a finished transferkit run" in capsys.readouterr().err
+    assert "is not a transferkit run directory (no manifest.json)" in capsys.readouterr().err  # it said "the run did not finish" of any folder
+    (tmp_path / "half" / "checkpoints").mkdir()
+    (tmp_path / "half" / "checkpoints" / "ckpt-0001.pt").write_bytes(b"")
+    assert main(["export", str(tmp_path / "half")]) == 2
+    assert f"is an interrupted run (it has checkpoints, no manifest): finish it with `transferkit fit --resume {tmp_path / 'half'}`" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "half" / "checkpoints")
     assert main(["export", str(tmp_path / "half"), "--opset", "11"]) == 2
     assert "--opset must be 18 or more" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "half"), "--opset", "99"]) == 2  # was onnxruntime's InvalidGraph traceback

@@ -60,7 +60,7 @@ def test_run_that_is_not_finished_says_what_is_missing(source_run, tmp_path, cap
     (source_run / "manifest.json").unlink()
     d = make_folder(tmp_path / "tgt", n=4)
     rc, err = _fit(["--data", str(d), "--model", f"run:{source_run}", "--out", str(tmp_path / "t")], capsys)
-    assert rc == 2 and "is not a finished transferkit run" in err and "manifest.json" in err and "Traceback" not in err
+    assert rc == 2 and "is a run that did not finish (no manifest.json" in err and "Traceback" not in err
 
 
 def test_run_of_another_modality_is_refused(source_run, tmp_path):

@@ -233,7 +233,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         from .inputs import ImageInputs, TextInputs
 
         if Path(path).is_file():
-            raise UserError(f"{path} is a file: load takes a run directory (the folder fit(out=...), save() or `transferkit fit --out` wrote)")
+            raise UserError(f"{path} is a file: give a run directory (the folder `transferkit fit --out`, fit(out=...) or save() wrote)")
         model, meta = load_model(path)
         if not meta.get("classes"):  # `adapt` of a pretrained model: a backbone, no classifier (predict crashed on argmax)
             raise UserError(f"{path} is an adapted backbone with no classes (a `transferkit adapt` run): it has nothing to predict, "

@@ -742,14 +742,12 @@ def load_model(path: str | Path) -> tuple[TransferModel, dict]:
 
     from .backbones import create_backbone
     from .model import create_head
-    from .rundir import verify
+    from .rundir import require_finished
 
     p = Path(path)
     if not p.is_dir():
         raise UserError(f"run directory not found: {p}")
-    problems = verify(p)
-    if problems:
-        raise UserError(f"{p} is not a finished transferkit run: " + "; ".join(problems[:3]))
+    require_finished(p)
     meta = json.loads((p / "model.json").read_text())
     spec = dict(meta["backbone"])
     if meta.get("modality") == "text":

@@ -108,6 +108,24 @@ def verify(path: str | os.PathLike) -> list[str]:
     return problems
 
 
+def require_finished(path: str | os.PathLike, name: str | None = None) -> None:
+    """A UserError unless `path` is a complete run, saying what it is instead (`name`: how the user
+    gave it, e.g. `--model run:DIR`): not a run at all, an interrupted run to resume, a run that did
+    not finish, or a finished one whose files changed."""
+    p = Path(path)
+    name = name or str(p)
+    problems = verify(p)
+    if not problems:
+        return
+    if not (p / MANIFEST).exists():
+        if any((p / "checkpoints").glob("ckpt-*.pt")):
+            raise UserError(f"{name} is an interrupted run (it has checkpoints, no manifest): finish it with `transferkit fit --resume {p}`")
+        if (p / "config.yaml").is_file():
+            raise UserError(f"{name} is a run that did not finish (no {MANIFEST}, no checkpoint to resume from): run its fit again")
+        raise UserError(f"{name} is not a transferkit run directory (no {MANIFEST}): give the folder `transferkit fit --out` wrote")
+    raise UserError(f"{name} is not a finished transferkit run: " + "; ".join(problems[:3]))
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
         self.path = Path(path)

@@ -18,14 +18,12 @@ from ..errors import UserError
 
 def run_meta(path: str) -> dict:
     """model.json of a finished run, or a UserError saying what is missing."""
-    from ..rundir import verify
+    from ..rundir import require_finished
 
     p = Path(path).expanduser()
     if not p.is_dir():
         raise UserError(f"--model run:{path}: no such directory (give the run directory of an earlier `transferkit fit`)")
-    problems = verify(p)
-    if problems:
-        raise UserError(f"--model run:{path} is not a finished transferkit run: " + "; ".join(problems[:3]))
+    require_finished(p, f"--model run:{path}")
     try:
         return json.loads((p / "model.json").read_text())
     except (OSError, ValueError) as e:
