@@ -403,7 +403,8 @@ def test_a_file_named_like_an_option_gets_a_hint(tmp_path, capsys, monkeypatch):
 
 def test_outputs_are_never_written_over_the_files_of_a_run(tmp_path, tiny_ckpt, capsys):
     """`predict RUN x.png --out RUN/metrics.json` and `evaluate RUN --mistakes RUN/mistakes.csv` wrote
-    over files the run's manifest lists, and every later command called the run unfinished."""
+    over files the run's manifest lists, and every later command called the run unfinished. (And an
+    evaluation folder of other class names lists the run's.)"""
     from transferkit import ImageClassifier
     from transferkit.rundir import is_complete
 
@@ -420,3 +421,8 @@ def test_outputs_are_never_written_over_the_files_of_a_run(tmp_path, tiny_ckpt, 
         ImageClassifier.load(run).evaluate(str(data), mistakes_csv=run / "mistakes.csv")
     assert is_complete(run)
     assert main(["predict", str(run), str(one), "--out", str(run / "preds.csv")]) == 0 and is_complete(run)  # a new file beside them is fine
+    # an evaluation folder whose class folders differ in case: the run's classes are listed beside them
+    other = make_folder(tmp_path / "e", n=2, seed=3)
+    (other / "red").rename(other / "Red")
+    assert main(["evaluate", str(run), "--data", str(other)]) == 2
+    assert "has classes that are not in the training data: Red (training classes: blue, red)" in " ".join(capsys.readouterr().err.split())

@@ -228,7 +228,8 @@ def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
     if classes is not None:
         extra = sorted(set(subdirs) - set(classes))
         if extra:
-            raise UserError(f"{root} has classes that are not in the training data: {', '.join(extra)}")
+            known = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")  # Ants/ against ants/: the case shows
+            raise UserError(f"{root} has classes that are not in the training data: {', '.join(extra)} (training classes: {known})")
     classes = classes or subdirs
     sources, labels = [], []
     for ci, name in enumerate(classes):
