@@ -76,6 +76,12 @@ def test_corrupt_images_listed_and_skippable(tmp_path, capsys, tiny_ckpt):
             assert len(out.splitlines()) == 1 + 6 and "broken.jpg" not in out
         else:
             assert "12 images, accuracy" in out
+    # a file PIL cannot identify is said as what it is where that is plain (it was "UnidentifiedImageError: cannot identify image file")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("id,label\n1,red\n")
+    for name, said in (("empty.jpg", "empty.jpg: an empty file (0 bytes), not an image"), ("notes.png", "notes.png: a text file, not an image")):
+        assert main(["predict", str(tmp_path / "run"), str(tmp_path / name)]) == 2
+        assert said in capsys.readouterr().err
 
 
 def test_csv_problems(tmp_path, capsys, tiny_ckpt):

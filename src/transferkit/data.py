@@ -441,8 +441,26 @@ def _decode_one(src, size: int, interpolation: str):
                     im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
                     img = _to_rgb(im)
         return _to_square(img, size, interpolation), None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError as e:  # PIL's "cannot identify image file": said as what the file is where that is plain
+        return None, f"{src}: {_not_an_image(src) or f'{type(e).__name__}: {str(e)[:120]}'}"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return None, f"{src}: {type(e).__name__}: {str(e)[:120]}"
+
+
+def _not_an_image(src) -> str | None:
+    """What a file PIL cannot identify is, when that is plain: empty, or text."""
+    try:
+        head = Path(src).read_bytes()[:4096]
+    except (OSError, TypeError):
+        return None
+    if not head:
+        return "an empty file (0 bytes), not an image"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not merely a character cut at the 4 KB peek
+            return None
+    return "a text file, not an image" if b"\x00" not in head else None
 
 
 DECODE_VERSION = 2  # 2: EXIF orientation applied, 16-bit images scaled (not clipped)
