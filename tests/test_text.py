@@ -543,6 +543,11 @@ def test_unlabelled_texts_are_read_as_fit_reads_the_file(tmp_path):
     assert read_text_rows(str(named), classes=["ham", "spam"]) == [(2, "see you at eight"), (3, "WIN a prize")]
     assert read_text_rows(str(named))[0] == (1, "msg")  # without the run's classes it cannot tell
     assert read_table(named, classes=["ham", "spam"])[0] == ["see you at eight", "WIN a prize"]  # evaluate knows the run's classes too
+    nums = tmp_path / "nums.csv"  # no column of texts: refused, not its ids classified as texts
+    nums.write_text("id,score\n1,2\n3,4\n")
+    with pytest.raises(UserError, match=r"nums.csv: no column of texts \(columns: id, score; the longest, \w+, holds numbers\)"):
+        read_text_rows(str(nums))
+    assert read_text_rows(str(nums), text_column="id") == [(2, "1"), (3, "3")]  # named: taken as asked
     one = tmp_path / "one_path.csv"  # an image list of one column is refused too, not its paths scored as texts
     one.write_text("path\nimg1.jpg\nimg2.jpg\n")
     with pytest.raises(UserError, match="a list of images"):

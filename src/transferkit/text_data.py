@@ -434,6 +434,10 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
                                 f"{', '.join(header)}, a list of images? A text model reads texts; name the text column with --text-column")
         if col is None:  # no header, or none of its names known: the column of the longest texts, as fit reads such a file
             col = _longest_column(body, len(header))
+            values = [r[col].strip() for r in body if len(r) > col and r[col].strip()]
+            if values and all(_number(v) for v in values):  # `id,score` over numbers: its ids were classified as texts
+                raise UserError(f"{p}: no column of texts (columns: {', '.join(header)}; the longest, {header[col]}, holds numbers); "
+                                "name the text column with --text-column")
         # rows counted as in the file, the header being row 1 (as evaluate's mistakes.csv and a spreadsheet count them)
         texts = [(i, r[col]) for i, r in enumerate(body, 2 if has_header else 1) if len(r) > col and r[col].strip()]
     else:
