@@ -410,7 +410,7 @@ def test_a_file_named_like_an_option_gets_a_hint(tmp_path, capsys, monkeypatch):
 def test_outputs_are_never_written_over_the_files_of_a_run(tmp_path, tiny_ckpt, capsys):
     """`predict RUN x.png --out RUN/metrics.json` and `evaluate RUN --mistakes RUN/mistakes.csv` wrote
     over files the run's manifest lists, and every later command called the run unfinished. (And an
-    evaluation folder of other class names lists the run's.)"""
+    evaluation folder of other class names lists the run's, and a quoted pattern is expanded.)"""
     from transferkit import ImageClassifier
     from transferkit.rundir import is_complete
 
@@ -432,3 +432,8 @@ def test_outputs_are_never_written_over_the_files_of_a_run(tmp_path, tiny_ckpt, 
     (other / "red").rename(other / "Red")
     assert main(["evaluate", str(run), "--data", str(other)]) == 2
     assert "has classes that are not in the training data: Red (training classes: blue, red)" in " ".join(capsys.readouterr().err.split())
+    # a quoted pattern the shell left alone: the files it matches (it was "not found: d/red/*.png")
+    assert main(["predict", str(run), str(data / "red" / "*.png"), "--out", str(tmp_path / "glob.csv")]) == 0
+    assert len((tmp_path / "glob.csv").read_text().splitlines()) == 1 + 8
+    assert main(["predict", str(run), str(data / "red" / "*.gif")]) == 2
+    assert f"not found: {data / 'red' / '*.gif'}" in capsys.readouterr().err

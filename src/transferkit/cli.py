@@ -371,6 +371,7 @@ def cmd_predict(args) -> int:
 
         session = load_export(args.run_dir, args.onnx or None)
         proba_of = lambda c, x: onnx_predict_proba(session, c, x)  # noqa: E731
+    args.inputs = _expand_patterns(args.inputs)
     if clf.inputs_.modality == "text":
         from .text_data import read_text_rows
 
@@ -458,6 +459,20 @@ def _write_explanations(clf, encoded: list, names: list[str], proba, folder: Pat
     if stale:  # an earlier --explain into the same folder: its maps would read as this call's
         print(f"note: {folder} also holds {len(stale)} map(s) from an earlier --explain (e.g. {sorted(stale)[0]}); "
               "give an empty folder to keep them apart", file=sys.stderr)
+
+
+def _expand_patterns(items: list[str]) -> list[str]:
+    """A quoted pattern ('photos/*.jpg', which the shell left alone, or a Windows shell's) that names
+    no file itself: the files it matches, sorted; one that matches none stays, to be said not found."""
+    import glob
+
+    out = []
+    for item in items:
+        if not Path(item).exists() and glob.has_magic(item):
+            out += sorted(glob.glob(item, recursive=True)) or [item]
+        else:
+            out.append(item)
+    return out
 
 
 def _write_text_explanations(clf, texts: list[str], proba, proba_fn, folder: Path, where: list[tuple]) -> None:
