@@ -286,6 +286,24 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     assert p.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+def test_a_run_finishes_when_the_reader_of_its_output_leaves(tmp_path):
+    """`transferkit fit ... | head`: the fit stopped at its next line with the run directory half
+    written (no manifest; "not a finished transferkit run" for every later command). A command whose
+    work is a run finishes it, printing to nowhere."""
+    import subprocess
+    import sys
+
+    from transferkit.rundir import is_complete
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "transferkit.cli", "fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "linear_probe",
+           "--lp-epochs", "2", "--out", str(run)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p.stdout.readline()  # `| head -1`
+    p.stdout.close()
+    assert p.wait(timeout=300) == 0 and is_complete(run)
+
+
 def test_help_listings_and_argument_errors_do_not_import_torch(tmp_path):
     """`transferkit --help`, `strategies`, a mistyped option and a bad setting answer at once: PyTorch
     (about 2 s to import) is loaded only by the commands that compute."""

@@ -910,6 +910,37 @@ def _negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+_WRITE_RUNS = {"fit", "demo", "adapt", "pipeline", "search", "lr-find"}  # commands whose work is a folder, not what they print
+
+
+class _ReaderMayLeave:
+    """stdout or stderr of a command that writes a run: when the reader of a pipe leaves (`fit | head`),
+    what is printed after goes to /dev/null and the work goes on to its end, instead of a
+    BrokenPipeError that stopped it before its run directory was complete."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def _gone(self) -> None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._f.fileno())  # the buffered rest flushes to nowhere
+
+    def write(self, s: str) -> int:
+        try:
+            return self._f.write(s)
+        except BrokenPipeError:
+            self._gone()
+            return len(s)
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(_negative_values(sys.argv[1:] if argv is None else list(argv)))
@@ -924,6 +955,16 @@ def main(argv: list[str] | None = None) -> int:
         named = options if takes_inputs else rest
         files = [r for r in named if r.startswith("-") and Path(r).exists()]  # `predict RUN -1.png`: a file named like an option
         parser.error(f"unrecognized arguments: {' '.join(named)}" + (f" (a file whose name starts with '-': write ./{files[0]})" if files else ""))
+    streams = sys.stdout, sys.stderr
+    if args.command in _WRITE_RUNS:  # `fit ... | head`: the run finishes when the reader leaves (it was left without its manifest)
+        sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except UserError as e:
