@@ -428,6 +428,14 @@ def test_lr_find_smoothing_does_not_lag_and_a_flat_loss_suggests_nothing():
     assert smooth_centred([1, 2, 3, 4], 3).tolist() == [1.5, 2.0, 3.0, 3.5]
     assert smooth_centred([2.0, 2.0, 156.0, 2.0, 2.0], 3).tolist() == [2.0, 2.0, 2.0, 2.0, 2.0]  # a lone spike is not a cliff
     assert never_fell(smooth_centred(2.3 + 0.01 * np.random.default_rng(0).standard_normal(30), 3)) and not never_fell(smooth_centred(loss, 3))
+    # with the raw losses (QA): a loss that rose at once (its centred start already 40) and one that
+    # only wanders in noise did not fall, though their smoothed curves dip below their smoothed start
+    rose = [0.717, 63.5, 40, 30, 28, 26, 25, 27, 30, 50, 100, 269]
+    noisy = (0.7 + 0.04 * np.random.default_rng(1).standard_normal(100)).tolist()
+    assert not never_fell(smooth_centred(rose, 3)) and not never_fell(smooth_centred(noisy, 5))  # as the old rule read them
+    assert never_fell(smooth_centred(rose, 3), rose) and never_fell(smooth_centred(noisy, 5), noisy)
+    falls = (loss + 0.03 * np.random.default_rng(2).standard_normal(len(loss))).tolist()
+    assert not never_fell(smooth_centred(falls, 3), falls)
 
 
 def test_lr_find_cli_writes_plot_and_prints_suggestion(tiny, tmp_path, capsys):

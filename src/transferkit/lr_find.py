@@ -59,10 +59,22 @@ def smooth_centred(losses, window: int) -> np.ndarray:
     return np.array([np.median(v[max(0, i - h) : i + h + 1]) for i in range(len(v))])
 
 
-def never_fell(smoothed) -> bool:
-    """The smoothed loss never went clearly below where it started (2%): no rate to suggest."""
+def never_fell(smoothed, raw=None) -> bool:
+    """The smoothed loss never went clearly below where it started: no rate to suggest. With the raw
+    losses, "where it started" is the first loss (or the first points' median, if lower) and
+    "clearly" is beyond their step-to-step noise: the centred median at the start already holds the
+    later points (a loss that rose from 0.72 to 63 at once started "at" 63, and its 25 read as a
+    fall), and a flat loss's noise read as one."""
     sm = np.asarray(smoothed, float)
-    return len(sm) < 3 or float(np.nanmin(sm[1:])) > 0.98 * float(sm[0])
+    if len(sm) < 3:
+        return True
+    if raw is None:
+        return float(np.nanmin(sm[1:])) > 0.98 * float(sm[0])
+    r = np.asarray(raw, float)
+    head = r[: max(5, len(r) // 10)]
+    start = min(float(r[0]), float(np.median(head)))
+    noise = float(np.std(np.diff(head)) / np.sqrt(2)) if len(head) > 2 else 0.0
+    return float(np.nanmin(sm[1:])) > start - max(0.02 * start, 2 * noise)
 
 
 def suggest(lrs, smoothed) -> tuple[float | None, float]:
@@ -187,10 +199,14 @@ def lr_find(
     notes = []
     if not stopped:
         notes.append(f"the loss did not diverge up to {end_lr:g}: the suggestion may be conservative")
-    if never_fell(sm_f):
+    raw_f = [raw[i] for i in finite]
+    if never_fell(sm_f, raw_f):
         suggestion, steepest = None, None
-        notes.append(f"the loss never fell below where it started ({sm_f[0]:.3g}): no learning rate to suggest. "
-                     "Try a wider sweep (--end-lr), more --steps, or another --optimizer")
+        notes = [n for n in notes if "conservative" not in n]  # nothing is suggested to be conservative
+        notes.append(f"the loss never fell clearly below where it started ({raw_f[0]:.3g}; the lowest smoothed loss was {min(sm_f):.3g}): "
+                     "no learning rate to suggest. "
+                     + ("Every rate of the sweep made it worse: start lower (--start-lr)" if min(sm_f) > 1.5 * raw_f[0] else
+                        "Try a wider sweep (--end-lr), more --steps, or another --optimizer"))
     elif steepest is None:
         suggestion = min_div10
         notes.append("too few points before the minimum to find the steepest descent: suggesting min/10")
