@@ -222,3 +222,36 @@ def test_resume_works_from_another_folder_and_refuses_settings_it_would_ignore(t
     assert "--resume continues" in err and "which --epochs, --lr would not change: drop them" in err and not is_complete(run)
     assert main(["fit", "--resume", str(run), "--overwrite"]) == 2 and "which --overwrite would not change" in " ".join(capsys.readouterr().err.split())
     assert main(["fit", "--resume", str(run), "--quiet"]) == 0 and is_complete(run)
+
+
+def test_resume_refuses_data_that_changed_or_moved(tiny, tmp_path, capsys):
+    """A resume after the training images changed went on in silence (QA: 10 bees removed, then
+    'resuming from the checkpoint inside epoch 2', rc 0): a run of two datasets. A data folder that
+    moved got "data not found", and then --data was refused with --resume."""
+    import re
+    import shutil
+
+    from transferkit.cli import main
+
+    root, _ = tiny
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    cfg = _cfg(tiny, data=str(data), strategy="full", epochs=2)
+    with pytest.raises(StopRequested):
+        fit(cfg, tmp_path / "cut", console=report.console(quiet=True), should_stop=StopAfter(4))
+    (data / "red" / "0.png").write_bytes((data / "blue" / "0.png").read_bytes())  # as many images, one content changed
+    with pytest.raises(UserError, match=r"changed since .*cut was checkpointed \(as many images, other contents or labels\)"):
+        fit(cfg, tmp_path / "cut", console=report.console(quiet=True), resume=True)
+    (data / "red" / "0.png").unlink()
+    assert main(["fit", "--resume", str(tmp_path / "cut"), "--quiet"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(r"\((\d+) training and (\d+) validation images then, (\d+) and (\d+) now\)", err), err
+    then_now = [int(v) for v in re.search(r"\((\d+) training and (\d+) validation images then, (\d+) and (\d+) now\)", err).groups()]
+    assert sum(then_now[:2]) == 24 and sum(then_now[2:]) == 23, then_now
+    shutil.copy(root / "red" / "0.png", data / "red" / "0.png")  # put back as it was: resumes
+    data.rename(tmp_path / "moved")
+    assert main(["fit", "--resume", str(tmp_path / "cut"), "--quiet"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the data of {tmp_path / 'cut'}, {data}, is not there any more (moved or deleted)" in err
+    (tmp_path / "moved").rename(data)
+    assert main(["fit", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0

@@ -142,6 +142,12 @@ def cmd_fit(args) -> int:
             raise UserError(f"--resume continues {run} with the settings in its config.yaml, which {', '.join(_flag_of(n) for n in given)} "
                             f"would not change: drop {'it' if len(given) == 1 else 'them'}, or start a new run (--out NEW_DIR) with them")
         cfg, out = load_config_file(run / "config.yaml"), run
+        from .data import is_builtin
+
+        if cfg.data.path and not is_builtin(cfg.data.path) and not Path(cfg.data.path).exists():  # "data not found", then --data refused
+            raise UserError(f"the data of {run}, {cfg.data.path}, is not there any more (moved or deleted): --resume reads it from where "
+                            f"the run started, so put it back there (its content is checked against the checkpoint), or start over: "
+                            f"transferkit fit --config {run / 'config.yaml'} --data NEW_PATH --out {run} --overwrite")
         if args.cpu:  # where it runs, not what it trains: a run from a GPU machine goes on on a CPU
             cfg = replace(cfg, cpu=True)
     else:

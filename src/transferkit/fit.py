@@ -243,6 +243,11 @@ def fit(
         "phase": 0, "history": [], "lr_trace": [], "feature_cache_hit": None, "clipped": 0, "steps": 0, "best": None, "best_epoch": 0,
         "timing": {"probe_s": 0.0, "finetune_s": 0.0, "features_s": 0.0, "train_images": 0, "train_seconds": 0.0},
     }
+    if prints["train"]:  # what was trained on, by content: a resume onto other data is refused
+        import hashlib
+
+        labelled = [prints["train"], [int(v) for v in splits.train.labels], prints["val"], [int(v) for v in splits.val.labels], list(splits.classes)]
+        st["data"] = {"digest": hashlib.sha256(json.dumps(labelled).encode()).hexdigest(), "train": len(splits.train), "val": len(splits.val)}
     # L2-SP's reference: the backbone as created, before a resumed run loads weights that have moved
     l2sp_w0 = pretrained_reference(model.named_parameters(), cfg.reg)
     phase_resume = None
@@ -252,6 +257,13 @@ def fit(
         if saved is None:
             console.print("no intact checkpoint in the run directory: starting from the beginning")
         else:
+            then, now = saved["fit"].get("data"), st.get("data")
+            if then and now and then["digest"] != now["digest"]:  # it went on in silence: a run of two datasets, not the one it started as
+                sizes = (f"{then['train']} training and {then['val']} validation {inputs.unit} then, {now['train']} and {now['val']} now"
+                         if (then["train"], then["val"]) != (now["train"], now["val"]) else f"as many {inputs.unit}, other contents or labels")
+                raise UserError(f"the data at {cfg.data.path} changed since {out} was checkpointed ({sizes}): a resumed run would not be "
+                                f"the run it started as; put the data back as it was, or start over with its settings: "
+                                f"transferkit fit --config {Path(out) / 'config.yaml'} --out {out} --overwrite")
             model.load_state_dict(saved["model"])
             st, phase_resume = saved["fit"], saved["phase_state"]
             ps = phase_resume or {}
