@@ -231,3 +231,18 @@ def test_confusion_matrix_shortens_and_tilts_long_names_and_reliability_marks_ev
     lines = [ln.get_ydata().tolist() for ln in fig.axes[0].get_lines()]
     assert [0.55, 0.55] in lines  # the confidence, below the accuracy bar, drawn on top of it
     plots.close(fig)
+
+
+def test_the_run_says_which_epoch_it_kept_and_why_the_table_can_differ():
+    """The kept epoch was only in metrics.json (QA: 'stopped early after 15 of 20 epochs' and nothing
+    more), and a table reading 90.0% beside a kept epoch at 92.5% went unexplained (bf16 validation in
+    training, fp32 final evaluation)."""
+    from transferkit.report import kept_line
+
+    hist = [{"epoch": 1, "val_accuracy": 0.8, "val_loss": 0.5}, {"epoch": 2, "val_accuracy": 0.925, "val_loss": 0.4},
+            {"epoch": 3, "val_accuracy": 0.925, "val_loss": 0.3}, {"epoch": 4, "val_accuracy": 0.9, "val_loss": 0.35}]
+    line = kept_line({"best_epoch": 3, "accuracy": 0.9, "precision": "bf16"}, hist, "accuracy")
+    assert line == ("kept: the weights of epoch 3 of 4, the best by validation accuracy (92.50%), tied with epoch 2 and of lower validation loss; "
+                    "training validated under bf16 autocast, the table's 90.00% is the final evaluation in fp32")
+    assert kept_line({"best_epoch": 3, "accuracy": 0.925, "precision": "no"}, hist, "accuracy").endswith("and of lower validation loss")
+    assert kept_line({"best_epoch": 1, "accuracy": 0.8}, hist[:1], "accuracy") is None  # one epoch: nothing to choose

@@ -124,6 +124,29 @@ def _cells(d: dict) -> tuple[str, str, str]:
     return f"{100 * d['accuracy']:.2f}%", f"{d['macro_f1']:.4f}", f"{d['auroc']:.4f}" if d.get("auroc") is not None else "n/a"
 
 
+def kept_line(m: dict, history: list[dict], metric: str) -> str | None:
+    """Which epoch's weights the run kept and on what score: the run never said (only metrics.json's
+    best_epoch did); and why the table's score can differ from that epoch's (the final evaluation is
+    fp32, training's validation ran under autocast)."""
+    be = m.get("best_epoch")
+    row = next((h for h in history if h.get("epoch") == be), None)
+    if row is None or len(history) < 2:
+        return None
+    def show(v):
+        return f"{100 * v:.2f}%" if metric == "accuracy" else f"{v:.4f}"
+
+    then = row.get(f"val_{metric}")
+    line = f"kept: the weights of epoch {be} of {len(history)}, the best by validation {metric} ({show(then)})"
+    ties = [h["epoch"] for h in history if h.get(f"val_{metric}") == then and h["epoch"] != be] if metric != "loss" else []
+    if ties:
+        line += f", tied with epoch{'s' if len(ties) > 1 else ''} {', '.join(map(str, ties[:5]))} and of lower validation loss"
+    now = m.get(metric)
+    precision = {"no": "fp32"}.get(m.get("precision"), m.get("precision"))
+    if now is not None and then is not None and metric != "loss" and abs(now - then) > 1e-9 and precision not in (None, "fp32"):
+        line += f"; training validated under {precision} autocast, the table's {show(now)} is the final evaluation in fp32"
+    return line
+
+
 def print_results(con: Console, r) -> None:
     m = r.metrics
     t = Table(title="results (validation split" + ("; the rows 'on test split': the held-out test split" if "test" in m else "") + ")", header_style="bold")
@@ -146,6 +169,9 @@ def print_results(con: Console, r) -> None:
                 t.add_row(f"{label} on test split", *_cells(te[kind]))
         t.caption = f"test split: {m.get('n_test', '?')} examples"
     con.print(t)
+    kept = kept_line(m, r.history, r.config.train.metric)
+    if kept:
+        con.print(kept)
     if "groups" in m:
         from .metrics import worst_group_text
 
