@@ -41,7 +41,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--weight-decay", "weight_decay", float, "weight decay: decoupled with adamw, coupled L2 with adam and sgd (as torch does); not on biases and norm weights"),
     ("--schedule", "schedule", str, "constant | step | multistep | exponential | linear | cosine | onecycle"),
     ("--warmup-epochs", "warmup_epochs", float, "linear warmup length in epochs, in front of any schedule"),
-    ("--min-lr-ratio", "min_lr_ratio", float, "cosine / linear: end at lr x this"),
+    ("--min-lr-ratio", "min_lr_ratio", float, "cosine / linear: decay toward lr x this (the rate at the end of the run; its last step is just above)"),
     ("--step-size", "step_size", float, "step: epochs between decays"),
     ("--gamma", "gamma", float, "step / multistep: decay factor in (0, 1]"),
     ("--milestones", "milestones", str, "multistep: comma-separated epochs"),
