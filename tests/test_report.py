@@ -147,6 +147,8 @@ def test_lr_plot_draws_steps_and_a_lone_step():
     assert line.get_marker() == "o"
     (line,) = lr_figure([(0, 1e-3, 1e-3, "f"), (1, 1e-3, 1e-3, "f"), (2, 1e-4, 1e-4, "f")]).axes[0].lines
     assert line.get_drawstyle() == "steps-post"
+    # the last step's rate holds for its step too (it showed only as the drop into it)
+    assert line.get_xdata().tolist() == [0, 1, 2, 3] and line.get_ydata().tolist() == [1e-3, 1e-3, 1e-4, 1e-4]
 
 
 def test_a_verdict_against_transfer_says_when_the_last_epoch_was_the_best(tmp_path, capsys):

@@ -81,12 +81,16 @@ def lr_figure(trace: list[tuple]):
     phases = list(dict.fromkeys(t[3] for t in trace))
     for i, ph in enumerate(phases):
         pts = [t for t in trace if t[3] == ph]
-        steps = [t[0] for t in pts]
-        # each rate holds for its step (a step decay is a step, not a slope); a lone step shows as a dot
+        # each rate holds for its step (a step decay is a step, not a slope), the last one too (it showed
+        # only as the drop into it); a lone step shows as a dot
+        steps = [t[0] for t in pts] + ([pts[-1][0] + 1] if len(pts) > 1 else [])
+        def held(k):
+            return [t[k] for t in pts] + ([pts[-1][k]] if len(pts) > 1 else [])
+
         how = dict(drawstyle="steps-post", marker="o" if len(pts) == 1 else None)
-        ax.plot(steps, [t[1] for t in pts], color=f"C{i}", label=f"{ph}: head", **how)
+        ax.plot(steps, held(1), color=f"C{i}", label=f"{ph}: head", **how)
         if any(abs(t[2] - t[1]) > 1e-12 * max(t[1], 1e-30) for t in pts):
-            ax.plot(steps, [t[2] for t in pts], color=f"C{i}", ls="--", label=f"{ph}: first group", **how)
+            ax.plot(steps, held(2), color=f"C{i}", ls="--", label=f"{ph}: first group", **how)
     ax.set(xlabel="optimizer step", ylabel="learning rate", title="learning-rate schedule as applied")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(alpha=0.3)
