@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -352,7 +353,7 @@ def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys
     assert "--grad-checkpointing is not used by --strategy linear_probe" in capsys.readouterr().err
 
 
-def test_settings_from_a_config_file_or_keyword_arguments_that_the_strategy_ignores_are_said(capsys, tmp_path):
+def test_settings_from_a_config_file_or_keyword_arguments_that_the_strategy_ignores_are_said(capsys, tmp_path, monkeypatch):
     """Only flags were noted: `layer_decay: 0.8` and `k: 3` in a --config file with strategy lora, or
     TextClassifier(strategy='lora', k=3), were accepted and ignored in silence. A run's own
     config.yaml (every setting at its value) notes only those it changed."""
@@ -376,6 +377,24 @@ def test_settings_from_a_config_file_or_keyword_arguments_that_the_strategy_igno
     assert said == ["epochs=2 is not used by strategy 'linear_probe' (only by full, partial, gradual, lp_ft, lora)",
                     "k=3 is not used by strategy 'linear_probe' (only by partial)",
                     "momentum=0.5 is not used by optimizer 'adamw' (only by sgd)"], said
+    # the warning comes before fit(X, y) writes its temporary examples: raised as an error, it left them behind
+    import tempfile
+    import warnings
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmpd"))
+    (tmp_path / "tmpd").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(UserWarning, match="k=3 is not used"):
+            ImageClassifier(model="small_convnet", strategy="linear_probe", k=3).fit([np.zeros((8, 8, 3), np.uint8)] * 4, [0, 1] * 2)
+    assert list((tmp_path / "tmpd").iterdir()) == []
+    # a pipeline stage's settings, as a --config file's (they were silent there)
+    (tmp_path / "p.yaml").write_text("stages:\n  - name: a\n    data: digits:3,8\n    model: small_convnet\n"
+                                     "    settings: {strategy: linear_probe, lp_epochs: 1, k: 3, momentum: 0.5}\n")
+    assert main(["pipeline", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "po")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: stage a: k is not used by strategy linear_probe (only by partial)" in out
+    assert "note: stage a: momentum is not used by optimizer adamw (only by sgd)" in out
 
 
 def test_an_unknown_encoding_is_refused_before_any_file_is_read(tmp_path, capsys):

@@ -82,6 +82,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         from . import report
         from .fit import fit
 
+        self._warn_ignored()  # before any temporary folder exists (a warning raised as an error left it behind)
         labels_given, examples = None, None
         if y is not None:
             from .ranking import check_model_name
@@ -91,7 +92,6 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             examples = Path(data).parent
         elif not isinstance(data, (str, Path)):
             raise UserError(f"fit takes a path (a folder, a CSV, 'digits') or examples with their labels, fit(X, y); got {type(data).__name__} without labels")
-        self._warn_ignored()
         finished = False
         try:
             values = {str(v): v for v in labels_given} if labels_given is not None else None

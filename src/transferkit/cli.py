@@ -631,10 +631,12 @@ def cmd_lr_find(args) -> int:
     cfg = resolve_config(args).validate()
     noted = _note_unused(cfg, args)
     reads_epochs = {"epochs"} if cfg.strategy.name == "gradual" else set()  # how many groups gradual unfreezes
-    ignored = sorted((_given_settings(args) - noted - reads_epochs) & {"epochs", "lp_epochs", "patience", "schedule", "warmup_epochs", "min_lr_ratio", "step_size", "gamma",
+    ignored = sorted((_given_settings(args, with_config=True) - noted - reads_epochs) & {"epochs", "lp_epochs", "patience", "schedule", "warmup_epochs", "min_lr_ratio", "step_size", "gamma",
                                               "milestones", "decay_rate", "decay_steps", "staircase", "ema", "test_fraction"})
     if ignored:
-        print(f"transferkit: note: lr-find sweeps --steps steps and ignores {', '.join(_flag_of(n) for n in ignored)}", file=sys.stderr)
+        flags = _given_settings(args)
+        print(f"transferkit: note: lr-find sweeps --steps steps and ignores {', '.join(_flag_of(n) if n in flags else f'{n} (in {args.config})' for n in ignored)}",
+              file=sys.stderr)
     res = lr_find(cfg, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, console=report.console(quiet=args.quiet))
     make_dir(out)
     fig = lr_find_figure(res)

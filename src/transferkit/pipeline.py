@@ -148,6 +148,12 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
             msg = str(e)
             raise UserError(msg if msg.startswith(str(path)) else f"{path}: stage {name}: {msg}") from None
         configs[name] = cfg
+        if st.get("kind", "fit") == "fit" and settings:  # said as fit says a --config file's (they were silent here)
+            from .config import changed_settings
+            from .strategies import ignored_settings
+
+            for n, (what, own, users) in ignored_settings(cfg, set(changed_settings(config_from_dict(settings)))).items():
+                con.print(f"[yellow]note[/]: stage {name}: {n} is not used by {what} {own} (only by {users})")
     by_name = {str(st["name"]): st for st in stages}
     for st in stages:  # --baseline base on a chain that starts from random weights: said now, not after the first stages trained
         if "base" not in configs[str(st["name"])].train.baselines:
