@@ -399,6 +399,12 @@ def test_settings_a_config_file_sets_are_fixed_like_flags(tiny, tmp_path, capsys
     sp = _space_file(tmp_path, {"lr": {"low": 1e-4, "high": 1e-2, "log": True}})
     assert main([*args[:-6], "--space", sp, "--out", str(tmp_path / "s2"), "--trials", "1", "--folds", "2"]) == 2
     assert "--space names lr, also given as flag(s) --lr or in the --config file" in capsys.readouterr().err
+    # a run's own config.yaml records the default rate it resolved (lr: 0.001): not a choice, so still searched
+    (tmp_path / "run.yaml").write_text("strategy: linear_probe\nlr: 0.001\n")
+    fake.calls.clear()
+    flags = [f for f in _flags(tiny) if f != "--quiet"]
+    assert main(["search", *flags, "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "s3"), "--trials", "3", "--folds", "2"]) == 0
+    assert len({c.cfg.optim.lr for c in fake.calls}) > 1 and {c.cfg.strategy.name for c in fake.calls} == {"linear_probe"}
 
 
 # ----------------------------------------------------------------------------------------- lr-find

@@ -538,7 +538,16 @@ def _given_settings(args, *, with_config: bool = False) -> set[str]:
 
     names = [n for _, n, _, _ in FIT_FLAGS] + [n for _, n, _, _ in BOOL_FLAGS]
     flags = {n for n in names if getattr(args, n) is not None}
-    return flags | (set(changed_settings(load_config_file(args.config))) if with_config and args.config else set())
+    if not (with_config and args.config):
+        return flags
+    from .config import default_lr
+    from .inputs import modality_of
+
+    file_cfg = load_config_file(args.config)
+    changed = set(changed_settings(file_cfg))
+    if file_cfg.optim.lr == default_lr(modality_of(file_cfg.model.name), file_cfg.strategy.name):
+        changed.discard("lr")  # a run's config.yaml records the default rate it resolved: no one chose it (a search stopped searching it)
+    return flags | changed
 
 
 def cmd_adapt(args) -> int:
