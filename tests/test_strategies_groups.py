@@ -339,6 +339,15 @@ def test_lora_refuses_grouped_convolutions_by_name_and_does_not_list_them():
     with pytest.raises(UserError, match=r"needs --lora-targets for this backbone; module names that can be adapted: conv_pw$"):
         apply_lora(backbone, replace(RunConfig(), strategy="lora", lora_r=2).strategy)
     assert apply_lora(backbone, replace(RunConfig(), strategy="lora", lora_targets="conv_pw", lora_r=2).strategy) == ["conv_pw"]
+    # one short name over grouped and plain layers (RegNet's `conv`): the refused name was the only one offered
+    net = torch.nn.Sequential()
+    net.add_module("a", torch.nn.Sequential())
+    net.a.add_module("conv", torch.nn.Conv2d(8, 8, 3, groups=2))
+    net.add_module("b", torch.nn.Sequential())
+    net.b.add_module("conv", torch.nn.Conv2d(8, 16, 1))
+    backbone = SimpleNamespace(model=net, spec={"name": "tiny"})
+    with pytest.raises(UserError, match=r"\(a.conv: groups=2, a grouped convolution\).*adapted: b.conv$"):
+        apply_lora(backbone, replace(RunConfig(), strategy="lora", lora_targets="conv", lora_r=2).strategy)
 
 
 def test_gradual_says_when_groups_never_unfreeze_or_only_the_head_trains(tmp_path, capsys):
@@ -370,3 +379,9 @@ def test_timm_block_groups_are_named_by_what_they_hold():
     every = ["stem.w", "layer1.0.a.w", "layer1.1.a.w", "layer2.0.a.w", "layer2.1.a.w", "layer2.2.a.w", "layer2.3.a.w", "norm.w"]
     assert group_label(["layer1.0.a.w", "layer1.1.a.w"], every) == "layer1"  # the whole container
     assert group_label(["layer2.0.a.w", "layer2.1.a.w", "layer2.3.a.w", "norm.w"], every) == "layer2.0-1,3+norm"
+    import timm
+
+    from transferkit.backbones.base import TimmBackbone
+
+    convnext = TimmBackbone(timm.create_model("convnext_atto", pretrained=False, num_classes=0), preprocess=None, weights_id="x", spec={})
+    assert [g for g, _ in convnext.block_groups()][-1] == "head.norm"  # timm's own head.norm, not our head (it was group5)

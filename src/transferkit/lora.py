@@ -56,8 +56,12 @@ def _matches(name: str, target: str) -> bool:
 
 
 def _short_names(module: nn.Module) -> list[str]:
+    """The names --lora-targets can take: a short name that also names a grouped convolution somewhere
+    (RegNet's `conv`) would be refused, so it is left out (the full paths of its adaptable layers stay)."""
     kinds = _adaptable()
-    return sorted({short_name(n) for n, m in module.named_modules() if n and _can_adapt(m, kinds)})
+    named = [(n, m) for n, m in module.named_modules() if n and isinstance(m, kinds)]
+    blocked = {short_name(n) for n, m in named if not _can_adapt(m, kinds)}
+    return sorted({short_name(n) if short_name(n) not in blocked else n for n, m in named if _can_adapt(m, kinds)})
 
 
 def default_targets(inner: nn.Module) -> list[str]:
@@ -92,7 +96,8 @@ def apply_lora(backbone, cfg) -> list[str]:
         grouped = [n for n, m in inner.named_modules() if _matches(n, t) and isinstance(m, kinds) and not _can_adapt(m, kinds)]
         if grouped:  # PEFT failed with a ValueError traceback (rank not a multiple of the groups) and cannot merge them
             m = inner.get_submodule(grouped[0])
-            raise UserError(f"--lora-targets {t!r} names grouped convolutions ({grouped[0]}: groups={m.groups}, a depthwise convolution), "
+            kind = "a depthwise convolution" if m.groups == m.in_channels else "a grouped convolution"
+            raise UserError(f"--lora-targets {t!r} names grouped convolutions ({grouped[0]}: groups={m.groups}, {kind}), "
                             f"which LoRA cannot adapt and merge; names that can be adapted: {', '.join(available[:30])}")
         if not any(_matches(n, t) for n in names):
             raise UserError(f"--lora-targets {t!r} matches no module of {backbone.spec.get('name')}; names that match: {', '.join(available[:30])}")

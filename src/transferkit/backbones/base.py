@@ -137,6 +137,8 @@ class TimmBackbone(Backbone):
             out, used = [], {"head", "lora"}  # the names of the groups model_groups adds
             for gid, params in grouped.items():
                 label = group_label(params, names)
+                if label in used:  # timm's own `head.norm` (ConvNeXt): a name of its second level, then a number
+                    label = "+".join(dict.fromkeys(".".join(n.split(".")[:2]) for n in params))
                 label = label if label not in used else f"group{gid}"
                 used.add(label)
                 out.append((label, [f"model.{n}" for n in params]))
