@@ -474,3 +474,28 @@ def test_outputs_are_never_written_over_the_files_of_a_run(tmp_path, tiny_ckpt, 
     assert len((tmp_path / "glob.csv").read_text().splitlines()) == 1 + 8
     assert main(["predict", str(run), str(data / "red" / "*.gif")]) == 2
     assert f"not found: {data / 'red' / '*.gif'}" in capsys.readouterr().err
+
+
+def test_run_files_are_found_through_a_linked_folder_and_search_or_pipeline_folders_are_named(tmp_path):
+    """refuse_run_file walked the path as typed: a link to a run's subfolder (a text run's text_model/)
+    let a write through. A search's or a pipeline's folder was called "not a transferkit run directory"."""
+    import json as _json
+
+    from transferkit.rundir import refuse_run_file, require_finished
+
+    run = tmp_path / "run"
+    (run / "text_model").mkdir(parents=True)
+    (run / "text_model" / "tokenizer.json").write_text("{}")
+    (run / "manifest.json").write_text(_json.dumps({"files": {"text_model/tokenizer.json": "0"}}))
+    (tmp_path / "tm").symlink_to(run / "text_model")
+    with pytest.raises(UserError, match="is a file of the run"):
+        refuse_run_file(tmp_path / "tm" / "tokenizer.json", "--out")
+    refuse_run_file(tmp_path / "tm" / "other.csv", "--out")  # a new file beside it is fine
+    (tmp_path / "s" / "final").mkdir(parents=True)
+    (tmp_path / "s" / "search.json").write_text("{}")
+    with pytest.raises(UserError, match=r"is a search folder, not a run: its best configuration, refitted, is the run .*s/final"):
+        require_finished(tmp_path / "s")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "pipeline_state.json").write_text("{}")
+    with pytest.raises(UserError, match=r"is a pipeline folder, not a run: each stage's run is a folder in it \(none has finished yet\)"):
+        require_finished(tmp_path / "p")

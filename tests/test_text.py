@@ -85,8 +85,11 @@ def test_encodings(tmp_path):
         for enc in ("auto", "latin-1"):
             with pytest.raises(UserError, match=rf"{name} is an image \(\w+\), not text: a text model reads texts"):
                 read_texts(str(tmp_path / name), encoding=enc)
-    (tmp_path / "BM.txt").write_text("BMW makes cars\nPNG is a format\n")  # a text that starts like an image's mark
-    assert read_texts(str(tmp_path / "BM.txt")) == ["BMW makes cars", "PNG is a format"]
+    (tmp_path / "g.txt").write_text("GIF89a is the animated format I like\nsee you at lunch\n")  # a text that starts with an image's mark
+    assert read_texts(str(tmp_path / "g.txt")) == ["GIF89a is the animated format I like", "see you at lunch"]
+    Image.new("RGB", (300, 8), (200, 0, 0)).save(tmp_path / "wide.gif")  # width 300: no NUL in its first bytes
+    with pytest.raises(UserError, match=r"wide.gif is an image \(GIF\)"):
+        read_texts(str(tmp_path / "wide.gif"))
 
 
 @pytest.mark.parametrize(

@@ -57,18 +57,18 @@ def check_can_make(path: Path) -> None:
 def refuse_run_file(path: str | os.PathLike, flag: str) -> None:
     """Refuse to write `path` when it is a file a finished run lists in its manifest (or the manifest
     itself): writing over it left the run unusable ("does not match its sha256")."""
-    p = Path(path).absolute()
-    for run in p.parents:
-        m = run / MANIFEST
-        if m.is_file():
-            try:
-                listed = set(json.loads(m.read_text())["files"]) | {MANIFEST}
-            except (OSError, ValueError, KeyError, TypeError):
-                return
-            if p.relative_to(run).as_posix() in listed:
-                raise UserError(f"{flag} {path} is a file of the run {run} (its manifest lists it): writing over it would break the run; "
-                                "give another file name")
-            return
+    for p in dict.fromkeys((Path(path).absolute(), Path(path).resolve())):  # as typed, and through any linked folder
+        for run in p.parents:
+            m = run / MANIFEST
+            if m.is_file():
+                try:
+                    listed = set(json.loads(m.read_text())["files"]) | {MANIFEST}
+                except (OSError, ValueError, KeyError, TypeError):
+                    break
+                if p.relative_to(run).as_posix() in listed:
+                    raise UserError(f"{flag} {path} is a file of the run {run} (its manifest lists it): writing over it would break the run; "
+                                    "give another file name")
+                break
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -118,6 +118,12 @@ def require_finished(path: str | os.PathLike, name: str | None = None) -> None:
     if not problems:
         return
     if not (p / MANIFEST).exists():
+        if (p / "search.json").is_file():  # a search's folder: its refitted model is a run of its own
+            raise UserError(f"{name} is a search folder, not a run: its best configuration, refitted, is the run {p / 'final'}")
+        if (p / "pipeline_state.json").is_file():
+            stages = sorted(d.name for d in p.iterdir() if (d / MANIFEST).is_file())
+            raise UserError(f"{name} is a pipeline folder, not a run: each stage's run is a folder in it"
+                            + (f" ({', '.join(str(p / s) for s in stages[:5])})" if stages else " (none has finished yet)"))
         if any((p / "checkpoints").glob("ckpt-*.pt")):
             raise UserError(f"{name} is an interrupted run (it has checkpoints, no manifest): finish it with `transferkit fit --resume {p}`")
         if (p / "config.yaml").is_file():

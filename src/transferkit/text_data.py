@@ -214,11 +214,24 @@ def _find(folder: Path, stem: str) -> Path | None:
 _IMAGE_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
 
+def _binary(head: bytes) -> bool:
+    """Bytes no text file holds: a NUL, or ones that are not UTF-8 (a character cut at the end aside)."""
+    if b"\x00" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start < len(head) - 3
+    return False
+
+
 def _image_kind(raw: bytes, path: Path) -> str | None:
     """The kind of image `raw` is by its first bytes (or its name, for formats without a safe mark)."""
     from .data import IMAGE_SUFFIXES
 
     kind = next((k for m, k in _IMAGE_MAGIC.items() if raw.startswith(m)), None)
+    if kind == "GIF" and not _binary(raw[:512]):  # "GIF89a is the format I like": a text that starts with the mark
+        kind = None
     if kind is None and raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
         kind = "WebP"
     if kind is None and path.suffix.lower() in IMAGE_SUFFIXES and b"\x00" in raw[:512]:
