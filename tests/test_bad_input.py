@@ -472,6 +472,7 @@ def test_outputs_are_never_written_over_the_files_of_a_run(tmp_path, tiny_ckpt, 
     # a quoted pattern the shell left alone: the files it matches (it was "not found: d/red/*.png")
     assert main(["predict", str(run), str(data / "red" / "*.png"), "--out", str(tmp_path / "glob.csv")]) == 0
     assert len((tmp_path / "glob.csv").read_text().splitlines()) == 1 + 8
+    assert "names no file; read as a pattern, it matches 8" in capsys.readouterr().err
     assert main(["predict", str(run), str(data / "red" / "*.gif")]) == 2
     assert f"not found: {data / 'red' / '*.gif'}" in capsys.readouterr().err
 

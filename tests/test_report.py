@@ -225,7 +225,10 @@ def test_confusion_matrix_shortens_and_tilts_long_names_and_reliability_marks_ev
 
     fig = plots.confusion_figure(np.array([[30, 2], [5, 40]]), ["a rather long negative sentiment label", "positive"])
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert ticks == ["a rather long negative...", "positive"] and fig.axes[0].get_xticklabels()[0].get_rotation() == 45
+    assert ticks == ["a rather lo...ment label", "positive"] and fig.axes[0].get_xticklabels()[0].get_rotation() == 45
+    fig2 = plots.confusion_figure(np.eye(2, dtype=int), ["customer complaint about billing", "customer complaint about delivery"])
+    assert len({t.get_text() for t in fig2.axes[0].get_xticklabels()}) == 2  # alike at the start, told apart
+    plots.close(fig2)
     assert not [w for w in recwarn if "Tight layout" in str(w.message)]
     plots.close(fig)
     cal = {"ece": 0.05, "bins": [{"low": 0.5, "high": 0.6, "accuracy": 1.0, "confidence": 0.55}]}

@@ -475,7 +475,10 @@ def _expand_patterns(items: list[str]) -> list[str]:
     out = []
     for item in items:
         if not Path(item).exists() and glob.has_magic(item):
-            out += sorted(glob.glob(item, recursive=True)) or [item]
+            found = sorted(glob.glob(item, recursive=True))
+            if found:  # said: a quoted name with brackets that does not exist is read as a pattern too
+                print(f"note: {item} names no file; read as a pattern, it matches {len(found)}", file=sys.stderr)
+            out += found or [item]
         else:
             out.append(item)
     return out
@@ -815,8 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", help="text models, CSV/TSV inputs: the column holding the text (default: the run's, else detected)")
     p.add_argument("--encoding", type=_encoding, default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
-    p.add_argument("--out", help="CSV file to write (default: standard output); texts: file, row (a text file's line, a CSV's row with "
-                   "its header as row 1), text, label, p_CLASS...")
+    p.add_argument("--out", help="CSV file to write (default: standard output); texts: file, row (a text file's line, a CSV's record "
+                   "number with its header as 1), text, label, p_CLASS...")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="run the model's ONNX export with onnxruntime (default RUN_DIR/export; 3x faster on a CPU)")
     p.add_argument("--explain", metavar="DIR", help="also write why: images, each beside a Grad-CAM map of where the model looked for the class it said (one PNG each); texts, explain.html with each word shaded by how much it pushed toward that class")
     p.set_defaults(func=cmd_predict)

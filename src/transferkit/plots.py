@@ -54,7 +54,8 @@ def confusion_figure(cm, classes: list[str]):
     for i in range(n):
         for j in range(n):
             ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", fontsize=9 if n <= 12 else 6, color="white" if frac[i, j] > 0.5 else "black")
-    names = [c if len(c) <= 24 else c[:22] + "..." for c in map(str, classes)]  # long names overprinted each other
+    # long names overprinted each other; cut in the middle, so that names alike at the start stay apart
+    names = [c if len(c) <= 24 else c[:11] + "..." + c[-10:] for c in map(str, classes)]
     tilt = n > 4 or max(map(len, names), default=0) > 8
     ax.set_xticks(range(n), names, rotation=45 if tilt else 0, ha="right" if tilt else "center")
     ax.set_yticks(range(n), names)

@@ -404,7 +404,7 @@ def read_texts(spec: str, *, text_column: str | None = None, encoding: str = "au
 def read_text_rows(spec: str, *, text_column: str | None = None, also: str | None = None, encoding: str = "auto",
                    classes: list[str] | None = None) -> list[tuple[int, str]]:
     """`read_texts` with where each text came from: (row, text), the row being a text file's line
-    number or a CSV/TSV's row number, its header being row 1 (as `read_table` names rows), blank
+    number or a CSV/TSV's record number, its header being record 1 (as `read_table` names rows), blank
     records not counted (both from 1; blank texts are left out). A CSV/TSV's header is detected as `read_table` detects it; the text
     column is `text_column` (a name, or a position from 1), else `also` (a run's own
     --text-column), else a known name, else, without a header, the column of the longest texts.
@@ -451,7 +451,7 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
             if values and all(_number(v) for v in values):  # `id,score` over numbers: its ids were classified as texts
                 raise UserError(f"{p}: no column of texts (columns: {', '.join(header)}; the longest, {header[col]}, holds numbers); "
                                 "name the text column with --text-column")
-        # rows counted as in the file, the header being row 1 (as evaluate's mistakes.csv and a spreadsheet count them)
+        # records counted as in the file, the header being record 1 (as evaluate's mistakes.csv counts them)
         texts = [(i, r[col]) for i, r in enumerate(body, 2 if has_header else 1) if len(r) > col and r[col].strip()]
     else:
         texts = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
