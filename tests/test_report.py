@@ -251,3 +251,6 @@ def test_the_run_says_which_epoch_it_kept_and_why_the_table_can_differ():
                     "training validated under bf16 autocast, the table's 90.00% is the final evaluation in fp32")
     assert kept_line({"best_epoch": 3, "accuracy": 0.925, "precision": "no"}, hist, "accuracy").endswith("and of lower validation loss")
     assert kept_line({"best_epoch": 1, "accuracy": 0.8}, hist[:1], "accuracy") is None  # one epoch: nothing to choose
+    # with --min-delta a tie is no improvement: the first to reach the score is kept, not the lower loss
+    assert kept_line({"best_epoch": 2, "accuracy": 0.925, "precision": "no"}, hist, "accuracy", 0.01) == (
+        "kept: the weights of epoch 2 of 4, the best by validation accuracy (92.50%), counting gains over --min-delta 0.01 only")

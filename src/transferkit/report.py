@@ -124,7 +124,7 @@ def _cells(d: dict) -> tuple[str, str, str]:
     return f"{100 * d['accuracy']:.2f}%", f"{d['macro_f1']:.4f}", f"{d['auroc']:.4f}" if d.get("auroc") is not None else "n/a"
 
 
-def kept_line(m: dict, history: list[dict], metric: str) -> str | None:
+def kept_line(m: dict, history: list[dict], metric: str, min_delta: float = 0.0) -> str | None:
     """Which epoch's weights the run kept and on what score: the run never said (only metrics.json's
     best_epoch did); and why the table's score can differ from that epoch's (the final evaluation is
     fp32, training's validation ran under autocast)."""
@@ -137,8 +137,10 @@ def kept_line(m: dict, history: list[dict], metric: str) -> str | None:
 
     then = row.get(f"val_{metric}")
     line = f"kept: the weights of epoch {be} of {len(history)}, the best by validation {metric} ({show(then)})"
+    if min_delta:  # a later epoch within --min-delta of it was no improvement
+        line += f", counting gains over --min-delta {min_delta:g} only"
     ties = [h["epoch"] for h in history if h.get(f"val_{metric}") == then and h["epoch"] != be] if metric != "loss" else []
-    if ties:
+    if ties and not min_delta:
         line += f", tied with epoch{'s' if len(ties) > 1 else ''} {', '.join(map(str, ties[:5]))} and of lower validation loss"
     now = m.get(metric)
     precision = {"no": "fp32"}.get(m.get("precision"), m.get("precision"))
@@ -169,7 +171,7 @@ def print_results(con: Console, r) -> None:
                 t.add_row(f"{label} on test split", *_cells(te[kind]))
         t.caption = f"test split: {m.get('n_test', '?')} examples"
     con.print(t)
-    kept = kept_line(m, r.history, r.config.train.metric)
+    kept = kept_line(m, r.history, r.config.train.metric, r.config.train.min_delta)
     if kept:
         con.print(kept)
     if "groups" in m:
