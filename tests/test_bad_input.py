@@ -344,8 +344,8 @@ def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys
     _note_unused(resolve_config(args), args)
     assert "--l2sp-alpha pulls the backbone toward its pretrained weights, and small_convnet has none" in capsys.readouterr().err
     # a probe on cached features has no fine-tuning to average and no backbone pass to split (--ema was silent)
-    args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--strategy", "linear_probe", "--ema", "0.99", "--accumulate", "2"])
-    assert _note_unused(resolve_config(args), args) == {"ema", "accumulate"}
+    args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--strategy", "linear_probe", "--ema", "0.99", "--accumulate", "2", "--group-by-length"])
+    assert _note_unused(resolve_config(args), args) == {"ema", "accumulate", "group_by_length"}
     assert "--ema is not used by --strategy linear_probe" in capsys.readouterr().err
     # noted as unused, and then refused for a model that cannot recompute its activations: now only noted
     assert main(["fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "linear_probe", "--lp-epochs", "2",

@@ -153,7 +153,7 @@ def test_text_export_with_saved_tokenizer(tmp_path, capsys, tiny_bert):
     np.testing.assert_allclose(alone[0], probs[1], atol=1e-5)
 
 
-def test_the_exported_tokenizer_truncates_at_the_runs_max_length(tmp_path, tiny_bert):
+def test_the_exported_tokenizer_truncates_at_the_runs_max_length(tmp_path, tiny_bert, capsys):
     """The saved tokenizer kept the model's own limit (512), so a text longer than the run's
     --max-length scored differently in onnxruntime than in transferkit (QA: 2 of 20 SMS labels flipped)."""
     from transformers import AutoTokenizer
@@ -171,6 +171,13 @@ def test_the_exported_tokenizer_truncates_at_the_runs_max_length(tmp_path, tiny_
     assert feed["input_ids"].shape[1] == 6
     (probs,) = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]).run(["probs"], feed)
     np.testing.assert_allclose(probs, clf.predict_proba(texts), atol=1e-5)
+    # predict and evaluate say that they cut texts at max_length, as fit says it (they were silent)
+    capsys.readouterr()
+    assert main(["predict", str(run), "--text", texts[0], "--text", texts[1], "--text", "dull"]) == 0
+    assert "note: 2 of 3 texts are longer than the run's 6 tokens and were cut there" in capsys.readouterr().err
+    (tmp_path / "e.csv").write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(texts, ("pos", "neg", "neg"))))
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "e.csv")]) == 0
+    assert "note: 2 of 3 texts are longer than the run's 6 tokens" in capsys.readouterr().err
 
 
 def test_export_refuses_what_it_cannot_do(tmp_path, capsys, monkeypatch):

@@ -63,6 +63,20 @@ def test_detects_columns_header_and_delimiter(tmp_path):
     assert read_text_rows(str(ids))[0] == (1, "Okay")
 
 
+def test_a_tsv_with_quoted_tabs_and_newlines_is_read_as_quoted(tmp_path):
+    """A TSV written by Python's csv module (quoted fields holding tabs or newlines) was refused with
+    "quote fields that contain the delimiter"; a TSV with stray quotes (SST-2) is still read unquoted."""
+    from transferkit.text_data import read_table, read_text_rows
+
+    q = tmp_path / "q.tsv"
+    q.write_text('review\tsentiment\n"a film\twith a tab"\tpos\n"two\nlines"\tneg\nplain text\tpos\nother text\tneg\n')
+    assert read_table(q)[0] == ["a film\twith a tab", "two\nlines", "plain text", "other text"]
+    assert [t for _, t in read_text_rows(str(q))] == ["a film\twith a tab", "two\nlines", "plain text", "other text"]
+    stray = tmp_path / "s.tsv"
+    stray.write_text('sentence\tlabel\nthe "best" film\t1\n" a start quote\t0\nfine\t1\nbad\t0\n')
+    assert read_table(stray)[0] == ['the "best" film', '" a start quote', "fine", "bad"]
+
+
 def test_encodings(tmp_path):
     from transferkit.text_data import read_table
 

@@ -362,7 +362,8 @@ class TextClassifier(_Classifier):
         """A text (str), texts, or a pathlib.Path: a file of texts (one per line, or a CSV/TSV's text
         column), as `transferkit predict` reads it."""
         texts = self._examples(texts)
-        return self._tokens(texts), texts
+        x, self.texts_cut_ = self.model_.backbone.tokenize(texts, self.inputs_.max_length)  # said by predict, as fit says its own
+        return x, texts
 
     def _examples(self, texts) -> list[str]:
         """`_encode`'s inputs as a list of non-empty strings."""

@@ -313,6 +313,8 @@ def cmd_evaluate(args) -> int:
     else:
         m = clf.evaluate(args.data, mistakes_csv=args.mistakes, skip_bad_images=args.skip_bad_images)
     _say_skipped(m.get("skipped") or [])
+    if m.get("texts_cut"):
+        _say_cut(m["texts_cut"]["n"], m["n"], m["texts_cut"]["max_length"])
     if args.json:
         print(json.dumps(m, indent=2))
     else:
@@ -394,6 +396,8 @@ def cmd_predict(args) -> int:
         if not texts:
             raise UserError("predict needs texts: a file of texts (one per line, or a CSV/TSV with a text column) or --text")
         names, proba = [[f, i, t] for (f, i), t in zip(where, texts)], proba_of(clf, clf._encode(texts)[0])
+        if clf.texts_cut_:
+            _say_cut(clf.texts_cut_, len(texts), clf.inputs_.max_length)
         first = ["file", "row", "text"]
         if args.explain is not None:
             _write_text_explanations(clf, texts, proba, lambda t: proba_of(clf, clf._tokens(t)), Path(args.explain), where)
@@ -465,6 +469,12 @@ def _write_explanations(clf, encoded: list, names: list[str], proba, folder: Pat
     if stale:  # an earlier --explain into the same folder: its maps would read as this call's
         print(f"note: {folder} also holds {len(stale)} map(s) from an earlier --explain (e.g. {sorted(stale)[0]}); "
               "give an empty folder to keep them apart", file=sys.stderr)
+
+
+def _say_cut(n: int, total: int, max_length: int) -> None:
+    """Texts longer than the run's max_length are cut, as in training: said, as fit says its own."""
+    print(f"note: {n} of {total} texts are longer than the run's {max_length} tokens and were cut there, as in training "
+          "(the model sees their beginnings)", file=sys.stderr)
 
 
 def _expand_patterns(items: list[str]) -> list[str]:

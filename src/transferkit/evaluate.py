@@ -140,7 +140,9 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
     if mistakes_csv is not None:
         refuse_run_file(mistakes_csv, "mistakes_csv")
     s, where = labelled_set(clf, spec)
+    cut_before = getattr(clf.inputs_, "truncated", 0)
     x, s, bad = clf.inputs_.encode(s, skip_bad=skip_bad_images or None)  # None: as the run was fitted
+    cut = getattr(clf.inputs_, "truncated", 0) - cut_before  # texts longer than the run's max_length (fit says its own)
     if not len(s):
         raise UserError(f"{where}: no readable examples to score (the {len(bad)} left to score cannot be read: {'; '.join(bad[:3])})")
     if onnx_session is not None:
@@ -159,6 +161,8 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
         m["groups"] = group_metrics(s.labels, proba, s.groups, clf.classes_)
     if bad:
         m["skipped"] = bad
+    if cut:
+        m["texts_cut"] = {"n": cut, "max_length": clf.inputs_.max_length}
     if mistakes_csv is not None:
         from .rundir import atomic_write_bytes
 

@@ -32,6 +32,7 @@ USED_ONLY_BY: dict[str, tuple[str, ...]] = {
     "epochs": BACKPROP, "crop_scale_min": BACKPROP, "augment": BACKPROP, "flip": BACKPROP, "bn_stats": BACKPROP,
     "schedule": BACKPROP, "warmup_epochs": BACKPROP, "min_lr_ratio": BACKPROP,
     "ema": BACKPROP, "accumulate": BACKPROP, "grad_checkpointing": BACKPROP,  # a head on cached features: no fine-tuning, no backbone pass to save
+    "group_by_length": BACKPROP,  # batches of texts through the backbone; cached features have no lengths
     "layer_decay": TRAINS_BACKBONE, "layer_lr_min": TRAINS_BACKBONE, "l2sp_alpha": TRAINS_BACKBONE,
     "lp_epochs": ("linear_probe", "lp_ft"), "k": ("partial",), "unfreeze_every": ("gradual",), "ft_lr_scale": ("lp_ft",), "ft_patience": ("lp_ft",),
     "lora_r": ("lora",), "lora_alpha": ("lora",), "lora_dropout": ("lora",), "lora_targets": ("lora",),

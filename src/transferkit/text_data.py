@@ -90,10 +90,9 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
     delim = _delimiter(text, path, delimiter)
     csv.field_size_limit(MAX_FIELD)
     try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL))
+        rows = _records(text, delim)
     except csv.Error as e:
         raise UserError(f"{path}: not a readable {_dname(delim)}-delimited file ({e})") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
     first = [c.strip() for c in rows[0]]
     named = any(c is not None and not str(c).isdigit() for c in (text_column, label_column))  # a position names no header
     has_header = named or _is_header(first, rows[1:], classes)
@@ -295,6 +294,26 @@ def _is_header(first: list[str], body: list[list[str]], classes: list[str] | Non
             or _names_texts(first, body))
 
 
+def _records(text: str, delim: str) -> list[list[str]]:
+    """The non-blank records of a delimited text. A TSV is read without quoting first (SST-2's texts
+    hold stray `"`); when that gives rows of unequal widths and reading its quotes gives equal ones,
+    the quotes are honoured (a TSV with quoted tabs or newlines was refused, told to quote them)."""
+    def read(quoting):
+        return [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delim, quoting=quoting) if any(c.strip() for c in r)]
+
+    if delim != "\t":
+        return read(csv.QUOTE_MINIMAL)
+    rows = read(csv.QUOTE_NONE)
+    if len({len(r) for r in rows}) > 1:
+        try:
+            quoted = read(csv.QUOTE_MINIMAL)
+        except csv.Error:
+            return rows
+        if quoted and len({len(r) for r in quoted}) == 1:
+            return quoted
+    return rows
+
+
 def _number(v: str) -> bool:
     try:
         float(v)
@@ -422,8 +441,7 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
         csv.field_size_limit(MAX_FIELD)
         d = _delimiter(text, p, None)
         try:
-            rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=d, quoting=csv.QUOTE_NONE if d == "\t" else csv.QUOTE_MINIMAL)
-                    if any(c.strip() for c in r)]
+            rows = _records(text, d)
         except csv.Error as e:
             raise UserError(f"{p}: not a readable {_dname(d)}-delimited file ({e})") from None
         if not rows:
