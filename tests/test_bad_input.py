@@ -494,6 +494,9 @@ def test_run_files_are_found_through_a_linked_folder_and_search_or_pipeline_fold
     refuse_run_file(tmp_path / "tm" / "other.csv", "--out")  # a new file beside it is fine
     (tmp_path / "s" / "final").mkdir(parents=True)
     (tmp_path / "s" / "search.json").write_text("{}")
+    with pytest.raises(UserError, match=r"is a search folder whose search has not finished \(no .*s/final yet\): continue it"):
+        require_finished(tmp_path / "s")
+    (tmp_path / "s" / "final" / "manifest.json").write_text(_json.dumps({"files": {}}))
     with pytest.raises(UserError, match=r"is a search folder, not a run: its best configuration, refitted, is the run .*s/final"):
         require_finished(tmp_path / "s")
     (tmp_path / "p").mkdir()

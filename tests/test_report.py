@@ -251,6 +251,9 @@ def test_the_run_says_which_epoch_it_kept_and_why_the_table_can_differ():
                     "training validated under bf16 autocast, the table's 90.00% is the final evaluation in fp32")
     assert kept_line({"best_epoch": 3, "accuracy": 0.925, "precision": "no"}, hist, "accuracy").endswith("and of lower validation loss")
     assert kept_line({"best_epoch": 1, "accuracy": 0.8}, hist[:1], "accuracy") is None  # one epoch: nothing to choose
+    # history keeps float32 scores: 0.9444444179534912 against the final 17/18 is no difference to speak of
+    f32 = [{"epoch": 1, "val_accuracy": float(np.float32(17 / 18)), "val_loss": 0.2}, {"epoch": 2, "val_accuracy": 0.5, "val_loss": 0.9}]
+    assert "autocast" not in kept_line({"best_epoch": 1, "accuracy": 17 / 18, "precision": "bf16"}, f32, "accuracy")
     # with --min-delta a tie is no improvement: the first to reach the score is kept, not the lower loss
     assert kept_line({"best_epoch": 2, "accuracy": 0.925, "precision": "no"}, hist, "accuracy", 0.01) == (
         "kept: the weights of epoch 2 of 4, the best by validation accuracy (92.50%), counting gains over --min-delta 0.01 only")

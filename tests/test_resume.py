@@ -240,7 +240,7 @@ def test_resume_refuses_data_that_changed_or_moved(tiny, tmp_path, capsys):
     with pytest.raises(StopRequested):
         fit(cfg, tmp_path / "cut", console=report.console(quiet=True), should_stop=StopAfter(4))
     (data / "red" / "0.png").write_bytes((data / "blue" / "0.png").read_bytes())  # as many images, one content changed
-    with pytest.raises(UserError, match=r"changed since .*cut was checkpointed \(as many images, other contents or labels\)"):
+    with pytest.raises(UserError, match=r"changed since .*cut was checkpointed \(as many training and validation images, other contents or labels\)"):
         fit(cfg, tmp_path / "cut", console=report.console(quiet=True), resume=True)
     (data / "red" / "0.png").unlink()
     assert main(["fit", "--resume", str(tmp_path / "cut"), "--quiet"]) == 2
@@ -255,3 +255,13 @@ def test_resume_refuses_data_that_changed_or_moved(tiny, tmp_path, capsys):
     assert f"the data of {tmp_path / 'cut'}, {data}, is not there any more (moved or deleted)" in err
     (tmp_path / "moved").rename(data)
     assert main(["fit", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    # the held-out test split is part of what the run scores: a changed test image is refused too
+    from transferkit.inputs import load_splits
+
+    cfg = _cfg(tiny, data=str(data), strategy="full", epochs=2, test_fraction=0.25)
+    with pytest.raises(StopRequested):
+        fit(cfg, tmp_path / "cut2", console=report.console(quiet=True), should_stop=StopAfter(4))
+    held = load_splits(cfg).test.sources[0]
+    Image.open(held).transpose(Image.FLIP_LEFT_RIGHT).save(held)
+    with pytest.raises(UserError, match=r"changed since .*cut2 was checkpointed \(as many training and validation images, other contents or labels, or another test split\)"):
+        fit(cfg, tmp_path / "cut2", console=report.console(quiet=True), resume=True)

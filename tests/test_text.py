@@ -75,6 +75,11 @@ def test_a_tsv_with_quoted_tabs_and_newlines_is_read_as_quoted(tmp_path):
     stray = tmp_path / "s.tsv"
     stray.write_text('sentence\tlabel\nthe "best" film\t1\n" a start quote\t0\nfine\t1\nbad\t0\n')
     assert read_table(stray)[0] == ['the "best" film', '" a start quote', "fine", "bad"]
+    # a quote never closed must not swallow a bad row (read with quotes, widths came out equal: a spam row vanished)
+    rag = tmp_path / "rag.tsv"
+    rag.write_text('ham\t"Keep calm and carry on\nspam\tWIN\ta prize now\nham\tsee you" tomorrow\nham\tok\nspam\tfree entry\n')
+    with pytest.raises(UserError, match=r"rag.tsv:2: 3 field\(s\) where the header has 2"):
+        read_table(rag)
 
 
 def test_encodings(tmp_path):

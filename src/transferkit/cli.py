@@ -653,6 +653,8 @@ def cmd_lr_find(args) -> int:
     cfg = resolve_config(args).validate()
     noted = _note_unused(cfg, args)
     reads_epochs = {"epochs"} if cfg.strategy.name == "gradual" else set()  # how many groups gradual unfreezes
+    if cfg.strategy.name == "lp_ft":  # its sweep starts from the head a probe trains first, for lp_epochs with patience
+        reads_epochs |= {"lp_epochs", "patience"}
     ignored = sorted((_given_settings(args, with_config=True) - noted - reads_epochs) & {"epochs", "lp_epochs", "patience", "schedule", "warmup_epochs", "min_lr_ratio", "step_size", "gamma",
                                               "milestones", "decay_rate", "decay_steps", "staircase", "ema", "test_fraction"})
     if ignored:

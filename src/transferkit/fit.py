@@ -246,7 +246,8 @@ def fit(
     if prints["train"]:  # what was trained on, by content: a resume onto other data is refused
         import hashlib
 
-        labelled = [prints["train"], [int(v) for v in splits.train.labels], prints["val"], [int(v) for v in splits.val.labels], list(splits.classes)]
+        test = [prints["test"], [int(v) for v in splits.test.labels]] if splits.test is not None else []
+        labelled = [prints["train"], [int(v) for v in splits.train.labels], prints["val"], [int(v) for v in splits.val.labels], list(splits.classes), *test]
         st["data"] = {"digest": hashlib.sha256(json.dumps(labelled).encode()).hexdigest(), "train": len(splits.train), "val": len(splits.val)}
     # L2-SP's reference: the backbone as created, before a resumed run loads weights that have moved
     l2sp_w0 = pretrained_reference(model.named_parameters(), cfg.reg)
@@ -260,7 +261,8 @@ def fit(
             then, now = saved["fit"].get("data"), st.get("data")
             if then and now and then["digest"] != now["digest"]:  # it went on in silence: a run of two datasets, not the one it started as
                 sizes = (f"{then['train']} training and {then['val']} validation {inputs.unit} then, {now['train']} and {now['val']} now"
-                         if (then["train"], then["val"]) != (now["train"], now["val"]) else f"as many {inputs.unit}, other contents or labels")
+                         if (then["train"], then["val"]) != (now["train"], now["val"]) else f"as many training and validation {inputs.unit}, "
+                         "other contents or labels" + (", or another test split" if splits.test is not None else ""))
                 raise UserError(f"the data at {cfg.data.path} changed since {out} was checkpointed ({sizes}): a resumed run would not be "
                                 f"the run it started as; put the data back as it was, or start over with its settings: "
                                 f"transferkit fit --config {Path(out) / 'config.yaml'} --out {out} --overwrite")

@@ -61,20 +61,23 @@ def smooth_centred(losses, window: int) -> np.ndarray:
 
 def never_fell(smoothed, raw=None) -> bool:
     """The smoothed loss never went clearly below where it started: no rate to suggest. With the raw
-    losses, "where it started" is the first loss (or the first points' median, if lower) and
-    "clearly" is beyond their step-to-step noise: the centred median at the start already holds the
-    later points (a loss that rose from 0.72 to 63 at once started "at" 63, and its 25 read as a
-    fall), and a flat loss's noise read as one."""
+    losses: never below the very first loss (a loss that rose from 0.72 to 63 at once: the centred
+    median at the start already held the later points, and its 25 read as a fall), or never below the
+    first points' level by more than their noise (a flat loss's wander read as a fall); the noise is
+    the spread of the step-to-step changes over the first quarter (median absolute deviation)."""
     sm = np.asarray(smoothed, float)
     if len(sm) < 3:
         return True
     if raw is None:
         return float(np.nanmin(sm[1:])) > 0.98 * float(sm[0])
     r = np.asarray(raw, float)
-    head = r[: max(5, len(r) // 10)]
-    start = min(float(r[0]), float(np.median(head)))
-    noise = float(np.std(np.diff(head)) / np.sqrt(2)) if len(head) > 2 else 0.0
-    return float(np.nanmin(sm[1:])) > start - max(0.02 * start, 2 * noise)
+    low = float(np.nanmin(sm[1:]))
+    if low >= r[0]:
+        return True
+    start = float(np.median(r[: max(5, len(r) // 10)]))
+    d = np.diff(r[: max(6, len(r) // 4)])
+    noise = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2) if len(d) > 2 else 0.0
+    return low > start - max(0.02 * start, 1.5 * noise)
 
 
 def suggest(lrs, smoothed) -> tuple[float | None, float]:

@@ -144,7 +144,7 @@ def kept_line(m: dict, history: list[dict], metric: str, min_delta: float = 0.0)
         line += f", tied with epoch{'s' if len(ties) > 1 else ''} {', '.join(map(str, ties[:5]))} and of lower validation loss"
     now = m.get(metric)
     precision = {"no": "fp32"}.get(m.get("precision"), m.get("precision"))
-    if now is not None and then is not None and metric != "loss" and abs(now - then) > 1e-9 and precision not in (None, "fp32"):
+    if now is not None and then is not None and metric != "loss" and show(now) != show(then) and precision not in (None, "fp32"):
         line += f"; training validated under {precision} autocast, the table's {show(now)} is the final evaluation in fp32"
     return line
 

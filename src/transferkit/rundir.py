@@ -119,7 +119,10 @@ def require_finished(path: str | os.PathLike, name: str | None = None) -> None:
         return
     if not (p / MANIFEST).exists():
         if (p / "search.json").is_file():  # a search's folder: its refitted model is a run of its own
-            raise UserError(f"{name} is a search folder, not a run: its best configuration, refitted, is the run {p / 'final'}")
+            if (p / "final" / MANIFEST).is_file():
+                raise UserError(f"{name} is a search folder, not a run: its best configuration, refitted, is the run {p / 'final'}")
+            raise UserError(f"{name} is a search folder whose search has not finished (no {p / 'final'} yet): continue it with the same "
+                            f"`transferkit search ... --out {p}` command; its refitted best run will be {p / 'final'}")
         if (p / "pipeline_state.json").is_file():
             stages = sorted(d.name for d in p.iterdir() if (d / MANIFEST).is_file())
             raise UserError(f"{name} is a pipeline folder, not a run: each stage's run is a folder in it"

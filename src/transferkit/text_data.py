@@ -298,15 +298,15 @@ def _records(text: str, delim: str) -> list[list[str]]:
     """The non-blank records of a delimited text. A TSV is read without quoting first (SST-2's texts
     hold stray `"`); when that gives rows of unequal widths and reading its quotes gives equal ones,
     the quotes are honoured (a TSV with quoted tabs or newlines was refused, told to quote them)."""
-    def read(quoting):
-        return [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delim, quoting=quoting) if any(c.strip() for c in r)]
+    def read(quoting, strict=False):
+        return [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delim, quoting=quoting, strict=strict) if any(c.strip() for c in r)]
 
     if delim != "\t":
         return read(csv.QUOTE_MINIMAL)
     rows = read(csv.QUOTE_NONE)
     if len({len(r) for r in rows}) > 1:
         try:
-            quoted = read(csv.QUOTE_MINIMAL)
+            quoted = read(csv.QUOTE_MINIMAL, strict=True)  # strict: a quote never closed (SMS texts start with one) cannot swallow rows
         except csv.Error:
             return rows
         if quoted and len({len(r) for r in quoted}) == 1:
