@@ -234,3 +234,22 @@ def test_hidden_files_and_macos_zip_folders_are_not_images(tmp_path):
     found = image_files(d)
     assert len(found) == 7 and (d / "red" / "deeper" / "nested.png") in found
     assert not any(part.startswith((".", "__MACOSX")) for p in found for part in p.relative_to(d).parts)
+
+
+def test_an_output_that_is_a_device_or_a_fifo_is_written_into_not_replaced(tmp_path):
+    """`predict RUN x.png --out /dev/null` wrote a temporary file and renamed it over the path: as root
+    that replaced /dev/null itself with a regular file, for every program on the machine. A FIFO
+    stands in for the device here."""
+    import os
+    import stat
+
+    from transferkit.rundir import atomic_write_bytes
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        atomic_write_bytes(fifo, b"file,label\n")
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode) and os.read(reader, 100) == b"file,label\n"
+    finally:
+        os.close(reader)

@@ -72,6 +72,11 @@ def refuse_run_file(path: str | os.PathLike, flag: str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    if path.exists() and not path.is_file():  # /dev/null, /dev/stdout, a FIFO: written into, never replaced
+        # (`predict --out /dev/null` as root replaced the device with a regular file, for every program)
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
