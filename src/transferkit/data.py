@@ -449,18 +449,15 @@ def _decode_one(src, size: int, interpolation: str):
 
 def _not_an_image(src) -> str | None:
     """What a file PIL cannot identify is, when that is plain: empty, or text."""
+    from .text_data import _binary
+
     try:
         head = Path(src).read_bytes()[:4096]
     except (OSError, TypeError):
         return None
     if not head:
         return "an empty file (0 bytes), not an image"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 3:  # not merely a character cut at the 4 KB peek
-            return None
-    return "a text file, not an image" if b"\x00" not in head else None
+    return None if _binary(head) else "a text file, not an image"
 
 
 DECODE_VERSION = 2  # 2: EXIF orientation applied, 16-bit images scaled (not clipped)
