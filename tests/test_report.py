@@ -229,6 +229,10 @@ def test_confusion_matrix_shortens_and_tilts_long_names_and_reliability_marks_ev
     fig2 = plots.confusion_figure(np.eye(2, dtype=int), ["customer complaint about billing", "customer complaint about delivery"])
     assert len({t.get_text() for t in fig2.axes[0].get_xticklabels()}) == 2  # alike at the start, told apart
     plots.close(fig2)
+    both = ["complaint (late) about the delivery", "complaint (lost) about the delivery", "other"]
+    fig2 = plots.confusion_figure(np.eye(3, dtype=int), both)  # alike at both ends: cut the same, so numbered
+    assert [t.get_text() for t in fig2.axes[0].get_yticklabels()] == ["complaint (...e delivery [0]", "complaint (...e delivery [1]", "other"]
+    plots.close(fig2)
     assert not [w for w in recwarn if "Tight layout" in str(w.message)]
     plots.close(fig)
     cal = {"ece": 0.05, "bins": [{"low": 0.5, "high": 0.6, "accuracy": 1.0, "confidence": 0.55}]}

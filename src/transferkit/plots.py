@@ -55,7 +55,7 @@ def confusion_figure(cm, classes: list[str]):
         for j in range(n):
             ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", fontsize=9 if n <= 12 else 6, color="white" if frac[i, j] > 0.5 else "black")
     # long names overprinted each other; cut in the middle, so that names alike at the start stay apart
-    names = [c if len(c) <= 24 else c[:11] + "..." + c[-10:] for c in map(str, classes)]
+    names = _short_names(classes)
     tilt = n > 4 or max(map(len, names), default=0) > 8
     ax.set_xticks(range(n), names, rotation=45 if tilt else 0, ha="right" if tilt else "center")
     ax.set_yticks(range(n), names)
@@ -63,6 +63,14 @@ def confusion_figure(cm, classes: list[str]):
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     _tight(fig)
     return fig
+
+
+def _short_names(classes, width: int = 24) -> list[str]:
+    """Class names cut in the middle to `width` characters, so that names alike at the start stay apart;
+    names alike at both ends would still print the same, so those get their class index as well."""
+    cut = [c if len(c) <= width else c[: width // 2 - 1] + "..." + c[-(width - width // 2 - 2):] for c in map(str, classes)]
+    seen = {n: cut.count(n) for n in cut}
+    return [f"{n} [{i}]" if seen[n] > 1 else n for i, n in enumerate(cut)]
 
 
 def _tight(fig) -> None:
