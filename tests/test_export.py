@@ -219,7 +219,7 @@ def test_unsaved_classifier_export_serves_its_saved_run_and_a_damaged_export_is_
     files = sorted(data.rglob("*.png"))
     X = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     y = [f.parent.name for f in files]
-    clf = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, batch_size=4, epochs=1, calibrate="none")
+    clf = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, batch_size=4, calibrate="none")
     clf.fit(X, y)
     assert list((tmp_path / "tmp").glob("transferkit-data-*")) == []  # the PNG copies of X are gone once fit returns
     with pytest.raises(Exception, match=r"fit\(X, y\): y has 1 class \(red\); classification needs at least two"):

@@ -248,13 +248,14 @@ def test_freeze_holds_a_head_parameter_in_the_probe_too(strategy, monkeypatch):
             super().__init__(cfg, named, **kw)
 
     monkeypatch.setattr(T, "Penalty", Spy)
-    clf = ImageClassifier(model="small_convnet", strategy=strategy, lp_epochs=3, epochs=1, freeze=[r"head\.0\.bias"], calibrate="none")
+    epochs = {} if strategy == "linear_probe" else {"epochs": 1}  # linear_probe trains lp_epochs only (and warns of epochs)
+    clf = ImageClassifier(model="small_convnet", strategy=strategy, lp_epochs=3, freeze=[r"head\.0\.bias"], calibrate="none", **epochs)
     clf.fit("digits:3,8", quiet=True)
     head = clf.model_.head[0]
     assert torch.equal(head.bias.detach(), start["head.0.bias"])
     assert not torch.equal(head.weight.detach(), start["head.0.weight"])  # the rest of the head trained
     with pytest.raises(UserError, match="freezes every parameter that phase .*probe would train"):  # was backward's RuntimeError
-        ImageClassifier(model="small_convnet", strategy=strategy, lp_epochs=1, epochs=1, freeze=["head"]).fit("digits:3,8", quiet=True)
+        ImageClassifier(model="small_convnet", strategy=strategy, lp_epochs=1, freeze=["head"], **epochs).fit("digits:3,8", quiet=True)
 
 
 def test_a_vit_keeps_timm_no_weight_decay_parameters_out_of_decay():

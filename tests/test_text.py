@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +193,12 @@ def test_every_strategy_runs_on_text(tmp_path, tiny_bert, strategy):
     from transferkit import TextClassifier
 
     p = make_text_csv(tmp_path / "r.csv")
-    clf = TextClassifier(model=f"dir:{tiny_bert}", strategy=strategy, batch_size=8, max_length=32, lp_epochs=5, epochs=2, k=1).fit(str(p))
+    used = {"k": 1} if strategy == "partial" else {}  # only the settings a strategy uses: the others warn
+    used |= {"lp_epochs": 5} if strategy in ("linear_probe", "lp_ft") else {}
+    used |= {"epochs": 2} if strategy != "linear_probe" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # and none is ignored here
+        clf = TextClassifier(model=f"dir:{tiny_bert}", strategy=strategy, batch_size=8, max_length=32, **used).fit(str(p))
     m = clf.metrics_
     assert m["modality"] == "text" and m["baseline"]["name"] == "TF-IDF logistic regression"
     assert 0 <= m["accuracy"] <= 1 and m["n_train"] == 32
