@@ -315,6 +315,13 @@ def test_a_model_of_random_weights_is_a_control_like_random_names(tiny, cache):
     assert r.best == cks[0] and "the only candidate that is not a random control, is picked" in r.reason(), r.reason()
     assert "the random control(s) small_convnet (" in r.reason() and r.reason().endswith("scored higher (see the warning)"), r.reason()
     assert r.to_dict()["best"] == cks[0]
+    # two candidates that are not controls under a control: the sentence ended at "the random control(s) "
+    from transferkit.ranking import ModelScores, Ranking
+
+    row = lambda name, v: ModelScores(name, {"logme": v}, 8, False, 0.0, {}, False)  # noqa: E731
+    two = Ranking("d", "logme", [row("random:m", 0.2), row("b", -0.1), row("c", -0.3)], 40, ["x", "y"], 0, 0, controls=["random:m"])
+    assert two.reason() == ("b has the highest LogME (-0.1000) of the 2 candidates that are not random controls, on the 40 training "
+                            "examples; the random control(s) random:m (0.2000) scored higher (see the warning)")
     # every candidate a control: said (auto trained one without a word)
     r = rank_models(str(data), ["small_convnet", "random:cifar_resnet20"], score="logme", scores=["logme"], **args)
     assert r.reason().startswith("every candidate is a random control (no pretrained weights)") and "a control transfers nothing" in r.reason()

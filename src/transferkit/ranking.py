@@ -437,13 +437,13 @@ class Ranking:
             return (f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates "
                     f"on the {self.n_train} training examples; next is {after[0].name} ({after[0].scores[self.score]:.4f})")
         models = [r for r in self.rows if r.name not in self.controls]
-        return (
+        picked = (
             f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of the {len(models)} candidates that are not random "
-            f"controls, on the {self.n_train} training examples; the random control(s) " if len(models) > 1 else
+            f"controls, on the {self.n_train} training examples" if len(models) > 1 else
             f"{first.name}, the only candidate that is not a random control, is picked ({label} {first.scores[self.score]:.4f}, on the "
-            f"{self.n_train} training examples); the random control(s) "
-            + ", ".join(f"{r.name} ({r.scores[self.score]:.4f})" for r in above) + " scored higher (see the warning)"
-        )
+            f"{self.n_train} training examples)"
+        )  # (the conditional once took the controls' names with its second branch only: the first ended "the random control(s) ")
+        return picked + "; the random control(s) " + ", ".join(f"{r.name} ({r.scores[self.score]:.4f})" for r in above) + " scored higher (see the warning)"
 
     def to_dict(self) -> dict:
         d = asdict(self)
