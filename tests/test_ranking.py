@@ -282,6 +282,11 @@ def test_too_few_examples_for_folds_leave_the_cross_validated_scores_out(tmp_pat
     assert any("knn, logreg left out: cross-validated scores need at least 2 training examples" in n for n in json.loads(out)["notes"])
     code, _, err = _rank_cli(capsys, "--data", str(data), "--models", "random:cifar_resnet20,random:cifar_resnet56", "--input-size", "16", "--score", "knn")
     assert code == 2 and "--score knn is cross-validated and needs at least 2 training examples in every class" in err
+    from transferkit.cli import main  # fit names its own flag: the user typed --rank-score, not rank's --score
+
+    code = main(["fit", "--data", str(data), "--model", "auto", "--candidates", "random:cifar_resnet20,random:cifar_resnet56", "--input-size", "16",
+                 "--rank-score", "knn", "--out", str(tmp_path / "run")])
+    assert code == 2 and "--rank-score knn is cross-validated" in capsys.readouterr().err
 
 
 def test_rank_models_refuses_explicit_source_scores_for_headless_models(tiny, cache):
@@ -322,6 +327,18 @@ def test_a_model_of_random_weights_is_a_control_like_random_names(tiny, cache):
     two = Ranking("d", "logme", [row("random:m", 0.2), row("b", -0.1), row("c", -0.3)], 40, ["x", "y"], 0, 0, controls=["random:m"])
     assert two.reason() == ("b has the highest LogME (-0.1000) of the 2 candidates that are not random controls, on the 40 training "
                             "examples; the random control(s) random:m (0.2000) scored higher (see the warning)")
+    # the control's warning claimed the candidates below it "carry no more usable information than random
+    # weights" while the accuracy columns beside it said otherwise (MiniLM under a random control on SMS spam)
+    from transferkit.ranking import _control_warning
+
+    acc = lambda name, v, k, g: ModelScores(name, {"logme": v, "knn": k, "logreg": g}, 384, False, 0.0, {}, False)  # noqa: E731
+    sms = [acc("random:m", 0.1855, 0.9713, 0.9794), acc("minilm_l6", -0.0680, 0.9758, 0.9848)]
+    assert _control_warning(sms, ["random:m"], "logme", []) == (
+        "warning: the random control(s) random:m did not rank last by LogME: by this score, the candidates below them look no better "
+        "than random weights on this data; but the cross-validated accuracies (kNN acc, LogReg acc) rank minilm_l6 above every control: "
+        "the score and the accuracies disagree here, so compare by accuracy (--score logreg) or fit both")
+    sms[1].scores["knn"] = 0.96  # the accuracies do not agree with each other: the warning stands alone
+    assert _control_warning(sms, ["random:m"], "logme", []).endswith("look no better than random weights on this data")
     # every candidate a control: said (auto trained one without a word)
     r = rank_models(str(data), ["small_convnet", "random:cifar_resnet20"], score="logme", scores=["logme"], **args)
     assert r.reason().startswith("every candidate is a random control (no pretrained weights)") and "a control transfers nothing" in r.reason()

@@ -262,6 +262,38 @@ def test_group_column_gives_metrics_per_group_and_the_worst(tmp_path, capsys, ti
     assert rc == 2 and "hospital" in err
 
 
+def test_groups_on_the_test_split_and_splits_that_cannot_be_are_refused(tmp_path, capsys, tiny_ckpt):
+    """With --test-fraction the verdict is on the test split but the groups were on validation only
+    (evaluate then named another worst group); the label column was taken as a group column (per-class
+    recall again); --test-fraction 0.9 with --val-fraction 0.5 held out 48% in silence; the class
+    table had no test column; --calibrate none left no trace."""
+    import json
+
+    d = make_folder(tmp_path / "d", n=20)
+    files = sorted(d.rglob("*.png"))
+    rows = ["path,label,site"] + [f"{f},{f.parent.name},{'north' if i % 2 else 'south'}" for i, f in enumerate(files)]
+    (tmp_path / "g.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    rc = main(["fit", "--data", str(tmp_path / "g.csv"), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "1", "--group-column", "site",
+               "--test-fraction", "0.25", "--calibrate", "none", "--out", str(out)])
+    said = " ".join(capsys.readouterr().out.split())
+    assert rc == 0 and "per group (validation split): " in said and "per group (test split): " in said
+    assert "calibration: temperature scaling skipped: --calibrate none" in said
+    assert "┃ class ┃ train ┃ val ┃ test ┃" in said and "│ total │ 22 │ 8 │ 10 │" in said, said
+    m = json.loads((out / "metrics.json").read_text())
+    tg = m["test"]["groups"]
+    assert sum(v["n"] for v in tg["per_group"].values()) == m["n_test"] == 10 and set(tg["per_group"]) == {"north", "south"}
+    assert main(["evaluate", str(out), "--data", str(tmp_path / "g.csv"), "--json"]) == 0  # evaluate scores the test split: the same groups
+    assert json.loads(capsys.readouterr().out)["groups"] == tg
+    html = (out / "report.html").read_text()
+    assert "Per group (test split)" in html and "<th>test</th>" in html
+    assert m["temperature_scaling"] == {"skipped": "--calibrate none"} and "temperature scaling skipped (--calibrate none)" in html
+    rc, err = _fit(["--data", str(tmp_path / "g.csv"), *tiny_args(tiny_ckpt), "--group-column", "label", "--out", str(tmp_path / "r2")], capsys)
+    assert rc == 2 and "--group-column label names the label column" in err
+    rc, err = _fit(["--data", str(d), *tiny_args(tiny_ckpt), "--test-fraction", "0.9", "--val-fraction", "0.5", "--out", str(tmp_path / "r3")], capsys)
+    assert rc == 2 and "--test-fraction 0.9 and --val-fraction 0.5 together leave no training data" in err
+
+
 def test_digits_subsets_for_a_source_and_a_target_task():
     from transferkit.data import load_image_data
 

@@ -618,3 +618,15 @@ def test_evaluate_leaves_out_the_training_texts_found_under_another_path(tmp_pat
     fitted = TextClassifier(model=f"dir:{tiny_bert}", strategy="linear_probe", batch_size=8, max_length=32, lp_epochs=2, val_fraction=0.25).fit(str(data))
     fitted.save(tmp_path / "saved")
     assert TextClassifier.load(tmp_path / "saved").evaluate(str(copy))["n"] == len(new)
+
+
+def test_the_text_or_label_column_is_no_group_column(tmp_path):
+    """--group-column text was accepted: one "group" per message, each printed whole."""
+    from transferkit.text_data import read_table
+
+    p = tmp_path / "g.csv"
+    p.write_text("text,label,site\ngood film,pos,A\nawful plot,neg,B\n")
+    assert read_table(p, group_column="site")[3] == ["A", "B"]
+    for col, what in (("text", "text"), ("label", "label")):
+        with pytest.raises(UserError, match=f"--group-column {col} names the {what} column; name a column of groups .*'site'"):
+            read_table(p, group_column=col)

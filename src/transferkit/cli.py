@@ -698,7 +698,7 @@ def cmd_rank(args) -> int:
     r = rank_models(
         args.data, args.models.split(","), score=args.score, arch=args.arch, seed=args.seed, val_fraction=args.val_fraction,
         skip_bad_images=args.skip_bad_images, device="cpu" if args.cpu else None, input_size=args.input_size, log=log, precision=args.precision,
-        text={k: getattr(args, k) for k in TEXT_SETTINGS},
+        text={k: getattr(args, k) for k in TEXT_SETTINGS}, shots=args.shots, test_fraction=args.test_fraction,
     )
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
@@ -906,6 +906,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="architecture of file:PATH candidates")
     p.add_argument("--seed", type=int, default=0, help="train/validation split (as fit's --seed) and cross-validation folds")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation fraction when the data has no val split (as fit)")
+    p.add_argument("--test-fraction", type=float, help="as fit's: these examples are held out, so the scores never see the test split of the fit that follows")
+    p.add_argument("--shots", type=int, help="as fit's: score on the examples per class that fit trains on")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images instead of failing")
     p.add_argument("--input-size", type=int, help="score every candidate at this input size (as fit's --input-size)")
     p.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")

@@ -280,6 +280,9 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
         if lc is None:
             hint += " (labels: name the column with --label-column)"
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; found: {', '.join(fields)}{hint}" + (TEXT_HINT if pc is None else ""))
+    if group_column in (pc, lc):  # one group per image, or per-class recall again
+        raise UserError(f"{path}: --group-column {group_column} names the {'path' if group_column == pc else 'label'} column; "
+                        f"name a column of groups (site, device, source, ...): {', '.join(fields)}")
     sources, names, absent = [], [], []
     for i, r in enumerate(rows, start=2):
         p = Path(r[pc] or "")

@@ -139,10 +139,11 @@ def fit(
 
     seed_everything(cfg.train.seed)
 
+    model_choice = None  # --model auto: the ranking and the reason for the pick, kept in metrics.json and the report
     if cfg.model.name == "auto":
-        from .ranking import resolve_auto_model
+        from .ranking import auto_model
 
-        cfg = resolve_auto_model(cfg, console)
+        cfg, model_choice = auto_model(cfg, console)
     cfg = with_default_lr(cfg).validate()  # with the default lr known, layer_lr_min is checked against it
     if splits is None and cfg.data.path and not is_builtin(cfg.data.path) and Path(cfg.data.path).exists():
         # kept absolute in config.yaml: `fit --resume` from another folder found no csvdata/clean.csv
@@ -249,6 +250,8 @@ def fit(
         test = [prints["test"], [int(v) for v in splits.test.labels]] if splits.test is not None else []
         labelled = [prints["train"], [int(v) for v in splits.train.labels], prints["val"], [int(v) for v in splits.val.labels], list(splits.classes), *test]
         st["data"] = {"digest": hashlib.sha256(json.dumps(labelled).encode()).hexdigest(), "train": len(splits.train), "val": len(splits.val)}
+    if model_choice:  # in the checkpoint: a resumed run's config names the model picked, and ranks nothing
+        st["model_choice"] = model_choice
     # L2-SP's reference: the backbone as created, before a resumed run loads weights that have moved
     l2sp_w0 = pretrained_reference(model.named_parameters(), cfg.reg)
     phase_resume = None
@@ -356,7 +359,8 @@ def fit(
     autocast = contextlib.nullcontext
     eval_tf = inputs.eval_transform()
     val_logp = predict_proba(model, val_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast, log=True).cpu()
-    calibrated = calibrate_head(model, val_logp, splits.val.labels) if cfg.train.calibrate == "temperature" else None
+    # --calibrate none is said as a skip (it left no trace: no line, no key, no sentence in the report)
+    calibrated = calibrate_head(model, val_logp, splits.val.labels) if cfg.train.calibrate == "temperature" else {"skipped": "--calibrate none"}
     val_proba = (val_logp / (calibrated or {}).get("temperature", 1.0)).softmax(-1).numpy()  # what the scaled head gives
     metrics = classification_metrics(splits.val.labels, val_proba, splits.classes)
     base_proba, base_name = inputs.baseline(splits.train, train_u8, splits.val, val_u8, cfg.train.seed)
@@ -378,6 +382,8 @@ def fit(
         round(timing["train_images"] / timing["train_seconds"], 1) if timing["train_seconds"] else None)
     if calibrated:
         metrics["temperature_scaling"] = calibrated
+    if st.get("model_choice"):
+        metrics["model_choice"] = st["model_choice"]
     if getattr(splits.val, "groups", None) is not None:
         from .metrics import group_metrics
 
@@ -421,6 +427,10 @@ def fit(
         test_logp = predict_proba(model, test_u8.to(device), eval_tf, cfg.train.eval_batch_size, autocast, log=True).cpu()
         metrics["test"] = classification_metrics(splits.test.labels, test_logp.softmax(-1).numpy(), splits.classes)
         metrics["n_test"] = len(splits.test)
+        if getattr(splits.test, "groups", None) is not None:  # the verdict's split: the groups on it (only validation's were given)
+            from .metrics import group_metrics
+
+            metrics["test"]["groups"] = group_metrics(splits.test.labels, test_logp.softmax(-1).numpy(), splits.test.groups, splits.classes)
         if calibrated and "temperature" in calibrated:  # the honest check: examples the temperature was not fitted on
             calibrated["test_before"] = calibration_stats(test_logp * calibrated["temperature"], splits.test.labels)
             calibrated["test_after"] = calibration_stats(test_logp, splits.test.labels)

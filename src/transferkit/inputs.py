@@ -194,7 +194,7 @@ def load_splits(cfg, seed: int | None = None):
         refuse_image_data(cfg.data.path, cfg.model.name)
     splits = cls.load(cfg, seed)
     if cfg.data.test_fraction:
-        splits = hold_out_test(splits, cfg.data.test_fraction, seed)
+        splits = hold_out_test(splits, cfg.data.test_fraction, seed, cfg.data.val_fraction)
     if cfg.data.shots:
         splits = take_shots(splits, cfg.data.shots, seed)
     if cfg.data.group_column:
@@ -208,30 +208,37 @@ def load_splits(cfg, seed: int | None = None):
     return splits
 
 
-def hold_out_test(splits, fraction: float, seed: int):
+def hold_out_test(splits, fraction: float, seed: int, val_fraction: float | None = None):
     """Move a seeded `fraction` of each class's labelled examples (training split plus a drawn
     validation split; the training split alone when validation was given) from train into a test
     split, which training and model selection never see; at least one example of each class stays in
-    training."""
+    training. `val_fraction`: the drawn validation split's, which the two together must leave room for
+    (--test-fraction 0.9 with --val-fraction 0.5 held out 48%, not 90%, and said nothing)."""
     import copy
 
     if splits.test is not None:
         raise UserError(f"{splits.source} has its own test split ({len(splits.test)} examples); --test-fraction is for data without one")
+    if val_fraction is not None and not splits.val_given and fraction + val_fraction >= 1:
+        raise UserError(f"--test-fraction {fraction:g} and --val-fraction {val_fraction:g} together leave no training data; "
+                        "the two fractions must add up to less than 1")
     rng = np.random.default_rng([seed, 7])  # another stream than the validation split's
     y, yv = splits.train.labels, splits.val.labels
-    test = []
+    test, short = [], []
     for c in range(len(splits.classes)):
         idx = np.flatnonzero(y == c)
         total = len(idx) + (0 if splits.val_given else int((yv == c).sum()))
         n = min(max(1, int(round(total * fraction))), len(idx) - 1)
         if n < 1:
             raise UserError(f"--test-fraction: class {splits.classes[c]!r} has {len(idx)} training example(s), too few to hold any out")
+        if n < round(total * fraction):
+            short.append(f"{splits.classes[c]} {n} of {total}")
         test.extend(rng.permutation(idx)[:n].tolist())
     held = np.zeros(len(y), dtype=bool)
     held[test] = True
     out = copy.copy(splits)
     out.train, out.test = splits.train.subset(np.flatnonzero(~held)), splits.train.subset(np.flatnonzero(held))
-    out.notes = list(splits.notes) + [f"--test-fraction {fraction:g}: {len(test)} examples held out as the test split (seed {seed})"]
+    out.notes = list(splits.notes) + [f"--test-fraction {fraction:g}: {len(test)} examples held out as the test split (seed {seed})"
+                                      + (f"; fewer where a class keeps one training example: {', '.join(short[:5])}" if short else "")]
     return out
 
 

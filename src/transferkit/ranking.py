@@ -40,7 +40,7 @@ from .errors import UserError, did_you_mean
 
 __all__ = [
     "SCORES", "Score", "ScoreInputs", "LogME", "logme", "leep", "nce", "hscore", "knn_accuracy", "logreg_accuracy",
-    "ModelScores", "Ranking", "rank_models", "pick_model", "resolve_auto_model", "default_candidates",
+    "ModelScores", "Ranking", "rank_models", "pick_model", "resolve_auto_model", "auto_model", "default_candidates",
 ]
 
 
@@ -572,6 +572,9 @@ def rank_models(
     log: Callable[[str], None] | None = None,
     precision: str = "auto",
     text: dict | None = None,
+    shots: int | None = None,
+    test_fraction: float | None = None,
+    score_flag: str = "--score",
 ) -> Ranking:
     """Score every candidate on the training split of `data` and sort them best first by `score`.
 
@@ -583,7 +586,10 @@ def rank_models(
     (auto: bf16 autocast where the device computes bf16 natively), so that `fit` finds the features
     in its cache: the cache keeps each precision's features apart. `text`: fit's text settings by
     their flat names (max_length, text_column, label_column, delimiter, encoding, pooling), so that
-    texts are read, cut and pooled as the fit after the ranking will.
+    texts are read, cut and pooled as the fit after the ranking will. `shots` and `test_fraction` are
+    fit's too: the scores see the examples that fit trains on, never those it holds out as a test split
+    (`fit --model auto --test-fraction` chose its model with the test examples among its training ones).
+    `score_flag`: the option that named `score`, for messages (fit's is --rank-score).
     """
     import torch
 
@@ -616,7 +622,7 @@ def rank_models(
     if unknown:
         raise UserError(f"rank's text settings are {', '.join(TEXT_SETTINGS)}; got {', '.join(unknown)}")
     base = replace(RunConfig(), data=data, model=names[0], seed=seed, val_fraction=val_fraction, skip_bad_images=skip_bad_images, input_size=input_size,
-                   **text)
+                   shots=shots, test_fraction=test_fraction, **text)
     base.validate()
     unused = [f"--{k.replace('_', '-')}" for k in ("max_length", "text_column", "delimiter", "pooling") if k in text]
     if unused and set(kinds.values()) == {"image"}:  # said, not ignored
@@ -691,7 +697,7 @@ def rank_models(
                 values[s] = SCORES.get(s).compute(inputs)
             except TooFewForFolds:  # the other scores need no folds: they are still given (the ranking stopped here)
                 if s == score:
-                    raise UserError(f"--score {s} is cross-validated and needs at least 2 training examples in every class; "
+                    raise UserError(f"{score_flag} {s} is cross-validated and needs at least 2 training examples in every class; "
                                     "sort by logme, or give more data") from None
                 values[s] = None
                 too_few.add(s)
@@ -707,15 +713,14 @@ def rank_models(
     notes = []
     if too_few:
         notes.append(f"note: {', '.join(sorted(too_few))} left out: cross-validated scores need at least 2 training examples in every class")
+    saturated = [r for r in rows if r.num_features >= len(train) - 1]
     if controls and rows[-1].name not in controls:
+        notes.append(_control_warning(rows, controls, score, saturated if score == "hscore" else []))
+    if "hscore" in wanted and saturated:
+        dims = sorted({r.num_features for r in saturated})
         notes.append(
-            f"warning: the random control(s) {', '.join(controls)} did not rank last by {SCORES.get(score).label}: "
-            "the candidates below them carry no more usable information than random weights on this data"
-        )
-    if "hscore" in wanted and any(r.num_features >= len(train) - 1 for r in rows):
-        notes.append(
-            f"note: H-score nears its ceiling of {len(splits.classes) - 1} (classes - 1) for models with about as many feature "
-            f"dimensions as training examples ({len(train)}), shrinkage or not; compare those by LogME instead"
+            f"note: H-score nears its ceiling of {len(splits.classes) - 1} (classes - 1) for models with as many feature dimensions as "
+            f"training examples or more ({'/'.join(map(str, dims))} against {len(train)}), shrinkage or not; compare those by LogME instead"
         )
     return Ranking(splits.source, score, rows, len(train), splits.classes, round(decode_s, 3), round(time.perf_counter() - t_start, 3), notes, controls)
 
@@ -727,6 +732,28 @@ def _features(backbone, images, size: int, *, device: str, batch_size: int, prec
     backbone.to(device)
     feats, hit = cached_features(backbone, images, size, device=device, batch_size=batch_size, precision=precision, autocast=autocast)
     return feats.float().cpu(), hit
+
+
+def _control_warning(rows: list[ModelScores], controls: list[str], score: str, saturated: list[ModelScores]) -> str:
+    """A random control above pretrained candidates: by the score, those look no better than random
+    weights. The warning once said they "carry no more usable information" while the table's
+    cross-validated accuracies ranked them above the control (MiniLM against random weights on SMS
+    spam: LogME 0.19 for the control, LogReg 98.5% against 97.9% for MiniLM): such disagreement is said."""
+    label = SCORES.get(score).label
+    line = (f"warning: the random control(s) {', '.join(controls)} did not rank last by {label}: by this score, the candidates "
+            "below them look no better than random weights on this data")
+    first = min(i for i, r in enumerate(rows) if r.name in controls)
+    below = [r for r in rows[first + 1:] if r.name not in controls]  # the candidates some control outscored
+    accs = [s for s in ("knn", "logreg") if s != score and all(r.scores.get(s) is not None for r in rows)]
+    best_control = {s: max(r.scores[s] for r in rows if r.name in controls) for s in accs}
+    better = [r.name for r in below if accs and all(r.scores[s] > best_control[s] for s in accs)]
+    if saturated and any(r.name in controls for r in saturated):
+        line += "; but H-score is near its ceiling here (see the note), so this order says little"
+    if better:
+        cols = ", ".join(SCORES.get(s).label for s in accs)
+        line += (f"; but the cross-validated accuracies ({cols}) rank {', '.join(better)} above every control: the score and the accuracies disagree "
+                 f"here, so compare by accuracy (--score {accs[-1]}) or fit both")
+    return line
 
 
 def _fitted_on(run: str, data: str) -> bool:
@@ -745,22 +772,31 @@ def _fitted_on(run: str, data: str) -> bool:
 def resolve_auto_model(cfg, console, *, show_table: bool = True):
     """`--model auto` (fit, search, lr-find): rank `cfg.model.candidates` by `cfg.model.rank_score`
     on the training split `fit` will use, say which won and why, and return the config with that model."""
+    return auto_model(cfg, console, show_table=show_table)[0]
+
+
+def auto_model(cfg, console, *, show_table: bool = True) -> tuple:
+    """`resolve_auto_model`, and what to keep of the choice: the reason, and each candidate's scores
+    (a run said why it chose its model on the console only)."""
     from .config import ModelConfig, replace
     from .text_data import is_text_spec
 
     if cfg.model.candidates == ModelConfig().candidates and is_text_spec(cfg.data.path):  # the default candidates are image models
-        console.print("--model auto on text data: minilm_l6, the packaged text model (--candidates hf:NAME,dir:PATH,... to rank others)")
-        return replace(cfg, model="minilm_l6")
+        said = "minilm_l6, the packaged text model (--candidates hf:NAME,dir:PATH,... to rank others)"
+        console.print(f"--model auto on text data: {said}")
+        return replace(cfg, model="minilm_l6"), {"model": "minilm_l6", "reason": f"text data: {said}"}
     name, ranking = pick_model(
         cfg.data.path, cfg.model.candidates, score=cfg.model.rank_score, seed=cfg.train.seed, val_fraction=cfg.data.val_fraction,
         skip_bad_images=cfg.data.skip_bad_images, input_size=cfg.data.input_size, log=lambda m: console.print(m),
         device="cpu" if cfg.train.cpu else None, precision=cfg.train.precision,
-        text=_text_settings(cfg),
+        text=_text_settings(cfg), shots=cfg.data.shots, test_fraction=cfg.data.test_fraction, score_flag="--rank-score",
     )
     if show_table:
         console.print(ranking.table())
     console.print(f"--model auto: {ranking.reason()}")
-    return replace(cfg, model=name)
+    choice = {"model": name, "reason": ranking.reason(), "score": ranking.score, "n_train": ranking.n_train,
+              "ranking": [{"model": r.name, **{k: v for k, v in r.scores.items() if v is not None}} for r in ranking.rows], "notes": ranking.notes}
+    return replace(cfg, model=name), choice
 
 
 def _text_settings(cfg) -> dict:

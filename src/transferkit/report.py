@@ -49,12 +49,15 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
     t.add_column("class")
     t.add_column("train", justify="right")
     t.add_column("val", justify="right")
-    tr, va = splits.train.counts(), splits.val.counts()
+    test = splits.test is not None  # a given or --test-fraction test split: its column (it was in data.json only)
+    if test:
+        t.add_column("test", justify="right")
+    tr, va, te = splits.train.counts(), splits.val.counts(), splits.test.counts() if test else {}
     for c in splits.classes[:20]:
-        t.add_row(c, str(tr[c]), str(va[c]))
+        t.add_row(c, str(tr[c]), str(va[c]), *([str(te.get(c, 0))] if test else []))
     if len(splits.classes) > 20:
-        t.add_row(f"... {len(splits.classes) - 20} more", "", "")
-    t.add_row("[bold]total", f"[bold]{len(splits.train)}", f"[bold]{len(splits.val)}")
+        t.add_row(f"... {len(splits.classes) - 20} more", "", "", *([""] if test else []))
+    t.add_row("[bold]total", f"[bold]{len(splits.train)}", f"[bold]{len(splits.val)}", *([f"[bold]{len(splits.test)}"] if test else []))
     con.print(t)
     n_all = sum(p.numel() for p in model.parameters())
     n_head = sum(p.numel() for p in model.head.parameters())
@@ -177,9 +180,11 @@ def print_results(con: Console, r) -> None:
     if "groups" in m:
         from .metrics import worst_group_text
 
-        gm = m["groups"]
-        shown = ", ".join(f"{g} {100 * v['accuracy']:.1f}% (n={v['n']})" for g, v in list(gm["per_group"].items())[:8])
-        con.print(f"per group: {shown}; {worst_group_text(gm)}")
+        for split, gm in (("validation", m["groups"]), ("test", m.get("test", {}).get("groups"))):
+            if gm:  # the test split's too, where the verdict is: fit named a worst group that evaluate did not
+                shown = ", ".join(f"{g} {100 * v['accuracy']:.1f}% (n={v['n']})" for g, v in list(gm["per_group"].items())[:8])
+                more = f", and {len(gm['per_group']) - 8} more" if len(gm["per_group"]) > 8 else ""
+                con.print(f"per group{f' ({split} split)' if 'test' in m else ''}: {shown}{more}; {worst_group_text(gm)}")
     ts = m.get("temperature_scaling")
     if ts and "skipped" in ts:
         con.print(f"calibration: temperature scaling skipped: {ts['skipped']}")

@@ -37,7 +37,7 @@ def _num(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def _groups(gm: dict | None) -> str:
+def _groups(gm: dict | None, split: str = "validation") -> str:
     if not gm:
         return ""
     rows = "".join(
@@ -47,7 +47,7 @@ def _groups(gm: dict | None) -> str:
     from .metrics import worst_group_text
 
     said = worst_group_text(gm)
-    return (f"<h2>Per group (validation split)</h2><p class=sub>{html.escape(said[0].upper() + said[1:])}"
+    return (f"<h2>Per group ({split} split)</h2><p class=sub>{html.escape(said[0].upper() + said[1:])}"
             f"{' (a bias the source model may carry)' if gm.get('worst_group') is not None else ''}.</p><table><tr><th>group</th><th>n</th><th>accuracy</th><th>macro-F1</th></tr>{rows}</table>")
 
 
@@ -165,9 +165,13 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
     )
     gaps = sorted(held.items(), key=lambda kv: kv[1]["recall"])[:5]
     gap_rows = "".join(f"<tr><td>{e(c)}</td><td>{v['recall']:.3f}</td><td>{100 * (best_recall - v['recall']):.1f}</td></tr>" for c, v in gaps)
+    test = "test" in data  # --test-fraction's split had no column here
     counts = "".join(
-        f"<tr><td>{e(c)}</td><td>{data.get('train', {}).get(c, 0)}</td><td>{data.get('val', {}).get(c, 0)}</td></tr>" for c in data.get("classes", [])[:50]
+        f"<tr><td>{e(c)}</td><td>{data.get('train', {}).get(c, 0)}</td><td>{data.get('val', {}).get(c, 0)}</td>"
+        + (f"<td>{data['test'].get(c, 0)}</td>" if test else "") + "</tr>" for c in data.get("classes", [])[:50]
     )
+    choice = m.get("model_choice")
+    chosen = f"<p><b>Model:</b> chosen by --model auto: {e(choice['reason'])}.</p>" if choice else ""
     figs = "".join(_img(png, name, wide=name.startswith("curves")) for name, png in figures.items() if name != "mistakes.jpg")
     boot = m.get("transfer_vs_baseline_validation") or m.get("transfer_vs_baseline", {})  # this section's split: validation
     notes = "".join(f"<li>{e(n)}</li>" for n in m.get("data_notes", []))
@@ -178,13 +182,13 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <h1>{e(title)}</h1>
 <div class="sub">{e(str(config.get('model', {}).get('name')))} &middot; strategy {e(str(config.get('strategy', {}).get('name')))} &middot;
 {m['n_train']} training / {m['n_val']} validation{f" / {m['n_test']} test" if m.get('n_test') else ""} examples ({e(str(m.get('val_split')))}) &middot; {m['wall_s']:.1f} s on {e(str(m.get('device')))}</div>
-<div class="verdict {kind}">{e(verdict)}</div>{f"<p><b>But:</b> {e(m['verdict_caveat'])}.</p>" if m.get('verdict_caveat') else ""}
+{chosen}<div class="verdict {kind}">{e(verdict)}</div>{f"<p><b>But:</b> {e(m['verdict_caveat'])}.</p>" if m.get('verdict_caveat') else ""}
 {"".join(_verdict_div(m.get(f'verdict_{k}')) + (f"<p><b>But:</b> {e(m[f'verdict_{k}_caveat'])}.</p>" if m.get(f'verdict_{k}_caveat') else "") for k in ('scratch', 'base'))}{"".join(f"<p><b>Warning:</b> {e(n)}.</p>" for n in m.get('one_class_notes', []))}{f"<p><b>In short:</b> {e(m['in_short'])}.</p>" if m.get('in_short') else ""}
 <h2>Results (validation split{"; the rows that say so: the held-out test split" if "test" in m else ""})</h2>
 <table><tr><th></th><th>accuracy</th><th>macro-F1</th><th>AUROC</th><th>ECE</th></tr>{res}</table>
 <p class="sub">{"On the validation split, t" if "test" in m else "T"}{"he model" if "nothing was transferred" in verdict else "ransfer"} minus baseline: {100 * boot.get('diff', 0):+.1f} points{" of macro-F1" if boot.get("metric") == "macro_f1" else ""}, paired bootstrap 95% CI
 [{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.{_temperature(m.get('temperature_scaling'))}</p>
-{_groups(m.get('groups'))}
+{_groups(m.get('groups'))}{_groups(m.get('test', {}).get('groups'), "test")}
 <h2>Figures</h2><div class="figs">{figs}</div>
 {_mistakes(m, figures.get("mistakes.jpg"))}
 <h2>Per class (validation split)</h2>
@@ -193,7 +197,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <table><tr><th>class</th><th>recall</th><th>gap</th></tr>{gap_rows}</table>
 <h2>Data</h2>
 <p class="sub">{e(str(data.get('source')))}</p>
-<table><tr><th>class</th><th>train</th><th>val</th></tr>{counts}</table>
+<table><tr><th>class</th><th>train</th><th>val</th>{"<th>test</th>" if test else ""}</tr>{counts}</table>
 {f'<ul>{notes}</ul>' if notes else ''}
 <h2>Timing</h2>{_timing(timing, "texts" if m.get("modality") == "text" else "images")}
 <h2>Resolved configuration</h2><pre>{e(yaml.safe_dump(config, sort_keys=False))}</pre>

@@ -113,6 +113,9 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
         except UserError:
             if not group_optional:
                 raise
+        if gi in (ti, li):  # accepted: 52 "groups" of one message each, printed whole, or per-class recall again
+            raise UserError(f"{path}: --group-column {group_column} names the {'text' if gi == ti else 'label'} column; "
+                            f"name a column of groups (site, device, source, ...): {', '.join(repr(h) for h in header)}")
     texts, labels, names, groups = [], [], [], []
     width = len(header)
     for j, r in enumerate(body):
