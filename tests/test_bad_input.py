@@ -218,6 +218,8 @@ def test_bad_config_file(tmp_path, capsys):
     _expect(["--config", str(cfg)], capsys, tmp_path / "r", "lr must be float, got True")
     cfg.write_text("!!python/object/apply:os.system ['echo pwned']\n")
     _expect(["--config", str(cfg)], capsys, tmp_path / "r", "cannot parse")
+    cfg.write_text("data: digits\ntrain:\n  epochs: 3\n     lr: 0.1\n")  # over-indented: PyYAML's line and column were dropped
+    _expect(["--config", str(cfg)], capsys, tmp_path / "r", f"cannot parse {cfg} as YAML (line 4, column 8): mapping values are not allowed here")
     # a config file that names no data does not train on the built-in digits unasked
     for text in ("lr: 0.0003\nbatch_size: 16\n", "data:\n  val_fraction: 0.3\n"):
         cfg.write_text(text)

@@ -4,6 +4,7 @@ check leaves nothing behind; user mistakes are refused with a message."""
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -227,6 +228,15 @@ def test_unsaved_classifier_export_serves_its_saved_run_and_a_damaged_export_is_
     with pytest.raises(Exception, match="at least 2"):  # a failure inside the run, after the examples were written
         ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16).fit(X[:7], ["red"] * 6 + ["blue"])
     assert list((tmp_path / "tmp").glob("transferkit-data-*")) == []  # and when it fails
+    # arrays that are no image or batch of images are named by their whole shape (QA AB: a 1-D array
+    # was "image 0: ... got uint8", (32, 32, 2) was classified as 32 images of 32 x 2 pixels)
+    for shape in ((32,), (32, 32, 2), (1, 2, 32, 32, 3)):
+        with pytest.raises(Exception, match=re.escape(f"got an array of shape {shape}")):
+            clf.predict(np.zeros(shape, np.uint8))
+    with pytest.raises(Exception, match=r"X, an array of shape \(20, 64\), is one HxW grayscale image"):  # rows of features
+        ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16).fit(np.zeros((20, 64), np.uint8), [0, 1] * 10)
+    with pytest.warns(UserWarning, match="score: y has label.s. the model was not trained on, counted as wrong: wasps"):
+        assert clf.score(X[:2], [y[0], "wasps"]) <= 0.5
 
     # export before save: the export carries the weights' hash, and predict --onnx takes it for the saved run
     clf.export(tmp_path / "exp")

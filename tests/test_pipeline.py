@@ -57,6 +57,17 @@ def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, 
     stages[0]["settings"]["epochs"] = 2  # the target alone
     assert main(["pipeline", str(_write(tmp_path / "p3.yaml", stages)), "--out", str(out)]) == 0
     assert calls == [str(out / "target")]
+    # the source's data gains images: it runs again, and the target after it (a rerun skipped both)
+    import shutil
+
+    shutil.copy(tmp_path / "src" / "red" / "0.png", tmp_path / "src" / "red" / "new.png")
+    capsys.readouterr()
+    calls.clear()
+    assert main(["pipeline", str(tmp_path / "p3.yaml"), "--out", str(out)]) == 0
+    assert calls == [str(out / "source"), str(out / "target")]
+    assert f"stage source: its data ({tmp_path / 'src'}) changed since it ran: running it again" in " ".join(capsys.readouterr().out.split())
+    calls.clear()
+    assert main(["pipeline", str(tmp_path / "p3.yaml"), "--out", str(out)]) == 0 and calls == []  # unchanged since: skipped
 
 
 def test_a_stage_built_from_an_old_upstream_run_or_stopped_under_another_definition_runs_again(tmp_path, tiny_ckpt, monkeypatch, capsys):
@@ -157,7 +168,7 @@ def test_a_stopped_pipeline_resumes_its_stage(tmp_path, tiny_ckpt, capsys):
         # what a stage of that kind would silently ignore, and values of the wrong type
         ([{"name": "a", "data": "digits", "model": "small_convnet", "epochs": 1}], "`epochs` at stage level is adapt's, not fit's (put fit's in `settings: {epochs: N}`)"),
         ([{"name": "a", "data": "digits", "model": "small_convnet", "intermediate": "digits"}], "`intermediate` at stage level is adapt's"),
-        ([{"name": "a", "kind": "adapt", "data": "digits", "model": "small_convnet", "settings": {"epochs": 3}}], "an adapt stage takes its masked-LM `epochs` at stage level"),
+        ([{"name": "a", "kind": "adapt", "data": "digits", "model": "small_convnet", "settings": {"epochs": 3}}], "an adapt stage takes its `epochs` at stage level (`epochs: N`, the masked-LM epochs of a text model; AdaBN on images makes one pass"),
         ([{"name": "a", "data": "digits", "model": "small_convnet", "settings": {"model": "efficientnet_lite0"}}], "`model` goes at stage level"),
         ([{"name": None, "data": "digits", "model": "small_convnet"}], "`name` must be a word (it becomes a folder name), got None"),
         ([{"name": "a", "data": ["digits"], "model": "small_convnet"}], "`data` must be a path or a name (text), got ['digits']"),
@@ -167,7 +178,7 @@ def test_bad_pipelines(tmp_path, capsys, stages, message):
     f = _write(tmp_path / "p.yaml", stages)
     assert main(["pipeline", str(f), "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "o" / "a").exists()  # no stage ran
+    assert not (tmp_path / "o").exists()  # no stage ran, and no --out folder was made (it was left empty)
 
 
 def test_an_adapted_backbone_without_classes_is_refused_by_predict_evaluate_and_export(tmp_path, tiny_ckpt, capsys):

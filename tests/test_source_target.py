@@ -28,6 +28,26 @@ def source_run(tmp_path, capsys, tiny_ckpt):
     return out
 
 
+def test_a_relative_run_model_is_kept_absolute_so_the_config_works_from_any_folder(source_run, tmp_path, capsys, monkeypatch):
+    """config.yaml kept run:source as given: `fit --resume` and `fit --config RUN/config.yaml` from
+    another folder failed with "--model run:source: no such directory"."""
+    import yaml
+
+    from transferkit.config import absolute_model_name
+
+    monkeypatch.chdir(tmp_path)
+    rc, err = _fit(["--data", str(tmp_path / "src"), "--model", "run:source", "--input-size", "16", "--batch-size", "4", "--strategy", "linear_probe",
+                    "--lp-epochs", "1", "--out", "target"], capsys)
+    assert rc == 0, err
+    assert yaml.safe_load((tmp_path / "target" / "config.yaml").read_text())["model"]["name"] == f"run:{source_run.resolve()}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rc, err = _fit(["--config", str(tmp_path / "target" / "config.yaml"), "--out", "again"], capsys)
+    assert rc == 0, err
+    assert absolute_model_name("random:file:../src") == f"random:file:{(tmp_path / 'src').resolve()}"
+    assert absolute_model_name("hf:bert-base-uncased") == "hf:bert-base-uncased" and absolute_model_name("run:no/such") == "run:no/such"
+
+
 def test_run_backbone_is_the_source_runs_backbone_and_head_kept_for_same_classes(source_run, tmp_path):
     from transferkit.model import create_model
 
@@ -179,6 +199,16 @@ def test_in_short_joins_the_two_verdicts():
     assert in_short(neg, helped) == "the pretrained weights beat training from scratch, but the classical baseline is better still on this data: prefer it"
     assert in_short(helped, helped).endswith("and the model beats the classical baseline: use it")
     assert in_short(helped, none) == "the pretrained weights did not do clearly better than training from scratch, yet the model beats the classical baseline"
+    # --baseline base: the source stage's verdict joins them ("use it" was said of a run the model without the source stage beat)
+    assert in_short(helped, helped, neg) == ("the pretrained weights beat training from scratch, and the model beats the classical baseline; "
+                                             "the source stage hurt: fine-tuning its starting model directly did better, so leave the source stage out")
+    assert in_short(neg, None, helped) == "the classical baseline is better on this data: prefer it; the source stage helped: fine-tuning its starting model directly did worse"
+    from transferkit.metrics import verdict
+
+    assert verdict({"diff": -0.128, "ci_low": -0.223, "ci_high": -0.039}, "fine-tuning r20 without the source stage").endswith(
+        "; fine-tuning r20 without the source stage is better on this data")  # not "the baseline", the classical one's word
+    assert verdict({"diff": 0.2, "ci_low": 0.0, "ci_high": 0.5}, "x") == (  # "[+0.0, ...]" beside "no significant difference" read oddly
+        "no significant difference from x: +20.0 points on the validation split (95% CI [+0.0, +50.0]; its lower end is 0, not above it)")
 
 
 def test_bootstrap_interval_covers_a_known_difference():

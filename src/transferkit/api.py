@@ -59,7 +59,14 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
 
     def score(self, X, y) -> float:
         """The accuracy of predict(X) against y (scikit-learn's classifier score)."""
-        truth = _labels(y, len(self._examples(X)))
+        truth = _labels(y, len(self._examples(X)), X)
+        known = {getattr(self, "_label_of", {}).get(c, c) for c in self.classes_} if hasattr(self, "classes_") else None
+        unknown = sorted({str(t) for t in truth if known is not None and t not in known})
+        if unknown:  # they can never be predicted: the score was quietly lower
+            import warnings
+
+            warnings.warn(f"score: y has label(s) the model was not trained on, counted as wrong: {', '.join(unknown[:5])}"
+                          f"{' ...' if len(unknown) > 5 else ''} (its classes: {', '.join(map(str, sorted(known, key=str)[:10]))})", UserWarning, stacklevel=2)
         return float(np.mean([p == t for p, t in zip(self.predict(X), truth)]))
 
     def __repr__(self) -> str:
@@ -135,7 +142,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         from .rundir import atomic_write_bytes
 
         items = self._examples(X)
-        labels = _labels(y, len(items))
+        labels = _labels(y, len(items), X)
         kinds = sorted({str(v) for v in labels})
         if len(kinds) < 2:  # said of y, not of the temporary CSV it would be written to
             raise UserError(f"fit(X, y): y has {len(kinds)} class ({', '.join(kinds) or 'none'}); classification needs at least two")
@@ -257,16 +264,21 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         return out
 
 
-def _labels(y, n: int) -> list:
+def _labels(y, n: int, X=None) -> list:
     """fit(X, y)'s or score(X, y)'s labels as a list of plain values: one per example, none missing;
-    a column (n, 1) is read as its values, as scikit-learn's column_or_1d does."""
+    a column (n, 1) is read as its values, as scikit-learn's column_or_1d does. `X`: the examples, to
+    say why there are fewer than the labels (a 2-D array is one grayscale image)."""
     if isinstance(y, torch.Tensor):
         y = y.detach().cpu().numpy()
     if isinstance(y, np.ndarray) and y.ndim == 2 and y.shape[1] == 1:
         y = y.ravel()
     labels = list(y.tolist() if isinstance(y, np.ndarray) else y) if not isinstance(y, (str, bytes)) and hasattr(y, "__iter__") else None
     if labels is None or len(labels) != n:
-        raise UserError(f"y must give one label per example: {n} examples, " + ("a string" if isinstance(y, (str, bytes)) else f"a {type(y).__name__}" if labels is None else f"{len(labels)} labels"))
+        why = ""
+        if isinstance(X, (np.ndarray, torch.Tensor)) and X.ndim == 2 and n == 1:  # rows of features, or a batch flattened
+            why = (f"; X, an array of shape {tuple(X.shape)}, is one HxW grayscale image: a batch of images is NxHxW or NxHxWx3 "
+                   "(or a list of images), and rows of numbers are not images")
+        raise UserError(f"y must give one label per example: {n} examples, " + ("a string" if isinstance(y, (str, bytes)) else f"a {type(y).__name__}" if labels is None else f"{len(labels)} labels") + why)
     labels = [v.item() if isinstance(v, np.generic) else v for v in labels]
     for i, v in enumerate(labels):
         if v is None or (isinstance(v, float) and v != v):  # a table's empty cell: it became a class 'nan'
@@ -305,6 +317,10 @@ class ImageClassifier(_Classifier):
         if isinstance(images, Image.Image):
             images = [images]
         elif isinstance(images, (np.ndarray, torch.Tensor)):  # one image, or a batch along the first axis
+            if images.ndim not in (2, 3, 4) or (images.ndim == 3 and images.shape[-1] == 2):
+                # a 1-D array was "image 0: ... got uint8"; (32, 32, 2) became 32 images of 32 x 2 pixels
+                raise UserError(f"expected one image (HxW, HxWx3 or HxWx4) or a batch of them (NxHxW, NxHxWx3, NxHxWx4); got an array of shape "
+                                f"{tuple(images.shape)}")
             one = images.ndim == 2 or (images.ndim == 3 and (images.shape[-1] in (3, 4) or (isinstance(images, torch.Tensor) and images.shape[0] in (1, 3))))
             if not one and images.dtype not in (np.uint8, torch.uint8) and images.ndim >= 3:  # a batch: one scale for all
                 a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images

@@ -379,7 +379,22 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
     try:
         return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot parse {p} as YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)  # where PyYAML found it: the first line of its message never said
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"cannot parse {p} as YAML{where}: {problem}") from None
+
+
+def absolute_model_name(name: str) -> str:
+    """`name` with the path of a file:, dir: or run: model (after any random:) made absolute, so that a
+    run's config.yaml works from any folder: `fit --resume` and `fit --config RUN/config.yaml` from
+    another folder failed on a relative run:runs/source. Hub and registered names are left alone."""
+    control = "random:" if name.startswith("random:") else ""
+    rest = name[len(control):]
+    for prefix in ("file:", "dir:", "run:"):
+        if rest.startswith(prefix) and Path(rest[len(prefix):]).exists():
+            return control + prefix + str(Path(rest[len(prefix):]).resolve())
+    return name
 
 
 def load_config_file(path: str | Path) -> RunConfig:

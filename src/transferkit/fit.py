@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .backbones import Preprocess
-from .config import RunConfig, StrategyConfig, with_default_lr
+from .config import RunConfig, StrategyConfig, absolute_model_name, with_default_lr
 from .data import DataSplits, check_counts, is_builtin
 from .inputs import inputs_for, load_splits
 from .errors import UserError
@@ -148,6 +148,8 @@ def fit(
     if splits is None and cfg.data.path and not is_builtin(cfg.data.path) and Path(cfg.data.path).exists():
         # kept absolute in config.yaml: `fit --resume` from another folder found no csvdata/clean.csv
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=os.path.abspath(cfg.data.path)))
+    if absolute_model_name(cfg.model.name) != cfg.model.name:  # and the model's path (run:runs/source failed from another folder)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=absolute_model_name(cfg.model.name)))
     # the content hashes of the examples (copy notes, train_fingerprints.json): for a run of its own data
     # or with a run directory, not for a search's folds or a --baseline comparison fit, which are
     # given splits already hashed and keep nothing (every fold of every trial hashed every image)
@@ -451,8 +453,8 @@ def fit(
             metrics["test"][kind] = headline(c_proba)
             metrics.update({f"validation_verdict_{kind}": metrics[f"verdict_{kind}"], f"transfer_vs_{kind}_validation": metrics[f"transfer_vs_{kind}"],
                             f"transfer_vs_{kind}": cboot, f"verdict_{kind}": verdict(cboot, clabel, transferred=transferred(model), split="test")})
-    if "verdict_scratch" in metrics:
-        metrics["in_short"] = in_short(metrics["verdict"], metrics["verdict_scratch"])
+    if "verdict_scratch" in metrics or "verdict_base" in metrics:
+        metrics["in_short"] = in_short(metrics["verdict"], metrics.get("verdict_scratch"), metrics.get("verdict_base"))
     caveat = _undertrained(history, best_epoch, steps)
     if caveat and verdict_kind(metrics["verdict"]) != "helped":  # "transfer did not help" may only mean "not trained enough"
         metrics["verdict_caveat"] = caveat

@@ -133,14 +133,16 @@ def verdict(boot: dict, baseline: str, *, transferred: bool = True, split: str =
     "transfer helped" or "negative transfer"."""
     d, lo, hi = 100 * boot["diff"], 100 * boot["ci_low"], 100 * boot["ci_high"]
     ci = f"95% CI [{lo:+.1f}, {hi:+.1f}]"
+    other = baseline  # "the baseline" named the model without the source stage too, a word used for the classical one
     if boot.get("metric") == "macro_f1":  # points of macro-F1 (x100), the run's --metric, not of accuracy
         baseline = f"{baseline} in macro-F1"
     scratch = "" if transferred else "; no pretrained weights: trained from scratch, nothing was transferred"
     if lo > 0:
         return (f"transfer helped: {d:+.1f} points over {baseline}" if transferred else f"better than {baseline}: {d:+.1f} points") + f" on the {split} split ({ci}{scratch})"
     if hi < 0:
-        return (f"NEGATIVE TRANSFER: {d:+.1f} points against {baseline}" if transferred else f"worse than {baseline}: {d:+.1f} points") + f" on the {split} split ({ci}{scratch}); the baseline is better on this data"
-    return f"no significant difference from {baseline}: {d:+.1f} points on the {split} split ({ci}{scratch})"
+        return (f"NEGATIVE TRANSFER: {d:+.1f} points against {baseline}" if transferred else f"worse than {baseline}: {d:+.1f} points") + f" on the {split} split ({ci}{scratch}); {other} is better on this data"
+    edge = "; its lower end is 0, not above it" if lo == 0 and hi > 0 else "; its upper end is 0, not below it" if hi == 0 and lo < 0 else ""
+    return f"no significant difference from {baseline}: {d:+.1f} points on the {split} split ({ci}{edge}{scratch})"
 
 
 def verdict_kind(v: str | None) -> str:
@@ -149,17 +151,32 @@ def verdict_kind(v: str | None) -> str:
     return "negative" if v.startswith(("NEGATIVE", "worse than")) else "helped" if v.startswith(("transfer helped", "better than")) else "neutral"
 
 
-def in_short(base_verdict: str, scratch_verdict: str) -> str:
-    """The two verdicts of a run with `--baseline scratch` (against the classical baseline, against the
-    same network from scratch) as one plain sentence: they can read as contradictory one line apart."""
-    kb, ks = verdict_kind(base_verdict), verdict_kind(scratch_verdict)
-    pretrained = {"helped": "the pretrained weights beat training from scratch", "neutral": "the pretrained weights did not do clearly better than training from scratch",
-                  "negative": "training from scratch beat the pretrained weights (negative transfer)"}[ks]
-    classical = {"helped": "and the model beats the classical baseline: use it", "neutral": "and the classical baseline does as well: prefer the simpler model",
-                 "negative": "but the classical baseline is better still on this data: prefer it"}[kb]
-    if kb == "helped" and ks != "helped":
-        classical = "yet the model beats the classical baseline"
-    return f"{pretrained}, {classical}"
+def in_short(base_verdict: str, scratch_verdict: str | None, source_verdict: str | None = None) -> str:
+    """The verdicts of a run with `--baseline scratch` and/or `base` (against the classical baseline,
+    the same network from scratch, and the model the source stage started from) as one plain sentence:
+    they can read as contradictory a line apart. The source stage's was left out: "use it" was said
+    of a target run that fine-tuning its starting model directly beat by 13 points."""
+    kb = verdict_kind(base_verdict)
+    if scratch_verdict is not None:
+        ks = verdict_kind(scratch_verdict)
+        pretrained = {"helped": "the pretrained weights beat training from scratch", "neutral": "the pretrained weights did not do clearly better than training from scratch",
+                      "negative": "training from scratch beat the pretrained weights (negative transfer)"}[ks]
+        classical = {"helped": "and the model beats the classical baseline: use it", "neutral": "and the classical baseline does as well: prefer the simpler model",
+                     "negative": "but the classical baseline is better still on this data: prefer it"}[kb]
+        if kb == "helped" and ks != "helped":
+            classical = "yet the model beats the classical baseline"
+        said = f"{pretrained}, {classical}"
+    else:
+        said = {"helped": "the model beats the classical baseline", "neutral": "the classical baseline does as well: prefer the simpler model",
+                "negative": "the classical baseline is better on this data: prefer it"}[kb]
+    if source_verdict is None:
+        return said
+    source = {"helped": "the source stage helped: fine-tuning its starting model directly did worse",
+              "neutral": "the source stage made no clear difference: fine-tuning its starting model directly did as well",
+              "negative": "the source stage hurt: fine-tuning its starting model directly did better, so leave the source stage out"}[verdict_kind(source_verdict)]
+    if said.endswith(": use it") and verdict_kind(source_verdict) != "helped":
+        said = said[: -len(": use it")]  # not this run's model: the one without the source stage, or as good
+    return f"{said}; {source}"
 
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)

@@ -1,7 +1,7 @@
 """`transferkit pipeline PIPELINE.yaml --out DIR`: named stages (source fit, adapt, target fit), each
 its own run directory under DIR, run in dependency order; a rerun skips the stages already complete
-from the same definition (DIR/pipeline_state.json), runs again a changed one and every stage after
-it, and resumes (or redoes) an interrupted one.
+from the same definition and data (DIR/pipeline_state.json), runs again a changed one and every
+stage after it, and resumes (or redoes) an interrupted one.
 
     stages:
       - name: source
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import report
 from .errors import UserError, did_you_mean
-from .rundir import atomic_write_bytes, make_dir
+from .rundir import atomic_write_bytes, check_can_make, make_dir
 
 KINDS = ("fit", "adapt")
 KEYS = {"name", "kind", "data", "model", "settings", "intermediate", "epochs", "head_steps"}
@@ -73,7 +73,8 @@ def load_pipeline(path: str | Path) -> list[dict]:
                 if k in settings:
                     raise UserError(f"{where} ({st['name']}): `{k}` goes at stage level (`{k}: ...`), not in `settings`")
             if st.get("kind") == "adapt" and "epochs" in settings:
-                raise UserError(f"{where} ({st['name']}): an adapt stage takes its masked-LM `epochs` at stage level (`epochs: N`), not in `settings`")
+                raise UserError(f"{where} ({st['name']}): an adapt stage takes its `epochs` at stage level (`epochs: N`, the masked-LM "
+                                f"epochs of a text model; AdaBN on images makes one pass and takes none), not in `settings`")
         if str(st["data"]).startswith("stage:"):
             raise UserError(f"{where} ({st['name']}): `data` cannot be a stage (a stage's output is a model: use it as `model: {st['data']}`)")
         if str(st["name"]) in names:
@@ -126,7 +127,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     con = console or report.console()
     stages = load_pipeline(path)
     root = Path(out)
-    make_dir(root)
+    check_can_make(root)  # made once every stage is checked: a refused pipeline left an empty --out folder
 
     def resolve(v):
         v = str(v)
@@ -171,6 +172,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     # this call or an earlier one), or when its folder's run is not the one its record describes (a
     # later attempt failed or was stopped): a rerun skips only what would come out the same. What a
     # stage runs from is written before it starts, so that an interrupted stage resumes only unchanged.
+    make_dir(root)
     state_file = root / "pipeline_state.json"
     ran_from = _read_state(state_file)
     if ran_from is None:
@@ -186,26 +188,31 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     for st in stages:
         name, kind = str(st["name"]), st.get("kind", "fit")
         d = root / name
-        now = {"definition": json.loads(json.dumps(st, default=str)), "upstream": {r: _run_identity(root / r) for r in _refs(st)}, "run": None}
+        now = {"definition": json.loads(json.dumps(st, default=str)), "upstream": {r: _run_identity(root / r) for r in _refs(st)}, "run": None,
+               "data": _data_identity(configs[name].data.path)}
         current = _run_identity(d)  # None unless the folder holds a complete run
         before = ran_from.get(name)
         if before is None and current:  # finished before this file was kept: taken as run from what is there now
             before = {**now, "run": current}
         changed = before is not None and before["definition"] != now["definition"]
+        # its files added, removed or rewritten since it ran (a rerun skipped a stage whose data had 10 more images)
+        data_changed = before is not None and before.get("data") is not None and before["data"] != now["data"]
         known = before is not None and before.get("upstream") is not None
         # (a stage that never ran has no run to redo: it was said to run "again" as its upstream had another run)
         moved = [r for r in now["upstream"] if before is not None and ((known and before["upstream"].get(r) != now["upstream"][r]) or (not known and r in redone))]
         stale = current is not None and before is not None and before.get("run", current) != current
-        if current and not (changed or moved or stale):
+        if current and not (changed or moved or stale or data_changed):
             con.print(f"[bold]stage {name}[/]: complete, skipped ({d})")
             summary[name] = {"status": "skipped (complete)", **_brief(d)}
-            # an older file's record knew no upstream runs or own run: from now on, those it has now
-            ran_from[name] = {**before, "upstream": now["upstream"] if before.get("upstream") is None else before["upstream"], "run": current}
+            # an older file's record knew no upstream runs, own run or data: from now on, those it has now
+            ran_from[name] = {**before, "upstream": now["upstream"] if before.get("upstream") is None else before["upstream"], "run": current,
+                              "data": before.get("data") or now["data"]}
             continue
-        if changed or moved or stale:
+        if changed or moved or stale or data_changed:
             attempt = "its last attempt" if current is None else "it ran"  # a stage that failed or was stopped never ran to the end
             why = (f"its definition changed since {attempt}" if changed else f"stage {', '.join(moved)} has another run than the one it was built from"
-                   if moved else "its last attempt did not finish, and its finished run is from before that")
+                   if moved else f"its data ({configs[name].data.path}) changed since {attempt}" if data_changed
+                   else "its last attempt did not finish, and its finished run is from before that")
             con.print(f"[bold]stage {name}[/]: {why}: running it {'again' if current is not None else 'from the start'}")
             shutil.rmtree(d / "checkpoints", ignore_errors=True)  # no resuming from the old definition's checkpoint
         cfg = configs[name]
@@ -247,6 +254,26 @@ def _read_state(state_file: Path) -> dict | None:
     if not isinstance(raw, dict):
         return None
     return {k: v if isinstance(v, dict) and "definition" in v else {"definition": v, "upstream": None} for k, v in raw.items()}
+
+
+def _data_identity(spec: str) -> str | None:
+    """What a stage's data is now, as make judges a file: every file's relative path, size and
+    modification time (no content read), hashed; None for built-in data and paths that do not exist."""
+    import hashlib
+    import os
+
+    p = Path(spec).expanduser()
+    if not p.exists():
+        return None
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            s = f.stat()
+        except OSError:
+            continue
+        h.update(f"{os.path.relpath(f, p) if f != p else f.name}\0{s.st_size}\0{s.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _run_identity(d: Path) -> str | None:

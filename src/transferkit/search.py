@@ -59,7 +59,7 @@ import numpy as np
 import yaml
 
 from . import report
-from .config import FLAT, RunConfig, load_config_file, replace
+from .config import FLAT, RunConfig, absolute_model_name, load_config_file, replace
 from .rundir import process_alive
 from .data import DataSplits
 from .inputs import load_splits
@@ -493,8 +493,8 @@ def _normalise_paths(cfg: RunConfig) -> RunConfig:
     flat = {}
     if cfg.data.path.split(":")[0] != "digits" and Path(cfg.data.path).exists():
         flat["data"] = str(Path(cfg.data.path).resolve())
-    if cfg.model.name.startswith("file:") and Path(cfg.model.name[5:]).exists():
-        flat["model"] = "file:" + str(Path(cfg.model.name[5:]).resolve())
+    if absolute_model_name(cfg.model.name) != cfg.model.name:  # file:, dir: and run: (only file: was)
+        flat["model"] = absolute_model_name(cfg.model.name)
     return replace(cfg, **flat)
 
 
