@@ -316,6 +316,8 @@ class ImageClassifier(_Classifier):
                 raise UserError(f"no image files in {p}")
         if isinstance(images, Image.Image):
             images = [images]
+        elif isinstance(images, np.ndarray) and images.dtype.kind not in "buif":
+            images = list(images)  # an array of paths or of images (scikit-learn's folds index X as one): a list
         elif isinstance(images, (np.ndarray, torch.Tensor)):  # one image, or a batch along the first axis
             if images.ndim not in (2, 3, 4) or (images.ndim == 3 and images.shape[-1] == 2):
                 # a 1-D array was "image 0: ... got uint8"; (32, 32, 2) became 32 images of 32 x 2 pixels
