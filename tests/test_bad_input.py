@@ -505,3 +505,29 @@ def test_run_files_are_found_through_a_linked_folder_and_search_or_pipeline_fold
     (tmp_path / "p" / "pipeline_state.json").write_text("{}")
     with pytest.raises(UserError, match=r"is a pipeline folder, not a run: each stage's run is a folder in it \(none has finished yet\)"):
         require_finished(tmp_path / "p")
+
+
+def test_checkpoint_layouts_of_training_scripts_load_or_are_named(tmp_path, tiny_ckpt):
+    """QA AD: a Lightning checkpoint that kept its classifier was a KeyError traceback; timm train.py's
+    file (its `args` an argparse.Namespace, and named .pth.tar) was refused as a pickled model; a file
+    with the weights under another key named nothing it found; pickle.dump's file was "damaged"."""
+    import argparse
+    import pickle
+
+    from safetensors.torch import load_file
+
+    from transferkit.backbones import create_backbone
+
+    sd = {**load_file(str(tiny_ckpt)), "linear.weight": torch.randn(10, 64), "linear.bias": torch.zeros(10)}  # with a 10-class classifier
+    torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items()}, "hyper_parameters": {"lr": 0.1}, "epoch": 3}, tmp_path / "l.ckpt")
+    bb = create_backbone(f"file:{tmp_path / 'l.ckpt'}", arch="cifar_resnet20")
+    assert bb.source_head is not None  # the source classifier, found under its stripped name
+    torch.save({"epoch": 3, "arch": "x", "state_dict": sd, "args": argparse.Namespace(lr=0.1, model="x")}, tmp_path / "model_best.pth.tar")
+    assert set(load_state_dict_file(tmp_path / "model_best.pth.tar")) == set(sd)
+    torch.save({"net": sd, "epoch": 3}, tmp_path / "net.pth")
+    with pytest.raises(UserError, match=r"does not hold a state dict of tensors \(its entries: net, epoch; the tensors look to be under 'net'"):
+        load_state_dict_file(tmp_path / "net.pth")
+    with open(tmp_path / "plain.pth", "wb") as f:
+        pickle.dump({"w": [1.0, 2.0]}, f)
+    with pytest.raises(UserError, match="plain.pth: it is a plain Python pickle, not a PyTorch checkpoint, and unpickling it can run code"):
+        load_state_dict_file(tmp_path / "plain.pth")

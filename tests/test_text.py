@@ -630,3 +630,49 @@ def test_the_text_or_label_column_is_no_group_column(tmp_path):
     for col, what in (("text", "text"), ("label", "label")):
         with pytest.raises(UserError, match=f"--group-column {col} names the {what} column; name a column of groups .*'site'"):
             read_table(p, group_column=col)
+
+
+def test_a_model_folder_whose_weights_or_tokenizer_do_not_match_is_refused(tmp_path, tiny_bert):
+    """QA AD: a folder whose weights lacked a layer trained on random values in silence (transformers'
+    "newly initialized" warning is quieted here); another model's larger tokenizer was an IndexError
+    traceback; sharded .bin weights were "no weights"; an older sentence-transformers folder (its model
+    in 0_Transformer/) was "not a Hugging Face model folder", and its CLS pooling went unsaid."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from transferkit.backbones import create_backbone
+
+    part = tmp_path / "partial"
+    shutil.copytree(tiny_bert, part)
+    sd = load_file(str(part / "model.safetensors"))
+    save_file({k: v for k, v in sd.items() if ".layer.1." not in k}, str(part / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"partial: its weights lack 16 of the model's \d+ tensors \(encoder\.layer\.1\..*would start from random values"):
+        create_backbone(f"dir:{part}")
+    big = tmp_path / "bigvocab"
+    shutil.copytree(tiny_bert, big)
+    (big / "vocab.txt").write_text((big / "vocab.txt").read_text() + "".join(f"extra{i}\n" for i in range(50)))
+    (big / "tokenizer.json").unlink()
+    with pytest.raises(UserError, match=r"bigvocab: its tokenizer has \d+ tokens and the model embeds \d+: the tokenizer belongs to another model"):
+        create_backbone(f"dir:{big}")
+    st = tmp_path / "st"
+    shutil.copytree(tiny_bert, st / "0_Transformer")
+    (st / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+                                                 {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (st / "1_Pooling").mkdir()
+    (st / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    bb = create_backbone(f"dir:{st}")
+    assert bb.folder_pooling == "cls" and torch.equal(bb.model.embeddings.word_embeddings.weight, create_backbone(f"dir:{tiny_bert}").model.embeddings.word_embeddings.weight)
+    from transferkit.config import RunConfig, replace
+    from transferkit.inputs import TextInputs
+
+    assert "the model folder's sentence-transformers pooling is cls: --pooling cls to follow it" in TextInputs(replace(RunConfig(), model=f"dir:{st}"), bb).describe(False)
+    shard = tmp_path / "shardbin"
+    shutil.copytree(tiny_bert, shard, ignore=shutil.ignore_patterns("model.safetensors"))
+    names = sorted(sd)  # two .bin shards and their index, as older transformers wrote them
+    halves = {f"pytorch_model-0000{i + 1}-of-00002.bin": names[i::2] for i in range(2)}
+    for f, keys in halves.items():
+        torch.save({k: sd[k] for k in keys}, shard / f)
+    (shard / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {k: f for f, ks in halves.items() for k in ks}}))
+    assert create_backbone(f"dir:{shard}").weights_id.startswith("state:")

@@ -149,8 +149,16 @@ class TextInputs:
             f"input: text, up to {self.max_length} tokens"
             + (f" (the model's limit; --max-length {self.cfg.data.max_length} asked for more)" if self.cfg.data.max_length > self.max_length else "")
             + f" ({self.truncated} text(s) cut), dynamic padding per batch; "
-            f"pooling: {self.backbone.pooling}"
+            f"pooling: {self.backbone.pooling}" + self._pooling_note()
         )
+
+    def _pooling_note(self) -> str:
+        """The model folder's own pooling (sentence-transformers' 1_Pooling), where the run pools otherwise."""
+        own = getattr(self.backbone, "folder_pooling", None)
+        if own is None or own == self.backbone.pooling:
+            return ""
+        follow = f"--pooling {own} to follow it" if own in ("mean", "cls", "last") else "transferkit pools by mean, cls or last only"
+        return f" (the model folder's sentence-transformers pooling is {own}: {follow})"
 
     def meta(self) -> dict:
         return {"max_length": self.max_length, "pooling": self.backbone.pooling}

@@ -187,9 +187,11 @@ def _file_backbone(path: str, arch: str | None, *, pretrained: bool) -> Backbone
         target = bb.model if isinstance(bb, (TimmBackbone, TorchvisionBackbone)) else bb
         own_head = (f"{bb.classifier_path}.",) if isinstance(bb, TorchvisionBackbone) else ()
         dropped = fit_state_dict(target, sd, source=path, drop_prefixes=own_head + _classifier_prefixes(target))
-        w = [k for k in dropped if k.endswith("weight") and sd[k].ndim == 2]
-        if len(w) == 1 and w[0][: -len("weight")] + "bias" in sd and sd[w[0]].shape[1] == bb.num_features:
-            bb.set_source_head(sd[w[0]], sd[w[0][: -len("weight")] + "bias"])
+        # the dropped classifier by the names fit_state_dict gave it: looked up in the file's own dict, a
+        # Lightning checkpoint's model.fc.weight was a KeyError traceback
+        w = [k for k in dropped if k.endswith("weight") and dropped[k].ndim == 2]
+        if len(w) == 1 and w[0][: -len("weight")] + "bias" in dropped and dropped[w[0]].shape[1] == bb.num_features:
+            bb.set_source_head(dropped[w[0]], dropped[w[0][: -len("weight")] + "bias"])
         bb.weights_id = f"sha256:{file_sha256(path)}"
     return bb
 

@@ -51,17 +51,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             sd = load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"cannot read {p} as safetensors: {e}") from None
-    elif p.suffix in TORCH_SUFFIXES:
+    elif p.suffix in TORCH_SUFFIXES or p.name.endswith(".pth.tar"):  # timm's train.py writes model_best.pth.tar
+        import argparse
         import pickle
         import re
         import warnings
 
         try:
-            with warnings.catch_warnings():
+            # argparse.Namespace: the `args` a training script (timm's train.py) saves beside the weights; it
+            # rebuilds as a plain bag of attributes, each still checked by the weights-only unpickler
+            with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
                 warnings.simplefilter("ignore")  # torch's "Detected pickle protocol" notes: the message below says what matters
                 obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             named = re.search(r"GLOBAL ([\w.]+)", str(e))  # "Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose module"
+            if named is None and _plain_pickle(p):  # pickle.dump's file: it was called "damaged"
+                raise UserError(f"refusing to load {p}: it is a plain Python pickle, not a PyTorch checkpoint, and unpickling it can run code. "
+                                "Save the weights as tensors: torch.save(model.state_dict(), 'weights.pt'), or safetensors' save_file") from None
             if named is None:  # not a pickle of known types at all: junk, or a damaged file
                 why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
                 raise UserError(f"cannot read {p}: it is not a PyTorch checkpoint, or it is damaged ({(why.group(1) if why else str(e).splitlines()[0])[:120]})") from None
@@ -78,13 +84,30 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise UserError(f"{p} does not hold a state dict of tensors")
+            hint = ""
+            if isinstance(obj, dict):  # name what it holds, and the entry that looks like the weights ({'net': ...}, {'state_dict_ema': ...})
+                keys = [str(k) for k in obj]
+                inner = next((k for k, v in obj.items() if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())), None)
+                hint = f" (its entries: {', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}" + (
+                    f"; the tensors look to be under {inner!r}: torch.save(torch.load(FILE)[{inner!r}], 'weights.pt')" if inner is not None else "") + ")"
+            raise UserError(f"{p} does not hold a state dict of tensors{hint}")
         sd = dict(obj)
     else:
         raise UserError(
             f"unsupported checkpoint type {p.suffix!r} for {p}: use .safetensors or one of {', '.join(TORCH_SUFFIXES)}"
         )
     return strip_prefix(sd)
+
+
+def _plain_pickle(p: Path) -> bool:
+    """A pickle (protocol 2 or later) that is neither torch's zip format nor its legacy one (whose
+    first pickle is torch's magic number, 0x1950a86a20f9469cfc6c)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" and head[2:6] != b"\x8a\x0a\x6c\xfc"
 
 
 def _looks_like_safetensors(p: Path) -> bool:
@@ -99,9 +122,9 @@ def _looks_like_safetensors(p: Path) -> bool:
 
 def fit_state_dict(
     module: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, drop_prefixes: tuple[str, ...] = ()
-) -> list[str]:
+) -> dict[str, torch.Tensor]:
     """Load `state_dict` into `module`, strictly. Keys under `drop_prefixes` (the source classifier)
-    may be present in the file and are dropped; the list of dropped keys is returned.
+    may be present in the file and are dropped, and returned with their tensors.
 
     Missing keys, unexpected keys and shape mismatches raise a UserError naming the first few.
     """
@@ -123,4 +146,4 @@ def fit_state_dict(
     if problems:
         raise UserError(f"the tensors in {source} do not fit the architecture: " + " | ".join(problems))
     module.load_state_dict(sd, strict=False)
-    return dropped
+    return {k: state_dict[k] for k in dropped}  # by the names they have here (a Lightning file's model. prefix stripped)

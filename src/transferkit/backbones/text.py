@@ -204,11 +204,13 @@ def hf_backbone(name: str, *, pretrained: bool = True) -> TextBackbone:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         if pretrained:
-            model = AutoModel.from_pretrained(name, use_safetensors=None)
+            model, info = AutoModel.from_pretrained(name, use_safetensors=None, output_loading_info=True)
+            _check_loaded(model, info, name)
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(name))
     except OSError as e:
         raise UserError(f"could not load Hugging Face model {name!r}: {str(e).splitlines()[0]}") from None
+    _check_vocab(model, tokenizer, name)
     _drop_pooler(model)
     model, spec = _encoder(model, {"name": f"hf:{name}"})
     wid = f"hf:{name}:{state_sha256_short(model)}" if pretrained else "random"
@@ -230,6 +232,9 @@ def _from_folder(folder: Path, *, spec: dict, pretrained: bool) -> TextBackbone:
 
     _quiet_transformers()
 
+    pooling_home = folder
+    if not (folder / "config.json").is_file() and (inner := _sentence_transformer_module(folder)) is not None:
+        folder = inner  # an older sentence-transformers folder keeps its model in 0_Transformer/ ("has no config.json")
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} has no config.json: not a Hugging Face model folder")
     tokenizer_files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
@@ -242,22 +247,79 @@ def _from_folder(folder: Path, *, spec: dict, pretrained: bool) -> TextBackbone:
         raise UserError(f"{folder}: could not read its config or tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if pretrained:
         weights = [folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file()]
-        if not weights and not any(folder.glob("model-*.safetensors")):
-            raise UserError(f"{folder} has no weights (model.safetensors or pytorch_model.bin)")
+        if not weights and not any(folder.glob("model-*.safetensors")) and not any(folder.glob("pytorch_model-*.bin")):  # or shards of either
+            raise UserError(f"{folder} has no weights (model.safetensors or pytorch_model.bin, or their shards)")
         try:
             # transformers loads .bin files with torch.load(weights_only=True): no code runs from them.
-            model = AutoModel.from_pretrained(str(folder), config=config)
+            model, info = AutoModel.from_pretrained(str(folder), config=config, output_loading_info=True)
         except Exception as e:
             raise UserError(f"{folder}: could not load the weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        _check_loaded(model, info, str(folder))
         wid = f"sha256:{_file_sha256(weights[0])}" if weights else f"state:{state_sha256_short(model)}"
     else:
         model = AutoModel.from_config(config)
         wid = "random"
+    _check_vocab(model, tokenizer, str(folder))
     _drop_pooler(model)
     model, spec = _encoder(model, spec)
     bb = TextBackbone(model, tokenizer, weights_id=wid, spec=spec)
     bb.source = str(folder) if pretrained else None
+    bb.folder_pooling = _sentence_transformer_pooling(pooling_home)
     return bb
+
+
+def _sentence_transformer_module(folder: Path) -> Path | None:
+    """The subfolder a sentence-transformers folder's modules.json names for its Transformer module."""
+    import json
+
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for m in modules if isinstance(modules, list) else []:
+        if isinstance(m, dict) and str(m.get("type", "")).endswith("Transformer") and m.get("path") and (folder / m["path"] / "config.json").is_file():
+            return folder / m["path"]
+    return None
+
+
+def _sentence_transformer_pooling(folder: Path) -> str | None:
+    """How a sentence-transformers folder pools its tokens (its 1_Pooling/config.json): cls, mean, last,
+    or max (which transferkit does not offer); None for a folder without one. A CLS-pooled model got mean
+    pooling with no word: the run's input line now says what the folder asks for."""
+    import json
+
+    for m in ("1_Pooling", "Pooling"):
+        try:
+            cfg = json.loads((folder / m / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_lasttoken", "last"), ("pooling_mode_mean_tokens", "mean"),
+                          ("pooling_mode_max_tokens", "max")):
+            if cfg.get(key):
+                return mode
+    return None
+
+
+def _check_loaded(model: nn.Module, info: dict, where: str) -> None:
+    """Refuse weights that leave some of the model's tensors to their random initialisation. transformers
+    only warns of that ("newly initialized"), and its warnings are quieted here: a folder whose weights
+    lacked a layer (or held other names) trained on random values in silence. The pooler is dropped
+    anyway, so its absence is no loss."""
+    missing = sorted(k for k in info.get("missing_keys", []) if "pooler" not in k.split("."))
+    if missing:
+        n = sum(1 for _ in model.state_dict())
+        raise UserError(f"{where}: its weights lack {len(missing)} of the model's {n} tensors ({', '.join(missing[:3])}"
+                        f"{', ...' if len(missing) > 3 else ''}), which would start from random values: the weights do not match its "
+                        "config.json (another model's, or saved incompletely); save the model and its config together with save_pretrained")
+
+
+def _check_vocab(model: nn.Module, tokenizer, where: str) -> None:
+    """A tokenizer with more tokens than the model's embedding rows (another model's, copied in) gave
+    torch's "IndexError: index out of range in self" on the first batch."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UserError(f"{where}: its tokenizer has {len(tokenizer)} tokens and the model embeds {rows}: the tokenizer belongs to another "
+                        "model; save the model's own tokenizer there")
 
 
 def from_saved(folder: Path, spec: dict) -> TextBackbone:
