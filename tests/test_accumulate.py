@@ -4,6 +4,7 @@ clipping; running out of memory splits the step further and the run ends as it w
 Evaluation and the feature pass halve their batches instead."""
 
 import contextlib
+import json
 
 import numpy as np
 import pytest
@@ -243,3 +244,15 @@ def test_images_on_a_cpu_train_in_small_passes_only_while_batchnorm_statistics_r
     fit(replace(RunConfig(), data=str(tiny_folder), model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16, batch_size=8,
                 strategy="full", epochs=1, precision="no"), None, console=report.console(quiet=True))
     assert max(seen) == 8  # statistics train in `full`: whole batches
+
+
+def test_the_plan_says_the_batch_and_micro_batches_as_they_are_done(tmp_path, capsys):
+    """QA AC: a batch of 5000 for 1,438 training images said "batch 5000", and --accumulate 64 of a
+    batch of 32 said "in 64 micro-batches" (32 were done: one example each at most)."""
+    from transferkit.cli import main
+
+    assert main(["fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "full", "--epochs", "1", "--batch-size", "500",
+                 "--accumulate", "1000", "--calibrate", "none", "--out", str(tmp_path / "r")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    n = json.loads((tmp_path / "r" / "metrics.json").read_text())["n_train"]
+    assert f"batch 500 (more than the {n} training examples: every step takes them all) in {n} micro-batches (--accumulate 1000 asked; one example each at most)" in said

@@ -531,3 +531,18 @@ def test_checkpoint_layouts_of_training_scripts_load_or_are_named(tmp_path, tiny
         pickle.dump({"w": [1.0, 2.0]}, f)
     with pytest.raises(UserError, match="plain.pth: it is a plain Python pickle, not a PyTorch checkpoint, and unpickling it can run code"):
         load_state_dict_file(tmp_path / "plain.pth")
+
+
+@pytest.mark.parametrize("flags, hint", [
+    (["--device", "cpu"], "--device: the device is chosen for you (a GPU where there is one); --cpu keeps to the CPU"),
+    (["--grad-accum", "2"], "--grad-accum: --accumulate N"),
+    (["--learning-rate", "0.1"], "--learning-rate: did you mean --lr"),
+    (["--ouT", "x"], "--ouT: did you mean --out"),
+])
+def test_another_tools_flag_gets_the_commands_usage_and_a_hint(capsys, flags, hint):
+    """QA AC: --device, --grad-accum and --num-workers gave the top-level usage ("usage: transferkit
+    [-h]") and no hint."""
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--data", "digits", *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: transferkit fit") and hint in err, err

@@ -117,9 +117,22 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
         if job.poll() is None:
             job.kill()
     assert "stopped by a signal to another process; checkpoint written" in err, err[-3000:]
+    assert f"Resume with:\n  torchrun --nproc_per_node 2 -m transferkit.cli fit --resume {out}" in err  # launched as it ran (QA AC)
     assert "Connection closed by peer" not in err and "[rank0]: Traceback" not in err, err[-3000:]
     done = len(Path(out, "history.csv").read_text().splitlines()) if Path(out, "history.csv").exists() else 0
     assert done == 0  # not finished
     r = subprocess.run(torchrun[:8] + [str(_free_port())] + torchrun[9:] + ["fit", "--resume", out], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(Path(out, "history.csv").read_text().splitlines()) == 401
+
+
+def test_a_mistake_under_torchrun_is_said_once_without_a_traceback_from_us(tmp_path):
+    """QA AC: --batch-size 1 with two processes was a RuntimeError traceback from every process (each
+    process's share of a batch was 0 examples); a bad setting was printed once per process."""
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+            "-m", "transferkit.cli", "fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "full", "--epochs", "1", "--quiet"]
+    r = subprocess.run(base + ["--batch-size", "1", "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    said = [ln for ln in r.stderr.splitlines() if ln.startswith("transferkit: error:")]
+    assert said == ["transferkit: error: --batch-size 1 is smaller than the 2 processes, which share each batch; give --batch-size 2 or more"], r.stderr[-3000:]
+    assert "tensor_split" not in r.stderr and "number of sections" not in r.stderr

@@ -261,3 +261,19 @@ def test_the_run_says_which_epoch_it_kept_and_why_the_table_can_differ():
     # with --min-delta a tie is no improvement: the first to reach the score is kept, not the lower loss
     assert kept_line({"best_epoch": 2, "accuracy": 0.925, "precision": "no"}, hist, "accuracy", 0.01) == (
         "kept: the weights of epoch 2 of 4, the best by validation accuracy (92.50%), counting gains over --min-delta 0.01 only")
+
+
+def test_a_temperature_at_its_bound_is_explained_by_what_the_model_does():
+    """QA AC: a 45%-accurate model whose top probability was 0.12 had its calibration skipped as "every
+    validation example is separated"."""
+    import torch
+
+    from transferkit.fit import calibrate_head
+
+    y = np.arange(60) % 3
+    pred = np.where(np.arange(60) % 10 < 7, y, (y + 1) % 3)  # 70% right
+    logp = torch.log_softmax(0.001 * torch.eye(3)[pred].double(), 1)  # barely above uniform: far too unsure
+    why = calibrate_head(None, logp, y)["skipped"]
+    assert "no interior minimum" in why and "the model is far too unsure (70% right, the top probability 0.33 on average)" in why and "separated" not in why
+    logp = torch.log_softmax(0.01 * torch.eye(3)[y].double(), 1)  # every example right: separated indeed
+    assert calibrate_head(None, logp, y)["skipped"].endswith("every validation example is separated")

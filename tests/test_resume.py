@@ -265,3 +265,25 @@ def test_resume_refuses_data_that_changed_or_moved(tiny, tmp_path, capsys):
     Image.open(held).transpose(Image.FLIP_LEFT_RIGHT).save(held)
     with pytest.raises(UserError, match=r"changed since .*cut2 was checkpointed \(as many training and validation images, other contents or labels, or another test split\)"):
         fit(cfg, tmp_path / "cut2", console=report.console(quiet=True), resume=True)
+
+
+def test_a_run_another_process_holds_is_said_to_be_in_use_before_anything_else(tmp_path):
+    """QA AC: while a run wrote its report (lock held, manifest just written) --resume said "a finished
+    run: nothing to resume" and --out said "already holds a finished run"; mid-training, --out advised
+    --resume, which then said "in use"."""
+    import os
+
+    from transferkit.rundir import RunDir
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ckpt-0001.pt").write_bytes(b"x")
+    (run / ".lock").write_text(str(os.getppid()))  # a live process that is not this one
+    cfg = replace(RunConfig(), data="digits:3,8", model="small_convnet", epochs=1)
+    for make in (lambda: RunDir(run), lambda: RunDir(run, overwrite=True), lambda: fit(cfg, run, resume=True, console=report.console(quiet=True))):
+        with pytest.raises(UserError, match=rf"{run} is in use by another transferkit process \(pid {os.getppid()}\)"):
+            make()
+    (run / "manifest.json").write_text(json.dumps({"files": {}}))  # finished a moment ago, its lock not yet released
+    for make in (lambda: RunDir(run), lambda: fit(cfg, run, resume=True, console=report.console(quiet=True))):
+        with pytest.raises(UserError, match="is in use by another transferkit process"):
+            make()

@@ -172,10 +172,12 @@ def cmd_fit(args) -> int:
         if not _main_rank():  # the others stopped with it, at the same step; the first process speaks for all
             return code
         name = signals.name or "a signal to another process"
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # launched as it ran: the hint said a one-process command of a torchrun run
+        again = f"torchrun --nproc_per_node {world} -m transferkit.cli fit --resume {out}" if world > 1 else f"transferkit fit --resume {out}"
         if e.checkpointed:
-            print(f"transferkit: stopped by {name}; checkpoint written. Resume with:\n  transferkit fit --resume {out}", file=sys.stderr)
+            print(f"transferkit: stopped by {name}; checkpoint written. Resume with:\n  {again}", file=sys.stderr)
         elif (Path(out) / "config.yaml").is_file():
-            print(f"transferkit: stopped by {name} before training began. Start again with:\n  transferkit fit --resume {out}", file=sys.stderr)
+            print(f"transferkit: stopped by {name} before training began. Start again with:\n  {again}", file=sys.stderr)
         else:
             print(f"transferkit: stopped by {name} before the run began; nothing was written to {out}", file=sys.stderr)
         return code
@@ -975,6 +977,49 @@ class _ReaderMayLeave:
         return getattr(self._f, name)
 
 
+# other tools' flags for what transferkit does otherwise (the error showed the top-level usage and no hint)
+FLAG_NOTES = {
+    "--device": "the device is chosen for you (a GPU where there is one); --cpu keeps to the CPU",
+    "--gpu": "a GPU is used where there is one; --cpu keeps to the CPU", "--gpus": "several GPUs: accelerate launch or torchrun (see the README)",
+    "--num-workers": "images are decoded once, in parallel, and cached: there are no loader workers to set",
+    "--workers": "images are decoded once, in parallel, and cached: there are no loader workers to set",
+    "--grad-accum": "--accumulate N", "--gradient-accumulation-steps": "--accumulate N", "--accumulation-steps": "--accumulate N",
+    "--fp16": "--precision fp16", "--bf16": "--precision bf16", "--amp": "--precision bf16 (or fp16 on a GPU)",
+}
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
+    for a in parser._actions:  # argparse keeps its subcommands' parsers in the subparsers action's choices
+        if isinstance(a, argparse._SubParsersAction) and command in a.choices:
+            return a.choices[command]
+    return None
+
+
+def _flag_hints(parser: argparse.ArgumentParser, unknown: list[str]) -> list[str]:
+    """For each unrecognized --flag: what to use instead (another tool's name for it), or the command's
+    closest flags."""
+    import difflib
+
+    from .errors import ALIASES
+
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    out = []
+    for u in unknown:
+        flag = u.split("=", 1)[0]
+        if not flag.startswith("--"):
+            continue
+        if flag in FLAG_NOTES:
+            out.append(f"{flag}: {FLAG_NOTES[flag]}")
+            continue
+        alias = ALIASES.get(flag[2:].replace("-", "_").lower())
+        close = ([f"--{alias.replace('_', '-')}"] if alias and f"--{alias.replace('_', '-')}" in flags else [])
+        names = [f[2:] for f in flags]  # without the shared "--", which made --bogus "close" to --out
+        close += [f"--{c}" for c in difflib.get_close_matches(flag[2:], names, n=3, cutoff=0.6) if f"--{c}" not in close]
+        if close:
+            out.append(f"{flag}: did you mean {', '.join(close[:3])}?")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(_negative_values(sys.argv[1:] if argv is None else list(argv)))
@@ -988,7 +1033,10 @@ def main(argv: list[str] | None = None) -> int:
         # with inputs around them, name only the options (`--ouT` of `--ouT x a.jpg`)
         named = options if takes_inputs else rest
         files = [r for r in named if r.startswith("-") and Path(r).exists()]  # `predict RUN -1.png`: a file named like an option
-        parser.error(f"unrecognized arguments: {' '.join(named)}" + (f" (a file whose name starts with '-': write ./{files[0]})" if files else ""))
+        sub = _subparser(parser, getattr(args, "command", None))
+        hints = _flag_hints(sub or parser, named)
+        (sub or parser).error(f"unrecognized arguments: {' '.join(named)}" + (f" (a file whose name starts with '-': write ./{files[0]})" if files else "")
+                              + "".join(f"; {h}" for h in hints))
     streams = sys.stdout, sys.stderr
     if args.command in _WRITE_RUNS:  # `fit ... | head`: the run finishes when the reader leaves (it was left without its manifest)
         sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
@@ -1002,7 +1050,8 @@ def _run(args) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"transferkit: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process found the same mistake: said once, by the first
+            print(f"transferkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("transferkit: interrupted", file=sys.stderr)

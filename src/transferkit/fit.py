@@ -28,7 +28,7 @@ from .features import cached_features
 from .metrics import classification_metrics, in_short, paired_bootstrap, verdict, verdict_kind
 from .model import Group, TransferModel, create_model, enable_grad_checkpointing, model_groups, set_trainable
 from .regularizers import pretrained_reference
-from .rundir import RunDir, is_complete
+from .rundir import RunDir, is_complete, refuse_if_in_use
 from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
 from .checkpoint import Checkpointer
 from .trainer import PhaseData, StopRequested, predict_proba, run_phase, seed_everything
@@ -112,6 +112,8 @@ def fit(
     cfg.validate()
     if resume and out is None:
         raise UserError("resume needs the run directory")
+    if resume and os.environ.get("RANK", "0") == "0":  # (the first process only: it takes the lock, and another would find it taken)
+        refuse_if_in_use(out)  # a run still training or writing its report is neither interrupted nor finished
     if resume and is_complete(out):
         raise UserError(f"{out} is a finished run: there is nothing to resume")
     # Several processes (`accelerate launch` / `torchrun`): each trains on its share of every global
@@ -121,6 +123,9 @@ def fit(
     console = (console or report.console()) if main else report.console(quiet=True)
     if cfg.train.precision == "fp16" and accelerator.mixed_precision == "no":
         console.print("[yellow]note[/]: fp16 autocast runs on a GPU only: this run trains in fp32 (a CPU's half precision is --precision bf16)")
+    if cfg.train.batch_size < accelerator.num_processes:  # each process's share of a batch was 0 examples: a traceback from every process
+        raise UserError(f"--batch-size {cfg.train.batch_size} is smaller than the {accelerator.num_processes} processes, which share each batch; "
+                        f"give --batch-size {accelerator.num_processes} or more")
     if accelerator.num_processes > 1 and cfg.strategy.name == "gradual":
         raise UserError("strategy gradual changes what trains inside a phase, which one process per device cannot follow; use partial or full with several processes")
     rundir = RunDir(out, overwrite=overwrite or resume) if out is not None and main else None  # refuse a finished run before work
@@ -500,8 +505,15 @@ def calibrate_head(model: TransferModel, val_logp: torch.Tensor, y_val) -> dict:
     if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01:
         # the NLL still fell at the bound: the validation classes are separated perfectly, which says
         # "sharper forever", not how sharp new data deserves; leave the probabilities as trained
-        return {"skipped": f"the validation NLL has no interior minimum (T would be {t:.3g}): "
-                + ("every validation example is separated" if t < 1 else "the model's probabilities carry almost nothing on it (the flattest is best)")}
+        right = float((val_logp.argmax(1).numpy() == y).mean())
+        if t < 1 and right == 1.0:
+            why = "every validation example is separated"
+        elif t < 1:  # said "separated" of a 45%-accurate model whose top probability was 0.12: far too unsure, not perfect
+            why = (f"the model is far too unsure ({100 * right:.0f}% right, the top probability {float(val_logp.exp().max(1).values.mean()):.2f} on average), "
+                   "more than a temperature should sharpen: train longer")
+        else:
+            why = "the model's probabilities carry almost nothing on it (the flattest is best)"
+        return {"skipped": f"the validation NLL has no interior minimum (T would be {t:.3g}): {why}"}
     last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last.weight.div_(t)

@@ -92,9 +92,13 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
                 desc += f", ends after {ph.give_up_after} epoch(s) if none beats the probe's " + ("loss" if cfg.train.metric == "loss" else f"{cfg.train.metric} or loss")
             if cfg.train.ema:
                 desc += f", validates and keeps the weights' moving average (decay {cfg.train.ema:g})"
-        micro = f" in {cfg.train.accumulate} micro-batches" if cfg.train.accumulate > 1 and ph.kind == "finetune" else ""
+        bs, n_train = cfg.train.batch_size, len(splits.train)
+        parts = min(cfg.train.accumulate, bs, n_train)  # a micro-batch holds one example at least: --accumulate 64 of a batch of 32 is 32
+        micro = (f" in {parts} micro-batches" + (f" (--accumulate {cfg.train.accumulate} asked; one example each at most)" if parts < cfg.train.accumulate else "")
+                 if cfg.train.accumulate > 1 and ph.kind == "finetune" else "")
+        whole = f" (more than the {n_train} training examples: every step takes them all)" if bs > n_train else ""
         con.print(
-            f"phase {i} {ph.kind}: {desc}; {cfg.optim.name} lr {ph.lr:.2g}, wd {cfg.optim.weight_decay:g}, batch {cfg.train.batch_size}{micro}; "
+            f"phase {i} {ph.kind}: {desc}; {cfg.optim.name} lr {ph.lr:.2g}, wd {cfg.optim.weight_decay:g}, batch {bs}{whole}{micro}; "
             f"trainable {_count(trainable)} / frozen {_count(n_all - trainable)} params"
         )
     gt = Table(title="parameter groups (built once; lr = phase lr x lr_scale)", header_style="bold")

@@ -140,27 +140,35 @@ def require_finished(path: str | os.PathLike, name: str | None = None) -> None:
     raise UserError(f"{name} is not a finished transferkit run: " + "; ".join(problems[:3]))
 
 
+def refuse_if_in_use(path: str | os.PathLike) -> None:
+    """A UserError when another live process holds the run directory's lock (it is training, or
+    writing its report)."""
+    p = Path(path)
+    try:
+        pid = int((p / LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return
+    if pid and pid != os.getpid() and process_alive(pid):
+        raise UserError(f"{p} is in use by another transferkit process (pid {pid}); wait for it or stop it")
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
         self.path = Path(path)
         self.files: dict[str, str] = {}
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} exists and is not a directory")
+        # first: a run being trained (or writing its report) was called interrupted or finished, and the advice led here anyway
+        self._refuse_if_in_use()
         if (self.path / MANIFEST).exists() and not overwrite:
             raise UserError(f"{self.path} already holds a finished run; pass --overwrite (overwrite=True in Python) to replace it, or choose another --out")
         if not overwrite and not (self.path / MANIFEST).exists() and any((self.path / "checkpoints").glob("ckpt-*.pt")):
             # an interrupted run (hours of training, perhaps) was started over in silence
             raise UserError(f"{self.path} holds an interrupted run with checkpoints: continue it with `transferkit fit --resume {self.path}`, "
                             "or pass --overwrite to start over (or choose another --out)")
-        self._refuse_if_in_use()  # said now, not after the data is loaded and the plan printed; create() takes the lock
 
-    def _refuse_if_in_use(self) -> None:
-        try:
-            pid = int((self.path / LOCK).read_text().strip() or 0)
-        except (OSError, ValueError):
-            return
-        if pid and pid != os.getpid() and process_alive(pid):
-            raise UserError(f"{self.path} is in use by another transferkit process (pid {pid}); wait for it or stop it")
+    def _refuse_if_in_use(self) -> None:  # said now, not after the data is loaded and the plan printed; create() takes the lock
+        refuse_if_in_use(self.path)
 
     def create(self) -> RunDir:
         make_dir(self.path)
