@@ -345,6 +345,11 @@ def test_flags_the_chosen_strategy_schedule_or_optimizer_ignore_are_noted(capsys
     args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--model", "small_convnet", "--strategy", "full", "--l2sp-alpha", "0.1"])
     _note_unused(resolve_config(args), args)
     assert "--l2sp-alpha pulls the backbone toward its pretrained weights, and small_convnet has none" in capsys.readouterr().err
+    args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--head-hidden", "32"])  # QA AD: a linear head has no hidden layer
+    assert _note_unused(resolve_config(args), args) == {"head_hidden"}
+    assert "--head-hidden is not used by --head linear (only by head mlp)" in capsys.readouterr().err
+    args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--head", "mlp", "--head-hidden", "32"])
+    assert _note_unused(resolve_config(args), args) == set()
     # a probe on cached features has no fine-tuning to average and no backbone pass to split (--ema was silent)
     args = build_parser().parse_args(["fit", "--data", "digits", "--out", "x", "--strategy", "linear_probe", "--ema", "0.99", "--accumulate", "2", "--group-by-length"])
     assert _note_unused(resolve_config(args), args) == {"ema", "accumulate", "group_by_length"}

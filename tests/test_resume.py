@@ -56,6 +56,8 @@ def _same(a, b):
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert "resumed" not in ma and mb.get("resumed", "").startswith("from the checkpoint ")  # a resumed run says so (QA AC)
+    mb.pop("resumed")
     for m in (ma, mb):
         for k in VOLATILE:
             m.pop(k, None)

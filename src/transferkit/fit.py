@@ -262,6 +262,7 @@ def fit(
     # L2-SP's reference: the backbone as created, before a resumed run loads weights that have moved
     l2sp_w0 = pretrained_reference(model.named_parameters(), cfg.reg)
     phase_resume = None
+    resumed = None  # where a resumed run went on from: metrics.json said nothing of it (its wall time covers this part only)
     if resume:
         reader = ckpt or Checkpointer(Path(out) / "checkpoints")  # every process resumes from the same checkpoint
         saved = reader.load_latest(log=lambda m: console.print(f"[yellow]{m}[/]"))
@@ -281,6 +282,7 @@ def fit(
             ps = phase_resume or {}
             done = len(st["history"]) + len(ps.get("history", []))  # earlier phases' epochs and this phase's (as the checkpoint's tag counts)
             where = f"inside epoch {done + 1} (batch {ps['batch']})" if ps.get("batch") else f"after epoch {done}"
+            resumed = f"from the checkpoint {where}; wall_s and the training rate cover the resumed part only"
             console.print(f"resuming from the checkpoint {where} (phase {st['phase'] + 1} of {len(phases)})" if st["phase"] < len(phases) else
                           f"resuming from the checkpoint after training ({done} epochs): evaluating, then the --baseline comparison fits")
     model.to(device, memory_format=inputs.memory_format)
@@ -391,6 +393,8 @@ def fit(
         metrics["temperature_scaling"] = calibrated
     if st.get("model_choice"):
         metrics["model_choice"] = st["model_choice"]
+    if resumed:
+        metrics["resumed"] = resumed
     if getattr(splits.val, "groups", None) is not None:
         from .metrics import group_metrics
 

@@ -67,6 +67,8 @@ def ignored_settings(cfg: RunConfig, given) -> dict[str, tuple[str, str, str]]:
     for n in ("candidates", "rank_score"):
         if n in given and cfg.model.name != "auto":
             out[n] = ("model", cfg.model.name, "model auto, to choose among models")
+    if "head_hidden" in given and cfg.model.head != "mlp":  # a linear head has no hidden layer (said nothing, recorded 512)
+        out["head_hidden"] = ("head", cfg.model.head, "head mlp")
     for n, (kind, users) in SETTING_OF.items():
         own = cfg.schedule.name if kind == "schedule" else cfg.optim.name
         if n in given and n not in out and own not in users:
