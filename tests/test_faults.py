@@ -50,7 +50,7 @@ def _weights(run):
 
 def _metrics(run):
     m = json.loads((run / "metrics.json").read_text())
-    return {k: v for k, v in m.items() if k not in ("wall_s", "timing", "train_images_per_s", "train_texts_per_s", "feature_cache_hit")}
+    return {k: v for k, v in m.items() if k not in ("wall_s", "timing", "train_images_per_s", "train_texts_per_s", "feature_cache_hit", "resumed")}
 
 
 def _wait_for(path, proc, timeout=60):

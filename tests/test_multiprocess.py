@@ -136,3 +136,17 @@ def test_a_mistake_under_torchrun_is_said_once_without_a_traceback_from_us(tmp_p
     said = [ln for ln in r.stderr.splitlines() if ln.startswith("transferkit: error:")]
     assert said == ["transferkit: error: --batch-size 1 is smaller than the 2 processes, which share each batch; give --batch-size 2 or more"], r.stderr[-3000:]
     assert "tensor_split" not in r.stderr and "number of sections" not in r.stderr
+
+
+def test_a_last_batch_smaller_than_the_process_count_joins_the_one_before(tmp_path):
+    """Review AF: with 3 processes a last batch of 2 examples left one process none (a tensor_split
+    traceback from every process)."""
+    from transferkit.data import load_image_data
+
+    n = len(load_image_data("digits:3,8").train)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                        "-m", "transferkit.cli", "fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "full", "--epochs", "1", "--quiet",
+                        "--batch-size", str(n - 2), "--calibrate", "none", "--baseline", "none", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["optimizer_steps"] == 1  # the 2 left over joined the first batch

@@ -569,3 +569,25 @@ def test_adapt_says_when_it_raises_a_batch_size_of_one(tmp_path, tiny_ckpt, caps
                  "--batch-size", "1", "--out", str(tmp_path / "a")]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "note: AdaBN needs at least 2 images per batch: --batch-size 1 is raised to 2" in said
+
+
+def test_a_stages_data_identity_sees_linked_folders_the_images_a_csv_names_and_intermediate_data(tmp_path):
+    """Review AF: a class folder that is a link was not walked, and the images behind a CSV of paths
+    were not looked at: their changes left a stage skipped."""
+    import os
+    import time
+
+    from transferkit.pipeline import _data_identity
+
+    real = make_folder(tmp_path / "real", n=2)
+    (tmp_path / "linked").mkdir()
+    os.symlink(real / "red", tmp_path / "linked" / "red")
+    before = _data_identity(str(tmp_path / "linked"))
+    (real / "red" / "new.png").write_bytes((real / "red" / "0.png").read_bytes())
+    assert _data_identity(str(tmp_path / "linked")) != before
+    (tmp_path / "list.csv").write_text("path,label\nreal/red/0.png,red\nreal/blue/0.png,blue\n")
+    before = _data_identity(str(tmp_path / "list.csv"))
+    time.sleep(0.01)
+    (real / "blue" / "0.png").write_bytes((real / "red" / "1.png").read_bytes())  # the CSV unchanged, an image it names rewritten
+    assert _data_identity(str(tmp_path / "list.csv")) != before
+    assert _data_identity("digits") is None and _data_identity("digits", str(real)) == _data_identity(str(real))

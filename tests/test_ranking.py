@@ -336,7 +336,8 @@ def test_a_model_of_random_weights_is_a_control_like_random_names(tiny, cache):
     assert _control_warning(sms, ["random:m"], "logme", []) == (
         "warning: the random control(s) random:m did not rank last by LogME: by this score, the candidates below them look no better "
         "than random weights on this data; but the cross-validated accuracies (kNN acc, LogReg acc) rank minilm_l6 above every control: "
-        "the score and the accuracies disagree here, so compare by accuracy (--score logreg) or fit both")
+        "the score and the accuracies disagree here, so compare by kNN acc, LogReg acc (--score logreg) or fit both")
+    assert _control_warning(sms, ["random:m"], "logme", [], "--rank-score").endswith("(--rank-score logreg) or fit both")  # fit --model auto's flag
     sms[1].scores["knn"] = 0.96  # the accuracies do not agree with each other: the warning stands alone
     assert _control_warning(sms, ["random:m"], "logme", []).endswith("look no better than random weights on this data")
     # every candidate a control: said (auto trained one without a word)

@@ -676,3 +676,11 @@ def test_a_model_folder_whose_weights_or_tokenizer_do_not_match_is_refused(tmp_p
         torch.save({k: sd[k] for k in keys}, shard / f)
     (shard / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {k: f for f, ks in halves.items() for k in ks}}))
     assert create_backbone(f"dir:{shard}").weights_id.startswith("state:")
+    from transformers import T5Config, T5EncoderModel  # an encoder-only T5 folder has no decoder weights, and needs none (review AF)
+
+    t5 = tmp_path / "t5enc"
+    T5EncoderModel(T5Config(vocab_size=len((tiny_bert / "vocab.txt").read_text().split()), d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                            num_heads=2)).save_pretrained(str(t5))
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_bert / f, t5 / f)
+    assert create_backbone(f"dir:{t5}").num_features == 16

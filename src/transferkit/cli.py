@@ -172,7 +172,7 @@ def cmd_fit(args) -> int:
         if not _main_rank():  # the others stopped with it, at the same step; the first process speaks for all
             return code
         name = signals.name or "a signal to another process"
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # launched as it ran: the hint said a one-process command of a torchrun run
+        world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE", "1") or 1)  # launched as it ran (per node)
         again = f"torchrun --nproc_per_node {world} -m transferkit.cli fit --resume {out}" if world > 1 else f"transferkit fit --resume {out}"
         if e.checkpointed:
             print(f"transferkit: stopped by {name}; checkpoint written. Resume with:\n  {again}", file=sys.stderr)
@@ -187,8 +187,9 @@ def cmd_fit(args) -> int:
 
 
 def _main_rank() -> bool:
-    """Whether this is the only process, or the first of several (`torchrun`, `accelerate launch`)."""
-    return os.environ.get("RANK", "0") == "0"
+    """Whether this is the only process, or the first of several (`torchrun`, `accelerate launch`); a
+    lone process whose environment sets RANK (a cluster's worker) is the only one."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("RANK", "0") == "0"
 
 
 class _StopOnSignal:
@@ -978,13 +979,16 @@ class _ReaderMayLeave:
 
 
 # other tools' flags for what transferkit does otherwise (the error showed the top-level usage and no hint)
+# flag -> (the flag the hint names, which the command must have; the hint)
 FLAG_NOTES = {
-    "--device": "the device is chosen for you (a GPU where there is one); --cpu keeps to the CPU",
-    "--gpu": "a GPU is used where there is one; --cpu keeps to the CPU", "--gpus": "several GPUs: accelerate launch or torchrun (see the README)",
-    "--num-workers": "images are decoded once, in parallel, and cached: there are no loader workers to set",
-    "--workers": "images are decoded once, in parallel, and cached: there are no loader workers to set",
-    "--grad-accum": "--accumulate N", "--gradient-accumulation-steps": "--accumulate N", "--accumulation-steps": "--accumulate N",
-    "--fp16": "--precision fp16", "--bf16": "--precision bf16", "--amp": "--precision bf16 (or fp16 on a GPU)",
+    "--device": ("--cpu", "the device is chosen for you (a GPU where there is one); --cpu keeps to the CPU"),
+    "--gpu": ("--cpu", "a GPU is used where there is one; --cpu keeps to the CPU"),
+    "--gpus": (None, "several GPUs: accelerate launch or torchrun (see the README)"),
+    "--num-workers": (None, "images are decoded once, in parallel, and cached: there are no loader workers to set"),
+    "--workers": (None, "images are decoded once, in parallel, and cached: there are no loader workers to set"),
+    "--grad-accum": ("--accumulate", "--accumulate N"), "--gradient-accumulation-steps": ("--accumulate", "--accumulate N"),
+    "--accumulation-steps": ("--accumulate", "--accumulate N"), "--fp16": ("--precision", "--precision fp16"),
+    "--bf16": ("--precision", "--precision bf16"), "--amp": ("--precision", "--precision bf16 (or fp16 on a GPU)"),
 }
 
 
@@ -1008,8 +1012,9 @@ def _flag_hints(parser: argparse.ArgumentParser, unknown: list[str]) -> list[str
         flag = u.split("=", 1)[0]
         if not flag.startswith("--"):
             continue
-        if flag in FLAG_NOTES:
-            out.append(f"{flag}: {FLAG_NOTES[flag]}")
+        if flag in FLAG_NOTES:  # (predict, evaluate and export have no --precision or --accumulate to point to)
+            needs, hint = FLAG_NOTES[flag]
+            out.append(f"{flag}: {hint}" if needs is None or needs in flags else f"{flag}: not a setting of `transferkit {parser.prog.split()[-1]}`")
             continue
         alias = ALIASES.get(flag[2:].replace("-", "_").lower())
         close = ([f"--{alias.replace('_', '-')}"] if alias and f"--{alias.replace('_', '-')}" in flags else [])
@@ -1022,6 +1027,13 @@ def _flag_hints(parser: argparse.ArgumentParser, unknown: list[str]) -> list[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not _main_rank():  # argparse's errors: every torchrun process would print the same usage and message
+        quiet = lambda message: sys.exit(2)  # noqa: E731
+        parser.error = quiet  # type: ignore[method-assign]
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    sp.error = quiet  # type: ignore[method-assign]
     args, rest = parser.parse_known_args(_negative_values(sys.argv[1:] if argv is None else list(argv)))
     takes_inputs = getattr(args, "inputs", None) is not None  # predict
     options = [r for r in rest if r.startswith("-")]
@@ -1050,8 +1062,13 @@ def _run(args) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every process found the same mistake: said once, by the first
-            print(f"transferkit: error: {e}", file=sys.stderr)
+        from .errors import ProcessUserError
+
+        # under torchrun every process finds the same mistake: said once, by the first; a process's own
+        # trouble (out of memory on its device) by that process, named
+        rank, world = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if _main_rank() or isinstance(e, ProcessUserError):
+            print(f"transferkit: error: {'' if world == 1 else f'(process {rank}) ' if isinstance(e, ProcessUserError) else ''}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("transferkit: interrupted", file=sys.stderr)

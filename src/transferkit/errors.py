@@ -14,6 +14,11 @@ class UserError(Exception):
     """A problem with the user's input, reported as a short message and exit code 2."""
 
 
+class ProcessUserError(UserError):
+    """A UserError that one process of several meets alone (out of memory on its own device): said by
+    that process, where the others' errors, the same in each, are said by the first only."""
+
+
 class Diverged(UserError):
     """Training whose loss turned NaN or infinite with nothing finite to keep: a learning rate far too
     high. A user error for `fit`; a losing trial, not a failed one, for `search`."""

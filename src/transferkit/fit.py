@@ -112,7 +112,7 @@ def fit(
     cfg.validate()
     if resume and out is None:
         raise UserError("resume needs the run directory")
-    if resume and os.environ.get("RANK", "0") == "0":  # (the first process only: it takes the lock, and another would find it taken)
+    if resume and (int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("RANK", "0") == "0"):  # (the first process only: it takes the lock, and another would find it taken)
         refuse_if_in_use(out)  # a run still training or writing its report is neither interrupted nor finished
     if resume and is_complete(out):
         raise UserError(f"{out} is a finished run: there is nothing to resume")
@@ -235,7 +235,7 @@ def fit(
         console.print(f"[yellow]{note}[/]")
         warnings.append(note)
     flip = cfg.data.flip if cfg.data.flip is not None else splits.flip_ok
-    report.print_summary(console, cfg, splits, model, groups, phases, inputs.describe(flip), always_frozen)
+    report.print_summary(console, cfg, splits, model, groups, phases, inputs.describe(flip), always_frozen, processes=accelerator.num_processes)
     ckpt = None
     if rundir is not None:
         rundir.create()
@@ -282,7 +282,7 @@ def fit(
             ps = phase_resume or {}
             done = len(st["history"]) + len(ps.get("history", []))  # earlier phases' epochs and this phase's (as the checkpoint's tag counts)
             where = f"inside epoch {done + 1} (batch {ps['batch']})" if ps.get("batch") else f"after epoch {done}"
-            resumed = f"from the checkpoint {where}; wall_s and the training rate cover the resumed part only"
+            resumed = f"from the checkpoint {where}; wall_s, probe_s and finetune_s cover the resumed part only"
             console.print(f"resuming from the checkpoint {where} (phase {st['phase'] + 1} of {len(phases)})" if st["phase"] < len(phases) else
                           f"resuming from the checkpoint after training ({done} epochs): evaluating, then the --baseline comparison fits")
     model.to(device, memory_format=inputs.memory_format)
@@ -513,7 +513,7 @@ def calibrate_head(model: TransferModel, val_logp: torch.Tensor, y_val) -> dict:
         if t < 1 and right == 1.0:
             why = "every validation example is separated"
         elif t < 1:  # said "separated" of a 45%-accurate model whose top probability was 0.12: far too unsure, not perfect
-            why = (f"the model is far too unsure ({100 * right:.0f}% right, the top probability {float(val_logp.exp().max(1).values.mean()):.2f} on average), "
+            why = (f"the model is far too unsure ({int(round(right * len(y)))} of {len(y)} right, the top probability {float(val_logp.exp().max(1).values.mean()):.2f} on average), "
                    "more than a temperature should sharpen: train longer")
         else:
             why = "the model's probabilities carry almost nothing on it (the flattest is best)"

@@ -189,7 +189,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         name, kind = str(st["name"]), st.get("kind", "fit")
         d = root / name
         now = {"definition": json.loads(json.dumps(st, default=str)), "upstream": {r: _run_identity(root / r) for r in _refs(st)}, "run": None,
-               "data": _data_identity(configs[name].data.path)}
+               "data": _data_identity(configs[name].data.path, resolve(st["intermediate"]) if st.get("intermediate") else None)}
         current = _run_identity(d)  # None unless the folder holds a complete run
         before = ran_from.get(name)
         if before is None and current:  # finished before this file was kept: taken as run from what is there now
@@ -256,24 +256,60 @@ def _read_state(state_file: Path) -> dict | None:
     return {k: v if isinstance(v, dict) and "definition" in v else {"definition": v, "upstream": None} for k, v in raw.items()}
 
 
-def _data_identity(spec: str) -> str | None:
-    """What a stage's data is now, as make judges a file: every file's relative path, size and
-    modification time (no content read), hashed; None for built-in data and paths that do not exist."""
+def _data_identity(*specs: str | None) -> str | None:
+    """What a stage's data is now, as make judges a file: every file's path, size and modification
+    time (no content read), hashed; a folder's files through linked folders too (a class folder that is
+    a link was not walked), and the files a CSV names (a CSV of image paths changed only when it did).
+    None when no spec is a path that exists (built-in data)."""
+    import csv
     import hashlib
+
+    h, seen = hashlib.sha256(), False
+    for spec in specs:
+        p = Path(str(spec)).expanduser() if spec else None
+        if p is None or not p.exists():
+            continue
+        seen = True
+        for f in _listed_files(p):
+            try:
+                s = f.stat()
+            except OSError:
+                continue
+            h.update(f"{f}\0{s.st_size}\0{s.st_mtime_ns}\n".encode())
+        if p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
+            try:
+                rows = list(csv.reader(p.read_text(encoding="utf-8", errors="replace").splitlines(), delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
+            except csv.Error:
+                rows = []
+            from .data import IMAGE_SUFFIXES
+
+            for row in rows:
+                for cell in row:  # cells that name image files (absolute, or from the CSV's folder): a text CSV's cells stat nothing
+                    if len(cell) > 4096 or Path(cell.strip()).suffix.lower() not in IMAGE_SUFFIXES:
+                        continue
+                    f = Path(cell.strip()) if Path(cell.strip()).is_absolute() else p.parent / cell.strip()
+                    if f.is_file():
+                        s = f.stat()
+                        h.update(f"{f}\0{s.st_size}\0{s.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16] if seen else None
+
+
+def _listed_files(p: Path) -> list[Path]:
+    """A file, or a folder's files, following linked folders (each real folder once: no cycles)."""
     import os
 
-    p = Path(spec).expanduser()
-    if not p.exists():
-        return None
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    h = hashlib.sha256()
-    for f in files:
-        try:
-            s = f.stat()
-        except OSError:
+    if p.is_file():
+        return [p]
+    out, real = [], set()
+    for root, dirs, files in os.walk(p, followlinks=True):
+        r = os.path.realpath(root)
+        if r in real:
+            dirs[:] = []
             continue
-        h.update(f"{os.path.relpath(f, p) if f != p else f.name}\0{s.st_size}\0{s.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+        real.add(r)
+        dirs.sort()
+        out += [Path(root) / f for f in sorted(files)]
+    return out
 
 
 def _run_identity(d: Path) -> str | None:

@@ -715,12 +715,12 @@ def rank_models(
         notes.append(f"note: {', '.join(sorted(too_few))} left out: cross-validated scores need at least 2 training examples in every class")
     saturated = [r for r in rows if r.num_features >= len(train) - 1]
     if controls and rows[-1].name not in controls:
-        notes.append(_control_warning(rows, controls, score, saturated if score == "hscore" else []))
+        notes.append(_control_warning(rows, controls, score, saturated if score == "hscore" else [], score_flag))
     if "hscore" in wanted and saturated:
         dims = sorted({r.num_features for r in saturated})
         notes.append(
-            f"note: H-score nears its ceiling of {len(splits.classes) - 1} (classes - 1) for models with as many feature dimensions as "
-            f"training examples or more ({'/'.join(map(str, dims))} against {len(train)}), shrinkage or not; compare those by LogME instead"
+            f"note: H-score nears its ceiling of {len(splits.classes) - 1} (classes - 1) for models with nearly as many feature dimensions as "
+            f"training examples, or more ({'/'.join(map(str, dims))} against {len(train)}), shrinkage or not; compare those by LogME instead"
         )
     return Ranking(splits.source, score, rows, len(train), splits.classes, round(decode_s, 3), round(time.perf_counter() - t_start, 3), notes, controls)
 
@@ -734,7 +734,7 @@ def _features(backbone, images, size: int, *, device: str, batch_size: int, prec
     return feats.float().cpu(), hit
 
 
-def _control_warning(rows: list[ModelScores], controls: list[str], score: str, saturated: list[ModelScores]) -> str:
+def _control_warning(rows: list[ModelScores], controls: list[str], score: str, saturated: list[ModelScores], score_flag: str = "--score") -> str:
     """A random control above pretrained candidates: by the score, those look no better than random
     weights. The warning once said they "carry no more usable information" while the table's
     cross-validated accuracies ranked them above the control (MiniLM against random weights on SMS
@@ -751,8 +751,9 @@ def _control_warning(rows: list[ModelScores], controls: list[str], score: str, s
         line += "; but H-score is near its ceiling here (see the note), so this order says little"
     if better:
         cols = ", ".join(SCORES.get(s).label for s in accs)
-        line += (f"; but the cross-validated accuracies ({cols}) rank {', '.join(better)} above every control: the score and the accuracies disagree "
-                 f"here, so compare by accuracy (--score {accs[-1]}) or fit both")
+        what = "the two accuracies disagree" if score in ("knn", "logreg") else "the score and the accuracies disagree"
+        line += (f"; but the cross-validated {'accuracy' if len(accs) == 1 else 'accuracies'} ({cols}) rank {', '.join(better)} above every control: "
+                 f"{what} here, so compare by {cols} ({score_flag} {accs[-1]}) or fit both")
     return line
 
 

@@ -40,7 +40,7 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
-def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: str, always_frozen=frozenset()) -> None:
+def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: str, always_frozen=frozenset(), processes: int = 1) -> None:
     from rich.text import Text
 
     # a line of its own: as a table title it was wrapped to the table's width, through the middle of names
@@ -93,8 +93,10 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
             if cfg.train.ema:
                 desc += f", validates and keeps the weights' moving average (decay {cfg.train.ema:g})"
         bs, n_train = cfg.train.batch_size, len(splits.train)
-        parts = min(cfg.train.accumulate, bs, n_train)  # a micro-batch holds one example at least: --accumulate 64 of a batch of 32 is 32
-        micro = (f" in {parts} micro-batches" + (f" (--accumulate {cfg.train.accumulate} asked; one example each at most)" if parts < cfg.train.accumulate else "")
+        share = -(-min(bs, n_train) // processes)  # each process splits its own share of a batch
+        parts = min(cfg.train.accumulate, share)  # a micro-batch holds one example at least: --accumulate 64 of a batch of 32 is 32
+        each = " per process" if processes > 1 else ""
+        micro = (f" in {parts} micro-batches{each}" + (f" (--accumulate {cfg.train.accumulate} asked; one example each at most)" if parts < cfg.train.accumulate else "")
                  if cfg.train.accumulate > 1 and ph.kind == "finetune" else "")
         whole = f" (more than the {n_train} training examples: every step takes them all)" if bs > n_train else ""
         con.print(

@@ -25,7 +25,7 @@ from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from torch import nn
 
 from .config import RunConfig
-from .errors import Diverged, UserError
+from .errors import Diverged, ProcessUserError, UserError
 from .memory import images_a_pass, in_batches, longest_first, token_lengths
 from .model import Group, set_trainable
 from .optim import build_param_groups, create_optimizer, set_lr
@@ -197,7 +197,9 @@ def run_phase(
     device = accelerator.device
     n = len(data.x_train)
     bs = min(tc.batch_size, n)
-    steps_per_epoch = max(1, n // bs if n % bs < 2 else n // bs + 1)  # a last batch of 1 would break BatchNorm
+    # a last batch of 1 would break BatchNorm, and one of fewer examples than processes left some
+    # process none (a tensor_split traceback): either joins the batch before it
+    steps_per_epoch = max(1, n // bs if n % bs < max(2, accelerator.num_processes) else n // bs + 1)
     total = steps_per_epoch * phase.epochs
     sched = cfg.schedule if phase.kind == "finetune" else _probe_schedule(cfg)
 
@@ -424,7 +426,7 @@ def gradients_in_memory(accelerator, optimizer, module: nn.Module, x: torch.Tens
         clear_device_cache(garbage_collection=True)
         n, world = len(y), accelerator.num_processes
         if world > 1:  # every process must split alike; one that ran out cannot tell the others
-            raise UserError(f"out of memory at {-(-n // parts)} examples a forward pass in each of {world} processes: "
+            raise ProcessUserError(f"out of memory at {-(-n // parts)} examples a forward pass in each of {world} processes: "
                             f"--accumulate {2 * parts} forwards each step in {2 * parts} micro-batches (the same steps in less memory)")
         if parts >= n:
             raise UserError(f"out of memory even at 1 example a forward pass (--batch-size {batch_size}): use a smaller "

@@ -6,6 +6,7 @@ file goes through `torch.load(..., weights_only=True)`, which refuses pickles th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -60,7 +61,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             # argparse.Namespace: the `args` a training script (timm's train.py) saves beside the weights; it
             # rebuilds as a plain bag of attributes, each still checked by the weights-only unpickler
-            with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            allow = getattr(torch.serialization, "safe_globals", None)  # torch 2.5+; 2.4 has the global add_safe_globals only
+            if allow is None:
+                torch.serialization.add_safe_globals([argparse.Namespace])
+            with warnings.catch_warnings(), (allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext()):
                 warnings.simplefilter("ignore")  # torch's "Detected pickle protocol" notes: the message below says what matters
                 obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:

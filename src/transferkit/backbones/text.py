@@ -303,9 +303,11 @@ def _sentence_transformer_pooling(folder: Path) -> str | None:
 def _check_loaded(model: nn.Module, info: dict, where: str) -> None:
     """Refuse weights that leave some of the model's tensors to their random initialisation. transformers
     only warns of that ("newly initialized"), and its warnings are quieted here: a folder whose weights
-    lacked a layer (or held other names) trained on random values in silence. The pooler is dropped
-    anyway, so its absence is no loss."""
-    missing = sorted(k for k in info.get("missing_keys", []) if "pooler" not in k.split("."))
+    lacked a layer (or held other names) trained on random values in silence."""
+    # the pooler is dropped anyway, and an encoder-decoder's decoder (a T5EncoderModel folder has none):
+    # only the encoder is used
+    decoder = ("decoder.", "lm_head") if hasattr(model, "get_encoder") and getattr(model, "decoder", None) is not None else ()
+    missing = sorted(k for k in info.get("missing_keys", []) if "pooler" not in k.split(".") and not (decoder and k.startswith(decoder)))
     if missing:
         n = sum(1 for _ in model.state_dict())
         raise UserError(f"{where}: its weights lack {len(missing)} of the model's {n} tensors ({', '.join(missing[:3])}"
