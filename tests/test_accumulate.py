@@ -256,3 +256,24 @@ def test_the_plan_says_the_batch_and_micro_batches_as_they_are_done(tmp_path, ca
     said = " ".join(capsys.readouterr().out.split())
     n = json.loads((tmp_path / "r" / "metrics.json").read_text())["n_train"]
     assert f"batch 500 (more than the {n} training examples: every step takes them all) in {n} micro-batches (--accumulate 1000 asked; one example each at most)" in said
+
+
+def test_class_weights_weigh_examples_and_leave_the_smoothing_uniform():
+    """QA AE: PyTorch's weight= weighs label smoothing class by class, so with --class-weight balanced and
+    the default smoothing every example was pulled toward the rare class (the loss-minimising p(spam)
+    of a ham example was 0.28 instead of 0.05)."""
+    import torch.nn.functional as F
+
+    from transferkit.trainer import class_weighted_cross_entropy
+
+    torch.manual_seed(0)
+    z, y, w = torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 0, 1, 0, 0]), torch.tensor([0.5, 2.0, 4.0])
+    torch.testing.assert_close(class_weighted_cross_entropy(z, y, w, 0.0), F.cross_entropy(z, y, weight=w))  # no smoothing: PyTorch's
+    torch.testing.assert_close(class_weighted_cross_entropy(z, y, None, 0.1), F.cross_entropy(z, y, label_smoothing=0.1))
+    logit = torch.zeros(1, 2, requires_grad=True)
+    opt = torch.optim.SGD([logit], lr=1.0)
+    for _ in range(500):
+        opt.zero_grad()
+        class_weighted_cross_entropy(logit, torch.tensor([0]), torch.tensor([0.568, 4.167]), 0.1).backward()
+        opt.step()
+    assert logit.softmax(1)[0, 1].item() == pytest.approx(0.05, abs=1e-3)  # smoothing's own target, whatever the weights

@@ -273,7 +273,15 @@ def test_a_class_absent_from_validation_is_said(tmp_path, tiny_ckpt, capsys):
     other = make_folder(tmp_path / "e", n=3, seed=9)
     shutil.rmtree(other / "blue")
     assert main(["evaluate", str(run), "--data", str(other)]) == 0
-    assert re.search(r"blue: precision (n/a|0\.000), recall n/a, support 0", capsys.readouterr().out)
+    said = capsys.readouterr().out
+    assert re.search(r"blue: precision (n/a|0\.000), recall n/a, support 0", said)
+    # a class absent but said: the macro-F1 counts it at 0, and the line says so (QA AE: halved without a word)
+    from transferkit.cli import _absent_note
+
+    per = {"ants": {"precision": 1.0, "recall": 0.93, "support": 15}, "bees": {"precision": 0.0, "recall": None, "support": 0}}
+    assert _absent_note({"per_class": per}) == " (macro-F1 counts bees, absent here but predicted, at F1 0)"
+    per["bees"]["precision"] = None  # absent and never said: not counted, nothing to say
+    assert _absent_note({"per_class": per}) == ""
 
 
 def test_copies_across_the_splits_and_one_content_under_two_labels_are_said(tmp_path, tiny_ckpt, capsys):

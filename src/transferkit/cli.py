@@ -66,7 +66,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--head-dropout", "head_dropout", float, "dropout in the head"),
     ("--lp-epochs", "lp_epochs", int, "linear-probe epochs on cached features"),
     ("--ft-lr-scale", "ft_lr_scale", float, "lp_ft: fine-tuning lr as a fraction of --lr"),
-    ("--ft-patience", "ft_patience", int, "lp_ft: end fine-tuning when none of its first N epochs beats the probe's accuracy or loss (default 3; 0: always every epoch)"),
+    ("--ft-patience", "ft_patience", int, "lp_ft: end fine-tuning when none of its first N epochs beats the probe's --metric or loss (default 3; 0: always every epoch)"),
     ("--val-fraction", "val_fraction", float, "validation fraction when the data has no val split"),
     ("--input-size", "input_size", int, "override the backbone's input size"),
     ("--test-fraction", "test_fraction", float, "data without a test split: hold out this fraction of each class as one, scored once at the end"),
@@ -322,7 +322,7 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(m, indent=2))
     else:
         auroc = f"{m['auroc']:.4f}" if m["auroc"] is not None else "n/a"
-        print(f"{m['data']}: {m['n']} {clf.inputs_.unit}, accuracy {100 * m['accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}, AUROC {auroc}")
+        print(f"{m['data']}: {m['n']} {clf.inputs_.unit}, accuracy {100 * m['accuracy']:.2f}%, macro-F1 {m['macro_f1']:.4f}, AUROC {auroc}{_absent_note(m)}")
         from .metrics import fmt
 
         for c, v in m["per_class"].items():
@@ -709,6 +709,13 @@ def cmd_rank(args) -> int:
         print(r.table())
         print(f"\nrecommended: {r.best}: {r.reason()}")
     return 0
+
+
+def _absent_note(m: dict) -> str:
+    """A class absent from the data but said counts in the macro-F1 at F1 0: one false "bees" halved the
+    macro-F1 of a folder of ants without a word."""
+    absent = [c for c, v in m.get("per_class", {}).items() if v.get("support") == 0 and v.get("precision") is not None]
+    return f" (macro-F1 counts {', '.join(absent[:3])}, absent here but predicted, at F1 0)" if absent else ""
 
 
 def _size(n: float) -> str:

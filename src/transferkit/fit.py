@@ -121,6 +121,9 @@ def fit(
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     console = (console or report.console()) if main else report.console(quiet=True)
+    if cfg.train.class_weight == "balanced" and cfg.train.sampler == "balanced":  # QA AE: 97% with either alone, 78% with both on SMS spam
+        console.print("[yellow]note[/]: --class-weight balanced and --sampler balanced each correct for imbalance; together they correct twice "
+                      "and favour the rare classes (use one)")
     if cfg.train.precision == "fp16" and accelerator.mixed_precision == "no":
         console.print("[yellow]note[/]: fp16 autocast runs on a GPU only: this run trains in fp32 (a CPU's half precision is --precision bf16)")
     if cfg.train.batch_size < accelerator.num_processes:  # each process's share of a batch was 0 examples: a traceback from every process

@@ -384,6 +384,18 @@ def run_phase(
     return result
 
 
+def class_weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy with each example weighted by its true class's weight (PyTorch's weighted mean),
+    and label smoothing toward the uniform distribution, unweighted. PyTorch's `weight=` also weighs the
+    smoothing term class by class, which pulls every example toward the heavily weighted class: with
+    --class-weight balanced and the default smoothing 0.1, a linear probe on 440 ham / 60 spam SMS said
+    spam for 12% of ham (spam precision 0.52; 0.85 without smoothing). Without smoothing the two agree."""
+    if weights is None:
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    w = weights[y]
+    return (F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing) * w).sum() / w.sum()
+
+
 def accumulate_gradients(accelerator, module: nn.Module, x: torch.Tensor, y: torch.Tensor, parts: int, *, weights: torch.Tensor | None = None,
                          label_smoothing: float = 0.0, penalty: Callable[[], torch.Tensor | None] | None = None) -> torch.Tensor:
     """Gradients of one step's loss, forwarded in `parts` micro-batches (gradient accumulation). Each
@@ -401,7 +413,7 @@ def accumulate_gradients(accelerator, module: nn.Module, x: torch.Tensor, y: tor
         with accelerator.no_sync(module) if j < len(xs) - 1 else contextlib.nullcontext():
             with accelerator.autocast():
                 logits = module(xc)
-                loss = F.cross_entropy(logits.float(), yc, weight=weights, label_smoothing=label_smoothing)
+                loss = class_weighted_cross_entropy(logits.float(), yc, weights, label_smoothing)
                 part = loss if len(xs) == 1 else loss * ((weights[yc].sum() if weights is not None else len(yc)) / whole)
                 extra = penalty() if penalty is not None and j == 0 else None
                 total_loss = part + extra if extra is not None else part
