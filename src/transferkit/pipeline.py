@@ -230,8 +230,8 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
                 fit(cfg, d, resume=True, console=con, should_stop=should_stop, should_abort=should_abort)
             else:
                 fit(cfg, d, overwrite=True, console=con, should_stop=should_stop, should_abort=should_abort)
-        except UserError as e:  # which stage of which file
-            raise UserError(f"{path}: stage {name}: {e}") from None
+        except UserError as e:  # which stage of which file (of the same kind: a process's own error is said by it)
+            raise type(e)(f"{path}: stage {name}: {e}") from None
         now["run"] = _run_identity(d)
         save_state()
         summary[name] = {"status": "ran", **_brief(d)}
@@ -257,41 +257,58 @@ def _read_state(state_file: Path) -> dict | None:
 
 
 def _data_identity(*specs: str | None) -> str | None:
-    """What a stage's data is now, as make judges a file: every file's path, size and modification
-    time (no content read), hashed; a folder's files through linked folders too (a class folder that is
-    a link was not walked), and the files a CSV names (a CSV of image paths changed only when it did).
-    None when no spec is a path that exists (built-in data)."""
-    import csv
+    """What a stage's data is now, as make judges a file: every file's path (relative to the data's
+    folder), size and modification time (no content read), hashed; a folder's files through linked
+    folders too (a class folder that is a link was not walked), and the images an image CSV's path
+    column names (a CSV of image paths changed only when the CSV did). None when no spec is a path
+    that exists (built-in data)."""
     import hashlib
+    import os
 
     h, seen = hashlib.sha256(), False
+
+    def add(f: Path, name: str) -> None:
+        try:
+            s = f.stat()
+        except OSError:  # gone since it was listed
+            return
+        h.update(f"{name}\0{s.st_size}\0{s.st_mtime_ns}\n".encode())
+
     for spec in specs:
         p = Path(str(spec)).expanduser() if spec else None
         if p is None or not p.exists():
             continue
         seen = True
         for f in _listed_files(p):
-            try:
-                s = f.stat()
-            except OSError:
-                continue
-            h.update(f"{f}\0{s.st_size}\0{s.st_mtime_ns}\n".encode())
-        if p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
-            try:
-                rows = list(csv.reader(p.read_text(encoding="utf-8", errors="replace").splitlines(), delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
-            except csv.Error:
-                rows = []
-            from .data import IMAGE_SUFFIXES
-
-            for row in rows:
-                for cell in row:  # cells that name image files (absolute, or from the CSV's folder): a text CSV's cells stat nothing
-                    if len(cell) > 4096 or Path(cell.strip()).suffix.lower() not in IMAGE_SUFFIXES:
-                        continue
-                    f = Path(cell.strip()) if Path(cell.strip()).is_absolute() else p.parent / cell.strip()
-                    if f.is_file():
-                        s = f.stat()
-                        h.update(f"{f}\0{s.st_size}\0{s.st_mtime_ns}\n".encode())
+            add(f, os.path.relpath(f, p) if f != p else f.name)
+        if p.is_file() and p.suffix.lower() == ".csv":
+            for cell in _csv_image_paths(p):
+                f = Path(cell) if Path(cell).is_absolute() else p.parent / cell
+                add(f, cell)
     return h.hexdigest()[:16] if seen else None
+
+
+def _csv_image_paths(p: Path):
+    """The cells of an image CSV's path column, streamed (a text CSV, without one, costs a header read)."""
+    import csv
+
+    from .data import PATH_NAMES
+
+    with open(p, "rb") as b:
+        bom = b.read(2)
+    encoding = "utf-16" if bom in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        with open(p, newline="", encoding=encoding, errors="replace") as f:
+            reader = csv.reader(f)
+            header = [c.strip().lower() for c in next(reader, [])]
+            col = next((header.index(n) for n in PATH_NAMES if n in header), None)
+            if col is None:
+                return
+            for row in reader:
+                if len(row) > col and row[col].strip():
+                    yield row[col].strip()
+    except (OSError, csv.Error):
+        return
 
 
 def _listed_files(p: Path) -> list[Path]:

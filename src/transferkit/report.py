@@ -96,7 +96,7 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
         share = -(-min(bs, n_train) // processes)  # each process splits its own share of a batch
         parts = min(cfg.train.accumulate, share)  # a micro-batch holds one example at least: --accumulate 64 of a batch of 32 is 32
         each = " per process" if processes > 1 else ""
-        micro = (f" in {parts} micro-batches{each}" + (f" (--accumulate {cfg.train.accumulate} asked; one example each at most)" if parts < cfg.train.accumulate else "")
+        micro = (f" in {'up to ' if processes > 1 else ''}{parts} micro-batches{each}" + (f" (--accumulate {cfg.train.accumulate} asked; one example each at most)" if parts < cfg.train.accumulate else "")
                  if cfg.train.accumulate > 1 and ph.kind == "finetune" else "")
         whole = f" (more than the {n_train} training examples: every step takes them all)" if bs > n_train else ""
         con.print(

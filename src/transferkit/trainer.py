@@ -197,9 +197,9 @@ def run_phase(
     device = accelerator.device
     n = len(data.x_train)
     bs = min(tc.batch_size, n)
-    # a last batch of 1 would break BatchNorm, and one of fewer examples than processes left some
-    # process none (a tensor_split traceback): either joins the batch before it
-    steps_per_epoch = max(1, n // bs if n % bs < max(2, accelerator.num_processes) else n // bs + 1)
+    # a last batch of 1 would break BatchNorm, and one of fewer than 2 examples a process left some
+    # process 1 or none (a tensor_split traceback): either joins the batch before it
+    steps_per_epoch = max(1, n // bs if n % bs < 2 * accelerator.num_processes else n // bs + 1)
     total = steps_per_epoch * phase.epochs
     sched = cfg.schedule if phase.kind == "finetune" else _probe_schedule(cfg)
 
@@ -247,6 +247,9 @@ def run_phase(
         torch.set_rng_state(resume["torch_rng"])
         best, best_state = resume["best"], resume["best_state"]
         since_best, step, start_epoch, start_batch = resume["since_best"], resume["step"], resume["epoch"], resume["batch"]
+        if resume.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:  # another process count can batch an epoch otherwise
+            raise UserError(f"this run was checkpointed at {resume['steps_per_epoch']} steps an epoch and would go on at {steps_per_epoch} "
+                            f"(another number of processes splits the last batch otherwise): resume it with the number of processes it ran with")
         clipped += resume["clipped"]
         loss_sum += resume["loss_sum"]
         order = resume["order"] if start_batch else None
@@ -260,7 +263,7 @@ def run_phase(
 
     def state(epoch: int, batch: int) -> dict:
         return {
-            "epoch": epoch, "batch": batch, "step": step, "since_best": since_best, "order": order if batch else None,
+            "epoch": epoch, "batch": batch, "step": step, "since_best": since_best, "order": order if batch else None, "steps_per_epoch": steps_per_epoch,
             "optimizer": optimizer.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "best": best, "best_state": best_state, "best_epoch": result.best_epoch, "clipped": clipped.cpu(),
             "loss_sum": loss_sum.cpu(), "history": result.history, "lr_trace": result.lr_trace,
