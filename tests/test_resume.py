@@ -289,3 +289,24 @@ def test_a_run_another_process_holds_is_said_to_be_in_use_before_anything_else(t
     for make in (lambda: RunDir(run), lambda: fit(cfg, run, resume=True, console=report.console(quiet=True))):
         with pytest.raises(UserError, match="is in use by another transferkit process"):
             make()
+
+
+def test_a_resume_that_would_batch_an_epoch_otherwise_is_refused(tiny, tmp_path, monkeypatch):
+    """Review AH: the last batch joins the one before by the process count, so a checkpoint resumed with
+    another count could skip an epoch's last examples and shift the schedule in silence."""
+    from transferkit.checkpoint import Checkpointer
+
+    con = report.console(quiet=True)
+    cfg = _cfg(tiny, strategy="full")
+    with pytest.raises(StopRequested):
+        fit(cfg, tmp_path / "cut", console=con, should_stop=StopAfter(3))
+    real = Checkpointer.load_latest
+
+    def other_count(self, log=None):
+        saved = real(self, log)
+        saved["phase_state"]["steps_per_epoch"] += 1  # as if taken with another number of processes
+        return saved
+
+    monkeypatch.setattr(Checkpointer, "load_latest", other_count)
+    with pytest.raises(UserError, match="resume it with the number of processes it ran with"):
+        fit(cfg, tmp_path / "cut", console=con, resume=True)
