@@ -171,8 +171,13 @@ def test_ft_patience_zero_runs_every_epoch_and_patience_applies_to_every_phase(t
     assert (probe, ft) == (3, 6)
     probe, ft, m, err = _phases_run(tmp_path / "b", capsys, ["--patience", "1"])  # explicit: every phase, ft_patience unused
     assert (probe, ft) == (2, 1)
-    assert "phase 1 (probe): stopped early after 2 of 3 epochs: no better validation accuracy for 1 epoch(s) (--patience)" in err
+    # a tie at a lower loss counts as better, and the message says so (QA AG: "no better accuracy for 3 epochs" after 20 flat ones)
+    assert ("phase 1 (probe): stopped early after 2 of 3 epochs: no better validation accuracy, nor an equal accuracy at a lower loss, "
+            "for 1 epoch(s) (--patience)") in err
     assert "phase 2 (finetune): stopped early after 1 of 6 epochs" in err
+    rows = (tmp_path / "b" / "run" / "lr.csv").read_text().splitlines()  # the rate of every step, as lr.png draws it (QA AG: a picture only)
+    assert rows[0] == "step,phase,head_lr,first_group_lr" and len(rows) - 1 == m["optimizer_steps"]
+    assert {r.split(",")[1] for r in rows[1:]} == {"1:probe", "2:finetune"}
 
 
 def test_fine_tuning_beats_the_probe_on_accuracy_or_on_loss():
@@ -386,3 +391,13 @@ def test_timm_block_groups_are_named_by_what_they_hold():
 
     convnext = TimmBackbone(timm.create_model("convnext_atto", pretrained=False, num_classes=0), preprocess=None, weights_id="x", spec={})
     assert [g for g, _ in convnext.block_groups()][-1] == "head.norm"  # timm's own head.norm, not our head (it was group5)
+
+
+def test_a_group_freeze_holds_whole_is_not_counted_as_training_in_the_plan(tmp_path, capsys):
+    """QA AG: "9/9 groups train" and a rate in the table for a group --freeze held whole."""
+    from transferkit.cli import main
+
+    assert main(["fit", "--data", "digits:3,8", "--model", "small_convnet", "--strategy", "full", "--epochs", "1", "--freeze", r"conv1\.",
+                 "--calibrate", "none", "--out", str(tmp_path / "r")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "3/4 groups train at epoch 1" in out and "│ conv1 │ 896 │ 1 │ frozen (--freeze) │" in out, out

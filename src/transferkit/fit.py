@@ -543,7 +543,8 @@ def _phase_note(pname: str, phase, res, offset: int, *, had_best: bool, cfg: Run
         if had_best and not improved and phase.give_up_after and ran >= phase.give_up_after:
             parts.append(f"ended after {ran} of {phase.epochs} epochs: none of its first {phase.give_up_after} beat the probe (--ft-patience)")
         else:
-            parts.append(f"stopped early after {ran} of {phase.epochs} epochs: no better validation {cfg.train.metric} for {cfg.train.patience} epoch(s) (--patience)")
+            tie = "" if cfg.train.metric == "loss" or cfg.train.min_delta else f", nor an equal {cfg.train.metric} at a lower loss,"
+            parts.append(f"stopped early after {ran} of {phase.epochs} epochs: no better validation {cfg.train.metric}{tie} for {cfg.train.patience} epoch(s) (--patience)")
     if had_best and not improved:
         parts.append(f"no epoch of it beat the phase before, whose weights are kept (best epoch {kept})")
         losses = [r["train_loss"] for r in rows]
@@ -731,6 +732,9 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     w.writeheader()
     w.writerows({k: h[k] for k in cols} for h in r.history)
     rundir.write_text("history.csv", buf.getvalue())
+    # the rate of every optimizer step, as lr.png draws it (it was in the picture only)
+    lr_rows = ["step,phase,head_lr,first_group_lr"] + [f"{s_},{ph},{h!r},{'' if f is None else repr(f)}" for s_, h, f, ph in r.lr_trace]
+    rundir.write_text("lr.csv", "\n".join(lr_rows) + "\n")
     figures = {
         "curves.png": lambda: plots.curves_figure(r.history, r.metrics.get("best_epoch")),
         "confusion_matrix.png": lambda: plots.confusion_figure(r.metrics["confusion_matrix"], r.classes),

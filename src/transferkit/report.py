@@ -69,14 +69,15 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
         + (f"; test: {len(splits.test)} examples" if splits.test is not None else "")
         + "".join(f"\n{n}" for n in splits.notes)
     )
+    held = {g.name for g in groups if g.params and all(n in always_frozen for n, _ in g.params)}
     for i, ph in enumerate(phases, 1):
         if ph.kind == "probe":
             trainable = n_head
-            desc = f"head only on cached features, {ph.epochs} epochs"
+            desc = f"head only on cached features, {ph.epochs} epochs, cosine schedule without warmup"
         else:
-            names = ph.unfrozen(0)
+            names = [n for n in ph.unfrozen(0) if n not in held]  # a group --freeze holds whole does not train (it was counted)
             trainable = sum(p.numel() for g in groups if g.name in names for n, p in g.params if n not in always_frozen)
-            last = ph.unfrozen(ph.epochs - 1)
+            last = [n for n in ph.unfrozen(ph.epochs - 1) if n not in held]
             grow = f", {len(last)} by epoch {ph.epochs}" if len(last) != len(names) else ""
             never = [g.name for g in groups if g.name not in last and g.name not in ("head", "lora")]
             if len(last) != len(names) and never:  # gradual with fewer epochs than groups: the bottom ones never train
@@ -110,7 +111,7 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
     last = phases[-1]
     trains = {"head"} if last.kind == "probe" else {n for e in range(last.epochs) for n in last.unfrozen(e)}
     for g in shown:
-        lr = f"{last.lr * g.lr_scale:.2e}" if g.name in trains else "frozen"
+        lr = "frozen (--freeze)" if g.name in held else f"{last.lr * g.lr_scale:.2e}" if g.name in trains else "frozen"
         gt.add_row(g.name, _count(sum(p.numel() for _, p in g.params)), f"{g.lr_scale:.3g}", lr)
         if len(groups) > 12 and g is groups[4]:
             gt.add_row("...", "", "")
