@@ -363,3 +363,20 @@ def test_rank_reads_texts_as_the_fit_after_it_will(tmp_path, cache, capsys, monk
     assert main(["fit", *data, "--model", f"dir:{bert1}", "--strategy", "linear_probe", "--lp-epochs", "2", "--batch-size", "8", "--cpu", "--quiet", "--out", str(run)]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert computed == [m["n_val"]], computed  # the training texts' features came from the ranking's cache
+
+
+def test_auto_model_without_its_table_still_says_the_ranking_s_notes(monkeypatch):
+    """search and lr-find hide the table; the reason then said "see the warning" with none shown."""
+    import io
+
+    from rich.console import Console
+    from transferkit import ranking as R
+    from transferkit.config import RunConfig, replace
+
+    fake = R.Ranking("d", "logme", [R.ModelScores("random:a", {"logme": 0.2}, 8, False, 0.0, {}, False), R.ModelScores("a", {"logme": 0.1}, 8, False, 0.0, {}, False)],
+                     10, ["x", "y"], 0.0, 0.0, ["warning: the random control(s) random:a did not rank last by LogME"], ["random:a"])
+    monkeypatch.setattr(R, "pick_model", lambda *a, **kw: ("a", fake))
+    buf = io.StringIO()
+    R.auto_model(replace(RunConfig(), model="auto", candidates="a,random:a"), Console(file=buf, width=300), show_table=False)
+    said = buf.getvalue()
+    assert "see the warning" in said and "warning: the random control(s) random:a did not rank last" in said

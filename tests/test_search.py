@@ -299,7 +299,15 @@ def test_losing_trials_are_pruned_and_the_time_budget_stops_cleanly(tiny, tmp_pa
     with pytest.raises(UserError, match="time budget"):
         S.search(_base(tiny), out2, space=SPACE, trials=50, folds=3, time_budget=3.0, console=QUIET)
     (t,) = _study(out2).trials
-    assert t.state == optuna.trial.TrialState.PRUNED and "time budget" in t.user_attrs["note"]
+    assert t.state == optuna.trial.TrialState.FAIL and "time budget" in t.user_attrs["note"] and "error" not in t.user_attrs
+    assert len(t.user_attrs["fold_scores"]) == 1
+    # ... and the same command goes on with it, its first fold carried over. It was PRUNED, counted as
+    # finished, and never ran again: every rerun started another trial that the budget cut alike.
+    monkeypatch.setattr(S, "fit", fake := FakeFit(delay=0.0))
+    res = S.search(_base(tiny), out2, space=SPACE, trials=1, folds=3, time_budget=60.0, console=QUIET)
+    first, again = _study(out2).trials[:2]
+    assert again.user_attrs["continues"] == 0 and again.params == first.params and again.state == optuna.trial.TrialState.COMPLETE
+    assert len([c for c in fake.calls if c.splits is not None]) == 2 and res.best_number == 1  # folds 2 and 3 only
 
 
 def test_lr_find_centres_the_learning_rate_range(tiny, tmp_path, monkeypatch):
@@ -601,3 +609,125 @@ def test_two_postgres_workers_finish_the_study_even_when_one_is_killed_mid_trial
     rows = list(csv.DictReader(open(tmp_path / "w1" / "trials.csv")))  # B's record of the whole study
     assert sorted(int(r["number"]) for r in rows if r["state"] in ("COMPLETE", "PRUNED")) == sorted(t.number for t in finished)
     assert [r["state"] for r in rows if int(r["number"]) == victim] == ["FAIL"]
+
+
+# ------------------------------------------------------------------------- QA AI: data, budget, refit
+
+
+def test_copies_stay_on_one_side_of_every_fold():
+    """Split by position, a copy on both sides of a fold scored the fold on an example it trained on
+    (100 texts each listed twice with random labels: cross-validated 0.77, held out 0.52)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 100).repeat(2)  # every example twice, with its label
+    keys = [f"k{i}" for i in range(100) for _ in range(2)]
+    for seed in range(3):
+        folds = S.stratified_folds(labels, ["a", "b"], 5, seed, keys=keys)
+        for tr, va in folds:
+            assert not {keys[i] for i in tr} & {keys[i] for i in va}
+        assert sorted(np.concatenate([va for _, va in folds]).tolist()) == list(range(200))
+    # without copies the folds are StratifiedKFold's, as before (an old search's folds do not move)
+    plain = np.arange(200) % 2
+    assert all((a[1] == b[1]).all() for a, b in zip(S.stratified_folds(plain, ["a", "b"], 4, 0, keys=[str(i) for i in range(200)]),
+                                                     S.stratified_folds(plain, ["a", "b"], 4, 0)))
+    with pytest.raises(UserError, match="only 2 different ones .* use --folds 2 or fewer"):
+        S.stratified_folds(np.array([0] * 6 + [1] * 6), ["a", "b"], 3, 0, keys=["x", "x", "x", "y", "y", "y"] + [str(i) for i in range(6)], unit="texts")
+
+
+def test_a_search_into_its_dir_is_refused_once_the_data_changed(tiny, tmp_path, monkeypatch, capsys):
+    """It went on in silence: trials on 400 texts joined trials on 200, and the bigger data won."""
+    monkeypatch.setattr(S, "fit", FakeFit())
+    data = tmp_path / "d"
+    shutil.copytree(tiny.data, data)
+    out = tmp_path / "s"
+    args = ["search", *_flags(tiny), "--data", str(data), "--space", _space_file(tmp_path, SPACE), "--out", str(out), "--folds", "2"]
+    assert main([*args, "--trials", "1"]) == 0
+    assert main([*args, "--trials", "2"]) == 0  # the same data: it goes on
+    shutil.copy(data / "red" / "0.png", data / "red" / "copy.png")
+    capsys.readouterr()
+    assert main([*args, "--trials", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "its data changed since the search began" in err and "Traceback" not in err
+    assert len(_study(out).trials) == 2
+
+
+def test_a_study_database_that_cannot_be_written_is_said(tiny, tmp_path, monkeypatch):
+    from optuna.exceptions import StorageInternalError
+
+    def refuse(**kw):
+        raise StorageInternalError("An exception is raised during the commit. e.g. exceeding max length.") from RuntimeError("attempt to write a readonly database")
+
+    monkeypatch.setattr(optuna, "create_study", refuse)
+    with pytest.raises(UserError, match=r"cannot write the study database .*study.db: attempt to write a readonly database"):
+        S.search(_base(tiny), tmp_path / "s", space=SPACE, trials=1, folds=2, console=QUIET)
+
+
+def test_ctrl_c_in_the_final_refit_is_said_as_such_and_the_refit_resumes(tiny, tmp_path, monkeypatch, capsys):
+    fake = StopAt(3, KeyboardInterrupt())  # 2 folds of 1 trial, then the refit
+    monkeypatch.setattr(S, "fit", fake)
+    out = tmp_path / "s"
+    args = ["search", *_flags(tiny), "--space", _space_file(tmp_path, SPACE), "--out", str(out), "--trials", "1", "--folds", "2"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "during the final refit" in err and "runs again" not in err  # it said the interrupted trial runs again: none did
+    # what the refit left: its config and a checkpoint folder. The same command resumes it (it began anew).
+    best = load_config_file(out / "best.yaml")
+    (out / "final" / "checkpoints").mkdir(parents=True)
+    (out / "final" / "config.yaml").write_text(yaml.safe_dump(best.to_dict()))
+    seen = []
+    monkeypatch.setattr(S, "fit", lambda cfg, o=None, **kw: seen.append(kw) or FakeFit()(cfg, o))
+    assert main(args) == 0
+    assert seen == [{"overwrite": False, "resume": True, "console": seen[0]["console"]}]
+
+
+def test_a_search_with_no_finished_fold_is_begun_afresh_by_a_changed_command(tiny, tmp_path, monkeypatch, capsys):
+    """A mistake its first trial found (--freeze matching nothing) left a study that the corrected
+    command was refused for, as "a different search", for good."""
+    monkeypatch.setattr(S, "fit", StopAt(1, UserError("a mistake found by the first fit")))
+    out = tmp_path / "s"
+    args = ["search", *[f for f in _flags(tiny) if f != "--quiet"], "--space", _space_file(tmp_path, SPACE), "--out", str(out), "--trials", "1", "--folds", "2"]
+    assert main([*args, "--label-smoothing", "0.2"]) == 2
+    assert (out / "study.db").exists()
+    monkeypatch.setattr(S, "fit", FakeFit())
+    assert main(args) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "held a different search (fixed ['input_size', 'label_smoothing'] (now ['input_size']); settings train.label_smoothing) without a finished fold; starting this one afresh" in said
+    assert [t.state.name for t in _study(out).trials] == ["COMPLETE"]
+    # one with a finished trial is kept: refused
+    assert main([*args, "--label-smoothing", "0.2"]) == 2
+    # and --freeze is checked before the study exists
+    capsys.readouterr()
+    assert main([*args[:-4], "--out", str(tmp_path / "f"), "--trials", "1", "--folds", "2", "--freeze", "zzz"]) == 2
+    assert "freeze pattern 'zzz' matches no parameter" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
+def test_a_setting_the_trials_optimizer_or_head_does_not_read_is_not_sampled(tiny):
+    """momentum was sampled for adamw trials (and shown in best.yaml), head_hidden for a linear head."""
+    sp = S.parse_space({"optimizer": {"choices": ["sgd", "adamw"]}, "momentum": {"low": 0.5, "high": 0.99}, "head_hidden": {"choices": [64, 128]},
+                        "schedule": "step", "step_size": {"choices": [1, 2]}, "lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    got = [S.sample(study.ask(), sp, "full", _base(tiny)) for _ in range(20)]
+    assert {p["optimizer"] for p in got} == {"sgd", "adamw"}
+    assert all(("momentum" in p) == (p["optimizer"] == "sgd") for p in got)
+    assert not any("head_hidden" in p for p in got) and all("step_size" in p for p in got)
+    assert not any("step_size" in p for p in (S.sample(study.ask(), sp, "linear_probe", _base(tiny)) for _ in range(3)))  # the probe has its own schedule
+    mlp = replace(_base(tiny), head="mlp")
+    assert all("head_hidden" in S.sample(study.ask(), sp, "full", mlp) for _ in range(3))
+
+
+def test_space_file_from_a_pipe_and_a_space_error_leaves_no_folder(tiny, tmp_path, capsys):
+    r, w = os.pipe()
+    os.write(w, yaml.safe_dump(SPACE).encode())
+    os.close(w)
+    assert S.load_space_file(f"/dev/fd/{r}") == json.loads(json.dumps(SPACE))
+    os.close(r)
+    bad = _space_file(tmp_path, {"strategy": {"choices": ["full", "partial"]}, "k": 11})
+    assert main(["search", *_flags(tiny), "--space", bad, "--out", str(tmp_path / "new"), "--trials", "2", "--folds", "2"]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_yaml_no_is_precision_no_and_elsewhere_a_quoting_hint(tmp_path):
+    from transferkit.config import config_from_dict
+
+    assert config_from_dict(yaml.safe_load("precision: no")).train.precision == "no"
+    with pytest.raises(UserError, match="class_weight: YAML read the value as false .* put the word in quotes"):
+        config_from_dict(yaml.safe_load("class_weight: no"))

@@ -612,7 +612,7 @@ def cmd_pipeline(args) -> int:
 
 def cmd_search(args) -> int:
     from . import report
-    from .search import load_space_file, search
+    from .search import RefitInterrupted, load_space_file, search
 
     if args.out is None:
         raise UserError("search needs --out DIR (a new directory, or one holding this search to continue it)")
@@ -634,6 +634,10 @@ def cmd_search(args) -> int:
             storage=args.storage, study_name=args.study, metric=args.metric or "accuracy", lr_find=args.lr_find,
             fixed=_given_settings(args, with_config=True) - {"data", "model", "arch", "seed", "metric"}, console=report.console(quiet=args.quiet),
         )
+    except RefitInterrupted:
+        print(f"transferkit: search stopped during the final refit, after its trials; the same command (--out {args.out}) "
+              f"refits the best configuration again, from the refit's last checkpoint", file=sys.stderr)
+        return got["code"]
     except KeyboardInterrupt:
         print(f"transferkit: search stopped; its finished trials are kept, and the interrupted one runs again, with the folds it finished, "
               f"when you continue with the same "

@@ -337,6 +337,10 @@ def _coerce(section, name: str, value: Any) -> Any:
             return bool(value)
         if base in ("int", "float") and isinstance(value, bool):  # YAML's `epochs: true` was 1, `lr: yes` 1.0
             raise ValueError
+        if base == "str" and isinstance(value, bool):  # YAML reads an unquoted no, off, yes, on as a boolean
+            if name == "precision" and value is False:  # `precision: no`, as the README writes it
+                return "no"
+            raise UserError(f"{name}: YAML read the value as {str(value).lower()} (an unquoted no, off, yes or on is one): put the word in quotes")
         if base == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError

@@ -794,6 +794,9 @@ def auto_model(cfg, console, *, show_table: bool = True) -> tuple:
     )
     if show_table:
         console.print(ranking.table())
+    else:  # the table's notes all the same: the reason may say "see the warning" (search and lr-find showed none)
+        for note in ranking.notes:
+            console.print(note, markup=False)
     console.print(f"--model auto: {ranking.reason()}")
     choice = {"model": name, "reason": ranking.reason(), "score": ranking.score, "n_train": ranking.n_train,
               "ranking": [{"model": r.name, **{k: v for k, v in r.scores.items() if v is not None}} for r in ranking.rows], "notes": ranking.notes}
