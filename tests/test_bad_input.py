@@ -1,6 +1,8 @@
 """Every user mistake: a short message naming the bad file or value, exit code 2, no traceback, and
 no run directory that looks complete."""
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -482,6 +484,36 @@ def test_outputs_are_never_written_over_the_files_of_a_run(tmp_path, tiny_ckpt, 
     assert "names no file; read as a pattern, it matches 8" in capsys.readouterr().err
     assert main(["predict", str(run), str(data / "red" / "*.gif")]) == 2
     assert f"not found: {data / 'red' / '*.gif'}" in capsys.readouterr().err
+    # QA AJ: --out p.json got CSV text; now a JSON list of records, the same predictions
+    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p.json")]) == 0
+    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p.csv")]) == 0
+    records, rows = json.loads((tmp_path / "p.json").read_text()), list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [(r["file"], r["label"]) for r in records] == [(r["file"], r["label"]) for r in rows] and len(rows) == 16
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 and set(r["probabilities"]) == {"blue", "red"} for r in records)
+    # the README's helper for predict_proba's folder order takes a str too (an AttributeError)
+    from transferkit.data import image_files
+
+    assert image_files(str(data)) == image_files(data) and len(image_files(str(data))) == 16
+    # a finished run whose file was removed: said as changed since, not "not a finished run"
+    (run / "report.html").unlink()
+    capsys.readouterr()
+    assert main(["predict", str(run), str(one)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{run} finished, but its files changed since: report.html is missing" in err and "save a slim copy" in err
+
+
+def test_a_text_row_without_its_text_is_said_and_a_tsv_header_shows_its_tab(tmp_path):
+    from transferkit.data import load_image_data
+    from transferkit.text_data import read_text_rows
+
+    f = tmp_path / "m.csv"
+    f.write_text("text,label\nfree prize now,spam\nsee you at noon,ham\n,ham\n\nlunch?,ham\n")
+    empty: list[int] = []
+    assert [i for i, _ in read_text_rows(str(f), empty=empty)] == [2, 3, 5] and empty == [4]  # a blank record is nothing (and not counted)
+    t = tmp_path / "s.csv"
+    t.write_text("sentence\tlabel\na fine film\t1\n")
+    with pytest.raises(UserError, match=r"found: sentence\\tlabel .*fit one with --model minilm_l6"):
+        load_image_data(str(t))
 
 
 def test_run_files_are_found_through_a_linked_folder_and_search_or_pipeline_folders_are_named(tmp_path):

@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -34,7 +35,9 @@ def _images(root, seed=0):
 def _as_documented(path, pre) -> np.ndarray:
     """export.json's steps, written independently: RGB, shorter side to R, centre R x R, uint8 CHW."""
     r = pre["resize_size"]
-    img = Image.open(path).convert("RGB")
+    img = Image.open(path)
+    img.draft("RGB", (r, r))  # a JPEG: decoded at reduced scale, as export.json says
+    img = img.convert("RGB")
     w, h = img.size
     s = r / min(w, h)
     nw, nh = max(r, round(w * s)), max(r, round(h * s))
@@ -66,6 +69,13 @@ def test_image_export_matches_predict_and_fails_whole(tmp_path, capsys, tiny_ckp
     assert probs.shape == (len(files), 2)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), atol=1e-6)
+    # a large JPEG, decoded as the steps say (they did not name the draft decode: QA AJ's full decode of
+    # 8x-upscaled photos moved a probability by 0.04)
+    assert "im.draft('RGB'" in info["preprocess"]["steps"]
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.asarray(Image.open(files[0]).convert("RGB").resize((160, 120), Image.BICUBIC))).save(big, quality=90)
+    (p_big,) = sess.run(["probs"], {"image": _as_documented(big, info["preprocess"])[None]})
+    np.testing.assert_allclose(p_big, ImageClassifier.load(run).predict_proba([str(big)]), atol=1e-5)
 
     # `predict --onnx` gives predict's labels and probabilities; an export of other weights is refused
     import csv
@@ -237,6 +247,13 @@ def test_unsaved_classifier_export_serves_its_saved_run_and_a_damaged_export_is_
         ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16).fit(np.zeros((20, 64), np.uint8), [0, 1] * 10)
     with pytest.warns(UserWarning, match="score: y has label.s. the model was not trained on, counted as wrong: wasps"):
         assert clf.score(X[:2], [y[0], "wasps"]) <= 0.5
+    # labels of another type are matched by their text, as classes_ is (QA AJ: 0.0 and a warning naming
+    # "0, 1" as unknown to a model whose classes were 0, 1)
+    ints = [int(c == "red") for c in y]
+    ci = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, batch_size=4, calibrate="none").fit(X, ints)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ci.score(X, [str(v) for v in ints]) == ci.score(X, ints) == ci.score(X, np.array(ints, dtype=float)) > 0.5
 
     # export before save: the export carries the weights' hash, and predict --onnx takes it for the saved run
     clf.export(tmp_path / "exp")

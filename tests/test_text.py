@@ -357,7 +357,7 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
         assert r.returncode == 2 and "is a text model: --skip-bad-images is for image models" in r.stderr
     for bad in (tmp_path, tmp_path / "missing" / "p.csv"):  # refused before predicting, not after
         r = run_cli("predict", out, lines, "--out", bad)
-        assert r.returncode == 2 and "give a CSV file to write in an existing folder" in r.stderr and "Traceback" not in r.stderr
+        assert r.returncode == 2 and "give a CSV (or .json) file to write in an existing folder" in r.stderr and "Traceback" not in r.stderr
     # files in another encoding: predict and evaluate take --encoding, as their message advises (only fit did)
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text,label\ncaf\xe9 good film,pos\nna\xefve awful plot,neg\n".encode("latin-1"))
@@ -373,6 +373,15 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     r = run_cli("evaluate", out, "--data", p, "--json")
     ev, m = json.loads(r.stdout), json.loads((out / "metrics.json").read_text())
     assert ev["n"] == m["n_val"] < 40 and "the run's validation split" in ev["data"] and ev["accuracy"] == m["accuracy"]
+    # the same file shuffled in place: the split drawn again would hold training texts (QA AJ: a "held-out
+    # split" scored 90% where the real one was 70%); scored as other data, its training texts left out
+    head, *rows = p.read_text().splitlines()
+    np.random.default_rng(1).shuffle(rows)
+    p.write_text("\n".join([head, *rows]) + "\n")
+    r = run_cli("evaluate", out, "--data", p, "--json")
+    ev = json.loads(r.stdout)
+    assert "the data here changed since the run was fitted, so its validation split cannot be drawn again" in ev["data"], ev["data"]
+    assert ev["n"] == m["n_val"] and "left out: the run trained on them" in ev["data"]
 
 
 def test_text_bad_inputs_through_cli(tmp_path, tiny_bert, monkeypatch):

@@ -362,7 +362,7 @@ def cmd_predict(args) -> int:
     from .api import ImageClassifier
 
     if args.out is not None and (Path(args.out).is_dir() or not Path(args.out).absolute().parent.is_dir()):
-        raise UserError(f"--out {args.out}: give a CSV file to write in an existing folder")  # before any work, not after it
+        raise UserError(f"--out {args.out}: give a CSV (or .json) file to write in an existing folder")  # before any work, not after it
     if args.out is not None:
         from .rundir import refuse_run_file
 
@@ -393,7 +393,11 @@ def cmd_predict(args) -> int:
                 raise UserError(f"{item} is a folder: a text model's predict takes files of texts (one per line, or a CSV/TSV with a text column)")
             if not Path(item).is_file():
                 raise UserError(f"not found: {item} (give files of texts)")
-            rows = read_text_rows(item, text_column=args.text_column, also=clf.config_.data.text_column, encoding=args.encoding, classes=clf.classes_)
+            empty: list[int] = []
+            rows = read_text_rows(item, text_column=args.text_column, also=clf.config_.data.text_column, encoding=args.encoding, classes=clf.classes_, empty=empty)
+            if empty:  # a row with other cells but no text was left out in silence (its label said it was meant to be one)
+                print(f"transferkit: note: {item}: {len(empty)} row(s) with an empty text left out (row {', '.join(map(str, empty[:5]))}"
+                      f"{' ...' if len(empty) > 5 else ''})", file=sys.stderr)
             where += [(item, i) for i, _ in rows]
             texts += [t for _, t in rows]
         if not texts:
@@ -432,10 +436,15 @@ def cmd_predict(args) -> int:
             _write_explanations(clf, encoded, names, proba, Path(args.explain))
         names, first = [[n] for n in names], ["file"]
     buf = io.StringIO(newline="")
-    w = csv.writer(buf, lineterminator="\n")  # Unix line ends (the csv default is CRLF)
-    w.writerow([*first, "label"] + [f"p_{c}" for c in clf.classes_])
-    for n, pr in zip(names, proba):
-        w.writerow([*n, clf.classes_[int(pr.argmax())]] + [f"{v:.6f}" for v in pr])
+    if args.out and Path(args.out).suffix.lower() == ".json":  # a .json file got CSV text (QA AJ)
+        records = [{**dict(zip(first, n)), "label": clf.classes_[int(pr.argmax())], "probabilities": {c: round(float(v), 6) for c, v in zip(clf.classes_, pr)}}
+                   for n, pr in zip(names, proba)]
+        buf.write(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    else:
+        w = csv.writer(buf, lineterminator="\n")  # Unix line ends (the csv default is CRLF)
+        w.writerow([*first, "label"] + [f"p_{c}" for c in clf.classes_])
+        for n, pr in zip(names, proba):
+            w.writerow([*n, clf.classes_[int(pr.argmax())]] + [f"{v:.6f}" for v in pr])
     if args.out:
         from .rundir import atomic_write_bytes
 
@@ -845,7 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", type=_encoding, default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--out", help="CSV file to write (default: standard output); texts: file, row (a text file's line, a CSV's record "
-                   "number with its header as 1), text, label, p_CLASS...")
+                   "number with its header as 1), text, label, p_CLASS...; a name ending .json gets a JSON list of records instead")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="run the model's ONNX export with onnxruntime (default RUN_DIR/export; 3x faster on a CPU)")
     p.add_argument("--explain", metavar="DIR", help="also write why: images, each beside a Grad-CAM map of where the model looked for the class it said (one PNG each); texts, explain.html with each word shaded by how much it pushed toward that class")
     p.set_defaults(func=cmd_predict)

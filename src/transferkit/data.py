@@ -98,7 +98,7 @@ class DataSplits:
 # --------------------------------------------------------------------------------------- listing
 
 # the data of an image model that looks like texts: the model decides the modality, so say which to choose
-TEXT_HINT = " (texts need a text model: --model minilm_l6, hf:NAME or dir:PATH)"
+TEXT_HINT = " (texts need a text model: fit one with --model minilm_l6, hf:NAME or dir:PATH)"
 
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test", "testing")}
@@ -211,9 +211,10 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name in SKIPPED_FOLDERS
 
 
-def image_files(folder: Path) -> list[Path]:
+def image_files(folder: str | Path) -> list[Path]:
     """The image files under `folder`, at any depth, sorted; hidden files and folders (`.DS_Store`,
     macOS's `._photo.jpg` resource forks, `.git`) and `__MACOSX` are not images and are left out."""
+    folder = Path(folder)  # the README points users here (predict_proba's order): a str was an AttributeError
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                   and not any(_hidden(part) for part in p.relative_to(folder).parts))
 
@@ -279,7 +280,8 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
             hint += f" (image paths: a column named one of {', '.join(PATH_NAMES)})"
         if lc is None:
             hint += " (labels: name the column with --label-column)"
-        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; found: {', '.join(fields)}{hint}" + (TEXT_HINT if pc is None else ""))
+        shown = ", ".join(str(f).replace("\t", "\\t") for f in fields)  # a TSV's header read as one column had a raw tab in the message
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; found: {shown}{hint}" + (TEXT_HINT if pc is None else ""))
     if group_column in (pc, lc):  # one group per image, or per-class recall again
         raise UserError(f"{path}: --group-column {group_column} names the {'path' if group_column == pc else 'label'} column; "
                         f"name a column of groups (site, device, source, ...): {', '.join(fields)}")

@@ -78,6 +78,20 @@ def same_data(spec: str, trained_on: str | None) -> bool:
     return a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
+def _split_moved(clf, splits) -> bool:
+    """Whether the training or validation split drawn again from the run's data differs, by content,
+    from the one the run kept fingerprints of (unknown for a run that kept none: taken as the same)."""
+    from .data import fingerprints
+
+    text = clf.inputs_.modality == "text"
+    train, val = getattr(clf, "train_fingerprints_", None), getattr(clf, "val_fingerprints_", None)
+    if not train:
+        return False
+    if set(fingerprints(splits.train.sources, text)) - {None} != set(train):
+        return True
+    return bool(val) and set(fingerprints(splits.val.sources, text)) - {None} != set(val)
+
+
 def _has_eval_split(p: Path, modality: str) -> bool:
     """Whether data at `p` has a split of its own to score (images: test/ or val/; texts: a folder's
     test, val or dev file), rather than every example, the training ones included."""
@@ -95,16 +109,24 @@ def labelled_set(clf, spec: str):
     has no split of its own (every example would include the training ones); else `text_eval_set` /
     `eval_set`."""
     cfg = clf.config_
+    changed = ""
     if same_data(spec, cfg.data.path) and (cfg.data.test_fraction or not _has_eval_split(Path(spec), clf.inputs_.modality)):
         from .inputs import load_splits
 
         splits = load_splits(cfg)  # drawn again with the run's seed
-        if cfg.data.test_fraction:  # the examples it never trained or selected on
+        if _split_moved(clf, splits):
+            # the data at this path changed since the fit (shuffled, grown): the split drawn again is not the
+            # run's, and a shuffled file's "held-out test split" was 90% right where the real one was 70%
+            changed = (f" (the data here changed since the run was fitted, so its {'test' if cfg.data.test_fraction else 'validation'} split "
+                       "cannot be drawn again: scored as other data)")
+        elif cfg.data.test_fraction:  # the examples it never trained or selected on
             return splits.test, f"{spec} (the run's held-out test split, --test-fraction {cfg.data.test_fraction:g}, seed {cfg.train.seed})"
-        return splits.val, (f"{spec} (the run's validation split, seed {cfg.train.seed}: the rest trained it; the best epoch was chosen on it, "
-                            "so a little optimistic: fit with --test-fraction 0.2 for an estimate on examples it never saw)")
+        else:
+            return splits.val, (f"{spec} (the run's validation split, seed {cfg.train.seed}: the rest trained it; the best epoch was chosen on it, "
+                                "so a little optimistic: fit with --test-fraction 0.2 for an estimate on examples it never saw)")
     text = clf.inputs_.modality == "text"
     s, where = text_eval_set(spec, clf.classes_, cfg) if text else eval_set(spec, clf.classes_, cfg)
+    where += changed
     seen = getattr(clf, "train_fingerprints_", None)
     if seen is None:  # a run from before runs kept them: said, as the examples it trained on cannot be told apart
         where = (f"{where} (this run keeps no fingerprints of its training examples, as runs made by an older transferkit do not: "

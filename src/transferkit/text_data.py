@@ -424,13 +424,15 @@ def read_texts(spec: str, *, text_column: str | None = None, encoding: str = "au
 
 
 def read_text_rows(spec: str, *, text_column: str | None = None, also: str | None = None, encoding: str = "auto",
-                   classes: list[str] | None = None) -> list[tuple[int, str]]:
+                   classes: list[str] | None = None, empty: list[int] | None = None) -> list[tuple[int, str]]:
     """`read_texts` with where each text came from: (row, text), the row being a text file's line
     number or a CSV/TSV's record number, its header being record 1 (as `read_table` names rows), blank
     records not counted (both from 1; blank texts are left out). A CSV/TSV's header is detected as `read_table` detects it; the text
     column is `text_column` (a name, or a position from 1), else `also` (a run's own
     --text-column), else a known name, else, without a header, the column of the longest texts.
-    `classes` (a run's): a first row over a column of those labels is a header too (`kind<TAB>msg`)."""
+    `classes` (a run's): a first row over a column of those labels is a header too (`kind<TAB>msg`).
+    `empty`: a list given here gets the CSV/TSV records left out for an empty text whose other cells
+    are not empty (`,ham`): a blank record is nothing, but such a row is an example without its text."""
     p = Path(spec)
     if p.is_dir():
         f = _find(p, "train")
@@ -474,6 +476,8 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
                                 "name the text column with --text-column")
         # records counted as in the file, the header being record 1 (as evaluate's mistakes.csv counts them)
         texts = [(i, r[col]) for i, r in enumerate(body, 2 if has_header else 1) if len(r) > col and r[col].strip()]
+        if empty is not None:
+            empty += [i for i, r in enumerate(body, 2 if has_header else 1) if not (len(r) > col and r[col].strip()) and any(c.strip() for c in r)]
     else:
         texts = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not texts:
