@@ -65,6 +65,11 @@ def test_corrupt_images_listed_and_skippable(tmp_path, capsys, tiny_ckpt):
     rc, err = _fit(["--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2", "--skip-bad-images", "--out", str(tmp_path / "ok")], capsys)
     assert rc == 0, err
     assert (tmp_path / "ok" / "manifest.json").exists()
+    # evaluate on the same data: the run's validation split drawn again (its unreadable images, which the
+    # run kept no fingerprint of, were taken for "the data here changed": review AK)
+    assert main(["evaluate", str(tmp_path / "ok"), "--data", str(d), "--skip-bad-images"]) == 0
+    out = capsys.readouterr().out
+    assert "the run's validation split" in out and "changed since" not in out
     # predict and evaluate (with a run fitted on clean images) fail the same way, and take the flag they suggest
     rc, err = _fit(["--data", str(make_folder(tmp_path / "clean", n=6, seed=1)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "2",
                     "--out", str(tmp_path / "run")], capsys)

@@ -254,6 +254,9 @@ def test_unsaved_classifier_export_serves_its_saved_run_and_a_damaged_export_is_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ci.score(X, [str(v) for v in ints]) == ci.score(X, ints) == ci.score(X, np.array(ints, dtype=float)) > 0.5
+        cs = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, batch_size=4, calibrate="none")
+        cs.fit(X, [str(v) for v in ints])  # classes "0", "1", as a CLI run's; a pandas column with a NaN is float
+        assert cs.score(X, np.array(ints, dtype=float)) == cs.score(X, [str(v) for v in ints]) > 0.5
 
     # export before save: the export carries the weights' hash, and predict --onnx takes it for the saved run
     clf.export(tmp_path / "exp")

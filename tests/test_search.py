@@ -657,7 +657,7 @@ def test_a_study_database_that_cannot_be_written_is_said(tiny, tmp_path, monkeyp
         raise StorageInternalError("An exception is raised during the commit. e.g. exceeding max length.") from RuntimeError("attempt to write a readonly database")
 
     monkeypatch.setattr(optuna, "create_study", refuse)
-    with pytest.raises(UserError, match=r"cannot write the study database .*study.db: attempt to write a readonly database"):
+    with pytest.raises(UserError, match=r"cannot use the study database .*study.db: attempt to write a readonly database .check that it and its folder are writable"):
         S.search(_base(tiny), tmp_path / "s", space=SPACE, trials=1, folds=2, console=QUIET)
 
 
@@ -731,3 +731,47 @@ def test_yaml_no_is_precision_no_and_elsewhere_a_quoting_hint(tmp_path):
     assert config_from_dict(yaml.safe_load("precision: no")).train.precision == "no"
     with pytest.raises(UserError, match="class_weight: YAML read the value as false .* put the word in quotes"):
         config_from_dict(yaml.safe_load("class_weight: no"))
+
+
+def test_review_ak_shared_study_refit_checkpoints_mixed_copies_and_old_searches(tiny, tmp_path, monkeypatch, capsys):
+    """Review AK: a search of a shared study, rerun into its DIR without --storage, was taken for one
+    "without a finished fold" and wiped; a refit resumed another configuration's checkpoints; copies
+    with different labels could leave a fold without a class; a search begun before copies were kept
+    together switched its folds midway."""
+    monkeypatch.setattr(S, "fit", FakeFit())
+    out = tmp_path / "s"
+    S.search(_base(tiny), out, space=SPACE, trials=1, folds=2, storage=f"sqlite:///{tmp_path / 'shared.db'}", study_name="team", console=QUIET)
+    with pytest.raises(UserError, match="holds a different search"):
+        S.search(_base(tiny), out, space=SPACE, trials=1, folds=2, console=QUIET)
+    assert (out / "search.json").is_file() and (out / "summary.json").is_file()
+
+    # a stale refit's checkpoints (another configuration's) are cleared before a refit from scratch
+    out2 = tmp_path / "r"
+    (out2 / "final" / "checkpoints").mkdir(parents=True)
+    (out2 / "final" / "checkpoints" / "ckpt-000003.pt").write_bytes(b"another configuration's")
+    seen = []
+    monkeypatch.setattr(S, "fit", lambda cfg, o=None, **kw: seen.append((o, kw.get("resume"), (out2 / "final" / "checkpoints").exists())) or FakeFit()(cfg, o))
+    S.search(_base(tiny), out2, space=SPACE, trials=1, folds=2, console=QUIET)
+    assert seen[-1] == (out2 / "final", False, False)
+
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    with pytest.raises(UserError, match="a fold of --folds 2 has no .* on one side"):
+        S.stratified_folds(labels, ["a", "b"], 2, 0, keys=["k0", "k1", "k1", "k1", "k2", "k0"])
+
+    # a search begun before copies were kept together goes on with its folds by position
+    data = tmp_path / "d"
+    shutil.copytree(tiny.data, data)
+    shutil.copy(data / "red" / "0.png", data / "red" / "0-copy.png")
+    monkeypatch.setattr(S, "fit", FakeFit())
+    old = tmp_path / "old"
+    S.search(replace(_base(tiny), data=str(data)), old, space=SPACE, trials=1, folds=2, console=QUIET)
+    study = _study(old)
+    request = {k: v for k, v in study.user_attrs["transferkit_request"].items() if k != "examples"}
+    study.set_user_attr("transferkit_request", request)
+    meta = json.loads((old / "search.json").read_text())
+    meta["request"].pop("examples")
+    (old / "search.json").write_text(json.dumps(meta))
+    con = report.console(quiet=False)
+    with con.capture() as cap:
+        S.search(replace(_base(tiny), data=str(data)), old, space=SPACE, trials=2, folds=2, console=con)
+    assert "this search began before copies were kept on one side of every fold" in " ".join(cap.get().split())

@@ -63,7 +63,11 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         known = {getattr(self, "_label_of", {}).get(c, c) for c in self.classes_} if hasattr(self, "classes_") else None
         if known is not None:  # labels of another type, matched by their text as classes_ is: 0/1 against a CLI run's "0"/"1" scored 0.0
             by_text = {str(k): k for k in known}
-            truth = [t if t in known or str(t) not in by_text else by_text[str(t)] for t in truth]
+
+            def text_of(t) -> str:  # 0.0 (a pandas column with a NaN is float) reads as "0"
+                return str(int(t)) if isinstance(t, float) and t.is_integer() and str(t) not in by_text else str(t)
+
+            truth = [t if t in known or text_of(t) not in by_text else by_text[text_of(t)] for t in truth]
         unknown = sorted({str(t) for t in truth if known is not None and t not in known})
         if unknown:  # they can never be predicted: the score was quietly lower
             import warnings

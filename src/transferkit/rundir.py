@@ -139,7 +139,7 @@ def require_finished(path: str | os.PathLike, name: str | None = None) -> None:
         raise UserError(f"{name} is not a transferkit run directory (no {MANIFEST}): give the folder `transferkit fit --out` wrote")
     # it finished (its manifest is there): its files changed since, which "not a finished run" did not say
     raise UserError(f"{name} finished, but its files changed since: " + "; ".join(problems[:3]) + ". Restore them from a copy of the run, or fit "
-                    "again; to serve a run without its report and plots, save a slim copy with ImageClassifier/TextClassifier.load(RUN).save(DIR) first")
+                    "again (to serve a run without its report and plots, save a slim copy of the whole run with ImageClassifier/TextClassifier.load(RUN).save(DIR))")
 
 
 def refuse_if_in_use(path: str | os.PathLike) -> None:

@@ -353,7 +353,14 @@ def stratified_folds(labels: np.ndarray, classes: list[str], k: int, seed: int, 
             f"kept together in one fold), fewer than --folds {k}: use --folds {max(2, int(distinct.min()))} or fewer, or give more {unit}"
         )
     sgk = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(np.sort(tr), np.sort(va)) for tr, va in sgk.split(np.zeros(len(labels)), labels, groups)]
+    folds = [(np.sort(tr), np.sort(va)) for tr, va in sgk.split(np.zeros(len(labels)), labels, groups)]
+    for tr, va in folds:  # copies of one content with different labels can leave a side without a class
+        for side in (tr, va):
+            absent = sorted(set(range(len(classes))) - set(labels[side].tolist()))
+            if absent:
+                raise UserError(f"with copies kept together, a fold of --folds {k} has no {unit} of class {classes[absent[0]]!r} on one side "
+                                f"(copies of the same content carry different labels here): use fewer --folds, or give more {unit}")
+    return folds
 
 
 def _copy_groups(keys: list) -> np.ndarray | None:
@@ -612,30 +619,45 @@ def search(
         "examples": {"train": len(splits.train), "held_out": len(splits.val), "digest": _examples_digest(keys, splits)},
     }))
     previous = _read_search_json(out)
+    afresh = None  # a different search in DIR with nothing to keep: begun afresh (once DIR is locked)
     if previous is not None:
         try:
             _check_same_search(previous.get("request", {}), request, str(out))
         except UserError as e:
             # a search that has nothing to keep (its first trial failed on a mistake the corrected command
-            # fixes) is begun afresh: it was refused as "a different search" for good
-            if storage is not None or _holds_results(url):
+            # fixes) is begun afresh: it was refused as "a different search" for good. Only a search of
+            # DIR's own study.db with no refit (a shared study's DIR has no study.db to judge by)
+            own = previous.get("request", {}).get("storage") == "DIR/study.db"
+            if storage is not None or not own or (out / "final").exists() or (out / "summary.json").exists() or _holds_results(url):
                 raise
-            from rich.markup import escape
-
-            con.print("[yellow]note[/]: " + escape(f"{out} held a different search ({getattr(e, 'details', '')}) without a finished fold; starting this one afresh"))
-            for f in ("study.db", "study.db-journal", "search.json", "trials.csv"):
-                (out / f).unlink(missing_ok=True)
-            previous = None
+            afresh = e
     if user_space is not None:  # every value the space can produce, checked before DIR or its study exists
         check_space(resolve_space(space, base, fixed=fixed), base)
     store = open_storage(url) if storage else None  # an unreachable server fails before DIR is touched
 
     made = not out.exists()  # a search refused before its first trial leaves no empty folder behind
     rd = RunDir(out).create()  # one process per DIR (a lock that a dead process left is taken over)
+    if afresh is not None:
+        if _holds_results(url):  # looked at again under the lock: another process may have run a trial since
+            rd.release()
+            raise afresh
+        from rich.markup import escape
+
+        con.print("[yellow]note[/]: " + escape(f"{out} held a different search ({getattr(afresh, 'details', '')}) without a finished fold; starting this one afresh"))
+        for f in ("study.db", "study.db-journal", "search.json", "trials.csv"):
+            (out / f).unlink(missing_ok=True)
+        previous = None
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from here instead
     try:
         study = _open_study(store or open_storage(url), study_name, request, base.train.seed, trials, shared=storage is not None)
+        if copies and "examples" not in study.user_attrs.get("transferkit_request", request):
+            # a study begun before copies were kept together: its trials were scored on folds by position,
+            # and go on so (grouped folds would set new trials' scores against the old ones' leaky ones)
+            fold_idx = stratified_folds(splits.train.labels, splits.classes, folds, base.train.seed, unit=unit)
+            con.print(f"[yellow]note[/]: {copies} of the training {unit} are copies of others; this search began before copies were kept on "
+                      "one side of every fold and goes on with its folds by position, which score a little high (a new --out keeps them together)")
+            copies = 0
         # ---- the space: as this DIR or the shared study first resolved it, else resolved now
         if previous is not None:
             space_d, lr_info = previous["space"], previous.get("lr_find")
@@ -761,8 +783,8 @@ def _open_study(store, name: str, request: dict, seed: int, trials: int, *, shar
     except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
         cause = e.__cause__ or e.__context__ or e
         msg = str(getattr(cause, "orig", None) or cause).strip().splitlines()
-        raise UserError(f"cannot write the study database {redact(str(store.url))}: {msg[0] if msg else type(cause).__name__} "
-                        "(check that it and its folder are writable, and the disk is not full)") from None
+        hint = " (check that it and its folder are writable, and the disk is not full)" if str(store.url).startswith("sqlite") else ""
+        raise UserError(f"cannot use the study database {redact(str(store.url))}: {msg[0] if msg else type(cause).__name__}{hint}") from None
 
 
 def _open_study_in(store, name: str, request: dict, seed: int, trials: int, *, shared: bool):
@@ -948,6 +970,8 @@ def _refit_best(rd, study, base, space, splits, k, metric, stopped_by, t_start, 
                  and load_config_file(final_dir / "config.yaml").to_dict() == best_cfg.to_dict())
         con.print(f"{'resuming the refit of' if again else 'refitting'} the best configuration on the whole training split ({len(splits.train)} {unit}); "
                   f"validated on the {len(splits.val)} held-out {unit} (its best epoch and temperature are chosen on them) -> {final_dir}")
+        if not again:  # another configuration's checkpoints (an earlier best's refit, stopped) must not be resumed later as this one's
+            shutil.rmtree(final_dir / "checkpoints", ignore_errors=True)
         try:
             final_metrics = fit(best_cfg, final_dir, overwrite=not again, resume=again, console=con).metrics
         except KeyboardInterrupt:  # no trial runs again: the message for a stopped search said one did
