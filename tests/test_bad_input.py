@@ -588,3 +588,28 @@ def test_another_tools_flag_gets_the_commands_usage_and_a_hint(capsys, flags, hi
         main(["fit", "--data", "digits", *flags])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("usage: transferkit fit") and hint in err, err
+
+
+def test_a_model_name_typo_on_text_data_is_named_and_emulated_bf16_is_said(tmp_path, capsys, tiny_ckpt, monkeypatch):
+    """QA AL: `--model minilm-l6` on texts was "an image model"; --precision bf16 on a CPU without native
+    bf16 ran 7.7x slower than fp32 without a word."""
+    from conftest import make_text_csv
+    from transferkit import fit as F
+
+    rc, err = _fit(["--data", str(make_text_csv(tmp_path / "t.csv")), "--model", "minilm-l6", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "unknown" in err and "minilm_l6" in err and "is an image model" not in err, err
+    real = F.resolve_precision
+    monkeypatch.setattr(F, "resolve_precision", lambda p, cpu=False: "no" if p == "auto" else real(p, cpu=cpu))
+    rc = main(["fit", "--data", str(make_folder(tmp_path / "d", n=6)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "1",
+               "--precision", "bf16", "--out", str(tmp_path / "b")])
+    out = " ".join(capsys.readouterr().out.split())
+    assert rc == 0 and "this CPU has no native bf16" in out
+
+
+def test_the_api_names_its_own_examples_not_its_temporary_csv():
+    """QA AL: fit(texts, y) with an image model named /tmp/transferkit-data-.../data.csv, gone by then."""
+    from transferkit import TextClassifier
+
+    with pytest.raises(UserError, match=r"^the texts given to fit\(X, y\) looks like text data, and efficientnet_lite0 is an image model") as e:
+        TextClassifier(model="efficientnet_lite0", strategy="linear_probe").fit(["a good film", "a bad film"] * 4, ["pos", "neg"] * 4)
+    assert "transferkit-data-" not in str(e.value)

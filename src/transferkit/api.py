@@ -111,6 +111,11 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             values = {str(v): v for v in labels_given} if labels_given is not None else None
             r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet), label_values=values)
             finished = True
+        except UserError as e:
+            if examples is None or str(data) not in str(e):
+                raise
+            # the temporary CSV of fit(X, y) is named as what the user gave (and is gone once this is read)
+            raise type(e)(str(e).replace(str(data), f"the {'texts' if type(self).__name__ == 'TextClassifier' else 'examples'} given to fit(X, y)")) from None
         finally:
             if examples is not None and (finished or out is None or not (Path(out) / "checkpoints").is_dir()):
                 shutil.rmtree(examples, ignore_errors=True)  # a PNG copy of every image, on every call

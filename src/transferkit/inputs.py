@@ -194,6 +194,9 @@ def load_splits(cfg, seed: int | None = None):
         from .text_data import is_text_spec
 
         if is_text_spec(cfg.data.path) and cfg.model.name != "auto":
+            from .ranking import check_model_name
+
+            check_model_name(cfg.model.name, cfg.model.arch)  # a typo (minilm-l6) is named as one, not as "an image model"
             raise UserError(
                 f"{cfg.data.path} looks like text data, and {cfg.model.name} is an image model; "
                 "use a text model (minilm_l6, hf:NAME, dir:PATH, or run: of a text run)"

@@ -231,5 +231,8 @@ def print_results(con: Console, r) -> None:
     how = [f"{m['processes']} processes"] if m.get("processes", 1) > 1 else []
     if m.get("precision"):  # what trained, whatever was asked (fp16 asked on a CPU trains in fp32)
         how.append({"no": "fp32"}.get(m["precision"], m["precision"]))
+    # the --baseline comparison fits' time is not in wall_s (the command took 76 s where the line said 16 s)
+    extra = [(k, v["wall_s"]) for k, v in m.items() if isinstance(v, dict) and isinstance(v.get("wall_s"), (int, float)) and k in ("scratch", "base")]
     con.print(f"wall time {m['wall_s']:.1f} s on {m['device']}" + (f" ({', '.join(how)})" if how else "") + ips
+              + "".join(f" (+{w:.1f} s for the --baseline {k} fit)" for k, w in extra)
               + (f"; run directory: {r.run_dir}" if r.run_dir else ""))
