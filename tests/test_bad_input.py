@@ -613,3 +613,13 @@ def test_the_api_names_its_own_examples_not_its_temporary_csv():
     with pytest.raises(UserError, match=r"^the texts given to fit\(X, y\) looks like text data, and efficientnet_lite0 is an image model") as e:
         TextClassifier(model="efficientnet_lite0", strategy="linear_probe").fit(["a good film", "a bad film"] * 4, ["pos", "neg"] * 4)
     assert "transferkit-data-" not in str(e.value)
+
+
+def test_the_plan_leaves_out_a_regulariser_the_strategy_does_not_use(tmp_path, capsys, tiny_ckpt):
+    """QA AL: "--l2sp-alpha is not used by --strategy lora", then "regularisation / clipping: l2sp_alpha=0.1"."""
+    rc = main(["fit", "--data", str(make_folder(tmp_path / "d", n=6)), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "1",
+               "--l2sp-alpha", "0.1", "--l2", "0.01", "--out", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    out = " ".join(out.split())
+    assert rc == 0 and "--l2sp-alpha is not used by --strategy linear_probe" in err
+    assert "regularisation / clipping: l2=0.01" in out and "l2sp_alpha=0.1" not in out

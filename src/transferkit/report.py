@@ -118,7 +118,10 @@ def print_summary(con: Console, cfg, splits, model, groups, phases, input_line: 
     con.print(gt)
     if always_frozen:
         con.print(f"kept frozen by --freeze patterns: {len(always_frozen)} parameter tensors")
-    reg = {k: v for k, v in vars(cfg.reg).items() if v}
+    from .strategies import USED_ONLY_BY
+
+    # (l2sp_alpha under lora was listed here just after the note that lora does not use it)
+    reg = {k: v for k, v in vars(cfg.reg).items() if v and cfg.strategy.name in USED_ONLY_BY.get(k, (cfg.strategy.name,))}
     clip = {k: v for k, v in (("clip_value", cfg.optim.clip_value), ("clip_norm", cfg.optim.clip_norm)) if v}
     if reg or clip:
         con.print("regularisation / clipping: " + ", ".join(f"{k}={v:g}" for k, v in {**reg, **clip}.items()))
