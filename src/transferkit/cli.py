@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .config import FLAT, RunConfig, load_config_file, replace
-from .errors import UserError
+from .errors import UserError, first_process
 
 # CLI flag -> flat setting name (FLAT maps those to section.field). Help texts come from here.
 FIT_FLAGS: list[tuple[str, str, type, str]] = [
@@ -169,7 +169,7 @@ def cmd_fit(args) -> int:
             fit(cfg, out, overwrite=args.overwrite, console=report.console(quiet=args.quiet), resume=bool(args.resume), should_stop=signals, should_abort=signals)
     except StopRequested as e:
         code = 128 + (signals.signum or 15)  # no signal here: another process had one (torchrun sends SIGTERM)
-        if not _main_rank():  # the others stopped with it, at the same step; the first process speaks for all
+        if not first_process():  # the others stopped with it, at the same step; the first process speaks for all
             return code
         name = signals.name or "a signal to another process"
         world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE", "1") or 1)  # launched as it ran (per node)
@@ -181,15 +181,9 @@ def cmd_fit(args) -> int:
         else:
             print(f"transferkit: stopped by {name} before the run began; nothing was written to {out}", file=sys.stderr)
         return code
-    if signals.signum and _main_rank():  # after training, the rest (evaluation, writing) takes seconds: it finished
+    if signals.signum and first_process():  # after training, the rest (evaluation, writing) takes seconds: it finished
         print(f"transferkit: {signals.name} came after training had ended: the run finished anyway and is complete in {out}", file=sys.stderr)
     return 0
-
-
-def _main_rank() -> bool:
-    """Whether this is the only process, or the first of several (`torchrun`, `accelerate launch`); a
-    lone process whose environment sets RANK (a cluster's worker) is the only one."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("RANK", "0") == "0"
 
 
 class _StopOnSignal:
@@ -209,7 +203,7 @@ class _StopOnSignal:
         if self.signum:
             raise KeyboardInterrupt
         self.signum, self.name = signum, signal.Signals(signum).name
-        if _main_rank():  # torchrun signals every process; one says so
+        if first_process():  # torchrun signals every process; one says so
             print(f"\ntransferkit: {self.name} received: stopping at the next safe point, {self.then} (again to stop at once)", file=sys.stderr)
 
     def __enter__(self):
@@ -1047,7 +1041,7 @@ def _flag_hints(parser: argparse.ArgumentParser, unknown: list[str]) -> list[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    if not _main_rank():  # argparse's errors: every torchrun process would print the same usage and message
+    if not first_process():  # argparse's errors: every torchrun process would print the same usage and message
         quiet = lambda message: sys.exit(2)  # noqa: E731
         parser.error = quiet  # type: ignore[method-assign]
         for a in parser._actions:
@@ -1087,7 +1081,7 @@ def _run(args) -> int:
         # under torchrun every process finds the same mistake: said once, by the first; a process's own
         # trouble (out of memory on its device) by that process, named
         rank, world = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if _main_rank() or isinstance(e, ProcessUserError):
+        if first_process() or isinstance(e, ProcessUserError):
             print(f"transferkit: error: {'' if world == 1 else f'(process {rank}) ' if isinstance(e, ProcessUserError) else ''}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

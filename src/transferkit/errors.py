@@ -19,6 +19,15 @@ class ProcessUserError(UserError):
     that process, where the others' errors, the same in each, are said by the first only."""
 
 
+def first_process() -> bool:
+    """Whether this is the only process, or the first of several (`torchrun`, `accelerate launch`), by
+    the launcher's environment: the process that speaks for all of them. A lone process whose
+    environment sets RANK (a cluster's worker) is the only one."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("RANK", "0") == "0"
+
+
 class Diverged(UserError):
     """Training whose loss turned NaN or infinite with nothing finite to keep: a learning rate far too
     high. A user error for `fit`; a losing trial, not a failed one, for `search`."""

@@ -23,7 +23,7 @@ from .backbones import Preprocess
 from .config import RunConfig, StrategyConfig, absolute_model_name, with_default_lr
 from .data import DataSplits, check_counts, is_builtin
 from .inputs import inputs_for, load_splits
-from .errors import UserError
+from .errors import UserError, first_process
 from .features import cached_features
 from .metrics import classification_metrics, in_short, paired_bootstrap, verdict, verdict_kind
 from .model import Group, TransferModel, create_model, enable_grad_checkpointing, model_groups, set_trainable
@@ -112,7 +112,7 @@ def fit(
     cfg.validate()
     if resume and out is None:
         raise UserError("resume needs the run directory")
-    if resume and (int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("RANK", "0") == "0"):  # (the first process only: it takes the lock, and another would find it taken)
+    if resume and first_process():  # (the first process only: it takes the lock, and another would find it taken)
         refuse_if_in_use(out)  # a run still training or writing its report is neither interrupted nor finished
     if resume and is_complete(out):
         raise UserError(f"{out} is a finished run: there is nothing to resume")
