@@ -976,7 +976,7 @@ def _refit_best(rd, study, base, space, splits, k, metric, stopped_by, t_start, 
             final_metrics = fit(best_cfg, final_dir, overwrite=not again, resume=again, console=con).metrics
         except KeyboardInterrupt:  # no trial runs again: the message for a stopped search said one did
             raise RefitInterrupted from None
-    states = {s.name.lower(): n for s, n in _state_counts(study).items() if n}
+    states = _state_counts(study)
     held = (f"validation {metric} {final_metrics[metric]:.4f} (unseen by the search; the refit chose its best epoch on it, so a little optimistic)"
             + (f", test {metric} {final_metrics['test'][metric]:.4f}" if "test" in final_metrics else ""))
     rd.write_json("summary.json", {
@@ -1036,11 +1036,16 @@ def _preflight(base: RunConfig, space: dict[str, Dim], num_classes: int) -> None
             raise UserError(f"search space: strategy {s}: {e}") from None
 
 
-def _state_counts(study) -> dict:
+def _state_counts(study) -> dict[str, int]:
+    """Trials by state, as the summary says them: Optuna's states in lower case, except that a FAIL
+    without an `error` is "stopped" (the time budget, Ctrl-C or a dead worker cut it off, and it ran
+    again or runs again, its folds carried over): it is not a configuration that failed."""
     from collections import Counter
 
-    c = Counter(t.state for t in study.get_trials(deepcopy=False))
-    return dict(c)
+    from optuna.trial import TrialState
+
+    return dict(Counter("stopped" if t.state == TrialState.FAIL and "error" not in t.user_attrs else t.state.name.lower()
+                        for t in study.get_trials(deepcopy=False)))
 
 
 # ---------------------------------------------------------------------------------------- reporting
