@@ -359,6 +359,9 @@ def test_space_merges_over_the_defaults_and_flags_fix_settings(tiny):
         ({"epochs": 3, "lr": 0.01}, ["--lr", "0.01"], "also given as flag(s) --lr"),
         ({"strategy": "linear_probe", "lr": 0.01, "weight_decay": 0.0, "label_smoothing": 0.0, "batch_size": 8}, [], "every setting that linear_probe uses is fixed"),
         ({"strategy": "full", "lr": 0.01, "weight_decay": 0.0, "layer_decay": 1.0, "epochs": 1, "label_smoothing": 0.0, "crop_scale_min": 0.5, "batch_size": 8}, [], "nothing to search"),
+        # momentum only: adamw never reads it, so every trial was the same configuration
+        ({"strategy": "full", "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0, "layer_decay": 1.0, "epochs": 1, "label_smoothing": 0.0,
+          "crop_scale_min": 0.5, "batch_size": 8, "momentum": {"low": 0.8, "high": 0.99}}, [], "nothing to search"),
         ({"data": "elsewhere"}, [], "give it as --data"),
         ({"lr": {"low": 1e-4, "high": 1e-2}}, ["--lr-find"], "--lr-find centres the learning-rate range itself"),
         ({}, [], "is empty"),

@@ -243,11 +243,41 @@ def check_space(space: dict[str, Dim], base: RunConfig, *, where: str = "search 
             except UserError as e:
                 what = {"fixed": "value", "choices": "choice", "range": "bound"}[dim.kind]
                 raise UserError(f"{where}: {dim.name} {what} {v!r}: {e}") from None
-    sd = space.get("strategy")
-    strategies = [base.strategy.name] if sd is None else [sd.value] if sd.kind == "fixed" else sd.choices
-    searched = [d.name for d in space.values() if d.kind != "fixed" and any(s in ONLY_FOR.get(d.name, (s,)) for s in strategies)]
-    if not searched:
+    strategies = _values(space, "strategy", base.strategy.name)
+    if not sampled_settings(space, base):  # momentum searched for adamw alone: every trial would be the same
         raise UserError(f"{where}: nothing to search: every setting that {', '.join(strategies)} uses is fixed (run `transferkit fit` for one configuration)")
+
+
+def _values(space: dict[str, Dim], name: str, default) -> list:
+    d = space.get(name)
+    return [default] if d is None else [d.value] if d.kind == "fixed" else list(d.choices)
+
+
+def _reads(name: str, chosen: dict) -> bool:
+    """Whether a trial whose strategy, optimizer, schedule and head are `chosen` reads setting `name`
+    (a chooser the strategy does not read is absent from `chosen`)."""
+    strategy = chosen["strategy"]
+    if strategy not in ONLY_FOR.get(name, (strategy,)):
+        return False
+    kind, users = SETTING_OF.get(name, (None, ()))
+    if kind is not None and (kind not in chosen or (chosen[kind] is not None and chosen[kind] not in users)):
+        return False  # (kind not in chosen: a schedule's setting, and the strategy trains no epochs on a schedule)
+    return not (name == "head_hidden" and chosen.get("head") not in (None, "mlp"))
+
+
+def sampled_settings(space: dict[str, Dim], base: RunConfig) -> set[str]:
+    """The settings of the space that some trial samples: every combination of the choosers' values
+    (strategy, optimizer, schedule, head) is tried, as `sample` would meet it."""
+    import itertools
+
+    out: set[str] = set()
+    choosers = {"optimizer": base.optim.name, "schedule": base.schedule.name, "head": base.model.head}
+    for strategy in _values(space, "strategy", base.strategy.name):
+        names = [n for n in choosers if strategy in ONLY_FOR.get(n, (strategy,))]
+        for combo in itertools.product(*(_values(space, n, choosers[n]) for n in names)):
+            chosen = {"strategy": strategy, **dict(zip(names, combo))}
+            out |= {n for n, d in space.items() if d.kind != "fixed" and (n in chosen or _reads(n, chosen))}
+    return out
 
 
 def resolve_space(user: dict | None, base: RunConfig, *, fixed: set[str] = frozenset(), batch_sizes: list[int] | None = None, lr_center: float | None = None) -> dict[str, Dim]:
@@ -299,16 +329,8 @@ def sample(trial, space: dict[str, Dim], base_strategy: str, base: RunConfig | N
         if strategy in ONLY_FOR.get(name, (strategy,)):
             chosen[name] = value(name, default)
     for name, dim in space.items():
-        if name in chosen or dim.kind == "fixed":
-            continue
-        if strategy not in ONLY_FOR.get(name, (strategy,)):
-            continue
-        kind, users = SETTING_OF.get(name, (None, ()))
-        if kind is not None and (kind not in chosen or (chosen[kind] is not None and chosen[kind] not in users)):
-            continue  # (kind not in chosen: a schedule's setting, and the strategy trains no epochs on a schedule)
-        if name == "head_hidden" and chosen.get("head") not in (None, "mlp"):
-            continue
-        params[name] = dim.suggest(trial)
+        if name not in chosen and dim.kind != "fixed" and _reads(name, chosen):
+            params[name] = dim.suggest(trial)
     return params
 
 
@@ -1091,22 +1113,10 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeue
         users = ONLY_FOR.get(name)
         return "" if users is None else "  (fine-tuning strategies only)" if users in (TRAINS_BACKBONE, BACKPROP) else f"  (only {', '.join(users)})"
 
-    def can_take(name: str) -> list:
-        d = space.get(name)
-        default = {"strategy": base.strategy.name, "optimizer": base.optim.name, "schedule": base.schedule.name, "head": base.model.head}[name]
-        return [default] if d is None else [d.value] if d.kind == "fixed" else list(d.choices or [])
+    sampled = sampled_settings(space, base)  # linear_probe fixed: epochs and layer_decay were listed as searched
 
-    def read(name: str) -> bool:
-        """Whether some trial reads the setting (linear_probe fixed: epochs and layer_decay were listed as searched)."""
-        if not any(st in ONLY_FOR.get(name, (st,)) for st in can_take("strategy")):
-            return False
-        kind, users = SETTING_OF.get(name, (None, ()))
-        if kind is not None and not (any(v in users for v in can_take(kind)) and any(st in ONLY_FOR.get(kind, (st,)) for st in can_take("strategy"))):
-            return False
-        return name != "head_hidden" or "mlp" in can_take("head")
-
-    unread = [d.name for d in searched if not read(d.name)]
-    searched = [d for d in searched if read(d.name)]
+    unread = [d.name for d in searched if d.name not in sampled]
+    searched = [d for d in searched if d.name in sampled]
     w = max([len(d.name) for d in searched] + [1])
     lines = [f"  {d.name:<{w}}  {d.describe()}{only(d.name)}" for d in searched]
     if unread:
