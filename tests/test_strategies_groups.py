@@ -176,7 +176,7 @@ def test_ft_patience_zero_runs_every_epoch_and_patience_applies_to_every_phase(t
             "for 1 epoch(s) (--patience)") in err
     assert "phase 2 (finetune): stopped early after 1 of 6 epochs" in err
     rows = (tmp_path / "b" / "run" / "lr.csv").read_text().splitlines()  # the rate of every step, as lr.png draws it (QA AG: a picture only)
-    assert rows[0] == "step,phase,head_lr,first_group_lr" and len(rows) - 1 == m["optimizer_steps"]
+    assert rows[0] == "step,phase,head_lr,lowest_trained_lr" and len(rows) - 1 == m["optimizer_steps"]
     assert {r.split(",")[1] for r in rows[1:]} == {"1:probe", "2:finetune"}
 
 
@@ -401,3 +401,27 @@ def test_a_group_freeze_holds_whole_is_not_counted_as_training_in_the_plan(tmp_p
                  "--calibrate", "none", "--out", str(tmp_path / "r")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "3/4 groups train at epoch 1" in out and "│ conv1 │ 896 │ 1 │ frozen (--freeze) │" in out, out
+
+
+def test_lr_csv_gives_the_rate_of_the_lowest_group_that_trains(tmp_path, capsys):
+    """lr.csv's second rate is the lowest trained group's: it was the stem's, which partial and gradual
+    keep frozen, so the column showed a rate no parameter trained at."""
+    import csv
+
+    from conftest import make_folder, tiny_args
+    from transferkit.cli import main
+
+    d = make_folder(tmp_path / "d", n=4)
+    common = [*tiny_args(_ckpt(tmp_path)), "--lr", "1e-2", "--layer-decay", "0.5", "--schedule", "constant", "--warmup-epochs", "0", "--baseline", "none"]
+
+    def rates(strategy, *extra):
+        out = tmp_path / strategy
+        assert main(["fit", "--data", str(d), *common, "--strategy", strategy, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
+        return [(float(r["head_lr"]), float(r["lowest_trained_lr"])) for r in csv.DictReader((out / "lr.csv").open())]
+
+    # 4 backbone groups at 0.5**4 ... 0.5, the head at 1: partial k=2 trains the top two
+    got = rates("partial", "--k", "2", "--epochs", "1")
+    assert got and all(r == (1e-2, pytest.approx(1e-2 * 0.5**2)) for r in got)
+    per_epoch = rates("gradual", "--unfreeze-every", "1", "--epochs", "3")  # head alone, then one more group an epoch
+    n = len(per_epoch) // 3
+    assert [r[1] for r in per_epoch[::n]] == [pytest.approx(1e-2), pytest.approx(5e-3), pytest.approx(2.5e-3)]

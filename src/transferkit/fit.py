@@ -44,7 +44,7 @@ class FitResult:
     metrics: dict
     history: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
-    lr_trace: list[tuple] = field(default_factory=list)  # (step, head lr, first-group lr, phase)
+    lr_trace: list[tuple] = field(default_factory=list)  # (step, head lr, lowest trained group's lr, phase)
     inputs: object = None  # inputs.ImageInputs / TextInputs the run used
     val_proba: np.ndarray | None = None
     mistakes: object = None  # mistakes.Mistakes: the wrong validation examples, most confident first
@@ -737,7 +737,7 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     w.writerows({k: h[k] for k in cols} for h in r.history)
     rundir.write_text("history.csv", buf.getvalue())
     # the rate of every optimizer step, as lr.png draws it (it was in the picture only)
-    lr_rows = ["step,phase,head_lr,first_group_lr"] + [f"{s_},{ph},{h!r},{'' if f is None else repr(f)}" for s_, h, f, ph in r.lr_trace]
+    lr_rows = ["step,phase,head_lr,lowest_trained_lr"] + [f"{s_},{ph},{h!r},{'' if f is None else repr(f)}" for s_, h, f, ph in r.lr_trace]
     rundir.write_text("lr.csv", "\n".join(lr_rows) + "\n")
     figures = {
         "curves.png": lambda: plots.curves_figure(r.history, r.metrics.get("best_epoch")),

@@ -85,7 +85,7 @@ def _tight(fig) -> None:
 
 def lr_figure(trace: list[tuple]):
     """The learning rate actually applied at every optimizer step, per phase (head group, and the
-    first backbone group where discriminative rates make it differ)."""
+    lowest group that trains where discriminative rates make it differ)."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
     phases = list(dict.fromkeys(t[3] for t in trace))
     for i, ph in enumerate(phases):
@@ -99,7 +99,7 @@ def lr_figure(trace: list[tuple]):
         how = dict(drawstyle="steps-post", marker="o" if len(pts) == 1 else None)
         ax.plot(steps, held(1), color=f"C{i}", label=f"{ph}: head", **how)
         if any(abs(t[2] - t[1]) > 1e-12 * max(t[1], 1e-30) for t in pts):
-            ax.plot(steps, held(2), color=f"C{i}", ls="--", label=f"{ph}: first group", **how)
+            ax.plot(steps, held(2), color=f"C{i}", ls="--", label=f"{ph}: lowest trained group", **how)
     ax.set(xlabel="optimizer step", ylabel="learning rate", title="learning-rate schedule as applied")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(alpha=0.3)

@@ -49,7 +49,7 @@ class PhaseResult:
     best_epoch: int
     best: dict  # validation scores of the best epoch: accuracy, macro_f1, loss
     history: list[dict] = field(default_factory=list)
-    lr_trace: list[tuple[int, float, float]] = field(default_factory=list)  # (step, head lr, first-group lr)
+    lr_trace: list[tuple[int, float, float]] = field(default_factory=list)  # (step, head lr, lowest trained group's lr)
     steps: int = 0
     clipped_steps: int = 0
     train_images: int = 0
@@ -287,6 +287,8 @@ def run_phase(
         if phase.unfrozen is not None and model_for_freezing is not None:
             set_trainable(model_for_freezing, groups, set(phase.unfrozen(epoch)), bn_stats=phase.bn_stats, always_frozen=always_frozen)
         trainable = [p for g in groups for _, p in g.params if p.requires_grad]
+        # lr.csv's second rate: the lowest group that trains this epoch (the stem's rate, frozen under partial, said nothing)
+        low = next((i for i, g in enumerate(optimizer.param_groups) if any(p.requires_grad for p in g["params"])), 0)
         # images on a CPU train faster in small passes (memory.CPU_IMAGES_A_PASS); the step stays the
         # same only while no BatchNorm layer normalises with its batch's statistics, so only then
         bn_trains = any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
@@ -317,7 +319,7 @@ def run_phase(
             optimizer.step()
             if ema is not None:
                 ema.update(accelerator.unwrap_model(module), step=step)
-            result.lr_trace.append((step_offset + step, optimizer.param_groups[-1]["lr"], optimizer.param_groups[0]["lr"]))
+            result.lr_trace.append((step_offset + step, optimizer.param_groups[-1]["lr"], optimizer.param_groups[low]["lr"]))
             step += 1
             result.train_images += len(idx)
             result.local_images += len(y)
