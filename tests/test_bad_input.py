@@ -610,7 +610,7 @@ def test_the_api_names_its_own_examples_not_its_temporary_csv():
     """QA AL: fit(texts, y) with an image model named /tmp/transferkit-data-.../data.csv, gone by then."""
     from transferkit import TextClassifier
 
-    with pytest.raises(UserError, match=r"^the texts given to fit\(X, y\) looks like text data, and efficientnet_lite0 is an image model") as e:
+    with pytest.raises(UserError, match=r"^the data given to fit\(X, y\) looks like text data, and efficientnet_lite0 is an image model") as e:
         TextClassifier(model="efficientnet_lite0", strategy="linear_probe").fit(["a good film", "a bad film"] * 4, ["pos", "neg"] * 4)
     assert "transferkit-data-" not in str(e.value)
 

@@ -63,7 +63,7 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
 
     images = sorted(str(p) for p in tiny_folder.rglob("*.png"))
     loaded = ImageClassifier.load(run)
-    assert loaded.classes_ == clf.classes_
+    assert loaded.classes_.tolist() == clf.classes_.tolist() == loaded.class_names_
     assert np.array_equal(loaded.predict_proba(images), clf.predict_proba(images))
 
     # `evaluate` on the data the run was fitted on (no split of its own): the run's validation split,

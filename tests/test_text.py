@@ -483,7 +483,7 @@ def test_fit_takes_examples_and_labels_in_memory(tmp_path, tiny_bert, tiny_ckpt,
     kw = dict(model=f"dir:{tiny_bert}", strategy="linear_probe", max_length=16, lp_epochs=3)
     a = TextClassifier(**kw).fit(str(p))
     b = TextClassifier(**kw).fit(texts, labels)
-    assert b.classes_ == a.classes_ and b.metrics_["n_train"] == a.metrics_["n_train"] and b.metrics_["accuracy"] == a.metrics_["accuracy"]
+    assert b.classes_.tolist() == a.classes_.tolist() and b.metrics_["n_train"] == a.metrics_["n_train"] and b.metrics_["accuracy"] == a.metrics_["accuracy"]
     np.testing.assert_allclose(b.predict_proba(texts[:4]), a.predict_proba(texts[:4]), atol=1e-6)
     assert repr(b).startswith(f"TextClassifier(model='dir:{tiny_bert}', strategy='linear_probe', max_length=16, lp_epochs=3)  # fitted: 2 classes")
     for bad_x, bad_y, says in ((texts, labels[:-1], f"{len(texts)} examples, {len(texts) - 1} labels"), (texts, "pos", "a string"),
@@ -501,17 +501,22 @@ def test_fit_takes_examples_and_labels_in_memory(tmp_path, tiny_bert, tiny_ckpt,
 
     c = ImageClassifier(**ikw).fit(files, ys)
     d = ImageClassifier(**ikw).fit([np.asarray(Image.open(f).convert("RGB")) for f in files], ys)
-    assert c.classes_ == d.classes_ == sorted(set(ys)) and c.metrics_["accuracy"] == d.metrics_["accuracy"]
+    assert c.classes_.tolist() == d.classes_.tolist() == sorted(set(ys)) and c.metrics_["accuracy"] == d.metrics_["accuracy"]
     np.testing.assert_allclose(c.predict_proba(files), d.predict_proba(files), atol=1e-6)
     # labels come back as given: ints stay ints (they came back as the strings '0', '1')
     e = ImageClassifier(**ikw).fit(files, np.array([int(v == "red") for v in ys]))
     said = e.predict(files)
-    assert all(type(v) is int for v in said) and said == [int(v == "red") for v in c.predict(files)]
+    assert said.dtype.kind == "i" and e.classes_.tolist() == [0, 1] and said.tolist() == [int(v == "red") for v in c.predict(files)]
     # ... after save() and load() too (they came back as strings), and booleans as booleans
     e.save(tmp_path / "ints")
-    assert ImageClassifier.load(tmp_path / "ints").predict(files) == said
+    assert ImageClassifier.load(tmp_path / "ints").predict(files).tolist() == said.tolist()
     f = ImageClassifier(**ikw).fit(files, [v == "red" for v in ys], out=tmp_path / "bools")
-    assert ImageClassifier.load(tmp_path / "bools").predict(files) == f.predict(files) and type(f.predict(files)[0]) is bool
+    assert ImageClassifier.load(tmp_path / "bools").predict(files).tolist() == f.predict(files).tolist() and f.classes_.dtype == bool
+    # scikit-learn's probability scorers read classes_ (a list of text was "index 0 is out of bounds"), and predict's values are classes_'s
+    from sklearn.metrics import get_scorer
+
+    assert 0 <= get_scorer("roc_auc")(e, files, [int(v == "red") for v in ys]) <= 1 and get_scorer("neg_log_loss")(e, files, [int(v == "red") for v in ys]) <= 0
+    assert 0 <= get_scorer("f1")(e, files, [int(v == "red") for v in ys]) <= 1 and set(said.tolist()) <= set(e.classes_.tolist())
     assert e.score(files, np.array(said)[:, None]) == 1.0  # a column of labels reads as its values, as scikit-learn's
     for bad_y, says in (([*ys[:-1], None], rf"y: label {len(ys)} is missing \(None\)"), ([*ys[:2], float("nan"), *ys[3:]], r"y: label 3 is missing \(nan\)"),
                         ([[v] for v in ys], r"y: label 1 is a list")):  # each became a class ('None', 'nan', "['red']")
@@ -693,3 +698,106 @@ def test_a_model_folder_whose_weights_or_tokenizer_do_not_match_is_refused(tmp_p
     for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_bert / f, t5 / f)
     assert create_backbone(f"dir:{t5}").num_features == 16
+
+
+class _Frame:
+    """What the API reads of a pandas DataFrame (pandas is not a dependency): columns, iloc, ndim."""
+
+    ndim = 2
+
+    def __init__(self, cols: dict):
+        self._cols = cols
+        self.columns = list(cols)
+        outer = self
+
+        class _ILoc:
+            def __getitem__(self, key):
+                return list(outer._cols.values())[key[1]]
+
+        self.iloc = _ILoc()
+
+    def __iter__(self):  # as pandas iterates a DataFrame: its column names
+        return iter(self.columns)
+
+
+class NAType:  # pandas.NA's type, by name
+    def __repr__(self):
+        return "<NA>"
+
+
+def test_the_api_keeps_scikit_learns_contract(tmp_path, tiny_bert, tiny_ckpt, tiny_folder):
+    """QA AN: classes_ an array of y's labels (a list of text broke the roc_auc and log-loss scorers);
+    a one-column DataFrame read as its column (it was iterated as its name: one prediction); pandas'
+    NA refused as a missing label (it became a class '<NA>'); labels that differ by surrounding spaces
+    warned of and scored as one class; explain's target checked and taken as a label; NotFittedError
+    before fit; score's sample_weight; no attribute but the constructor's set in __init__; the data's
+    notes (copies across splits) warned of when quiet; a fit on images in memory and a predict of a few
+    images leave no decoded-image cache entry (a predict loop made two per call)."""
+    import os
+
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.estimator_checks import check_no_attributes_set_in_init, check_parameters_default_constructible
+
+    from transferkit import ImageClassifier, TextClassifier
+
+    p = make_text_csv(tmp_path / "r.csv")
+    rows = list(csv.DictReader(open(p, encoding="utf-8")))
+    texts, labels = [r["text"] for r in rows], [int(r["label"] == "pos") for r in rows]
+    kw = dict(model=f"dir:{tiny_bert}", strategy="linear_probe", max_length=16, lp_epochs=20)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        TextClassifier(**kw).predict(texts[:2])
+    check_no_attributes_set_in_init("TextClassifier", TextClassifier())
+    check_parameters_default_constructible("ImageClassifier", ImageClassifier())
+    assert TextClassifier(model=None).get_params()["model"] is None  # as given; the default model is chosen at fit
+
+    dup = texts + texts[:4]  # copies of training texts: said by fit even when quiet
+    with pytest.warns(UserWarning, match="appear under more than one label|same content as a training example"):
+        clf = TextClassifier(**kw).fit(dup, labels + [1 - v for v in labels[:4]])
+    clf = TextClassifier(**kw).fit(texts, labels)
+    assert isinstance(clf.classes_, np.ndarray) and clf.classes_.tolist() == [0, 1] and clf.class_names_ == ["0", "1"]
+    said = clf.predict(texts)
+    assert isinstance(said, np.ndarray) and said.dtype.kind == "i"
+    assert clf.score(texts, labels, sample_weight=[1.0] * len(texts)) == clf.score(texts, labels)
+    w = np.array([float(a == b) for a, b in zip(said, labels)])  # weight only the right ones: accuracy 1
+    assert clf.score(texts, labels, sample_weight=w) == 1.0
+
+    assert clf.predict(_Frame({"text": texts[:5]})).tolist() == said[:5].tolist()
+    with pytest.raises(UserError, match=r"X is a DataFrame with 2 columns \(text, id\): give the one column, as X\['text'\]"):
+        clf.predict(_Frame({"text": texts[:5], "id": list(range(5))}))
+    with pytest.raises(UserError, match=r"y: label 3 is missing \(<NA>\)"):
+        TextClassifier(**kw).fit(texts, labels[:2] + [NAType()] + labels[3:])
+
+    spaced = ["pos " if v else "neg" for v in labels]
+    with pytest.warns(UserWarning, match="read without their surrounding spaces"):
+        sp = TextClassifier(**kw).fit(texts, spaced)
+    assert sp.classes_.tolist() == ["neg", "pos "] and sp.score(texts, spaced) == sp.score(texts, [s.strip() for s in spaced]) > 0.5
+
+    _, ev0 = clf.explain(texts[:2], target=[1, 1])
+    _, ev1 = clf.explain(texts[:2], target=1)  # one for all
+    assert ev0 == ev1
+    for bad, says in (([1], "1 given for 2 item"), ([7, 1], "target 7 is not a class of this model"), ("pos", "target 'pos' is not a class")):
+        with pytest.raises(UserError, match=says):
+            clf.explain(texts[:2], target=bad)
+
+    # images: labels 3 and 8; target given as the label 8, and no cache entry for arrays or a few paths
+    files = sorted(str(f) for f in tiny_folder.rglob("*.png"))
+    ys = [8 if Path(f).parent.name == "red" else 3 for f in files]
+    images = Path(os.environ["TRANSFERKIT_CACHE_DIR"]) / "images"
+
+    def decoded():
+        return set(images.glob("*.u8")) if images.is_dir() else set()
+
+    before = decoded()
+    from PIL import Image
+
+    ic = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", strategy="linear_probe", input_size=16, lp_epochs=2)
+    ic.fit([np.asarray(Image.open(f).convert("RGB")) for f in files], ys)
+    for f in files[:3]:
+        ic.predict(f)
+    assert decoded() == before
+    ic.predict(files)  # a whole folder's worth is kept (evaluated again, it decodes nothing)
+    assert len(files) < 32 or len(decoded()) == len(before) + 1
+    _, _, maps = ic.explain(files[:2], target=8)
+    assert maps is not None and np.allclose(maps, ic.explain(files[:2], target=[8, 8])[2])
+    with pytest.raises(UserError, match=r"target 1 is not a class of this model \(3, 8\)$"):  # the labels are ints: 1 is no column index
+        ic.explain(files[:2], target=[1, 1])

@@ -18,9 +18,18 @@ import torch
 from PIL import Image
 
 from .config import FLAT, RunConfig, changed_settings, config_from_dict, replace
-from .data import ImageSet, as_image_array, decode_images, image_files, pixels_to_uint8
+from .data import ImageSet, as_image_array, decode_images, decoded_cache, image_files, pixels_to_uint8
 from .errors import UserError, did_you_mean
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
+
+
+CACHE_FROM_IMAGES = 32  # predict and explain keep decoded images in the cache from this many (a folder, evaluated again)
+
+
+class NotFitted(UserError, NotFittedError):
+    """predict (and the rest) before fit: a UserError for the command line, scikit-learn's
+    NotFittedError for code that catches that."""
 
 
 class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit-learn asks (its tags say "classifier")
@@ -39,9 +48,18 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
                 raise UserError(f"{k} is an argument of fit(): fit(data, {k}=...)")
             if k not in FLAT:
                 raise UserError(f"unknown setting {k!r}{did_you_mean(k, FLAT)}")
-        self.model = model or self.default_model
+        self.model = model  # as given (None: default_model): scikit-learn's clone checks that nothing is changed here
         self.strategy = strategy
-        self.settings = settings
+        self._settings = dict(settings)  # private: scikit-learn's checks allow only the constructor's arguments as attributes
+
+    @property
+    def settings(self) -> dict:
+        """The keyword arguments given (the settings of `transferkit fit` by their flag names)."""
+        return self._settings
+
+    @property
+    def model_name(self) -> str:
+        return self.model or self.default_model
 
     def get_params(self, deep: bool = True) -> dict:
         """The constructor's arguments (scikit-learn's `clone` builds a new classifier from them)."""
@@ -52,20 +70,21 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             if k in ("model", "strategy"):
                 setattr(self, k, v)
             elif k in FLAT:
-                self.settings[k] = v
+                self._settings[k] = v
             else:
                 raise UserError(f"unknown setting {k!r}{did_you_mean(k, FLAT)}")
         return self
 
-    def score(self, X, y) -> float:
-        """The accuracy of predict(X) against y (scikit-learn's classifier score)."""
+    def score(self, X, y, sample_weight=None) -> float:
+        """The accuracy of predict(X) against y (scikit-learn's classifier score), weighted by
+        `sample_weight` when given."""
         truth = _labels(y, len(self._examples(X)), X)
-        known = {getattr(self, "_label_of", {}).get(c, c) for c in self.classes_} if hasattr(self, "classes_") else None
+        known = set(self.classes_.tolist()) if hasattr(self, "classes_") else None
         if known is not None:  # labels of another type, matched by their text as classes_ is: 0/1 against a CLI run's "0"/"1" scored 0.0
-            by_text = {str(k): k for k in known}
+            by_text = {str(k).strip(): k for k in known}
 
             def text_of(t) -> str:  # 0.0 (a pandas column with a NaN is float) reads as "0"
-                return str(int(t)) if isinstance(t, float) and t.is_integer() and str(t) not in by_text else str(t)
+                return str(int(t)) if isinstance(t, float) and t.is_integer() and str(t) not in by_text else str(t).strip()
 
             truth = [t if t in known or text_of(t) not in by_text else by_text[text_of(t)] for t in truth]
         unknown = sorted({str(t) for t in truth if known is not None and t not in known})
@@ -74,15 +93,16 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
 
             warnings.warn(f"score: y has label(s) the model was not trained on, counted as wrong: {', '.join(unknown[:5])}"
                           f"{' ...' if len(unknown) > 5 else ''} (its classes: {', '.join(map(str, sorted(known, key=str)[:10]))})", UserWarning, stacklevel=2)
-        return float(np.mean([p == t for p, t in zip(self.predict(X), truth)]))
+        right = [p == t for p, t in zip(self.predict(X), truth)]
+        return float(np.average(right, weights=None if sample_weight is None else np.asarray(sample_weight, dtype=float)))
 
     def __repr__(self) -> str:
         args = [f"model={self.model!r}", f"strategy={self.strategy!r}"] + [f"{k}={v!r}" for k, v in self.settings.items()]
-        fitted = f"  # fitted: {len(self.classes_)} classes" + (f", run {self.run_dir_}" if getattr(self, "run_dir_", None) else "") if hasattr(self, "model_") else ""
+        fitted = f"  # fitted: {len(self.class_names_)} classes" + (f", run {self.run_dir_}" if getattr(self, "run_dir_", None) else "") if hasattr(self, "model_") else ""
         return f"{type(self).__name__}({', '.join(args)}){fitted}"
 
     def get_config(self, data: str | None = None) -> RunConfig:
-        return replace(RunConfig(), model=self.model, strategy=self.strategy, data=data, **self.settings)
+        return replace(RunConfig(), model=self.model_name, strategy=self.strategy, data=data, **self.settings)
 
     def fit(self, data, y=None, *, out: str | Path | None = None, overwrite: bool = False, quiet: bool = True):
         """`data`: a folder, a CSV/TSV or `digits`, as `transferkit fit --data` takes; or examples with
@@ -101,32 +121,41 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         if y is not None:
             from .ranking import check_model_name
 
-            check_model_name(self.model, self.settings.get("arch"))  # a typo named as one, not as "data.csv looks like text data"
+            check_model_name(self.model_name, self.settings.get("arch"))  # a typo named as one, not as "data.csv looks like text data"
             data, labels_given = self._write_examples(data, y)
             examples = Path(data).parent
         elif not isinstance(data, (str, Path)):
             raise UserError(f"fit takes a path (a folder, a CSV, 'digits') or examples with their labels, fit(X, y); got {type(data).__name__} without labels")
         finished = False
         try:
-            values = {str(v): v for v in labels_given} if labels_given is not None else None
-            r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet), label_values=values)
+            values = _label_values(labels_given) if labels_given is not None else None
+            # images in memory, copied to temporary PNG files read once: their decoded copies are not cached
+            with decoded_cache(examples is None or not (examples / "images").is_dir()):
+                r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet), label_values=values,
+                        data_name=None if examples is None else f"the {len(labels_given)} examples given to fit(X, y)")
             finished = True
         except UserError as e:
             if examples is None or str(data) not in str(e):
                 raise
             # the temporary CSV of fit(X, y) is named as what the user gave (and is gone once this is read)
-            raise type(e)(str(e).replace(str(data), f"the {'texts' if type(self).__name__ == 'TextClassifier' else 'examples'} given to fit(X, y)")) from None
+            raise type(e)(str(e).replace(str(data), "the data given to fit(X, y)")) from None
         finally:
             if examples is not None and (finished or out is None or not (Path(out) / "checkpoints").is_dir()):
                 shutil.rmtree(examples, ignore_errors=True)  # a PNG copy of every image, on every call
+        if quiet:  # what the command line says of the data (copies across splits, one content under two labels) is not lost
+            import warnings
+
+            for note in r.warnings:
+                warnings.warn(note if examples is None else note.replace(str(data), "the examples given to fit(X, y)"), UserWarning, stacklevel=2)
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
         self.train_fingerprints_ = {f for f in r.train_fingerprints if f}
         self.val_fingerprints_ = {f for f in r.val_fingerprints if f}
         if labels_given is not None:  # predict gives back y's own labels (ints stay ints), as scikit-learn's do
-            self._label_of = {str(v): v for v in labels_given}
+            self._label_of = _label_values(labels_given)
         else:
             self.__dict__.pop("_label_of", None)  # a refit on a path: the names are the labels
+        self.classes_ = self._classes_array()
         return self
 
     def _warn_ignored(self) -> None:
@@ -155,7 +184,13 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
 
         items = self._examples(X)
         labels = _labels(y, len(items), X)
-        kinds = sorted({str(v) for v in labels})
+        kinds = sorted({str(v).strip() for v in labels})  # the run reads a label without the spaces around it
+        spaced = sorted({repr(v) for v in labels if isinstance(v, str) and v != v.strip()})
+        if spaced:
+            import warnings
+
+            warnings.warn(f"y: label(s) {', '.join(spaced[:5])}{' ...' if len(spaced) > 5 else ''} are read without their surrounding "
+                          "spaces: such a label and the same label without them are one class", UserWarning, stacklevel=3)
         if len(kinds) < 2:  # said of y, not of the temporary CSV it would be written to
             raise UserError(f"fit(X, y): y has {len(kinds)} class ({', '.join(kinds) or 'none'}); classification needs at least two")
         folder = Path(tempfile.mkdtemp(prefix="transferkit-data-"))
@@ -179,11 +214,26 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         return str(folder / "data.csv"), labels
 
     def _set_fitted(self, model, classes, inputs, config) -> None:
-        self.model_, self.classes_, self.inputs_, self.config_ = model, list(classes), inputs, config
+        self.model_, self.class_names_, self.inputs_, self.config_ = model, list(classes), inputs, config
+        self.__dict__.pop("_label_of", None)
+        self.classes_ = self._classes_array()
+
+    def _classes_array(self) -> np.ndarray:
+        """scikit-learn's `classes_`: an array of the labels, in the columns' order; fit(X, y)'s own
+        values (ints stay ints), else the class names. `class_names_` holds them as text, as a run
+        directory names them (it was `classes_`, a list of text, which scikit-learn's roc_auc and
+        log-loss scorers read as no class at all)."""
+        of = getattr(self, "_label_of", {})
+        values = [of.get(c, c) for c in self.class_names_]
+        if len({type(v) for v in values}) > 1:
+            out = np.empty(len(values), dtype=object)
+            out[:] = values
+            return out
+        return np.asarray(values)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise UserError(f"this {type(self).__name__} is not fitted yet: call fit() or {type(self).__name__}.load()")
+            raise NotFitted(f"this {type(self).__name__} is not fitted yet: call fit() or {type(self).__name__}.load()")
 
     def _encode(self, items) -> tuple:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -199,10 +249,38 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         x, _ = self._encode(items)
         return predict_proba(self.model_, x, self.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
 
-    def predict(self, items) -> list:
-        """The class of each item: its name, or the label as fit(X, y) was given it (an int stays an int)."""
-        of = getattr(self, "_label_of", {})
-        return [of.get(self.classes_[i], self.classes_[i]) for i in self.predict_proba(items).argmax(1)]
+    def _targets(self, target, proba: np.ndarray) -> np.ndarray:
+        """explain()'s `target` as column indices, one per item: None (the class said), one target for
+        all, or one per item; each a label of `classes_`, or a column index where the labels are not
+        ints. A label given as a column index ([8] for classes 3, 8) gave no map, silently."""
+        n, k = proba.shape
+        if target is None:
+            return proba.argmax(1)
+        many = isinstance(target, (list, tuple, np.ndarray, torch.Tensor)) and np.ndim(target) > 0
+        items = list(np.asarray(target).tolist()) if many else [target] * n
+        if len(items) != n:
+            raise UserError(f"target: {len(items)} given for {n} item(s); give one per item, or one for all")
+        labels = self.classes_.tolist()
+        by_text = {str(c): i for i, c in enumerate(labels)}
+        ints = all(isinstance(c, int) for c in labels)
+        out = []
+        for t in items:
+            t = t.item() if isinstance(t, np.generic) else t
+            if t in labels:
+                out.append(labels.index(t))
+            elif str(t).strip() in by_text and not isinstance(t, (int, float)):
+                out.append(by_text[str(t).strip()])
+            elif isinstance(t, int) and not isinstance(t, bool) and not ints and 0 <= t < k:
+                out.append(t)
+            else:
+                raise UserError(f"target {t!r} is not a class of this model ({', '.join(map(str, labels[:10]))}){'' if ints else ' nor a column index 0-' + str(k - 1)}")
+        return np.asarray(out, dtype=np.int64)
+
+    def predict(self, items) -> np.ndarray:
+        """The class of each item, an array of `classes_`'s values: its name, or the label as fit(X, y)
+        was given it (an int stays an int)."""
+        columns = self.predict_proba(items).argmax(1)  # (first: before fit, it says so)
+        return self.classes_[columns]
 
     def evaluate(self, data: str, *, mistakes_csv: str | Path | None = None, skip_bad_images: bool = False) -> dict:
         """Metrics on labelled data: its test split if it has one, else val, else all of it (on the
@@ -227,7 +305,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             # --overwrite of its own run kept the model and dropped metrics.json, report.html, the plots ...
             raise UserError(f"{path} is the run this classifier comes from, with its metrics and report: save to another folder")
         rd = RunDir(path, overwrite=overwrite).create()
-        write_model(rd, self.model_, model_meta(self.model_, self.classes_, self.inputs_, self.config_, getattr(self, "_label_of", None)))
+        write_model(rd, self.model_, model_meta(self.model_, self.class_names_, self.inputs_, self.config_, getattr(self, "_label_of", None)))
         rd.write_yaml("config.yaml", self.config_.to_dict())
         if getattr(self, "train_fingerprints_", None) is not None:  # evaluate on the saved run leaves its training examples out too
             write_fingerprints(rd, sorted(self.train_fingerprints_), sorted(getattr(self, "val_fingerprints_", ())))
@@ -271,15 +349,40 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         out._set_fitted(model, meta["classes"], inputs, cfg)
         if meta.get("label_values") and len(meta["label_values"]) == len(meta["classes"]):  # fit(X, y)'s labels keep their type
             out._label_of = dict(zip(meta["classes"], meta["label_values"]))
+            out.classes_ = out._classes_array()
         out.run_dir_ = Path(path)
         out.train_fingerprints_, out.val_fingerprints_ = load_fingerprints(path)
         return out
+
+
+def _label_values(labels: list) -> dict:
+    """Each class name (a label's text, without surrounding spaces, as the run reads it) -> the label as
+    y gave it: predict gives that back. Of 'pos' and 'pos ', 'pos'."""
+    out: dict = {}
+    for v in labels:
+        k = str(v).strip()
+        if k not in out or str(v) == k:
+            out[k] = v
+    return out
+
+
+def _one_column(X, what: str):
+    """A pandas DataFrame of one column as that column (a Series); one of several is refused. It was
+    iterated as its column names: predict(df) gave one prediction, for the string 'text'."""
+    if hasattr(X, "columns") and hasattr(X, "iloc") and getattr(X, "ndim", 2) == 2:
+        cols = [str(c) for c in X.columns]
+        if len(cols) != 1:
+            raise UserError(f"{what} is a DataFrame with {len(cols)} columns ({', '.join(cols[:6])}{' ...' if len(cols) > 6 else ''}): "
+                            f"give the one column, as X[{cols[0]!r}]" if cols else f"{what} is a DataFrame with no column")
+        return X.iloc[:, 0]
+    return X
 
 
 def _labels(y, n: int, X=None) -> list:
     """fit(X, y)'s or score(X, y)'s labels as a list of plain values: one per example, none missing;
     a column (n, 1) is read as its values, as scikit-learn's column_or_1d does. `X`: the examples, to
     say why there are fewer than the labels (a 2-D array is one grayscale image)."""
+    y = _one_column(y, "y")
     if isinstance(y, torch.Tensor):
         y = y.detach().cpu().numpy()
     if isinstance(y, np.ndarray) and y.ndim == 2 and y.shape[1] == 1:
@@ -293,7 +396,7 @@ def _labels(y, n: int, X=None) -> list:
         raise UserError(f"y must give one label per example: {n} examples, " + ("a string" if isinstance(y, (str, bytes)) else f"a {type(y).__name__}" if labels is None else f"{len(labels)} labels") + why)
     labels = [v.item() if isinstance(v, np.generic) else v for v in labels]
     for i, v in enumerate(labels):
-        if v is None or (isinstance(v, float) and v != v):  # a table's empty cell: it became a class 'nan'
+        if v is None or (isinstance(v, float) and v != v) or type(v).__name__ in ("NAType", "NaTType"):  # a table's empty cell: it became a class 'nan' ('<NA>')
             raise UserError(f"y: label {i + 1} is missing ({v!r})")
         if isinstance(v, (list, tuple, dict, set, np.ndarray)):
             raise UserError(f"y: label {i + 1} is a {type(v).__name__} ({v!r}); give one label per example (a 1-D list or array)")
@@ -321,6 +424,7 @@ class ImageClassifier(_Classifier):
 
     def _sources(self, images) -> list:
         """`_encode`'s inputs as a list of file paths (str) and HxWx3 uint8 arrays."""
+        images = _one_column(images, "X")
         if isinstance(images, (str, Path)):
             p = Path(images)
             images = [str(f) for f in image_files(p)] if p.is_dir() else [str(p)]
@@ -354,8 +458,10 @@ class ImageClassifier(_Classifier):
     def _encode_kept(self, sources: list, skip_bad: bool = False) -> tuple:
         """(uint8 tensor, names, problems) of paths or arrays; with `skip_bad`, unreadable files are
         left out (named in problems) instead of failing."""
-        s = ImageSet(sources, np.arange(len(sources)), self.classes_)  # labels: each image's position, to name the kept ones
-        u8, kept, bad = decode_images(s, self.preprocess_.resize_size, self.preprocess_.interpolation, skip_bad=skip_bad)
+        s = ImageSet(sources, np.arange(len(sources)), self.class_names_)  # labels: each image's position, to name the kept ones
+        # a few images (predict in a loop, one at a time) are decoded in memory: each call added two cache files never read again
+        u8, kept, bad = decode_images(s, self.preprocess_.resize_size, self.preprocess_.interpolation, skip_bad=skip_bad,
+                                      cache=len(sources) >= CACHE_FROM_IMAGES)
         names = [sources[i] if isinstance(sources[i], str) else f"array[{i}]" for i in kept.labels.tolist()]
         return u8, names, bad
 
@@ -364,7 +470,7 @@ class ImageClassifier(_Classifier):
     def explain(self, images, target=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(probabilities, crops, maps): for each image its class probabilities, the image as the
         model sees it ((n, R, R, 3) uint8 centre crop) and the Grad-CAM map ((n, R, R) in [0, 1]) of
-        where it looked for class `target[i]` (default: the class it says): on a CNN's last feature map,
+        where it looked for class `target[i]` (a label of `classes_`, or a column index; one target for all, or one per image; default: the class it says): on a CNN's last feature map,
         a vision transformer's patch tokens or Swin's last map. Maps are None for a backbone with
         neither a spatial map nor a square grid of tokens."""
         import contextlib
@@ -376,7 +482,7 @@ class ImageClassifier(_Classifier):
         x, _ = self._encode(images)
         tf = self.inputs_.eval_transform()
         proba = predict_proba(self.model_, x, tf, 64, contextlib.nullcontext).numpy()
-        target = proba.argmax(1) if target is None else np.asarray(target)
+        target = self._targets(target, proba)
         crops, maps, _ = explain(self.model_, x, target, self.preprocess_.input_size, tf, "cpu")
         return proba, crops, maps
 
@@ -397,6 +503,7 @@ class TextClassifier(_Classifier):
 
     def _examples(self, texts) -> list[str]:
         """`_encode`'s inputs as a list of non-empty strings."""
+        texts = _one_column(texts, "X")
         if isinstance(texts, Path):
             from .text_data import read_texts
 
@@ -429,7 +536,7 @@ class TextClassifier(_Classifier):
 
     def explain(self, texts, target=None) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
         """(probabilities, evidence): for each text its class probabilities and its words, each with
-        p(class) - p(class | the text without that word), toward class `target[i]` (default: the
+        p(class) - p(class | the text without that word), toward class `target[i]` (as `ImageClassifier.explain` takes it; default: the
         class it says); positive words pushed toward that class (word occlusion)."""
         import contextlib
 
@@ -440,6 +547,6 @@ class TextClassifier(_Classifier):
         x, texts = self._encode(texts)
         tf = self.inputs_.eval_transform()
         proba = predict_proba(self.model_, x, tf, 64, contextlib.nullcontext).numpy()
-        target = proba.argmax(1) if target is None else np.asarray(target)
+        target = self._targets(target, proba)
         proba_fn = lambda t: predict_proba(self.model_, self._tokens(t), tf, 64, contextlib.nullcontext).numpy()  # noqa: E731
         return proba, word_evidence(proba_fn, texts, target)

@@ -388,7 +388,7 @@ def cmd_predict(args) -> int:
             if not Path(item).is_file():
                 raise UserError(f"not found: {item} (give files of texts)")
             empty: list[int] = []
-            rows = read_text_rows(item, text_column=args.text_column, also=clf.config_.data.text_column, encoding=args.encoding, classes=clf.classes_, empty=empty)
+            rows = read_text_rows(item, text_column=args.text_column, also=clf.config_.data.text_column, encoding=args.encoding, classes=clf.class_names_, empty=empty)
             if empty:  # a row with other cells but no text was left out in silence (its label said it was meant to be one)
                 print(f"transferkit: note: {item}: {len(empty)} row(s) with an empty text left out (row {', '.join(map(str, empty[:5]))}"
                       f"{' ...' if len(empty) > 5 else ''})", file=sys.stderr)
@@ -431,14 +431,14 @@ def cmd_predict(args) -> int:
         names, first = [[n] for n in names], ["file"]
     buf = io.StringIO(newline="")
     if args.out and Path(args.out).suffix.lower() == ".json":  # a .json file got CSV text (QA AJ)
-        records = [{**dict(zip(first, n)), "label": clf.classes_[int(pr.argmax())], "probabilities": {c: round(float(v), 6) for c, v in zip(clf.classes_, pr)}}
+        records = [{**dict(zip(first, n)), "label": clf.class_names_[int(pr.argmax())], "probabilities": {c: round(float(v), 6) for c, v in zip(clf.class_names_, pr)}}
                    for n, pr in zip(names, proba)]
         buf.write(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
     else:
         w = csv.writer(buf, lineterminator="\n")  # Unix line ends (the csv default is CRLF)
-        w.writerow([*first, "label"] + [f"p_{c}" for c in clf.classes_])
+        w.writerow([*first, "label"] + [f"p_{c}" for c in clf.class_names_])
         for n, pr in zip(names, proba):
-            w.writerow([*n, clf.classes_[int(pr.argmax())]] + [f"{v:.6f}" for v in pr])
+            w.writerow([*n, clf.class_names_[int(pr.argmax())]] + [f"{v:.6f}" for v in pr])
     if args.out:
         from .rundir import atomic_write_bytes
 
@@ -465,7 +465,7 @@ def _write_explanations(clf, encoded: list, names: list[str], proba, folder: Pat
     if maps is None:
         print(f"{note}: the images are written without a map", file=sys.stderr)
     for i, name in enumerate(names):
-        caption = f"{clf.classes_[pred[i]]} ({proba[i, pred[i]]:.2f})  {Path(name).name}" + ("" if maps is None else "    [right: Grad-CAM]")
+        caption = f"{clf.class_names_[pred[i]]} ({proba[i, pred[i]]:.2f})  {Path(name).name}" + ("" if maps is None else "    [right: Grad-CAM]")
         plots.explain_image(crops[i], None if maps is None else maps[i], caption).save(folder / f"{i:04d}_{Path(name).stem}.png")
     print(f"wrote {len(names)} Grad-CAM image{'s' if len(names) != 1 else ''} to {folder}", file=sys.stderr)
     import re
@@ -510,7 +510,7 @@ def _write_text_explanations(clf, texts: list[str], proba, proba_fn, folder: Pat
 
     pred = proba.argmax(1)
     evidence = word_evidence(proba_fn, texts, pred)
-    rows = [{"file": f, "row": r, "source": t, "predicted": clf.classes_[c], "p_predicted": float(proba[i, c]), "evidence": ev}
+    rows = [{"file": f, "row": r, "source": t, "predicted": clf.class_names_[c], "p_predicted": float(proba[i, c]), "evidence": ev}
             for i, ((f, r), t, c, ev) in enumerate(zip(where, texts, pred, evidence))]
     make_dir(folder)
     atomic_write_bytes(folder / "explain.html", explain_page(f"transferkit predict: {clf.run_dir_}", rows).encode())

@@ -13,6 +13,8 @@ from it (exactly the usual resize + centre-crop); training takes random resized 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import os
 import warnings
@@ -431,6 +433,10 @@ def check_pixel_range(a: np.ndarray, where: str) -> None:
                 f"{where}: pixel values from {lo:.3g} to {hi:.3g}. Give images as stored (uint8 0-255, or floats in [0, 1]), "
                 "not normalised: transferkit resizes and normalises them as the model needs"
             )
+        if 5 < hi <= 16 and a.dtype.kind in "iuf" and a.dtype != np.uint8 and np.array_equal(a, np.round(a)):
+            # one text for every image (a list of 1,797 digits warns once)
+            warnings.warn("image pixel values no higher than 16 are read as 0-255 (nearly black); scikit-learn's load_digits "
+                          "images run 0-16: scale them first, images * (255 / 16)", UserWarning, stacklevel=2)
 
 
 def _decode_one(src, size: int, interpolation: str):
@@ -466,17 +472,31 @@ def _not_an_image(src) -> str | None:
 
 
 DECODE_VERSION = 2  # 2: EXIF orientation applied, 16-bit images scaled (not clipped)
+_CACHE_DECODED = contextvars.ContextVar("transferkit_cache_decoded", default=True)
 
 
-def decode_images(s: ImageSet, size: int, interpolation: str = "bicubic", *, skip_bad: bool = False, progress=None):
+@contextlib.contextmanager
+def decoded_cache(on: bool):
+    """Whether decode_images keeps what it decodes in the cache, inside the block. Off for files that
+    are never read again: fit(X, y)'s temporary PNG copies of images in memory, whose cache entries
+    (two per fit, keyed by paths deleted on return) were never hit."""
+    token = _CACHE_DECODED.set(on)
+    try:
+        yield
+    finally:
+        _CACHE_DECODED.reset(token)
+
+
+def decode_images(s: ImageSet, size: int, interpolation: str = "bicubic", *, skip_bad: bool = False, progress=None, cache: bool | None = None):
     """Decode `s` into a (N, 3, size, size) uint8 tensor. Unreadable files fail the run with their
     names listed, or are dropped (with the returned list naming them) when `skip_bad` is set.
 
     Images given as files are decoded once into a memory-mapped cache file (keyed by each file's
     path, size and modification time, and by `size` and `interpolation`); the tensor returned is a
     copy-on-write view of that file, so the decoded set lives in the page cache, not in the Python
-    heap, and a second run (a fold, a trial, a ranking) decodes nothing."""
-    if s.sources and all(isinstance(x, str) for x in s.sources):
+    heap, and a second run (a fold, a trial, a ranking) decodes nothing. `cache=False` (or inside
+    `decoded_cache(False)`) decodes into memory and keeps nothing."""
+    if (_CACHE_DECODED.get() if cache is None else cache) and s.sources and all(isinstance(x, str) for x in s.sources):
         try:
             mm, errors = _decoded_file(s, size, interpolation, progress)
         except OSError as e:  # no room for the cache file: decode into memory instead
@@ -490,7 +510,7 @@ def decode_images(s: ImageSet, size: int, interpolation: str = "bicubic", *, ski
     if bad and not skip_bad:
         raise UserError(
             f"{len(bad)} image file(s) cannot be read:\n  " + "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
-            + "\nremove them, or pass --skip-bad-images to leave them out"
+            + "\nremove them, or pass --skip-bad-images (skip_bad_images=True in Python) to leave them out"
         )
     keep = [i for i, e in enumerate(errors) if not e]
     images = torch.from_numpy(mm) if len(keep) == len(errors) else torch.from_numpy(np.ascontiguousarray(mm[keep]))

@@ -126,7 +126,7 @@ def labelled_set(clf, spec: str):
             return splits.val, (f"{spec} (the run's validation split, seed {cfg.train.seed}: the rest trained it; the best epoch was chosen on it, "
                                 "so a little optimistic: fit with --test-fraction 0.2 for an estimate on examples it never saw)")
     text = clf.inputs_.modality == "text"
-    s, where = text_eval_set(spec, clf.classes_, cfg) if text else eval_set(spec, clf.classes_, cfg)
+    s, where = text_eval_set(spec, clf.class_names_, cfg) if text else eval_set(spec, clf.class_names_, cfg)
     where += changed
     seen = getattr(clf, "train_fingerprints_", None)
     if seen is None:  # a run from before runs kept them: said, as the examples it trained on cannot be told apart
@@ -174,14 +174,14 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
         proba = onnx_predict_proba(onnx_session, clf, x)
     else:
         proba = predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
-    m = classification_metrics(s.labels, proba, clf.classes_)
+    m = classification_metrics(s.labels, proba, clf.class_names_)
     m["data"] = where + (" (ONNX export, onnxruntime)" if onnx_session is not None else "")
-    wrong = top_mistakes(s.labels, proba, clf.classes_, s.sources, getattr(s, "rows", None))
+    wrong = top_mistakes(s.labels, proba, clf.class_names_, s.sources, getattr(s, "rows", None))
     m["mistakes"] = summary(wrong)
     if getattr(s, "groups", None) is not None:  # the run's --group-column: metrics per group and the worst one
         from .metrics import group_metrics
 
-        m["groups"] = group_metrics(s.labels, proba, s.groups, clf.classes_)
+        m["groups"] = group_metrics(s.labels, proba, s.groups, clf.class_names_)
     if bad:
         m["skipped"] = bad
     if cut:

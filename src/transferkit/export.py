@@ -151,7 +151,7 @@ def check_on_data(clf, graph: nn.Module, session, labelled, batch: int = 64) -> 
     arrays = _feed(clf, x)
     p_torch, t_torch = _timed(lambda a: _torch_run(graph, a), arrays, batch)
     p_onnx, t_onnx = _timed(lambda a: _ort_run(session, a), arrays, batch)
-    acc = {name: classification_metrics(s.labels, p, clf.classes_)["accuracy"] for name, p in (("pytorch", p_torch), ("onnx", p_onnx))}
+    acc = {name: classification_metrics(s.labels, p, clf.class_names_)["accuracy"] for name, p in (("pytorch", p_torch), ("onnx", p_onnx))}
     n = len(s.labels)
     return {
         "data": where, "n": n, "batch_size": batch, "threads": torch.get_num_threads(),
@@ -234,7 +234,7 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
         opsets = {o.domain or "ai.onnx": o.version for o in onnx.load(str(tmp / "model.onnx"), load_external_data=False).opset_import}
         info = {
             "format": "transferkit-onnx/1", "transferkit_version": __version__, "torch_version": torch.__version__,
-            "run": run, "modality": clf.inputs_.modality, "classes": clf.classes_,
+            "run": run, "modality": clf.inputs_.modality, "classes": clf.class_names_,
             "inputs": {n: {"dtype": str(a.dtype), "shape": ["N"] + (["L"] if text else list(a.shape[1:]))} for n, a in trace.items()},
             "outputs": {"logits": "float32 (N, classes)", "probs": "float32 (N, classes), softmax of logits"},
             "opset": opsets.get("ai.onnx"), "export_seconds": round(seconds, 2), "check": check,
@@ -330,7 +330,7 @@ def onnx_predict_proba(session, clf, x: torch.Tensor, batch: int = 64) -> np.nda
     from .memory import longest_first
 
     if len(x) == 0:
-        return np.zeros((0, len(clf.classes_)), dtype=np.float32)
+        return np.zeros((0, len(clf.class_names_)), dtype=np.float32)
     order = longest_first(x)  # texts: batches of similar lengths pad less; the rows come back in their order
     p = np.concatenate([_ort_run(session, part) for part in _batched(_feed(clf, x if order is None else x[order]), batch)])
     return p if order is None else p[order.argsort().numpy()]

@@ -51,6 +51,7 @@ class FitResult:
     train_fingerprints: list = field(default_factory=list)  # data.fingerprints of the training split
     val_fingerprints: list = field(default_factory=list)  # and of the validation split (it chose the best epoch)
     label_values: dict | None = None  # fit(X, y): each class name's label as y gave it (an int stays an int), kept in model.json
+    warnings: list[str] = field(default_factory=list)  # what the run said in yellow of the data (copies across splits, ...)
 
 
 def make_accelerator(cfg: RunConfig):
@@ -96,7 +97,7 @@ def resolve_precision(precision: str, *, cpu: bool = False) -> str:
 
 def fit(
     cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None, should_abort=None,
-    splits: DataSplits | None = None, on_epoch=None, label_values: dict | None = None,
+    splits: DataSplits | None = None, on_epoch=None, label_values: dict | None = None, data_name: str | None = None,
 ) -> FitResult:
     """Fine-tune `cfg.model.name` on `cfg.data.path` as `cfg.strategy.name` says; write `out` if given.
 
@@ -107,7 +108,8 @@ def fit(
     (StopRequested(checkpointed=False)). `splits` replaces loading
     `cfg.data.path` (cross-validation folds, for example); `on_epoch(row)` sees every epoch's
     validation scores. `label_values` (the Python API's fit(X, y)): each class name's label as y gave
-    it, kept in model.json so that a loaded model predicts y's own values.
+    it, kept in model.json so that a loaded model predicts y's own values; `data_name`: what the
+    plan, report.html and data.json call the data (fit(X, y)'s temporary CSV is gone when they are read).
     """
     cfg.validate()
     if resume and out is None:
@@ -168,6 +170,7 @@ def fit(
     hash_examples = main and (splits is None or out is not None)
     if splits is None:
         splits = load_splits(cfg)
+        splits.source = data_name or splits.source
     else:
         splits = copy.copy(splits)  # encoding below replaces its sets; leave the caller's intact
     model = create_model(cfg.model, len(splits.classes), classes=splits.classes)
@@ -489,7 +492,7 @@ def fit(
 
         merge_lora(model.backbone)  # the saved model is a plain backbone: no PEFT needed to load it
     result = FitResult(model, splits.classes, pre, cfg, metrics, history, lr_trace=lr_trace, inputs=inputs, val_proba=val_proba, mistakes=mistakes,
-                       train_fingerprints=prints["train"], val_fingerprints=prints["val"], label_values=label_values)
+                       train_fingerprints=prints["train"], val_fingerprints=prints["val"], label_values=label_values, warnings=list(warnings))
     if rundir is not None:
         write_run(rundir, result, splits)
         result.run_dir = rundir.path
