@@ -478,6 +478,12 @@ def test_outputs_are_never_written_over_the_files_of_a_run(tmp_path, tiny_ckpt, 
         ImageClassifier.load(run).evaluate(str(data), mistakes_csv=run / "mistakes.csv")
     assert is_complete(run)
     assert main(["predict", str(run), str(one), "--out", str(run / "preds.csv")]) == 0 and is_complete(run)  # a new file beside them is fine
+    # QA AM: --out naming the image predicted, or another existing image, replaced it with CSV text
+    photo, other_photo = one.read_bytes(), next(f for f in data.glob("*/*.png") if f != one)
+    for out, says in ((one, "is one of the inputs"), (other_photo, "exists and is not a CSV or JSON file")):
+        assert main(["predict", str(run), str(one), "--out", str(out)]) == 2
+        assert says in " ".join(capsys.readouterr().err.split())
+    assert one.read_bytes() == photo and other_photo.read_bytes()[:4] == b"\x89PNG"
     # an evaluation folder whose class folders differ in case: the run's classes are listed beside them
     other = make_folder(tmp_path / "e", n=2, seed=3)
     (other / "red").rename(other / "Red")

@@ -23,7 +23,14 @@ def own_cache(tmp_path, monkeypatch):
     return root
 
 
-def _entry(root, kind, key, nbytes, age_s):
+def _hex(name: str) -> str:  # a cache key is 32 hex digits, as the cache names its entries
+    import hashlib
+
+    return hashlib.md5(name.encode()).hexdigest()
+
+
+def _entry(root, kind, name, nbytes, age_s):
+    key = _hex(name)
     folder = root / kind
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"{key}.u8", folder / f"{key}.json"] if kind == "images" else [folder / f"{key}.safetensors"]
@@ -40,9 +47,9 @@ def test_eviction_removes_least_recently_used_first_and_spares_what_the_run_keep
     _entry(own_cache, "features", "mid", 1000, age_s=200)
     _entry(own_cache, "images", "new", 1000, age_s=100)
     removed = cache.enforce_limit(keep=tuple(keep), limit=2100)
-    assert [e.key for e in removed] == ["old", "mid"]  # oldest first; the kept entry skipped although older
+    assert [e.key for e in removed] == [_hex("old"), _hex("mid")]  # oldest first; the kept entry skipped although older
     left = {e.key for e in cache.entries()}
-    assert left == {"older_but_kept", "new"}
+    assert left == {_hex("older_but_kept"), _hex("new")}
     assert sum(e.bytes for e in cache.entries()) <= 2100
     assert cache.enforce_limit(limit=None) == [] and len(cache.entries()) == 2  # 0 / no limit: nothing goes
 
@@ -119,7 +126,12 @@ def test_cache_command_shows_and_clears(own_cache, tmp_path, capsys):
     assert main(["cache", "--clear", "features", "--older-than-days", "5"]) == 0
     assert "removed 1 entry (500 B)" in capsys.readouterr().out
     assert [e.kind for e in cache.entries()] == ["images"]
+    # a file of the user's in the cache folder is no entry: neither counted nor removed (QA AM: --clear removed a photo)
+    (own_cache / "images" / "ant.jpg").write_bytes(b"mine")
+    (own_cache / "features" / "notes.json").write_text("{}")
+    assert [e.kind for e in cache.entries()] == ["images"] and [e.kind for e in cache.enforce_limit(limit=0)] == ["images"]
     assert main(["cache", "--clear", "all"]) == 0 and cache.entries() == []
+    assert (own_cache / "images" / "ant.jpg").read_bytes() == b"mine" and (own_cache / "features" / "notes.json").is_file()
     assert main(["cache"]) == 0 and "0 entries" in capsys.readouterr().out
     assert main(["cache", "--older-than-days", "3"]) == 2
     assert "--older-than-days goes with --clear" in capsys.readouterr().err

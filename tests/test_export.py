@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,18 @@ def test_image_export_matches_predict_and_fails_whole(tmp_path, capsys, tiny_ckp
     assert "does not match PyTorch" in err and "nothing was written" in err and "Traceback" not in err
     assert (run / "export" / "model.onnx").read_bytes() == before
     assert [p.name for p in run.iterdir() if p.name.startswith(".export")] == []
+
+    # --overwrite replaces an earlier export only (QA AM: it emptied --out ., a run directory, any folder)
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    for out, says in ((mine, "holds files that are not an export (notes.txt, sub)"), (run, "holds files that are not an export"),
+                      (Path("."), "is the current folder")):
+        monkeypatch.chdir(tmp_path)
+        assert main(["export", str(run), "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert (mine / "notes.txt").read_text() == "mine" and (run / "model.safetensors").is_file() and (tmp_path / "mine").is_dir()
 
 
 def test_text_export_with_saved_tokenizer(tmp_path, capsys, tiny_bert):

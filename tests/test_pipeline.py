@@ -138,6 +138,29 @@ def test_a_stopped_pipeline_resumes_its_stage(tmp_path, tiny_ckpt, capsys):
     assert summary["target"]["status"] == "ran" and (out / "target" / "manifest.json").is_file()
 
 
+def test_a_stage_finished_by_fit_resume_is_kept(tmp_path, tiny_ckpt, capsys):
+    """QA AM: a stopped stage finished with `transferkit fit --resume DIR/target`, as predict advises,
+    was trained again from the start by the next pipeline run ("its finished run is from before that")."""
+    from transferkit.pipeline import run_pipeline
+    from transferkit.trainer import StopRequested
+
+    stages = _stages(tmp_path, tiny_ckpt)
+    stages[0]["settings"]["epochs"] = 3
+    f = _write(tmp_path / "p.yaml", stages)
+    out = tmp_path / "out"
+    calls = []
+    with pytest.raises(StopRequested):
+        run_pipeline(f, out, should_stop=lambda: calls.append(1) or len(calls) > 4)
+    assert not (out / "target" / "manifest.json").exists()
+    assert main(["fit", "--resume", str(out / "target"), "--quiet"]) == 0
+    model = (out / "target" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    summary = run_pipeline(f, out)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "stage target: its last attempt was finished since (fit --resume)" in said and "stage target: complete, skipped" in said
+    assert summary["target"]["status"] == "skipped (complete)" and (out / "target" / "model.safetensors").read_bytes() == model
+
+
 @pytest.mark.parametrize(
     "stages, message",
     [
@@ -591,3 +614,32 @@ def test_a_stages_data_identity_sees_linked_folders_the_images_a_csv_names_and_i
     (real / "blue" / "0.png").write_bytes((real / "red" / "1.png").read_bytes())  # the CSV unchanged, an image it names rewritten
     assert _data_identity(str(tmp_path / "list.csv")) != before
     assert _data_identity("digits") is None and _data_identity("digits", str(real)) == _data_identity(str(real))
+    # what the data does not read changes nothing (QA AM: a .DS_Store or a NOTES.txt made every stage train again)
+    before = _data_identity(str(real))
+    (real / ".DS_Store").write_bytes(b"\0")
+    (real / "red" / "._0.png").write_bytes(b"\0")
+    (real / "NOTES.txt").write_text("collected in May")
+    (real / "__MACOSX").mkdir()
+    (real / "__MACOSX" / "x.png").write_bytes(b"\0")
+    assert _data_identity(str(real)) == before
+    (real / "blue" / "extra.png").write_bytes((real / "red" / "1.png").read_bytes())
+    assert _data_identity(str(real)) != before
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "train.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    before = _data_identity(str(texts))
+    (texts / ".DS_Store").write_bytes(b"\0")
+    assert _data_identity(str(texts)) == before
+    (texts / "val.csv").write_text("text,label\nfine,pos\n")
+    assert _data_identity(str(texts)) != before
+
+
+def test_a_pipeline_file_holds_stages_only(tmp_path, capsys):
+    """QA AM: `settings:` beside `stages:` (meant for every stage) was dropped in silence, and `stage:`
+    said only that `stages:` was missing."""
+    for doc, says in (({"settings": {"epochs": 1}, "stages": [{"name": "a", "data": "digits", "model": "small_convnet"}]}, "unknown key 'settings'"),
+                      ({"stage": [{"name": "a", "data": "digits", "model": "small_convnet"}]}, "unknown key 'stage' (did you mean: stages?)")):
+        f = tmp_path / "p.yaml"
+        f.write_text(yaml.safe_dump(doc))
+        assert main(["pipeline", str(f), "--out", str(tmp_path / "o")]) == 2
+        assert says in capsys.readouterr().err and not (tmp_path / "o").exists()

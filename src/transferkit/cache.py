@@ -15,6 +15,7 @@ and safetensors stores this cache hands out.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ class Entry:
             f.unlink(missing_ok=True)
 
 
+ENTRY_NAME = re.compile(r"[0-9a-f]{32}\.(u8|json|safetensors)")  # what the cache writes: a key of 32 hex digits; nothing else is counted or removed
+
+
 def entries() -> list[Entry]:
     """Every entry of the cache, least recently used first. Temporary files of writes in progress are
     not entries."""
@@ -71,7 +75,7 @@ def entries() -> list[Entry]:
         if not folder.is_dir():
             continue
         for f in folder.iterdir():
-            if f.name.startswith(".") or not f.is_file():
+            if not ENTRY_NAME.fullmatch(f.name) or not f.is_file():  # a file of the user's (QA AM: --clear removed a photo there)
                 continue
             try:
                 st = f.stat()

@@ -377,6 +377,12 @@ def cmd_predict(args) -> int:
         session = load_export(args.run_dir, args.onnx or None)
         proba_of = lambda c, x: onnx_predict_proba(session, c, x)  # noqa: E731
     args.inputs = _expand_patterns(args.inputs)
+    if args.out is not None:  # QA AM: `--out photo.jpg` replaced the photo being predicted with CSV text
+        target = Path(args.out).resolve()
+        if any(Path(item).resolve() == target for item in args.inputs):
+            raise UserError(f"--out {args.out} is one of the inputs: give another file to write the predictions to")
+        if Path(args.out).is_file() and Path(args.out).suffix.lower() not in (".csv", ".tsv", ".json", ".txt"):
+            raise UserError(f"--out {args.out} exists and is not a CSV or JSON file: it would be replaced by the predictions; give a .csv or .json name")
     if clf.inputs_.modality == "text":
         from .text_data import read_text_rows
 

@@ -184,6 +184,8 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
         raise UserError(f"{out} is a file: the export writes a folder")
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists: give another folder, or --overwrite (overwrite=True in Python) to replace it")
+    if out.exists():
+        check_replaceable_export(out)
     if data is not None:  # a wrong --data is said before the export's seconds, not after
         from .evaluate import labelled_set
 
@@ -271,6 +273,21 @@ def export_classifier(clf, out: str | Path, *, overwrite: bool = False, data: st
         raise
     info["out"] = str(out)
     return info
+
+
+EXPORT_FILES = ("export.json", "model.onnx", "tokenizer")
+
+
+def check_replaceable_export(out: Path) -> None:
+    """--overwrite replaces an earlier export, nothing else: it removed whatever folder it was given
+    (the current folder, with `--out .`; a run directory, its weights and report with it)."""
+    here = Path.cwd().resolve()
+    if here == out.resolve() or here.is_relative_to(out.resolve()):
+        raise UserError(f"--out {out} is the current folder (or holds it): the export writes a folder of its own; give a new one, such as --out {Path(out) / 'export'}")
+    other = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+    if other:
+        raise UserError(f"--out {out} holds files that are not an export ({', '.join(other[:5])}{' ...' if len(other) > 5 else ''}): --overwrite "
+                        f"replaces only an earlier export ({', '.join(EXPORT_FILES)}); give another folder")
 
 
 def model_digest(model) -> str:

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from . import report
 from .errors import UserError, did_you_mean
-from .rundir import atomic_write_bytes, check_can_make, make_dir
+from .rundir import MANIFEST, atomic_write_bytes, check_can_make, make_dir
 
 KINDS = ("fit", "adapt")
 KEYS = {"name", "kind", "data", "model", "settings", "intermediate", "epochs", "head_steps"}
@@ -38,6 +39,11 @@ def load_pipeline(path: str | Path) -> list[dict]:
 
     p = Path(path)
     doc = read_yaml(p, "pipeline file")
+    if isinstance(doc, dict):  # `settings:` beside `stages:` (meant for every stage) was dropped in silence
+        for k in doc:
+            if k != "stages":
+                raise UserError(f"{p}: unknown key {str(k)!r}{did_you_mean(str(k), ['stages'])}: a pipeline file holds `stages:` only "
+                                "(each stage its own settings: `settings: {...}` inside the stage)")
     stages = doc.get("stages") if isinstance(doc, dict) else None
     if not isinstance(stages, list) or not stages:
         raise UserError(f"{p}: needs a non-empty `stages:` list")
@@ -201,6 +207,10 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         # (a stage that never ran has no run to redo: it was said to run "again" as its upstream had another run)
         moved = [r for r in now["upstream"] if before is not None and ((known and before["upstream"].get(r) != now["upstream"][r]) or (not known and r in redone))]
         stale = current is not None and before is not None and before.get("run", current) != current
+        if stale and before.get("run") is None and before.get("started") and (d / MANIFEST).stat().st_mtime > before["started"]:
+            # finished after its last attempt began: `fit --resume` of the stopped stage, as predict and evaluate advise
+            con.print(f"[bold]stage {name}[/]: its last attempt was finished since (fit --resume)")
+            before, stale = {**before, "run": current}, False
         if current and not (changed or moved or stale or data_changed):
             con.print(f"[bold]stage {name}[/]: complete, skipped ({d})")
             summary[name] = {"status": "skipped (complete)", **_brief(d)}
@@ -217,7 +227,8 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
             shutil.rmtree(d / "checkpoints", ignore_errors=True)  # no resuming from the old definition's checkpoint
         cfg = configs[name]
         con.print(f"[bold]stage {name}[/] ({kind}): {cfg.data.path} with {cfg.model.name}")
-        ran_from[name] = now
+        ran_from[name] = {**now, "started": time.time()}
+        now = ran_from[name]
         redone.add(name)
         save_state()
         try:
@@ -312,8 +323,14 @@ def _csv_image_paths(p: Path):
 
 
 def _listed_files(p: Path) -> list[Path]:
-    """A file, or a folder's files, following linked folders (each real folder once: no cycles)."""
+    """A file, or the files of a folder the data reads, following linked folders (each real folder
+    once: no cycles): hidden files and folders (`.DS_Store`, `__MACOSX`) never, and in a folder of
+    images, images only. A `.DS_Store` Finder wrote, or a NOTES.txt beside the class folders, made the
+    stage and every stage after it train again."""
     import os
+
+    from .data import IMAGE_SUFFIXES, _hidden
+    from .text_data import TEXT_SUFFIXES
 
     if p.is_file():
         return [p]
@@ -324,9 +341,10 @@ def _listed_files(p: Path) -> list[Path]:
             dirs[:] = []
             continue
         real.add(r)
-        dirs.sort()
-        out += [Path(root) / f for f in sorted(files)]
-    return out
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        out += [Path(root) / f for f in sorted(files) if not _hidden(f)]
+    images = [f for f in out if f.suffix.lower() in IMAGE_SUFFIXES]
+    return images or [f for f in out if f.suffix.lower() in TEXT_SUFFIXES]
 
 
 def _run_identity(d: Path) -> str | None:
