@@ -183,7 +183,7 @@ def test_killed_search_resumes_with_finished_trials_intact(tiny, tmp_path, monke
     assert trials[4].user_attrs["continues"] == 3 and trials[4].params["lr"] == trials[3].params["lr"]  # it runs again first
     assert sum(tr.state in FINISHED for tr in trials) == 6 and len(trials) == 7
     rows = list(csv.DictReader(open(out / "trials.csv")))
-    assert [r["state"] for r in rows].count("FAIL") == 1 and len(rows) == 7
+    assert [r["state"] for r in rows].count("STOPPED") == 1 and "FAIL" not in [r["state"] for r in rows] and len(rows) == 7
     assert res.states["stopped"] == 1 and "fail" not in res.states and not (out / ".lock").exists()  # a dead worker's trial is no failed configuration
 
 
@@ -212,7 +212,7 @@ def test_an_interrupted_trial_runs_again_from_its_next_fold_and_an_error_does_no
     assert t1.state == optuna.trial.TrialState.FAIL and "interrupted in fold 2 of 3" in t1.user_attrs["note"]
     assert len(t1.user_attrs["fold_scores"]) == 1 and "error" not in t1.user_attrs
     rows = list(csv.DictReader(open(out / "trials.csv")))  # the stopped search's trials.csv shows the interrupted trial
-    assert [r["state"] for r in rows] == ["COMPLETE", "FAIL"] and "interrupted in fold 2" in rows[1]["note"]
+    assert [r["state"] for r in rows] == ["COMPLETE", "STOPPED"] and "interrupted in fold 2" in rows[1]["note"]
 
     again = FakeFit()
     monkeypatch.setattr(S, "fit", again)
@@ -239,6 +239,7 @@ def test_an_interrupted_trial_runs_again_from_its_next_fold_and_an_error_does_no
     trials = _study(out2).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL and "OutOfMemoryError" in trials[0].user_attrs["error"]
     assert len(trials) == 4 and not any("continues" in t.user_attrs for t in trials)
+    assert next(csv.DictReader(open(out2 / "trials.csv")))["state"] == "FAIL"  # an error is a failure; a stopped trial is not
     # a trial whose training diverged (a rate far too high) loses: pruned, not failed (three in a row ended the search)
     from transferkit.errors import Diverged
 
@@ -613,7 +614,7 @@ def test_two_postgres_workers_finish_the_study_even_when_one_is_killed_mid_trial
     assert all("surplus" in t.user_attrs.get("note", "") for t in others)  # only a same-instant race makes one
     rows = list(csv.DictReader(open(tmp_path / "w1" / "trials.csv")))  # B's record of the whole study
     assert sorted(int(r["number"]) for r in rows if r["state"] in ("COMPLETE", "PRUNED")) == sorted(t.number for t in finished)
-    assert [r["state"] for r in rows if int(r["number"]) == victim] == ["FAIL"]
+    assert [r["state"] for r in rows if int(r["number"]) == victim] == ["STOPPED"]
 
 
 # ------------------------------------------------------------------------- QA AI: data, budget, refit

@@ -219,17 +219,39 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         self.classes_ = self._classes_array()
 
     def _classes_array(self) -> np.ndarray:
-        """scikit-learn's `classes_`: an array of the labels, in the columns' order; fit(X, y)'s own
-        values (ints stay ints), else the class names. `class_names_` holds them as text, as a run
-        directory names them (it was `classes_`, a list of text, which scikit-learn's roc_auc and
-        log-loss scorers read as no class at all)."""
+        """scikit-learn's `classes_`: the labels sorted as np.unique(y) sorts them, fit(X, y)'s own
+        values (ints stay ints), else the class names; `predict_proba`'s columns follow it (`_columns`:
+        the model's column of each). `class_names_` holds the names as text in the model's own order,
+        as a run directory does. It was `class_names_` itself, a list of text in the run's order
+        ("9" before "10"), which scikit-learn's roc_auc and log-loss scorers read as no class at all, or
+        as the other class (a perfect model scored roc_auc 0.0)."""
         of = getattr(self, "_label_of", {})
         values = [of.get(c, c) for c in self.class_names_]
+        try:
+            order = sorted(range(len(values)), key=lambda i: values[i])
+        except TypeError:  # labels of several types that do not compare: the model's order
+            order = list(range(len(values)))
+        self._columns = np.asarray(order, dtype=np.int64)
+        ordered = [values[i] for i in order]
         if len({type(v) for v in values}) > 1:
-            out = np.empty(len(values), dtype=object)
-            out[:] = values
+            out = np.empty(len(ordered), dtype=object)
+            out[:] = ordered
             return out
-        return np.asarray(values)
+        return np.asarray(ordered)
+
+    def _public(self, proba: np.ndarray) -> np.ndarray:
+        """The model's probability columns in `classes_`'s order."""
+        cols = getattr(self, "_columns", None)
+        return proba if cols is None else proba[:, cols]
+
+    def __setstate__(self, state: dict) -> None:
+        """A classifier pickled before settings became private (`_settings`) loads as it was."""
+        if "settings" in state and "_settings" not in state:
+            state["_settings"] = state.pop("settings")
+        self.__dict__.update(state)
+        if "class_names_" not in state and isinstance(state.get("classes_"), list):  # classes_ was the names, as text
+            self.class_names_ = state["classes_"]
+            self.classes_ = self._classes_array()
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -247,12 +269,14 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
 
         self._check_fitted()
         x, _ = self._encode(items)
-        return predict_proba(self.model_, x, self.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
+        return self._public(predict_proba(self.model_, x, self.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy())
 
     def _targets(self, target, proba: np.ndarray) -> np.ndarray:
-        """explain()'s `target` as column indices, one per item: None (the class said), one target for
-        all, or one per item; each a label of `classes_`, or a column index where the labels are not
-        ints. A label given as a column index ([8] for classes 3, 8) gave no map, silently."""
+        """explain()'s `target` as the model's column indices, one per item: None (the class said), one
+        target for all, or one per item; each a label of `classes_` (by its text too: 8 for a class
+        named '8'), or a column of `predict_proba` where the labels are not ints. A label given as a
+        column index ([8] for classes 3, 8) gave no map, silently; an int that is a class and another
+        class's column is refused."""
         n, k = proba.shape
         if target is None:
             return proba.argmax(1)
@@ -261,20 +285,22 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         if len(items) != n:
             raise UserError(f"target: {len(items)} given for {n} item(s); give one per item, or one for all")
         labels = self.classes_.tolist()
-        by_text = {str(c): i for i, c in enumerate(labels)}
-        ints = all(isinstance(c, int) for c in labels)
+        by_text = {str(c).strip(): i for i, c in enumerate(labels)}
+        ints = all(isinstance(c, int) and not isinstance(c, bool) for c in labels)
         out = []
         for t in items:
             t = t.item() if isinstance(t, np.generic) else t
-            if t in labels:
-                out.append(labels.index(t))
-            elif str(t).strip() in by_text and not isinstance(t, (int, float)):
-                out.append(by_text[str(t).strip()])
-            elif isinstance(t, int) and not isinstance(t, bool) and not ints and 0 <= t < k:
-                out.append(t)
-            else:
-                raise UserError(f"target {t!r} is not a class of this model ({', '.join(map(str, labels[:10]))}){'' if ints else ' nor a column index 0-' + str(k - 1)}")
-        return np.asarray(out, dtype=np.int64)
+            label = labels.index(t) if t in labels else by_text.get(str(t).strip())
+            column = t if isinstance(t, int) and not isinstance(t, bool) and not ints and 0 <= t < k else None
+            if label is not None and column is not None and label != column:
+                raise UserError(f"target {t!r} is both the class {labels[label]!r} and column {column} of predict_proba (the class "
+                                f"{labels[column]!r}): give the class as classes_ holds it ({labels[label]!r} or {labels[column]!r})")
+            pick = label if label is not None else column
+            if pick is None:
+                raise UserError(f"target {t!r} is not a class of this model ({', '.join(map(str, labels[:10]))})"
+                                + ("" if ints else f" nor a column index 0-{k - 1}"))
+            out.append(pick)
+        return self._columns[np.asarray(out, dtype=np.int64)] if getattr(self, "_columns", None) is not None else np.asarray(out, dtype=np.int64)
 
     def predict(self, items) -> np.ndarray:
         """The class of each item, an array of `classes_`'s values: its name, or the label as fit(X, y)
@@ -468,7 +494,7 @@ class ImageClassifier(_Classifier):
     _decode = _encode
 
     def explain(self, images, target=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(probabilities, crops, maps): for each image its class probabilities, the image as the
+        """(probabilities, crops, maps): for each image its class probabilities (in `classes_`'s order), the image as the
         model sees it ((n, R, R, 3) uint8 centre crop) and the Grad-CAM map ((n, R, R) in [0, 1]) of
         where it looked for class `target[i]` (a label of `classes_`, or a column index; one target for all, or one per image; default: the class it says): on a CNN's last feature map,
         a vision transformer's patch tokens or Swin's last map. Maps are None for a backbone with
@@ -484,7 +510,7 @@ class ImageClassifier(_Classifier):
         proba = predict_proba(self.model_, x, tf, 64, contextlib.nullcontext).numpy()
         target = self._targets(target, proba)
         crops, maps, _ = explain(self.model_, x, target, self.preprocess_.input_size, tf, "cpu")
-        return proba, crops, maps
+        return self._public(proba), crops, maps
 
 
 class TextClassifier(_Classifier):
@@ -535,7 +561,7 @@ class TextClassifier(_Classifier):
         return self.model_.backbone.tokenize(texts, self.inputs_.max_length)[0]
 
     def explain(self, texts, target=None) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
-        """(probabilities, evidence): for each text its class probabilities and its words, each with
+        """(probabilities, evidence): for each text its class probabilities (in `classes_`'s order) and its words, each with
         p(class) - p(class | the text without that word), toward class `target[i]` (as `ImageClassifier.explain` takes it; default: the
         class it says); positive words pushed toward that class (word occlusion)."""
         import contextlib
@@ -549,4 +575,4 @@ class TextClassifier(_Classifier):
         proba = predict_proba(self.model_, x, tf, 64, contextlib.nullcontext).numpy()
         target = self._targets(target, proba)
         proba_fn = lambda t: predict_proba(self.model_, self._tokens(t), tf, 64, contextlib.nullcontext).numpy()  # noqa: E731
-        return proba, word_evidence(proba_fn, texts, target)
+        return self._public(proba), word_evidence(proba_fn, texts, target)

@@ -433,7 +433,7 @@ def check_pixel_range(a: np.ndarray, where: str) -> None:
                 f"{where}: pixel values from {lo:.3g} to {hi:.3g}. Give images as stored (uint8 0-255, or floats in [0, 1]), "
                 "not normalised: transferkit resizes and normalises them as the model needs"
             )
-        if 5 < hi <= 16 and a.dtype.kind in "iuf" and a.dtype != np.uint8 and np.array_equal(a, np.round(a)):
+        if 5 < hi <= 16 and np.array_equal(a, np.round(a)):  # (signed ints and floats: uint8 is stored pixels, uint16 scaled by 257)
             # one text for every image (a list of 1,797 digits warns once)
             warnings.warn("image pixel values no higher than 16 are read as 0-255 (nearly black); scikit-learn's load_digits "
                           "images run 0-16: scale them first, images * (255 / 16)", UserWarning, stacklevel=2)

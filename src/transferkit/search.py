@@ -245,7 +245,10 @@ def check_space(space: dict[str, Dim], base: RunConfig, *, where: str = "search 
                 raise UserError(f"{where}: {dim.name} {what} {v!r}: {e}") from None
     strategies = _values(space, "strategy", base.strategy.name)
     if not sampled_settings(space, base):  # momentum searched for adamw alone: every trial would be the same
-        raise UserError(f"{where}: nothing to search: every setting that {', '.join(strategies)} uses is fixed (run `transferkit fit` for one configuration)")
+        unread = sorted(d.name for d in space.values() if d.kind != "fixed")
+        raise UserError(f"{where}: nothing to search: every setting that {', '.join(strategies)} uses is fixed"
+                        + (f", and no trial reads {', '.join(unread)} (their optimizer, schedule or head is not one that uses them)" if unread else "")
+                        + " (run `transferkit fit` for one configuration)")
 
 
 def _values(space: dict[str, Dim], name: str, default) -> list:
@@ -1058,16 +1061,22 @@ def _preflight(base: RunConfig, space: dict[str, Dim], num_classes: int) -> None
             raise UserError(f"search space: strategy {s}: {e}") from None
 
 
-def _state_counts(study) -> dict[str, int]:
-    """Trials by state, as the summary says them: Optuna's states in lower case, except that a FAIL
-    without an `error` is "stopped" (the time budget, Ctrl-C or a dead worker cut it off, and it ran
-    again or runs again, its folds carried over): it is not a configuration that failed."""
-    from collections import Counter
-
+def state_name(t) -> str:
+    """A trial's state as the summary and trials.csv say it: Optuna's, in lower case, except a FAIL
+    without an `error`: "stopped" (the time budget, Ctrl-C or a dead worker cut it off; it runs again,
+    its folds carried over), or "surplus" (another worker took the last slot: it never ran). Neither is
+    a configuration that failed."""
     from optuna.trial import TrialState
 
-    return dict(Counter("stopped" if t.state == TrialState.FAIL and "error" not in t.user_attrs else t.state.name.lower()
-                        for t in study.get_trials(deepcopy=False)))
+    if t.state == TrialState.FAIL and "error" not in t.user_attrs:
+        return "surplus" if "surplus" in str(t.user_attrs.get("note", "")) else "stopped"
+    return t.state.name.lower()
+
+
+def _state_counts(study) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(state_name(t) for t in study.get_trials(deepcopy=False)))
 
 
 # ---------------------------------------------------------------------------------------- reporting
@@ -1159,7 +1168,7 @@ def write_trials_csv(study, path: Path, k: int) -> None:
     for t in ts:
         folds = list(t.user_attrs.get("fold_scores", []))
         w.writerow(
-            [t.number, t.state.name, f"{t.value:.6f}" if t.state == TrialState.COMPLETE else ""] + [f"{s:.6f}" for s in folds] + [""] * (k - len(folds))
+            [t.number, state_name(t).upper(), f"{t.value:.6f}" if t.state == TrialState.COMPLETE else ""] + [f"{s:.6f}" for s in folds] + [""] * (k - len(folds))
             + [t.params.get(p, "") for p in pnames]
             + ["" if t.duration is None else f"{t.duration.total_seconds():.2f}", t.user_attrs.get("worker", ""), t.user_attrs.get("note", "")]
         )
