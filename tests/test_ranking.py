@@ -380,3 +380,20 @@ def test_auto_model_without_its_table_still_says_the_ranking_s_notes(monkeypatch
     R.auto_model(replace(RunConfig(), model="auto", candidates="a,random:a"), Console(file=buf, width=300), show_table=False)
     said = buf.getvalue()
     assert "see the warning" in said and "warning: the random control(s) random:a did not rank last" in said
+
+
+def test_a_tie_is_broken_by_the_other_scores_and_said():
+    """QA AM: two candidates with kNN accuracy 0.9 each: the first given was picked and said to have
+    "the highest" score, though LogME favoured the other."""
+    from transferkit.ranking import ModelScores, Ranking, order_rows
+
+    row = lambda name, k, lm: ModelScores(name, {"knn": k, "logme": lm}, 8, False, 0.0, {}, False)  # noqa: E731
+    rows = order_rows([row("lite0", 0.9, -0.30), row("lite1", 0.9, -0.25), row("convnet", 0.5, 0.1)], "knn", ["logme"])
+    assert [r.name for r in rows] == ["lite1", "lite0", "convnet"]
+    r = Ranking("d", "knn", rows, 40, ["x", "y"], 0, 0, tie_break=["logme"])
+    assert r.best == "lite1" and r.reason() == ("lite1 ties with lite0 on kNN acc (0.9000) on the 40 training examples; "
+                                                "LogME puts it ahead (-0.2500 against -0.3000)")
+    same = order_rows([row("a", 0.9, -0.3), row("b", 0.9, -0.3)], "knn", ["logme"])
+    assert [r.name for r in same] == ["a", "b"]
+    assert Ranking("d", "knn", same, 40, ["x", "y"], 0, 0, tie_break=["logme"]).reason().endswith("they tie on every score, so the first given is picked")
+    assert "has the highest kNN acc (0.9000)" in Ranking("d", "knn", rows[1:], 40, ["x", "y"], 0, 0).reason()  # no tie: as before

@@ -468,9 +468,12 @@ def test_lr_find_cli_writes_plot_and_prints_suggestion(tiny, tmp_path, capsys):
     # lp_ft's sweep starts from the head a probe trains for --lp-epochs: not said to be ignored (it was)
     main(["lr-find", *_flags(tiny), "--strategy", "lp_ft", "--lp-epochs", "2", "--batch-size", "8", "--steps", "10", "--out", str(tmp_path / "lp")])
     assert "ignores --lp-epochs" not in capsys.readouterr().err
-    rc = main(["lr-find", *_flags(tiny), "--strategy", "full", "--batch-size", "8", "--steps", "30", "--out", str(tmp_path)])
+    rc = main(["lr-find", *_flags(tiny), "--strategy", "full", "--batch-size", "8", "--steps", "30", "--lr", "0.05", "--out", str(tmp_path)])
     assert rc == 0
-    printed = capsys.readouterr().out
+    cap = capsys.readouterr()
+    printed, err = cap.out, " ".join(cap.err.split())
+    # QA AM: --lr, which the sweep replaces, was ignored without a word; and a coarse sweep's rough suggestion is said
+    assert "lr-find sweeps --steps steps and ignores --lr" in err and "with 30 steps the rate grows x1.9 a step: the curve is coarse" in err
     assert "suggested lr:" in printed and (tmp_path / "lr_find.png").stat().st_size > 1000
     res = json.loads((tmp_path / "lr_find.json").read_text())
     assert 1e-7 <= res["suggestion"] <= 10 and f"{res['suggestion']:.2e}" in printed

@@ -671,8 +671,10 @@ def cmd_lr_find(args) -> int:
     reads_epochs = {"epochs"} if cfg.strategy.name == "gradual" else set()  # how many groups gradual unfreezes
     if cfg.strategy.name == "lp_ft":  # its sweep starts from the head a probe trains first, for lp_epochs with patience
         reads_epochs |= {"lp_epochs", "patience"}
-    ignored = sorted((_given_settings(args, with_config=True) - noted - reads_epochs) & {"epochs", "lp_epochs", "patience", "schedule", "warmup_epochs", "min_lr_ratio", "step_size", "gamma",
-                                              "milestones", "decay_rate", "decay_steps", "staircase", "ema", "test_fraction"})
+    # the sweep sets the rate: --lr is read only by lp_ft's probe and by layer_lr_min's ramp
+    swept_lr = {"lr"} if cfg.strategy.name != "lp_ft" and cfg.strategy.layer_lr_min is None else set()
+    ignored = sorted((_given_settings(args, with_config=True) - noted - reads_epochs) & ({"epochs", "lp_epochs", "patience", "schedule", "warmup_epochs", "min_lr_ratio", "step_size", "gamma",
+                                              "milestones", "decay_rate", "decay_steps", "staircase", "ema", "test_fraction"} | swept_lr))
     if ignored:
         flags = _given_settings(args)
         print(f"transferkit: note: lr-find sweeps --steps steps and ignores {', '.join(_flag_of(n) if n in flags else f'{n} (in {args.config})' for n in ignored)}",

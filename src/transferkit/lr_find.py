@@ -200,7 +200,13 @@ def lr_find(
     sm_f = smooth_centred([raw[i] for i in finite], window or max(3, 2 * (steps // 20) + 1)).tolist()
     steepest, min_div10 = suggest(lrs_f, sm_f)
     notes = []
-    if not stopped:
+    per_step = (end_lr / start_lr) ** (1 / max(1, steps - 1))
+    if steps < 50:  # 10 steps from 1e-7 to 10 move the rate x6 a step: a noisy step's rate was suggested
+        notes.append(f"with {steps} steps the rate grows x{per_step:.2g} a step: the curve is coarse and the suggestion rough; "
+                     "--steps 100 (the default) or more gives a finer one")
+    if not stopped and raw and min(raw) > 0 and raw[-1] > 4 * min(raw):  # its last step only: the rule waits for 3
+        notes.append(f"the loss rose to {raw[-1]:.3g} at the sweep's last step ({min(raw):.3g} at its lowest): it was starting to diverge")
+    elif not stopped:
         notes.append(f"the loss did not diverge up to {end_lr:g}: the suggestion may be conservative")
     raw_f = [raw[i] for i in finite]
     if never_fell(sm_f, raw_f):

@@ -416,6 +416,7 @@ class Ranking:
     wall_s: float
     notes: list[str] = field(default_factory=list)
     controls: list[str] = field(default_factory=list)  # random controls: a yardstick, never the recommendation
+    tie_break: list[str] = field(default_factory=list)  # the scores that order candidates tied on `score`, in turn
 
     @property
     def best(self) -> str:
@@ -433,6 +434,12 @@ class Ranking:
         if first.name in self.controls:  # every candidate is one: what it trains transfers nothing
             return (f"every candidate is a random control (no pretrained weights): {first.name} has the highest {label} "
                     f"({first.scores[self.score]:.4f}), but a control transfers nothing; add pretrained candidates")
+        if not above and after and after[0].scores[self.score] == first.scores[self.score]:  # said as a tie, not as a win
+            nxt = after[0]
+            broke = next((s for s in self.tie_break if None not in (first.scores.get(s), nxt.scores.get(s)) and first.scores[s] != nxt.scores[s]), None)
+            how = (f"{SCORES.get(broke).label} puts it ahead ({first.scores[broke]:.4f} against {nxt.scores[broke]:.4f})" if broke
+                   else "they tie on every score, so the first given is picked")
+            return (f"{first.name} ties with {nxt.name} on {label} ({first.scores[self.score]:.4f}) on the {self.n_train} training examples; {how}")
         if not above:
             return (f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates "
                     f"on the {self.n_train} training examples; next is {after[0].name} ({after[0].scores[self.score]:.4f})")
@@ -709,7 +716,8 @@ def rank_models(
         if all(need[n] != key for n in names[i + 1 :]):
             del decoded[key]
 
-    rows.sort(key=lambda r: -r.scores[score])  # stable: ties keep the order the candidates were given in
+    others = [s for s in wanted if s != score]
+    rows = order_rows(rows, score, others)
     notes = []
     if too_few:
         notes.append(f"note: {', '.join(sorted(too_few))} left out: cross-validated scores need at least 2 training examples in every class")
@@ -722,7 +730,14 @@ def rank_models(
             f"note: H-score nears its ceiling of {len(splits.classes) - 1} (classes - 1) for models with nearly as many feature dimensions as "
             f"training examples, or more ({'/'.join(map(str, dims))} against {len(train)}), shrinkage or not; compare those by LogME instead"
         )
-    return Ranking(splits.source, score, rows, len(train), splits.classes, round(decode_s, 3), round(time.perf_counter() - t_start, 3), notes, controls)
+    return Ranking(splits.source, score, rows, len(train), splits.classes, round(decode_s, 3), round(time.perf_counter() - t_start, 3), notes, controls, others)
+
+
+def order_rows(rows: list[ModelScores], score: str, tie_break: list[str]) -> list[ModelScores]:
+    """Best first by `score`; a tie on it (kNN accuracy 0.9 and 0.9, one model under two names) is
+    broken by the `tie_break` scores in turn, and a tie on all keeps the order the candidates were
+    given in (stable). The first given was picked, and said to have "the highest" score."""
+    return sorted(rows, key=lambda r: (-r.scores[score], *(-r.scores[s] if r.scores.get(s) is not None else math.inf for s in tie_break)))
 
 
 def _features(backbone, images, size: int, *, device: str, batch_size: int, precision: str = "no", autocast=None):
