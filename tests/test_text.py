@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_text_csv, tiny_text_args
+from conftest import make_folder, make_text_csv, tiny_text_args
 from transferkit.errors import UserError
 
 TK = [sys.executable, "-m", "transferkit.cli"]
@@ -355,6 +355,9 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     for cmd in (["predict", out, lines], ["evaluate", out, "--data", p]):  # an image option on a text model: said, not ignored
         r = run_cli(*cmd, "--skip-bad-images")
         assert r.returncode == 2 and "is a text model: --skip-bad-images is for image models" in r.stderr
+    imgs = make_folder(tmp_path / "imgs", n=2)  # QA AM: "no test, val or dev file" for an image folder given to a text run
+    r = run_cli("evaluate", out, "--data", imgs)
+    assert r.returncode == 2 and "holds images, and this run is a text model" in r.stderr, r.stderr
     for bad in (tmp_path, tmp_path / "missing" / "p.csv"):  # refused before predicting, not after
         r = run_cli("predict", out, lines, "--out", bad)
         assert r.returncode == 2 and "give a CSV (or .json) file to write in an existing folder" in r.stderr and "Traceback" not in r.stderr

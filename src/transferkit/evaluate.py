@@ -46,6 +46,11 @@ def text_eval_set(spec: str, classes: list[str], cfg: RunConfig):
     if p.is_dir():
         f = _text_eval_file(p)
         if f is None:
+            from .data import image_files
+
+            if next(iter(image_files(p)), None) is not None:  # a text run given an image folder
+                raise UserError(f"{p} holds images, and this run is a text model: evaluate it on labelled texts (a CSV/TSV, or a folder with "
+                                "test/val/dev files of them)")
             raise UserError(f"{p}: no test, val or dev file (.tsv / .csv) to evaluate on")
     else:
         f = p
