@@ -246,9 +246,10 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
 
     def __setstate__(self, state: dict) -> None:
         """A classifier pickled before settings became private (`_settings`) loads as it was."""
+        state = dict(state)
         if "settings" in state and "_settings" not in state:
             state["_settings"] = state.pop("settings")
-        self.__dict__.update(state)
+        super().__setstate__(state)  # scikit-learn's: its version check
         if "class_names_" not in state and isinstance(state.get("classes_"), list):  # classes_ was the names, as text
             self.class_names_ = state["classes_"]
             self.classes_ = self._classes_array()
