@@ -629,3 +629,29 @@ def test_the_plan_leaves_out_a_regulariser_the_strategy_does_not_use(tmp_path, c
     out = " ".join(out.split())
     assert rc == 0 and "--l2sp-alpha is not used by --strategy linear_probe" in err
     assert "regularisation / clipping: l2=0.01" in out and "l2sp_alpha=0.1" not in out
+
+
+def test_the_api_says_its_settings_as_keyword_arguments_not_flags(tmp_path, capsys, tiny_ckpt):
+    """A Python user was told "--test-fraction 0.9 and --val-fraction 0.5 together leave no training
+    data" and "--strategy full": flags of a command line they never ran."""
+    from transferkit import ImageClassifier
+    from transferkit.api import python_words
+
+    said = {
+        "--lora-r 4096 is not low rank: use a rank below 384, or --strategy full to train the whole layer":
+            "lora_r=4096 is not low rank: use a rank below 384, or strategy='full' to train the whole layer",
+        "--model minilm_l6 is not a run (use --model run:DIR, or --baseline scratch)": "model='minilm_l6' is not a run (use model='run:DIR', or baseline='scratch')",
+        "pass --skip-bad-images (skip_bad_images=True in Python) to leave them out": "pass skip_bad_images=True to leave them out",
+        "give more --epochs or a smaller --unfreeze-every; --class-weight balanced.": "give more epochs or a smaller unfreeze_every; class_weight='balanced'.",
+        "lower --lr (try 1e-05), or clip the gradients (--clip-norm 1)": "lower lr (try 1e-05), or clip the gradients (clip_norm=1)",
+        "continue with: transferkit fit --resume runs/x": "continue with: transferkit fit --resume runs/x",  # a command to run, kept
+        "(`transferkit fit --resume OUT` reads it) --resume": "(`transferkit fit --resume OUT` reads it) --resume",  # no such keyword
+    }
+    for flags, words in said.items():
+        assert python_words(flags) == words
+    cfg = dict(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16, batch_size=4, strategy="linear_probe")
+    with pytest.raises(UserError, match=r"^test_fraction=0.9 and val_fraction=0.5 together leave no training data") as e:
+        ImageClassifier(**cfg, test_fraction=0.9, val_fraction=0.5).fit(str(make_folder(tmp_path / "d", n=6)))
+    assert "--" not in str(e.value)
+    rc = main(["fit", "--data", str(tmp_path / "d"), *tiny_args(tiny_ckpt), "--test-fraction", "0.9", "--val-fraction", "0.5", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "--test-fraction 0.9 and --val-fraction 0.5 together" in capsys.readouterr().err  # the command line keeps its flags

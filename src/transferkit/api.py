@@ -27,6 +27,73 @@ from sklearn.exceptions import NotFittedError
 CACHE_FROM_IMAGES = 32  # predict and explain keep decoded images in the cache from this many (a folder, evaluated again)
 
 
+# Words that a CLI flag takes as its value in a message ("--class-weight balanced"), said in Python
+# as a string; any other word after a flag is the sentence going on ("--epochs or a smaller ...").
+_VALUE_WORDS = {"mean", "cls", "last", "linear", "mlp", "auto", "frozen", "trainable", "all", "bf16", "fp16", "fp32", "no",
+                "accuracy", "macro_f1", "loss", "none", "balanced", "shuffle", "scratch", "base", "temperature",
+                "full", "partial", "gradual", "lp_ft", "linear_probe", "lora", "sgd", "adam", "adamw", "cosine", "step",
+                "exponential", "constant", "onecycle"}
+_CALLS = {"out", "overwrite", "data", "quiet", "mistakes_csv", "skip_bad_images"}  # arguments of fit/evaluate/predict, not settings
+
+
+def python_words(message: str) -> str:
+    """A message of the shared code, which names the command line's flags, said in the Python API's
+    words: `--val-fraction 0.5` as `val_fraction=0.5`, `--class-weight balanced` as
+    `class_weight='balanced'`, a switch (`--grad-checkpointing`) as `=True`, a bare `--epochs` as
+    `epochs`. A command quoted whole (`transferkit fit --resume RUN`, or anything in backticks) is
+    left as it is: it is one to run in a shell. A flag no keyword argument takes is left too."""
+    import re
+    from dataclasses import fields
+
+    kinds = {f"{sec.name}.{f.name}": str(f.type) for sec in fields(RunConfig) for f in fields(sec.default_factory)}  # type: ignore[misc]
+
+    def said(word: str, name: str, kind: str) -> str:  # word: what the flag took, or the next word of the sentence
+        if kind.startswith("bool"):
+            return f"{name}=True" + (f" {word}" if word else "")
+        if not word:
+            return name
+        if re.fullmatch(r"-?\d[\d.]*(e-?\d+)?", word) and ("int" in kind or "float" in kind or "list" in kind) or re.fullmatch(r"'[^']*'", word):
+            return f"{name}={word}"
+        if "str" in kind and (word in _VALUE_WORDS or re.fullmatch(r"(run|dir|hf|file|timm|tv):\S+|[\w.,-]*\d[\w.,-]*", word)):
+            return f"{name}={word!r}"
+        return f"{name} {word}"
+
+    def one(m: re.Match) -> str:
+        name, word = m.group(1).replace("-", "_"), m.group(2) or ""
+        if name not in FLAT and name not in _CALLS:
+            return m.group(0)
+        kind = kinds.get(FLAT.get(name, ""), "bool" if name in ("overwrite", "quiet", "skip_bad_images") else "str")
+        tail = word[len(word.rstrip(".,:")):]  # the sentence's punctuation, not the value's
+        return said(word[: len(word) - len(tail)], name, kind) + tail
+
+    def flags(text: str) -> str:
+        return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)(?: (?!--)([^\s;()]+))?", one, text)
+
+    message = re.sub(r" \((\w+=[^()]*) in Python\)", "", message)  # "--overwrite (overwrite=True in Python)": said once
+    out, last = [], 0
+    for keep in re.finditer(r"`[^`]*`|transferkit [a-z][\w-]*[^;)\n]*", message):  # commands to run, kept as they are
+        out += [flags(message[last:keep.start()]), keep.group(0)]
+        last = keep.end()
+    return "".join(out) + flags(message[last:])
+
+
+def _python_words(method):
+    """A UserError raised inside `method` says its flags in Python words (python_words), keeping its
+    type and traceback."""
+    import functools
+
+    @functools.wraps(method)
+    def said_in_python(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except UserError as e:
+            if e.args and isinstance(e.args[0], str):
+                e.args = (python_words(e.args[0]), *e.args[1:])
+            raise
+
+    return said_in_python
+
+
 class NotFitted(UserError, NotFittedError):
     """predict (and the rest) before fit: a UserError for the command line, scikit-learn's
     NotFittedError for code that catches that."""
@@ -75,6 +142,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
                 raise UserError(f"unknown setting {k!r}{did_you_mean(k, FLAT)}")
         return self
 
+    @_python_words
     def score(self, X, y, sample_weight=None) -> float:
         """The accuracy of predict(X) against y (scikit-learn's classifier score), weighted by
         `sample_weight` when given."""
@@ -104,6 +172,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
     def get_config(self, data: str | None = None) -> RunConfig:
         return replace(RunConfig(), model=self.model_name, strategy=self.strategy, data=data, **self.settings)
 
+    @_python_words
     def fit(self, data, y=None, *, out: str | Path | None = None, overwrite: bool = False, quiet: bool = True):
         """`data`: a folder, a CSV/TSV or `digits`, as `transferkit fit --data` takes; or examples with
         their labels `y` (scikit-learn's fit(X, y)): texts for a TextClassifier, images (paths, PIL
@@ -146,7 +215,8 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             import warnings
 
             for note in r.warnings:
-                warnings.warn(note if examples is None else note.replace(str(data), "the examples given to fit(X, y)"), UserWarning, stacklevel=2)
+                note = python_words(note if examples is None else note.replace(str(data), "the examples given to fit(X, y)"))
+                warnings.warn(note, UserWarning, stacklevel=2)
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
         self.train_fingerprints_ = {f for f in r.train_fingerprints if f}
@@ -261,6 +331,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
     def _encode(self, items) -> tuple:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @_python_words
     def predict_proba(self, items) -> np.ndarray:
         """One row of class probabilities per item, in `classes_`'s order; a folder's images come in
         sorted path order (`transferkit.data.image_files(folder)` lists them so)."""
@@ -309,6 +380,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         columns = self.predict_proba(items).argmax(1)  # (first: before fit, it says so)
         return self.classes_[columns]
 
+    @_python_words
     def evaluate(self, data: str, *, mistakes_csv: str | Path | None = None, skip_bad_images: bool = False) -> dict:
         """Metrics on labelled data: its test split if it has one, else val, else all of it (on the
         data the model was fitted on: its held-out test split, or its validation split). The wrong
@@ -323,6 +395,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
                             "for examples in memory, score(X, y) gives the accuracy")
         return evaluate_model(self, str(data), mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images)
 
+    @_python_words
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         from .fit import model_meta, write_fingerprints, write_model
         from .rundir import RunDir
@@ -339,6 +412,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         rd.finalize()
         return rd.path
 
+    @_python_words
     def export(self, out: str | Path, *, data: str | None = None, overwrite: bool = False) -> dict:
         """Write an ONNX model that does its own preprocessing to the folder `out`, checked against
         PyTorch with onnxruntime (and on labelled `data` if given); returns what export.json says."""
@@ -348,6 +422,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         return export_classifier(self, out, overwrite=overwrite, data=data, run=str(self.run_dir_) if getattr(self, "run_dir_", None) else None)
 
     @classmethod
+    @_python_words
     def load(cls, path: str | Path):
         """A finished run directory; returns an ImageClassifier or a TextClassifier, as the run is."""
         import yaml
@@ -494,6 +569,7 @@ class ImageClassifier(_Classifier):
 
     _decode = _encode
 
+    @_python_words
     def explain(self, images, target=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(probabilities, crops, maps): for each image its class probabilities (in `classes_`'s order), the image as the
         model sees it ((n, R, R, 3) uint8 centre crop) and the Grad-CAM map ((n, R, R) in [0, 1]) of
@@ -561,6 +637,7 @@ class TextClassifier(_Classifier):
         `_encode` refuses as a user's input."""
         return self.model_.backbone.tokenize(texts, self.inputs_.max_length)[0]
 
+    @_python_words
     def explain(self, texts, target=None) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
         """(probabilities, evidence): for each text its class probabilities (in `classes_`'s order) and its words, each with
         p(class) - p(class | the text without that word), toward class `target[i]` (as `ImageClassifier.explain` takes it; default: the
