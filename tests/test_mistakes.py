@@ -304,3 +304,22 @@ def test_text_run_lists_its_mistakes(tmp_path, tiny_bert):
     proba, ev = TextClassifier.load(out).explain(["the plot was awful", "awful"])
     shown = [float(t) for t in re.findall(r"<span title='([^']+)'", page)]
     assert [d for _, d in ev[0] + ev[1]] == pytest.approx(shown[2:], abs=1e-3)  # the same weights as predict --explain
+
+
+def test_images_given_in_memory_are_named_by_their_place_in_x(tmp_path, tiny_ckpt):
+    """fit(X, y, out=...) with arrays: mistakes.csv and metrics.json named each wrong image by a
+    temporary PNG file deleted when fit returned (/tmp/transferkit-data-.../images/000093.png)."""
+    from transferkit import ImageClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8)
+    y = np.array([3, 7] * 12)
+    clf = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16, batch_size=4, strategy="linear_probe", lp_epochs=1)
+    clf.fit(X, y, out=tmp_path / "r")
+    rows = list(csv.DictReader(open(tmp_path / "r" / "mistakes.csv")))
+    assert rows, "random images and labels: some validation image is wrong"
+    for r in rows:
+        i = int(re.fullmatch(r"X\[(\d+)\]", r["source"]).group(1))
+        assert r["true"] == str(y[i])  # the name points at the example
+    assert "transferkit-data-" not in (tmp_path / "r" / "metrics.json").read_text()
+    assert [m["source"] for m in clf.metrics_["mistakes"]["most_confident"]] == [r["source"] for r in rows][:10]

@@ -201,7 +201,8 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             # images in memory, copied to temporary PNG files read once: their decoded copies are not cached
             with decoded_cache(examples is None or not (examples / "images").is_dir()):
                 r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet), label_values=values,
-                        data_name=None if examples is None else f"the {len(labels_given)} examples given to fit(X, y)")
+                        data_name=None if examples is None else f"the {len(labels_given)} examples given to fit(X, y)",
+                        source_name=None if examples is None else _source_name(examples / "images"))
             finished = True
         except UserError as e:
             if examples is None or str(data) not in str(e):
@@ -455,6 +456,18 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         out.run_dir_ = Path(path)
         out.train_fingerprints_, out.val_fingerprints_ = load_fingerprints(path)
         return out
+
+
+def _source_name(images: Path):
+    """fit(X, y)'s image in memory, written to images/000017.png of the temporary folder (gone once fit
+    returns), said as X[17]; a file given by its path keeps it."""
+    import re
+
+    def name(source):
+        m = re.fullmatch(re.escape(str(images)) + r"[/\\](\d+)\.png", str(source))
+        return f"X[{int(m.group(1))}]" if m else source
+
+    return name
 
 
 def _label_values(labels: list) -> dict:

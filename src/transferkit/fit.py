@@ -97,7 +97,7 @@ def resolve_precision(precision: str, *, cpu: bool = False) -> str:
 
 def fit(
     cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None, should_abort=None,
-    splits: DataSplits | None = None, on_epoch=None, label_values: dict | None = None, data_name: str | None = None,
+    splits: DataSplits | None = None, on_epoch=None, label_values: dict | None = None, data_name: str | None = None, source_name=None,
 ) -> FitResult:
     """Fine-tune `cfg.model.name` on `cfg.data.path` as `cfg.strategy.name` says; write `out` if given.
 
@@ -109,7 +109,9 @@ def fit(
     `cfg.data.path` (cross-validation folds, for example); `on_epoch(row)` sees every epoch's
     validation scores. `label_values` (the Python API's fit(X, y)): each class name's label as y gave
     it, kept in model.json so that a loaded model predicts y's own values; `data_name`: what the
-    plan, report.html and data.json call the data (fit(X, y)'s temporary CSV is gone when they are read).
+    plan, report.html and data.json call the data (fit(X, y)'s temporary CSV is gone when they are read);
+    `source_name(source)`: what mistakes.csv, metrics.json and the report call an example (fit(X, y)'s
+    images in memory, read from temporary PNG files, as X[i]).
     """
     cfg.validate()
     if resume and out is None:
@@ -411,7 +413,8 @@ def fit(
         metrics["groups"] = group_metrics(splits.val.labels, val_proba, splits.val.groups, splits.classes)
     from .mistakes import Mistakes, add_text_evidence, image_mistakes, summary, top_mistakes
 
-    wrong = top_mistakes(splits.val.labels, val_proba, splits.classes, splits.val.sources, getattr(splits.val, "rows", None))
+    sources = splits.val.sources if source_name is None or splits.val.sources is None else [source_name(s) for s in splits.val.sources]
+    wrong = top_mistakes(splits.val.labels, val_proba, splits.classes, sources, getattr(splits.val, "rows", None))
     mistakes = Mistakes(wrong)
     if rundir is not None and inputs.modality == "image":  # thumbnails and Grad-CAM maps: for the run's report
         # Grad-CAM keeps a forward's activations for its backward, as a training step: as many images
