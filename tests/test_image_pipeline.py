@@ -379,3 +379,21 @@ def test_the_text_baseline_is_not_the_majority_class_on_imbalanced_data():
     test, yt = make(50, ham_w) + make(50, spam_w), np.array([0] * 50 + [1] * 50)
     pred = tfidf_logreg(train, y, test).argmax(1)
     assert (pred[yt == 1] == 1).mean() > 0.4 and (pred == yt).mean() > 0.7
+
+
+def test_predict_reads_image_paths_piped_in(tiny_folder, tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """`ls photos/*.png | transferkit predict RUN -`: one path a line, as if given one by one."""
+    import sys
+
+    from conftest import tiny_args
+
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(tiny_folder), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "1", "--out", str(run)]) == 0
+    images = sorted(str(p) for p in tiny_folder.rglob("*.png"))[:5]
+    capsys.readouterr()
+    assert main(["predict", str(run), *images[:3], "--out", str(tmp_path / "a.csv")]) == 0
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(("\n".join(images[1:3]) + "\n\n").encode())))
+    assert main(["predict", str(run), images[0], "-", "--out", str(tmp_path / "b.csv")]) == 0
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)  # nothing piped: said, not a wait for the keyboard
+    assert main(["predict", str(run), "-"]) == 2 and "standard input, which is a terminal" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 dynamic padding, the feature cache, save/load, and the packaged MiniLM against sentence-transformers."""
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -328,6 +329,10 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
         assert len(clf.predict_proba(str(listed))) == 1
     r = run_cli("predict", out, "--text", "good film", "--text", "awful")
     assert r.returncode == 0 and r.stdout.splitlines()[0] == "file,row,text,label,p_neg,p_pos" and len(r.stdout.splitlines()) == 3
+    # texts piped in (-), one a line, blank lines left out as in a file, named "-" and their line
+    r = subprocess.run(TK + ["predict", str(out), "-", "--text", "awful"], input="good film\n\nthe plot was awful\n", capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert [r_[:3] for r_ in csv.reader(io.StringIO(r.stdout))][1:] == [["--text", "1", "awful"], ["-", "1", "good film"], ["-", "3", "the plot was awful"]]
     # each prediction says where its text came from (a text file's line, a CSV's record), whole
     lines = tmp_path / "texts.txt"
     long = "the plot was awful " * 10

@@ -376,6 +376,13 @@ def cmd_predict(args) -> int:
 
         session = load_export(args.run_dir, args.onnx or None)
         proba_of = lambda c, x: onnx_predict_proba(session, c, x)  # noqa: E731
+    if args.inputs.count("-") > 1:
+        raise UserError("predict: - (standard input) given more than once")
+    stdin = _read_stdin() if "-" in args.inputs else None
+    if stdin is not None and clf.inputs_.modality == "image":  # `ls photos/*.jpg | transferkit predict RUN -`: one path a line
+        at = args.inputs.index("-")
+        args.inputs[at:at + 1] = [line.strip() for line in stdin.decode("utf-8", "replace").splitlines() if line.strip()]
+        stdin = None
     args.inputs = _expand_patterns(args.inputs)
     if args.out is not None:  # QA AM: `--out photo.jpg` replaced the photo being predicted with CSV text
         target = Path(args.out).resolve()
@@ -389,6 +396,11 @@ def cmd_predict(args) -> int:
         where = [("--text", i) for i in range(1, len(args.text or []) + 1)]  # (file, row) of each text, to join the output back
         texts = list(args.text or [])
         for item in args.inputs:
+            if item == "-":  # texts piped in, one a line, read as a text file is
+                rows = _stdin_rows(stdin, args.encoding)
+                where += [("-", i) for i, _ in rows]
+                texts += [t for _, t in rows]
+                continue
             if Path(item).is_dir():
                 raise UserError(f"{item} is a folder: a text model's predict takes files of texts (one per line, or a CSV/TSV with a text column)")
             if not Path(item).is_file():
@@ -487,6 +499,32 @@ def _say_cut(n: int, total: int, max_length: int) -> None:
     """Texts longer than the run's max_length are cut, as in training: said, as fit says its own."""
     print(f"note: {n} of {total} texts are longer than the run's {max_length} tokens and were cut there, as in training "
           "(the model sees their beginnings)", file=sys.stderr)
+
+
+def _read_stdin() -> bytes:
+    """What `predict RUN -` reads: texts (a text model) or image paths, one a line, piped in."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError("- reads texts or image paths, one a line, from standard input, which is a terminal here: pipe them in "
+                        "(ls photos/*.jpg | transferkit predict RUN -)")
+    return sys.stdin.buffer.read()
+
+
+def _stdin_rows(data: bytes, encoding: str) -> list[tuple[int, str]]:
+    """Texts piped to predict, one a line, read as a text file of them is (its encodings, its blank
+    lines left out), through a temporary .txt file removed at once; a mistake names standard input."""
+    import tempfile
+
+    from .text_data import read_text_rows
+
+    fd, name = tempfile.mkstemp(prefix="transferkit-stdin-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return read_text_rows(name, encoding=encoding)
+    except UserError as e:
+        raise UserError(str(e).replace(name, "standard input (-)")) from None
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def _expand_patterns(items: list[str]) -> list[str]:
@@ -850,7 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict labels and class probabilities for images or texts")
     p.add_argument("run_dir")
-    p.add_argument("inputs", nargs="*", help="image files or folders; for a text model, files of texts (one per line, or a CSV/TSV with a text column)")
+    p.add_argument("inputs", nargs="*", help="image files or folders; for a text model, files of texts (one per line, or a CSV/TSV with a text column); - reads texts, or image paths, one a line, from standard input")
     p.add_argument("--text", action="append", help="a text to classify (text models; repeatable)")
     p.add_argument("--text-column", help="text models, CSV/TSV inputs: the column holding the text (default: the run's, else detected)")
     p.add_argument("--encoding", type=_encoding, default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
