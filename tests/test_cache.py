@@ -148,3 +148,23 @@ def test_a_cache_folder_that_is_a_file_is_named(tmp_path, monkeypatch, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"the cache folder {afile} is a file (TRANSFERKIT_CACHE_DIR)" in err and "Traceback" not in err
+
+
+def test_the_cache_command_says_what_each_entry_holds(own_cache, tmp_path, capsys, tiny_ckpt):
+    """`transferkit cache` gave counts and sizes by kind only: which entry was which data or model
+    could not be told, so nothing could be cleared but all of it."""
+    from transferkit.backbones import create_backbone
+    from transferkit.features import cached_features
+
+    a, _, _ = _sets(tmp_path)
+    decode_images(a, 16)
+    bb = create_backbone(f"file:{tiny_ckpt}", arch="cifar_resnet20")
+    cached_features(bb, torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8), 16)
+    _entry(own_cache, "features", "older", 500, age_s=3 * 86400)  # an entry written before entries said what they hold
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(a)} images at 16 px, of {os.path.commonpath([str(p) for p in a.sources])}" in out
+    assert f"features of 5 images, file:{tiny_ckpt} at 16 px" in out and "contents not recorded" in out
+    assert main(["cache", "--json"]) == 0
+    holds = {e["kind"] + ":" + e["holds"].split(",")[0] for e in json.loads(capsys.readouterr().out)["entries"]}
+    assert holds == {"features:", "features:features of 5 images", f"images:{len(a)} images at 16 px"}

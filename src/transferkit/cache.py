@@ -88,6 +88,29 @@ def entries() -> list[Entry]:
     return sorted(found.values(), key=lambda e: e.last_used)
 
 
+def describe(e: Entry) -> str:
+    """What an entry holds, as its own files say: decoded images (how many, of which folder, at what
+    size) or features (of which model, input size, precision and how many inputs); "" for an entry
+    written before they said it, or one that cannot be read."""
+    import json
+
+    try:
+        if e.kind == "images":
+            meta = next((f for f in e.files if f.suffix == ".json"), None)
+            info = json.loads(meta.read_text()) if meta else {}
+            n, _, size, _ = info["shape"]
+            return f"{n} image{'s' * (n != 1)} at {size} px" + (f", of {info['where']}" if info.get("where") else "")
+        from safetensors import safe_open
+
+        with safe_open(str(e.files[0]), "pt") as f:
+            ident, rows = json.loads((f.metadata() or {})["ident"]), f.get_slice("digests").get_shape()[0]
+        unit = f"max_length {ident['input_size']}" if ident.get("texts") else f"{ident['input_size']} px"
+        return f"features of {rows} {'text' if ident.get('texts') else 'image'}{'s' * (rows != 1)}, {ident['model'] or 'a model'} at {unit}" + (
+            f", {ident['precision']}" if ident.get("precision") not in (None, "no") else "")
+    except Exception:  # an entry written before entries said what they hold, or a damaged one: nothing to say
+        return ""
+
+
 def stale_temporaries() -> list[Path]:
     """Temporary files older than STALE_TMP_S: left by writers that died (a younger one may be a write
     in progress)."""

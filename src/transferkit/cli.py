@@ -779,6 +779,9 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+SHOWN_ENTRIES = 10  # `transferkit cache` lists this many entries; --json all
+
+
 def cmd_cache(args) -> int:
     import time
 
@@ -797,7 +800,7 @@ def cmd_cache(args) -> int:
         "kinds": {k: {"entries": sum(e.kind == k for e in es), "bytes": sum(e.bytes for e in es if e.kind == k)} for k in cache.KINDS},
     }
     if args.json:
-        summary["entries"] = [{"kind": e.kind, "key": e.key, "bytes": e.bytes, "last_used": e.last_used} for e in es]
+        summary["entries"] = [{"kind": e.kind, "key": e.key, "bytes": e.bytes, "last_used": e.last_used, "holds": cache.describe(e)} for e in es]
         print(json.dumps(summary, indent=2))
         return 0
     total = sum(e.bytes for e in es)
@@ -805,8 +808,15 @@ def cmd_cache(args) -> int:
     for k, v in summary["kinds"].items():
         print(f"  {k:<9} {v['entries']:>4} entries  {_size(v['bytes']):>9}")
     if es:
-        age = lambda t: f"{(time.time() - t) / 86400:.1f} days ago"  # noqa: E731
+        def age(t: float) -> str:
+            s = max(0.0, time.time() - t)
+            return f"{s / 60:.0f} min ago" if s < 3600 else f"{s / 3600:.1f} h ago" if s < 2 * 86400 else f"{s / 86400:.1f} days ago"
+
         print(f"least recently used {age(es[0].last_used)}, most recently {age(es[-1].last_used)}")
+        shown = es[::-1][:SHOWN_ENTRIES]
+        print(f"{'the most recently used ' + str(len(shown)) if len(es) > len(shown) else 'entries'}, newest first{' (--json lists all)' if len(es) > len(shown) else ''}:")
+        for e in shown:  # what each holds, so that one can tell which to clear
+            print(f"  {e.kind:<9} {_size(e.bytes):>9}  used {age(e.last_used):<13} {cache.describe(e) or '(written by an older transferkit: contents not recorded)'}")
     print("everything here is rebuilt when needed: `transferkit cache --clear all` frees it")
     return 0
 

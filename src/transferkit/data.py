@@ -584,7 +584,8 @@ def _decoded_file(s: ImageSet, size: int, interpolation: str, progress):
         os.replace(tmp, data)
         from .rundir import atomic_write_bytes
 
-        atomic_write_bytes(meta, json.dumps({"shape": list(shape), "errors": errors}).encode())
+        where = os.path.commonpath([os.path.abspath(src) for src in s.sources]) if len(s) else ""  # for `transferkit cache` to say
+        atomic_write_bytes(meta, json.dumps({"shape": list(shape), "errors": errors, "where": where, "interpolation": interpolation}).encode())
     finally:
         tmp.unlink(missing_ok=True)
     out = np.memmap(data, dtype=np.uint8, mode="c", shape=shape)  # mapped before eviction may run: stays readable

@@ -117,7 +117,9 @@ def cached_features(backbone: Backbone, images: torch.Tensor, input_size: int, *
     all_d = np.concatenate([stored_d, digests[[missing[j] for j in add]]])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({"features": all_f.contiguous(), "digests": torch.from_numpy(np.ascontiguousarray(all_d))}, str(tmp))
+    ident = {"model": backbone.spec.get("name", ""), "input_size": input_size, "precision": precision,  # for `transferkit cache` to say
+             "texts": images.dtype == torch.int64}
+    save_file({"features": all_f.contiguous(), "digests": torch.from_numpy(np.ascontiguousarray(all_d))}, str(tmp), metadata={"ident": json.dumps(ident)})
     os.replace(tmp, path)
     enforce_limit(keep=(path,))
     return feats, False
