@@ -839,3 +839,44 @@ def test_the_api_keeps_scikit_learns_contract(tmp_path, tiny_bert, tiny_ckpt, ti
     assert maps is not None and np.allclose(maps, ic.explain(files[:2], target=[8, 8])[2])
     with pytest.raises(UserError, match=r"target 1 is not a class of this model \(3, 8\)$"):  # the labels are ints: 1 is no column index
         ic.explain(files[:2], target=[1, 1])
+
+
+def test_evaluate_takes_examples_in_memory_and_warnings_point_at_the_callers_line(tmp_path, tiny_bert, tiny_ckpt):
+    """evaluate(X, y): examples in memory had only score(X, y), the accuracy: no macro-F1, AUROC,
+    confusion matrix or mistakes. The API's warnings pointed into transferkit (stacklevel fixed while
+    calls went through wrappers), not at the line of the user's that caused them."""
+    from transferkit import ImageClassifier, TextClassifier
+
+    p = make_text_csv(tmp_path / "r.csv")
+    rows = list(csv.DictReader(open(p, encoding="utf-8")))
+    texts, labels = [r["text"] for r in rows], [int(r["label"] == "pos") for r in rows]
+    kw = dict(model=f"dir:{tiny_bert}", strategy="linear_probe", max_length=16, lp_epochs=20)
+    clf = TextClassifier(**kw).fit(texts[:30], labels[:30])
+    new = [t + " indeed" for t in texts[30:]]  # unseen texts
+    m = clf.evaluate(new, labels[30:])
+    assert m["n"] == len(new) and m["accuracy"] == pytest.approx(clf.score(new, labels[30:]))
+    assert m["data"] == f"the {len(new)} examples given to evaluate(X, y)" and {"macro_f1", "auroc", "confusion_matrix"} <= set(m)
+    assert all(r["source"] in new for r in m["mistakes"]["most_confident"])
+    from transferkit.data import fingerprints
+
+    trained = sum(f in clf.train_fingerprints_ for f in fingerprints(texts[25:30], True))  # of five fitted on, the training split's
+    assert trained >= 2
+    seen = clf.evaluate(texts[25:], labels[25:])  # those the run trained on: left out, and said
+    assert seen["n"] == len(texts) - 25 - trained and f"{trained} of its {len(texts) - 25} texts left out: the run trained on them" in seen["data"]
+    table = tmp_path / "t.csv"
+    table.write_text("text,label\n" + "".join(f"{t},{v}\n" for t, v in zip(new, labels[30:])))
+    on_file = clf.evaluate(str(table))
+    assert (on_file["accuracy"], on_file["confusion_matrix"]) == (m["accuracy"], m["confusion_matrix"])
+    with pytest.warns(UserWarning, match="read without their surrounding spaces") as w:
+        TextClassifier(**kw).fit(texts, ["pos " if v else "neg" for v in labels])
+    assert {x.filename for x in w} == {__file__}  # the caller's line, not transferkit's
+
+    rng = np.random.default_rng(0)
+    X, y = rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8), np.array([3, 7] * 12)
+    img = ImageClassifier(model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16, batch_size=4, strategy="linear_probe", lp_epochs=1)
+    img.fit(X[:16], y[:16])
+    m = img.evaluate(X[16:], y[16:], mistakes_csv=tmp_path / "wrong.csv")
+    assert m["n"] == 8 and m["accuracy"] == pytest.approx(img.score(X[16:], y[16:]))
+    for r in csv.DictReader(open(tmp_path / "wrong.csv")):
+        assert r["true"] == str(y[16 + int(r["source"][2:-1])])  # X[i] of the X given to evaluate
+    assert img.evaluate(X[16:], y[16:] * 0 + 3)["n"] == 8  # one class in y is a fine test set (fit needs two)

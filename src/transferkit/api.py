@@ -19,7 +19,7 @@ from PIL import Image
 
 from .config import FLAT, RunConfig, changed_settings, config_from_dict, replace
 from .data import ImageSet, as_image_array, decode_images, decoded_cache, image_files, pixels_to_uint8
-from .errors import UserError, did_you_mean
+from .errors import UserError, did_you_mean, warn_user
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
@@ -149,18 +149,11 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         truth = _labels(y, len(self._examples(X)), X)
         known = set(self.classes_.tolist()) if hasattr(self, "classes_") else None
         if known is not None:  # labels of another type, matched by their text as classes_ is: 0/1 against a CLI run's "0"/"1" scored 0.0
-            by_text = {str(k).strip(): k for k in known}
-
-            def text_of(t) -> str:  # 0.0 (a pandas column with a NaN is float) reads as "0"
-                return str(int(t)) if isinstance(t, float) and t.is_integer() and str(t) not in by_text else str(t).strip()
-
-            truth = [t if t in known or text_of(t) not in by_text else by_text[text_of(t)] for t in truth]
+            truth = self._known_labels(truth)
         unknown = sorted({str(t) for t in truth if known is not None and t not in known})
         if unknown:  # they can never be predicted: the score was quietly lower
-            import warnings
-
-            warnings.warn(f"score: y has label(s) the model was not trained on, counted as wrong: {', '.join(unknown[:5])}"
-                          f"{' ...' if len(unknown) > 5 else ''} (its classes: {', '.join(map(str, sorted(known, key=str)[:10]))})", UserWarning, stacklevel=2)
+            warn_user(f"score: y has label(s) the model was not trained on, counted as wrong: {', '.join(unknown[:5])}"
+                      f"{' ...' if len(unknown) > 5 else ''} (its classes: {', '.join(map(str, sorted(known, key=str)[:10]))})")
         right = [p == t for p, t in zip(self.predict(X), truth)]
         return float(np.average(right, weights=None if sample_weight is None else np.asarray(sample_weight, dtype=float)))
 
@@ -213,11 +206,8 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             if examples is not None and (finished or out is None or not (Path(out) / "checkpoints").is_dir()):
                 shutil.rmtree(examples, ignore_errors=True)  # a PNG copy of every image, on every call
         if quiet:  # what the command line says of the data (copies across splits, one content under two labels) is not lost
-            import warnings
-
             for note in r.warnings:
-                note = python_words(note if examples is None else note.replace(str(data), "the examples given to fit(X, y)"))
-                warnings.warn(note, UserWarning, stacklevel=2)
+                warn_user(python_words(note if examples is None else note.replace(str(data), "the examples given to fit(X, y)")))
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
         self.train_fingerprints_ = {f for f in r.train_fingerprints if f}
@@ -232,20 +222,18 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
     def _warn_ignored(self) -> None:
         """A keyword argument the run would not read (`k=3` with strategy 'lora') is warned about,
         as the command line notes the flag, not silently dropped."""
-        import warnings
-
         from .strategies import ignored_settings
 
         given = {k for k, v in self.settings.items() if v is not None}
         for n, (kind, own, users) in ignored_settings(self.get_config(), given).items():
-            warnings.warn(f"{n}={self.settings[n]!r} is not used by {kind} {own!r} (only by {users})", UserWarning, stacklevel=3)
+            warn_user(f"{n}={self.settings[n]!r} is not used by {kind} {own!r} (only by {users})")
 
     def _examples(self, X) -> list:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _write_examples(self, X, y) -> tuple[str, list]:
-        """fit(X, y)'s examples as a CSV with a label column (and PNG files for images in memory) in
-        a new temporary folder; returns the CSV's path and the labels."""
+    def _write_examples(self, X, y, purpose: str = "fit") -> tuple[str, list]:
+        """fit(X, y)'s (or evaluate(X, y)'s) examples as a CSV with a label column (and PNG files for
+        images in memory) in a new temporary folder; returns the CSV's path and the labels."""
         import csv
         import io
         import shutil
@@ -258,11 +246,9 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         kinds = sorted({str(v).strip() for v in labels})  # the run reads a label without the spaces around it
         spaced = sorted({repr(v) for v in labels if isinstance(v, str) and v != v.strip()})
         if spaced:
-            import warnings
-
-            warnings.warn(f"y: label(s) {', '.join(spaced[:5])}{' ...' if len(spaced) > 5 else ''} are read without their surrounding "
-                          "spaces: such a label and the same label without them are one class", UserWarning, stacklevel=3)
-        if len(kinds) < 2:  # said of y, not of the temporary CSV it would be written to
+            warn_user(f"y: label(s) {', '.join(spaced[:5])}{' ...' if len(spaced) > 5 else ''} are read without their surrounding "
+                      "spaces: such a label and the same label without them are one class")
+        if len(kinds) < 2 and purpose == "fit":  # said of y, not of the temporary CSV it would be written to
             raise UserError(f"fit(X, y): y has {len(kinds)} class ({', '.join(kinds) or 'none'}); classification needs at least two")
         folder = Path(tempfile.mkdtemp(prefix="transferkit-data-"))
         try:
@@ -382,19 +368,46 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         return self.classes_[columns]
 
     @_python_words
-    def evaluate(self, data: str, *, mistakes_csv: str | Path | None = None, skip_bad_images: bool = False) -> dict:
+    def evaluate(self, data, y=None, *, mistakes_csv: str | Path | None = None, skip_bad_images: bool = False) -> dict:
         """Metrics on labelled data: its test split if it has one, else val, else all of it (on the
-        data the model was fitted on: its held-out test split, or its validation split). The wrong
-        examples, most confidently wrong first: the 10 first in `["mistakes"]`, all of them in
-        `mistakes_csv` when given. `skip_bad_images`: leave out unreadable images (listed in
-        `["skipped"]`) instead of failing."""
+        data the model was fitted on: its held-out test split, or its validation split); or on
+        examples with their labels, evaluate(X, y), taken as fit(X, y) takes them (an image given as
+        an array is named X[i] in the mistakes). Examples the run trained on, known by content, are
+        left out, and `["data"]` says how many. The wrong examples, most confidently wrong first: the
+        10 first in `["mistakes"]`, all of them in `mistakes_csv` when given. `skip_bad_images`: leave
+        out unreadable images (listed in `["skipped"]`) instead of failing."""
+        import shutil
+
         from .evaluate import evaluate_model
 
         self._check_fitted()
-        if not isinstance(data, (str, Path)):  # a list of texts was a pathlib "File name too long"
-            raise UserError(f"evaluate takes labelled data by its path (a folder, a CSV/TSV), got {type(data).__name__}; "
-                            "for examples in memory, score(X, y) gives the accuracy")
-        return evaluate_model(self, str(data), mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images)
+        if y is None:
+            if not isinstance(data, (str, Path)):  # a list of texts was a pathlib "File name too long"
+                raise UserError(f"evaluate takes labelled data by its path (a folder, a CSV/TSV) or examples with their labels, "
+                                f"evaluate(X, y); got {type(data).__name__} without labels")
+            return evaluate_model(self, str(data), mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images)
+        path, labels = self._write_examples(data, self._known_labels(_labels(y, len(self._examples(data)), data)), purpose="evaluate")
+        folder, given = Path(path).parent, f"the {len(labels)} examples given to evaluate(X, y)"
+        try:
+            with decoded_cache(not (folder / "images").is_dir()):  # temporary PNG copies: read once, not cached
+                m = evaluate_model(self, path, mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images, source_name=_source_name(folder / "images"))
+        except UserError as e:
+            raise type(e)(str(e).replace(path, given)) from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        m["data"] = m["data"].replace(path, given)
+        return m
+
+    def _known_labels(self, truth: list) -> list:
+        """Labels of another type matched to `classes_` by their text, as score matches them: 0/1
+        against a command line run's "0"/"1", 0.0 (a pandas column with a NaN is float) as 0."""
+        known = set(self.classes_.tolist())
+        by_text = {str(k).strip(): k for k in known}
+
+        def text_of(t) -> str:
+            return str(int(t)) if isinstance(t, float) and t.is_integer() and str(t) not in by_text else str(t).strip()
+
+        return [t if t in known or text_of(t) not in by_text else by_text[text_of(t)] for t in truth]
 
     @_python_words
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -626,9 +639,7 @@ class TextClassifier(_Classifier):
             texts = read_texts(str(texts), text_column=self.config_.data.text_column if hasattr(self, "config_") else self.settings.get("text_column"))
         if isinstance(texts, str):
             if len(texts) < 1024 and Path(texts).suffix.lower() in (".txt", ".csv", ".tsv") and Path(texts).is_file():
-                import warnings
-
-                warnings.warn(f"classifying the string {texts!r} itself; to classify the texts in that file, pass Path({texts!r})", stacklevel=3)
+                warn_user(f"classifying the string {texts!r} itself; to classify the texts in that file, pass Path({texts!r})")
             texts = [texts]
         if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
             raise UserError(f"expected a text (str), a list of texts or a Path to a file of texts, got {type(texts).__name__}")

@@ -39,6 +39,22 @@ ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "e
            "lr_scheduler_type": "schedule", "warmup": "warmup_epochs", "max_seq_length": "max_length", "model_name": "model"}
 
 
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """warnings.warn, pointed at the first frame outside transferkit: the user's line that called the
+    API, however deep inside it the warning arose (a fixed stacklevel pointed into the package, at a
+    wrapper, once a method was wrapped). Python 3.12's skip_file_prefixes does this; 3.10 and 3.11
+    lack it."""
+    import os
+    import sys
+    import warnings
+
+    package, level = os.path.dirname(os.path.abspath(__file__)), 2
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' for the closest names, or '' when nothing is close; another
     library's name for a setting (learning_rate) suggests ours (lr) first."""

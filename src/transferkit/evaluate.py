@@ -155,10 +155,12 @@ def labelled_set(clf, spec: str):
     return s, where
 
 
-def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, onnx_session=None, skip_bad_images: bool = False) -> dict:
+def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, onnx_session=None, skip_bad_images: bool = False,
+                   source_name=None) -> dict:
     """Metrics of a fitted classifier (api.ImageClassifier / TextClassifier) on labelled data; every
     wrong example, most confidently wrong first, written to `mistakes_csv` when given. With
-    `onnx_session` (export.load_export) the run's ONNX export computes the probabilities."""
+    `onnx_session` (export.load_export) the run's ONNX export computes the probabilities.
+    `source_name(source)`: what the mistakes call an example (evaluate(X, y)'s images in memory: X[i])."""
     import contextlib
 
     from .mistakes import summary, to_csv, top_mistakes
@@ -181,7 +183,8 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
         proba = predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
     m = classification_metrics(s.labels, proba, clf.class_names_)
     m["data"] = where + (" (ONNX export, onnxruntime)" if onnx_session is not None else "")
-    wrong = top_mistakes(s.labels, proba, clf.class_names_, s.sources, getattr(s, "rows", None))
+    sources = s.sources if source_name is None else [source_name(src) for src in s.sources]
+    wrong = top_mistakes(s.labels, proba, clf.class_names_, sources, getattr(s, "rows", None))
     m["mistakes"] = summary(wrong)
     if getattr(s, "groups", None) is not None:  # the run's --group-column: metrics per group and the worst one
         from .metrics import group_metrics
