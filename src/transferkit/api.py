@@ -19,7 +19,7 @@ from PIL import Image
 
 from .config import FLAT, RunConfig, changed_settings, config_from_dict, replace
 from .data import ImageSet, as_image_array, decode_images, decoded_cache, image_files, pixels_to_uint8
-from .errors import UserError, did_you_mean, warn_user
+from .errors import COMMAND_LINE, UserError, did_you_mean, warn_user
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
@@ -87,7 +87,7 @@ def _python_words(method):
         try:
             return method(*args, **kwargs)
         except UserError as e:
-            if e.args and isinstance(e.args[0], str):
+            if e.args and isinstance(e.args[0], str) and not COMMAND_LINE.get():  # the command line keeps its flags
                 e.args = (python_words(e.args[0]), *e.args[1:])
             raise
 
@@ -207,7 +207,8 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
                 shutil.rmtree(examples, ignore_errors=True)  # a PNG copy of every image, on every call
         if quiet:  # what the command line says of the data (copies across splits, one content under two labels) is not lost
             for note in r.warnings:
-                warn_user(python_words(note if examples is None else note.replace(str(data), "the examples given to fit(X, y)")))
+                note = note if examples is None else note.replace(str(data), "the examples given to fit(X, y)")
+                warn_user(note if COMMAND_LINE.get() else python_words(note))
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
         self.metrics_, self.history_, self.run_dir_ = r.metrics, r.history, r.run_dir
         self.train_fingerprints_ = {f for f in r.train_fingerprints if f}

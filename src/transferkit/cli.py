@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .config import FLAT, RunConfig, load_config_file, replace
-from .errors import UserError, first_process
+from .errors import COMMAND_LINE, UserError, first_process
 
 # CLI flag -> flat setting name (FLAT maps those to section.field). Help texts come from here.
 FIT_FLAGS: list[tuple[str, str, type, str]] = [
@@ -1122,9 +1122,11 @@ def main(argv: list[str] | None = None) -> int:
     streams = sys.stdout, sys.stderr
     if args.command in _WRITE_RUNS:  # `fit ... | head`: the run finishes when the reader leaves (it was left without its manifest)
         sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
+    said_as_flags = COMMAND_LINE.set(True)  # what the API raises is said in the command line's words
     try:
         return _run(args)
     finally:
+        COMMAND_LINE.reset(said_as_flags)
         sys.stdout, sys.stderr = streams
 
 

@@ -10,6 +10,13 @@ import difflib
 from collections.abc import Iterable
 
 
+from contextvars import ContextVar
+
+# Set while the command line runs: messages keep its flags (--val-fraction); the Python API, called
+# from a user's code, says them as keyword arguments (api.python_words).
+COMMAND_LINE: ContextVar[bool] = ContextVar("transferkit_command_line", default=False)
+
+
 class UserError(Exception):
     """A problem with the user's input, reported as a short message and exit code 2."""
 
