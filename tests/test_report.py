@@ -200,6 +200,8 @@ def test_a_model_that_predicts_one_class_is_said_to(tmp_path):
     page = render(title="t", metrics={**m, "one_class_notes": [note]}, config=yaml.safe_load((out / "config.yaml").read_text()),
                   data=json.loads((out / "data.json").read_text()), figures={})
     assert "<b>Warning:</b> the model predicts &#x27;spam&#x27; for every validation example" in page
+    page = render(title="t", metrics=m, config={}, data={}, figures={}, kept="kept: the weights of epoch 3 of 4, ... the table's 87.50% is the final evaluation in fp32")
+    assert '<p class="sub">Kept: the weights of epoch 3 of 4, ... the table&#x27;s 87.50% is the final evaluation in fp32.</p>' in page  # QA AO: the terminal only
 
 
 def test_per_class_scores_that_are_zero_over_zero_are_none_not_zero():
@@ -261,6 +263,20 @@ def test_the_run_says_which_epoch_it_kept_and_why_the_table_can_differ():
     # with --min-delta a tie is no improvement: the first to reach the score is kept, not the lower loss
     assert kept_line({"best_epoch": 2, "accuracy": 0.925, "precision": "no"}, hist, "accuracy", 0.01) == (
         "kept: the weights of epoch 2 of 4, the best by validation accuracy (92.50%), counting gains over --min-delta 0.01 only")
+    # QA AO: 87 tied epochs were said as five, with no sign of the rest
+    flat = [{"epoch": e, "val_accuracy": 0.875, "val_loss": 1.0 / e} for e in range(1, 21)]
+    assert kept_line({"best_epoch": 20, "accuracy": 0.875, "precision": "no"}, flat, "accuracy").endswith(
+        "tied with epochs 1, 2, 3, 4, 5, ... (19 in all) and of lower validation loss")
+    # ... and report.html says what the terminal says, where the curves show the epoch's bf16 score
+    from transferkit import plots
+
+    hist = [{**h, "train_loss": 1.0, "lr": 1e-3} for h in hist]
+    fig = plots.curves_figure(hist, 3, final_accuracy=0.9)
+    assert fig.axes[1].get_legend().get_texts()[0].get_text() == "kept: epoch 3, 92.5%\n(final fp32 evaluation: 90.0%)"
+    plots.close(fig)
+    fig = plots.curves_figure(hist, 3, final_accuracy=0.925)  # the same: said once
+    assert fig.axes[1].get_legend().get_texts()[0].get_text() == "kept: epoch 3, 92.5%"
+    plots.close(fig)
 
 
 def test_a_temperature_at_its_bound_is_explained_by_what_the_model_does():

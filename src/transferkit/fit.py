@@ -746,7 +746,8 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     lr_rows = ["step,phase,head_lr,lowest_trained_lr"] + [f"{s_},{ph},{h!r},{'' if f is None else repr(f)}" for s_, h, f, ph in r.lr_trace]
     rundir.write_text("lr.csv", "\n".join(lr_rows) + "\n")
     figures = {
-        "curves.png": lambda: plots.curves_figure(r.history, r.metrics.get("best_epoch")),
+        "curves.png": lambda: plots.curves_figure(r.history, r.metrics.get("best_epoch"),
+                                                  None if r.metrics.get("precision") in (None, "no", "fp32") else r.metrics.get("accuracy")),
         "confusion_matrix.png": lambda: plots.confusion_figure(r.metrics["confusion_matrix"], r.classes),
         "reliability.png": lambda: plots.reliability_figure(r.metrics["calibration"]),
         "lr.png": lambda: plots.lr_figure(r.lr_trace),
@@ -769,8 +770,11 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
     write_fingerprints(rundir, r.train_fingerprints, r.val_fingerprints)
     from .report_html import render
 
+    from .report import kept_line
+
     title = f"transferkit: {r.config.model.name} on {splits.source}"
-    rundir.write_text("report.html", render(title=title, metrics=r.metrics, config=r.config.to_dict(), data=data, figures=pngs))
+    kept = kept_line(r.metrics, r.history, r.config.train.metric, r.config.train.min_delta)  # as the terminal says it: why a curve's score is not the table's
+    rundir.write_text("report.html", render(title=title, metrics=r.metrics, config=r.config.to_dict(), data=data, figures=pngs, kept=kept))
     rundir.finalize()
     shutil.rmtree(rundir.path / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
 

@@ -154,7 +154,8 @@ def kept_line(m: dict, history: list[dict], metric: str, min_delta: float = 0.0)
         line += f", counting gains over --min-delta {min_delta:g} only"
     ties = [h["epoch"] for h in history if h.get(f"val_{metric}") == then and h["epoch"] != be] if metric != "loss" else []
     if ties and not min_delta:
-        line += f", tied with epoch{'s' if len(ties) > 1 else ''} {', '.join(map(str, ties[:5]))} and of lower validation loss"
+        listed = ", ".join(map(str, ties[:5])) + (f", ... ({len(ties)} in all)" if len(ties) > 5 else "")  # 87 ties were said as 5
+        line += f", tied with epoch{'s' if len(ties) > 1 else ''} {listed} and of lower validation loss"
     now = m.get(metric)
     precision = {"no": "fp32"}.get(m.get("precision"), m.get("precision"))
     if now is not None and then is not None and metric != "loss" and show(now) != show(then) and precision not in (None, "fp32"):

@@ -133,7 +133,9 @@ def _weighed(r: dict) -> str:
     return " ".join(spans)
 
 
-def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict[str, bytes]) -> str:
+def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict[str, bytes], kept: str | None = None) -> str:
+    """The run's report.html. `kept`: the terminal's line on the epoch whose weights were kept (and
+    why its score in the curves can differ from the table's), said under the figures."""
     e = html.escape
     m, b = metrics, metrics["baseline"]
     verdict = m["verdict"]
@@ -189,7 +191,7 @@ def render(*, title: str, metrics: dict, config: dict, data: dict, figures: dict
 <p class="sub">{"On the validation split, t" if "test" in m else "T"}{"he model" if "nothing was transferred" in verdict else "ransfer"} minus baseline: {100 * boot.get('diff', 0):+.1f} points{" of macro-F1" if boot.get("metric") == "macro_f1" else ""}, paired bootstrap 95% CI
 [{100 * boot.get('ci_low', 0):+.1f}, {100 * boot.get('ci_high', 0):+.1f}]. Selection: {e(str(m.get('selection')))}.{_temperature(m.get('temperature_scaling'))}</p>
 {_groups(m.get('groups'))}{_groups(m.get('test', {}).get('groups'), "test")}
-<h2>Figures</h2><div class="figs">{figs}</div>
+<h2>Figures</h2>{f'<p class="sub">{e(kept[0].upper() + kept[1:])}.</p>' if kept else ""}<div class="figs">{figs}</div>
 {_mistakes(m, figures.get("mistakes.jpg"))}
 <h2>Per class (validation split)</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{pc}</table>
