@@ -880,3 +880,34 @@ def test_evaluate_takes_examples_in_memory_and_warnings_point_at_the_callers_lin
     for r in csv.DictReader(open(tmp_path / "wrong.csv")):
         assert r["true"] == str(y[16 + int(r["source"][2:-1])])  # X[i] of the X given to evaluate
     assert img.evaluate(X[16:], y[16:] * 0 + 3)["n"] == 8  # one class in y is a fine test set (fit needs two)
+
+
+def test_a_csv_named_for_one_delimiter_and_written_with_another_is_read_by_its_own(tmp_path):
+    """QA AP: a .csv was always read with commas: a European ';' CSV (a run fitted with --delimiter ';'
+    then predicted its own file as garbage: the header classified as a text, labels glued on) and
+    SST-2's tab-separated test file saved as test.csv were refused by evaluate or misread by predict."""
+    from conftest import make_folder
+    from transferkit.data import _read_csv
+    from transferkit.text_data import read_table, read_text_rows
+
+    semi = tmp_path / "semi.csv"
+    semi.write_text("sentence;label\nwhen are bears bears and ;pos\nkids, yes;neg\nfine film;pos\n")
+    assert read_table(semi)[:2] == (["when are bears bears and ", "kids, yes", "fine film"], ["pos", "neg", "pos"])
+    assert read_text_rows(str(semi)) == [(2, "when are bears bears and "), (3, "kids, yes"), (4, "fine film")]
+    tabbed = tmp_path / "test.csv"
+    tabbed.write_text("sentence\tlabel\ngood, fine\tpos\nbad\tneg\n")
+    assert read_table(tabbed)[:2] == (["good, fine", "bad"], ["pos", "neg"])
+    one = tmp_path / "one.csv"  # one column of texts, a semicolon in some: still a comma CSV
+    one.write_text('text\nhello; world\n"no semicolons, here"\n')
+    assert [t for _, t in read_text_rows(str(one))] == ["hello; world", "no semicolons, here"]
+    plain = tmp_path / "plain.csv"  # a comma CSV whose texts hold semicolons on every line stays a comma CSV
+    plain.write_text("text,label\na; b,pos\nc; d,neg\n")
+    assert read_table(plain)[:2] == (["a; b", "c; d"], ["pos", "neg"])
+    d = make_folder(tmp_path / "imgs", n=2)
+    images = tmp_path / "images.csv"  # an image CSV the same
+    images.write_text("path;label\n" + "".join(f"{p};{p.parent.name}\n" for p in sorted(d.rglob("*.png"))))
+    assert sorted(_read_csv(images).classes) == ["blue", "red"]
+    bare = tmp_path / "bare.csv"
+    bare.write_text("just one column\nanother\n")
+    with pytest.raises(UserError, match=r"found 1 column\(s\) \(column1\) read as comma-delimited; .*another delimiter: --delimiter"):
+        read_table(bare)

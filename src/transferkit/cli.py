@@ -258,7 +258,7 @@ def cmd_models(args) -> int:
         print(f"{n:<{w}}  {h}")
     print(f"{'timm:NAME':<{w}}  any timm model, pretrained through timm's hub (needs internet)")
     print(f"{'tv:NAME[.WEIGHTS]':<{w}}  a torchvision classification model (tv:resnet50, tv:resnet50.IMAGENET1K_V2), weights through torch's hub cache")
-    print(f"{'file:PATH':<{w}}  a local .safetensors / .pt / .pth / .th checkpoint, with --arch NAME")
+    print(f"{'file:PATH':<{w}}  a local .safetensors / .pt / .pth / .th / .bin / .ckpt / .pth.tar checkpoint, with --arch NAME")
     print(f"{'random:NAME':<{w}}  the architecture NAME with random weights (training from scratch; a ranking control)")
     print(f"{'hf:NAME':<{w}}  text: a Hugging Face encoder by hub name (needs internet, or HF_HUB_OFFLINE=1 and its cache)")
     print(f"{'dir:PATH':<{w}}  text: a local Hugging Face model folder (config, weights, tokenizer)")

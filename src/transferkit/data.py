@@ -258,10 +258,10 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
     `label_column`); `group_optional`: groups only where the CSV has `group_column` (data to score)."""
     import io
 
-    from .text_data import LABEL_NAMES, _decode
+    from .text_data import LABEL_NAMES, _decode, _delimiter
 
     text = _decode(path.read_bytes(), path, encoding, "an image CSV lists path,label rows")  # auto: UTF-8 (BOM or not) or UTF-16 with a BOM; else a clear error
-    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(text, path, None)))  # ',' unless it cannot be (a ';' CSV)
     fields = list(rows[0].keys()) if rows else []
     if not rows:
         raise UserError(f"{path} has no rows")

@@ -103,7 +103,7 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
     ti = _column(header, text_column, TEXT_NAMES, path, "text")
     li = _column(header, label_column, LABEL_NAMES, path, "label")
     if ti is None or li is None:
-        ti, li = _guess_columns(header, body, ti, li, path)
+        ti, li = _guess_columns(header, body, ti, li, path, delim)
     if ti == li:
         raise UserError(f"{path}: the text and the label column are the same ({header[ti]!r})")
     gi = None
@@ -272,12 +272,15 @@ def _delimiter(text: str, path: Path, given: str | None) -> str:
         if given not in DELIMITERS:
             raise UserError(f"unknown delimiter {given!r}; use one of ',', 'tab', ';', '|'")
         return DELIMITERS[given]
-    if path.suffix.lower() == ".tsv":
-        return "\t"
-    if path.suffix.lower() == ".csv":
-        return ","
     head = text[:65536]
     lines = [ln for ln in head.splitlines()[:50] if ln.strip()]
+
+    def on_every_line(d: str) -> bool:
+        return bool(lines) and all(d in ln for ln in lines)
+
+    named = {".tsv": "\t", ".csv": ","}.get(path.suffix.lower())
+    if named is not None and (on_every_line(named) or not any(on_every_line(d) for d in ("\t", ",", ";", "|"))):
+        return named  # as the name says; another delimiter only where the named one cannot be (a European ';' CSV, a TSV named .csv)
     # The delimiter that appears on every sampled line, the most consistently.
     best, best_score = ",", -1.0
     for d in ("\t", ",", ";", "|"):
@@ -397,13 +400,13 @@ def _column(header: list[str], given: str | None, known: tuple[str, ...], path: 
     return None
 
 
-def _guess_columns(header: list[str], body: list[list[str]], ti: int | None, li: int | None, path: Path) -> tuple[int, int]:
+def _guess_columns(header: list[str], body: list[list[str]], ti: int | None, li: int | None, path: Path, delim: str = ",") -> tuple[int, int]:
     """Without names: the text column has the longest entries, the label column the fewest distinct values."""
     sample = [r for r in body[:2000] if len(r) == len(header)]
     if len(header) < 2 or not sample:
         raise UserError(
-            f"{path}: found {len(header)} column(s) ({', '.join(header)}); need a text column and a label column "
-            "(name them with --text-column and --label-column)"
+            f"{path}: found {len(header)} column(s) ({', '.join(header)}) read as {_dname(delim)}-delimited; need a text column and a label column "
+            "(name them with --text-column and --label-column" + ("; another delimiter: --delimiter" if len(header) < 2 else "") + ")"
         )
     distinct = [len({r[i] for r in sample}) for i in range(len(header))]
     if ti is None:
