@@ -911,3 +911,22 @@ def test_a_csv_named_for_one_delimiter_and_written_with_another_is_read_by_its_o
     bare.write_text("just one column\nanother\n")
     with pytest.raises(UserError, match=r"found 1 column\(s\) \(column1\) read as comma-delimited; .*another delimiter: --delimiter"):
         read_table(bare)
+
+
+def test_evaluate_takes_the_columns_and_delimiter_of_the_data_it_scores(tmp_path, tiny_bert, capsys):
+    """QA AP: evaluate read a file by the run's column names only; a test file with others was
+    refused, its message naming --text-column, which evaluate did not take."""
+    from transferkit.cli import main
+
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(make_text_csv(tmp_path / "r.csv")), *tiny_text_args(tiny_bert), "--strategy", "linear_probe", "--out", str(run)]) == 0
+    other = tmp_path / "other.txt"  # no header, columns in another order, pipe-delimited, a name that says nothing
+    other.write_text("".join(f"{r['label']}|x{i}|{r['text']}\n" for i, r in enumerate(csv.DictReader(open(make_text_csv(tmp_path / "t.csv", n=6, seed=1))))))
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(other), "--text-column", "3", "--label-column", "1", "--delimiter", "|", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    reference = tmp_path / "ref.csv"
+    reference.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in csv.DictReader(open(tmp_path / "t.csv"))))
+    assert main(["evaluate", str(run), "--data", str(reference), "--json"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert m["n"] == ref["n"] == 12 and (m["accuracy"], m["confusion_matrix"]) == (ref["accuracy"], ref["confusion_matrix"])

@@ -301,6 +301,11 @@ def cmd_evaluate(args) -> int:
     _refuse_skip_for_text(args, clf)
     if args.encoding is not None:  # this data's, not the encoding of the data the run was fitted on
         clf.config_ = replace(clf.config_, encoding=args.encoding)
+    if args.text_column is not None and clf.inputs_.modality != "text":
+        raise UserError(f"{args.run_dir} is an image model: --text-column is for text models")
+    given = {k: getattr(args, k) for k in ("text_column", "label_column", "delimiter") if getattr(args, k) is not None}
+    if given:  # this data's columns (QA AP: a test file whose columns the run's names miss could not be scored)
+        clf.config_ = replace(clf.config_, **given)
     if args.onnx is not None:
         from .evaluate import evaluate_model
         from .export import load_export
@@ -891,6 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "its held-out test split (--test-fraction), else its validation split")
     p.add_argument("--mistakes", metavar="FILE.csv", help="write every wrong example (most confidently wrong first) to this CSV")
     p.add_argument("--encoding", type=_encoding, help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM; the default) or a codec such as latin-1")
+    p.add_argument("--text-column", help="text models, CSV/TSV data: the column holding the text (default: the run's, else detected)")
+    p.add_argument("--label-column", help="CSV/TSV data: the column holding the labels (default: the run's, else detected)")
+    p.add_argument("--delimiter", help="CSV/TSV data: ',', 'tab', ';' or '|' (default: the run's, else detected)")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="score the model's ONNX export with onnxruntime (default RUN_DIR/export)")
     p.add_argument("--json", action="store_true")
