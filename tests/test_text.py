@@ -4,6 +4,7 @@ dynamic padding, the feature cache, save/load, and the packaged MiniLM against s
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -117,7 +118,7 @@ def test_encodings(tmp_path):
     "content, message",
     [
         ("text,label\nfine,pos\n,neg\n", r"bad.csv:3: empty text in column 'text'"),
-        ("text\nfine\nbad\n", r"found 1 column\(s\) \(text\); need a text column and a label column"),
+        ("text\nfine\nbad\n", r"found 1 column\(s\) \(text\) read as comma-delimited; need a text column and a label column"),
         ("text,label\nfine,pos\nok,pos\n", r"1 class \(pos\); classification needs at least two \(another column holds the labels\? name it with --label-column\)"),
         ("text,label\nfine,pos,extra\n", r"bad.csv:2: 3 field\(s\) where the header has 2"),
     ],
@@ -198,7 +199,7 @@ def test_every_strategy_runs_on_text(tmp_path, tiny_bert, strategy):
     used |= {"lp_epochs": 5} if strategy in ("linear_probe", "lp_ft") else {}
     used |= {"epochs": 2} if strategy != "linear_probe" else {}
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # and none is ignored here
+        warnings.filterwarnings("error", message=".*is not used by", category=UserWarning)  # and none is ignored here
         clf = TextClassifier(model=f"dir:{tiny_bert}", strategy=strategy, batch_size=8, max_length=32, **used).fit(str(p))
     m = clf.metrics_
     assert m["modality"] == "text" and m["baseline"]["name"] == "TF-IDF logistic regression"
@@ -930,3 +931,61 @@ def test_evaluate_takes_the_columns_and_delimiter_of_the_data_it_scores(tmp_path
     assert main(["evaluate", str(run), "--data", str(reference), "--json"]) == 0
     ref = json.loads(capsys.readouterr().out)
     assert m["n"] == ref["n"] == 12 and (m["accuracy"], m["confusion_matrix"]) == (ref["accuracy"], ref["confusion_matrix"])
+
+
+def test_the_api_after_qa_aq(tmp_path, tiny_bert, tiny_ckpt, capsys):
+    """QA AQ: evaluate(X, y) refused float or bool labels score took; a bad mistakes_csv was an OSError
+    after the whole evaluation; a text's mistake named the deleted temporary CSV's row; generators were
+    read twice ("no texts to classify"); a wrong-length sample_weight was numpy's TypeError; a loaded
+    probe's resolved default lr became a setting (set_params(strategy='full') then fine-tuned at 10x its
+    default); fit(X, y) with text_column named the temporary CSV's columns; quiet fits dropped what the
+    command line says in yellow (a model predicting one class); the command line said `val_fraction`
+    for its own --val-fraction."""
+    import warnings as w_
+
+    from transferkit import TextClassifier
+    from transferkit.cli import main
+
+    p = make_text_csv(tmp_path / "r.csv")
+    rows = list(csv.DictReader(open(p, encoding="utf-8")))
+    texts, labels = [r["text"] for r in rows], [int(r["label"] == "pos") for r in rows]
+    kw = dict(model=f"dir:{tiny_bert}", strategy="linear_probe", max_length=16, lp_epochs=20)
+    clf = TextClassifier(**kw).fit(texts[:30], labels[:30])
+    new, truth = [t + " indeed" for t in texts[30:]], labels[30:]
+    m = clf.evaluate(new, truth)
+    for other in ([float(v) for v in truth], [bool(v) for v in truth], np.array(truth, dtype=float)):
+        assert clf.evaluate(new, other)["confusion_matrix"] == m["confusion_matrix"] and clf.score(new, other) == clf.score(new, truth)
+    assert clf.evaluate((t for t in new), (v for v in truth))["n"] == len(new) and clf.score((t for t in new), truth) == clf.score(new, truth)
+    for bad in (tmp_path / "no" / "x.csv", tmp_path):
+        with pytest.raises(UserError, match=r"^mistakes_csv='.*': give a CSV file to write in an existing folder"):
+            clf.evaluate(new, truth, mistakes_csv=bad)
+    with pytest.raises(UserError, match="sample_weight has 2 weights for 10 examples"):
+        clf.score(new, truth, sample_weight=[1, 2])
+    clf.evaluate(new, truth, mistakes_csv=tmp_path / "w.csv")
+    for r in csv.DictReader(open(tmp_path / "w.csv")):  # the row names X[i] of the X given, not a deleted file's line
+        i = int(re.fullmatch(r"X\[(\d+)\]", r["row"]).group(1))
+        assert r["source"] == new[i] and r["true"] == str(truth[i])
+    with pytest.raises(UserError, match=r"^text_column names the columns or format of a data file; fit\(X, y\) takes"):
+        TextClassifier(**kw, text_column="review").fit(texts, labels)
+
+    run = tmp_path / "run"
+    clf.save(run)
+    loaded = TextClassifier.load(run)
+    assert "lr" not in loaded.get_params() and loaded.set_params(strategy="full").get_config().optim.lr is None
+    given = TextClassifier(**kw, lr=0.01).fit(texts[:30], labels[:30])
+    given.save(tmp_path / "given")
+    assert TextClassifier.load(tmp_path / "given").get_params()["lr"] == 0.01  # a rate of one's own stays
+
+    with w_.catch_warnings(record=True) as caught:
+        w_.simplefilter("always")
+        TextClassifier(**kw, class_weight="balanced", sampler="balanced").fit(texts[:30], labels[:30])
+    said = [str(x.message) for x in caught]
+    assert any("class_weight='balanced' and sampler='balanced' each correct for imbalance" in t for t in said), said
+    assert all("--" not in t for t in said), said
+
+    assert main(["fit", "--data", str(p), *tiny_text_args(tiny_bert), "--val-fraction", "1.5", "--out", str(tmp_path / "v")]) == 2
+    assert "--val-fraction must be in (0, 1), got 1.5" in capsys.readouterr().err
+    config = tmp_path / "c.yaml"
+    config.write_text("val_fraction: 1.5\n")  # from a file: its key
+    assert main(["fit", "--data", str(p), "--config", str(config), *tiny_text_args(tiny_bert), "--out", str(tmp_path / "v")]) == 2
+    assert "error: val_fraction must be in (0, 1)" in capsys.readouterr().err

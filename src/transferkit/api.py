@@ -27,12 +27,12 @@ from sklearn.exceptions import NotFittedError
 CACHE_FROM_IMAGES = 32  # predict and explain keep decoded images in the cache from this many (a folder, evaluated again)
 
 
-# Words that a CLI flag takes as its value in a message ("--class-weight balanced"), said in Python
-# as a string; any other word after a flag is the sentence going on ("--epochs or a smaller ...").
-_VALUE_WORDS = {"mean", "cls", "last", "linear", "mlp", "auto", "frozen", "trainable", "all", "bf16", "fp16", "fp32", "no",
-                "accuracy", "macro_f1", "loss", "none", "balanced", "shuffle", "scratch", "base", "temperature",
-                "full", "partial", "gradual", "lp_ft", "linear_probe", "lora", "sgd", "adam", "adamw", "cosine", "step",
-                "exponential", "constant", "onecycle"}
+# Words that go on with the sentence after a flag ("--text-column and --label-column", "--baseline
+# comparison fits"); any other word after a flag that takes text is its value.
+_PROSE = {"and", "or", "to", "is", "are", "for", "with", "names", "needs", "takes", "alone", "as", "at", "in", "on", "of", "the",
+          "a", "an", "not", "if", "when", "was", "be", "too", "also", "says", "asked", "lowers", "trains", "comparison", "fits",
+          "that", "which", "from", "entry", "given", "only", "then", "it", "its", "this", "reads", "matches", "whose", "has",
+          "have", "can", "cannot", "would", "will", "does", "do", "by", "so", "but", "/", "-", "(", "x"}
 _CALLS = {"out", "overwrite", "data", "quiet", "mistakes_csv", "skip_bad_images"}  # arguments of fit/evaluate/predict, not settings
 
 
@@ -54,7 +54,7 @@ def python_words(message: str) -> str:
             return name
         if re.fullmatch(r"-?\d[\d.]*(e-?\d+)?", word) and ("int" in kind or "float" in kind or "list" in kind) or re.fullmatch(r"'[^']*'", word):
             return f"{name}={word}"
-        if "str" in kind and (word in _VALUE_WORDS or re.fullmatch(r"(run|dir|hf|file|timm|tv):\S+|[\w.,-]*\d[\w.,-]*", word)):
+        if "str" in kind and word not in _PROSE:  # a column's name, a pattern, a model: a value, quoted (group_column label was half Python)
             return f"{name}={word!r}"
         return f"{name} {word}"
 
@@ -146,7 +146,11 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
     def score(self, X, y, sample_weight=None) -> float:
         """The accuracy of predict(X) against y (scikit-learn's classifier score), weighted by
         `sample_weight` when given."""
-        truth = _labels(y, len(self._examples(X)), X)
+        self._check_fitted()
+        items = self._examples(X)  # once: a generator is read once
+        truth = _labels(y, len(items), X)
+        if sample_weight is not None and len(np.ravel(np.asarray(sample_weight, dtype=float))) != len(truth):
+            raise UserError(f"sample_weight has {len(np.ravel(sample_weight))} weights for {len(truth)} examples: give one per example")
         known = set(self.classes_.tolist()) if hasattr(self, "classes_") else None
         if known is not None:  # labels of another type, matched by their text as classes_ is: 0/1 against a CLI run's "0"/"1" scored 0.0
             truth = self._known_labels(truth)
@@ -154,7 +158,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         if unknown:  # they can never be predicted: the score was quietly lower
             warn_user(f"score: y has label(s) the model was not trained on, counted as wrong: {', '.join(unknown[:5])}"
                       f"{' ...' if len(unknown) > 5 else ''} (its classes: {', '.join(map(str, sorted(known, key=str)[:10]))})")
-        right = [p == t for p, t in zip(self.predict(X), truth)]
+        right = [p == t for p, t in zip(self.predict(items), truth)]
         return float(np.average(right, weights=None if sample_weight is None else np.asarray(sample_weight, dtype=float)))
 
     def __repr__(self) -> str:
@@ -184,6 +188,10 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             from .ranking import check_model_name
 
             check_model_name(self.model_name, self.settings.get("arch"))  # a typo named as one, not as "data.csv looks like text data"
+            columns = [k for k in ("text_column", "label_column", "group_column", "delimiter", "encoding") if self.settings.get(k) is not None]
+            if columns:  # they named the columns of the temporary CSV (text, label), which the user never saw
+                raise UserError(f"{', '.join(columns)} name{'s' if len(columns) == 1 else ''} the columns or format of a data file; fit(X, y) takes "
+                                "the examples and their labels themselves: leave them out, or fit on the file (fit('data.csv'))")
             data, labels_given = self._write_examples(data, y)
             examples = Path(data).parent
         elif not isinstance(data, (str, Path)):
@@ -192,10 +200,11 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         try:
             values = _label_values(labels_given) if labels_given is not None else None
             # images in memory, copied to temporary PNG files read once: their decoded copies are not cached
+            con = report.console(quiet=quiet)
             with decoded_cache(examples is None or not (examples / "images").is_dir()):
-                r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=report.console(quiet=quiet), label_values=values,
+                r = fit(self.get_config(str(data)), out, overwrite=overwrite, console=con, label_values=values,
                         data_name=None if examples is None else f"the {len(labels_given)} examples given to fit(X, y)",
-                        source_name=None if examples is None else _source_name(examples / "images"))
+                        source_name=None if examples is None else _source_name(examples / "images", str(data)))
             finished = True
         except UserError as e:
             if examples is None or str(data) not in str(e):
@@ -205,8 +214,8 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         finally:
             if examples is not None and (finished or out is None or not (Path(out) / "checkpoints").is_dir()):
                 shutil.rmtree(examples, ignore_errors=True)  # a PNG copy of every image, on every call
-        if quiet:  # what the command line says of the data (copies across splits, one content under two labels) is not lost
-            for note in r.warnings:
+        if quiet:  # what the command line says in yellow (copies across splits, a model that predicts one class, ...) is not lost
+            for note in r.warnings + [k for k in getattr(con, "kept", []) if k not in r.warnings]:
                 note = note if examples is None else note.replace(str(data), "the examples given to fit(X, y)")
                 warn_user(note if COMMAND_LINE.get() else python_words(note))
         self._set_fitted(r.model, r.classes, r.inputs, r.config)
@@ -242,8 +251,10 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
 
         from .rundir import atomic_write_bytes
 
-        items = self._examples(X)
+        items = self._examples(X)  # once: a generator is read once
         labels = _labels(y, len(items), X)
+        if purpose == "evaluate":
+            labels = self._known_labels(labels)
         kinds = sorted({str(v).strip() for v in labels})  # the run reads a label without the spaces around it
         spaced = sorted({repr(v) for v in labels if isinstance(v, str) and v != v.strip()})
         if spaced:
@@ -386,12 +397,14 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             if not isinstance(data, (str, Path)):  # a list of texts was a pathlib "File name too long"
                 raise UserError(f"evaluate takes labelled data by its path (a folder, a CSV/TSV) or examples with their labels, "
                                 f"evaluate(X, y); got {type(data).__name__} without labels")
+            _check_csv_target(mistakes_csv)
             return evaluate_model(self, str(data), mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images)
-        path, labels = self._write_examples(data, self._known_labels(_labels(y, len(self._examples(data)), data)), purpose="evaluate")
+        _check_csv_target(mistakes_csv)  # before the work, not after it
+        path, labels = self._write_examples(data, y, purpose="evaluate")
         folder, given = Path(path).parent, f"the {len(labels)} examples given to evaluate(X, y)"
         try:
             with decoded_cache(not (folder / "images").is_dir()):  # temporary PNG copies: read once, not cached
-                m = evaluate_model(self, path, mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images, source_name=_source_name(folder / "images"))
+                m = evaluate_model(self, path, mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images, source_name=_source_name(folder / "images", path))
         except UserError as e:
             raise type(e)(str(e).replace(path, given)) from None
         finally:
@@ -402,13 +415,13 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
     def _known_labels(self, truth: list) -> list:
         """Labels of another type matched to `classes_` by their text, as score matches them: 0/1
         against a command line run's "0"/"1", 0.0 (a pandas column with a NaN is float) as 0."""
-        known = set(self.classes_.tolist())
+        known = {k: k for k in self.classes_.tolist()}  # 0.0 and True find the key 0 and 1 (equal, and hashed alike) and become it
         by_text = {str(k).strip(): k for k in known}
 
         def text_of(t) -> str:
             return str(int(t)) if isinstance(t, float) and t.is_integer() and str(t) not in by_text else str(t).strip()
 
-        return [t if t in known or text_of(t) not in by_text else by_text[text_of(t)] for t in truth]
+        return [known[t] if t in known else by_text.get(text_of(t), t) for t in truth]
 
     @_python_words
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -457,6 +470,12 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         # the run's own settings, but for the data, the model and the strategy (the constructor's own
         # arguments), so that a refit trains as it did (they were forgotten)
         settings = changed_settings(cfg, [k for k in FLAT if k not in ("data", "model", "strategy")])
+        from .config import default_lr
+
+        if settings.get("lr") == default_lr(meta.get("modality", "image"), cfg.strategy.name):
+            # the strategy's default rate, which config.yaml writes resolved: kept as a setting it followed a
+            # set_params(strategy='full') of a text probe at 10x that strategy's default (QA AQ)
+            settings.pop("lr")
         if meta.get("modality") == "text":
             cfg = replace(cfg, max_length=meta.get("max_length", cfg.data.max_length))
             out, inputs = TextClassifier(model=cfg.model.name, strategy=cfg.strategy.name, **settings), TextInputs(cfg, model.backbone)
@@ -472,16 +491,26 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         return out
 
 
-def _source_name(images: Path):
-    """fit(X, y)'s image in memory, written to images/000017.png of the temporary folder (gone once fit
-    returns), said as X[17]; a file given by its path keeps it."""
+def _source_name(images: Path, table: str | None = None):
+    """fit(X, y)'s (or evaluate(X, y)'s) image in memory, written to images/000017.png of the
+    temporary folder (gone once fit returns), said as X[17]; a text's row of the temporary CSV
+    (data.csv:19, its header row 1) as X[17] too; a file given by its path keeps it."""
     import re
 
     def name(source):
         m = re.fullmatch(re.escape(str(images)) + r"[/\\](\d+)\.png", str(source))
-        return f"X[{int(m.group(1))}]" if m else source
+        if m:
+            return f"X[{int(m.group(1))}]"
+        m = re.fullmatch(re.escape(str(table)) + r":(\d+)", str(source)) if table else None
+        return f"X[{int(m.group(1)) - 2}]" if m else source
 
     return name
+
+
+def _check_csv_target(path) -> None:
+    """mistakes_csv= checked before the work (a missing folder was an OSError after the evaluation)."""
+    if path is not None and (Path(path).is_dir() or not Path(path).absolute().parent.is_dir()):
+        raise UserError(f"mistakes_csv={str(path)!r}: give a CSV file to write in an existing folder")
 
 
 def _label_values(labels: list) -> dict:
@@ -629,6 +658,9 @@ class TextClassifier(_Classifier):
         column), as `transferkit predict` reads it."""
         texts = self._examples(texts)
         x, self.texts_cut_ = self.model_.backbone.tokenize(texts, self.inputs_.max_length)  # said by predict, as fit says its own
+        if self.texts_cut_ and not COMMAND_LINE.get():  # (the command line says it in its own words)
+            warn_user(f"{self.texts_cut_} of {len(texts)} texts are longer than the model's max_length={self.inputs_.max_length} tokens and "
+                      "were cut there, as in training (the model sees their beginnings)")
         return x, texts
 
     def _examples(self, texts) -> list[str]:

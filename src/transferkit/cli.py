@@ -1113,6 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
                 for sp in a.choices.values():
                     sp.error = quiet  # type: ignore[method-assign]
     args, rest = parser.parse_known_args(_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    args.given_flags = {a[2:].split("=")[0].replace("-", "_") for a in (sys.argv[1:] if argv is None else list(argv)) if str(a).startswith("--")}
     takes_inputs = getattr(args, "inputs", None) is not None  # predict
     options = [r for r in rest if r.startswith("-")]
     if rest and takes_inputs and not options:
@@ -1138,6 +1139,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout, sys.stderr = streams
 
 
+def _in_flag_words(message: str, given: set[str]) -> str:
+    """A check shared with config files and the Python API names a setting as its key (`val_fraction
+    must be in (0, 1)`, `k=100 is larger ...`); said of a setting given here as a flag, the flag
+    (`--val-fraction`, `--k 100`). Only flags given: a setting from --config keeps its key. A name
+    without an underscore (lr, k, epochs: words of the sentence too) only where the message begins."""
+    for name in sorted(given & FLAT.keys(), key=len, reverse=True):
+        flag = "--" + name.replace("_", "-")
+        if "_" in name:
+            message = re.sub(rf"(?<![\w.-]){name}(?![\w-])(=)?", lambda m: flag + (" " if m.group(1) else ""), message)
+        elif re.match(rf"{name}(=| must| cannot| is )", message):
+            message = flag + (" " if message[len(name)] == "=" else "") + message[len(name) + (message[len(name)] == "="):]
+    return message
+
+
 def _run(args) -> int:
     try:
         return args.func(args)
@@ -1148,7 +1163,8 @@ def _run(args) -> int:
         # trouble (out of memory on its device) by that process, named
         rank, world = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1") or 1)
         if first_process() or isinstance(e, ProcessUserError):
-            print(f"transferkit: error: {'' if world == 1 else f'(process {rank}) ' if isinstance(e, ProcessUserError) else ''}{e}", file=sys.stderr)
+            said = _in_flag_words(str(e), getattr(args, "given_flags", set()))
+            print(f"transferkit: error: {'' if world == 1 else f'(process {rank}) ' if isinstance(e, ProcessUserError) else ''}{said}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("transferkit: interrupted", file=sys.stderr)

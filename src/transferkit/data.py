@@ -500,9 +500,7 @@ def decode_images(s: ImageSet, size: int, interpolation: str = "bicubic", *, ski
         try:
             mm, errors = _decoded_file(s, size, interpolation, progress)
         except OSError as e:  # no room for the cache file: decode into memory instead
-            import warnings
-
-            warnings.warn(f"decoded-image cache not written ({e}); decoding into memory", stacklevel=2)
+            warn_user(f"decoded-image cache not written ({e}); decoding into memory")
             mm, errors = _decode_in_memory(s, size, interpolation, progress)
     else:
         mm, errors = _decode_in_memory(s, size, interpolation, progress)

@@ -413,8 +413,10 @@ def fit(
         metrics["groups"] = group_metrics(splits.val.labels, val_proba, splits.val.groups, splits.classes)
     from .mistakes import Mistakes, add_text_evidence, image_mistakes, summary, top_mistakes
 
-    sources = splits.val.sources if source_name is None or splits.val.sources is None else [source_name(s) for s in splits.val.sources]
-    wrong = top_mistakes(splits.val.labels, val_proba, splits.classes, sources, getattr(splits.val, "rows", None))
+    sources, rows = splits.val.sources, getattr(splits.val, "rows", None)
+    if source_name is not None:  # fit(X, y): X[i], not the temporary files
+        sources, rows = sources and [source_name(s) for s in sources], rows and [source_name(r) for r in rows]
+    wrong = top_mistakes(splits.val.labels, val_proba, splits.classes, sources, rows)
     mistakes = Mistakes(wrong)
     if rundir is not None and inputs.modality == "image":  # thumbnails and Grad-CAM maps: for the run's report
         # Grad-CAM keeps a forward's activations for its backward, as a training step: as many images

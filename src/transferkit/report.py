@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 
 from rich.console import Console
@@ -12,7 +13,33 @@ from rich.table import Table
 
 
 def console(quiet: bool = False) -> Console:
-    return Console(stderr=False, quiet=quiet, highlight=False, width=None if sys.stdout.isatty() else 110)
+    kind = QuietConsole if quiet else Console
+    return kind(stderr=False, quiet=quiet, highlight=False, width=None if sys.stdout.isatty() else 110)
+
+
+class QuietConsole(Console):
+    """A console that prints nothing but keeps, as plain text in `kept`, what it would have said in
+    yellow (notes, warnings, caveats): the Python API's fit(quiet=True) raises them as Python warnings
+    (they were lost: "the model predicts '1' for every validation example", "class_weight and sampler
+    correct twice")."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kept: list[str] = []
+
+    def print(self, *objects, **kwargs) -> None:
+        if len(objects) == 1 and isinstance(objects[0], str) and objects[0].startswith("[yellow]"):
+            from rich.errors import MarkupError
+            from rich.text import Text
+
+            try:
+                said = Text.from_markup(objects[0]).plain
+            except MarkupError:  # a note holding brackets of its own
+                said = objects[0].replace("[yellow]", "").replace("[/]", "")
+            said = re.sub(r"^(but|warning|note): ", "", said)  # the console's lead-ins: a Python warning is one already
+            if said not in self.kept:
+                self.kept.append(said)
+        super().print(*objects, **kwargs)
 
 
 def progress(con: Console):
