@@ -334,6 +334,9 @@ def test_text_run_round_trip_and_cli(tmp_path, tiny_bert):
     r = subprocess.run(TK + ["predict", str(out), "-", "--text", "awful"], input="good film\n\nthe plot was awful\n", capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert [r_[:3] for r_ in csv.reader(io.StringIO(r.stdout))][1:] == [["--text", "1", "awful"], ["-", "1", "good film"], ["-", "3", "the plot was awful"]]
+    r = subprocess.run(TK + ["predict", str(out), "-", "--text-column", "review"], input="id\treview\n7\tgood film\n8\tawful, awful\n",
+                       capture_output=True, text=True, timeout=600)  # a table piped in, its column named: read as one (it was each line whole)
+    assert r.returncode == 0 and [r_[:3] for r_ in csv.reader(io.StringIO(r.stdout))][1:] == [["-", "2", "good film"], ["-", "3", "awful, awful"]], r.stderr
     # each prediction says where its text came from (a text file's line, a CSV's record), whole
     lines = tmp_path / "texts.txt"
     long = "the plot was awful " * 10

@@ -680,7 +680,7 @@ class TextClassifier(_Classifier):
         if not texts:
             raise UserError("no texts to classify")
         for i, t in enumerate(texts):
-            if t is None or (isinstance(t, float) and t != t):  # None, or a NaN from a table's empty cell
+            if t is None or (isinstance(t, float) and t != t) or type(t).__name__ == "NAType":  # None, or a NaN (pandas' NA) from a table's empty cell
                 raise UserError(f"text {i + 1} is missing ({t!r})")
             if not isinstance(t, str):
                 raise UserError(f"text {i + 1} is not a string: {t!r} ({type(t).__name__})")

@@ -401,8 +401,8 @@ def cmd_predict(args) -> int:
         where = [("--text", i) for i in range(1, len(args.text or []) + 1)]  # (file, row) of each text, to join the output back
         texts = list(args.text or [])
         for item in args.inputs:
-            if item == "-":  # texts piped in, one a line, read as a text file is
-                rows = _stdin_rows(stdin, args.encoding)
+            if item == "-":  # texts piped in, one a line, read as a text file is; a table (CSV/TSV) with --text-column
+                rows = _stdin_rows(stdin, args.encoding, args.text_column)
                 where += [("-", i) for i, _ in rows]
                 texts += [t for _, t in rows]
                 continue
@@ -514,18 +514,20 @@ def _read_stdin() -> bytes:
     return sys.stdin.buffer.read()
 
 
-def _stdin_rows(data: bytes, encoding: str) -> list[tuple[int, str]]:
+def _stdin_rows(data: bytes, encoding: str, text_column: str | None = None) -> list[tuple[int, str]]:
     """Texts piped to predict, one a line, read as a text file of them is (its encodings, its blank
-    lines left out), through a temporary .txt file removed at once; a mistake names standard input."""
+    lines left out), through a temporary file removed at once; with `text_column`, a table (CSV or
+    TSV, its delimiter detected) whose column that is (it was ignored: each line, header and all, was
+    a text); a mistake names standard input."""
     import tempfile
 
     from .text_data import read_text_rows
 
-    fd, name = tempfile.mkstemp(prefix="transferkit-stdin-", suffix=".txt")
+    fd, name = tempfile.mkstemp(prefix="transferkit-stdin-", suffix=".txt" if text_column is None else ".csv")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return read_text_rows(name, encoding=encoding)
+        return read_text_rows(name, text_column=text_column, encoding=encoding)
     except UserError as e:
         raise UserError(str(e).replace(name, "standard input (-)")) from None
     finally:
