@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-
-
 from contextvars import ContextVar
 
 # Set while the command line runs: messages keep its flags (--val-fraction); the Python API, called
