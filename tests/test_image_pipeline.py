@@ -226,7 +226,7 @@ def test_test_fraction_holds_out_a_seeded_stratified_test_split(tmp_path, tiny_c
     ev = json.loads(capsys.readouterr().out)
     assert ev["n"] == 6 and ev["accuracy"] == m["test"]["accuracy"] and "held-out test split" in ev["data"]
     assert main(["fit", "--data", str(data), "--test-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
-    assert "test_fraction must be in (0, 1)" in capsys.readouterr().err
+    assert "--test-fraction must be in (0, 1)" in capsys.readouterr().err
 
 
 def test_image_csv_columns_are_found_by_name_or_given(tiny_folder, tiny_ckpt, tmp_path, capsys):

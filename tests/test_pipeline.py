@@ -582,7 +582,7 @@ def test_adapt_on_images_notes_the_text_flags_it_does_not_read(tmp_path, tiny_ck
 def test_adapt_refuses_a_batch_size_of_zero(tmp_path, capsys):
     """--batch-size lost its default of 32 (AdaBN's is 64): a 0 given must still be refused, not taken for 'not given'."""
     assert main(["adapt", "--data", "digits", "--model", "small_convnet", "--batch-size", "0", "--out", str(tmp_path / "a")]) == 2
-    assert "batch_size must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "a").exists()
 
 
 def test_adapt_says_when_it_raises_a_batch_size_of_one(tmp_path, tiny_ckpt, capsys):
