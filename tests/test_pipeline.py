@@ -29,7 +29,8 @@ def _stages(tmp_path, tiny_ckpt):
 def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, tiny_ckpt, monkeypatch, capsys):
     from transferkit import fit as fit_mod
 
-    f = _write(tmp_path / "p.yaml", _stages(tmp_path, tiny_ckpt))
+    first = _stages(tmp_path, tiny_ckpt)
+    f = _write(tmp_path / "p.yaml", first)
     out = tmp_path / "out"
     assert main(["pipeline", str(f), "--out", str(out)]) == 0
     assert "again" not in capsys.readouterr().out  # a first run runs nothing again (it said the target was, its source having "another run")
@@ -40,6 +41,12 @@ def test_pipeline_runs_in_order_skips_complete_and_redoes_interrupted(tmp_path, 
     monkeypatch.setattr(fit_mod, "fit", lambda cfg, d, **kw: calls.append(str(d)) or real(cfg, d, **kw))
     assert main(["pipeline", str(f), "--out", str(out)]) == 0
     assert calls == []  # both complete: nothing ran again
+    same = [dict(st) for st in first]
+    del same[0]["kind"]  # the default written out or left out is the same stage (QA AR: it ran again as 'changed')
+    capsys.readouterr()
+    assert main(["pipeline", str(_write(tmp_path / "p0.yaml", same)), "--out", str(out), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert calls == [] and said == "", said  # and --quiet prints nothing (each stage's line was printed)
     (out / "target" / "manifest.json").unlink()  # an interrupted target stage
     assert main(["pipeline", str(f), "--out", str(out)]) == 0
     assert calls == [str(out / "target")] and (out / "target" / "manifest.json").is_file()

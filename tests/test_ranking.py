@@ -397,3 +397,16 @@ def test_a_tie_is_broken_by_the_other_scores_and_said():
     assert [r.name for r in same] == ["a", "b"]
     assert Ranking("d", "knn", same, 40, ["x", "y"], 0, 0, tie_break=["logme"]).reason().endswith("they tie on every score, so the first given is picked")
     assert "has the highest kNN acc (0.9000)" in Ranking("d", "knn", rows[1:], 40, ["x", "y"], 0, 0).reason()  # no tie: as before
+
+
+def test_scores_that_print_alike_are_a_tie_even_past_a_random_control():
+    """QA AR: LogME -0.77381 and -0.77384 printed alike, and the first was 'the highest'; with a random
+    control ranked above, a tie was not looked for at all."""
+    from transferkit.ranking import ModelScores, Ranking, order_rows
+
+    row = lambda name, lm, k: ModelScores(name, {"logme": lm, "knn": k}, 8, False, 0.0, {}, False)  # noqa: E731
+    rows = order_rows([row("ctrl", -0.5, 0.5), row("a", -0.773810, 0.7), row("b", -0.773840, 0.8)], "logme", ["knn"])
+    assert [r.name for r in rows] == ["ctrl", "b", "a"]  # a and b tie as printed: kNN orders them
+    r = Ranking("d", "logme", rows, 40, ["x", "y"], 0, 0, controls=["ctrl"], tie_break=["knn"])
+    assert r.best == "b" and r.reason() == ("b ties with a on LogME (-0.7738) on the 40 training examples; kNN acc puts it ahead (0.8000 against 0.7000); "
+                                            "the random control(s) ctrl (-0.5000) scored higher (see the warning)")

@@ -784,3 +784,35 @@ def test_review_ak_shared_study_refit_checkpoints_mixed_copies_and_old_searches(
     with con.capture() as cap:
         S.search(replace(_base(tiny), data=str(data)), old, space=SPACE, trials=2, folds=2, console=con)
     assert "this search began before copies were kept on one side of every fold" in " ".join(cap.get().split())
+
+
+def test_a_space_with_one_value_is_fixed_and_a_step_must_divide_its_range(tmp_path, capsys):
+    """QA AR: `choices: [linear_probe]` and `low: 0.01, high: 0.01` were searched (identical trials; lr-find
+    swept lp_ft for a space of linear probes); a step that does not divide the range was shown as 2 .. 5
+    while Optuna lowered it to 4 with a raw warning each trial; a trial the time budget stopped printed
+    'fail'; lr-find took --end-lr inf and wrote `Infinity` into its JSON; did-you-mean offered the
+    refused key itself."""
+    import optuna
+    from rich.console import Console
+
+    from transferkit.errors import did_you_mean
+    from transferkit.search import _print_trial, parse_space
+
+    space = parse_space({"strategy": {"choices": ["linear_probe"]}, "lr": {"low": 0.01, "high": 0.01}, "epochs": {"low": 2, "high": 6, "step": 2}})
+    assert (space["strategy"].kind, space["strategy"].value, space["lr"].kind, space["lr"].value, space["epochs"].kind) == ("fixed", "linear_probe", "fixed", 0.01, "range")
+    with pytest.raises(UserError, match=r"epochs: step 2 does not divide high - low \(5 - 2\): the highest value reached would be 4; give high 4 or 6"):
+        parse_space({"epochs": {"low": 2, "high": 5, "step": 2}})
+    with pytest.raises(UserError, match=r"lr: step 0.002 does not divide"):
+        parse_space({"lr": {"low": 1e-3, "high": 4e-3, "step": 0.002}})
+    parse_space({"lr": {"low": 0.1, "high": 0.3, "step": 0.1}})  # 0.3 - 0.1 is 0.19999999999999998: divides all the same
+
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={}, distributions={}, user_attrs={"note": "stopped by the time budget"}))
+    con = Console(record=True, width=200)
+    _print_trial(con, study, study.trials[0], "accuracy")
+    assert con.export_text().startswith("trial   0 stopped ")
+
+    assert main(["lr-find", "--data", "digits", "--model", "small_convnet", "--out", str(tmp_path / "l"), "--end-lr", "inf"]) == 2
+    assert "lr-find needs finite rates" in capsys.readouterr().err
+    assert did_you_mean("optim", ["optim", "optimizer", "schedule"]) == " (did you mean: optimizer?)"
+    assert did_you_mean("lerning_rate", ["lr", "epochs", "decay_rate"]).startswith(" (did you mean: lr")

@@ -379,8 +379,9 @@ def test_rank_takes_a_run_and_torchvision_names_as_candidates(source_run, tmp_pa
     src = str(tmp_path / "src")
     assert _fitted_on(str(source_run), src) and _fitted_on(str(source_run), src + "/") and not _fitted_on(str(source_run), str(tmp_path))
     said = []
-    rank_models(src, [f"run:{source_run}", "random:cifar_resnet20"], arch=None, input_size=16, log=said.append, device="cpu")
+    ranking = rank_models(src, [f"run:{source_run}", "random:cifar_resnet20"], arch=None, input_size=16, log=said.append, device="cpu")
     assert any(f"run:{source_run} was fitted on {src}: its scores see examples it was trained on" in m for m in said), said
+    assert any("was fitted on" in n for n in ranking.notes), ranking.notes  # QA AR: rank --json's notes lacked it
 
 
 def test_macro_f1_counts_the_classes_that_occur_and_the_trainer_agrees():

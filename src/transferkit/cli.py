@@ -660,7 +660,8 @@ def cmd_pipeline(args) -> int:
         return 128 + signals.signum
     for name, v in summary.items():
         acc = f", accuracy {100 * v['accuracy']:.2f}%" if v.get("accuracy") is not None else ""
-        print(f"{name}: {v['status']}{acc}; {v['run']}")
+        if not args.quiet:  # --quiet prints nothing but errors (each stage's line was printed all the same)
+            print(f"{name}: {v['status']}{acc}; {v['run']}")
     return 0
 
 
@@ -957,7 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="run the named stages of a PIPELINE.yaml (source fit, adapt, target fit) in order; reruns skip finished stages")
     p.add_argument("file")
     p.add_argument("--out", required=True, help="folder of the stages' run directories")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (pipeline.json says what each stage did)")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("search", help="hyperparameter search by k-fold cross-validation of the training split, then refit the best")

@@ -63,8 +63,9 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
 def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' for the closest names, or '' when nothing is close; another
     library's name for a setting (learning_rate) suggests ours (lr) first."""
-    choices = list(choices)
-    alias = ALIASES.get(str(value).replace("-", "_").lower())
+    choices = [c for c in choices if c != value]  # the name refused is no suggestion (optim: "did you mean: optimizer, optim?")
+    key = str(value).replace("-", "_").lower()
+    alias = ALIASES.get(key) or ALIASES.get(next(iter(difflib.get_close_matches(key, list(ALIASES), n=1, cutoff=0.85)), ""))  # lerning_rate: lr
     if alias not in choices:  # the same name in another case (LogME, as the table spells it, for logme)
         alias = next((c for c in choices if str(c).lower() == str(value).lower()), alias)
     close = ([alias] if alias in choices else []) + [c for c in difflib.get_close_matches(value, choices, n=n, cutoff=0.5) if c != alias]

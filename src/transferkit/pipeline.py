@@ -95,6 +95,17 @@ def load_pipeline(path: str | Path) -> list[dict]:
     return _order(stages, p)
 
 
+def _as_defined(st: dict) -> dict:
+    """A stage's definition with its defaults written out: `kind: fit` given or left out (or
+    `settings: {}`) is the same stage (it was run again as 'changed')."""
+    d = {"kind": "fit", **st}
+    if not d.get("settings"):
+        d.pop("settings", None)
+    if not d.get("intermediate"):
+        d.pop("intermediate", None)
+    return d
+
+
 def _refs(st: dict) -> list[str]:
     return [str(st[k])[len("stage:") :] for k in ("model", "intermediate") if str(st.get(k, "")).startswith("stage:")]
 
@@ -200,7 +211,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         before = ran_from.get(name)
         if before is None and current:  # finished before this file was kept: taken as run from what is there now
             before = {**now, "run": current}
-        changed = before is not None and before["definition"] != now["definition"]
+        changed = before is not None and _as_defined(before["definition"]) != _as_defined(now["definition"])
         # its files added, removed or rewritten since it ran (a rerun skipped a stage whose data had 10 more images)
         data_changed = before is not None and before.get("data") is not None and before["data"] != now["data"]
         known = before is not None and before.get("upstream") is not None

@@ -434,12 +434,15 @@ class Ranking:
         if first.name in self.controls:  # every candidate is one: what it trains transfers nothing
             return (f"every candidate is a random control (no pretrained weights): {first.name} has the highest {label} "
                     f"({first.scores[self.score]:.4f}), but a control transfers nothing; add pretrained candidates")
-        if not above and after and after[0].scores[self.score] == first.scores[self.score]:  # said as a tie, not as a win
-            nxt = after[0]
+        rivals = [r for r in after if r.name not in self.controls]
+        if rivals and shown(rivals[0].scores[self.score]) == shown(first.scores[self.score]):  # said as a tie, not as a win
+            nxt = rivals[0]
             broke = next((s for s in self.tie_break if None not in (first.scores.get(s), nxt.scores.get(s)) and first.scores[s] != nxt.scores[s]), None)
             how = (f"{SCORES.get(broke).label} puts it ahead ({first.scores[broke]:.4f} against {nxt.scores[broke]:.4f})" if broke
                    else "they tie on every score, so the first given is picked")
-            return (f"{first.name} ties with {nxt.name} on {label} ({first.scores[self.score]:.4f}) on the {self.n_train} training examples; {how}")
+            said = f"{first.name} ties with {nxt.name} on {label} ({first.scores[self.score]:.4f}) on the {self.n_train} training examples; {how}"
+            return said + ("" if not above else "; the random control(s) " + ", ".join(f"{r.name} ({r.scores[self.score]:.4f})" for r in above)
+                           + " scored higher (see the warning)")
         if not above:
             return (f"{first.name} has the highest {label} ({first.scores[self.score]:.4f}) of {len(self.rows)} candidates "
                     f"on the {self.n_train} training examples; next is {after[0].name} ({after[0].scores[self.score]:.4f})")
@@ -621,9 +624,11 @@ def rank_models(
         raise UserError(
             "the candidates mix image and text models (" + ", ".join(f"{n}: {k}" for n, k in kinds.items()) + "); rank models of one kind"
         )
+    fitted_here = []
     for n in names:  # a run fitted on this very data has seen its labels: its scores are not a transfer estimate
         if n.startswith("run:") and _fitted_on(n[len("run:"):], data):
-            log(f"note: {n} was fitted on {data}: its scores see examples it was trained on, so they overstate how well it transfers")
+            fitted_here.append(f"note: {n} was fitted on {data}: its scores see examples it was trained on, so they overstate how well it transfers")
+            log(fitted_here[-1])
     text = {k: v for k, v in (text or {}).items() if v is not None}
     unknown = sorted(set(text) - set(TEXT_SETTINGS))
     if unknown:
@@ -718,7 +723,7 @@ def rank_models(
 
     others = [s for s in wanted if s != score]
     rows = order_rows(rows, score, others)
-    notes = []
+    notes = list(fitted_here)  # (said at once too: --json's notes lacked it)
     if too_few:
         notes.append(f"note: {', '.join(sorted(too_few))} left out: cross-validated scores need at least 2 training examples in every class")
     saturated = [r for r in rows if r.num_features >= len(train) - 1]
@@ -737,7 +742,13 @@ def order_rows(rows: list[ModelScores], score: str, tie_break: list[str]) -> lis
     """Best first by `score`; a tie on it (kNN accuracy 0.9 and 0.9, one model under two names) is
     broken by the `tie_break` scores in turn, and a tie on all keeps the order the candidates were
     given in (stable). The first given was picked, and said to have "the highest" score."""
-    return sorted(rows, key=lambda r: (-r.scores[score], *(-r.scores[s] if r.scores.get(s) is not None else math.inf for s in tie_break)))
+    return sorted(rows, key=lambda r: (-shown(r.scores[score]), *(-r.scores[s] if r.scores.get(s) is not None else math.inf for s in tie_break)))
+
+
+def shown(v: float) -> float:
+    """A score as the table shows it (4 decimals): two that print alike are a tie, broken by the other
+    scores (LogME -0.77381 and -0.77384 were 'the highest' and next, printed the same)."""
+    return round(v, 4)
 
 
 def _features(backbone, images, size: int, *, device: str, batch_size: int, precision: str = "no", autocast=None):

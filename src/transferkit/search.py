@@ -202,6 +202,8 @@ def _parse_dim(name: str, spec, where: str) -> Dim:
             raise UserError(f"{where}: {name}: choices must be plain values (numbers, words, true/false)")
         if len(set(map(repr, ch))) != len(ch):
             raise UserError(f"{where}: {name}: choices repeat a value: {ch}")
+        if len(ch) == 1:  # one choice is a fixed value (it was sampled as a search: trials all alike, lr-find of another strategy)
+            return Dim(name, "fixed", value=ch[0])
         return Dim(name, "choices", choices=list(ch))
     if "low" not in spec or "high" not in spec:
         raise UserError(f"{where}: {name}: a range needs both low and high, got {spec}")
@@ -230,6 +232,12 @@ def _parse_dim(name: str, spec, where: str) -> Dim:
         raise UserError(f"{where}: {name}: a log range needs low > 0, got {low:g}")
     if step is not None and (step <= 0 or log):
         raise UserError(f"{where}: {name}: step must be > 0 and cannot be combined with log")
+    if step is not None and abs((high - low) / step - round((high - low) / step)) > 1e-9:  # Optuna lowered high with a raw warning a trial
+        top = low + math.floor((high - low) / step + 1e-9) * step
+        raise UserError(f"{where}: {name}: step {step:g} does not divide high - low ({high:g} - {low:g}): the highest value reached would be "
+                        f"{top:g}; give high {top:g} or {top + step:g}")
+    if low == high:  # one value: fixed, not searched
+        return Dim(name, "fixed", value=low)
     return Dim(name, "range", low=low, high=high, log=log, step=step)
 
 
@@ -247,7 +255,7 @@ def check_space(space: dict[str, Dim], base: RunConfig, *, where: str = "search 
     if not sampled_settings(space, base):  # momentum searched for adamw alone: every trial would be the same
         unread = sorted(d.name for d in space.values() if d.kind != "fixed")
         raise UserError(f"{where}: nothing to search: every setting that {', '.join(strategies)} uses is fixed"
-                        + (f", and no trial reads {', '.join(unread)} (their optimizer, schedule or head is not one that uses them)" if unread else "")
+                        + (f", and no trial reads {', '.join(unread)} (their strategy, optimizer, schedule or head is not one that uses them)" if unread else "")
                         + " (run `transferkit fit` for one configuration)")
 
 
@@ -1149,7 +1157,7 @@ def _print_trial(con, study, t, metric) -> None:
         best = ""
     note = t.user_attrs.get("note", "")
     con.print(
-        f"trial {t.number:>3} {t.state.name.lower():<8} {metric} {score}  folds " + (" ".join(f"{s:.3f}" for s in folds) or "-")
+        f"trial {t.number:>3} {state_name(t):<8} {metric} {score}  folds " + (" ".join(f"{s:.3f}" for s in folds) or "-")
         + f"  {_fmt_params(t.params)}  {dur}  {best}" + (f"  ({note})" if note else ""),
         markup=False,
     )
