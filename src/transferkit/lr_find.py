@@ -111,8 +111,6 @@ def lr_find(
     cfg.validate()
     if steps < 10:
         raise UserError(f"lr-find needs at least 10 steps, got {steps}")
-    import math
-
     if not (math.isfinite(start_lr) and math.isfinite(end_lr)):  # inf swept 2 points and wrote "end_lr": Infinity, not JSON
         raise UserError(f"lr-find needs finite rates, got start_lr {start_lr:g} and end_lr {end_lr:g}")
     if not 0 < start_lr < end_lr:
