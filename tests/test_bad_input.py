@@ -655,3 +655,17 @@ def test_the_api_says_its_settings_as_keyword_arguments_not_flags(tmp_path, caps
     assert "--" not in str(e.value)
     rc = main(["fit", "--data", str(tmp_path / "d"), *tiny_args(tiny_ckpt), "--test-fraction", "0.9", "--val-fraction", "0.5", "--out", str(tmp_path / "r")])
     assert rc == 2 and "--test-fraction 0.9 and --val-fraction 0.5 together" in capsys.readouterr().err  # the command line keeps its flags
+
+
+def test_a_run_is_not_written_into_the_image_folder_it_reads(tmp_path, capsys, tiny_ckpt):
+    """QA AR: `fit --out hym/val` wrote a run into the data folder; AdaBN of that folder then counted
+    45 target images in a folder of 40 (the run's plots). fit, search and adapt refuse it."""
+    d = make_folder(tmp_path / "d", n=6)
+    for cmd in (["fit", "--data", str(d), *tiny_args(tiny_ckpt), "--out", str(d / "run")],
+                ["fit", "--data", str(d), *tiny_args(tiny_ckpt), "--out", str(d)],
+                ["search", "--data", str(d), *tiny_args(tiny_ckpt), "--out", str(d / "s"), "--trials", "2", "--folds", "2"],
+                ["adapt", "--data", str(d), "--model", f"file:{tiny_ckpt}", "--arch", "cifar_resnet20", "--out", str(d / "a")]):
+        assert main(cmd) == 2, cmd
+        assert "is inside the image folder" in capsys.readouterr().err
+    assert not (d / "run").exists() and not (d / "s").exists() and not (d / "a").exists()
+    assert main(["fit", "--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "1", "--out", str(tmp_path / "ok")]) == 0

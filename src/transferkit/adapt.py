@@ -308,6 +308,9 @@ def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int 
         if unread:
             con.print(f"[yellow]note[/]: {', '.join(unread)} {'is' if len(unread) == 1 else 'are'} for masked-LM training of text models; "
                       "AdaBN on images does not read them")
+    from .rundir import refuse_out_in_data
+
+    refuse_out_in_data(out, cfg.data.path, cfg.model.name)
     rundir = RunDir(out, overwrite=overwrite)
     from .fit import make_accelerator
 

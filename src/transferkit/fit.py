@@ -139,6 +139,10 @@ def fit(
                         f"give --batch-size {accelerator.num_processes} or more")
     if accelerator.num_processes > 1 and cfg.strategy.name == "gradual":
         raise UserError("strategy gradual changes what trains inside a phase, which one process per device cannot follow; use partial or full with several processes")
+    if splits is None and not resume and not is_builtin(cfg.data.path or "digits"):
+        from .rundir import refuse_out_in_data
+
+        refuse_out_in_data(out, cfg.data.path, cfg.model.name)
     rundir = RunDir(out, overwrite=overwrite or resume) if out is not None and main else None  # refuse a finished run before work
     t_start = time.perf_counter()
     def stop() -> bool:

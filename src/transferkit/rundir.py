@@ -154,6 +154,26 @@ def refuse_if_in_use(path: str | os.PathLike) -> None:
         raise UserError(f"{p} is in use by another transferkit process (pid {pid}); wait for it or stop it")
 
 
+def refuse_out_in_data(out, data: str | None, model_name: str, flag: str = "--out") -> None:
+    """A run written into the image folder it trains on (`--data photos --out photos/run`): the next
+    fit or adapt of that folder reads the run's plots and mistake images as examples (AdaBN counted 45
+    target images in a folder of 40). Refused; a text folder (train.tsv, ...) reads named files only."""
+    if out is None or not data:
+        return
+    from .inputs import modality_of
+
+    d = Path(data)
+    try:
+        if not d.is_dir() or modality_of(model_name) != "image":
+            return
+    except UserError:  # a run: that cannot be read: said where the model is loaded
+        return
+    data_dir, out_dir = d.resolve(), Path(out).resolve()
+    if out_dir == data_dir or data_dir in out_dir.parents:
+        raise UserError(f"{flag} {out} is inside the image folder {data}: the next fit or adapt of that folder would read the run's "
+                        "plots and images as examples; write the run outside it")
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
         self.path = Path(path)
