@@ -151,10 +151,9 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
         truth = _labels(y, len(items), X)
         if sample_weight is not None and len(np.ravel(np.asarray(sample_weight, dtype=float))) != len(truth):
             raise UserError(f"sample_weight has {len(np.ravel(sample_weight))} weights for {len(truth)} examples: give one per example")
-        known = set(self.classes_.tolist()) if hasattr(self, "classes_") else None
-        if known is not None:  # labels of another type, matched by their text as classes_ is: 0/1 against a CLI run's "0"/"1" scored 0.0
-            truth = self._known_labels(truth)
-        unknown = sorted({str(t) for t in truth if known is not None and t not in known})
+        truth = self._known_labels(truth)  # labels of another type, matched by their text as classes_ is: 0/1 against a CLI run's "0"/"1" scored 0.0
+        known = set(self.classes_.tolist())
+        unknown = sorted({str(t) for t in truth if t not in known})
         if unknown:  # they can never be predicted: the score was quietly lower
             warn_user(f"score: y has label(s) the model was not trained on, counted as wrong: {', '.join(unknown[:5])}"
                       f"{' ...' if len(unknown) > 5 else ''} (its classes: {', '.join(map(str, sorted(known, key=str)[:10]))})")
@@ -392,14 +391,16 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
 
         from .evaluate import evaluate_model
 
+        from .rundir import refuse_unwritable_file
+
         self._check_fitted()
+        if mistakes_csv is not None:  # before the work, not after it
+            refuse_unwritable_file(mistakes_csv, f"mistakes_csv={str(mistakes_csv)!r}")
         if y is None:
             if not isinstance(data, (str, Path)):  # a list of texts was a pathlib "File name too long"
                 raise UserError(f"evaluate takes labelled data by its path (a folder, a CSV/TSV) or examples with their labels, "
                                 f"evaluate(X, y); got {type(data).__name__} without labels")
-            _check_csv_target(mistakes_csv)
             return evaluate_model(self, str(data), mistakes_csv=mistakes_csv, skip_bad_images=skip_bad_images)
-        _check_csv_target(mistakes_csv)  # before the work, not after it
         path, labels = self._write_examples(data, y, purpose="evaluate")
         folder, given = Path(path).parent, f"the {len(labels)} examples given to evaluate(X, y)"
         try:
@@ -505,12 +506,6 @@ def _source_name(images: Path, table: str | None = None):
         return f"X[{int(m.group(1)) - 2}]" if m else source
 
     return name
-
-
-def _check_csv_target(path) -> None:
-    """mistakes_csv= checked before the work (a missing folder was an OSError after the evaluation)."""
-    if path is not None and (Path(path).is_dir() or not Path(path).absolute().parent.is_dir()):
-        raise UserError(f"mistakes_csv={str(path)!r}: give a CSV file to write in an existing folder")
 
 
 def _label_values(labels: list) -> dict:

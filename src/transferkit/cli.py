@@ -291,18 +291,14 @@ def cmd_evaluate(args) -> int:
     from .api import ImageClassifier
 
     if args.mistakes is not None:
-        target = Path(args.mistakes)
-        if target.is_dir() or not target.parent.is_dir():
-            raise UserError(f"--mistakes {args.mistakes}: give a CSV file to write in an existing folder")
-        from .rundir import refuse_run_file
+        from .rundir import refuse_run_file, refuse_unwritable_file
 
-        refuse_run_file(target, "--mistakes")
+        refuse_unwritable_file(args.mistakes, f"--mistakes {args.mistakes}")
+        refuse_run_file(args.mistakes, "--mistakes")
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
-    _refuse_skip_for_text(args, clf)
+    _refuse_other_modality(args, clf)
     if args.encoding is not None:  # this data's, not the encoding of the data the run was fitted on
         clf.config_ = replace(clf.config_, encoding=args.encoding)
-    if args.text_column is not None and clf.inputs_.modality != "text":
-        raise UserError(f"{args.run_dir} is an image model: --text-column is for text models")
     given = {k: getattr(args, k) for k in ("text_column", "label_column", "delimiter") if getattr(args, k) is not None}
     if given:  # this data's columns (QA AP: a test file whose columns the run's names miss could not be scored)
         clf.config_ = replace(clf.config_, **given)
@@ -342,9 +338,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _refuse_skip_for_text(args, clf) -> None:
+def _refuse_other_modality(args, clf) -> None:
+    """predict's and evaluate's flags for the other kind of model: said, not ignored."""
     if args.skip_bad_images and clf.inputs_.modality == "text":
         raise UserError(f"{args.run_dir} is a text model: --skip-bad-images is for image models")
+    if args.text_column is not None and clf.inputs_.modality != "text":
+        raise UserError(f"{args.run_dir} is an image model: --text-column is for text models")
 
 
 def _say_skipped(problems: list[str]) -> None:
@@ -360,16 +359,13 @@ def cmd_predict(args) -> int:
 
     from .api import ImageClassifier
 
-    if args.out is not None and (Path(args.out).is_dir() or not Path(args.out).absolute().parent.is_dir()):
-        raise UserError(f"--out {args.out}: give a CSV (or .json) file to write in an existing folder")  # before any work, not after it
-    if args.out is not None:
-        from .rundir import refuse_run_file
+    if args.out is not None:  # before any work, not after it
+        from .rundir import refuse_run_file, refuse_unwritable_file
 
+        refuse_unwritable_file(args.out, f"--out {args.out}", "a CSV (or .json) file")
         refuse_run_file(args.out, "--out")
     clf = ImageClassifier.load(args.run_dir)  # an ImageClassifier or a TextClassifier, as the run is
-    if args.text_column is not None and clf.inputs_.modality != "text":
-        raise UserError(f"{args.run_dir} is an image model: --text-column is for text models")
-    _refuse_skip_for_text(args, clf)
+    _refuse_other_modality(args, clf)
     if args.explain is not None:
         if args.onnx is not None and clf.inputs_.modality == "image":
             raise UserError("--explain draws Grad-CAM maps, which need the model's gradients; the ONNX export does not give them: drop --onnx")
@@ -658,10 +654,9 @@ def cmd_pipeline(args) -> int:
               f"(an adapt stage starts again). Continue with:\n"
               f"  transferkit pipeline {args.file} --out {args.out}", file=sys.stderr)
         return 128 + signals.signum
-    for name, v in summary.items():
+    for name, v in ({} if args.quiet else summary).items():  # --quiet prints nothing but errors (each stage's line was printed all the same)
         acc = f", accuracy {100 * v['accuracy']:.2f}%" if v.get("accuracy") is not None else ""
-        if not args.quiet:  # --quiet prints nothing but errors (each stage's line was printed all the same)
-            print(f"{name}: {v['status']}{acc}; {v['run']}")
+        print(f"{name}: {v['status']}{acc}; {v['run']}")
     return 0
 
 
@@ -1115,8 +1110,9 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(a, argparse._SubParsersAction):
                 for sp in a.choices.values():
                     sp.error = quiet  # type: ignore[method-assign]
-    args, rest = parser.parse_known_args(_negative_values(sys.argv[1:] if argv is None else list(argv)))
-    args.given_flags = {a[2:].split("=")[0].replace("-", "_") for a in (sys.argv[1:] if argv is None else list(argv)) if str(a).startswith("--")}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, rest = parser.parse_known_args(_negative_values(argv))
+    args.given_flags = {a[2:].split("=")[0].replace("-", "_") for a in argv if str(a).startswith("--")}  # errors name these by their flags
     takes_inputs = getattr(args, "inputs", None) is not None  # predict
     options = [r for r in rest if r.startswith("-")]
     if rest and takes_inputs and not options:

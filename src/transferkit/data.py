@@ -436,7 +436,7 @@ def check_pixel_range(a: np.ndarray, where: str) -> None:
         if 5 < hi <= 16 and np.array_equal(a, np.round(a)):  # (signed ints and floats: uint8 is stored pixels, uint16 scaled by 257)
             # one text for every image (a list of 1,797 digits warns once)
             warn_user("image pixel values no higher than 16 are read as 0-255 (nearly black); scikit-learn's load_digits "
-                          "images run 0-16: scale them first, images * (255 / 16)")
+                      "images run 0-16: scale them first, images * (255 / 16)")
 
 
 def _decode_one(src, size: int, interpolation: str):

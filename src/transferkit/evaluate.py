@@ -183,10 +183,7 @@ def evaluate_model(clf, spec: str, *, mistakes_csv: str | Path | None = None, on
         proba = predict_proba(clf.model_, x, clf.inputs_.eval_transform(), 64, contextlib.nullcontext).numpy()
     m = classification_metrics(s.labels, proba, clf.class_names_)
     m["data"] = where + (" (ONNX export, onnxruntime)" if onnx_session is not None else "")
-    sources, rows = s.sources, getattr(s, "rows", None)
-    if source_name is not None:  # evaluate(X, y): X[i], not the temporary files
-        sources, rows = [source_name(src) for src in sources], rows and [source_name(r) for r in rows]
-    wrong = top_mistakes(s.labels, proba, clf.class_names_, sources, rows)
+    wrong = top_mistakes(s.labels, proba, clf.class_names_, s.sources, getattr(s, "rows", None), name=source_name)
     m["mistakes"] = summary(wrong)
     if getattr(s, "groups", None) is not None:  # the run's --group-column: metrics per group and the worst one
         from .metrics import group_metrics

@@ -139,7 +139,7 @@ def fit(
                         f"give --batch-size {accelerator.num_processes} or more")
     if accelerator.num_processes > 1 and cfg.strategy.name == "gradual":
         raise UserError("strategy gradual changes what trains inside a phase, which one process per device cannot follow; use partial or full with several processes")
-    if splits is None and not resume and not is_builtin(cfg.data.path or "digits"):
+    if splits is None and not resume:
         from .rundir import refuse_out_in_data
 
         refuse_out_in_data(out, cfg.data.path, cfg.model.name)
@@ -417,10 +417,7 @@ def fit(
         metrics["groups"] = group_metrics(splits.val.labels, val_proba, splits.val.groups, splits.classes)
     from .mistakes import Mistakes, add_text_evidence, image_mistakes, summary, top_mistakes
 
-    sources, rows = splits.val.sources, getattr(splits.val, "rows", None)
-    if source_name is not None:  # fit(X, y): X[i], not the temporary files
-        sources, rows = sources and [source_name(s) for s in sources], rows and [source_name(r) for r in rows]
-    wrong = top_mistakes(splits.val.labels, val_proba, splits.classes, sources, rows)
+    wrong = top_mistakes(splits.val.labels, val_proba, splits.classes, splits.val.sources, getattr(splits.val, "rows", None), name=source_name)
     mistakes = Mistakes(wrong)
     if rundir is not None and inputs.modality == "image":  # thumbnails and Grad-CAM maps: for the run's report
         # Grad-CAM keeps a forward's activations for its backward, as a training step: as many images
@@ -774,9 +771,8 @@ def write_run(rundir: RunDir, r: FitResult, splits: DataSplits) -> None:
             **({"test": splits.test.counts()} if splits.test is not None else {})}
     rundir.write_json("data.json", data)
     write_fingerprints(rundir, r.train_fingerprints, r.val_fingerprints)
-    from .report_html import render
-
     from .report import kept_line
+    from .report_html import render
 
     title = f"transferkit: {r.config.model.name} on {splits.source}"
     kept = kept_line(r.metrics, r.history, r.config.train.metric, r.config.train.min_delta)  # as the terminal says it: why a curve's score is not the table's

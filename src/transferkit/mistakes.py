@@ -32,12 +32,14 @@ class Mistakes:
     cam_note: str = ""
 
 
-def top_mistakes(labels, proba: np.ndarray, classes: list[str], sources: list | None = None, rows: list | None = None) -> list[dict]:
+def top_mistakes(labels, proba: np.ndarray, classes: list[str], sources: list | None = None, rows: list | None = None, name=None) -> list[dict]:
     """Every example whose most probable class is not its label, the most confidently wrong first:
     by the probability of the class said, ties by loss (-log p(true class)), then by position. (By
     loss alone, with more than two classes a mistake said at 0.62 was listed, and printed, as "the
     most confident" above one said at 0.99.) `sources` are file paths or texts; in-memory images are
-    named by position."""
+    named by position. `name(source or row)`: what a wrong example is called instead (fit(X, y)'s and
+    evaluate(X, y)'s temporary files as X[i])."""
+    name = name or (lambda v: v)
     y = np.asarray(labels)
     pred = proba.argmax(1)
     wrong = np.flatnonzero(pred != y)
@@ -48,14 +50,14 @@ def top_mistakes(labels, proba: np.ndarray, classes: list[str], sources: list | 
         src = sources[i] if sources is not None else None
         row = {
             "index": int(i),
-            "source": src if isinstance(src, str) else f"#{i}",
+            "source": name(src) if isinstance(src, str) else f"#{i}",
             "true": classes[y[i]],
             "predicted": classes[pred[i]],
             "p_predicted": round(float(proba[i, pred[i]]), 4),
             "p_true": round(float(proba[i, y[i]]), 4),
         }
         if rows:
-            row["row"] = rows[i]
+            row["row"] = name(rows[i])
         out.append(row)
     return out
 

@@ -154,13 +154,23 @@ def refuse_if_in_use(path: str | os.PathLike) -> None:
         raise UserError(f"{p} is in use by another transferkit process (pid {pid}); wait for it or stop it")
 
 
-def refuse_out_in_data(out, data: str | None, model_name: str, flag: str = "--out") -> None:
+def refuse_unwritable_file(path: str | os.PathLike, said: str, what: str = "a CSV file") -> None:
+    """An output file named by the user must be a file in an existing folder: said before the work,
+    not as an OSError after it."""
+    if Path(path).is_dir() or not Path(path).absolute().parent.is_dir():
+        raise UserError(f"{said}: give {what} to write in an existing folder")
+
+
+def refuse_out_in_data(out, data: str | None, model_name: str) -> None:
     """A run written into the image folder it trains on (`--data photos --out photos/run`): the next
     fit or adapt of that folder reads the run's plots and mistake images as examples (AdaBN counted 45
-    target images in a folder of 40). Refused; a text folder (train.tsv, ...) reads named files only."""
-    if out is None or not data:
-        return
+    target images in a folder of 40). Refused; a text folder (train.tsv, ...) reads named files only,
+    and built-in data (digits) is no folder."""
+    from .data import is_builtin
     from .inputs import modality_of
+
+    if out is None or not data or is_builtin(data):
+        return
 
     d = Path(data)
     try:
@@ -170,7 +180,7 @@ def refuse_out_in_data(out, data: str | None, model_name: str, flag: str = "--ou
         return
     data_dir, out_dir = d.resolve(), Path(out).resolve()
     if out_dir == data_dir or data_dir in out_dir.parents:
-        raise UserError(f"{flag} {out} is inside the image folder {data}: the next fit or adapt of that folder would read the run's "
+        raise UserError(f"--out {out} is inside the image folder {data}: the next fit or adapt of that folder would read the run's "
                         "plots and images as examples; write the run outside it")
 
 

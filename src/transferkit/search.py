@@ -669,10 +669,9 @@ def search(
     store = open_storage(url) if storage else None  # an unreachable server fails before DIR is touched
 
     made = not out.exists()  # a search refused before its first trial leaves no empty folder behind
-    from .data import is_builtin
     from .rundir import refuse_out_in_data
 
-    refuse_out_in_data(out, None if is_builtin(base.data.path or "digits") else base.data.path, base.model.name)
+    refuse_out_in_data(out, base.data.path, base.model.name)
     rd = RunDir(out).create()  # one process per DIR (a lock that a dead process left is taken over)
     if afresh is not None:
         if _holds_results(url):  # looked at again under the lock: another process may have run a trial since
