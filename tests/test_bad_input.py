@@ -669,3 +669,27 @@ def test_a_run_is_not_written_into_the_image_folder_it_reads(tmp_path, capsys, t
         assert "is inside the image folder" in capsys.readouterr().err
     assert not (d / "run").exists() and not (d / "s").exists() and not (d / "a").exists()
     assert main(["fit", "--data", str(d), *tiny_args(tiny_ckpt), "--strategy", "linear_probe", "--lp-epochs", "1", "--out", str(tmp_path / "ok")]) == 0
+
+
+def test_an_image_csv_s_delimiter_is_detected_or_read_as_given_and_text_flags_are_refused(tmp_path, capsys, tiny_ckpt):
+    """--delimiter was ignored for image CSVs (fit and evaluate), a '|' image CSV was taken for text
+    data, and --text-column / --delimiter given to an image model with a folder went unread in silence."""
+    folder = make_folder(tmp_path / "imgs", n=4)
+    rows = [f"{p.relative_to(tmp_path)}|{p.parent.name}" for p in sorted(folder.rglob("*.png"))]
+    (tmp_path / "pipe.csv").write_text("path|label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "semi.csv").write_text("path;label\n" + "\n".join(r.replace("|", ";") for r in rows) + "\n")
+    base = ["fit", *tiny_args(tiny_ckpt), "--epochs", "1", "--quiet"]
+    assert main([*base, "--data", str(tmp_path / "pipe.csv"), "--out", str(tmp_path / "r")]) == 0, capsys.readouterr().err
+    assert main([*base, "--data", str(tmp_path / "pipe.csv"), "--delimiter", "|", "--out", str(tmp_path / "r2")]) == 0
+    capsys.readouterr()
+    assert main([*base, "--data", str(tmp_path / "semi.csv"), "--delimiter", ",", "--out", str(tmp_path / "r3")]) == 2
+    assert "semi.csv lacks column(s) path, label; found: path;label" in capsys.readouterr().err
+    for extra, said in ((["--delimiter", ";"], "--delimiter reads a CSV of path,label rows;"),
+                        (["--text-column", "body"], "--text-column body is for text models;")):
+        assert main([*base, "--data", str(folder), *extra, "--out", str(tmp_path / "r4")]) == 2
+        assert said in capsys.readouterr().err and not (tmp_path / "r4").exists()
+    assert main(["evaluate", str(tmp_path / "r"), "--data", str(tmp_path / "semi.csv"), "--delimiter", ",", "--json"]) == 2
+    assert "lacks column(s) path, label" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "r"), "--data", str(tmp_path / "semi.csv"), "--delimiter", ";", "--json"]) == 0
+    assert main(["evaluate", str(tmp_path / "r"), "--data", str(folder), "--delimiter", ";"]) == 2
+    assert "--delimiter reads a CSV of path,label rows" in capsys.readouterr().err

@@ -200,6 +200,11 @@ def test_a_stage_finished_by_fit_resume_is_kept(tmp_path, tiny_ckpt, capsys):
         ([{"name": "a", "data": "digits", "model": "small_convnet", "intermediate": "digits"}], "`intermediate` at stage level is adapt's"),
         ([{"name": "a", "kind": "adapt", "data": "digits", "model": "small_convnet", "settings": {"epochs": 3}}], "an adapt stage takes its `epochs` at stage level (`epochs: N`, the masked-LM epochs of a text model; AdaBN on images makes one pass"),
         ([{"name": "a", "data": "digits", "model": "small_convnet", "settings": {"model": "efficientnet_lite0"}}], "`model` goes at stage level"),
+        # fit's settings in an adapt stage ran in silence as if honoured
+        ([{"name": "a", "kind": "adapt", "data": "digits", "model": "random:cifar_resnet20", "settings": {"strategy": "full"}}],
+         "stage 1 (a): an adapt stage does not read `strategy` (a fit setting; adapt reads accumulate, arch, batch_size"),
+        ([{"name": "a", "kind": "adapt", "data": "digits", "model": "random:cifar_resnet20", "settings": {"seed": 1, "optim": {"name": "sgd"}}}],
+         "an adapt stage does not read `optim`"),
         ([{"name": None, "data": "digits", "model": "small_convnet"}], "`name` must be a word (it becomes a folder name), got None"),
         ([{"name": "a", "data": ["digits"], "model": "small_convnet"}], "`data` must be a path or a name (text), got ['digits']"),
     ],
@@ -599,6 +604,23 @@ def test_adapt_says_when_it_raises_a_batch_size_of_one(tmp_path, tiny_ckpt, caps
                  "--batch-size", "1", "--out", str(tmp_path / "a")]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "note: AdaBN needs at least 2 images per batch: --batch-size 1 is raised to 2" in said
+
+
+def test_an_adapt_stage_s_batch_size_reaches_adabn(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    """A pipeline's adapt stage read `settings: {batch_size: N}` into a config AdaBN never looked at:
+    its batches stayed at 64, as `adapt --batch-size N` does not."""
+    import transferkit.adapt as adapt_mod
+
+    seen = []
+    real = adapt_mod.adabn
+    monkeypatch.setattr(adapt_mod, "adabn", lambda *a, **k: seen.append(k["batch_size"]) or real(*a, **k))
+    data = make_folder(tmp_path / "d", n=3)
+    for bs, want in ((None, 64), (4, 4)):
+        st = {"name": "a", "kind": "adapt", "data": str(data), "model": f"file:{tiny_ckpt}",
+              "settings": {"arch": "cifar_resnet20", "input_size": 16, **({"batch_size": bs} if bs else {})}}
+        f = _write(tmp_path / f"p{bs}.yaml", [st])
+        assert main(["pipeline", str(f), "--out", str(tmp_path / f"o{bs}"), "--quiet"]) == 0, capsys.readouterr().err
+        assert seen[-1] == want
 
 
 def test_a_stages_data_identity_sees_linked_folders_the_images_a_csv_names_and_intermediate_data(tmp_path):

@@ -73,7 +73,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--shots", "shots", int, "train on N examples per class (stratified, seeded); validation stays whole"),
     ("--text-column", "text_column", str, "text: the column holding the text (detected if not given)"),
     ("--label-column", "label_column", str, "the column holding the label (detected if not given)"),
-    ("--delimiter", "delimiter", str, "text files: field delimiter (',', 'tab', ';', '|'; detected if not given)"),
+    ("--delimiter", "delimiter", str, "CSV/TSV data (texts, or image path,label rows): field delimiter (',', 'tab', ';', '|'; detected if not given)"),
     ("--encoding", "encoding", str, "CSV / TSV files: auto (UTF-8, or UTF-16 with a BOM) or a codec such as latin-1"),
     ("--group-column", "group_column", str, "CSV/TSV data: a column of groups (site, device, ...): metrics per group and the worst group"),
     ("--max-length", "max_length", int, "text: tokens per text, longer ones are cut (default 128)"),
@@ -344,6 +344,9 @@ def _refuse_other_modality(args, clf) -> None:
         raise UserError(f"{args.run_dir} is a text model: --skip-bad-images is for image models")
     if args.text_column is not None and clf.inputs_.modality != "text":
         raise UserError(f"{args.run_dir} is an image model: --text-column is for text models")
+    data = getattr(args, "data", None)  # evaluate's; an image CSV's delimiter is detected, or read as given
+    if getattr(args, "delimiter", None) is not None and clf.inputs_.modality != "text" and not (data and str(data).lower().endswith(".csv")):
+        raise UserError(f"--delimiter reads a CSV of path,label rows; {data} is not a CSV")
 
 
 def _say_skipped(problems: list[str]) -> None:
@@ -992,7 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
     p.add_argument("--precision", default="auto", help="auto (bf16 where the device computes it natively, as fit) | bf16 | fp16 | no (or fp32): the features' precision; fit reads those of its own from the cache")
     for flag, help_ in (("--max-length", "text: tokens per text, as fit's (default 128)"), ("--text-column", "text: the column of the texts, as fit's"),
-                        ("--label-column", "the column of the labels, as fit's"), ("--delimiter", "text files: field delimiter, as fit's"),
+                        ("--label-column", "the column of the labels, as fit's"), ("--delimiter", "CSV/TSV data: field delimiter, as fit's"),
                         ("--pooling", "text: mean | cls | last, as fit's")):
         p.add_argument(flag, type=int if flag == "--max-length" else str, help=help_)
     p.add_argument("--encoding", type=_encoding, default="auto", help="text files and CSV/TSV: auto (UTF-8, or UTF-16 with a BOM) or a codec such as latin-1")

@@ -131,7 +131,7 @@ def split_dirs(path: Path, *, need_train: bool = True) -> dict[str, Path]:
 
 
 def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, group_column: str | None = None, encoding: str = "auto",
-                    label_column: str | None = None) -> DataSplits:
+                    label_column: str | None = None, delimiter: str | None = None) -> DataSplits:
     """Resolve a data spec into train / val (/ test) splits. Nothing is decoded yet."""
     if is_builtin(spec):
         return _digits(val_fraction, seed, spec.partition(":")[2])
@@ -141,7 +141,7 @@ def load_image_data(spec: str, *, val_fraction: float = 0.2, seed: int = 0, grou
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise UserError(f"{spec} is a file but not a .csv; give a folder of class subfolders or a CSV with path,label columns{TEXT_HINT}")
-        full = _read_csv(path, group_column, encoding, label_column=label_column)
+        full = _read_csv(path, group_column, encoding, label_column=label_column, delimiter=delimiter)
         classes = full.classes
         tr, va = stratified_split(full.labels, val_fraction, seed)
         return DataSplits(full.subset(tr), full.subset(va), None, classes, str(path), val_given=False)
@@ -252,7 +252,7 @@ PATH_NAMES = ("path", "file", "filename", "file_name", "filepath", "file_path", 
 
 
 def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto", *, check: bool = True, label_column: str | None = None,
-              group_optional: bool = False) -> ImageSet:
+              group_optional: bool = False, delimiter: str | None = None) -> ImageSet:
     """Images listed in a CSV: a column of paths (`path`, or `file`, `filename`, `image`, ...;
     relative to the CSV's folder) and one of labels (`label`, `class`, `category`, ..., or
     `label_column`); `group_optional`: groups only where the CSV has `group_column` (data to score)."""
@@ -261,7 +261,7 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
     from .text_data import LABEL_NAMES, _decode, _delimiter
 
     text = _decode(path.read_bytes(), path, encoding, "an image CSV lists path,label rows")  # auto: UTF-8 (BOM or not) or UTF-16 with a BOM; else a clear error
-    rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(text, path, None)))  # ',' unless it cannot be (a ';' CSV)
+    rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(text, path, delimiter)))  # ',' unless it cannot be (a ';' CSV), or as given
     fields = list(rows[0].keys()) if rows else []
     if not rows:
         raise UserError(f"{path} has no rows")

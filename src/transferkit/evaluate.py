@@ -22,7 +22,8 @@ def eval_set(spec: str, classes: list[str], config: RunConfig | None = None) -> 
     elif not p.exists():
         raise UserError(f"data not found: {spec}")
     elif p.is_file():
-        s = _read_csv(p, cfg.data.group_column, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column, group_optional=True)
+        s = _read_csv(p, cfg.data.group_column, check=False, encoding=cfg.data.encoding, label_column=cfg.data.label_column, group_optional=True,
+                      delimiter=cfg.data.delimiter)
         where = str(p)  # the run's groups, where this CSV has its --group-column
     else:
         dirs = split_dirs(p, need_train=False)  # a test/ or val/ without train/ too

@@ -53,8 +53,12 @@ class ImageInputs:
 
         if cfg.data.group_column and not str(cfg.data.path).lower().endswith(".csv"):
             raise UserError(f"--group-column needs CSV data (path,label,{cfg.data.group_column}); {cfg.data.path} is not a CSV")
+        if cfg.data.text_column is not None:  # was ignored in silence
+            raise UserError(f"--text-column {cfg.data.text_column} is for text models; {cfg.model.name} is an image model (its CSV's path column is found by name)")
+        if cfg.data.delimiter is not None and not str(cfg.data.path).lower().endswith(".csv"):
+            raise UserError(f"--delimiter reads a CSV of path,label rows; {cfg.data.path} is not a CSV")
         return load_image_data(cfg.data.path, val_fraction=cfg.data.val_fraction, seed=seed, group_column=cfg.data.group_column, encoding=cfg.data.encoding,
-                               label_column=cfg.data.label_column)
+                               label_column=cfg.data.label_column, delimiter=cfg.data.delimiter)
 
     def encode(self, s, progress=None, skip_bad: bool | None = None):
         """(tensor, kept set, problems) for one split; unreadable images fail it, or are left out when

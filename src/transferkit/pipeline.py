@@ -26,12 +26,28 @@ import shutil
 import time
 from pathlib import Path
 
+from dataclasses import fields
+
 from . import report
+from .config import FLAT, RunConfig
 from .errors import UserError, did_you_mean
 from .rundir import MANIFEST, atomic_write_bytes, check_can_make, make_dir
 
 KINDS = ("fit", "adapt")
 KEYS = {"name", "kind", "data", "model", "settings", "intermediate", "epochs", "head_steps"}
+# the settings `transferkit adapt` takes as flags (its --epochs and --head-steps are stage keys here)
+ADAPT_SETTINGS = {"arch", "lr", "batch_size", "max_length", "text_column", "input_size", "seed", "cpu", "precision", "accumulate",
+                  "grad_checkpointing", "group_by_length", "skip_bad_images", "encoding"}
+ADAPT_READS = {FLAT[n] for n in ADAPT_SETTINGS}
+
+
+def _setting_path(key, value) -> list[str]:
+    """The dotted settings a `settings:` entry sets (a flat name, or a section of them); [] when
+    unknown (config_from_dict says so)."""
+    k = str(key).replace("-", "_")
+    if k in {f.name for f in fields(RunConfig)} and isinstance(value, dict):
+        return [f"{k}.{str(n).replace('-', '_')}" for n in value]
+    return [FLAT[k]] if k in FLAT else []
 
 
 def load_pipeline(path: str | Path) -> list[dict]:
@@ -81,6 +97,11 @@ def load_pipeline(path: str | Path) -> list[dict]:
             if st.get("kind") == "adapt" and "epochs" in settings:
                 raise UserError(f"{where} ({st['name']}): an adapt stage takes its `epochs` at stage level (`epochs: N`, the masked-LM "
                                 f"epochs of a text model; AdaBN on images makes one pass and takes none), not in `settings`")
+            if st.get("kind") == "adapt":  # strategy, head, optimizer...: fit's, which adapt never read (run in silence as if honoured)
+                unread = [k for k in settings if _setting_path(k, settings[k]) and not set(_setting_path(k, settings[k])) <= ADAPT_READS]
+                if unread:
+                    raise UserError(f"{where} ({st['name']}): an adapt stage does not read `{unread[0]}` (a fit setting; adapt reads "
+                                    f"{', '.join(sorted(ADAPT_SETTINGS))})")
         if str(st["data"]).startswith("stage:"):
             raise UserError(f"{where} ({st['name']}): `data` cannot be a stage (a stage's output is a model: use it as `model: {st['data']}`)")
         if str(st["name"]) in names:
@@ -245,8 +266,10 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         try:
             if kind == "adapt":
                 inter = st.get("intermediate")
+                given = {p for k, v in (st.get("settings") or {}).items() for p in _setting_path(k, v)}
                 adapt(cfg, d, intermediate=resolve(inter) if inter else None, epochs=st.get("epochs", 1), head_steps=st.get("head_steps"),
-                      console=con, overwrite=True, should_stop=should_stop)
+                      console=con, overwrite=True, should_stop=should_stop,  # AdaBN's batches as `adapt --batch-size` sets them (64 was kept)
+                      adabn_batch_size=cfg.train.batch_size if "train.batch_size" in given else 64)
             elif (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
                 con.print(f"stage {name}: interrupted before; resuming")
                 fit(cfg, d, resume=True, console=con, should_stop=should_stop, should_abort=should_abort)

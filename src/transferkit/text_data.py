@@ -67,7 +67,7 @@ def is_text_spec(spec: str) -> bool:
         head = f.read(65536)
     utf16 = head.startswith((b"\xff\xfe", b"\xfe\xff"))  # as _decode reads a file: UTF-16 with its byte-order mark, else UTF-8
     lines = head.decode("utf-16" if utf16 else "utf-8-sig", "replace").lower().splitlines()[:20]
-    cells = [{c.strip().strip('"') for c in ln.replace("\t", ",").replace(";", ",").split(",")} for ln in lines if ln.strip()]
+    cells = [{c.strip().strip('"') for c in ln.replace("\t", ",").replace(";", ",").replace("|", ",").split(",")} for ln in lines if ln.strip()]
     if not cells or cells[0] & set(PATH_NAMES):
         return False
     if cells[0] & set(TEXT_NAMES):
