@@ -693,3 +693,20 @@ def test_an_image_csv_s_delimiter_is_detected_or_read_as_given_and_text_flags_ar
     assert main(["evaluate", str(tmp_path / "r"), "--data", str(tmp_path / "semi.csv"), "--delimiter", ";", "--json"]) == 0
     assert main(["evaluate", str(tmp_path / "r"), "--data", str(folder), "--delimiter", ";"]) == 2
     assert "--delimiter reads a CSV of path,label rows" in capsys.readouterr().err
+
+
+def test_a_config_file_s_bad_value_is_said_as_the_file_s_and_its_booleans_can_be_undone(tmp_path, capsys):
+    """`epochs: 1.5` in the file was said as `--epochs must be int` beside a valid --epochs 1 flag; and
+    a file's `staircase: true` / `nesterov: false` had no flag to undo them (--no-staircase, --nesterov)."""
+    import yaml
+
+    f = tmp_path / "y.yaml"
+    f.write_text("epochs: 1.5\n")
+    assert main(["fit", "--config", str(f), "--data", "digits", "--model", "small_convnet", "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "y.yaml: epochs must be int, got 1.5" in err and "--epochs" not in err
+    f.write_text("schedule: {name: exponential, staircase: true}\noptim: {name: sgd, nesterov: false}\naugment: false\n")
+    assert main(["fit", "--config", str(f), "--no-staircase", "--nesterov", "--augment", "--data", "digits:0-1", "--model", "small_convnet",
+                 "--strategy", "linear_probe", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 0
+    cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (cfg["schedule"]["staircase"], cfg["optim"]["nesterov"], cfg["data"]["augment"]) == (False, True, True)

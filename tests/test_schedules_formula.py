@@ -79,3 +79,9 @@ def test_onecycle_shape():
 def test_unknown_schedule_suggests():
     with pytest.raises(UserError, match="cosine"):
         SCHEDULES.get("cosin")
+
+
+def test_a_huge_warmup_is_half_the_run_not_an_overflow():
+    """1e308 warmup epochs times the steps of one epoch is inf: int() raised OverflowError mid-fit."""
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=1e308)
+    assert [lr_factor(cfg, s, 20, 5) for s in range(10)] == pytest.approx([(s + 1) / 10 for s in range(10)])

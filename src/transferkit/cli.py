@@ -102,12 +102,19 @@ BOOL_FLAGS: list[tuple[str, str, object, str]] = [
 ]
 
 
+def _opposite(flag: str) -> str:
+    return "--" + flag[5:] if flag.startswith("--no-") else "--no-" + flag[2:]
+
+
 def _add_fit_flags(p: argparse.ArgumentParser) -> None:
     for flag, name, typ, help_ in FIT_FLAGS:
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_)
     for flag, name, const, help_ in BOOL_FLAGS:
         p.add_argument(flag, dest=name, action="store_const", const=const, default=None, help=help_)
-    p.add_argument("--config", type=str, default=None, help="YAML file with any of these settings (flags override it)")
+        # its opposite, to undo a --config file's `staircase: true` or `nesterov: false` (flags override the file)
+        p.add_argument(_opposite(flag), dest=name, action="store_const", const=not const, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--config", type=str, default=None, help="YAML file with any of these settings (flags override it; each on/off flag "
+                   "has its opposite to undo the file's: --augment, --flip, --no-staircase, --nesterov, --no-cpu, ...)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -1165,7 +1172,7 @@ def _run(args) -> int:
         # trouble (out of memory on its device) by that process, named
         rank, world = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1") or 1)
         if first_process() or isinstance(e, ProcessUserError):
-            said = _in_flag_words(str(e), getattr(args, "given_flags", set()))
+            said = str(e) if getattr(e, "in_file_words", False) else _in_flag_words(str(e), getattr(args, "given_flags", set()))
             print(f"transferkit: error: {'' if world == 1 else f'(process {rank}) ' if isinstance(e, ProcessUserError) else ''}{said}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -129,8 +129,9 @@ class OptimConfig:
     clip_norm: float | None = None  # rescale gradients whose global L2 norm exceeds clip_norm
 
     def validate(self) -> None:
-        _check(self.clip_value is None or self.clip_value > 0, f"clip_value must be > 0, got {self.clip_value}")
-        _check(self.clip_norm is None or self.clip_norm > 0, f"clip_norm must be > 0, got {self.clip_norm}")
+        # inf: no clipping at all, accepted in silence (leave the flag out for that)
+        _check(self.clip_value is None or 0 < self.clip_value < math.inf, f"clip_value must be a finite number > 0, got {self.clip_value}")
+        _check(self.clip_norm is None or 0 < self.clip_norm < math.inf, f"clip_norm must be a finite number > 0, got {self.clip_norm}")
         _check(self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"lr must be > 0, got {self.lr}" if self.lr is None or math.isfinite(self.lr) else f"lr must be a finite number > 0, got {self.lr}")
         _check(self.weight_decay >= 0 and math.isfinite(self.weight_decay), f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
@@ -152,15 +153,16 @@ class ScheduleConfig:
     final_div_factor: float = 1e4  # onecycle: end at lr / (div_factor * final_div_factor)
 
     def validate(self) -> None:
-        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(0 <= self.warmup_epochs < math.inf, f"warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}")  # inf: a traceback
         _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(0 < self.gamma <= 1, f"gamma (a decay rate) must be in (0, 1], got {self.gamma}")
         _check(0 < self.decay_rate <= 1, f"decay_rate must be in (0, 1], got {self.decay_rate}")
         _check(self.decay_steps >= 1, f"decay_steps must be >= 1, got {self.decay_steps}")
-        _check(self.step_size > 0, f"step_size must be > 0, got {self.step_size}")
-        _check(all(m > 0 for m in self.milestones), f"milestones must be > 0 epochs, got {self.milestones}")
+        _check(0 < self.step_size < math.inf, f"step_size must be a finite number > 0, got {self.step_size}")
+        _check(all(0 < m < math.inf for m in self.milestones), f"milestones must be finite numbers > 0 (epochs), got {self.milestones}")
         _check(0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}")
-        _check(self.div_factor >= 1 and self.final_div_factor >= 1, "div_factor and final_div_factor must be >= 1")
+        _check(1 <= self.div_factor < math.inf and 1 <= self.final_div_factor < math.inf,
+               f"div_factor and final_div_factor must be finite numbers >= 1, got {self.div_factor} and {self.final_div_factor}")
 
 
 @dataclass
@@ -231,7 +233,8 @@ class TrainConfig:
             self.precision = "no"
         _check(self.precision in ("auto", "bf16", "fp16", "no"), f"precision must be auto, bf16, fp16 or no (fp32), got {self.precision!r}")
         _check(self.metric in ("accuracy", "macro_f1", "loss"), f"metric must be accuracy, macro_f1 or loss, got {self.metric!r}")
-        _check(self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}")
+        # inf: no epoch after the first could count as better, so --patience stopped the run at once
+        _check(0 <= self.min_delta < math.inf, f"min_delta must be a finite number >= 0, got {self.min_delta}")
         _check(self.class_weight in ("none", "balanced"), f"class_weight must be none or balanced, got {self.class_weight!r}")
         _check(self.sampler in ("shuffle", "balanced"), f"sampler must be shuffle or balanced, got {self.sampler!r}")
         parts = self.baseline.split(",")
@@ -366,13 +369,26 @@ def config_from_dict(d: dict, *, where: str = "config") -> RunConfig:
                 k = str(k).replace("-", "_")
                 if k not in names:
                     raise UserError(f"{where}: unknown setting {key}.{k}{did_you_mean(k, names)}")
-                cfg.set(f"{key}.{k}", v)
+                _set_from(cfg, f"{key}.{k}", v, where)
         else:
             flat = str(key).replace("-", "_")
             if flat not in FLAT:
                 raise UserError(f"{where}: unknown setting {key!r}{did_you_mean(flat, list(FLAT) + list(sections))}")
-            cfg.set(FLAT[flat], value)
+            _set_from(cfg, FLAT[flat], value, where)
     return cfg
+
+
+def _set_from(cfg: RunConfig, dotted: str, value: Any, where: str) -> None:
+    """A value of the wrong type in a file is said with the file's name, in the file's words (`epochs:
+    1.5` in a --config file was blamed on a valid --epochs 1 flag that overrode it)."""
+    try:
+        cfg.set(dotted, value)
+    except UserError as e:
+        if where == "config":
+            raise
+        err = UserError(f"{where}: {e}")
+        err.in_file_words = True  # type: ignore[attr-defined]  # not rewritten into flags by the CLI
+        raise err from None
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> Any:

@@ -78,7 +78,8 @@ def onecycle(s, span, spe, cfg) -> float:
 
 
 def warmup_steps(cfg, steps_per_epoch: int, total_steps: int) -> int:
-    return min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps // 2)
+    # capped in epochs first: 1e308 epochs times the steps of one overflowed int() (a traceback)
+    return min(int(round(min(cfg.warmup_epochs, total_steps) * steps_per_epoch)), total_steps // 2)
 
 
 def warmup_epochs(cfg, epochs: int) -> float:
