@@ -69,13 +69,14 @@ def test_limit_from_environment(own_cache, monkeypatch):
 def test_stale_temporaries_go_and_a_write_in_progress_stays(own_cache):
     folder = own_cache / "images"
     folder.mkdir(parents=True)
-    stale, young = folder / ".a.u8.tmp1", folder / ".b.u8.tmp2"
-    stale.write_bytes(b"x")
-    young.write_bytes(b"x")
+    # old; young, of a live writer (this test's parent); young, of a writer that is gone (SIGKILLed mid-decode)
+    stale, young, orphan = folder / f".a.u8.tmp{os.getppid()}", folder / f".b.u8.tmp{os.getppid()}", folder / ".c.u8.tmp999999999"
+    for f in (stale, young, orphan):
+        f.write_bytes(b"x")
     t = time.time() - cache.STALE_TMP_S - 10
     os.utime(stale, (t, t))
     cache.enforce_limit(limit=None)
-    assert not stale.exists() and young.exists()
+    assert not stale.exists() and young.exists() and not orphan.exists()
     assert cache.entries() == []  # temporaries are never entries
     young.unlink()  # (test_hostile looks for temporaries left anywhere under the session's folders)
 
@@ -168,3 +169,31 @@ def test_the_cache_command_says_what_each_entry_holds(own_cache, tmp_path, capsy
     assert main(["cache", "--json"]) == 0
     holds = {e["kind"] + ":" + e["holds"].split(",")[0] for e in json.loads(capsys.readouterr().out)["entries"]}
     assert holds == {"features:", "features:features of 5 images", f"images:{len(a)} images at 16 px"}
+
+
+def test_a_decoded_entry_overwritten_in_place_is_decoded_again(own_cache, tmp_path):
+    """QA C: zeros written over a cached entry, its size unchanged, were trusted: a fit trained on black
+    images and cached their features. The entry's CRC-32 is checked on every hit; JSON of another shape
+    is a damaged entry, not a traceback."""
+    (a, _, _) = _sets(tmp_path)
+    ref = decode_images(a, 16)[0].clone()  # (a copy: the tensor maps the file)
+    (u8,) = (own_cache / "images").glob("*.u8")
+    meta = u8.with_suffix(".json")
+    u8.write_bytes(bytes(u8.stat().st_size))
+    again, _, _ = decode_images(a, 16)
+    torch.testing.assert_close(again, ref)
+    assert u8.read_bytes() != bytes(u8.stat().st_size)  # rebuilt on disk too
+    meta.write_text("[1, 2]")
+    torch.testing.assert_close(decode_images(a, 16)[0], ref)
+    assert json.loads(meta.read_text())["crc32"] > 0
+
+
+def test_the_cache_command_counts_and_clears_what_killed_runs_left(own_cache, capsys):
+    folder = own_cache / "images"
+    folder.mkdir(parents=True)
+    (folder / ".c.u8.tmp999999999").write_bytes(b"x" * 3000)
+    assert main(["cache"]) == 0
+    assert "and 1 temporary file (3.0 KB) left by runs that were killed" in " ".join(capsys.readouterr().out.split())
+    assert main(["cache", "--clear", "all"]) == 0
+    assert "and 1 temporary file of runs that were killed" in capsys.readouterr().out
+    assert not list(folder.iterdir())

@@ -117,6 +117,28 @@ def test_resume_of_finished_run_is_refused(tiny, tmp_path):
     fit(cfg, tmp_path / "done", console=report.console(quiet=True))
     with pytest.raises(UserError, match="nothing to resume"):
         fit(cfg, tmp_path / "done", resume=True)
+    # QA C: one file changed since it finished: --resume deleted the run's files and trained it all again
+    before = (tmp_path / "done" / "metrics.json").read_bytes()
+    with open(tmp_path / "done" / "model.safetensors", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(UserError, match=r"done finished, but its files changed since \(model.safetensors does not match its sha256.*nothing to resume"):
+        fit(cfg, tmp_path / "done", resume=True)
+    assert (tmp_path / "done" / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("manifest, said", [("[]", "is damaged (TypeError"), ('{"files": ["model.json"]}', "its `files` is not a mapping"),
+                                            ('{"files": {}}', "model.json is not in the manifest")])
+def test_a_manifest_of_another_shape_is_damaged_not_a_traceback_or_complete(tiny, tmp_path, manifest, said):
+    """QA B: valid JSON of another shape raised TypeError / AttributeError in every command, and a
+    manifest listing no files passed a run without weights as complete."""
+    from transferkit.rundir import require_finished, verify
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "manifest.json").write_text(manifest)
+    assert any(said in p for p in verify(run)), verify(run)
+    with pytest.raises(UserError, match="finished, but its files changed since"):
+        require_finished(run)
 
 
 def test_stop_while_encoding_or_computing_features_is_immediate(tiny, tmp_path, monkeypatch):

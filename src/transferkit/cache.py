@@ -112,8 +112,11 @@ def describe(e: Entry) -> str:
 
 
 def stale_temporaries() -> list[Path]:
-    """Temporary files older than STALE_TMP_S: left by writers that died (a younger one may be a write
-    in progress)."""
+    """Temporary files left by writers that died: their process (the pid after `.tmp`) is gone, or
+    they are older than STALE_TMP_S (a younger one of a live process may be a write in progress). A
+    SIGKILLed decode left 30 MB that `cache --clear all` kept for 6 hours."""
+    from .rundir import process_alive
+
     root = cache_dir()
     now = time.time()
     out = []
@@ -121,8 +124,9 @@ def stale_temporaries() -> list[Path]:
         folder = root / kind
         if folder.is_dir():
             for f in folder.glob(".*.tmp*"):
+                pid = f.name.rpartition(".tmp")[2]
                 try:
-                    if now - f.stat().st_mtime > STALE_TMP_S:
+                    if now - f.stat().st_mtime > STALE_TMP_S or (pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid))):
                         out.append(f)
                 except FileNotFoundError:
                     pass

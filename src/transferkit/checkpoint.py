@@ -36,9 +36,10 @@ class Checkpointer:
         if not p.is_file():
             return []
         try:
-            return json.loads(p.read_text())["checkpoints"]
-        except (ValueError, KeyError):
+            entries = json.loads(p.read_text())["checkpoints"]
+        except (ValueError, KeyError, TypeError):  # TypeError: JSON of another shape (`[]`), a traceback on --resume
             return []
+        return entries if isinstance(entries, list) and all(isinstance(e, dict) and isinstance(e.get("file"), str) for e in entries) else []
 
     def save(self, state: dict, tag: str) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)

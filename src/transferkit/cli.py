@@ -801,9 +801,11 @@ def cmd_cache(args) -> int:
     from . import cache
 
     limit = cache.max_bytes()
+    left = [(f, f.stat().st_size) for f in cache.stale_temporaries() if f.exists()]  # half-written files of killed runs: not entries, but space
     if args.clear:
         removed = cache.clear(args.clear, args.older_than_days)
-        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({_size(sum(e.bytes for e in removed))}) from {cache.cache_dir()}")
+        freed = f" and {len(left)} temporary file{'s' * (len(left) != 1)} of runs that were killed ({_size(sum(n for _, n in left))})" if left else ""
+        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({_size(sum(e.bytes for e in removed))}){freed} from {cache.cache_dir()}")
         return 0
     if args.older_than_days is not None:
         raise UserError("--older-than-days goes with --clear")
@@ -812,6 +814,8 @@ def cmd_cache(args) -> int:
         "path": str(cache.cache_dir()), "limit_bytes": limit,
         "kinds": {k: {"entries": sum(e.kind == k for e in es), "bytes": sum(e.bytes for e in es if e.kind == k)} for k in cache.KINDS},
     }
+    if left:
+        summary["stale_temporaries"] = {"files": len(left), "bytes": sum(n for _, n in left)}
     if args.json:
         summary["entries"] = [{"kind": e.kind, "key": e.key, "bytes": e.bytes, "last_used": e.last_used, "holds": cache.describe(e)} for e in es]
         print(json.dumps(summary, indent=2))
@@ -830,6 +834,9 @@ def cmd_cache(args) -> int:
         print(f"{'the most recently used ' + str(len(shown)) if len(es) > len(shown) else 'entries'}, newest first{' (--json lists all)' if len(es) > len(shown) else ''}:")
         for e in shown:  # what each holds, so that one can tell which to clear
             print(f"  {e.kind:<9} {_size(e.bytes):>9}  used {age(e.last_used):<13} {cache.describe(e) or '(written by an older transferkit: contents not recorded)'}")
+    if left:
+        print(f"  and {len(left)} temporary file{'s' * (len(left) != 1)} ({_size(sum(n for _, n in left))}) left by runs that were killed: "
+              "`transferkit cache --clear` removes them")
     print("everything here is rebuilt when needed: `transferkit cache --clear all` frees it")
     return 0
 

@@ -540,6 +540,17 @@ def _decode_into(out, sources, size: int, interpolation: str, progress) -> list[
     return errors
 
 
+def _crc32(a: np.ndarray) -> int:
+    """zlib's CRC-32 of an array's bytes, 16 MB at a time (2.4 GB/s on the 2-core CPU: 15 ms for
+    hymenoptera's 244 images at 224 px; a hash of its own was not worth its time here)."""
+    import zlib
+
+    flat, crc, step = a.reshape(-1), 0, 1 << 24
+    for i in range(0, flat.size, step):
+        crc = zlib.crc32(memoryview(np.ascontiguousarray(flat[i:i + step])), crc)
+    return crc
+
+
 def _decoded_file(s: ImageSet, size: int, interpolation: str, progress):
     import hashlib
     import json
@@ -558,13 +569,17 @@ def _decoded_file(s: ImageSet, size: int, interpolation: str, progress):
         try:
             info = json.loads(meta.read_text())
             if info["shape"] == list(shape) and data.stat().st_size == int(np.prod(shape)):
-                if progress is not None:
-                    progress(len(s))
-                mark_used(data, meta)
                 out = np.memmap(data, dtype=np.uint8, mode="c", shape=shape)
-                enforce_limit(keep=(data, meta))  # the limit may have been lowered since
-                return out, info["errors"]
-        except (ValueError, KeyError, OSError):
+                # its pixels as written: an entry overwritten in place (zeros of the right size) was trusted, and a
+                # fit trained on black images (an older entry, without a checksum, is decoded again once)
+                if info.get("crc32") == _crc32(out):
+                    if progress is not None:
+                        progress(len(s))
+                    mark_used(data, meta)
+                    enforce_limit(keep=(data, meta))  # the limit may have been lowered since
+                    return out, info["errors"]
+                del out
+        except (ValueError, KeyError, TypeError, OSError):  # TypeError: JSON of another shape (`[1, 2]`), a traceback
             pass  # a damaged entry is rebuilt
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{key}.u8.tmp{os.getpid()}"
@@ -578,12 +593,14 @@ def _decoded_file(s: ImageSet, size: int, interpolation: str, progress):
         mm = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
         errors = _decode_into(mm, s.sources, size, interpolation, progress)
         mm.flush()
+        crc = _crc32(mm)
         del mm
         os.replace(tmp, data)
         from .rundir import atomic_write_bytes
 
         where = os.path.commonpath([os.path.abspath(src) for src in s.sources]) if len(s) else ""  # for `transferkit cache` to say
-        atomic_write_bytes(meta, json.dumps({"shape": list(shape), "errors": errors, "where": where, "interpolation": interpolation}).encode())
+        atomic_write_bytes(meta, json.dumps({"shape": list(shape), "errors": errors, "where": where, "interpolation": interpolation,
+                                                 "crc32": crc}).encode())
     finally:
         tmp.unlink(missing_ok=True)
     out = np.memmap(data, dtype=np.uint8, mode="c", shape=shape)  # mapped before eviction may run: stays readable

@@ -28,7 +28,7 @@ from .features import cached_features
 from .metrics import classification_metrics, in_short, paired_bootstrap, verdict, verdict_kind
 from .model import Group, TransferModel, create_model, enable_grad_checkpointing, model_groups, set_trainable
 from .regularizers import pretrained_reference
-from .rundir import RunDir, is_complete, refuse_if_in_use
+from .rundir import MANIFEST, RunDir, is_complete, refuse_if_in_use, verify
 from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
 from .checkpoint import Checkpointer
 from .trainer import PhaseData, StopRequested, predict_proba, run_phase, seed_everything
@@ -120,6 +120,10 @@ def fit(
         refuse_if_in_use(out)  # a run still training or writing its report is neither interrupted nor finished
     if resume and is_complete(out):
         raise UserError(f"{out} is a finished run: there is nothing to resume")
+    if resume and (Path(out) / MANIFEST).is_file():  # finished (its checkpoints gone), then a file changed: it was deleted and trained again
+        problems = verify(out)
+        raise UserError(f"{out} finished, but its files changed since ({'; '.join(problems[:3])}): there is nothing to resume (a finished "
+                        f"run keeps no checkpoint). Restore its files from a copy, or train it again with --overwrite")
     # Several processes (`accelerate launch` / `torchrun`): each trains on its share of every global
     # batch; only the main one prints and writes the run directory and its checkpoints.
     accelerator = make_accelerator(cfg)

@@ -101,9 +101,12 @@ def verify(path: str | os.PathLike) -> list[str]:
         return [f"{p} has no {MANIFEST} (the run did not finish)"]
     try:
         files = json.loads(m.read_text())["files"]
-    except (ValueError, KeyError) as e:
-        return [f"{m} is damaged ({e})"]
-    problems = []
+    except (ValueError, KeyError, TypeError) as e:  # TypeError: valid JSON of another shape (`[]`), a traceback
+        return [f"{m} is damaged ({type(e).__name__}: {e})"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return [f"{m} is damaged (its `files` is not a mapping of file names to sha256 digests)"]
+    # every run writes its model: a manifest listing nothing (`{"files": {}}`) passed a run without weights as complete
+    problems = [f"{name} is not in the manifest" for name in ("model.json", "model.safetensors") if name not in files]
     for name, digest in files.items():
         f = p / name
         if not f.is_file():
