@@ -332,3 +332,26 @@ def test_a_resume_that_would_batch_an_epoch_otherwise_is_refused(tiny, tmp_path,
     monkeypatch.setattr(Checkpointer, "load_latest", other_count)
     with pytest.raises(UserError, match="resume it with the number of processes it ran with"):
         fit(cfg, tmp_path / "cut", console=con, resume=True)
+
+
+def test_a_stopped_or_failed_fit_releases_its_lock_and_a_reused_pid_holds_none(tiny, tmp_path):
+    """QA C: a fit stopped by a signal (or failing) left .lock with its pid, and any later process under
+    that pid (a notebook's kernel, a reused pid in a container) made the run "in use" for good."""
+    import os
+
+    from transferkit.rundir import RunDir, lock_holder
+
+    out = tmp_path / "r"
+    with pytest.raises(StopRequested):
+        fit(_cfg(tiny, strategy="full"), out, console=report.console(quiet=True), should_stop=StopAfter(3))
+    assert (out / "checkpoints").is_dir() and not (out / ".lock").exists()
+    (out / ".lock").write_text(f"{os.getppid()} 1")  # a live pid that started at another time than the lock's writer
+    assert lock_holder(out) is None
+    RunDir(out, overwrite=True)  # not "in use"
+    (out / ".lock").write_text(str(os.getppid()))  # an older lock, the pid alone: held while that process lives
+    assert lock_holder(out) == os.getppid()
+    (out / ".lock").unlink()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(UserError, match="cannot create the folder .*afile is not a directory"):
+        RunDir(afile / "sub")  # before any work: fit said it after reading and decoding the data

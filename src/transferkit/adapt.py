@@ -270,7 +270,20 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
     return info
 
 
-def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int = 1, head_steps: int | None = None, console=None,
+
+def adapt(cfg, out=None, *args, **kwargs):
+    """`_adapt`, whose docstring says what it does; a run that stops or fails releases its
+    directory's lock (it stayed, and a later process under the same pid was refused the run as in use)."""
+    from .rundir import release_lock
+
+    try:
+        return _adapt(cfg, out, *args, **kwargs)
+    except BaseException:
+        if out is not None:
+            release_lock(out)
+        raise
+
+def _adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int = 1, head_steps: int | None = None, console=None,
           overwrite: bool = False, should_stop=None, adabn_batch_size: int = 64) -> dict:
     """Adapt `cfg.model.name` to the unlabelled data at `cfg.data.path`; write a run directory at `out`.
     `should_stop()` turning true (Ctrl-C, SIGTERM) stops it at the next step with StopRequested, `out`

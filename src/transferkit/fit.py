@@ -95,7 +95,20 @@ def resolve_precision(precision: str, *, cpu: bool = False) -> str:
     return "bf16" if native else "no"
 
 
-def fit(
+
+def fit(cfg, out=None, *args, **kwargs):
+    """`_fit`, whose docstring says what it does; a run that stops or fails releases its
+    directory's lock (it stayed, and a later process under the same pid was refused the run as in use)."""
+    from .rundir import release_lock
+
+    try:
+        return _fit(cfg, out, *args, **kwargs)
+    except BaseException:
+        if out is not None:
+            release_lock(out)
+        raise
+
+def _fit(
     cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None, should_abort=None,
     splits: DataSplits | None = None, on_epoch=None, label_values: dict | None = None, data_name: str | None = None, source_name=None,
 ) -> FitResult:

@@ -149,12 +149,44 @@ def refuse_if_in_use(path: str | os.PathLike) -> None:
     """A UserError when another live process holds the run directory's lock (it is training, or
     writing its report)."""
     p = Path(path)
-    try:
-        pid = int((p / LOCK).read_text().strip() or 0)
-    except (OSError, ValueError):
-        return
-    if pid and pid != os.getpid() and process_alive(pid):
+    pid = lock_holder(p)
+    if pid and pid != os.getpid():
         raise UserError(f"{p} is in use by another transferkit process (pid {pid}); wait for it or stop it")
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc/PID/stat), so that a lock whose
+    pid was reused by another process (after a reboot, in a container) is not taken for held; None
+    where /proc does not say (macOS: the pid alone decides)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def lock_holder(path: str | os.PathLike) -> int | None:
+    """The pid of the live process holding the run directory's lock (`PID STARTED`; an older lock has
+    the pid alone), or None: no lock, or its process is gone."""
+    try:
+        pid_s, _, started = (Path(path) / LOCK).read_text().strip().partition(" ")
+        pid = int(pid_s or 0)
+    except (OSError, ValueError):
+        return None
+    if not pid or not process_alive(pid):
+        return None
+    now = _started(pid)
+    return None if started and now is not None and now != started else pid
+
+
+def release_lock(path: str | os.PathLike) -> None:
+    """Remove the run directory's lock if this process holds it (a fit that stopped or failed left it,
+    and another process alive under that pid later was refused the run)."""
+    lock = Path(path) / LOCK
+    try:
+        if int(lock.read_text().strip().partition(" ")[0] or 0) == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def refuse_unwritable_file(path: str | os.PathLike, said: str, what: str = "a CSV file") -> None:
@@ -191,8 +223,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
         self.path = Path(path)
         self.files: dict[str, str] = {}
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--out {self.path} exists and is not a directory")
+        check_can_make(self.path)  # now, before the data is read and decoded (fit said it after them)
         # first: a run being trained (or writing its report) was called interrupted or finished, and the advice led here anyway
         self._refuse_if_in_use()
         if (self.path / MANIFEST).exists() and not overwrite:
@@ -232,17 +263,12 @@ class RunDir:
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                f.write(f"{os.getpid()} {_started(os.getpid()) or ''}".strip())
             return
         raise UserError(f"could not lock {self.path}")
 
     def release(self) -> None:
-        lock = self.path / LOCK
-        try:
-            if int(lock.read_text().strip() or 0) == os.getpid():
-                lock.unlink()
-        except (OSError, ValueError):
-            pass
+        release_lock(self.path)
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         target = self.path / name
