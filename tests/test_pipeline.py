@@ -2,6 +2,8 @@
 an interrupted one, bad pipeline files are refused; AdaBN changes only BatchNorm running statistics;
 masked-LM adaptation produces a run that fine-tunes."""
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -672,3 +674,39 @@ def test_a_pipeline_file_holds_stages_only(tmp_path, capsys):
         f.write_text(yaml.safe_dump(doc))
         assert main(["pipeline", str(f), "--out", str(tmp_path / "o")]) == 2
         assert says in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_adapt_intermediate_neither_writes_over_a_finished_run_nor_restarts_a_stopped_one(tmp_path, tiny_ckpt, capsys):
+    """QA B: `adapt --intermediate` wrote its intermediate fit over OUT-intermediate with overwrite=True:
+    a finished run there was replaced in silence, and one it had stopped was started over."""
+    from transferkit import report
+    from transferkit.adapt import adapt
+    from transferkit.config import RunConfig, replace
+    from transferkit.trainer import StopRequested
+
+    data, target = make_folder(tmp_path / "d", n=4), make_folder(tmp_path / "t", n=3, seed=1)
+    args = ["--model", f"file:{tiny_ckpt}", "--arch", "cifar_resnet20", "--input-size", "16", "--quiet"]
+    assert main(["fit", "--data", str(data), "--strategy", "linear_probe", "--out", str(tmp_path / "a-intermediate"), *args]) == 0
+    before = (tmp_path / "a-intermediate" / "model.safetensors").read_bytes()
+    assert main(["adapt", "--data", str(target), "--intermediate", str(data), "--out", str(tmp_path / "a"), *args]) == 2
+    assert "a-intermediate, which holds a finished run: pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "a-intermediate" / "model.safetensors").read_bytes() == before and not (tmp_path / "a").exists()
+
+    cfg = replace(RunConfig(), data=str(target), model=f"file:{tiny_ckpt}", arch="cifar_resnet20", input_size=16, strategy="full", epochs=3,
+                  batch_size=4)
+    calls = iter(range(10**6))
+    with pytest.raises(StopRequested):
+        adapt(cfg, tmp_path / "b", intermediate=str(data), console=report.console(quiet=True), should_stop=lambda: next(calls) > 3)
+    assert any((tmp_path / "b-intermediate" / "checkpoints").glob("ckpt-*.pt"))
+    from rich.console import Console
+
+    con = Console(record=True, width=200)
+    adapt(cfg, tmp_path / "b", intermediate=str(data), console=con)
+    assert "b-intermediate, resumed from its checkpoint" in " ".join(con.export_text().split())
+    assert json.loads((tmp_path / "b-intermediate" / "metrics.json").read_text()).get("resumed", "").startswith("from the checkpoint")
+    # an interrupted run of other data there is neither resumed nor started over without --overwrite
+    (tmp_path / "c-intermediate" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "c-intermediate" / "checkpoints" / "ckpt-0001.pt").write_bytes(b"x")
+    (tmp_path / "c-intermediate" / "config.yaml").write_bytes((tmp_path / "b-intermediate" / "config.yaml").read_bytes())
+    with pytest.raises(UserError, match="c-intermediate, which holds an interrupted run of other data or another model: pass --overwrite"):
+        adapt(cfg, tmp_path / "c", intermediate=str(target), console=report.console(quiet=True))

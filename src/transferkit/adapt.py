@@ -271,6 +271,32 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
 
 
 
+def _intermediate_to_resume(inter_dir: Path, cfg, overwrite: bool) -> bool:
+    """Whether the intermediate fit resumes the interrupted run in `inter_dir` (one of the same data and
+    model, stopped with this adapt); a finished or other run there is refused without --overwrite
+    (it was written over in silence, a run the user had trained there too)."""
+    import os
+
+    from .config import absolute_model_name, load_config_file
+    from .rundir import MANIFEST
+
+    if overwrite or not inter_dir.is_dir():
+        return False
+    if (inter_dir / MANIFEST).is_file():
+        raise UserError(f"adapt --intermediate writes its intermediate run to {inter_dir}, which holds a finished run: pass --overwrite "
+                        "to replace it, or choose another --out")
+    if not any((inter_dir / "checkpoints").glob("ckpt-*.pt")):
+        return False
+    try:
+        was = load_config_file(inter_dir / "config.yaml")
+    except UserError:
+        was = None
+    if was is not None and was.data.path == os.path.abspath(cfg.data.path) and was.model.name == absolute_model_name(cfg.model.name):
+        return True
+    raise UserError(f"adapt --intermediate writes its intermediate run to {inter_dir}, which holds an interrupted run of other data or "
+                    "another model: pass --overwrite to start it over, or choose another --out")
+
+
 def adapt(cfg, out=None, *args, **kwargs):
     """`_adapt`, whose docstring says what it does; a run that stops or fails releases its
     directory's lock (it stayed, and a later process under the same pid was refused the run as in use)."""
@@ -366,8 +392,10 @@ def _adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int
             from .fit import fit
 
             inter_dir = Path(out).with_name(Path(out).name + "-intermediate")
-            con.print(f"adapt: supervised intermediate task on {intermediate} first ({inter_dir})")
-            fit(replace(cfg, data=intermediate), inter_dir, overwrite=True, console=con, should_stop=should_stop, should_abort=should_stop)
+            inter_cfg = replace(cfg, data=intermediate)
+            resume = _intermediate_to_resume(inter_dir, inter_cfg, overwrite)
+            con.print(f"adapt: supervised intermediate task on {intermediate} first ({inter_dir}{', resumed from its checkpoint' if resume else ''})")
+            fit(inter_cfg, inter_dir, overwrite=not resume, resume=resume, console=con, should_stop=should_stop, should_abort=should_stop)
             name = f"run:{inter_dir}"
             info["intermediate"] = {"data": intermediate, "run": str(inter_dir)}
         backbone = create_backbone(name, arch=cfg.model.arch)
