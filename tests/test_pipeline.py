@@ -285,6 +285,11 @@ def test_adabn_of_a_run_keeps_its_head_and_classes(tmp_path, tiny_ckpt, capsys):
     from transferkit.fit import load_fingerprints
 
     assert load_fingerprints(tmp_path / "bn") == load_fingerprints(tmp_path / "source") and load_fingerprints(tmp_path / "bn")[0]
+    # QA B: evaluate on the data it adapted to said that data "changed since the run was fitted" (it drew no split of it)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "bn"), "--data", str(tgt)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "changed since" not in said and f"{tgt}: 8 images" in said, said
 
 
 def test_adapt_reads_what_fit_reads_and_names_the_wrong_kind(tmp_path, tiny_bert, capsys):
@@ -710,3 +715,30 @@ def test_adapt_intermediate_neither_writes_over_a_finished_run_nor_restarts_a_st
     (tmp_path / "c-intermediate" / "config.yaml").write_bytes((tmp_path / "b-intermediate" / "config.yaml").read_bytes())
     with pytest.raises(UserError, match="c-intermediate, which holds an interrupted run of other data or another model: pass --overwrite"):
         adapt(cfg, tmp_path / "c", intermediate=str(target), console=report.console(quiet=True))
+
+
+def test_a_stage_whose_model_outside_the_pipeline_changed_runs_again(tmp_path, tiny_ckpt, capsys):
+    """QA B: a stage on `model: run:DIR` (or file:, dir:) was skipped as complete after DIR was trained
+    again: its run stayed one of the old weights."""
+    import shutil
+
+    from transferkit.pipeline import run_pipeline
+
+    ck = tmp_path / "w.safetensors"
+    shutil.copy(tiny_ckpt, ck)
+    data = make_folder(tmp_path / "d", n=3)
+    f = _write(tmp_path / "p.yaml", [{"name": "t", "data": str(data), "model": f"file:{ck}",
+                                      "settings": {"arch": "cifar_resnet20", "input_size": 16, "strategy": "linear_probe"}}])
+    out = tmp_path / "o"
+    run_pipeline(f, out)
+    assert run_pipeline(f, out)["t"]["status"] == "skipped (complete)"
+    torch.manual_seed(1)
+    from safetensors.torch import save_file
+
+    from transferkit.backbones.cifar_resnet import CifarResNet
+
+    save_file(CifarResNet(20).state_dict(), str(ck))  # saved again, other weights
+    capsys.readouterr()
+    assert run_pipeline(f, out)["t"]["status"] == "ran"
+    assert f"stage t: its model (file:{ck}) changed since it ran: running it again" in " ".join(capsys.readouterr().out.split())
+    assert run_pipeline(f, out)["t"]["status"] == "skipped (complete)"

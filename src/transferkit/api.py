@@ -489,6 +489,7 @@ class _Classifier(ClassifierMixin, BaseEstimator):  # the mixin first, as scikit
             out.classes_ = out._classes_array()
         out.run_dir_ = Path(path)
         out.train_fingerprints_, out.val_fingerprints_ = load_fingerprints(path)
+        out._adapted = bool(meta.get("adapted"))  # AdaBN of a run: its config names the unlabelled data, its fingerprints the source run's
         return out
 
 

@@ -117,7 +117,9 @@ def labelled_set(clf, spec: str):
     `eval_set`."""
     cfg = clf.config_
     changed = ""
-    if same_data(spec, cfg.data.path) and (cfg.data.test_fraction or not _has_eval_split(Path(spec), clf.inputs_.modality)):
+    # an adapted run (AdaBN, its head kept from the run it adapted) drew no split of the data its config
+    # names, which it never trained on: other data (it was said to have "changed since the run was fitted")
+    if not getattr(clf, "_adapted", False) and same_data(spec, cfg.data.path) and (cfg.data.test_fraction or not _has_eval_split(Path(spec), clf.inputs_.modality)):
         from .inputs import load_splits
 
         splits = load_splits(cfg)  # drawn again with the run's seed

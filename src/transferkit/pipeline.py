@@ -227,7 +227,8 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         name, kind = str(st["name"]), st.get("kind", "fit")
         d = root / name
         now = {"definition": json.loads(json.dumps(st, default=str)), "upstream": {r: _run_identity(root / r) for r in _refs(st)}, "run": None,
-               "data": _data_identity(configs[name].data.path, resolve(st["intermediate"]) if st.get("intermediate") else None)}
+               "data": _data_identity(configs[name].data.path, resolve(st["intermediate"]) if st.get("intermediate") else None),
+               "model": _model_identity(str(st["model"]))}
         current = _run_identity(d)  # None unless the folder holds a complete run
         before = ran_from.get(name)
         if before is None and current:  # finished before this file was kept: taken as run from what is there now
@@ -235,6 +236,8 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
         changed = before is not None and _as_defined(before["definition"]) != _as_defined(now["definition"])
         # its files added, removed or rewritten since it ran (a rerun skipped a stage whose data had 10 more images)
         data_changed = before is not None and before.get("data") is not None and before["data"] != now["data"]
+        # a model outside the pipeline (run:, file:, dir:) trained or saved again since: the stage was skipped on the old weights
+        model_changed = before is not None and before.get("model") is not None and before["model"] != now["model"]
         known = before is not None and before.get("upstream") is not None
         # (a stage that never ran has no run to redo: it was said to run "again" as its upstream had another run)
         moved = [r for r in now["upstream"] if before is not None and ((known and before["upstream"].get(r) != now["upstream"][r]) or (not known and r in redone))]
@@ -243,17 +246,18 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
             # finished after its last attempt began: `fit --resume` of the stopped stage, as predict and evaluate advise
             con.print(f"[bold]stage {name}[/]: its last attempt was finished since (fit --resume)")
             before, stale = {**before, "run": current}, False
-        if current and not (changed or moved or stale or data_changed):
+        if current and not (changed or moved or stale or data_changed or model_changed):
             con.print(f"[bold]stage {name}[/]: complete, skipped ({d})")
             summary[name] = {"status": "skipped (complete)", **_brief(d)}
             # an older file's record knew no upstream runs, own run or data: from now on, those it has now
             ran_from[name] = {**before, "upstream": now["upstream"] if before.get("upstream") is None else before["upstream"], "run": current,
-                              "data": before.get("data") or now["data"]}
+                              "data": before.get("data") or now["data"], "model": before.get("model") or now["model"]}
             continue
-        if changed or moved or stale or data_changed:
+        if changed or moved or stale or data_changed or model_changed:
             attempt = "its last attempt" if current is None else "it ran"  # a stage that failed or was stopped never ran to the end
             why = (f"its definition changed since {attempt}" if changed else f"stage {', '.join(moved)} has another run than the one it was built from"
                    if moved else f"its data ({configs[name].data.path}) changed since {attempt}" if data_changed
+                   else f"its model ({st['model']}) changed since {attempt}" if model_changed
                    else "its last attempt did not finish, and its finished run is from before that")
             con.print(f"[bold]stage {name}[/]: {why}: running it {'again' if current is not None else 'from the start'}")
             shutil.rmtree(d / "checkpoints", ignore_errors=True)  # no resuming from the old definition's checkpoint
@@ -379,6 +383,31 @@ def _listed_files(p: Path) -> list[Path]:
         out += [Path(root) / f for f in sorted(files) if not _hidden(f)]
     images = [f for f in out if f.suffix.lower() in IMAGE_SUFFIXES]
     return images or [f for f in out if f.suffix.lower() in TEXT_SUFFIXES]
+
+
+def _model_identity(model: str) -> str | None:
+    """What a stage's model outside the pipeline is now: a run's manifest digest, a checkpoint file's
+    or a model folder's files' sizes and modification times; None for a stage, a registered or hub
+    name, or random weights (nothing on disk to change)."""
+    import hashlib
+    import os
+
+    if model.startswith(("stage:", "random:")):
+        return None
+    kind, _, path = model.partition(":")
+    p = Path(path).expanduser()
+    if kind == "run" and p.is_dir():
+        return _run_identity(p)
+    if kind not in ("file", "dir") or not p.exists():
+        return None
+    h = hashlib.sha256()
+    for f in [p] if p.is_file() else sorted(Path(r) / n for r, _, ns in os.walk(p, followlinks=True) for n in ns):
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        h.update(f"{os.path.relpath(f, p) if f != p else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _run_identity(d: Path) -> str | None:
