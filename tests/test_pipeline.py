@@ -202,6 +202,10 @@ def test_a_stage_finished_by_fit_resume_is_kept(tmp_path, tiny_ckpt, capsys):
         ([{"name": "a", "data": "digits", "model": "small_convnet", "intermediate": "digits"}], "`intermediate` at stage level is adapt's"),
         ([{"name": "a", "kind": "adapt", "data": "digits", "model": "small_convnet", "settings": {"epochs": 3}}], "an adapt stage takes its `epochs` at stage level (`epochs: N`, the masked-LM epochs of a text model; AdaBN on images makes one pass"),
         ([{"name": "a", "data": "digits", "model": "small_convnet", "settings": {"model": "efficientnet_lite0"}}], "`model` goes at stage level"),
+        # data of the other kind than the chain's first model: said before stage b trained (QA B)
+        ([{"name": "a", "data": "sst.tsv", "model": "stage:b"}, {"name": "b", "data": "digits", "model": "small_convnet"}],
+         "p.yaml: stage a: sst.tsv looks like text data, and small_convnet is an image model (through stage:b, which starts from small_convnet)"),
+        ([{"name": "a", "data": "digits", "model": "minilm_l6"}], "p.yaml: stage a: digits looks like image data, and minilm_l6 is a text model"),
         # fit's settings in an adapt stage ran in silence as if honoured
         ([{"name": "a", "kind": "adapt", "data": "digits", "model": "random:cifar_resnet20", "settings": {"strategy": "full"}}],
          "stage 1 (a): an adapt stage does not read `strategy` (a fit setting; adapt reads accumulate, arch, batch_size"),
@@ -211,7 +215,9 @@ def test_a_stage_finished_by_fit_resume_is_kept(tmp_path, tiny_ckpt, capsys):
         ([{"name": "a", "data": ["digits"], "model": "small_convnet"}], "`data` must be a path or a name (text), got ['digits']"),
     ],
 )
-def test_bad_pipelines(tmp_path, capsys, stages, message):
+def test_bad_pipelines(tmp_path, capsys, stages, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_text_csv(tmp_path / "sst.tsv", sep="\t")
     f = _write(tmp_path / "p.yaml", stages)
     assert main(["pipeline", str(f), "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err

@@ -992,3 +992,23 @@ def test_the_api_after_qa_aq(tmp_path, tiny_bert, tiny_ckpt, capsys):
     config.write_text("val_fraction: 1.5\n")  # from a file: its key
     assert main(["fit", "--data", str(p), "--config", str(config), *tiny_text_args(tiny_bert), "--out", str(tmp_path / "v")]) == 2
     assert "error: val_fraction must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_a_text_run_used_as_a_model_keeps_its_pooling_and_says_so(tmp_path, tiny_bert, capsys):
+    """QA B: `--model run:TEXT_RUN --pooling cls` pooled as the run did (mean), in silence, and wrote
+    pooling: cls in config.yaml, which the model never did."""
+    import yaml
+
+    from transferkit.cli import main
+
+    p = make_text_csv(tmp_path / "r.csv")
+    base = ["fit", "--data", str(p), "--strategy", "linear_probe", "--lp-epochs", "2", "--max-length", "32", "--batch-size", "8"]
+    assert main([*base, "--model", f"dir:{tiny_bert}", "--pooling", "cls", "--quiet", "--out", str(tmp_path / "src")]) == 0
+    for given, noted in (([], False), (["--pooling", "last"], True)):
+        out = tmp_path / f"t{len(given)}"
+        capsys.readouterr()
+        assert main([*base, "--model", f"run:{tmp_path / 'src'}", *given, "--out", str(out)]) == 0
+        said = " ".join(capsys.readouterr().out.split())
+        assert ("keeps the pooling it was trained with (cls): --pooling last is not used" in said) == noted
+        assert yaml.safe_load((out / "config.yaml").read_text())["model"]["pooling"] == "cls"
+        assert json.loads((out / "model.json").read_text())["backbone"]["pooling"] == "cls"

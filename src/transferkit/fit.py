@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .backbones import Preprocess
-from .config import RunConfig, StrategyConfig, absolute_model_name, with_default_lr
+from .config import ModelConfig, RunConfig, StrategyConfig, absolute_model_name, with_default_lr
 from .data import DataSplits, check_counts, is_builtin
 from .inputs import inputs_for, load_splits
 from .errors import UserError, first_process
@@ -197,6 +197,12 @@ def _fit(
     else:
         splits = copy.copy(splits)  # encoding below replaces its sets; leave the caller's intact
     model = create_model(cfg.model, len(splits.classes), classes=splits.classes)
+    kept = getattr(model.backbone, "pooling", None)
+    if cfg.model.name.startswith("run:") and kept is not None and kept != cfg.model.pooling:
+        # a text run's encoder pools as it was trained (its head, if kept, was fitted to that); config.yaml said --pooling's value
+        if cfg.model.pooling != ModelConfig().pooling:
+            console.print(f"[yellow]note[/]: {cfg.model.name} keeps the pooling it was trained with ({kept}): --pooling {cfg.model.pooling} is not used")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pooling=kept))
     # --baseline base's model, found (or refused) before training
     base_model = _base_of(model, cfg) if "base" in cfg.train.baselines else None
     if "scratch" in cfg.train.baselines and str(model.backbone.weights_id).startswith("random"):

@@ -194,13 +194,17 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
             for n, (what, own, users) in ignored_settings(cfg, set(changed_settings(config_from_dict(settings)))).items():
                 con.print(f"[yellow]note[/]: stage {name}: {n} is not used by {what} {own} (only by {users})")
     by_name = {str(st["name"]): st for st in stages}
+    for st in stages:  # text data for an image chain, or images for a text one: said now, not after the earlier stages trained
+        root_model = _root_model(st, by_name)
+        if not root_model.startswith("stage:"):
+            try:
+                _check_kind(configs[str(st["name"])].data.path, root_model, str(st["model"]))
+            except UserError as e:
+                raise UserError(f"{path}: stage {st['name']}: {e}") from None
     for st in stages:  # --baseline base on a chain that starts from random weights: said now, not after the first stages trained
         if "base" not in configs[str(st["name"])].train.baselines:
             continue
-        root_model, seen = str(st["model"]), set()
-        while root_model.startswith("stage:") and root_model[len("stage:"):] in by_name and root_model not in seen:
-            seen.add(root_model)
-            root_model = str(by_name[root_model[len("stage:"):]]["model"])
+        root_model = _root_model(st, by_name)
         if root_model in RANDOM_MODELS or root_model.startswith("random:"):
             raise UserError(f"{path}: stage {st['name']}: baseline base would fine-tune the model its stages start from, {root_model}, which has "
                             "random weights: that is training from scratch (use baseline: scratch)")
@@ -287,6 +291,34 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     save_state()
     (root / "pipeline.json").write_text(json.dumps({"stages": summary}, indent=1) + "\n")
     return summary
+
+
+def _root_model(st: dict, by_name: dict) -> str:
+    """The model a chain of `stage:` models starts from."""
+    root_model, seen = str(st["model"]), set()
+    while root_model.startswith("stage:") and root_model[len("stage:"):] in by_name and root_model not in seen:
+        seen.add(root_model)
+        root_model = str(by_name[root_model[len("stage:"):]]["model"])
+    return root_model
+
+
+def _check_kind(data: str, root_model: str, model: str) -> None:
+    """Data of the other kind than the model a stage's chain starts from (images or texts)."""
+    from .inputs import modality_of, refuse_image_data
+    from .text_data import is_text_spec
+
+    try:
+        kind = modality_of(root_model)
+    except UserError:  # an unreadable run: said by the stage's own checks
+        return
+    via = "" if model == root_model else f" (through {model}, which starts from {root_model})"
+    if kind == "text":
+        try:
+            refuse_image_data(data, root_model)
+        except UserError as e:
+            raise UserError(f"{e}{via}") from None
+    elif is_text_spec(data):
+        raise UserError(f"{data} looks like text data, and {root_model} is an image model{via}; use a text model (minilm_l6, hf:NAME, dir:PATH)")
 
 
 RANDOM_MODELS = ("small_convnet",)  # models whose weights are an initialisation (besides random:NAME)
