@@ -710,3 +710,26 @@ def test_a_config_file_s_bad_value_is_said_as_the_file_s_and_its_booleans_can_be
                  "--strategy", "linear_probe", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 0
     cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert (cfg["schedule"]["staircase"], cfg["optim"]["nesterov"], cfg["data"]["augment"]) == (False, True, True)
+
+
+def test_blank_group_cells_are_refused_and_numeric_class_folders_are_ordered_by_value(tmp_path, capsys):
+    """QA D: an empty --group-column cell became a group named '' (the worst group, unnamed); class
+    folders 2, 9, 10, 100 were ordered as text (10, 100, 2, 9), a CSV's same labels by value."""
+    import shutil
+
+    from transferkit.data import load_image_data
+    from transferkit.text_data import read_table
+
+    folder = make_folder(tmp_path / "imgs", n=3)
+    rows = [f"{p},{p.parent.name},{'' if i == 1 else 'A'}" for i, p in enumerate(sorted(folder.rglob("*.png")))]
+    (tmp_path / "g.csv").write_text("path,label,site\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=r"g.csv: 1 row\(s\) with an empty group in column 'site': row 3: .*name their group"):
+        load_image_data(str(tmp_path / "g.csv"), group_column="site")
+    (tmp_path / "t.csv").write_text("text,label,site\ngood film,pos,A\nbad film,neg,\n")
+    with pytest.raises(UserError, match=r"t.csv:3: empty group in column 'site'"):
+        read_table(tmp_path / "t.csv", group_column="site")
+    for name in ("2", "9", "10", "100"):
+        make_folder(tmp_path / "n" / "x", n=2)
+        (tmp_path / "n" / "x" / "red").rename(tmp_path / "n" / name)
+        shutil.rmtree(tmp_path / "n" / "x")
+    assert load_image_data(str(tmp_path / "n")).classes == ["2", "9", "10", "100"]

@@ -267,6 +267,10 @@ def test_the_run_says_which_epoch_it_kept_and_why_the_table_can_differ():
     flat = [{"epoch": e, "val_accuracy": 0.875, "val_loss": 1.0 / e} for e in range(1, 21)]
     assert kept_line({"best_epoch": 20, "accuracy": 0.875, "precision": "no"}, flat, "accuracy").endswith(
         "tied with epochs 1, 2, 3, 4, 5, ... (19 in all) and of lower validation loss")
+    # QA D: later tied epochs of the same loss were said to be of higher loss ("and of lower validation loss")
+    same = [{"epoch": e, "val_accuracy": 0.875, "val_loss": v} for e, v in enumerate((0.5, 0.4, 0.3, 0.2, 0.2), start=1)]
+    assert kept_line({"best_epoch": 4, "accuracy": 0.875, "precision": "no"}, same, "accuracy").endswith(
+        "tied with epochs 1, 2, 3, 5 and of the lowest validation loss among them, which epoch 5 equals (the first is kept)")
     # ... and report.html says what the terminal says, where the curves show the epoch's bf16 score
     from transferkit import plots
 
@@ -293,3 +297,20 @@ def test_a_temperature_at_its_bound_is_explained_by_what_the_model_does():
     assert "no interior minimum" in why and "the model is far too unsure (42 of 60 right, the top probability 0.33 on average)" in why and "separated" not in why
     logp = torch.log_softmax(0.01 * torch.eye(3)[y].double(), 1)  # every example right: separated indeed
     assert calibrate_head(None, logp, y)["skipped"].endswith("every validation example is separated")
+
+
+def test_the_mistakes_figure_shortens_long_class_names_and_keeps_them_apart():
+    """QA D: titles of 110-character class names ran into each other, none readable (the confusion
+    matrix already cut them)."""
+    import numpy as np
+
+    from transferkit.plots import close, mistakes_figure
+
+    a = "Category number 5 of handwritten digit samples (five)"
+    b = "Category number 6 of handwritten digit samples (six)"
+    rows = [{"true": a, "predicted": b, "p_predicted": 0.9, "source": "x/1.png"}, {"true": b, "predicted": a, "p_predicted": 0.8, "source": "x/2.png"}]
+    fig = mistakes_figure(np.zeros((2, 8, 8, 3), np.uint8), None, rows)
+    titles = [ax.get_title().splitlines()[0] for ax in fig.axes if ax.get_title()]
+    close(fig)
+    assert len(titles) == 2 and all(len(t) <= 15 + 4 + 15 + 7 for t in titles), titles
+    assert titles[0] != titles[1] and titles[0].split(" -> ")[0] == titles[1].split(" -> ")[1].rsplit(" (", 1)[0]

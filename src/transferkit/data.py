@@ -233,7 +233,9 @@ def _read_folder(root: Path, classes: list[str] | None = None) -> ImageSet:
         if extra:
             known = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")  # Ants/ against ants/: the case shows
             raise UserError(f"{root} has classes that are not in the training data: {', '.join(extra)} (training classes: {known})")
-    classes = classes or subdirs
+    from .text_data import _classes
+
+    classes = classes or _classes(subdirs)  # 2 before 10, as a CSV's labels are ordered (folders were ordered as text: 10, 100, 2)
     sources, labels = [], []
     for ci, name in enumerate(classes):
         d = root / name
@@ -306,6 +308,11 @@ def _read_csv(path: Path, group_column: str | None = None, encoding: str = "auto
 
     classes = _classes(names)  # 2 before 10, as a text CSV's labels (and fit(X, y)'s ints) are ordered
     index = {c: i for i, c in enumerate(classes)}
+    if group_column:  # a group named '' ("worst group:  (29.7 points below the best)"), as an empty label is refused
+        blank = [f"row {i}: {r[pc]!r}" for i, r in enumerate(rows, start=2) if r[group_column] is None or not str(r[group_column]).strip()]
+        if blank:
+            raise UserError(f"{path}: {len(blank)} row(s) with an empty group in column {group_column!r}: {'; '.join(blank[:5])}"
+                            + (" ..." if len(blank) > 5 else "") + " (name their group, or remove the rows)")
     groups = np.array([str(r[group_column]).strip() for r in rows]) if group_column else None
     out = ImageSet(sources, np.array([index[n] for n in names], dtype=int), classes, groups)
     if check:  # training data; data to score may hold one image of a class, or one class

@@ -8,6 +8,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+# Class names in Chinese, Japanese or Korean drew as empty boxes (DejaVu Sans has no such glyphs):
+# matplotlib falls back along font.family to an installed font that has them (none here is installed).
+_FALLBACKS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Source Han Sans", "WenQuanYi Zen Hei", "Droid Sans Fallback",
+              "Microsoft YaHei", "Yu Gothic", "Malgun Gothic", "PingFang SC", "Hiragino Sans", "Apple SD Gothic Neo", "Arial Unicode MS")
+
+
+def _font_fallbacks() -> None:
+    from matplotlib import font_manager
+
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    extra = [n for n in _FALLBACKS if n in have]
+    if extra:
+        plt.rcParams["font.family"] = ["DejaVu Sans", *extra]
+
+
+_font_fallbacks()
+
 
 def curves_figure(history: list[dict], best_epoch: int | None = None, final_accuracy: float | None = None):
     """Loss, validation accuracy and learning rate per epoch, phases marked; `best_epoch` (the epoch
@@ -142,6 +159,8 @@ def mistakes_figure(thumbs: np.ndarray, cams, rows: list[dict], note: str = ""):
     """The most confidently wrong validation images as the model saw them, each titled true -> said
     (probability), with the Grad-CAM map toward the class it said laid over it."""
     n = len(thumbs)
+    names = sorted({str(r[k]) for r in rows for k in ("true", "predicted")})
+    short = dict(zip(names, _short_names(names, 15)))  # "TRUE -> SAID (p)" in a 2.6-inch panel: 110-character names ran into each other
     cols = min(4, n)
     nrows = -(-n // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.9 * nrows + 0.4), squeeze=False)
@@ -155,7 +174,7 @@ def mistakes_figure(thumbs: np.ndarray, cams, rows: list[dict], note: str = ""):
             ax.imshow(cams[k], cmap="jet", alpha=0.4, vmin=0, vmax=1)
         name = str(r["source"]).replace("\\", "/").rsplit("/", 1)[-1]
         name = name if len(name) <= 24 else name[:21] + "..."
-        ax.set_title(f"{r['true']} -> {r['predicted']} ({r['p_predicted']:.2f})\n{name}", fontsize=8)
+        ax.set_title(f"{short[str(r['true'])]} -> {short[str(r['predicted'])]} ({r['p_predicted']:.2f})\n{name}", fontsize=8)
     how = "Grad-CAM: where the model looked for the class it said" if cams is not None else (note or "")
     fig.suptitle(f"most confident mistakes (true -> said, probability){'; ' + how if how else ''}", fontsize=9)
     _tight(fig)

@@ -182,7 +182,12 @@ def kept_line(m: dict, history: list[dict], metric: str, min_delta: float = 0.0)
     ties = [h["epoch"] for h in history if h.get(f"val_{metric}") == then and h["epoch"] != be] if metric != "loss" else []
     if ties and not min_delta:
         listed = ", ".join(map(str, ties[:5])) + (f", ... ({len(ties)} in all)" if len(ties) > 5 else "")  # 87 ties were said as 5
-        line += f", tied with epoch{'s' if len(ties) > 1 else ''} {listed} and of lower validation loss"
+        loss = {h["epoch"]: h.get("val_loss") for h in history}
+        same = [t for t in ties if loss.get(t) is not None and loss[t] == loss.get(be)]  # a probe's last epochs can end on one loss
+        line += f", tied with epoch{'s' if len(ties) > 1 else ''} {listed} and of " + (
+            "lower validation loss" if not same else
+            f"the lowest validation loss among them, which epoch{'s' if len(same) > 1 else ''} {', '.join(map(str, same[:5]))}"
+            f"{', ...' if len(same) > 5 else ''} {'equal' if len(same) > 1 else 'equals'} (the first is kept)")
     now = m.get(metric)
     precision = {"no": "fp32"}.get(m.get("precision"), m.get("precision"))
     if now is not None and then is not None and metric != "loss" and show(now) != show(then) and precision not in (None, "fp32"):

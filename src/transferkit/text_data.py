@@ -131,6 +131,8 @@ def read_table(path: Path, *, delimiter: str | None = None, encoding: str = "aut
         labels.append(lab)
         names.append(where)
         if gi is not None:
+            if not r[gi].strip():  # a group named '' ("worst group:  (29.7 points below the best)")
+                raise UserError(f"{where}: empty group in column {header[gi]!r} (name its group, or remove the row)")
             groups.append(r[gi].strip())
     if not texts:
         raise UserError(f"{path} has a header but no rows")
