@@ -1012,3 +1012,33 @@ def test_a_text_run_used_as_a_model_keeps_its_pooling_and_says_so(tmp_path, tiny
         assert ("keeps the pooling it was trained with (cls): --pooling last is not used" in said) == noted
         assert yaml.safe_load((out / "config.yaml").read_text())["model"]["pooling"] == "cls"
         assert json.loads((out / "model.json").read_text())["backbone"]["pooling"] == "cls"
+    # QA E: --text-column beside --text alone was ignored in silence
+    assert main(["predict", str(tmp_path / "src"), "--text", "ok", "--text-column", "5"]) == 2
+    assert "--text-column names the column of a CSV/TSV input; --text gives the texts themselves" in capsys.readouterr().err
+
+
+def test_a_text_file_s_lines_end_at_newlines_only_and_a_tabbed_file_without_suffix_is_a_table(tmp_path):
+    """QA E: splitlines() cut a line at a form feed or U+2028 (3 lines gave 5 texts, the rows after
+    them misnumbered); predict read the SMS Spam Collection (`label<TAB>text`, no suffix) as lines,
+    each label classified as part of its text."""
+    from transferkit.text_data import read_text_rows
+
+    (tmp_path / "ff.txt").write_bytes("hello\x0cworld form feed\r\nsecond\u2028line\nthird\n".encode())
+    assert read_text_rows(str(tmp_path / "ff.txt")) == [(1, "hello\x0cworld form feed"), (2, "second\u2028line"), (3, "third")]
+    for name in ("SMSSpamCollection", "sms.txt", "sms.tab"):
+        (tmp_path / name).write_text("ham\tGo until jurong point, crazy\nspam\tFree entry in 2 a wkly comp to win\nham\tOk lar\n")
+        assert read_text_rows(str(tmp_path / name)) == [(1, "Go until jurong point, crazy"), (2, "Free entry in 2 a wkly comp to win"), (3, "Ok lar")]
+    (tmp_path / "plain.txt").write_text("one\ttab here\nno tab here\n")  # not every line: lines
+    assert [t for _, t in read_text_rows(str(tmp_path / "plain.txt"))] == ["one\ttab here", "no tab here"]
+
+
+def test_predict_leaves_the_estimator_as_it_was(tmp_path, tiny_bert):
+    """QA E: predict kept the count of texts cut at max_length in texts_cut_ (scikit-learn's
+    check_dict_unchanged); the count still comes as a warning."""
+    from transferkit import TextClassifier
+
+    clf = TextClassifier(model=f"dir:{tiny_bert}", strategy="linear_probe", lp_epochs=2, max_length=8, batch_size=8).fit(str(make_text_csv(tmp_path / "r.csv")))
+    before = dict(clf.__dict__)
+    with pytest.warns(UserWarning, match="1 of 2 texts are longer than the model's max_length=8"):
+        clf.predict(["good " * 40, "bad"])
+    assert clf.__dict__.keys() == before.keys() and all(clf.__dict__[k] is before[k] for k in before)

@@ -652,12 +652,18 @@ class TextClassifier(_Classifier):
     def _encode(self, texts) -> tuple:
         """A text (str), texts, or a pathlib.Path: a file of texts (one per line, or a CSV/TSV's text
         column), as `transferkit predict` reads it."""
-        texts = self._examples(texts)
-        x, self.texts_cut_ = self.model_.backbone.tokenize(texts, self.inputs_.max_length)  # said by predict, as fit says its own
-        if self.texts_cut_ and not COMMAND_LINE.get():  # (the command line says it in its own words)
-            warn_user(f"{self.texts_cut_} of {len(texts)} texts are longer than the model's max_length={self.inputs_.max_length} tokens and "
+        x, texts, cut = self._tokenized(texts)
+        if cut and not COMMAND_LINE.get():  # said by predict, as fit says its own (the command line says it in its own words)
+            warn_user(f"{cut} of {len(texts)} texts are longer than the model's max_length={self.inputs_.max_length} tokens and "
                       "were cut there, as in training (the model sees their beginnings)")
         return x, texts
+
+    def _tokenized(self, texts) -> tuple:
+        """(token ids, texts, how many were cut at max_length): predict leaves the estimator as it was (it
+        kept the count in texts_cut_, which scikit-learn's check_estimator flags)."""
+        texts = self._examples(texts)
+        x, cut = self.model_.backbone.tokenize(texts, self.inputs_.max_length)
+        return x, texts, cut
 
     def _examples(self, texts) -> list[str]:
         """`_encode`'s inputs as a list of non-empty strings."""

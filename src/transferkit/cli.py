@@ -404,6 +404,8 @@ def cmd_predict(args) -> int:
     if clf.inputs_.modality == "text":
         from .text_data import read_text_rows
 
+        if args.text_column is not None and not args.inputs:  # it was ignored in silence
+            raise UserError("--text-column names the column of a CSV/TSV input; --text gives the texts themselves")
         where = [("--text", i) for i in range(1, len(args.text or []) + 1)]  # (file, row) of each text, to join the output back
         texts = list(args.text or [])
         for item in args.inputs:
@@ -425,9 +427,10 @@ def cmd_predict(args) -> int:
             texts += [t for _, t in rows]
         if not texts:
             raise UserError("predict needs texts: a file of texts (one per line, or a CSV/TSV with a text column) or --text")
-        names, proba = [[f, i, t] for (f, i), t in zip(where, texts)], proba_of(clf, clf._encode(texts)[0])
-        if clf.texts_cut_:
-            _say_cut(clf.texts_cut_, len(texts), clf.inputs_.max_length)
+        x, _, cut = clf._tokenized(texts)
+        names, proba = [[f, i, t] for (f, i), t in zip(where, texts)], proba_of(clf, x)
+        if cut:
+            _say_cut(cut, len(texts), clf.inputs_.max_length)
         first = ["file", "row", "text"]
         if args.explain is not None:
             _write_text_explanations(clf, texts, proba, lambda t: proba_of(clf, clf._tokens(t)), Path(args.explain), where)

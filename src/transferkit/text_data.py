@@ -447,9 +447,10 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
     if not p.is_file():
         raise UserError(f"data not found: {spec}")
     text = _decode(p.read_bytes(), p, encoding)
-    if p.suffix.lower() in (".csv", ".tsv"):
+    tabbed = p.suffix.lower() in (".tab", ".txt", "") and _every_line_tabbed(text)  # the SMS Spam Collection's label<TAB>text, no suffix
+    if p.suffix.lower() in (".csv", ".tsv") or tabbed:
         csv.field_size_limit(MAX_FIELD)
-        d = _delimiter(text, p, None)
+        d = "\t" if tabbed else _delimiter(text, p, None)
         try:
             rows = _records(text, d)
         except csv.Error as e:
@@ -483,8 +484,19 @@ def read_text_rows(spec: str, *, text_column: str | None = None, also: str | Non
         texts = [(i, r[col]) for i, r in enumerate(body, 2 if has_header else 1) if len(r) > col and r[col].strip()]
         if empty is not None:
             empty += [i for i, r in enumerate(body, 2 if has_header else 1) if not (len(r) > col and r[col].strip()) and any(c.strip() for c in r)]
-    else:
-        texts = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    else:  # lines end at \n (or \r\n, or a lone \r) only: splitlines() also split at form feeds and U+2028 inside scraped texts
+        texts = [(i, ln) for i, ln in enumerate(_lines(text), 1) if ln.strip()]
     if not texts:
         raise UserError(f"{p}: no texts")
     return texts
+
+
+def _lines(text: str) -> list[str]:
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _every_line_tabbed(text: str) -> bool:
+    """Whether the first 200 lines that are not blank each hold the same number (one or more) of tabs:
+    a table, as fit reads such a file (predict read its label as part of each text)."""
+    lines = [ln for ln in _lines(text[:1 << 20]) if ln.strip()][:200]
+    return bool(lines) and lines[0].count("\t") >= 1 and all(ln.count("\t") == lines[0].count("\t") for ln in lines)
