@@ -355,3 +355,21 @@ def test_a_stopped_or_failed_fit_releases_its_lock_and_a_reused_pid_holds_none(t
     afile.write_text("x")
     with pytest.raises(UserError, match="cannot create the folder .*afile is not a directory"):
         RunDir(afile / "sub")  # before any work: fit said it after reading and decoding the data
+
+
+def test_a_run_being_trained_is_said_to_be_so_not_interrupted(tmp_path):
+    """QA C: evaluate on a run another process was training called it interrupted and advised --resume,
+    which then said "in use"."""
+    import os
+
+    from transferkit.rundir import require_finished
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ckpt-0001.pt").write_bytes(b"x")
+    (run / ".lock").write_text(str(os.getppid()))
+    with pytest.raises(UserError, match=rf"is a run another transferkit process \(pid {os.getppid()}\) is training or writing now"):
+        require_finished(run)
+    (run / ".lock").unlink()
+    with pytest.raises(UserError, match="is an interrupted run"):
+        require_finished(run)

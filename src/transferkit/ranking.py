@@ -653,7 +653,7 @@ def rank_models(
         labels = " and ".join(SCORES.get(s).label for s in asked_source)
         raise UserError(
             f"{labels} {'need' if len(asked_source) > 1 else 'needs'} the source task's classifier, and these candidates have none: "
-            f"{', '.join(headless)} (random controls, timm: models and checkpoints without a classifier do not); "
+            f"{', '.join(headless)} (random controls, adapted backbones, text encoders, timm: models and checkpoints without a classifier have none); "
             f"scores that apply to every candidate here: {', '.join(scores_for(False))}"
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -125,6 +125,9 @@ def require_finished(path: str | os.PathLike, name: str | None = None) -> None:
     problems = verify(p)
     if not problems:
         return
+    holder = lock_holder(p)
+    if holder and holder != os.getpid():  # training now: "an interrupted run, finish it with --resume" led to "in use"
+        raise UserError(f"{name} is a run another transferkit process (pid {holder}) is training or writing now: wait for it to finish")
     if not (p / MANIFEST).exists():
         if (p / "search.json").is_file():  # a search's folder: its refitted model is a run of its own
             if (p / "final" / MANIFEST).is_file():
@@ -138,7 +141,8 @@ def require_finished(path: str | os.PathLike, name: str | None = None) -> None:
         if any((p / "checkpoints").glob("ckpt-*.pt")):
             raise UserError(f"{name} is an interrupted run (it has checkpoints, no manifest): finish it with `transferkit fit --resume {p}`")
         if (p / "config.yaml").is_file():
-            raise UserError(f"{name} is a run that did not finish (no {MANIFEST}, no checkpoint to resume from): run its fit again")
+            raise UserError(f"{name} is a run that did not finish (no {MANIFEST}, no checkpoint: stopped before training began): run its fit "
+                            f"again, or `transferkit fit --resume {p}`, which starts it over with its settings")
         raise UserError(f"{name} is not a transferkit run directory (no {MANIFEST}): give the folder `transferkit fit --out` wrote")
     # it finished (its manifest is there): its files changed since, which "not a finished run" did not say
     raise UserError(f"{name} finished, but its files changed since: " + "; ".join(problems[:3]) + ". Restore them from a copy of the run, or fit "

@@ -1122,7 +1122,8 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeue
     )
     con.print(f"study {study.study_name!r} in {redact(url)}" + (f"; time budget {deadline - t_start:.0f} s" if deadline else ""), markup=False)
     if dead:
-        con.print(f"marked FAIL: trial(s) {', '.join(map(str, dead))}, left running by a worker that is gone", markup=False)
+        # (optuna's FAIL, but stopped, as trials.csv says: not a configuration that failed)
+        con.print(f"trial(s) {', '.join(map(str, dead))} stopped: left running by a worker that is gone", markup=False)
     for n, c in requeued:
         why = "was stopped by the time budget" if "time budget" in str(study.trials[n].user_attrs.get("note", "")) else "was interrupted"
         con.print(f"trial {n} {why}: it runs again first" + (f", its {c} finished fold(s) carried over" if c else ""), markup=False)
