@@ -199,7 +199,7 @@ def test_finished_run_not_overwritten_without_flag(tmp_path, capsys, tiny_ckpt):
         (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0, got inf"),  # said by the flag given
         (["--seed", "-1"], "seed must be in [0, 2**32), got -1"),  # a traceback from numpy
         (["--gamma", "2"], "gamma"),
-        (["--clip-norm", "0"], "--clip-norm must be > 0"),
+        (["--clip-norm", "0"], "--clip-norm must be a finite number > 0"),
         (["--schedule", "cosin"], "did you mean: cosine"),
         (["--optimizer", "adamm"], "unknown optimizer"),
         (["--strategy", "partial", "--k", "50"], "--k 50 is larger than the number of block groups"),
