@@ -572,6 +572,9 @@ def test_checkpoint_layouts_of_training_scripts_load_or_are_named(tmp_path, tiny
     assert bb.source_head is not None  # the source classifier, found under its stripped name
     torch.save({"epoch": 3, "arch": "x", "state_dict": sd, "args": argparse.Namespace(lr=0.1, model="x")}, tmp_path / "model_best.pth.tar")
     assert set(load_state_dict_file(tmp_path / "model_best.pth.tar")) == set(sd)
+    torch.save(sd, tmp_path / "UPPER.PT")  # QA G: suffixes in capitals were "unsupported checkpoint type '.PT'"
+    (tmp_path / "MODEL_BEST.PTH.TAR").write_bytes((tmp_path / "model_best.pth.tar").read_bytes())
+    assert set(load_state_dict_file(tmp_path / "UPPER.PT")) == set(load_state_dict_file(tmp_path / "MODEL_BEST.PTH.TAR")) == set(sd)
     torch.save({"net": sd, "epoch": 3}, tmp_path / "net.pth")
     with pytest.raises(UserError, match=r"does not hold a state dict of tensors \(its entries: net, epoch; the tensors look to be under 'net'"):
         load_state_dict_file(tmp_path / "net.pth")

@@ -114,8 +114,10 @@ def test_run_directory_reload_evaluate_predict(tiny_folder, tiny_ckpt, tmp_path,
         np.testing.assert_allclose(loaded.predict_proba(items), want, atol=1e-6)
     np.testing.assert_allclose(loaded.predict_proba(np.stack([arrays[0].astype(float), dark[1].astype(float)]))[1],
                                loaded.predict_proba(dark[1])[0], atol=1e-6)  # one scale for a batch: not x255 for the dark one
-    for one in (pics[0], arrays[0], torch.from_numpy(arrays[0]).permute(2, 0, 1)):
+    for one in (pics[0], arrays[0], torch.from_numpy(arrays[0]).permute(2, 0, 1), arrays[0].astype(np.int16)):  # QA G: int16 was / 257
         np.testing.assert_allclose(loaded.predict_proba(one), want[:1], atol=1e-6)
+    gray = np.array(pics[0].convert("L"))  # QA G: one HxWx1 image was read as H images of W x 1 pixels
+    np.testing.assert_allclose(loaded.predict_proba(gray[:, :, None]), loaded.predict_proba(gray), atol=1e-6)
     normalised = (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225  # torchvision's Normalize
     for bad, says in (([np.full((4, 4, 3), np.nan)], "NaN"), ([np.zeros((4, 4, 7))], "got shape"), ([5], "got int"), (5, "got int"),
                       (normalised, "not normalised"), (normalised + 2.1, "not normalised"), (list(normalised), "image 0: pixel values from -2"), ([np.full((4, 4, 3), 300.0)], "to 300")):

@@ -59,3 +59,29 @@ def test_crop_parameters_follow_their_distribution():
     assert abs((sign < 0).float().mean().item() - 0.5) < 0.02  # flips half the time
     _, _, _, _, s2 = sample_crop_params(100, flip=False, generator=g)
     assert (s2 > 0).all()
+
+
+def test_a_long_strip_is_resampled_in_its_square_only_on_the_same_grid():
+    """QA G: a 1 x 20,000 px PNG was resized whole before the centre crop (256 x 5,120,000 px, 6 GB);
+    the square's box is resampled alone, on the full resize's grid (within 1 of it), and images of
+    ordinary shapes are decoded exactly as before."""
+    import numpy as np
+    from PIL import Image
+
+    from transferkit.data import _RESAMPLE, _to_square
+
+    def full(img, size):  # the old path: resize the shorter side, then crop the centre
+        w, h = img.size
+        s = size / min(w, h)
+        nw, nh = max(size, round(w * s)), max(size, round(h * s))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return np.asarray(img.resize((nw, nh), _RESAMPLE["bicubic"]).crop((left, top, left + size, top + size)))
+
+    rng = np.random.default_rng(0)
+    for w, h in ((40, 600), (700, 30), (300, 200), (64, 64)):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        a, b = _to_square(img, 32, "bicubic"), full(img, 32)
+        assert a.shape == (32, 32, 3) and np.abs(a.astype(int) - b).max() <= 1
+        if max(w, h) <= 4 * min(w, h):
+            assert np.array_equal(a, b)
+    assert _to_square(Image.new("RGB", (1, 200_000), (9, 99, 199)), 224, "bicubic").tolist() == np.full((224, 224, 3), (9, 99, 199)).tolist()

@@ -593,7 +593,7 @@ class ImageClassifier(_Classifier):
                 # a 1-D array was "image 0: ... got uint8"; (32, 32, 2) became 32 images of 32 x 2 pixels
                 raise UserError(f"expected one image (HxW, HxWx3 or HxWx4) or a batch of them (NxHxW, NxHxWx3, NxHxWx4); got an array of shape "
                                 f"{tuple(images.shape)}")
-            one = images.ndim == 2 or (images.ndim == 3 and (images.shape[-1] in (3, 4) or (isinstance(images, torch.Tensor) and images.shape[0] in (1, 3))))
+            one = images.ndim == 2 or (images.ndim == 3 and (images.shape[-1] in (1, 3, 4) or (isinstance(images, torch.Tensor) and images.shape[0] in (1, 3))))
             if not one and images.dtype not in (np.uint8, torch.uint8) and images.ndim >= 3:  # a batch: one scale for all
                 a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
                 a = pixels_to_uint8(a, "the image batch")  # a dark image of a 0-255 batch is not scaled again by itself

@@ -363,8 +363,14 @@ def _to_square(img: Image.Image, size: int, interpolation: str) -> np.ndarray:
     w, h = img.size
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    img = img.resize((nw, nh), _RESAMPLE.get(interpolation, Image.BICUBIC))
     left, top = (nw - size) // 2, (nh - size) // 2
+    resample = _RESAMPLE.get(interpolation, Image.BICUBIC)
+    if nw * nh > 4 * size * size:
+        # a long strip (1 x 20,000 px, a 100-byte PNG) was resized whole first: 256 x 5,120,000 pixels, 6 GB
+        # and 21 s. Only the square's box is resampled, on the same grid (pixels within 1 of the full resize)
+        box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)
+        return np.asarray(img.resize((size, size), resample, box=box), dtype=np.uint8)
+    img = img.resize((nw, nh), resample)
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
@@ -379,7 +385,9 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     if a.dtype == bool:
         return a.astype(np.uint8) * 255
     f = a.astype(np.float64)
-    if a.dtype.kind in "ui" and (a.dtype.itemsize == 2 or (f.size and f.max() > 255)):
+    # 16-bit unsigned: the full range, always; signed or wider: 0-255 pixels stay (an int16 copy of a
+    # uint8 photo was divided by 257, nearly black, in silence), larger values are scaled
+    if a.dtype.kind in "ui" and ((a.dtype.kind == "u" and a.dtype.itemsize == 2) or (f.size and f.max() > 255)):
         f = f / 257.0
     elif a.dtype.kind == "f" and f.size and f.min() >= 0 and f.max() <= 1:
         f = f * 255.0

@@ -44,7 +44,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint file not found: {p}")
-    if p.suffix == ".safetensors" or _looks_like_safetensors(p):  # a .safetensors file renamed .ckpt is still one
+    if p.suffix.lower() == ".safetensors" or _looks_like_safetensors(p):  # a .safetensors file renamed .ckpt is still one
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -52,7 +52,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             sd = load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"cannot read {p} as safetensors: {e}") from None
-    elif p.suffix in TORCH_SUFFIXES or p.name.endswith(".pth.tar"):  # timm's train.py writes model_best.pth.tar
+    elif p.suffix.lower() in TORCH_SUFFIXES or p.name.lower().endswith(".pth.tar"):  # (any case: model.PT) timm's train.py writes model_best.pth.tar
         import argparse
         import pickle
         import re
