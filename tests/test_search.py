@@ -816,3 +816,37 @@ def test_a_space_with_one_value_is_fixed_and_a_step_must_divide_its_range(tmp_pa
     assert "lr-find needs finite rates" in capsys.readouterr().err
     assert did_you_mean("optim", ["optim", "optimizer", "schedule"]) == " (did you mean: optimizer?)"
     assert did_you_mean("lerning_rate", ["lr", "epochs", "decay_rate"]).startswith(" (did you mean: lr")
+
+
+def test_search_keeps_what_base_sets_writes_a_failed_trial_and_keeps_a_continued_trial_s_link(tiny, tmp_path, monkeypatch):
+    """QA F: in Python, search(base) searched over the strategy and lr `base` set (the command line keeps
+    a --config file's fixed); an error that ended the search left its trial out of trials.csv; a trial
+    that continued an interrupted one lost "continues trial N" to its next note."""
+    import csv
+
+    monkeypatch.setattr(S, "fit", fake := FakeFit())
+    res = S.search(replace(_base(tiny), strategy="linear_probe", lr=0.05), tmp_path / "a", trials=2, folds=2, console=QUIET)
+    assert {c.cfg.strategy.name for c in fake.calls} == {"linear_probe"} and {c.cfg.optim.lr for c in fake.calls} == {0.05}
+    assert res.best_config.optim.lr == 0.05
+    # the space names what it searches, base or not
+    S.search(replace(_base(tiny), lr=0.05), tmp_path / "b", space=SPACE, trials=2, folds=2, console=QUIET)
+
+    def broken(cfg, out=None, **kw):
+        if len(fake.calls) >= 2:
+            raise RuntimeError("a bug")
+        return fake(cfg, out, **kw)
+
+    fake.calls.clear()
+    monkeypatch.setattr(S, "fit", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        S.search(_base(tiny), tmp_path / "c", space=SPACE, trials=3, folds=2, console=QUIET)
+    rows = list(csv.DictReader(open(tmp_path / "c" / "trials.csv")))
+    assert [r["state"] for r in rows] == ["COMPLETE", "FAIL"] and "RuntimeError" in rows[1]["note"]
+
+    monkeypatch.setattr(S, "fit", FakeFit(delay=2.0))
+    out = tmp_path / "d"
+    for _ in range(2):  # cut by the budget after fold 1, then continued and cut again after fold 2
+        with pytest.raises(UserError, match="time budget"):
+            S.search(_base(tiny), out, space=SPACE, trials=50, folds=3, time_budget=1.5, console=QUIET)
+    again = _study(out).trials[1]
+    assert again.user_attrs["note"].startswith("continues trial 0: 1 of 3 folds carried over; stopped by the time budget after 2 of 3 folds")

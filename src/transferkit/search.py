@@ -18,7 +18,7 @@ again once, with the same configuration, keeping the folds it had finished (they
 Finished trials (complete or pruned) count toward `trials`, across workers; a worker whose last
 trials run elsewhere waits for them. The time budget covers the search, not the final refit.
 With `lr_find`, a learning-rate range test on the training split (`lr_find.py`) centres the lr range
-on its suggestion s: [s/10, 10 s], log-uniform; the first worker's result is shared with the others.
+on its suggestion s: [s/10, min(10 s, 1)], log-uniform; the first worker's result is shared with the others.
 
 The search space (`--space FILE.yaml`) maps flat setting names (those of `transferkit fit`, dashes or
 underscores) to one of:
@@ -598,13 +598,24 @@ def _normalise_paths(cfg: RunConfig) -> RunConfig:
 def search(
     base: RunConfig, out: str | Path, *, space: dict | None = None, trials: int = 20, folds: int = 5, time_budget: float | None = None,
     storage: str | None = None, study_name: str | None = None, metric: str = "accuracy", lr_find: bool = False,
-    fixed: set[str] | frozenset = frozenset(), console=None,
+    fixed: set[str] | frozenset | None = None, console=None,
 ) -> SearchResult:
     """Search `space` (a mapping as in a --space file; None: the default space) around `base`, write
     DIR (`out`), refit the best configuration and return what was found. `fixed` names settings that
-    were given explicitly (flags): they leave the default space. The time budget covers the search
-    (lr-find and trials); the final refit comes after it."""
+    were given explicitly (flags): they leave the default space; None: those `base` changes from the
+    defaults, as the command line takes a --config file's (in Python, strategy='linear_probe', lr=0.01
+    in `base` were searched over in silence). The time budget covers the search (lr-find and trials);
+    the final refit comes after it."""
     import optuna
+
+    if fixed is None:
+        from .config import changed_settings, default_lr
+        from .inputs import modality_of
+
+        fixed = set(changed_settings(base)) - {"data", "model", "arch", "seed", "metric"}  # as the command line leaves them
+        fixed -= {str(k).replace("-", "_") for k in (space or {})}  # what `space` names, it searches (or sets)
+        if base.optim.lr is not None and base.optim.lr == default_lr(modality_of(base.model.name), base.strategy.name):
+            fixed.discard("lr")  # a run's config.yaml records the default rate it resolved: no one chose it
 
     con = console or report.console()
     t_start = time.monotonic()
@@ -875,19 +886,25 @@ def _objective(study, space, base, splits, fold_idx, trials, metric, deadline):
         params = sample(trial, space, base.strategy.name, base)
         cfg = replace(trial_config(base, space, params), baseline="none")  # --baseline's comparison: the final refit's, not every fold's
         scores = [float(s) for s in trial.user_attrs.get("fold_scores", [])]  # folds an interrupted trial had finished
+        continued = ""
+
+        def note(text: str) -> None:  # after "continues trial N", which a later note replaced (trials.csv lost the link)
+            trial.set_user_attr("note", f"{continued}; {text}" if continued else text)
+
         if "continues" in trial.user_attrs:
             old = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.user_attrs["continues"])
             for step, v in sorted(old.intermediate_values.items()):
                 if step < len(scores) * STEP_STRIDE:  # the pruner sees the carried folds' epochs again
                     trial.report(v, step)
-            trial.set_user_attr("note", f"continues trial {old.number}" + (f": {len(scores)} of {k} folds carried over" if scores else ""))
+            continued = f"continues trial {old.number}" + (f": {len(scores)} of {k} folds carried over" if scores else "")
+            trial.set_user_attr("note", continued)
         for f, (tr, va) in enumerate(fold_idx):
             if f < len(scores):
                 continue
             if f and deadline is not None and time.monotonic() > deadline:
                 # not pruned: a pruned trial counts as finished and never ran again, so a rerun of a search
                 # whose budget ended every trial between folds started another trial, cut off alike, forever
-                trial.set_user_attr("note", f"stopped by the time budget after {f} of {k} folds; runs again, its folds carried over, when the search continues")
+                note(f"stopped by the time budget after {f} of {k} folds; runs again, its folds carried over, when the search continues")
                 raise _BudgetStop
 
             seen = {"probe": None, "finetune": 0}  # this fold's best probe score, and its fine-tuning epochs so far
@@ -906,7 +923,7 @@ def _objective(study, space, base, splits, fold_idx, trials, metric, deadline):
                 seen["finetune"] += 1
                 trial.report(v, _f * STEP_STRIDE + seen["finetune"])
                 if trial.should_prune():
-                    trial.set_user_attr("note", f"pruned in fold {_f + 1}, fine-tuning epoch {seen['finetune']} (epoch {row['epoch']} of the run)")
+                    note(f"pruned in fold {_f + 1}, fine-tuning epoch {seen['finetune']} (epoch {row['epoch']} of the run)")
                     raise optuna.TrialPruned
 
             try:
@@ -914,14 +931,14 @@ def _objective(study, space, base, splits, fold_idx, trials, metric, deadline):
             except optuna.TrialPruned:
                 raise
             except Diverged:  # a rate far too high: this trial loses, the search goes on
-                trial.set_user_attr("note", f"diverged in fold {f + 1} (loss NaN or infinite): pruned")
+                note(f"diverged in fold {f + 1} (loss NaN or infinite): pruned")
                 raise optuna.TrialPruned from None
             except KeyboardInterrupt:
-                trial.set_user_attr("note", f"interrupted in fold {f + 1} of {k}; runs again when the search continues")
+                note(f"interrupted in fold {f + 1} of {k}; runs again when the search continues")
                 raise
             except Exception as e:  # an error (out of memory, a bug): running it again would fail again
                 trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:300])
-                trial.set_user_attr("note", f"failed in fold {f + 1}: {type(e).__name__}")
+                note(f"failed in fold {f + 1}: {type(e).__name__}")
                 raise
             scores.append(float(r.metrics[metric]))
             trial.set_user_attr("fold_scores", scores)
@@ -969,6 +986,9 @@ def _run_trials(study, objective, trials, deadline, t_start, k, out, metric, con
             study.optimize(objective, n_trials=1, timeout=remaining, catch=(torch.OutOfMemoryError, _BudgetStop), callbacks=[on_trial])
         except _Surplus:
             continue
+        except BaseException:  # an error (a bug) or Ctrl-C ends the search: the trial it ended is in trials.csv too (no callback ran)
+            write_trials_csv(study, out / "trials.csv", k)
+            raise
 
 
 def _refit_best(rd, study, base, space, splits, k, metric, stopped_by, t_start, con) -> SearchResult:
