@@ -713,6 +713,13 @@ def test_a_config_file_s_bad_value_is_said_as_the_file_s_and_its_booleans_can_be
                  "--strategy", "linear_probe", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 0
     cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert (cfg["schedule"]["staircase"], cfg["optim"]["nesterov"], cfg["data"]["augment"]) == (False, True, True)
+    # QA H: settings those flags had put back were still said to be unused, as flags never typed ("--no-augment is not used")
+    err = capsys.readouterr().err
+    assert "staircase" not in err and "nesterov" not in err and "augment" not in err, err
+    assert main(["fit", "--config", str(f), "--data", "digits:0-1", "--model", "small_convnet", "--strategy", "linear_probe", "--epochs", "1",
+                 "--quiet", "--out", str(tmp_path / "r2")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "y.yaml) is not used by --strategy linear_probe" in err and "note: augment (in " in err and "--no-augment" not in err, err
 
 
 def test_blank_group_cells_are_refused_and_numeric_class_folders_are_ordered_by_value(tmp_path, capsys):

@@ -590,10 +590,17 @@ def _note_unused(cfg, args) -> set[str]:
     said, not silently ignored. Returns the names said."""
     from .strategies import ignored_settings
 
+    from .config import changed_settings
+
     flags, given = _given_settings(args), _given_settings(args, with_config=True)
+    # an on/off setting (or a file's) back at its default, as `--config f.yaml --augment` puts augment: false
+    # back, is read by no one: it was said as "--no-augment is not used", a flag never typed
+    bools = {n for _, n, _, _ in BOOL_FLAGS}
+    changed = set(changed_settings(cfg, [n for n in given if n in FLAT]))
+    given = {n for n in given if n in changed or (n in flags and n not in bools)}
     said = ignored_settings(cfg, given)
     for n, (kind, own, users) in said.items():
-        what = _flag_of(n) if n in flags else f"{n} (in {args.config})"
+        what = _flag_of(n, _value(cfg, n)) if n in flags else f"{n} (in {args.config})"
         if kind == "model":
             print(f"transferkit: note: {what} is not used: it chooses among models for --model auto, and --model is {own}", file=sys.stderr)
         else:
@@ -604,8 +611,17 @@ def _note_unused(cfg, args) -> set[str]:
     return set(said)
 
 
-def _flag_of(name: str) -> str:
+def _flag_of(name: str, value=None) -> str:
+    """The flag of a setting; of an on/off one, the flag that gives it `value` (--no-nesterov, --nesterov)."""
+    for f, n, const, _ in BOOL_FLAGS:
+        if n == name and value is not None and isinstance(value, bool):
+            return f if const == value else _opposite(f)
     return next((f for f, n, _, _ in FIT_FLAGS + BOOL_FLAGS if n == name), "--" + name.replace("_", "-"))
+
+
+def _value(cfg, name: str):
+    section, field_ = FLAT[name].split(".")
+    return getattr(getattr(cfg, section), field_)
 
 
 def _given_settings(args, *, with_config: bool = False) -> set[str]:
@@ -893,7 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the registered backbones")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=cmd_models)
 
     from .schedules import SCHEDULES
@@ -919,7 +935,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delimiter", help="CSV/TSV data: ',', 'tab', ';' or '|' (default: the run's, else detected)")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="score the model's ONNX export with onnxruntime (default RUN_DIR/export)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict labels and class probabilities for images or texts")
@@ -931,7 +947,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--out", help="CSV file to write (default: standard output); texts: file, row (a text file's line, a CSV's record "
                    "number with its header as 1), text, label, p_CLASS...; a name ending .json gets a JSON list of records instead")
-    p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="run the model's ONNX export with onnxruntime (default RUN_DIR/export; 3x faster on a CPU)")
+    p.add_argument("--onnx", nargs="?", const="", metavar="DIR", help="run the model's ONNX export with onnxruntime (default RUN_DIR/export; 397 images in 19 s instead of 30 s on 2 CPU cores)")
     p.add_argument("--explain", metavar="DIR", help="also write why: images, each beside a Grad-CAM map of where the model looked for the class it said (one PNG each); texts, explain.html with each word shaded by how much it pushed toward that class")
     p.set_defaults(func=cmd_predict)
 
@@ -941,7 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="labelled data to compare PyTorch and ONNX on (accuracy, agreement, speed)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print export.json's record (files, checks, speed) as JSON")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("adapt", help="continue a backbone on unlabelled target data (text: masked-LM; images: AdaBN), writing a run for --model run:DIR")
@@ -1023,7 +1039,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="show the decoded-image and feature cache (size, entries, limit); --clear frees it")
     p.add_argument("--clear", choices=["images", "features", "all"], help="remove these entries (they are rebuilt when next needed)")
     p.add_argument("--older-than-days", type=float, help="with --clear: only entries unused for longer than this")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the cache's summary and every entry as JSON")
     p.set_defaults(func=cmd_cache)
     return ap
 

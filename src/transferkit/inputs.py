@@ -96,7 +96,8 @@ class ImageInputs:
         pre, d = self.pre, self.cfg.data
         return (
             f"input: {pre.input_size}px (resize {pre.resize_size}), mean {tuple(round(m, 3) for m in pre.mean)}, std {tuple(round(s, 3) for s in pre.std)}; "
-            f"augment: {'random resized crop' + (' + flip' if flip else '') if d.augment else 'off'}"
+            + ("augment: none (the probe trains on each image's cached features)" if self.cfg.strategy.name == "linear_probe" else
+               f"augment: {'random resized crop' + (' + flip' if flip else '') if d.augment else 'off'}")
         )
 
     def meta(self) -> dict:
