@@ -22,6 +22,7 @@ from torch import nn
 
 from . import report
 from .errors import UserError
+from .rundir import releases_lock_on_failure
 
 
 def _image_sources(spec: str, model: str) -> list:
@@ -297,19 +298,8 @@ def _intermediate_to_resume(inter_dir: Path, cfg, overwrite: bool) -> bool:
                     "another model: pass --overwrite to start it over, or choose another --out")
 
 
-def adapt(cfg, out=None, *args, **kwargs):
-    """`_adapt`, whose docstring says what it does; a run that stops or fails releases its
-    directory's lock (it stayed, and a later process under the same pid was refused the run as in use)."""
-    from .rundir import release_lock
-
-    try:
-        return _adapt(cfg, out, *args, **kwargs)
-    except BaseException:
-        if out is not None:
-            release_lock(out)
-        raise
-
-def _adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int = 1, head_steps: int | None = None, console=None,
+@releases_lock_on_failure
+def adapt(cfg, out: str | Path, *, intermediate: str | None = None, epochs: int = 1, head_steps: int | None = None, console=None,
           overwrite: bool = False, should_stop=None, adabn_batch_size: int = 64) -> dict:
     """Adapt `cfg.model.name` to the unlabelled data at `cfg.data.path`; write a run directory at `out`.
     `should_stop()` turning true (Ctrl-C, SIGTERM) stops it at the next step with StopRequested, `out`

@@ -28,7 +28,7 @@ from .features import cached_features
 from .metrics import classification_metrics, in_short, paired_bootstrap, verdict, verdict_kind
 from .model import Group, TransferModel, create_model, enable_grad_checkpointing, model_groups, set_trainable
 from .regularizers import pretrained_reference
-from .rundir import MANIFEST, RunDir, is_complete, refuse_if_in_use, verify
+from .rundir import MANIFEST, RunDir, is_complete, refuse_if_in_use, releases_lock_on_failure, verify
 from .strategies import assign_lr_scales, create_phases, frozen_by_pattern
 from .checkpoint import Checkpointer
 from .trainer import PhaseData, StopRequested, predict_proba, run_phase, seed_everything
@@ -95,20 +95,8 @@ def resolve_precision(precision: str, *, cpu: bool = False) -> str:
     return "bf16" if native else "no"
 
 
-
-def fit(cfg, out=None, *args, **kwargs):
-    """`_fit`, whose docstring says what it does; a run that stops or fails releases its
-    directory's lock (it stayed, and a later process under the same pid was refused the run as in use)."""
-    from .rundir import release_lock
-
-    try:
-        return _fit(cfg, out, *args, **kwargs)
-    except BaseException:
-        if out is not None:
-            release_lock(out)
-        raise
-
-def _fit(
+@releases_lock_on_failure
+def fit(
     cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False, console=None, resume: bool = False, should_stop=None, should_abort=None,
     splits: DataSplits | None = None, on_epoch=None, label_values: dict | None = None, data_name: str | None = None, source_name=None,
 ) -> FitResult:

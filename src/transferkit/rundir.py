@@ -182,6 +182,23 @@ def lock_holder(path: str | os.PathLike) -> int | None:
     return None if started and now is not None and now != started else pid
 
 
+def releases_lock_on_failure(run):
+    """`fit` and `adapt` (cfg, out, ...): a run that stops or fails releases its directory's lock (it
+    stayed, and a later process under the same pid, a notebook's kernel, was refused the run as in use)."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(cfg, out=None, *args, **kwargs):
+        try:
+            return run(cfg, out, *args, **kwargs)
+        except BaseException:
+            if out is not None:
+                release_lock(out)
+            raise
+
+    return wrapper
+
+
 def release_lock(path: str | os.PathLike) -> None:
     """Remove the run directory's lock if this process holds it (a fit that stopped or failed left it,
     and another process alive under that pid later was refused the run)."""
