@@ -743,3 +743,16 @@ def test_blank_group_cells_are_refused_and_numeric_class_folders_are_ordered_by_
         (tmp_path / "n" / "x" / "red").rename(tmp_path / "n" / name)
         shutil.rmtree(tmp_path / "n" / "x")
     assert load_image_data(str(tmp_path / "n")).classes == ["2", "9", "10", "100"]
+
+
+def test_accelerate_s_mixed_precision_is_said_not_read_and_checkpoint_minutes_is_checked(tmp_path, capsys, monkeypatch):
+    """QA I: `accelerate launch --mixed_precision fp16` was ignored in silence (--precision decides);
+    --checkpoint-minutes -1 (a checkpoint after every step) and nan (none) were accepted."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    args = ["fit", "--data", "digits:0-1", "--model", "small_convnet", "--strategy", "linear_probe", "--lp-epochs", "1", "--precision", "no"]
+    assert main([*args, "--out", str(tmp_path / "r")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "accelerate launch's --mixed_precision fp16 is not read: transferkit's --precision (no) decides, and this run trains in fp32" in said
+    for bad in ("-1", "nan"):
+        assert main([*args, "--checkpoint-minutes", bad, "--out", str(tmp_path / "x")]) == 2
+        assert "--checkpoint-minutes must be a finite number >= 0 (0: at the end of each epoch only)" in capsys.readouterr().err

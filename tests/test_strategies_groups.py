@@ -114,6 +114,8 @@ def test_unknown_strategy_suggests():
         ({"step_size": float("inf")}, "step_size must be a finite number > 0, got inf"),
         ({"milestones": [2.0, float("inf")]}, r"milestones must be finite numbers > 0 \(epochs\), got \[2.0, inf\]"),
         ({"div_factor": float("inf")}, "div_factor and final_div_factor must be finite numbers >= 1"),
+        ({"checkpoint_minutes": -1.0}, r"checkpoint_minutes must be a finite number >= 0 \(0: at the end of each epoch only\), got -1.0"),
+        ({"checkpoint_minutes": float("nan")}, "checkpoint_minutes must be a finite number >= 0"),
         ({"optimizer": "adamm"}, "adam"),
         ({"schedule": "cosin"}, "cosine"),
     ],

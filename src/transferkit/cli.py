@@ -88,7 +88,7 @@ FIT_FLAGS: list[tuple[str, str, type, str]] = [
     ("--calibrate", "calibrate", str, "temperature (default): divide the head by the validation-fitted temperature, so probabilities match accuracy; none: leave it"),
     ("--baseline", "baseline", str, "scratch: also train the same architecture from random weights (full, same epochs); base (with --model run:DIR): "
      "also fine-tune the model that run started from, same recipe (did its source stage help?); scratch,base: both. Verdicts compare with each"),
-    ("--checkpoint-minutes", "checkpoint_minutes", float, "also checkpoint inside epochs longer than this (default 10)"),
+    ("--checkpoint-minutes", "checkpoint_minutes", float, "also checkpoint inside epochs longer than this many minutes (default 10; 0: at the end of each epoch only)"),
 ]
 BOOL_FLAGS: list[tuple[str, str, object, str]] = [
     ("--no-augment", "augment", False, "switch off training augmentation"),

@@ -203,7 +203,7 @@ class TrainConfig:
     group_by_length: bool = False
     precision: str = "auto"  # auto (bf16 where the GPU or CPU computes in bf16 natively, else fp32) | bf16 | fp16 | no
     cpu: bool = False  # force the CPU even when a GPU is present
-    checkpoint_minutes: float | None = 10.0  # also checkpoint inside epochs longer than this
+    checkpoint_minutes: float | None = 10.0  # also checkpoint inside epochs longer than this; 0 (or None): at epoch ends only
     # none, or comparison fits on the same split, comma-separated: scratch (the same architecture from
     # random weights, strategy full, same epochs); base (for --model run:DIR: the same recipe from the
     # model that run started from, without its source stage: did the source stage help?)
@@ -222,6 +222,9 @@ class TrainConfig:
         return () if self.baseline == "none" else tuple(self.baseline.split(","))
 
     def validate(self) -> None:
+        # negative: a full checkpoint after every step; nan: none inside epochs (both accepted in silence)
+        _check(self.checkpoint_minutes is None or 0 <= self.checkpoint_minutes < math.inf,
+               f"checkpoint_minutes must be a finite number >= 0 (0: at the end of each epoch only), got {self.checkpoint_minutes}")
         _check(0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0: off), got {self.ema}")
         _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")  # numpy's range (a traceback at -1)
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")

@@ -133,6 +133,10 @@ def fit(
     if cfg.train.class_weight == "balanced" and cfg.train.sampler == "balanced":  # QA AE: 97% with either alone, 78% with both on SMS spam
         console.print("[yellow]note[/]: --class-weight balanced and --sampler balanced each correct for imbalance; together they correct twice "
                       "and favour the rare classes (use one)")
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch --mixed_precision bf16`: not what decides here
+    if launched not in ("", "no") and launched != accelerator.mixed_precision:
+        console.print(f"[yellow]note[/]: accelerate launch's --mixed_precision {launched} is not read: transferkit's --precision "
+                      f"({cfg.train.precision}) decides, and this run trains in {accelerator.mixed_precision if accelerator.mixed_precision != 'no' else 'fp32'}")
     if cfg.train.precision == "fp16" and accelerator.mixed_precision == "no":
         console.print("[yellow]note[/]: fp16 autocast runs on a GPU only: this run trains in fp32 (a CPU's half precision is --precision bf16)")
     if cfg.train.precision == "bf16" and accelerator.device.type == "cpu" and resolve_precision("auto", cpu=True) == "no":
