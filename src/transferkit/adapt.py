@@ -271,7 +271,6 @@ def mlm(backbone, texts: list[str], *, epochs: int = 1, lr: float = 5e-5, batch_
     return info
 
 
-
 def _intermediate_to_resume(inter_dir: Path, cfg, overwrite: bool) -> bool:
     """Whether the intermediate fit resumes the interrupted run in `inter_dir` (one of the same data and
     model, stopped with this adapt); a finished or other run there is refused without --overwrite

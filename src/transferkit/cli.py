@@ -588,9 +588,8 @@ def _proba(clf, x):
 def _note_unused(cfg, args) -> set[str]:
     """A setting the run does not read (`--k 3 --strategy full`, or `k: 3` in the --config file) is
     said, not silently ignored. Returns the names said."""
-    from .strategies import ignored_settings
-
     from .config import changed_settings
+    from .strategies import ignored_settings
 
     flags, given = _given_settings(args), _given_settings(args, with_config=True)
     # an on/off setting (or a file's) back at its default, as `--config f.yaml --augment` puts augment: false

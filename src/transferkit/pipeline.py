@@ -196,7 +196,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, console=None, should_stop
     by_name = {str(st["name"]): st for st in stages}
     for st in stages:  # text data for an image chain, or images for a text one: said now, not after the earlier stages trained
         root_model = _root_model(st, by_name)
-        if not root_model.startswith("stage:"):
+        if not root_model.startswith("stage:") and root_model != "auto":  # (auto picks its candidates by the data)
             try:
                 _check_kind(configs[str(st["name"])].data.path, root_model, str(st["model"]))
             except UserError as e:
