@@ -175,14 +175,18 @@ def test_a_decoded_entry_overwritten_in_place_is_decoded_again(own_cache, tmp_pa
     """QA C: zeros written over a cached entry, its size unchanged, were trusted: a fit trained on black
     images and cached their features. The entry's CRC-32 is checked on every hit; JSON of another shape
     is a damaged entry, not a traceback."""
+    import transferkit.data as data_mod
+
     (a, _, _) = _sets(tmp_path)
     ref = decode_images(a, 16)[0].clone()  # (a copy: the tensor maps the file)
     (u8,) = (own_cache / "images").glob("*.u8")
     meta = u8.with_suffix(".json")
     u8.write_bytes(bytes(u8.stat().st_size))
+    data_mod._VERIFIED.clear()  # as a later run finds it (a process checks an entry once while its file stays as it was)
     again, _, _ = decode_images(a, 16)
     torch.testing.assert_close(again, ref)
     assert u8.read_bytes() != bytes(u8.stat().st_size)  # rebuilt on disk too
+    data_mod._VERIFIED.clear()
     meta.write_text("[1, 2]")
     torch.testing.assert_close(decode_images(a, 16)[0], ref)
     assert json.loads(meta.read_text())["crc32"] > 0
@@ -197,3 +201,21 @@ def test_the_cache_command_counts_and_clears_what_killed_runs_left(own_cache, ca
     assert main(["cache", "--clear", "all"]) == 0
     assert "and 1 temporary file of runs that were killed" in capsys.readouterr().out
     assert not list(folder.iterdir())
+
+
+def test_a_process_checks_a_cache_entry_s_crc_once_while_its_file_is_unchanged(own_cache, tmp_path, monkeypatch):
+    """Every fold of every search trial hit its entries again, each time a CRC-32 of the whole file
+    (1.2 s for 3 GB): checked once a process, while the file's inode, size and time stay."""
+    import transferkit.data as data_mod
+
+    (a, _, _) = _sets(tmp_path)
+    decode_images(a, 16)  # written: known good
+    calls = []
+    real = data_mod._crc32
+    monkeypatch.setattr(data_mod, "_crc32", lambda x: calls.append(1) or real(x))
+    decode_images(a, 16)
+    decode_images(a, 16)
+    assert calls == []
+    data_mod._VERIFIED.clear()  # another process
+    decode_images(a, 16)
+    assert calls == [1]
