@@ -588,7 +588,7 @@ def _proba(clf, x):
 def _note_unused(cfg, args) -> set[str]:
     """A setting the run does not read (`--k 3 --strategy full`, or `k: 3` in the --config file) is
     said, not silently ignored. Returns the names said."""
-    from .config import changed_settings
+    from .config import changed_settings, flat_value
     from .strategies import ignored_settings
 
     flags, given = _given_settings(args), _given_settings(args, with_config=True)
@@ -599,7 +599,7 @@ def _note_unused(cfg, args) -> set[str]:
     given = {n for n in given if n in changed or (n in flags and n not in bools)}
     said = ignored_settings(cfg, given)
     for n, (kind, own, users) in said.items():
-        what = _flag_of(n, _value(cfg, n)) if n in flags else f"{n} (in {args.config})"
+        what = _flag_of(n, flat_value(cfg, n)) if n in flags else f"{n} (in {args.config})"
         if kind == "model":
             print(f"transferkit: note: {what} is not used: it chooses among models for --model auto, and --model is {own}", file=sys.stderr)
         else:
@@ -616,11 +616,6 @@ def _flag_of(name: str, value=None) -> str:
         if n == name and value is not None and isinstance(value, bool):
             return f if const == value else _opposite(f)
     return next((f for f, n, _, _ in FIT_FLAGS + BOOL_FLAGS if n == name), "--" + name.replace("_", "-"))
-
-
-def _value(cfg, name: str):
-    section, field_ = FLAT[name].split(".")
-    return getattr(getattr(cfg, section), field_)
 
 
 def _given_settings(args, *, with_config: bool = False) -> set[str]:

@@ -424,16 +424,17 @@ def load_config_file(path: str | Path) -> RunConfig:
     return config_from_dict(read_yaml(path), where=str(path))
 
 
+def flat_value(cfg: RunConfig, flat: str) -> Any:
+    """The value of the setting of flat name `flat` (`lr` -> cfg.optim.lr)."""
+    section, name = FLAT[flat].split(".")
+    return getattr(getattr(cfg, section), name)
+
+
 def changed_settings(cfg: RunConfig, names=None) -> dict:
     """The settings of `cfg` (of `names`, else every flat name) whose values differ from the
     defaults, by their flat names: what `replace(RunConfig(), **them)` needs to rebuild them."""
     default = RunConfig()
-
-    def value(c: RunConfig, flat: str):
-        section, name = FLAT[flat].split(".")
-        return getattr(getattr(c, section), name)
-
-    return {k: value(cfg, k) for k in (names if names is not None else FLAT) if value(cfg, k) != value(default, k)}
+    return {k: flat_value(cfg, k) for k in (names if names is not None else FLAT) if flat_value(cfg, k) != flat_value(default, k)}
 
 
 def replace(cfg: RunConfig, **flat: Any) -> RunConfig:

@@ -60,7 +60,7 @@ import numpy as np
 import yaml
 
 from . import report
-from .config import FLAT, RunConfig, absolute_model_name, load_config_file, replace
+from .config import FLAT, RunConfig, absolute_model_name, flat_value, load_config_file, replace
 from .rundir import process_alive
 from .data import DataSplits
 from .inputs import load_splits
@@ -1162,10 +1162,8 @@ def _print_plan(con, base, splits, fold_idx, space, trials, study, dead, requeue
     lines = [f"  {d.name:<{w}}  {d.describe()}{only(d.name)}" for d in searched]
     if unread:
         lines.append(f"  not searched, as no trial reads them here: {', '.join(unread)}")
-    import functools
-
     # settings given as flags or in --config are fixed too (they leave the space): said with the space's own fixed ones
-    said = [f"{d.name}={d.value}" for d in fixed] + [f"{n}={functools.reduce(getattr, FLAT[n].split('.'), base)} (given)" for n in sorted(flags) if n in FLAT]
+    said = [f"{d.name}={d.value}" for d in fixed] + [f"{n}={flat_value(base, n)} (given)" for n in sorted(flags) if n in FLAT]
     con.print("space:\n" + "\n".join(lines) + ("\n  fixed: " + ", ".join(said) if said else ""), markup=False)
 
 
