@@ -191,21 +191,28 @@ def refuse_image_data(path: str, model: str) -> None:
         raise UserError(f"{path} looks like image data, and {model} is a text model; use an image model")
 
 
+def refuse_text_data(path: str, model: str, via: str = "") -> None:
+    """An image model given text data (a CSV/TSV of texts, or a folder with a train file): a message
+    saying which kind of model reads it. `via`: how a pipeline stage came to the model."""
+    from .text_data import is_text_spec
+
+    if is_text_spec(path):
+        raise UserError(f"{path} looks like text data, and {model} is an image model{via}; "
+                        "use a text model (minilm_l6, hf:NAME, dir:PATH, or run: of a text run)")
+
+
 def load_splits(cfg, seed: int | None = None):
     """The data of `cfg` as the model's modality reads it, with `cfg.data.shots` applied to train."""
     seed = cfg.train.seed if seed is None else seed
     cls = TextInputs if modality_of(cfg.model.name) == "text" else ImageInputs
-    if cls is ImageInputs and modality_of(cfg.model.name) == "image":
-        from .text_data import is_text_spec
-
-        if is_text_spec(cfg.data.path) and cfg.model.name != "auto":
+    if cls is ImageInputs and modality_of(cfg.model.name) == "image" and cfg.model.name != "auto":
+        try:
+            refuse_text_data(cfg.data.path, cfg.model.name)
+        except UserError:
             from .ranking import check_model_name
 
             check_model_name(cfg.model.name, cfg.model.arch)  # a typo (minilm-l6) is named as one, not as "an image model"
-            raise UserError(
-                f"{cfg.data.path} looks like text data, and {cfg.model.name} is an image model; "
-                "use a text model (minilm_l6, hf:NAME, dir:PATH, or run: of a text run)"
-            )
+            raise
     if cls is TextInputs:
         refuse_image_data(cfg.data.path, cfg.model.name)
     splits = cls.load(cfg, seed)

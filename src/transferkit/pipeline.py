@@ -304,8 +304,7 @@ def _root_model(st: dict, by_name: dict) -> str:
 
 def _check_kind(data: str, root_model: str, model: str) -> None:
     """Data of the other kind than the model a stage's chain starts from (images or texts)."""
-    from .inputs import modality_of, refuse_image_data
-    from .text_data import is_text_spec
+    from .inputs import modality_of, refuse_image_data, refuse_text_data
 
     try:
         kind = modality_of(root_model)
@@ -317,8 +316,8 @@ def _check_kind(data: str, root_model: str, model: str) -> None:
             refuse_image_data(data, root_model)
         except UserError as e:
             raise UserError(f"{e}{via}") from None
-    elif is_text_spec(data):
-        raise UserError(f"{data} looks like text data, and {root_model} is an image model{via}; use a text model (minilm_l6, hf:NAME, dir:PATH)")
+    else:
+        refuse_text_data(data, root_model, via)
 
 
 RANDOM_MODELS = ("small_convnet",)  # models whose weights are an initialisation (besides random:NAME)
